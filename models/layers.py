@@ -1,0 +1,126 @@
+"""Layers shared by the sequence models, and the one contract every model honours.
+
+Serving contract: `forward(item_seq) -> user_vec` where item_seq is (B, L) int64,
+left-padded with 0 (newest item last), and `item_vectors()` is the (N+1, D') table with
+row 0 = padding, so that score(item i) = <user_vec, item_vectors()[i]>. A model with an
+output bias folds it in as one extra dimension (the user vector gets a constant 1).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class SeqRecModel(nn.Module):
+    """Base class: subclasses implement `forward` and `item_vectors`."""
+
+    max_len: int
+    num_items: int
+
+    def item_vectors(self) -> torch.Tensor:  # (N+1, D')
+        raise NotImplementedError
+
+    def score(self, item_seq: torch.Tensor) -> torch.Tensor:
+        """(B, L) -> (B, N+1) scores over the whole catalogue (row 0 = padding)."""
+        return self(item_seq) @ self.item_vectors().T
+
+
+def recency_positions(length: int, max_len: int, device: torch.device) -> torch.Tensor:
+    """Position ids counted from the end: the newest item always gets max_len - 1.
+
+    Sequences are left-padded, so this is the same as left-padding every input to
+    max_len, but lets inference run on shorter inputs without changing the result.
+    """
+    return torch.arange(max_len - length, max_len, device=device)  # (L,)
+
+
+class MultiHeadSelfAttention(nn.Module):
+    """Scaled dot-product attention (Vaswani et al.), Q/K/V from one projection."""
+
+    def __init__(self, dim: int, num_heads: int, dropout: float) -> None:
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.out = nn.Linear(dim, dim)
+        self.dropout = dropout
+
+    def forward(self, q_in: torch.Tensor, kv_in: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        # q_in, kv_in: (B, L, D); mask: (B, 1, L, L) bool, True = may attend
+        B, L, D = q_in.shape
+        H = self.num_heads
+        w_q, w_kv = self.qkv.weight.split([D, 2 * D])
+        b_q, b_kv = self.qkv.bias.split([D, 2 * D])
+        q = F.linear(q_in, w_q, b_q).view(B, L, H, D // H).transpose(1, 2)  # (B, H, L, D/H)
+        k, v = F.linear(kv_in, w_kv, b_kv).view(B, L, 2, H, D // H).permute(2, 0, 3, 1, 4)  # (B, H, L, D/H)
+        att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(D // H))  # (B, H, L, L)
+        att = att.masked_fill(~mask, float("-inf")).softmax(dim=-1)
+        att = F.dropout(att, self.dropout, self.training)
+        y = (att @ v).transpose(1, 2).reshape(B, L, D)  # (B, L, D)
+        return self.out(y)
+
+
+class PointWiseFeedForward(nn.Module):
+    """FFN(x) = act(x W1 + b1) W2 + b2 (applied to every position alike)."""
+
+    def __init__(self, dim: int, hidden: int, dropout: float, activation: str = "relu") -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+        self.drop = nn.Dropout(dropout)
+        self.act = nn.GELU() if activation == "gelu" else nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.drop(self.act(self.fc1(x))))
+
+
+class TransformerBlock(nn.Module):
+    """One self-attention block.
+
+    norm_first=True  (SASRec, Sec. III-C, g(x) = x + Dropout(g(LayerNorm(x)))), as the authors' code
+                     does it: the residual starts from the normalised input, q = LN(x); x = q + SA(q, x).
+    norm_first=False (post-LN, BERT): x = LN(x + Dropout(SA(x))); x = LN(x + Dropout(FFN(x))).
+    """
+
+    def __init__(
+        self, dim: int, num_heads: int, dropout: float, ffn_hidden: int, activation: str, norm_first: bool
+    ) -> None:
+        super().__init__()
+        self.attn = MultiHeadSelfAttention(dim, num_heads, dropout)
+        self.ffn = PointWiseFeedForward(dim, ffn_hidden, dropout, activation)
+        self.ln1 = nn.LayerNorm(dim, eps=1e-8)
+        self.ln2 = nn.LayerNorm(dim, eps=1e-8)
+        self.drop = nn.Dropout(dropout)
+        self.norm_first = norm_first
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        if self.norm_first:
+            q = self.ln1(x)
+            x = q + self.drop(self.attn(q, x, mask))
+            h = self.ln2(x)
+            x = h + self.drop(self.ffn(h))
+        else:
+            x = self.ln1(x + self.drop(self.attn(x, x, mask)))
+            x = self.ln2(x + self.drop(self.ffn(x)))
+        return x
+
+
+def attention_mask(item_seq: torch.Tensor, causal: bool) -> torch.Tensor:
+    """(B, 1, L, L) bool: key j visible to query i.
+
+    Padding keys are hidden. Each position may always see itself, so a padding query
+    (whose output is discarded) never has an all-masked row, which would give NaN.
+    """
+    L = item_seq.shape[1]
+    keys = (item_seq != 0)[:, None, None, :]  # (B, 1, 1, L)
+    idx = torch.arange(L, device=item_seq.device)
+    # Built from index comparisons, not eye()/tril(), so every ONNX runtime can execute it.
+    mask = keys | (idx[:, None] == idx[None, :])[None, None]  # (B, 1, L, L)
+    if causal:
+        mask = mask & (idx[None, :] <= idx[:, None])[None, None]
+    return mask

@@ -1,0 +1,111 @@
+"""Train a tiny SASRec on real data (ML-100K), check it learns, export it, check the bundle."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from training.batching import pad_left
+from training.data import leave_one_out
+from training.evaluate import full_rank_eval, popularity_score_fn, popularity_scores
+from training.export import ExportError, export_bundle, random_histories, sha256_file
+from training.train import load_checkpoint, train
+
+
+@pytest.fixture(scope="module")
+def trained(ml100k, tmp_path_factory: pytest.TempPathFactory):
+    run = tmp_path_factory.mktemp("run")
+    result = train(
+        "sasrec",
+        ml100k,
+        run,
+        model_overrides={"max_len": 50, "dim": 48, "dropout": 0.2},
+        train_overrides={"epochs": 2, "batch_size": 16, "lr": 3e-3, "patience": 5},
+        progress=False,
+    )
+    return result
+
+
+def test_two_epochs_beat_popularity(trained, ml100k) -> None:
+    s = leave_one_out(ml100k)
+    pop = full_rank_eval(
+        popularity_score_fn(popularity_scores(s.train, ml100k.num_items)),
+        s.test_hist,
+        s.test_target,
+        ml100k.num_items,
+        50,
+    )
+    assert trained.test["ndcg@10"] > pop["ndcg@10"], (trained.test, pop)
+
+
+def test_run_dir_has_metrics_curve_and_checkpoint(trained) -> None:
+    rows = [json.loads(x) for x in (trained.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2]
+    assert all("valid_ndcg@10" in r and r["loss"] > 0 for r in rows)
+    assert (trained.run_dir / "learning_curve.png").read_bytes()[:4] == b"\x89PNG"
+    final = json.loads((trained.run_dir / "final.json").read_text())
+    assert final["test"]["ndcg@10"] == pytest.approx(trained.test["ndcg@10"])
+
+
+def test_seeded_training_is_deterministic(ml100k, tmp_path: Path) -> None:
+    kw = dict(
+        model_overrides={"max_len": 20, "dim": 16, "num_layers": 1},
+        train_overrides={"epochs": 1, "batch_size": 128, "max_users": 300},
+        progress=False,
+    )
+    a = train("sasrec", ml100k, tmp_path / "a", **kw)
+    b = train("sasrec", ml100k, tmp_path / "b", **kw)
+    assert a.valid["ndcg@10"] == b.valid["ndcg@10"]
+
+
+@pytest.fixture(scope="module")
+def bundle(trained, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return export_bundle(trained.run_dir / "best.pt", tmp_path_factory.mktemp("artifacts"), name="b1")
+
+
+def test_bundle_files_and_checksums(bundle: Path, ml100k) -> None:
+    m = json.loads((bundle / "manifest.json").read_text())
+    assert m["format_version"] == 1 and m["model"] == "sasrec"
+    assert m["num_items"] == ml100k.num_items and m["max_len"] == 50
+    for name, digest in m["files"].items():
+        assert sha256_file(bundle / name) == digest
+    assert set(m["files"]) >= {"model.onnx", "model.ts", "item_vectors.npy", "item_ids.json", "popularity.npy"}
+    assert np.load(bundle / "item_vectors.npy").shape == (ml100k.num_items, m["dim"])
+    assert json.loads((bundle / "item_ids.json").read_text()) == ml100k.item_ids
+    assert "test" in m["metrics"]
+    assert not [p for p in bundle.parent.iterdir() if p.name.startswith(".")]  # no temp dir left
+
+
+def test_onnx_and_torchscript_match_eager(bundle: Path, trained, ml100k) -> None:
+    model, _ = load_checkpoint(trained.run_dir / "best.pt")
+    sess = ort.InferenceSession(str(bundle / "model.onnx"), providers=["CPUExecutionProvider"])
+    ts = torch.jit.load(str(bundle / "model.ts"))
+    hists = random_histories(ml100k.num_items, 50, seed=7)
+    for arr in [pad_left(hists), pad_left(hists[:1]), pad_left([np.array([3])]), pad_left(hists, 80)]:
+        with torch.no_grad():
+            ref = model(torch.as_tensor(arr)).numpy()
+            assert np.abs(sess.run(["user_vec"], {"item_seq": arr})[0] - ref).max() <= 1e-4
+            assert np.abs(ts(torch.as_tensor(arr)).numpy() - ref).max() <= 1e-4
+
+
+def test_bundle_top10_equals_model_top10(bundle: Path, trained, ml100k) -> None:
+    model, _ = load_checkpoint(trained.run_dir / "best.pt")
+    sess = ort.InferenceSession(str(bundle / "model.onnx"), providers=["CPUExecutionProvider"])
+    table = np.load(bundle / "item_vectors.npy")
+    s = leave_one_out(ml100k)
+    arr = pad_left([h[-50:] for h in s.test_hist[:64]])
+    user = sess.run(["user_vec"], {"item_seq": arr})[0]
+    served = np.argsort(-(user @ table.T), axis=1, kind="stable")[:, :10] + 1  # rows -> item indices
+    with torch.no_grad():
+        own = model.score(torch.as_tensor(arr))[:, 1:].argsort(dim=1, descending=True, stable=True)[:, :10] + 1
+    assert (served == own.numpy()).mean() > 0.99  # float ties may swap neighbours, nothing more
+
+
+def test_export_refuses_existing_target(bundle: Path, trained) -> None:
+    with pytest.raises(ExportError, match="already exists"):
+        export_bundle(trained.run_dir / "best.pt", bundle.parent, name=bundle.name)

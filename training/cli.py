@@ -1,0 +1,292 @@
+"""`seqrec`: prepare data, train, evaluate and export models (and, with the serve extra, serve them)."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+app = typer.Typer(
+    name="seqrec",
+    help="Sequential recommendation: prepare data, train GRU4Rec/SASRec/BERT4Rec/UniSRec, evaluate, export.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+DataDirOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--data-dir",
+        help="Folder holding the raw datasets (default: $SEQREC_DATA_DIR, ../shared/data when present, else data/).",
+    ),
+]
+CacheDirOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--cache-dir", help="Where prepared datasets are cached (default: $SEQREC_CACHE_DIR or .seqrec_cache)."
+    ),
+]
+
+
+def _fail(msg: str, code: int = 2) -> None:
+    typer.secho(f"error: {msg}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code)
+
+
+def _load_data(dataset: str, file: Path | None, data_dir: Path | None, cache_dir: Path | None, force: bool = False):
+    from training.data import DatasetError, prepare, prepare_file
+
+    try:
+        if file is not None:
+            return prepare_file(file, cache_dir=cache_dir, force=force)
+        return prepare(dataset, data_dir, cache_dir, force=force)
+    except DatasetError as exc:
+        _fail(str(exc))
+
+
+def _parse_sets(pairs: list[str]) -> dict[str, Any]:
+    """`key=value` pairs; values parsed as JSON when they can be (numbers, true/false, null)."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        if "=" not in pair:
+            _fail(f"--set expects key=value, got {pair!r}")
+        key, raw = pair.split("=", 1)
+        try:
+            out[key.strip()] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[key.strip()] = raw
+    return out
+
+
+@app.command()
+def prepare(
+    dataset: Annotated[
+        str, typer.Argument(help="Dataset name: ml-1m, ml-1m-ratings, ml-100k, beauty, office.")
+    ] = "ml-1m",
+    file: Annotated[
+        Path | None,
+        typer.Option(
+            help="A generic interactions file (CSV/TSV/Parquet with "
+            "user_id, item_id, timestamp) instead of a named dataset."
+        ),
+    ] = None,
+    data_dir: DataDirOpt = None,
+    cache_dir: CacheDirOpt = None,
+    force: Annotated[bool, typer.Option(help="Rebuild the cache even when it exists.")] = False,
+) -> None:
+    """Read raw interactions, filter, order by time, remap ids and cache the result."""
+    t = time.perf_counter()
+    data = _load_data(dataset, file, data_dir, cache_dir, force=force)
+    stats = data.stats()
+    stats["seconds"] = round(time.perf_counter() - t, 2)
+    typer.echo(json.dumps(stats))
+
+
+@app.command()
+def train(
+    model: Annotated[str, typer.Option(help="Model: sasrec (more register in training/zoo.py).")] = "sasrec",
+    dataset: Annotated[str, typer.Option(help="Named dataset to train on.")] = "ml-1m",
+    file: Annotated[Path | None, typer.Option(help="Generic interactions file instead of a named dataset.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Run directory (default runs/<model>-<dataset>-<time>).")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Maximum epochs (model default when omitted).")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Sequences per batch.")] = None,
+    lr: Annotated[float | None, typer.Option(help="AdamW learning rate.")] = None,
+    weight_decay: Annotated[float | None, typer.Option(help="AdamW weight decay.")] = None,
+    loss: Annotated[
+        str | None, typer.Option(help="Loss: ce (full softmax), bce (sampled negatives), sampled (sampled softmax).")
+    ] = None,
+    num_negatives: Annotated[
+        int | None, typer.Option(help="Negatives per positive (bce) or per batch (sampled).")
+    ] = None,
+    patience: Annotated[
+        int | None, typer.Option(help="Evaluations without validation NDCG@10 gain before stopping.")
+    ] = None,
+    eval_every: Annotated[int | None, typer.Option(help="Evaluate on validation every N epochs.")] = None,
+    max_minutes: Annotated[
+        float | None, typer.Option(help="Stop after the epoch that crosses this wall-clock budget.")
+    ] = None,
+    max_users: Annotated[int | None, typer.Option(help="Use only the first N users (quick experiments).")] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed (data order, init, sampling).")] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N.")] = None,
+    max_len: Annotated[int | None, typer.Option(help="Maximum history length the model reads.")] = None,
+    dim: Annotated[int | None, typer.Option(help="Hidden size / embedding dimension.")] = None,
+    num_layers: Annotated[int | None, typer.Option(help="Number of transformer / GRU layers.")] = None,
+    dropout: Annotated[float | None, typer.Option(help="Dropout rate.")] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set",
+            help="Any other model option as key=value "
+            "(e.g. --set num_heads=2 --set norm_first=false); "
+            "train options as train.key=value.",
+        ),
+    ] = None,
+    data_dir: DataDirOpt = None,
+    cache_dir: CacheDirOpt = None,
+    progress: Annotated[bool | None, typer.Option(help="Show progress bars (default: only on a terminal).")] = None,
+) -> None:
+    """Train a model with early stopping on validation NDCG@10; writes checkpoint, metrics and a learning curve."""
+    from training.train import train as run_train
+    from training.zoo import MODELS
+
+    if model not in MODELS:
+        _fail(f"unknown model {model!r}; known: {', '.join(MODELS)}")
+    data = _load_data(dataset, file, data_dir, cache_dir)
+    sets = _parse_sets(set_ or [])
+    model_over = {k: v for k, v in sets.items() if not k.startswith("train.")}
+    model_over.update(
+        {
+            k: v
+            for k, v in {"max_len": max_len, "dim": dim, "num_layers": num_layers, "dropout": dropout}.items()
+            if v is not None
+        }
+    )
+    extra = {k[6:]: v for k, v in sets.items() if k.startswith("train.")}
+    train_over: dict[str, Any] = {
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "lr": lr,
+        "weight_decay": weight_decay,
+        "loss": loss,
+        "num_negatives": num_negatives,
+        "patience": patience,
+        "eval_every": eval_every,
+        "max_minutes": max_minutes,
+        "max_users": max_users,
+        "seed": seed,
+        "device": device,
+    }
+    from training.config import TrainConfig
+
+    known_train = set(TrainConfig.__dataclass_fields__)
+    for k in list(extra):
+        if k in known_train:
+            train_over[k] = extra.pop(k)
+    if extra:
+        train_over["extra"] = {**MODELS[model].train_defaults.extra, **extra}
+    run_dir = out or Path("runs") / f"{model}-{data.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    try:
+        result = run_train(model, data, run_dir, model_over, train_over, progress=progress)
+    except ValueError as exc:
+        _fail(str(exc))
+    typer.echo(
+        json.dumps(
+            {
+                "run_dir": str(result.run_dir),
+                "best_epoch": result.best_epoch,
+                "seconds": round(result.seconds, 1),
+                "valid_ndcg@10": result.valid.get("ndcg@10"),
+                "valid_hr@10": result.valid.get("hr@10"),
+                "test_ndcg@10": result.test.get("ndcg@10"),
+                "test_hr@10": result.test.get("hr@10"),
+            }
+        )
+    )
+
+
+@app.command()
+def evaluate(
+    checkpoint: Annotated[Path, typer.Argument(help="A best.pt written by `seqrec train`.")],
+    dataset: Annotated[
+        str | None, typer.Option(help="Dataset (default: the one the checkpoint was trained on).")
+    ] = None,
+    file: Annotated[Path | None, typer.Option(help="Generic interactions file instead of a named dataset.")] = None,
+    split: Annotated[str, typer.Option(help="valid or test.")] = "test",
+    include_history: Annotated[
+        bool, typer.Option(help="Also rank items already in the user's history (default: they are excluded).")
+    ] = False,
+    sampled: Annotated[
+        str | None,
+        typer.Option(
+            help="Also report SAMPLED metrics (100 negatives): uniform or popularity. Not comparable to full ranking."
+        ),
+    ] = None,
+    popularity_baseline: Annotated[bool, typer.Option(help="Also report the popularity baseline.")] = False,
+    data_dir: DataDirOpt = None,
+    cache_dir: CacheDirOpt = None,
+) -> None:
+    """Full-ranking HR/NDCG/MRR@{1,5,10,20} on the leave-one-out split."""
+    from training.data import leave_one_out
+    from training.evaluate import full_rank_eval, popularity_score_fn, popularity_scores, sampled_eval
+    from training.train import load_checkpoint
+
+    if split not in ("valid", "test"):
+        _fail("--split must be valid or test")
+    try:
+        model, ckpt = load_checkpoint(checkpoint)
+    except FileNotFoundError as exc:
+        _fail(str(exc))
+    data = _load_data(dataset or ckpt["dataset"], file, data_dir, cache_dir)
+    if data.fingerprint() != ckpt["data_fingerprint"]:
+        _fail(f"dataset {data.name!r} is not the data this checkpoint was trained on (fingerprint differs)")
+    s = leave_one_out(data)
+    hists, targets = (s.valid_hist, s.valid_target) if split == "valid" else (s.test_hist, s.test_target)
+    t = time.perf_counter()
+    out: dict[str, Any] = {"split": split, "model": ckpt["model"], "dataset": data.name}
+    out["full"] = full_rank_eval(
+        model.score, hists, targets, data.num_items, model.max_len, exclude_history=not include_history
+    )
+    out["eval_seconds"] = round(time.perf_counter() - t, 2)
+    pop = popularity_scores(s.train, data.num_items)
+    if popularity_baseline:
+        out["popularity"] = full_rank_eval(
+            popularity_score_fn(pop), hists, targets, data.num_items, model.max_len, exclude_history=not include_history
+        )
+    if sampled:
+        if sampled not in ("uniform", "popularity"):
+            _fail("--sampled must be uniform or popularity")
+        out["sampled"] = sampled_eval(
+            model.score,
+            hists,
+            targets,
+            data.num_items,
+            model.max_len,
+            popularity=pop if sampled == "popularity" else None,
+        )
+    typer.echo(json.dumps(out, indent=2))
+
+
+@app.command()
+def export(
+    checkpoint: Annotated[Path, typer.Argument(help="A best.pt written by `seqrec train`.")],
+    out: Annotated[Path, typer.Option(help="Folder that receives the bundle directory.")] = Path("artifacts"),
+    name: Annotated[str | None, typer.Option(help="Bundle directory name (default <model>-<dataset>-<time>).")] = None,
+    with_text: Annotated[bool, typer.Option(help="Include item titles/text when the dataset has them.")] = True,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Write the artifact bundle: ONNX + TorchScript, item vectors, ids, popularity, manifest."""
+    from training.data import DatasetError, item_text
+    from training.export import ExportError, export_bundle
+    from training.train import load_checkpoint
+
+    try:
+        _, ckpt = load_checkpoint(checkpoint)
+    except FileNotFoundError as exc:
+        _fail(str(exc))
+    text = None
+    if with_text:
+        try:
+            text = item_text(ckpt["dataset"], data_dir)
+        except DatasetError:
+            text = None  # datasets without text (or generic files) export without it
+    try:
+        path = export_bundle(checkpoint, out, name, item_text=text)
+    except ExportError as exc:
+        _fail(str(exc))
+    typer.echo(str(path))
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,36 @@
+"""Typed training configuration and per-model defaults."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 200
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    loss: str = "ce"
+    num_negatives: int = 1
+    patience: int = 10  # evaluations without validation NDCG@10 improvement before stopping
+    eval_every: int = 1
+    eval_batch_size: int = 1024
+    seed: int = 42
+    device: str = "auto"
+    amp: bool = True  # bf16 autocast on CUDA; ignored on CPU
+    max_minutes: float | None = None  # wall-clock budget; stops after the epoch that crosses it
+    max_users: int | None = None  # train/evaluate on the first N users only (fast tests)
+    extra: dict[str, Any] = field(default_factory=dict)  # task-specific knobs (e.g. mask_prob)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def updated(self, **overrides: Any) -> TrainConfig:
+        known = {f.name for f in fields(self)}
+        unknown = set(overrides) - known
+        if unknown:
+            raise ValueError(f"unknown training option(s): {', '.join(sorted(unknown))}")
+        return replace(self, **{k: v for k, v in overrides.items() if v is not None})

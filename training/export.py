@@ -1,0 +1,178 @@
+"""Export a checkpoint as an artifact bundle (the only contract with the service).
+
+bundle/
+  manifest.json      format version, model, hyper-parameters, metrics, fingerprints, sha256 of files
+  model.onnx         item_seq int64 [batch, len] (0 = padding) -> user_vec float32 [batch, dim]
+  model.ts           the same as TorchScript
+  item_vectors.npy   float32 [num_items, dim]: row r is item index r + 1 (padding row dropped)
+  item_ids.json      external id of each row
+  popularity.npy     float32 [num_items]: training counts, the fallback ranking
+  item_text.json     optional: external id -> text (titles for the demo page)
+
+The bundle is written into a temporary sibling directory and renamed into place, so a
+reader never sees half a bundle. Export fails, and writes nothing, when ONNX Runtime or
+TorchScript disagree with eager PyTorch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from models.layers import SeqRecModel
+from training.train import load_checkpoint
+
+BUNDLE_FORMAT = 1
+ONNX_OPSET = 17
+INPUT_NAME = "item_seq"
+OUTPUT_NAME = "user_vec"
+PARITY_TOL = 1e-4
+
+
+class ExportError(RuntimeError):
+    pass
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def random_histories(num_items: int, max_len: int, seed: int = 0) -> list[np.ndarray]:
+    """Parity probes: lengths 1, short, full and over-long, so padding and truncation are exercised."""
+    rng = np.random.default_rng(seed)
+    lens = [1, 2, 5, max(1, max_len // 2), max_len, max_len + 7]
+    return [rng.integers(1, num_items + 1, size=n) for n in lens]
+
+
+def export_onnx(model: SeqRecModel, path: Path, example: torch.Tensor) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            model,
+            (example,),
+            str(path),
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamic_axes={INPUT_NAME: {0: "batch", 1: "length"}, OUTPUT_NAME: {0: "batch"}},
+            opset_version=ONNX_OPSET,
+            dynamo=False,
+        )
+
+
+def export_torchscript(model: SeqRecModel, path: Path, example: torch.Tensor) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ts = torch.jit.trace(model, (example,), check_trace=False)
+    ts.save(str(path))
+
+
+def check_parity(model: SeqRecModel, onnx_path: Path, ts_path: Path, num_items: int) -> dict[str, float]:
+    """Max |ONNX - eager| and |TorchScript - eager| over padded, length-1 and over-long inputs."""
+    import onnxruntime as ort
+
+    from training.batching import pad_left
+
+    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    ts = torch.jit.load(str(ts_path))
+    hists = random_histories(num_items, model.max_len)
+    worst = {"onnx": 0.0, "torchscript": 0.0}
+    probes = [pad_left(hists)] + [pad_left([h]) for h in hists]  # one padded batch + each alone
+    with torch.no_grad():
+        for arr in probes:
+            x = torch.as_tensor(arr)
+            ref = model(x).numpy()
+            got_onnx = sess.run([OUTPUT_NAME], {INPUT_NAME: arr})[0]
+            got_ts = ts(x).numpy()
+            worst["onnx"] = max(worst["onnx"], float(np.abs(got_onnx - ref).max()))
+            worst["torchscript"] = max(worst["torchscript"], float(np.abs(got_ts - ref).max()))
+    return worst
+
+
+def export_bundle(
+    checkpoint: Path,
+    out_root: Path,
+    name: str | None = None,
+    item_text: dict[str, str] | None = None,
+    metrics: dict[str, Any] | None = None,
+) -> Path:
+    """Write a verified bundle under out_root; returns its path."""
+    model, ckpt = load_checkpoint(checkpoint, "cpu")
+    model.eval()
+    kind = ckpt["model"]
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    name = name or f"{kind}-{ckpt['dataset']}-{stamp}"
+    out_root.mkdir(parents=True, exist_ok=True)
+    final = out_root / name
+    if final.exists():
+        raise ExportError(f"{final} already exists")
+    if metrics is None:
+        final_json = Path(checkpoint).parent / "final.json"
+        metrics = json.loads(final_json.read_text()) if final_json.is_file() else {"valid": ckpt.get("valid")}
+
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=out_root))
+    try:
+        num_items = model.num_items
+        example = torch.as_tensor(np.array([[0, 0, 1, 2], [3, 4, 5, 6]], dtype=np.int64))
+        export_onnx(model, tmp / "model.onnx", example)
+        export_torchscript(model, tmp / "model.ts", example)
+        parity = check_parity(model, tmp / "model.onnx", tmp / "model.ts", num_items)
+        if max(parity.values()) > PARITY_TOL:
+            raise ExportError(f"exported graphs disagree with eager PyTorch: {parity}")
+
+        with torch.no_grad():
+            table = model.item_vectors().detach().float().numpy()[1 : num_items + 1]  # (N, D')
+        np.save(tmp / "item_vectors.npy", np.ascontiguousarray(table, dtype=np.float32))
+        pop = np.asarray(ckpt["popularity"], dtype=np.float32)[1 : num_items + 1]
+        np.save(tmp / "popularity.npy", pop)
+        item_ids = list(ckpt["item_ids"])
+        (tmp / "item_ids.json").write_text(json.dumps(item_ids))
+        if item_text:
+            (tmp / "item_text.json").write_text(json.dumps({i: item_text[i] for i in item_ids if i in item_text}))
+
+        files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()}
+        manifest = {
+            "format_version": BUNDLE_FORMAT,
+            "name": name,
+            "model": kind,
+            "version": stamp,
+            "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "dataset": ckpt["dataset"],
+            "data_fingerprint": ckpt["data_fingerprint"],
+            "model_config": ckpt["model_config"],
+            "train_config": ckpt["train_config"],
+            "max_len": model.max_len,
+            "dim": int(table.shape[1]),
+            "num_items": num_items,
+            "metrics": metrics,
+            "onnx": {
+                "input": INPUT_NAME,
+                "output": OUTPUT_NAME,
+                "opset": ONNX_OPSET,
+                "input_dtype": "int64",
+                "padding_index": 0,
+                "dynamic_axes": ["batch", "length"],
+            },
+            "parity_max_abs_diff": parity,
+            "files": files,
+        }
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
+        os.chmod(tmp, 0o755)
+        os.rename(tmp, final)  # atomic on one filesystem
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final

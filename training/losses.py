@@ -1,0 +1,62 @@
+"""Training objectives over (hidden state, target) pairs against an item table.
+
+All take h: (T, D) hidden states at the positions that have a target, pos: (T,) target
+item indices, and the item table W: (N+1, D) (row 0 = padding, never a candidate).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def full_softmax_ce(
+    h: torch.Tensor, pos: torch.Tensor, table: torch.Tensor, bias: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Cross-entropy over the whole catalogue: -log softmax(h W^T + b)[pos]."""
+    logits = h @ table.T  # (T, N+1)
+    if bias is not None:
+        logits = logits + bias
+    logits[:, 0] = float("-inf")
+    return F.cross_entropy(logits.float(), pos)
+
+
+def bce_negatives(h: torch.Tensor, pos: torch.Tensor, table: torch.Tensor, num_negatives: int = 1) -> torch.Tensor:
+    """SASRec's original loss: -log s(r_pos) - sum_j log(1 - s(r_neg_j)), negatives uniform per position."""
+    T = h.shape[0]
+    num_items = table.shape[0] - 1
+    neg = torch.randint(1, num_items + 1, (T, num_negatives), device=h.device)  # (T, K)
+    # A sampled negative equal to the positive is resampled once; the rest are vanishingly rare.
+    clash = neg == pos[:, None]
+    neg = torch.where(clash, torch.randint_like(neg, 1, num_items + 1), neg)
+    pos_logit = (h * table[pos]).sum(-1)  # (T,)
+    neg_logit = torch.einsum("td,tkd->tk", h, table[neg])  # (T, K)
+    return (
+        F.binary_cross_entropy_with_logits(pos_logit.float(), torch.ones_like(pos_logit, dtype=torch.float))
+        + F.binary_cross_entropy_with_logits(neg_logit.float(), torch.zeros_like(neg_logit, dtype=torch.float))
+        * num_negatives
+    )
+
+
+def sampled_softmax(
+    h: torch.Tensor, pos: torch.Tensor, table: torch.Tensor, num_negatives: int, popularity: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Softmax over the positive and `num_negatives` negatives shared by the batch.
+
+    Negatives are uniform, or drawn by `popularity` with the logQ correction (Yi et al. 2019)
+    so that the estimate stays unbiased. A negative that equals the positive is masked out.
+    """
+    num_items = table.shape[0] - 1
+    if popularity is None:
+        neg = torch.randint(1, num_items + 1, (num_negatives,), device=h.device)
+        log_q = None
+    else:
+        neg = torch.multinomial(popularity, num_negatives, replacement=True)
+        log_q = torch.log(popularity[neg] / popularity.sum())
+    pos_logit = (h * table[pos]).sum(-1, keepdim=True)  # (T, 1)
+    neg_logit = h @ table[neg].T  # (T, K)
+    if log_q is not None:
+        neg_logit = neg_logit - log_q
+    neg_logit = neg_logit.masked_fill(neg[None, :] == pos[:, None], float("-inf"))
+    logits = torch.cat([pos_logit, neg_logit], dim=1).float()  # (T, 1 + K)
+    return F.cross_entropy(logits, torch.zeros(len(pos), dtype=torch.long, device=h.device))

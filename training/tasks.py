@@ -1,0 +1,75 @@
+"""Per-model training tasks: how a user's training sequence becomes a batch, and its loss.
+
+A task sees only the training part of each sequence (leave-one-out: seq[:-2]), so the
+validation and test items can never leak into training.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from models.layers import SeqRecModel
+from training import losses
+from training.batching import pad_left
+
+Batch = dict[str, torch.Tensor]
+
+
+class Task:
+    """Base: subclasses define `batches` and `loss`."""
+
+    def batches(
+        self, train: Sequence[np.ndarray], batch_size: int, rng: np.random.Generator, device: torch.device
+    ) -> Iterator[Batch]:
+        raise NotImplementedError
+
+    def num_batches(self, train: Sequence[np.ndarray], batch_size: int) -> int:
+        return (len(train) + batch_size - 1) // batch_size
+
+    def loss(self, model: SeqRecModel, batch: Batch) -> torch.Tensor:
+        raise NotImplementedError
+
+
+@dataclass
+class NextItemTask(Task):
+    """Next item at every position (SASRec): input seq[:-1], target seq[1:], one row per user.
+
+    loss: "ce" full softmax (default), "bce" with `num_negatives` uniform negatives per
+    position (the SASRec paper), "sampled" softmax over `num_negatives` shared negatives.
+    """
+
+    max_len: int
+    loss_name: str = "ce"
+    num_negatives: int = 1
+    popularity: torch.Tensor | None = None  # for popularity-sampled negatives (with logQ correction)
+
+    def batches(
+        self, train: Sequence[np.ndarray], batch_size: int, rng: np.random.Generator, device: torch.device
+    ) -> Iterator[Batch]:
+        usable = [s for s in train if len(s) >= 2]
+        order = rng.permutation(len(usable))
+        for start in range(0, len(order), batch_size):
+            rows = [usable[i][-(self.max_len + 1) :] for i in order[start : start + batch_size]]
+            inp = pad_left([r[:-1] for r in rows])  # (B, L)
+            tgt = pad_left([r[1:] for r in rows])  # (B, L)
+            yield {
+                "item_seq": torch.as_tensor(inp, device=device),
+                "target": torch.as_tensor(tgt, device=device),
+            }
+
+    def loss(self, model: SeqRecModel, batch: Batch) -> torch.Tensor:
+        h = model.hidden(batch["item_seq"])  # (B, L, D)
+        mask = batch["target"] != 0  # (B, L)
+        h, pos = h[mask], batch["target"][mask]  # (T, D), (T,)
+        table = model.item_vectors()  # (N+1, D)
+        if self.loss_name == "ce":
+            return losses.full_softmax_ce(h, pos, table)
+        if self.loss_name == "bce":
+            return losses.bce_negatives(h, pos, table, self.num_negatives)
+        if self.loss_name == "sampled":
+            return losses.sampled_softmax(h, pos, table, self.num_negatives, self.popularity)
+        raise ValueError(f"unknown loss {self.loss_name!r}: choose ce, bce or sampled")

@@ -1,0 +1,308 @@
+"""The shared training loop: AdamW, clipping, early stopping on validation NDCG@10.
+
+Writes into the run directory:
+  best.pt              best checkpoint (weights, configs, item ids, popularity)
+  metrics.jsonl        one JSON line per epoch (loss, time, validation metrics)
+  learning_curve.png   loss and validation NDCG@10/HR@10 per epoch
+  final.json           validation and test metrics of the best checkpoint
+
+Runs under `torchrun` with DistributedDataParallel: each rank trains on its shard of
+users, rank 0 evaluates and writes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from tqdm.auto import tqdm
+
+from models.layers import SeqRecModel
+from training.config import TrainConfig
+from training.data.preprocess import SeqData, Split, leave_one_out
+from training.evaluate import full_rank_eval, popularity_scores
+from training.zoo import build_model, get_spec
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def subset_split(split: Split, max_users: int | None) -> Split:
+    if not max_users:
+        return split
+    n = max_users
+    return Split(
+        split.train[:n],
+        split.valid_hist[:n],
+        split.valid_target[:n],
+        split.test_hist[:n],
+        split.test_target[:n],
+        split.num_items,
+    )
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    best_epoch: int
+    valid: dict[str, float]
+    test: dict[str, float]
+    seconds: float
+
+
+def _is_tty() -> bool:
+    return sys.stderr.isatty()
+
+
+def _ddp() -> tuple[int, int]:
+    """(rank, world) when launched by torchrun, else (0, 1)."""
+    if "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1:
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def evaluate_model(
+    model: SeqRecModel,
+    hists: list[np.ndarray],
+    targets: np.ndarray,
+    num_items: int,
+    tc: TrainConfig,
+    device: torch.device,
+) -> dict[str, float]:
+    model.eval()
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=tc.amp and device.type == "cuda"):
+        return full_rank_eval(  # type: ignore[return-value]
+            model.score, hists, targets, num_items, model.max_len, tc.eval_batch_size, device=device
+        )
+
+
+def train(
+    model_name: str,
+    data: SeqData,
+    run_dir: Path,
+    model_overrides: dict[str, Any] | None = None,
+    train_overrides: dict[str, Any] | None = None,
+    progress: bool | None = None,
+) -> TrainResult:
+    spec = get_spec(model_name)
+    tc = spec.train_defaults.updated(**(train_overrides or {}))
+    rank, world = _ddp()
+    device = resolve_device(tc.device)
+    if world > 1 and device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    seed_everything(tc.seed)
+    progress = _is_tty() if progress is None else progress
+
+    split = subset_split(leave_one_out(data), tc.max_users)
+    popularity = popularity_scores(split.train, data.num_items)
+    model = build_model(model_name, data.num_items, model_overrides).to(device)
+    task = spec.make_task(model.cfg, tc, popularity)  # type: ignore[attr-defined]
+    net: torch.nn.Module = TaskLoss(model, task)
+    if world > 1:
+        net = torch.nn.parallel.DistributedDataParallel(net)
+    opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay, betas=(0.9, 0.98))
+    rng = np.random.default_rng(tc.seed + rank)
+    train_seqs = split.train[rank::world]
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    metrics_path = run_dir / "metrics.jsonl"
+    if rank == 0:
+        metrics_path.write_text("")
+        (run_dir / "config.json").write_text(
+            json.dumps(
+                {
+                    "model": model_name,
+                    "model_config": model.cfg.to_dict(),
+                    "train_config": tc.to_dict(),  # type: ignore[attr-defined]
+                    "dataset": data.stats(),
+                    "data_fingerprint": data.fingerprint(),
+                },
+                indent=2,
+            )
+        )
+    best, best_epoch, bad_evals = -1.0, 0, 0
+    t0 = time.perf_counter()
+    history: list[dict[str, Any]] = []
+    for epoch in range(1, tc.epochs + 1):
+        model.train()
+        t_ep = time.perf_counter()
+        total, count = 0.0, 0
+        bar = tqdm(
+            task.batches(train_seqs, tc.batch_size, rng, device),
+            total=task.num_batches(train_seqs, tc.batch_size),
+            desc=f"epoch {epoch}",
+            disable=not progress or rank != 0,
+            leave=False,
+        )
+        for batch in bar:
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=tc.amp and device.type == "cuda"):
+                loss = net(batch)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if tc.grad_clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+            opt.step()
+            total += float(loss.detach())
+            count += 1
+            bar.set_postfix(loss=f"{total / count:.4f}")
+        epoch_s = time.perf_counter() - t_ep
+        row: dict[str, Any] = {"epoch": epoch, "loss": total / max(count, 1), "epoch_seconds": round(epoch_s, 3)}
+        stop = False
+        if rank == 0 and (epoch % tc.eval_every == 0 or epoch == tc.epochs):
+            valid = evaluate_model(model, split.valid_hist, split.valid_target, data.num_items, tc, device)
+            row.update({f"valid_{k}": v for k, v in valid.items() if k != "users"})
+            if valid["ndcg@10"] > best:
+                best, best_epoch, bad_evals = valid["ndcg@10"], epoch, 0
+                save_checkpoint(run_dir / "best.pt", model_name, model, tc, data, popularity, epoch, valid)
+            else:
+                bad_evals += 1
+                stop = bad_evals >= tc.patience
+        row["elapsed_seconds"] = round(time.perf_counter() - t0, 3)
+        if rank == 0:
+            history.append(row)
+            with metrics_path.open("a") as fh:
+                fh.write(json.dumps(row) + "\n")
+            plot_learning_curve(history, run_dir / "learning_curve.png")
+            if not progress:
+                shown = {
+                    k: (round(v, 4) if isinstance(v, float) else v)
+                    for k, v in row.items()
+                    if k in ("epoch", "loss", "epoch_seconds", "valid_ndcg@10", "valid_hr@10")
+                }
+                print(json.dumps(shown), file=sys.stderr, flush=True)
+        if tc.max_minutes and (time.perf_counter() - t0) / 60 > tc.max_minutes:
+            stop = True
+        if world > 1:
+            flag = torch.tensor([int(stop)], device=device)
+            dist.broadcast(flag, 0)
+            stop = bool(flag.item())
+        if stop:
+            break
+    seconds = time.perf_counter() - t0
+    if rank != 0:
+        return TrainResult(run_dir, best_epoch, {}, {}, seconds)
+    best_model, _ = load_checkpoint(run_dir / "best.pt", device)
+    valid = evaluate_model(best_model, split.valid_hist, split.valid_target, data.num_items, tc, device)
+    test = evaluate_model(best_model, split.test_hist, split.test_target, data.num_items, tc, device)
+    best_row = next((r for r in history if r["epoch"] == best_epoch), {})
+    final = {
+        "model": model_name,
+        "dataset": data.name,
+        "best_epoch": best_epoch,
+        "train_seconds": round(seconds, 2),
+        "seconds_to_best": best_row.get("elapsed_seconds"),
+        "valid": valid,
+        "test": test,
+        "device": str(device),
+        "epochs_run": len(history),
+    }
+    (run_dir / "final.json").write_text(json.dumps(final, indent=2))
+    return TrainResult(run_dir, best_epoch, valid, test, seconds)
+
+
+class TaskLoss(torch.nn.Module):
+    """model + task as one module whose forward is the loss, so DDP can wrap it."""
+
+    def __init__(self, model: SeqRecModel, task: Any) -> None:
+        super().__init__()
+        self.model = model
+        self.task = task
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.task.loss(self.model, batch)
+
+
+def save_checkpoint(
+    path: Path,
+    model_name: str,
+    model: SeqRecModel,
+    tc: TrainConfig,
+    data: SeqData,
+    popularity: np.ndarray,
+    epoch: int,
+    valid: dict[str, float],
+) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(
+        {
+            "format": 1,
+            "model": model_name,
+            "model_config": model.cfg.to_dict(),  # type: ignore[attr-defined]
+            "train_config": tc.to_dict(),
+            "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+            "dataset": data.name,
+            "data_fingerprint": data.fingerprint(),
+            "item_ids": data.item_ids,
+            "popularity": popularity,
+            "epoch": epoch,
+            "valid": valid,
+        },
+        tmp,
+    )
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> tuple[SeqRecModel, dict[str, Any]]:
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{path}: checkpoint not found")
+    ckpt = torch.load(path, map_location=device, weights_only=False)
+    cfg = dict(ckpt["model_config"])
+    num_items = cfg.pop("num_items")
+    model = build_model(ckpt["model"], num_items, cfg)
+    model.load_state_dict(ckpt["state_dict"])
+    model.to(device).eval()
+    return model, ckpt
+
+
+def plot_learning_curve(history: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax1 = plt.subplots(figsize=(7, 4))
+    ep = [r["epoch"] for r in history]
+    ax1.plot(ep, [r["loss"] for r in history], color="tab:blue", label="train loss")
+    ax1.set_xlabel("epoch")
+    ax1.set_ylabel("train loss", color="tab:blue")
+    ev = [r for r in history if "valid_ndcg@10" in r]
+    if ev:
+        ax2 = ax1.twinx()
+        ax2.plot(
+            [r["epoch"] for r in ev], [r["valid_ndcg@10"] for r in ev], "o-", color="tab:red", label="valid NDCG@10"
+        )
+        ax2.plot(
+            [r["epoch"] for r in ev], [r["valid_hr@10"] for r in ev], "s--", color="tab:orange", label="valid HR@10"
+        )
+        ax2.set_ylabel("validation (full ranking)")
+        ax2.legend(loc="lower right")
+    ax1.set_title("learning curve")
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=90)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
