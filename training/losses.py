@@ -13,12 +13,15 @@ import torch.nn.functional as F
 def full_softmax_ce(
     h: torch.Tensor, pos: torch.Tensor, table: torch.Tensor, bias: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """Cross-entropy over the whole catalogue: -log softmax(h W^T + b)[pos]."""
-    logits = h @ table.T  # (T, N+1)
+    """Cross-entropy over the whole catalogue: -log softmax(h W^T + b)[pos].
+
+    Extra rows past the catalogue (e.g. a [mask] token) must be sliced off by the caller;
+    the padding row 0 is dropped here, so it is never a candidate.
+    """
+    logits = h @ table[1:].T  # (T, N)
     if bias is not None:
-        logits = logits + bias
-    logits[:, 0] = float("-inf")
-    return F.cross_entropy(logits.float(), pos)
+        logits = logits + bias[1:]
+    return F.cross_entropy(logits.float(), pos - 1)
 
 
 def bce_negatives(h: torch.Tensor, pos: torch.Tensor, table: torch.Tensor, num_negatives: int = 1) -> torch.Tensor:
