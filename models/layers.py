@@ -49,16 +49,17 @@ class MultiHeadSelfAttention(nn.Module):
         self.dropout = dropout
 
     def forward(self, q_in: torch.Tensor, kv_in: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        # q_in, kv_in: (B, L, D); mask: (B, 1, L, L) bool, True = may attend
-        B, L, D = q_in.shape
+        # q_in: (B, Lq, D); kv_in: (B, L, D); mask: (B, 1, Lq, L) bool, True = may attend
+        B, Lq, D = q_in.shape
+        L = kv_in.shape[1]
         H = self.num_heads
         w_q, w_kv = self.qkv.weight.split([D, 2 * D])
         b_q, b_kv = self.qkv.bias.split([D, 2 * D])
-        q = F.linear(q_in, w_q, b_q).view(B, L, H, D // H).transpose(1, 2)  # (B, H, L, D/H)
+        q = F.linear(q_in, w_q, b_q).view(B, Lq, H, D // H).transpose(1, 2)  # (B, H, Lq, D/H)
         k, v = F.linear(kv_in, w_kv, b_kv).view(B, L, 2, H, D // H).permute(2, 0, 3, 1, 4)  # (B, H, L, D/H)
         # softmax(Q K^T / sqrt(d)) V, fused (3x faster than the explicit form on CPU, exports to ONNX)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0)
-        y = y.transpose(1, 2).reshape(B, L, D)  # (B, L, D)
+        y = y.transpose(1, 2).reshape(B, Lq, D)  # (B, Lq, D)
         return self.out(y)
 
 
@@ -95,16 +96,21 @@ class TransformerBlock(nn.Module):
         self.drop = nn.Dropout(dropout)
         self.norm_first = norm_first
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, last_only: bool = False) -> torch.Tensor:
+        """(B, L, D) -> (B, L, D); with last_only, (B, 1, D) for the newest position alone.
+
+        last_only is what serving needs from the final block: keys and values still span
+        the whole sequence, but only one query row is computed (same result, ~L x less work).
+        """
+        q_src = x[:, -1:] if last_only else x
+        mask = mask[:, :, -1:] if last_only else mask
         if self.norm_first:
-            q = self.ln1(x)
-            x = q + self.drop(self.attn(q, x, mask))
-            h = self.ln2(x)
-            x = h + self.drop(self.ffn(h))
-        else:
-            x = self.ln1(x + self.drop(self.attn(x, x, mask)))
-            x = self.ln2(x + self.drop(self.ffn(x)))
-        return x
+            q = self.ln1(q_src)
+            y = q + self.drop(self.attn(q, x, mask))  # as the authors' code: keys/values un-normalised
+            h = self.ln2(y)
+            return h + self.drop(self.ffn(h))
+        y = self.ln1(q_src + self.drop(self.attn(q_src, x, mask)))
+        return self.ln2(y + self.drop(self.ffn(y)))
 
 
 def attention_mask(item_seq: torch.Tensor, causal: bool) -> torch.Tensor:

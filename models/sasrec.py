@@ -58,20 +58,20 @@ class SASRec(SeqRecModel):
             if isinstance(m, nn.Linear) and m.bias is not None:
                 nn.init.zeros_(m.bias)
 
-    def hidden(self, item_seq: torch.Tensor) -> torch.Tensor:
-        """(B, L) int64 -> (B, L, D): F^(B) at every position."""
+    def hidden(self, item_seq: torch.Tensor, last_only: bool = False) -> torch.Tensor:
+        """(B, L) int64 -> (B, L, D): F^(B) at every position (or (B, 1, D), the newest only)."""
         item_seq = item_seq[:, -self.max_len :]  # longer histories keep the newest max_len items
         L = item_seq.shape[1]
         pos = recency_positions(L, self.max_len, item_seq.device)  # (L,)
         x = self.item_emb(item_seq) * self.scale + self.pos_emb(pos)[None]  # (B, L, D)
         x = self.emb_drop(x) * (item_seq != 0).unsqueeze(-1)  # padding rows stay zero
         mask = attention_mask(item_seq, causal=True)  # (B, 1, L, L)
-        for block in self.blocks:
-            x = block(x, mask)
-        return self.final_ln(x)  # (B, L, D)
+        for i, block in enumerate(self.blocks):
+            x = block(x, mask, last_only=last_only and i == len(self.blocks) - 1)
+        return self.final_ln(x)  # (B, L, D) or (B, 1, D)
 
     def forward(self, item_seq: torch.Tensor) -> torch.Tensor:
-        return self.hidden(item_seq)[:, -1, :]  # (B, D) user vector
+        return self.hidden(item_seq, last_only=True)[:, -1, :]  # (B, D) user vector
 
     def item_vectors(self) -> torch.Tensor:
         return self.item_emb.weight  # (N+1, D)

@@ -47,3 +47,11 @@ def test_shapes_and_score_contract() -> None:
         assert m(seq).shape == (4, 32)
         assert m.item_vectors().shape == (101, 32)
         assert torch.allclose(m.score(seq), m(seq) @ m.item_vectors().T)
+
+
+def test_user_vector_from_last_query_only_equals_full_computation() -> None:
+    for norm_first in (True, False):
+        m = _model(norm_first=norm_first)
+        seq = torch.randint(0, 101, (5, 15))
+        with torch.no_grad():
+            assert torch.allclose(m(seq), m.hidden(seq)[:, -1], atol=1e-5)
