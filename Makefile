@@ -27,6 +27,7 @@ demo: setup
 	$(VENV)/bin/seqrec evaluate runs/demo-sasrec/best.pt --popularity-baseline
 	rm -rf artifacts/demo-sasrec
 	$(VENV)/bin/seqrec export runs/demo-sasrec/best.pt --out artifacts --name demo-sasrec
+	$(VENV)/bin/seqrec serve --bundle artifacts/demo-sasrec --host 127.0.0.1 --port 8000 --examples
 
 bench-sasrec: setup
 	$(PY) benchmarks/train_quality.py --model sasrec --dataset ml-1m
