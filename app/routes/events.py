@@ -27,7 +27,7 @@ async def post_events(body: EventsIn, state: State) -> EventsOut:
     """Append item events to user histories. Replays (same event_id) are no-ops; unknown items are kept."""
     if len(body.events) > state.settings.max_batch:
         raise HTTPException(
-            status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+            413,
             f"batch of {len(body.events)} events exceeds the limit of {state.settings.max_batch}",
         )
     now = time.time()

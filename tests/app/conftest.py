@@ -71,5 +71,10 @@ def redis_url() -> Iterator[str]:
 
 
 @pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
 def key_prefix() -> str:
     return f"seqrec-test-{uuid.uuid4().hex[:8]}:"
