@@ -13,14 +13,15 @@ from app.state import AppState
 api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="Required when SEQREC_API_KEY is set.")
 
 
-def get_state(request: Request) -> AppState:
+async def get_state(request: Request) -> AppState:
+    # async on purpose: FastAPI runs sync dependencies in a thread pool, a costly hop per request.
     return request.app.state.seqrec
 
 
 State = Annotated[AppState, Depends(get_state)]
 
 
-def require_api_key(state: State, key: Annotated[str | None, Security(api_key_header)]) -> None:
+async def require_api_key(state: State, key: Annotated[str | None, Security(api_key_header)]) -> None:
     expected = state.settings.api_key
     if expected is None:
         return
