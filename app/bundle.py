@@ -147,7 +147,7 @@ class Bundle:
     def encode(self, items: Sequence[str]) -> np.ndarray:
         """External item ids -> model indices; ids the model does not know are dropped."""
         get = self.index_of.get
-        return np.fromiter((i for i in map(get, items) if i is not None), dtype=np.int64)
+        return np.array([i for i in map(get, items) if i is not None], dtype=np.int64)
 
     def user_vectors(self, histories: Sequence[np.ndarray]) -> np.ndarray:
         """Histories of model indices (oldest first) -> (B, D) user vectors, one ONNX call."""
