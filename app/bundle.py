@@ -96,7 +96,7 @@ class Bundle:
         self._check_runs()
 
     @classmethod
-    def load(cls, path: Path | str, ann_threshold: int = 100_000) -> Bundle:
+    def load(cls, path: Path | str, ann_threshold: int = 20_000) -> Bundle:
         """Validate manifest, files and checksums, then load. Raises BundleError on any defect."""
         path = Path(path)
         if not path.is_dir():
