@@ -25,7 +25,12 @@ class Settings(BaseSettings):
         None,
         description="Redis URL (redis://host:port/db). Unset: the in-process store (single process, not durable).",
     )
-    redis_timeout_s: float = Field(0.2, gt=0, le=10, description="Socket and connect timeout for Redis calls.")
+    redis_timeout_s: float = Field(
+        0.25, gt=0, le=10, description="Connect timeout and history-read timeout: past it, popularity answers."
+    )
+    redis_write_timeout_s: float = Field(
+        2.0, gt=0, le=30, description="Timeout of one event-batch write; past it the batch is reported not stored."
+    )
     redis_pool_size: int = Field(64, ge=1, le=10_000, description="Max connections in the Redis pool.")
     key_prefix: str = Field("seqrec:", max_length=64, description="Prefix of every Redis key the service writes.")
     max_history: int = Field(200, ge=1, le=10_000, description="Events kept per user (the last N by event time).")
