@@ -317,7 +317,9 @@ def main() -> None:
         "events": ev,
         "recommend": runs,
         "bare_recommendation": bare,
+        # Served p50 over the bare cost: unloaded (fewest connections) and at the highest throughput.
         "served_p50_over_bare": round(best["p50_ms"] / bare["total_p50_ms"], 2),
+        "served_p50_over_bare_unloaded": round(runs[0]["p50_ms"] / bare["total_p50_ms"], 2),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(result, indent=2))
@@ -347,10 +349,11 @@ def main() -> None:
         )
     md += [
         "\n## Bare cost of one recommendation, in-process (median)\n",
-        "| Redis read ms | ONNX ms | top-k ms | total ms | served p50 / bare |",
-        "|---|---|---|---|---|",
+        "| Redis read ms | ONNX ms | top-k ms | total ms | served p50 / bare, "
+        f"{runs[0]['connections']} conn | served p50 / bare, {best['connections']} conns (max req/s) |",
+        "|---|---|---|---|---|---|",
         f"| {bare['redis_p50_ms']} | {bare['onnx_p50_ms']} | {bare['topk_p50_ms']} | {bare['total_p50_ms']} "
-        f"| {result['served_p50_over_bare']} |",
+        f"| {result['served_p50_over_bare_unloaded']} | {result['served_p50_over_bare']} |",
     ]
     args.out.with_suffix(".md").write_text("\n".join(md) + "\n")
 
