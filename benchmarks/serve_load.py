@@ -53,6 +53,33 @@ def wait_port(port: int, timeout: float = 60) -> None:
     raise RuntimeError(f"port {port} did not open")
 
 
+def _stat(pid: int) -> tuple[int, float] | None:
+    """(parent pid, user+system CPU seconds) of one process, from /proc."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = raw[raw.rfind(")") + 2 :].split()
+    return int(fields[1]), (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def tree_cpu(root: int) -> float:
+    """CPU seconds used so far by a process and all its descendants (uvicorn workers)."""
+    stats = {int(d): st for d in os.listdir("/proc") if d.isdigit() and (st := _stat(int(d))) is not None}
+    total, todo = 0.0, [root]
+    while todo:
+        pid = todo.pop()
+        if pid in stats:
+            total += stats[pid][1]
+            todo += [c for c, (ppid, _) in stats.items() if ppid == pid]
+    return total
+
+
+def own_cpu() -> float:
+    t = os.times()
+    return t.user + t.system
+
+
 class Conn:
     """One keep-alive HTTP/1.1 connection; requests are sent one at a time."""
 
@@ -284,7 +311,12 @@ def main() -> None:
         items = json.loads((args.bundle / "item_ids.json").read_text())
         users = [f"bench-u{i}" for i in range(args.users)]
 
+        cpu0 = (tree_cpu(procs[1].pid), tree_cpu(procs[0].pid), own_cpu())
         ev = asyncio.run(post_events(port, users, items, args.history, args.event_conns, api_key))
+        cpu1 = (tree_cpu(procs[1].pid), tree_cpu(procs[0].pid), own_cpu())
+        per = [round((b - a) / ev["events"] * 1e6, 2) for a, b in zip(cpu0, cpu1, strict=True)]
+        ev["cpu_us_per_event"] = {"server": per[0], "redis": per[1], "load_generator": per[2]}
+        ev["idle_2core_capacity_events_per_s"] = round(2e6 / sum(per))
         stored = asyncio.run(count_in_redis(url, prefix, users))
         ev["stored_in_redis"] = stored
         ev["lost"] = ev["events"] - stored
@@ -292,8 +324,16 @@ def main() -> None:
 
         runs = []
         asyncio.run(recommend_load(port, users, 4, 2))  # warm-up
+        server_pid, redis_pid = procs[1].pid, procs[0].pid
         for c in args.conns:
+            cpu0 = (tree_cpu(server_pid), tree_cpu(redis_pid), own_cpu())
             r = asyncio.run(recommend_load(port, users, c, args.seconds))
+            cpu1 = (tree_cpu(server_pid), tree_cpu(redis_pid), own_cpu())
+            # CPU time per request does not depend on how busy the shared machine is, unlike latency:
+            # 2 cores / (CPU per request) is what this stack can serve on an otherwise idle 2-core box.
+            per = [round((b - a) / r["requests"] * 1e3, 3) for a, b in zip(cpu0, cpu1, strict=True)]
+            r["cpu_ms_per_request"] = {"server": per[0], "redis": per[1], "load_generator": per[2]}
+            r["idle_2core_capacity_rps"] = round(2000 / sum(per))
             print("recommend", r, flush=True)
             runs.append(r)
         bare = asyncio.run(bare_cost(args.bundle, url, prefix, users))
@@ -338,14 +378,18 @@ def main() -> None:
         f"| {ev['events']} | {ev['seconds']} | {ev['events_per_s']} | {ev['batch_p50_ms']} | {ev['batch_p99_ms']} "
         f"| {ev['accepted']} | {ev['duplicates']} | {ev['retried_503']} | {ev['errors']} | {ev['stored_in_redis']} "
         f"| {ev['lost']} |",
+        f"\nCPU per event (µs): {ev['cpu_us_per_event']} -> an idle 2-core machine could sustain "
+        f"~{ev['idle_2core_capacity_events_per_s']} events/s.",
         "\n## GET /recommend/{user}?k=10 (closed loop)\n",
-        "| connections | requests | req/s | p50 ms | p90 ms | p99 ms | max ms | errors | sources |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| connections | requests | req/s | p50 ms | p90 ms | p99 ms | max ms | errors | sources "
+        "| CPU ms/req server + redis + loadgen | idle 2-core capacity req/s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in runs:
         md.append(
             f"| {r['connections']} | {r['requests']} | {r['requests_per_s']} | {r['p50_ms']} | {r['p90_ms']} "
-            f"| {r['p99_ms']} | {r['max_ms']} | {r['errors']} | {r['sources']} |"
+            f"| {r['p99_ms']} | {r['max_ms']} | {r['errors']} | {r['sources']} "
+            f"| {' + '.join(str(v) for v in r['cpu_ms_per_request'].values())} | {r['idle_2core_capacity_rps']} |"
         )
     md += [
         "\n## Bare cost of one recommendation, in-process (median)\n",
