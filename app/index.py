@@ -34,8 +34,11 @@ class TopKIndex(Protocol):
     def add(self, labels: np.ndarray, vectors: np.ndarray) -> None: ...
 
 
-def _exclude_count(exclude: list[np.ndarray] | None, b: int) -> list[int]:
-    return [len(np.unique(e)) for e in exclude] if exclude is not None else [0] * b
+def _exclude_count(exclude: list[np.ndarray] | None, b: int, n: int, k: int) -> list[int]:
+    """Distinct excluded labels per row; only counted exactly when it can matter (k + |exclude| > n)."""
+    if exclude is None:
+        return [0] * b
+    return [len(np.unique(e)) if k + len(e) > n else len(e) for e in exclude]
 
 
 class ExactIndex:
@@ -94,7 +97,7 @@ class ExactIndex:
         top = np.take_along_axis(top, order, 1)
         labels = rows.astype(np.int64) + self.first
         labels[~np.isfinite(top)] = 0  # excluded items never come back
-        return _trim(labels, top, k, _exclude_count(exclude, len(query)), self._n)
+        return _trim(labels, top, k, _exclude_count(exclude, len(query), self._n, k), self._n)
 
 
 def _trim(labels: np.ndarray, scores: np.ndarray, k: int, n_ex: list[int], n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -142,7 +145,7 @@ class HNSWIndex:
         faiss = self._faiss
         query = np.ascontiguousarray(query, dtype=np.float32).reshape(-1, self.dim)
         n = len(self)
-        n_ex = _exclude_count(exclude, len(query))
+        n_ex = _exclude_count(exclude, len(query), n, k)
         kk = min(k, n)
         out_l = np.zeros((len(query), kk), np.int64)
         out_s = np.full((len(query), kk), NEG_INF, np.float32)
