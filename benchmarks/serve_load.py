@@ -352,11 +352,18 @@ def main() -> None:
             except subprocess.TimeoutExpired:
                 p.kill()
     best = max(runs, key=lambda r: r["requests_per_s"])
+    man = json.loads((args.bundle / "manifest.json").read_text())
+    tc = man.get("train_config", {})
+    bundle_desc = (
+        f"{man['model']} on {man.get('dataset')}: {man['num_items']} items, dim {man['dim']}, max_len {man['max_len']} "
+        f"(trained {tc.get('epochs')} epoch(s), max_users={tc.get('max_users')}: speed does not depend on quality)"
+    )
     result = {
         "command": " ".join(["python", *sys.argv]),
         "machine": machine_info(),
         "load_average_at_end": os.getloadavg(),
         "bundle": str(args.bundle),
+        "bundle_description": bundle_desc,
         "server": {"workers": args.workers, "access_log": args.access_log, "store": "redis (private redis-server)"},
         "users": args.users,
         "history": args.history,
@@ -377,6 +384,7 @@ def main() -> None:
         f"Server: `seqrec serve`, {args.workers} uvicorn worker(s), Redis store, access log "
         f"{'on' if args.access_log else 'off'}; bundle `{args.bundle.name}`; "
         f"{args.users} users x {args.history} events.\n",
+        f"Bundle: {bundle_desc}\n",
         "\n## POST /events (batches of 500)\n",
         "| events | seconds | events/s | batch p50 ms | batch p99 ms | accepted | duplicates | 503 retried | errors "
         "| stored in Redis | lost |",
