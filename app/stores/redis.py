@@ -80,7 +80,8 @@ class RedisStore:
 
     async def ping(self) -> bool:
         try:
-            return bool(await self.redis.ping())
+            async with asyncio.timeout(self.read_timeout_s):
+                return bool(await self.redis.ping())
         except _ERRORS:
             return False
 
