@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-10)
 
-.PHONY: setup test lint demo bench-sasrec clean
+.PHONY: setup test lint demo serve bench-sasrec bench-serve bench-ann clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,9 +27,28 @@ demo: setup
 	$(VENV)/bin/seqrec evaluate runs/demo-sasrec/best.pt --popularity-baseline
 	rm -rf artifacts/demo-sasrec
 	$(VENV)/bin/seqrec export runs/demo-sasrec/best.pt --out artifacts --name demo-sasrec
+	$(VENV)/bin/seqrec serve --bundle artifacts/demo-sasrec --host 127.0.0.1 --port 8000 --examples
 
 bench-sasrec: setup
 	$(PY) benchmarks/train_quality.py --model sasrec --dataset ml-1m
+
+# Serve an existing bundle: make serve BUNDLE=artifacts/demo-sasrec
+BUNDLE ?= artifacts/demo-sasrec
+serve: setup
+	$(VENV)/bin/seqrec serve --bundle $(BUNDLE) --examples
+
+# Serving benchmarks need an ML-1M SASRec bundle (BENCH_BUNDLE); this trains a quick one if absent.
+BENCH_BUNDLE ?= artifacts/bench-sasrec-ml1m
+$(BENCH_BUNDLE): | setup
+	$(VENV)/bin/seqrec train --model sasrec --dataset ml-1m --epochs 1 --max-users 1500 --out runs/bench-sasrec-ml1m
+	$(VENV)/bin/seqrec export runs/bench-sasrec-ml1m/best.pt --out $(dir $(BENCH_BUNDLE)) --name $(notdir $(BENCH_BUNDLE))
+
+bench-serve: setup $(BENCH_BUNDLE)
+	$(PY) benchmarks/serve_load.py --bundle $(BENCH_BUNDLE) --out benchmarks/results/serve
+
+bench-ann: setup $(BENCH_BUNDLE)
+	$(VENV)/bin/pip install -q --disable-pip-version-check -e '.[bench]'
+	$(PY) benchmarks/ann_recall.py --bundle $(BENCH_BUNDLE) --queries 500 --out benchmarks/results/ann.json
 
 clean:
 	rm -rf runs artifacts .seqrec_cache .pytest_cache

@@ -281,6 +281,78 @@ def export(
     typer.echo(str(path))
 
 
+def _print_examples(settings: Any, host: str, port: int) -> None:
+    """Two copy-paste curl commands using real item ids of the default bundle (its most popular items)."""
+    import numpy as np
+
+    path = settings.bundles[0]
+    ids = json.loads((path / "item_ids.json").read_text())
+    top = np.argsort(-np.load(path / "popularity.npy"), kind="stable")[:3]
+    events = [{"user_id": "demo-user", "item_id": ids[i], "timestamp": 1700000000 + n} for n, i in enumerate(top)]
+    body = json.dumps({"events": events}, separators=(",", ":"))
+    base = f"http://{host}:{port}"
+    key = f" -H 'X-API-Key: {settings.api_key.get_secret_value()}'" if settings.api_key else ""
+    typer.echo("\nServer starting; try:\n")
+    typer.echo(f"  curl -s -X POST {base}/events -H 'Content-Type: application/json'{key} -d '{body}'")
+    typer.echo(f"  curl -s '{base}/recommend/demo-user?k=5'")
+    typer.echo(f"\nOpenAPI docs: {base}/docs   (Ctrl-C stops the server)\n")
+
+
+@app.command()
+def serve(
+    bundle: Annotated[
+        list[Path] | None,
+        typer.Option("--bundle", help="Bundle directory to serve (repeatable; default: $SEQREC_BUNDLES)."),
+    ] = None,
+    host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    workers: Annotated[int, typer.Option(help="Worker processes (each loads the bundles; needs Redis when > 1).")] = 1,
+    redis_url: Annotated[
+        str | None, typer.Option(help="Redis URL (default: $SEQREC_REDIS_URL; unset = in-process store).")
+    ] = None,
+    api_key: Annotated[str | None, typer.Option(help="Require X-API-Key on writes (default: $SEQREC_API_KEY).")] = None,
+    examples: Annotated[bool, typer.Option(help="Print two curl commands that work against this server.")] = False,
+) -> None:
+    """Run the online service (uvicorn). Every other setting comes from SEQREC_* variables (see README)."""
+    import os
+
+    try:
+        import uvicorn  # serve extra; imported lazily so training images need not have it
+
+        from app.settings import Settings
+    except ImportError as exc:
+        _fail(f"the serve extra is not installed ({exc}); pip install 'seqrec[serve]'")
+    # Settings travel by environment so every worker process builds the same app.
+    if bundle:
+        os.environ["SEQREC_BUNDLES"] = ",".join(str(p.resolve()) for p in bundle)
+    if redis_url is not None:
+        os.environ["SEQREC_REDIS_URL"] = redis_url
+    if api_key is not None:
+        os.environ["SEQREC_API_KEY"] = api_key
+    if workers > 1 and not os.environ.get("SEQREC_REDIS_URL"):
+        _fail("--workers > 1 needs Redis: the in-process store is per process")
+    if workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        import tempfile
+
+        # /metrics must add up every worker, not show whichever one answered the scrape.
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="seqrec-metrics-")
+    try:
+        Settings()
+    except Exception as exc:  # pydantic ValidationError: report it plainly instead of a traceback
+        _fail(f"invalid settings: {exc}")
+    if examples:
+        _print_examples(Settings(), host, port)
+    uvicorn.run(
+        "app.main:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        access_log=False,  # the app writes its own JSON access log
+        log_level="warning",
+    )
+
+
 def main() -> None:
     try:
         app()

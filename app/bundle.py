@@ -1,0 +1,186 @@
+"""A loaded artifact bundle: manifest checks, the ONNX user encoder, the item catalogue.
+
+The service knows models only through the manifest: any bundle whose ONNX maps
+`item_seq` (B, L) int64, left-padded with 0, to `user_vec` (B, D) is served alike, and
+score(item) = <user_vec, item_vectors[item]>. Items are addressed internally by their
+model index (1..N, 0 = padding); `add_items` grows the catalogue online (cold-start items
+registered later), so the index is the one internal identity for every item.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from app.index import TopKIndex, build_index
+
+SUPPORTED_FORMATS = {1}
+# What the ONNX graph takes. A bundle whose graph takes item vectors instead of ids (UniSRec,
+# items known only by text) adds its kind here with a Bundle subclass overriding user_vectors.
+INPUT_KINDS = {"item_ids"}
+REQUIRED_FILES = ("manifest.json", "model.onnx", "item_vectors.npy", "item_ids.json", "popularity.npy")
+
+
+class BundleError(ValueError):
+    """The bundle is missing, malformed or fails its checksums; it must not be served."""
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _session(path: Path) -> ort.InferenceSession:
+    # One thread per worker: parallelism comes from processes, not from oversubscribed pools.
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+
+
+@dataclass(frozen=True)
+class BundleInfo:
+    name: str
+    model: str
+    version: str
+    num_items: int
+    dim: int
+    max_len: int
+    path: str
+
+
+class Bundle:
+    """Everything one model needs at serving time, validated on load."""
+
+    def __init__(self, path: Path, manifest: dict[str, Any], ann_threshold: int) -> None:
+        self.path = path
+        self.manifest = manifest
+        self.name: str = str(manifest.get("name") or path.name)
+        self.model: str = str(manifest["model"])
+        self.version: str = str(manifest.get("version", ""))
+        self.max_len: int = int(manifest["max_len"])
+        onnx_meta = manifest.get("onnx", {})
+        self.input_name: str = onnx_meta.get("input", "item_seq")
+        self.output_name: str = onnx_meta.get("output", "user_vec")
+        self.padding_index: int = int(onnx_meta.get("padding_index", 0))
+        self.session = _session(path / "model.onnx")
+
+        table = np.load(path / "item_vectors.npy", allow_pickle=False)
+        ids = json.loads((path / "item_ids.json").read_text())
+        pop = np.load(path / "popularity.npy", allow_pickle=False)
+        n, dim = int(manifest["num_items"]), int(manifest["dim"])
+        if table.dtype != np.float32 or table.shape != (n, dim):
+            raise BundleError(f"item_vectors.npy is {table.dtype}{table.shape}, manifest says float32({n}, {dim})")
+        if len(ids) != n or len(set(ids)) != n:
+            raise BundleError(f"item_ids.json has {len(ids)} ids ({len(set(ids))} distinct), expected {n}")
+        if pop.shape != (n,):
+            raise BundleError(f"popularity.npy has shape {pop.shape}, expected ({n},)")
+        if not np.isfinite(table).all():
+            raise BundleError("item_vectors.npy holds NaN/inf")
+        self.dim = dim
+        self.item_ids: list[str] = [str(i) for i in ids]  # row r <-> item index r + 1
+        self.index_of: dict[str, int] = {item: r + 1 for r, item in enumerate(self.item_ids)}
+        # Items by descending training popularity (stable: ties keep catalogue order).
+        self.popular: np.ndarray = np.argsort(-pop, kind="stable").astype(np.int64) + 1
+        self.popularity_score: np.ndarray = pop.astype(np.float32)
+        self.index: TopKIndex = build_index(np.arange(1, n + 1, dtype=np.int64), table, ann_threshold)
+        self._check_runs()
+
+    @classmethod
+    def load(cls, path: Path | str, ann_threshold: int = 20_000) -> Bundle:
+        """Validate manifest, files and checksums, then load. Raises BundleError on any defect."""
+        path = Path(path)
+        if not path.is_dir():
+            raise BundleError(f"{path} is not a directory")
+        missing = [f for f in REQUIRED_FILES if not (path / f).is_file()]
+        if missing:
+            raise BundleError(f"{path} lacks {', '.join(missing)}")
+        try:
+            manifest = json.loads((path / "manifest.json").read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise BundleError(f"manifest.json is not valid JSON: {exc}") from exc
+        if not isinstance(manifest, dict):
+            raise BundleError("manifest.json is not an object")
+        if manifest.get("format_version") not in SUPPORTED_FORMATS:
+            raise BundleError(f"unsupported bundle format {manifest.get('format_version')!r}")
+        for key in ("model", "max_len", "dim", "num_items", "files"):
+            if key not in manifest:
+                raise BundleError(f"manifest.json lacks {key!r}")
+        onnx_meta = manifest.get("onnx", {})
+        kind = onnx_meta.get("input_kind", "item_ids")
+        if kind not in INPUT_KINDS or onnx_meta.get("input_dtype", "int64") != "int64":
+            raise BundleError(
+                f"unsupported model input {kind!r} ({onnx_meta.get('input_dtype')}); served: {INPUT_KINDS}"
+            )
+        files: dict[str, str] = manifest["files"]
+        for f in REQUIRED_FILES[1:]:
+            if f not in files:
+                raise BundleError(f"manifest.json has no checksum for {f}")
+        for fname, digest in files.items():
+            fpath = path / fname
+            if not fpath.is_file():
+                raise BundleError(f"{fname} is listed in the manifest but missing")
+            if _sha256(fpath) != digest:
+                raise BundleError(f"checksum mismatch for {fname}")
+        try:
+            return cls(path, manifest, ann_threshold)
+        except BundleError:
+            raise
+        except Exception as exc:  # a corrupt ONNX / npy file surfaces as many exception types
+            raise BundleError(f"cannot load {path}: {type(exc).__name__}: {exc}") from exc
+
+    def _check_runs(self) -> None:
+        """Smoke-run the graph once so a bundle that cannot infer is rejected at load time."""
+        out = self.user_vectors([np.array([1], dtype=np.int64), np.array([], dtype=np.int64)])
+        if out.shape != (2, self.dim) or not np.isfinite(out[0]).all():
+            raise BundleError(f"model.onnx returned {out.shape}, expected (2, {self.dim})")
+
+    @property
+    def info(self) -> BundleInfo:
+        return BundleInfo(
+            self.name, self.model, self.version, len(self.item_ids), self.dim, self.max_len, str(self.path)
+        )
+
+    def encode(self, items: Sequence[str]) -> np.ndarray:
+        """External item ids -> model indices; ids the model does not know are dropped."""
+        get = self.index_of.get
+        return np.array([i for i in map(get, items) if i is not None], dtype=np.int64)
+
+    def user_vectors(self, histories: Sequence[np.ndarray]) -> np.ndarray:
+        """Histories of model indices (oldest first) -> (B, D) user vectors, one ONNX call."""
+        seqs = [h[-self.max_len :] for h in histories]
+        length = max(1, max(len(s) for s in seqs))
+        batch = np.full((len(seqs), length), self.padding_index, dtype=np.int64)  # (B, L) left-padded
+        for row, s in zip(batch, seqs, strict=True):
+            if len(s):
+                row[length - len(s) :] = s
+        return self.session.run([self.output_name], {self.input_name: batch})[0]
+
+    def add_items(self, ids: Sequence[str], vectors: np.ndarray) -> np.ndarray:
+        """Register new items (e.g. encoded from text) so they can be recommended at once."""
+        vectors = np.asarray(vectors, dtype=np.float32).reshape(len(ids), self.dim)
+        new = [i for i in ids if i not in self.index_of]
+        if len(new) != len(ids):
+            raise BundleError("some items are already in the catalogue")
+        start = len(self.item_ids) + 1
+        idx = np.arange(start, start + len(ids), dtype=np.int64)
+        self.index.add(idx, vectors)
+        self.item_ids.extend(ids)
+        self.index_of.update({item: int(i) for item, i in zip(ids, idx, strict=True)})
+        return idx
+
+    def external(self, indices: np.ndarray) -> list[str]:
+        ids = self.item_ids
+        return [ids[i - 1] for i in indices.tolist()]

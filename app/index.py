@@ -1,0 +1,164 @@
+"""Top-k maximum inner product search behind one interface.
+
+`ExactIndex` (numpy/BLAS) is exact and, for small catalogues, also fastest. `HNSWIndex`
+(faiss HNSW, chosen by measurement: see benchmarks/results/ann.md) takes over at
+`ann_threshold` items. Both take `add`, because
+items arrive online (cold-start items registered from text). Labels are model item
+indices (1..N); 0 is padding and never returned.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+
+NEG_INF = np.float32(-np.inf)
+
+
+class TopKIndex(Protocol):
+    dim: int
+
+    def __len__(self) -> int: ...
+
+    def search(
+        self, query: np.ndarray, k: int, exclude: list[np.ndarray] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """query (B, D) -> (labels (B, k'), scores (B, k')), best first, excluded labels dropped.
+
+        k' = min(k, catalogue size minus the excluded items) when that is the same for every row;
+        rows with fewer candidates are padded with label 0 / score -inf.
+        """
+        ...
+
+    def add(self, labels: np.ndarray, vectors: np.ndarray) -> None: ...
+
+
+def _exclude_count(exclude: list[np.ndarray] | None, b: int, n: int, k: int) -> list[int]:
+    """Distinct excluded labels per row; only counted exactly when it can matter (k + |exclude| > n)."""
+    if exclude is None:
+        return [0] * b
+    return [len(np.unique(e)) if k + len(e) > n else len(e) for e in exclude]
+
+
+class ExactIndex:
+    """Brute-force inner product: one GEMV/GEMM + argpartition. Labels are consecutive from `first`."""
+
+    def __init__(self, labels: np.ndarray, vectors: np.ndarray) -> None:
+        labels = np.asarray(labels, dtype=np.int64)
+        if len(labels) and not np.array_equal(labels, np.arange(labels[0], labels[0] + len(labels))):
+            raise ValueError("ExactIndex labels must be consecutive integers")
+        self.first = int(labels[0]) if len(labels) else 1
+        self.dim = int(vectors.shape[1])
+        self._n = len(labels)
+        # Over-allocated buffer so online `add` is amortised O(1) per item, not a full copy.
+        self._buf = np.empty((max(16, self._n), self.dim), dtype=np.float32)
+        self._buf[: self._n] = vectors
+
+    def __len__(self) -> int:
+        return self._n
+
+    @property
+    def table(self) -> np.ndarray:
+        return self._buf[: self._n]
+
+    def add(self, labels: np.ndarray, vectors: np.ndarray) -> None:
+        labels = np.asarray(labels, dtype=np.int64)
+        want = np.arange(self.first + self._n, self.first + self._n + len(labels))
+        if not np.array_equal(labels, want):
+            raise ValueError(f"ExactIndex.add expects labels {want[:1]}.. (consecutive)")
+        need = self._n + len(labels)
+        if need > len(self._buf):
+            grown = np.empty((max(need, 2 * len(self._buf)), self.dim), dtype=np.float32)
+            grown[: self._n] = self._buf[: self._n]
+            self._buf = grown
+        self._buf[self._n : need] = vectors
+        self._n = need
+
+    def search(
+        self, query: np.ndarray, k: int, exclude: list[np.ndarray] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        query = np.asarray(query, dtype=np.float32).reshape(-1, self.dim)
+        scores = query @ self.table.T  # (B, N)
+        if exclude is not None:
+            for row, ex in zip(scores, exclude, strict=True):
+                rows = ex - self.first
+                row[rows[(rows >= 0) & (rows < self._n)]] = NEG_INF
+        k = min(k, self._n)
+        labels = np.zeros((len(query), k), np.int64)
+        top = np.empty((len(query), k), np.float32)
+        for b, row in enumerate(scores):  # B is 1 per request: 1-D ops beat take_along_axis
+            part = np.argpartition(-row, k - 1)[:k] if k < self._n else np.arange(self._n)
+            best = part[np.argsort(-row[part], kind="stable")]
+            labels[b], top[b] = best + self.first, row[best]
+        labels[~np.isfinite(top)] = 0  # excluded items never come back
+        return _trim(labels, top, k, _exclude_count(exclude, len(query), self._n, k), self._n)
+
+
+def _trim(labels: np.ndarray, scores: np.ndarray, k: int, n_ex: list[int], n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Drop trailing columns that are padding in every row (k larger than what is left)."""
+    keep = min(k, max(n - e for e in n_ex)) if n_ex else k
+    return labels[:, :keep], scores[:, :keep]
+
+
+class HNSWIndex:
+    """Approximate inner-product search: a faiss HNSW graph, single-threaded.
+
+    Seen items are filtered inside the graph search (an ID selector), not by over-fetching
+    k + |history| neighbours and dropping them afterwards.
+    """
+
+    def __init__(
+        self,
+        labels: np.ndarray,
+        vectors: np.ndarray,
+        m: int = 16,
+        ef_construction: int = 200,
+        ef_search: int = 128,
+    ) -> None:
+        import faiss
+
+        faiss.omp_set_num_threads(1)  # one thread per worker process
+        self._faiss = faiss
+        self.dim = int(vectors.shape[1])
+        self.ef_search = ef_search
+        graph = faiss.IndexHNSWFlat(self.dim, m, faiss.METRIC_INNER_PRODUCT)
+        graph.hnsw.efConstruction = ef_construction
+        self._index = faiss.IndexIDMap2(graph)  # our labels (model item indices), not insertion order
+        self.add(labels, vectors)
+
+    def __len__(self) -> int:
+        return int(self._index.ntotal)
+
+    def add(self, labels: np.ndarray, vectors: np.ndarray) -> None:
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1, self.dim)
+        self._index.add_with_ids(vectors, np.ascontiguousarray(labels, dtype=np.int64))
+
+    def search(
+        self, query: np.ndarray, k: int, exclude: list[np.ndarray] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        faiss = self._faiss
+        query = np.ascontiguousarray(query, dtype=np.float32).reshape(-1, self.dim)
+        n = len(self)
+        n_ex = _exclude_count(exclude, len(query), n, k)
+        kk = min(k, n)
+        out_l = np.zeros((len(query), kk), np.int64)
+        out_s = np.full((len(query), kk), NEG_INF, np.float32)
+        for b in range(len(query)):
+            ef = max(self.ef_search, kk)
+            if exclude is not None and len(exclude[b]):
+                ex = np.ascontiguousarray(exclude[b], dtype=np.int64)
+                params = faiss.SearchParametersHNSW(sel=faiss.IDSelectorNot(faiss.IDSelectorBatch(ex)), efSearch=ef)
+            else:
+                params = faiss.SearchParametersHNSW(efSearch=ef)
+            scores, labels = self._index.search(query[b : b + 1], kk, params=params)
+            found = labels[0] >= 0  # -1: fewer than k candidates left
+            out_l[b, found], out_s[b, found] = labels[0][found], scores[0][found]
+        return _trim(out_l, out_s, k, n_ex, n)
+
+
+def build_index(labels: np.ndarray, vectors: np.ndarray, ann_threshold: int) -> TopKIndex:
+    """Exact below the threshold, HNSW at or above it."""
+    if len(labels) >= ann_threshold:
+        return HNSWIndex(labels, vectors)
+    return ExactIndex(labels, vectors)

@@ -1,0 +1,91 @@
+"""`create_app(settings)`: the FastAPI application factory with its lifespan.
+
+The lifespan loads every configured bundle (manifest + checksums + a test inference) and
+opens the one store connection pool; requests reach both through typed dependencies.
+Run with `seqrec serve` or `uvicorn --factory app.main:create_app`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+# One BLAS thread per worker process: parallelism comes from workers, not oversubscription.
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
+from fastapi import FastAPI, Request  # noqa: E402
+from fastapi.exceptions import RequestValidationError  # noqa: E402
+from fastapi.responses import JSONResponse  # noqa: E402
+
+from app.logging import configure_logging  # noqa: E402
+from app.metrics import Metrics  # noqa: E402
+from app.middleware import BodyLimit, Observe  # noqa: E402
+from app.registry import Registry  # noqa: E402
+from app.routes import events, ops, recommend  # noqa: E402
+from app.settings import Settings  # noqa: E402
+from app.state import AppState  # noqa: E402
+from app.stores import EventStore, MemoryStore, RedisStore  # noqa: E402
+
+log = logging.getLogger("seqrec.app")
+
+
+def make_store(settings: Settings) -> EventStore:
+    if settings.redis_url:
+        return RedisStore(
+            settings.redis_url,
+            settings.max_history,
+            settings.history_ttl_s,
+            prefix=settings.key_prefix,
+            timeout_s=settings.redis_timeout_s,
+            pool_size=settings.redis_pool_size,
+            write_timeout_s=settings.redis_write_timeout_s,
+        )
+    log.warning("no SEQREC_REDIS_URL: using the in-process store (single process, not durable)")
+    return MemoryStore(settings.max_history, settings.history_ttl_s)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    configure_logging()
+    metrics = Metrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        registry = await asyncio.to_thread(
+            Registry.load, settings.bundles, settings.default_model, settings.ann_threshold
+        )
+        store = make_store(settings)
+        app.state.seqrec = AppState(settings=settings, registry=registry, store=store, metrics=metrics)
+        log.info("serving %s (default %s), store %s", ", ".join(registry.bundles), registry.default, store.kind)
+        try:
+            yield
+        finally:
+            await store.close()
+
+    app = FastAPI(
+        title="seqrec",
+        version="0.1.0",
+        summary="Real-time sequential recommendations: events in, next items out.",
+        lifespan=lifespan,
+    )
+    app.include_router(events.router)
+    app.include_router(recommend.router)
+    app.include_router(ops.router)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        # Name the failing field, and do not echo (possibly huge) inputs back.
+        errors = [
+            {"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")} for e in exc.errors()
+        ]
+        first = errors[0] if errors else {"loc": [], "msg": "invalid request"}
+        detail = f"{'.'.join(str(x) for x in first['loc'])}: {first['msg']}"
+        return JSONResponse({"detail": detail, "errors": errors[:20]}, status_code=422)
+
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(Observe, metrics=metrics, log_requests=settings.access_log)
+    return app

@@ -1,0 +1,50 @@
+"""The set of bundles being served: an immutable snapshot swapped whole on reload."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from app.bundle import Bundle, BundleError
+
+
+class UnknownModel(LookupError):
+    pass
+
+
+@dataclass(frozen=True)
+class Registry:
+    bundles: dict[str, Bundle]  # by bundle name
+    default: str
+
+    @classmethod
+    def load(cls, paths: Sequence[Path | str], default: str | None, ann_threshold: int) -> Registry:
+        """Load and validate every bundle; raises BundleError when any is bad (nothing is half-swapped)."""
+        if not paths:
+            raise BundleError("no bundle given")
+        loaded: dict[str, Bundle] = {}
+        for p in paths:
+            b = Bundle.load(Path(p), ann_threshold=ann_threshold)
+            if b.name in loaded:
+                raise BundleError(f"two bundles are named {b.name!r}")
+            loaded[b.name] = b
+        reg = cls(loaded, next(iter(loaded)))
+        if default is not None:
+            try:
+                reg = cls(loaded, reg.get(default).name)
+            except UnknownModel as exc:
+                raise BundleError(str(exc)) from exc
+        return reg
+
+    def get(self, name: str | None) -> Bundle:
+        """By bundle name, else by model kind when exactly one bundle has it; None = default."""
+        if name is None:
+            return self.bundles[self.default]
+        if name in self.bundles:
+            return self.bundles[name]
+        kind = [b for b in self.bundles.values() if b.model == name]
+        if len(kind) == 1:
+            return kind[0]
+        known = sorted(set(self.bundles) | {b.model for b in self.bundles.values()})
+        raise UnknownModel(f"unknown model {name!r}; serving: {', '.join(known)}")

@@ -1,0 +1,58 @@
+"""POST /events: validate a batch, write it in one store round trip, report what happened."""
+
+from __future__ import annotations
+
+import time
+
+from fastapi import APIRouter, HTTPException, status
+
+from app.deps import ApiKey, State
+from app.schemas import ErrorOut, EventsIn, EventsOut
+from app.stores import Event, StoreUnavailable
+
+router = APIRouter(tags=["events"])
+
+
+@router.post(
+    "/events",
+    response_model=EventsOut,
+    dependencies=[ApiKey],
+    responses={
+        401: {"model": ErrorOut, "description": "API key required"},
+        413: {"model": ErrorOut, "description": "Batch or body too large"},
+        503: {"model": ErrorOut, "description": "Store unreachable: nothing was stored, retry (idempotent)"},
+    },
+)
+async def post_events(body: EventsIn, state: State) -> EventsOut:
+    """Append item events to user histories. Replays (same event_id) are no-ops; unknown items are kept."""
+    if len(body.events) > state.settings.max_batch:
+        raise HTTPException(
+            413,
+            f"batch of {len(body.events)} events exceeds the limit of {state.settings.max_batch}",
+        )
+    now = time.time()
+    events = []
+    for pos, e in enumerate(body.events):
+        # Untimed events get "now", spaced by 1 µs in batch order so they keep the order they were sent in.
+        ts = now + pos * 1e-6 if e.timestamp is None else e.timestamp
+        # Without an event_id the event time identifies the event, so exact replays are still no-ops.
+        events.append(Event(e.user_id, e.item_id, ts, e.event_id if e.event_id is not None else f"t{ts:.6f}"))
+    try:
+        result = await state.store.append(events)
+    except StoreUnavailable as exc:
+        state.metrics.store_errors.labels("append").inc()
+        raise HTTPException(
+            status.HTTP_503_SERVICE_UNAVAILABLE,
+            f"event store unavailable, no event of this batch is acknowledged; retry: {exc}",
+            headers={"Retry-After": "1"},
+        ) from exc
+    bundle = state.registry.get(None)
+    known = bundle.index_of
+    unknown = sum(1 for e in events if e.item_id not in known)
+    m = state.metrics.events
+    m.labels("accepted").inc(result.accepted)
+    m.labels("duplicate").inc(result.duplicates)
+    m.labels("unknown_item").inc(unknown)
+    return EventsOut(
+        accepted=result.accepted, duplicates=result.duplicates, unknown_to_model=unknown, model=bundle.name
+    )

@@ -1,0 +1,85 @@
+"""Operations: liveness, readiness, Prometheus metrics, bundle reload without restart."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+
+from fastapi import APIRouter, HTTPException, Response, status
+from fastapi.responses import PlainTextResponse
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
+
+from app.bundle import BundleError
+from app.deps import ApiKey, State
+from app.registry import Registry
+from app.schemas import BundleOut, ErrorOut, Health, Ready, ReloadIn, ReloadOut
+
+router = APIRouter(tags=["operations"])
+log = logging.getLogger("seqrec.app")
+
+
+def _bundles(reg: Registry) -> list[BundleOut]:
+    return [BundleOut(**vars(b.info)) for b in reg.bundles.values()]
+
+
+@router.get("/healthz", response_model=Health)
+async def healthz() -> Health:
+    """Liveness: the process answers."""
+    return Health()
+
+
+@router.get("/readyz", response_model=Ready, responses={503: {"model": Ready, "description": "Not ready"}})
+async def readyz(state: State, response: Response) -> Ready:
+    """Readiness: a bundle is loaded and the store answers a ping."""
+    store_ok = await state.store.ping()
+    ready = store_ok and bool(state.registry.bundles)
+    if not ready:
+        response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
+    return Ready(
+        ready=ready,
+        store=state.store.kind,
+        store_ok=store_ok,
+        default_model=state.registry.default,
+        bundles=_bundles(state.registry),
+    )
+
+
+@router.get("/metrics", response_class=PlainTextResponse, responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})
+async def metrics(state: State) -> Response:
+    """Prometheus exposition format (all worker processes together when PROMETHEUS_MULTIPROC_DIR is set)."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        # Several uvicorn workers: each writes its samples to the shared directory; aggregate them all.
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+    return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+@router.post(
+    "/admin/reload",
+    response_model=ReloadOut,
+    dependencies=[ApiKey],
+    responses={
+        401: {"model": ErrorOut, "description": "API key required"},
+        422: {"model": ErrorOut, "description": "Bundle rejected; the previous bundles keep serving"},
+    },
+)
+async def reload(state: State, body: ReloadIn | None = None) -> ReloadOut:
+    """Load bundles (validated: manifest, checksums, a test inference) and swap them in atomically."""
+    body = body or ReloadIn()
+    paths = body.bundles or [str(p) for p in state.settings.bundles]
+    default = body.default_model if body.default_model is not None else state.settings.default_model
+    async with state.reload_lock:
+        try:
+            # Off the event loop: hashing and index building take a while, requests keep flowing.
+            reg = await asyncio.to_thread(Registry.load, paths, default, state.settings.ann_threshold)
+        except BundleError as exc:
+            state.metrics.reloads.labels("rejected").inc()
+            log.warning("bundle reload rejected: %s", exc)
+            raise HTTPException(422, f"bundle rejected, previous bundles keep serving: {exc}") from exc
+        state.registry = reg
+    state.metrics.reloads.labels("ok").inc()
+    log.info("bundles reloaded: %s", ", ".join(reg.bundles))
+    return ReloadOut(reloaded=True, default_model=reg.default, bundles=_bundles(reg))

@@ -1,0 +1,76 @@
+"""GET /recommend/{user_id}: history -> model indices -> ONNX user vector -> top-k."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated
+
+from fastapi import APIRouter, HTTPException, Path, Query
+
+from app.deps import State
+from app.registry import UnknownModel
+from app.schemas import ID_PATTERN, MAX_ID_LENGTH, ErrorOut, RecommendOut, ScoredItem
+from app.stores import StoreUnavailable
+
+router = APIRouter(tags=["recommend"])
+
+
+@router.get(
+    "/recommend/{user_id}",
+    response_model=RecommendOut,
+    responses={422: {"model": ErrorOut, "description": "Bad k, user id or unknown model"}},
+)
+async def recommend(
+    state: State,
+    user_id: Annotated[str, Path(min_length=1, max_length=MAX_ID_LENGTH, pattern=ID_PATTERN)],
+    k: Annotated[int, Query(ge=1, le=1000, description="How many items.")] = 10,
+    model: Annotated[
+        str | None, Query(max_length=MAX_ID_LENGTH, description="Bundle name or model kind (default model if omitted).")
+    ] = None,
+    exclude_seen: Annotated[bool, Query(description="Drop items already in the user's history.")] = True,
+) -> RecommendOut:
+    """Top-k next items for a user. Falls back to popularity when there is no usable history or the store is down."""
+    if k > state.settings.max_k:
+        raise HTTPException(422, f"k must be at most {state.settings.max_k}")
+    try:
+        bundle = state.registry.get(model)
+    except UnknownModel as exc:
+        raise HTTPException(422, str(exc)) from exc
+    metrics = state.metrics
+    reason = None
+    t0 = time.perf_counter()
+    try:
+        history = await state.store.history(user_id, state.settings.max_history)
+    except StoreUnavailable:
+        metrics.store_errors.labels("history").inc()
+        history, reason = [], "store_unavailable"
+    metrics.store_read.labels(state.store.kind).observe(time.perf_counter() - t0)
+    seen = bundle.encode(history)
+    if len(seen) == 0:
+        reason = reason or "no_history"
+        metrics.fallbacks.labels(reason).inc()
+        labels = bundle.popular[:k]  # nothing the model knows was seen, so nothing to exclude
+        scores = bundle.popularity_score[labels - 1]
+        source = "popularity"
+    else:
+        t1 = time.perf_counter()
+        user = bundle.user_vectors([seen])  # (1, D)
+        t2 = time.perf_counter()
+        labels, scores = bundle.index.search(user, k, [seen] if exclude_seen else None)
+        labels, scores = labels[0], scores[0]
+        t3 = time.perf_counter()
+        metrics.inference.labels(bundle.name).observe(t2 - t1)
+        metrics.topk.labels(bundle.name).observe(t3 - t2)
+        ok = labels > 0
+        labels, scores = labels[ok], scores[ok]
+        source = "model"
+    ids = bundle.external(labels)
+    return RecommendOut(
+        user_id=user_id,
+        items=[ScoredItem(item_id=i, score=s) for i, s in zip(ids, scores.tolist(), strict=True)],
+        model=bundle.model,
+        bundle=bundle.name,
+        version=bundle.version,
+        source=source,
+        history_length=len(seen),
+    )

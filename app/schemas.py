@@ -1,0 +1,147 @@
+"""Request and response models: what /docs shows is the contract."""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+
+MAX_ID_LENGTH = 128
+# Printable ids only: no C0/C1 control characters (the store uses 0x1f as a separator).
+ID_PATTERN = r"^[^\x00-\x1f\x7f-\x9f]+$"
+Id = Annotated[str, StringConstraints(min_length=1, max_length=MAX_ID_LENGTH, pattern=ID_PATTERN)]
+# Event times must be plausible: after 1970 and before year ~5138 (guards against ms/µs mix-ups).
+MAX_TIMESTAMP = 1e11
+
+
+class EventIn(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"user_id": "u42", "item_id": "2571", "timestamp": 1700000000}]},
+    )
+
+    user_id: Id
+    item_id: Id
+    timestamp: float | datetime | None = Field(
+        None, description="Epoch seconds or ISO-8601 (naive = UTC). Default: the time the server receives it."
+    )
+    event_id: Id | None = Field(
+        None, description="Idempotency key: a replayed event (same user, event_id and item) changes nothing."
+    )
+
+    @field_validator("timestamp")
+    @classmethod
+    def _epoch(cls, v: float | datetime | None) -> float | None:
+        if v is None:
+            return None
+        if isinstance(v, datetime):
+            v = (v if v.tzinfo else v.replace(tzinfo=UTC)).timestamp()
+        if not math.isfinite(v) or not 0 <= v < MAX_TIMESTAMP:
+            raise ValueError("timestamp must be epoch seconds between 0 and 1e11")
+        return float(v)
+
+
+class EventsIn(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "events": [
+                        {"user_id": "u42", "item_id": "2571", "timestamp": 1700000000, "event_id": "e-1"},
+                        {"user_id": "u42", "item_id": "1196", "timestamp": "2023-11-14T22:15:00Z"},
+                    ]
+                }
+            ]
+        },
+    )
+
+    events: list[EventIn] = Field(min_length=1, description="One batch; more than SEQREC_MAX_BATCH gives 413.")
+
+
+class EventsOut(BaseModel):
+    accepted: int = Field(description="Events newly stored.")
+    duplicates: int = Field(description="Events already stored before (replays): nothing changed.")
+    unknown_to_model: int = Field(description="Events whose item the default model does not know (still stored).")
+    model: str = Field(description="Bundle the unknown count refers to.")
+
+
+class ScoredItem(BaseModel):
+    item_id: str
+    score: float
+
+
+class RecommendOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "user_id": "u42",
+                    "items": [{"item_id": "2858", "score": 7.31}, {"item_id": "260", "score": 6.95}],
+                    "model": "sasrec",
+                    "bundle": "sasrec-ml1m",
+                    "version": "20261123-170102",
+                    "source": "model",
+                    "history_length": 2,
+                }
+            ]
+        }
+    )
+
+    user_id: str
+    items: list[ScoredItem]
+    model: str = Field(description="Model kind from the bundle manifest.")
+    bundle: str = Field(description="Bundle name.")
+    version: str = Field(description="Bundle version (export time).")
+    source: Literal["model", "popularity"] = Field(
+        description="`model`, or `popularity` for users without usable history or when the store is unreachable."
+    )
+    history_length: int = Field(description="History items the model knew and used.")
+
+
+class Health(BaseModel):
+    status: Literal["ok"] = "ok"
+
+
+class BundleOut(BaseModel):
+    name: str
+    model: str
+    version: str
+    num_items: int
+    dim: int
+    max_len: int
+    path: str
+
+
+class Ready(BaseModel):
+    ready: bool
+    store: str
+    store_ok: bool
+    default_model: str | None
+    bundles: list[BundleOut]
+
+
+class ReloadIn(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{}, {"bundles": ["artifacts/sasrec-ml1m-v2"]}]}
+    )
+
+    bundles: list[str] | None = Field(
+        None,
+        min_length=1,
+        max_length=16,
+        description="Bundle directories to serve instead (default: reload the configured ones).",
+    )
+    default_model: str | None = None
+
+
+class ReloadOut(BaseModel):
+    reloaded: bool
+    default_model: str
+    bundles: list[BundleOut]
+
+
+class ErrorOut(BaseModel):
+    detail: str

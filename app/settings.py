@@ -1,0 +1,58 @@
+"""One validated Settings object, read from the environment (prefix `SEQREC_`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Service configuration. Every field can be set as `SEQREC_<FIELD>` (case-insensitive)."""
+
+    model_config = SettingsConfigDict(env_prefix="SEQREC_", env_file=None, extra="ignore")
+
+    bundles: Annotated[list[Path], NoDecode] = Field(
+        default_factory=list,
+        description="Bundle directories to serve, comma-separated in the environment.",
+    )
+    default_model: str | None = Field(
+        None, description="Bundle answering when `model` is omitted: a bundle name or model kind (default: the first)."
+    )
+    redis_url: str | None = Field(
+        None,
+        description="Redis URL (redis://host:port/db). Unset: the in-process store (single process, not durable).",
+    )
+    redis_timeout_s: float = Field(
+        0.25, gt=0, le=10, description="Connect timeout and history-read timeout: past it, popularity answers."
+    )
+    redis_write_timeout_s: float = Field(
+        2.0, gt=0, le=30, description="Timeout of one event-batch write; past it the batch is reported not stored."
+    )
+    redis_pool_size: int = Field(64, ge=1, le=10_000, description="Max connections in the Redis pool.")
+    key_prefix: str = Field("seqrec:", max_length=64, description="Prefix of every Redis key the service writes.")
+    max_history: int = Field(200, ge=1, le=10_000, description="Events kept per user (the last N by event time).")
+    history_ttl_s: int = Field(30 * 86400, ge=1, description="A user's history expires after this long without events.")
+    api_key: SecretStr | None = Field(None, description="When set, POST /events and /admin/* need `X-API-Key`.")
+    max_batch: int = Field(1000, ge=1, le=100_000, description="Most events in one POST /events (else 413).")
+    max_body_bytes: int = Field(1 << 20, ge=1024, description="Largest request body accepted (else 413).")
+    max_k: int = Field(1000, ge=1, le=1000, description="Largest k accepted by GET /recommend (at most 1000).")
+    ann_threshold: int = Field(
+        20_000, ge=0, description="Catalogues with at least this many items use the HNSW index, smaller ones BLAS."
+    )
+    access_log: bool = Field(True, description="Write one JSON line per request to the `seqrec.access` logger.")
+
+    @field_validator("bundles", mode="before")
+    @classmethod
+    def _split_paths(cls, v: object) -> object:
+        if isinstance(v, str):
+            return [Path(p.strip()) for p in v.split(",") if p.strip()]
+        return v
+
+    @model_validator(mode="after")
+    def _need_bundle(self) -> Settings:
+        if not self.bundles:
+            raise ValueError("no bundle configured: set SEQREC_BUNDLES to one or more bundle directories")
+        return self

@@ -1,0 +1,20 @@
+"""What the lifespan builds and the routes read (via typed dependencies in app/deps.py)."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+from app.metrics import Metrics
+from app.registry import Registry
+from app.settings import Settings
+from app.stores import EventStore
+
+
+@dataclass
+class AppState:
+    settings: Settings
+    registry: Registry
+    store: EventStore
+    metrics: Metrics
+    reload_lock: asyncio.Lock = field(default_factory=asyncio.Lock)

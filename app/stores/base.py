@@ -1,0 +1,66 @@
+"""The store contract, shared by every implementation (tests/app/test_store_contract.py).
+
+- A user's history is the last `max_history` item events ordered by event time; a late
+  event lands at its time position (and falls off at once when older than all N kept).
+- An event is identified by (user_id, event_id, item_id); storing the same one again
+  changes nothing and is counted as a duplicate. Without an explicit event_id the event
+  time stands in for it, so an exact replay of a timestamped event is also a no-op.
+- A user's history expires `ttl_s` seconds after the last event written for them.
+- `append` stores the whole batch or raises StoreUnavailable: never a silent partial loss.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+# Ids may not contain control characters (validated at the API), so US (0x1f) separates
+# event id and item id inside one stored member without any escaping.
+SEP = "\x1f"
+
+
+class StoreUnavailable(RuntimeError):
+    """The backing store could not be reached or answered an error."""
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    user_id: str
+    item_id: str
+    timestamp: float  # epoch seconds
+    event_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class AppendResult:
+    accepted: int
+    duplicates: int
+
+
+def member(ev: Event) -> str:
+    return f"{ev.event_id}{SEP}{ev.item_id}"
+
+
+def item_of(member: str) -> str:
+    return member.rsplit(SEP, 1)[1]
+
+
+def items_of(members: list[str]) -> list[str]:
+    """Item ids of many members at once: one join + split in C instead of a Python call per member."""
+    if not members:
+        return []
+    return SEP.join(members).split(SEP)[1::2]  # event_id, item_id, event_id, item_id, ...
+
+
+class EventStore(Protocol):
+    kind: str
+
+    async def append(self, events: list[Event]) -> AppendResult: ...
+
+    async def history(self, user_id: str, n: int | None = None) -> list[str]:
+        """The user's last n item ids (default: all kept), oldest first."""
+        ...
+
+    async def ping(self) -> bool: ...
+
+    async def close(self) -> None: ...

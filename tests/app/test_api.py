@@ -1,0 +1,149 @@
+"""HTTP contract through the ASGI app (TestClient): status codes, fallbacks, reload, docs, metrics."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from app.main import create_app
+from app.settings import Settings
+from tests.app.conftest import free_port
+
+KEY = {"X-API-Key": "k3y"}
+
+
+def make_client(bundle: Path, **kw) -> TestClient:
+    return TestClient(create_app(Settings(bundles=[bundle], api_key="k3y", **kw)))
+
+
+@pytest.fixture(params=["memory", "redis"])
+def client(request: pytest.FixtureRequest, bundle_path: Path, key_prefix: str) -> Iterator[TestClient]:
+    kw = {}
+    if request.param == "redis":
+        kw = {"redis_url": request.getfixturevalue("redis_url"), "key_prefix": key_prefix}
+    with make_client(bundle_path, max_batch=50, max_body_bytes=10_000, **kw) as c:
+        yield c
+
+
+def items(c: TestClient, n: int) -> list[str]:
+    return c.app.state.seqrec.registry.get(None).item_ids[:n]
+
+
+def test_events_then_recommend_from_model(client: TestClient) -> None:
+    known = items(client, 3)
+    evs = [{"user_id": "alice", "item_id": i, "timestamp": 1000 + n, "event_id": f"e{n}"} for n, i in enumerate(known)]
+    evs.append({"user_id": "alice", "item_id": "future-item", "timestamp": 2000})
+    r = client.post("/events", json={"events": evs}, headers=KEY)
+    assert r.status_code == 200, r.text
+    assert r.json() == {"accepted": 4, "duplicates": 0, "unknown_to_model": 1, "model": "tiny-sasrec"}
+    r = client.post("/events", json={"events": evs[:2]}, headers=KEY)
+    assert r.json()["duplicates"] == 2 and r.json()["accepted"] == 0
+    r = client.get("/recommend/alice", params={"k": 7})
+    body = r.json()
+    assert r.status_code == 200 and body["source"] == "model" and body["history_length"] == 3
+    got = [x["item_id"] for x in body["items"]]
+    assert len(got) == 7 and not set(got) & set(known)  # seen items dropped
+    scores = [x["score"] for x in body["items"]]
+    assert scores == sorted(scores, reverse=True)
+    with_seen = client.get("/recommend/alice", params={"k": 7, "exclude_seen": False}).json()
+    assert with_seen["source"] == "model"
+
+
+def test_unknown_user_gets_popularity(client: TestClient) -> None:
+    body = client.get("/recommend/nobody?k=3").json()
+    b = client.app.state.seqrec.registry.get(None)
+    assert body["source"] == "popularity"
+    assert [x["item_id"] for x in body["items"]] == b.external(b.popular[:3])
+
+
+@pytest.mark.parametrize(
+    ("path", "field"),
+    [("/recommend/u?k=0", "k"), ("/recommend/u?k=1001", "k"), ("/recommend/u?k=abc", "k")],
+)
+def test_bad_query_is_422(client: TestClient, path: str, field: str) -> None:
+    r = client.get(path)
+    assert r.status_code == 422 and field in r.json()["detail"]
+
+
+def test_unknown_model_is_422(client: TestClient) -> None:
+    r = client.get("/recommend/u?model=gpt")
+    assert r.status_code == 422 and "unknown model 'gpt'" in r.json()["detail"]
+    assert client.get("/recommend/u?model=sasrec").status_code == 200  # by kind
+    assert client.get("/recommend/u?model=tiny-sasrec").status_code == 200  # by bundle name
+
+
+def test_bad_events_are_422_naming_the_field(client: TestClient) -> None:
+    r = client.post("/events", json={"events": [{"user_id": "u", "item_id": "ok"}, {"user_id": "u"}]}, headers=KEY)
+    assert r.status_code == 422 and r.json()["detail"].startswith("body.events.1.item_id")
+    r = client.post("/events", content=b"{not json", headers={**KEY, "Content-Type": "application/json"})
+    assert r.status_code == 422
+    r = client.post("/events", json={"events": []}, headers=KEY)
+    assert r.status_code == 422
+
+
+def test_limits_are_413(client: TestClient) -> None:
+    r = client.post("/events", json={"events": [{"user_id": "u", "item_id": "i"}] * 51}, headers=KEY)
+    assert r.status_code == 413 and "limit of 50" in r.json()["detail"]
+    big = {"events": [{"user_id": "u" * 100, "item_id": "i" * 100}] * 50}
+    r = client.post("/events", content=json.dumps(big), headers={**KEY, "Content-Type": "application/json"})
+    assert r.status_code == 413 and "body exceeds" in r.json()["detail"]
+
+
+def test_api_key_required_on_writes(client: TestClient) -> None:
+    ev = {"events": [{"user_id": "u", "item_id": "i"}]}
+    assert client.post("/events", json=ev).status_code == 401
+    assert client.post("/events", json=ev, headers={"X-API-Key": "wrong"}).status_code == 401
+    assert client.post("/admin/reload").status_code == 401
+    assert client.get("/recommend/u").status_code == 200  # reads are open
+
+
+def test_health_ready_metrics_docs(client: TestClient) -> None:
+    assert client.get("/healthz").json() == {"status": "ok"}
+    ready = client.get("/readyz").json()
+    assert ready["ready"] and ready["store_ok"] and ready["bundles"][0]["name"] == "tiny-sasrec"
+    client.get("/recommend/someone")
+    text = client.get("/metrics").text
+    assert 'seqrec_http_request_duration_seconds_count{method="GET",route="/recommend/{user_id}"' in text
+    assert 'seqrec_recommend_fallback_total{reason="no_history"}' in text
+    assert "someone" not in text  # no per-user labels
+    spec = client.get("/openapi.json").json()
+    assert {"/events", "/recommend/{user_id}", "/healthz", "/readyz", "/metrics", "/admin/reload"} <= set(spec["paths"])
+    assert spec["components"]["schemas"]["EventsIn"]["examples"]
+
+
+def test_reload_swaps_good_and_rejects_broken(client: TestClient, bundle_path: Path, tmp_path: Path) -> None:
+    r = client.post("/admin/reload", headers=KEY)
+    assert r.status_code == 200 and r.json()["default_model"] == "tiny-sasrec"
+    broken = tmp_path / "broken"
+    shutil.copytree(bundle_path, broken)
+    (broken / "model.onnx").write_bytes(b"garbage")
+    r = client.post("/admin/reload", json={"bundles": [str(broken)]}, headers=KEY)
+    assert r.status_code == 422 and "previous bundles keep serving" in r.json()["detail"]
+    assert client.get("/recommend/u").status_code == 200
+    assert client.app.state.seqrec.registry.get(None).path == bundle_path
+
+
+def test_redis_down_503_on_write_and_fast_popularity_on_read(bundle_path: Path) -> None:
+    with make_client(bundle_path, redis_url=f"redis://127.0.0.1:{free_port()}/0", redis_timeout_s=0.1) as c:
+        r = c.post("/events", json={"events": [{"user_id": "u", "item_id": "i"}]}, headers=KEY)
+        assert r.status_code == 503 and r.headers["Retry-After"] == "1"
+        assert "no event of this batch is acknowledged" in r.json()["detail"]
+        body = c.get("/recommend/u?k=5").json()
+        assert body["source"] == "popularity" and len(body["items"]) == 5
+        assert c.get("/readyz").status_code == 503
+        assert c.get("/healthz").status_code == 200
+        assert 'seqrec_recommend_fallback_total{reason="store_unavailable"}' in c.get("/metrics").text
+
+
+def test_untimed_events_keep_batch_order(client: TestClient) -> None:
+    a, b = items(client, 2)
+    evs = [{"user_id": "bob", "item_id": i} for i in (b, a, b)]
+    r = client.post("/events", json={"events": evs}, headers=KEY)
+    assert r.json()["accepted"] == 3  # the same item twice in a batch is two events
+    store = client.app.state.seqrec.store
+    assert client.portal.call(store.history, "bob") == [b, a, b]

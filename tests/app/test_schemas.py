@@ -1,0 +1,63 @@
+"""Request validation: ids, timestamps, settings."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from app.schemas import EventIn, EventsIn
+from app.settings import Settings
+
+
+def test_timestamp_epoch_iso_and_default() -> None:
+    assert EventIn(user_id="u", item_id="i", timestamp=1700000000).timestamp == 1700000000.0
+    iso = EventIn(user_id="u", item_id="i", timestamp="2023-11-14T22:13:20Z").timestamp
+    assert iso == 1700000000.0
+    naive = EventIn(user_id="u", item_id="i", timestamp="2023-11-14T22:13:20").timestamp
+    assert naive == 1700000000.0  # naive means UTC
+    assert EventIn(user_id="u", item_id="i").timestamp is None
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"user_id": "", "item_id": "i"},
+        {"user_id": "u" * 129, "item_id": "i"},
+        {"user_id": "u\n", "item_id": "i"},
+        {"user_id": "u", "item_id": "a\x1fb"},
+        {"user_id": "u", "item_id": 5},
+        {"user_id": "u", "item_id": "i", "timestamp": -1},
+        {"user_id": "u", "item_id": "i", "timestamp": 1.7e12},  # milliseconds, not seconds
+        {"user_id": "u", "item_id": "i", "timestamp": "yesterday"},
+        {"user_id": "u", "item_id": "i", "extra": 1},
+        {"user_id": "u"},
+    ],
+)
+def test_bad_events_are_rejected(bad: dict) -> None:
+    with pytest.raises(ValidationError):
+        EventIn.model_validate(bad)
+
+
+def test_unicode_ids_are_fine() -> None:
+    assert EventIn(user_id="ユーザー 1", item_id="película:7").user_id == "ユーザー 1"
+
+
+def test_empty_batch_rejected() -> None:
+    with pytest.raises(ValidationError):
+        EventsIn(events=[])
+
+
+def test_settings_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SEQREC_BUNDLES", "a/b, c/d")
+    monkeypatch.setenv("SEQREC_MAX_HISTORY", "50")
+    monkeypatch.setenv("SEQREC_API_KEY", "s3cret")
+    s = Settings()
+    assert [str(p) for p in s.bundles] == ["a/b", "c/d"]
+    assert s.max_history == 50 and s.redis_url is None
+    assert "s3cret" not in repr(s)  # SecretStr: never printed or logged
+
+
+def test_settings_need_a_bundle(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SEQREC_BUNDLES", raising=False)
+    with pytest.raises(ValidationError, match="SEQREC_BUNDLES"):
+        Settings()
