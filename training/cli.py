@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -174,6 +175,8 @@ def train(
         result = run_train(model, data, run_dir, model_over, train_over, progress=progress)
     except ValueError as exc:
         _fail(str(exc))
+    if int(os.environ.get("RANK", "0")) != 0:
+        return  # under torchrun only rank 0 evaluates and reports
     typer.echo(
         json.dumps(
             {

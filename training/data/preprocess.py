@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import numpy as np
@@ -192,7 +193,7 @@ def split_by_gap(timestamps: np.ndarray, gap_seconds: int = 1800) -> list[slice]
         return []
     cuts = np.flatnonzero(np.diff(timestamps) > gap_seconds) + 1
     bounds = [0, *cuts.tolist(), len(timestamps)]
-    return [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+    return [slice(a, b) for a, b in itertools.pairwise(bounds)]
 
 
 def split_at_largest_gap(timestamps: np.ndarray, max_len: int) -> list[slice]:

@@ -148,7 +148,7 @@ def load_seqdata(path: Path) -> SeqData:
             item_ids=meta["item_ids"],
             offsets=z["offsets"],
             items=z["items"],
-            timestamps=z["timestamps"] if "timestamps" in z else None,
+            timestamps=z.get("timestamps", None),
         )
 
 
