@@ -99,6 +99,9 @@ class RecommendOut(BaseModel):
         description="`model`, or `popularity` for users without usable history or when the store is unreachable."
     )
     history_length: int = Field(description="History items the model knew and used.")
+    fallback: Literal["no_history", "store_unavailable"] | None = Field(
+        None, description="Why popularity answered: no usable history, or the event store is unreachable (degraded)."
+    )
 
 
 class Health(BaseModel):
