@@ -24,6 +24,7 @@ from fastapi.responses import JSONResponse  # noqa: E402
 from app.logging import configure_logging  # noqa: E402
 from app.metrics import Metrics  # noqa: E402
 from app.middleware import BodyLimit, Observe  # noqa: E402
+from app.openapi import document_validation_errors  # noqa: E402
 from app.ratelimit import TokenBuckets  # noqa: E402
 from app.registry import Registry  # noqa: E402
 from app.routes import events, ops, recommend, ui  # noqa: E402
@@ -93,6 +94,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         detail = f"{'.'.join(str(x) for x in first['loc'])}: {first['msg']}"
         return JSONResponse({"detail": detail, "errors": errors[:20]}, status_code=422)
 
+    document_validation_errors(app)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(Observe, metrics=metrics, log_requests=settings.access_log)
     return app
