@@ -96,7 +96,7 @@ class Bundle:
         self._check_runs()
 
     @classmethod
-    def load(cls, path: Path | str, ann_threshold: int = 100_000) -> Bundle:
+    def load(cls, path: Path | str, ann_threshold: int = 20_000) -> Bundle:
         """Validate manifest, files and checksums, then load. Raises BundleError on any defect."""
         path = Path(path)
         if not path.is_dir():
@@ -147,7 +147,7 @@ class Bundle:
     def encode(self, items: Sequence[str]) -> np.ndarray:
         """External item ids -> model indices; ids the model does not know are dropped."""
         get = self.index_of.get
-        return np.fromiter((i for i in map(get, items) if i is not None), dtype=np.int64)
+        return np.array([i for i in map(get, items) if i is not None], dtype=np.int64)
 
     def user_vectors(self, histories: Sequence[np.ndarray]) -> np.ndarray:
         """Histories of model indices (oldest first) -> (B, D) user vectors, one ONNX call."""

@@ -1,8 +1,8 @@
 """Top-k maximum inner product search behind one interface.
 
-`ExactIndex` (numpy/BLAS) is exact and, for catalogues up to ~1e5 items at these
-dimensions, also fastest. `HNSWIndex` (hnswlib, chosen by measurement: see
-benchmarks/results/ann.md) takes over above `ann_threshold`. Both take `add`, because
+`ExactIndex` (numpy/BLAS) is exact and, for small catalogues, also fastest. `HNSWIndex`
+(faiss HNSW, chosen by measurement: see benchmarks/results/ann.md) takes over at
+`ann_threshold` items. Both take `add`, because
 items arrive online (cold-start items registered from text). Labels are model item
 indices (1..N); 0 is padding and never returned.
 """
@@ -104,50 +104,58 @@ def _trim(labels: np.ndarray, scores: np.ndarray, k: int, n_ex: list[int], n: in
 
 
 class HNSWIndex:
-    """Approximate inner-product search (hnswlib HNSW graph), single-threaded."""
+    """Approximate inner-product search: a faiss HNSW graph, single-threaded.
+
+    Seen items are filtered inside the graph search (an ID selector), not by over-fetching
+    k + |history| neighbours and dropping them afterwards.
+    """
 
     def __init__(
-        self, labels: np.ndarray, vectors: np.ndarray, m: int = 16, ef_construction: int = 200, ef_search: int = 128
+        self,
+        labels: np.ndarray,
+        vectors: np.ndarray,
+        m: int = 16,
+        ef_construction: int = 200,
+        ef_search: int = 128,
     ) -> None:
-        import hnswlib
+        import faiss
 
+        faiss.omp_set_num_threads(1)  # one thread per worker process
+        self._faiss = faiss
         self.dim = int(vectors.shape[1])
         self.ef_search = ef_search
-        self._index = hnswlib.Index(space="ip", dim=self.dim)
-        self._index.init_index(
-            max_elements=max(16, len(labels)), M=m, ef_construction=ef_construction, allow_replace_deleted=False
-        )
-        self._index.set_num_threads(1)
-        self._index.add_items(np.asarray(vectors, dtype=np.float32), np.asarray(labels, dtype=np.int64))
-        self._index.set_ef(ef_search)
+        graph = faiss.IndexHNSWFlat(self.dim, m, faiss.METRIC_INNER_PRODUCT)
+        graph.hnsw.efConstruction = ef_construction
+        self._index = faiss.IndexIDMap2(graph)  # our labels (model item indices), not insertion order
+        self.add(labels, vectors)
 
     def __len__(self) -> int:
-        return self._index.get_current_count()
+        return int(self._index.ntotal)
 
     def add(self, labels: np.ndarray, vectors: np.ndarray) -> None:
-        need = len(self) + len(labels)
-        if need > self._index.get_max_elements():
-            self._index.resize_index(max(need, 2 * self._index.get_max_elements()))
-        self._index.add_items(np.asarray(vectors, dtype=np.float32), np.asarray(labels, dtype=np.int64))
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1, self.dim)
+        self._index.add_with_ids(vectors, np.ascontiguousarray(labels, dtype=np.int64))
 
     def search(
         self, query: np.ndarray, k: int, exclude: list[np.ndarray] | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
-        query = np.asarray(query, dtype=np.float32).reshape(-1, self.dim)
+        faiss = self._faiss
+        query = np.ascontiguousarray(query, dtype=np.float32).reshape(-1, self.dim)
         n = len(self)
         n_ex = _exclude_count(exclude, len(query))
-        # Ask for enough neighbours that k survive the exclusion; ef must be at least that.
-        want = min(n, k + max(n_ex))
-        self._index.set_ef(max(self.ef_search, want))
-        labels, dist = self._index.knn_query(query, k=want)
-        scores = (1.0 - dist).astype(np.float32)  # hnswlib "ip" distance is 1 - <q, x>
-        labels = labels.astype(np.int64)
-        out_l = np.zeros((len(query), k), np.int64)
-        out_s = np.full((len(query), k), NEG_INF, np.float32)
+        kk = min(k, n)
+        out_l = np.zeros((len(query), kk), np.int64)
+        out_s = np.full((len(query), kk), NEG_INF, np.float32)
         for b in range(len(query)):
-            keep = ~np.isin(labels[b], exclude[b]) if exclude is not None else np.ones(want, bool)
-            lab, sc = labels[b][keep][:k], scores[b][keep][:k]
-            out_l[b, : len(lab)], out_s[b, : len(sc)] = lab, sc
+            ef = max(self.ef_search, kk)
+            if exclude is not None and len(exclude[b]):
+                ex = np.ascontiguousarray(exclude[b], dtype=np.int64)
+                params = faiss.SearchParametersHNSW(sel=faiss.IDSelectorNot(faiss.IDSelectorBatch(ex)), efSearch=ef)
+            else:
+                params = faiss.SearchParametersHNSW(efSearch=ef)
+            scores, labels = self._index.search(query[b : b + 1], kk, params=params)
+            found = labels[0] >= 0  # -1: fewer than k candidates left
+            out_l[b, found], out_s[b, found] = labels[0][found], scores[0][found]
         return _trim(out_l, out_s, k, n_ex, n)
 
 

@@ -45,6 +45,7 @@ def make_store(settings: Settings) -> EventStore:
             prefix=settings.key_prefix,
             timeout_s=settings.redis_timeout_s,
             pool_size=settings.redis_pool_size,
+            write_timeout_s=settings.redis_write_timeout_s,
         )
     log.warning("no SEQREC_REDIS_URL: using the in-process store (single process, not durable)")
     return MemoryStore(settings.max_history, settings.history_ttl_s)

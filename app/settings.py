@@ -25,7 +25,12 @@ class Settings(BaseSettings):
         None,
         description="Redis URL (redis://host:port/db). Unset: the in-process store (single process, not durable).",
     )
-    redis_timeout_s: float = Field(0.2, gt=0, le=10, description="Socket and connect timeout for Redis calls.")
+    redis_timeout_s: float = Field(
+        0.25, gt=0, le=10, description="Connect timeout and history-read timeout: past it, popularity answers."
+    )
+    redis_write_timeout_s: float = Field(
+        2.0, gt=0, le=30, description="Timeout of one event-batch write; past it the batch is reported not stored."
+    )
     redis_pool_size: int = Field(64, ge=1, le=10_000, description="Max connections in the Redis pool.")
     key_prefix: str = Field("seqrec:", max_length=64, description="Prefix of every Redis key the service writes.")
     max_history: int = Field(200, ge=1, le=10_000, description="Events kept per user (the last N by event time).")
@@ -35,7 +40,7 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(1 << 20, ge=1024, description="Largest request body accepted (else 413).")
     max_k: int = Field(1000, ge=1, le=100_000, description="Largest k accepted by GET /recommend.")
     ann_threshold: int = Field(
-        100_000, ge=0, description="Catalogues with at least this many items use the HNSW index, smaller ones BLAS."
+        20_000, ge=0, description="Catalogues with at least this many items use the HNSW index, smaller ones BLAS."
     )
     access_log: bool = Field(True, description="Write one JSON line per request to the `seqrec.access` logger.")
     write_rate_per_s: float = Field(

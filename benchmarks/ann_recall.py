@@ -114,12 +114,49 @@ def bench_exact(table: np.ndarray, queries: np.ndarray, k: int) -> dict:
     }
 
 
+def bench_service(table: np.ndarray, queries: np.ndarray, k: int, n_exclude: int) -> list[dict]:
+    """The service's own indexes (app/index.py) as the service calls them: one query, `n_exclude`
+    seen items filtered out; recall against exact search with the same exclusion."""
+    from app.index import ExactIndex, HNSWIndex
+
+    n = len(table)
+    labels = np.arange(1, n + 1)
+    rng = np.random.default_rng(3)
+    excl = [rng.choice(labels, size=n_exclude, replace=False) for _ in range(len(queries))]
+    exact = ExactIndex(labels, table)
+    truth = [exact.search(q[None, :], k, [e])[0][0] for q, e in zip(queries, excl, strict=True)]
+    out = []
+    t0 = time.perf_counter()
+    hnsw = HNSWIndex(labels, table)
+    build = time.perf_counter() - t0
+    for name, idx, b in (("app ExactIndex", exact, 0.0), ("app HNSWIndex (faiss, M=16, ef=128)", hnsw, build)):
+        lat, found = [], []
+        for q, e in zip(queries, excl, strict=True):
+            t = time.perf_counter()
+            got = idx.search(q[None, :], k, [e])[0][0]
+            lat.append(time.perf_counter() - t)
+            found.append(got)
+        leaked = sum(len(set(f.tolist()) & set(e.tolist())) for f, e in zip(found, excl, strict=True))
+        out.append(
+            {
+                "library": f"{name}, {n_exclude} excluded",
+                "recall@10": round(recall(np.stack(found), np.stack(truth)), 4),
+                "p50_us": round(float(np.percentile(lat, 50)) * 1e6, 1),
+                "p99_us": round(float(np.percentile(lat, 99)) * 1e6, 1),
+                "build_s": round(b, 2),
+                "excluded_items_returned": leaked,
+            }
+        )
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--bundle", type=Path, required=True)
     ap.add_argument("--queries", type=int, default=1000)
     ap.add_argument("--big-items", type=int, default=54_542)
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/ann.json"))
+    ap.add_argument("--libs", nargs="*", default=["faiss-hnsw", "hnswlib", "usearch", "voyager"])
     args = ap.parse_args()
 
     from app.bundle import Bundle
@@ -141,7 +178,9 @@ def main() -> None:
     for tname, table in tables.items():
         table = np.ascontiguousarray(table, dtype=np.float32)
         row = {"table": tname, "dim": int(table.shape[1]), "k": 10, "runs": [bench_exact(table, queries, 10)]}
-        for lib in ("faiss-hnsw", "hnswlib", "usearch", "voyager"):
+        row["runs"] += bench_service(table, queries, 10, 200)
+        print(tname, row["runs"][-2:], flush=True)
+        for lib in args.libs:
             for m, ef_c, ef in configs:
                 r = bench_lib(lib, table, queries, 10, m, ef_c, ef)
                 print(tname, r, flush=True)

@@ -102,7 +102,7 @@ async def post_events(port: int, users: list[str], items: list[str], history: in
     queue: asyncio.Queue[bytes] = asyncio.Queue()
     for b in batches:
         queue.put_nowait(b)
-    totals = {"accepted": 0, "duplicates": 0, "errors": 0}
+    totals = {"accepted": 0, "duplicates": 0, "errors": 0, "retried_503": 0}
     lat: list[float] = []
 
     async def worker() -> None:
@@ -112,6 +112,11 @@ async def post_events(port: int, users: list[str], items: list[str], history: in
             t = time.perf_counter()
             status, resp = await c.request("POST", "/events", body, f"X-API-Key: {api_key}\r\n")
             lat.append(time.perf_counter() - t)
+            if status == 503:  # not acknowledged: retry the same batch, as a client must (replays are no-ops)
+                totals["retried_503"] += 1
+                await asyncio.sleep(0.05)
+                queue.put_nowait(body)
+                continue
             if status != 200:
                 totals["errors"] += 1
                 continue
@@ -312,7 +317,9 @@ def main() -> None:
         "events": ev,
         "recommend": runs,
         "bare_recommendation": bare,
+        # Served p50 over the bare cost: unloaded (fewest connections) and at the highest throughput.
         "served_p50_over_bare": round(best["p50_ms"] / bare["total_p50_ms"], 2),
+        "served_p50_over_bare_unloaded": round(runs[0]["p50_ms"] / bare["total_p50_ms"], 2),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(result, indent=2))
@@ -325,10 +332,12 @@ def main() -> None:
         f"{'on' if args.access_log else 'off'}; bundle `{args.bundle.name}`; "
         f"{args.users} users x {args.history} events.\n",
         "\n## POST /events (batches of 500)\n",
-        "| events | seconds | events/s | batch p50 ms | batch p99 ms | errors | stored in Redis | lost |",
-        "|---|---|---|---|---|---|---|---|",
+        "| events | seconds | events/s | batch p50 ms | batch p99 ms | accepted | duplicates | 503 retried | errors "
+        "| stored in Redis | lost |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
         f"| {ev['events']} | {ev['seconds']} | {ev['events_per_s']} | {ev['batch_p50_ms']} | {ev['batch_p99_ms']} "
-        f"| {ev['errors']} | {ev['stored_in_redis']} | {ev['lost']} |",
+        f"| {ev['accepted']} | {ev['duplicates']} | {ev['retried_503']} | {ev['errors']} | {ev['stored_in_redis']} "
+        f"| {ev['lost']} |",
         "\n## GET /recommend/{user}?k=10 (closed loop)\n",
         "| connections | requests | req/s | p50 ms | p90 ms | p99 ms | max ms | errors | sources |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -340,10 +349,11 @@ def main() -> None:
         )
     md += [
         "\n## Bare cost of one recommendation, in-process (median)\n",
-        "| Redis read ms | ONNX ms | top-k ms | total ms | served p50 / bare |",
-        "|---|---|---|---|---|",
+        "| Redis read ms | ONNX ms | top-k ms | total ms | served p50 / bare, "
+        f"{runs[0]['connections']} conn | served p50 / bare, {best['connections']} conns (max req/s) |",
+        "|---|---|---|---|---|---|",
         f"| {bare['redis_p50_ms']} | {bare['onnx_p50_ms']} | {bare['topk_p50_ms']} | {bare['total_p50_ms']} "
-        f"| {result['served_p50_over_bare']} |",
+        f"| {result['served_p50_over_bare_unloaded']} | {result['served_p50_over_bare']} |",
     ]
     args.out.with_suffix(".md").write_text("\n".join(md) + "\n")
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 from typing import Annotated
 
-import numpy as np
 from fastapi import APIRouter, HTTPException, Path, Query
 
 from app.deps import State
@@ -50,8 +49,7 @@ async def recommend(
     if len(seen) == 0:
         reason = reason or "no_history"
         metrics.fallbacks.labels(reason).inc()
-        top = bundle.popular[: k + (len(seen) if exclude_seen else 0)]
-        labels = top[~np.isin(top, seen)][:k] if exclude_seen else top[:k]
+        labels = bundle.popular[:k]  # nothing the model knows was seen, so nothing to exclude
         scores = bundle.popularity_score[labels - 1]
         source = "popularity"
     else:

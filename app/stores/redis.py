@@ -3,7 +3,8 @@
 Why a sorted set: ZADD NX gives idempotent replays (same member -> no-op, score kept) and
 late events land at their time position for free; ZREMRANGEBYRANK keeps the last N.
 A batch is written in one pipeline (one round trip): per user ZADD NX, trim, EXPIRE.
-Timeouts are short and retries off, so a down Redis costs milliseconds, not seconds.
+Timeouts are short and retries off, so a down Redis costs milliseconds, not seconds: a
+refused connection fails at once, a hung one after `timeout_s` (reads) / `write_timeout_s`.
 """
 
 from __future__ import annotations
@@ -30,8 +31,9 @@ class RedisStore:
         max_history: int,
         ttl_s: int,
         prefix: str = "seqrec:",
-        timeout_s: float = 0.2,
+        timeout_s: float = 0.25,
         pool_size: int = 64,
+        write_timeout_s: float = 2.0,
     ) -> None:
         self.max_history = max_history
         self.ttl_s = ttl_s
@@ -39,12 +41,13 @@ class RedisStore:
         self.pool = ConnectionPool.from_url(
             url,
             max_connections=pool_size,
-            socket_timeout=timeout_s,
+            socket_timeout=max(timeout_s, write_timeout_s),  # the socket bound is the write timeout ...
             socket_connect_timeout=timeout_s,
             retry=Retry(NoBackoff(), 0),
             decode_responses=True,
         )
         self.redis = Redis(connection_pool=self.pool)
+        self.read_timeout_s = timeout_s  # ... reads are cut shorter, a recommendation must stay fast
 
     def key(self, user_id: str) -> str:
         return f"{self.prefix}h:{user_id}"
@@ -69,7 +72,8 @@ class RedisStore:
     async def history(self, user_id: str, n: int | None = None) -> list[str]:
         n = self.max_history if n is None else n
         try:
-            members = await self.redis.zrange(self.key(user_id), -n, -1)
+            async with asyncio.timeout(self.read_timeout_s):
+                members = await self.redis.zrange(self.key(user_id), -n, -1)
         except _ERRORS as exc:
             raise StoreUnavailable(f"redis: {type(exc).__name__}: {exc}") from exc
         return [item_of(m) for m in members]

@@ -91,3 +91,20 @@ async def test_redis_down_raises_store_unavailable() -> None:
         await s.history("u")
     assert not await s.ping()
     await s.close()
+
+
+async def test_hung_redis_read_is_cut_short() -> None:
+    """A Redis that accepts connections but never answers: the read fails within its short timeout."""
+    import socket
+    import time
+
+    with socket.socket() as srv:
+        srv.bind(("127.0.0.1", 0))
+        srv.listen(16)  # the kernel completes the handshake; nobody ever replies
+        port = srv.getsockname()[1]
+        s = RedisStore(f"redis://127.0.0.1:{port}/0", max_history=N, ttl_s=60, timeout_s=0.2, write_timeout_s=5)
+        t = time.perf_counter()
+        with pytest.raises(StoreUnavailable):
+            await s.history("u")
+        assert time.perf_counter() - t < 3  # bounded by the read timeout, far below the write timeout
+        s.pool.reset()  # drop the stuck connection without a QUIT round trip
