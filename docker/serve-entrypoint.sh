@@ -7,7 +7,7 @@ if [ -z "$workers" ]; then
     workers="$(nproc)"
 fi
 exec uvicorn app.main:create_app --factory \
-    --host 0.0.0.0 --port "${PORT:-8000}" \
+    --host "${HOST:-0.0.0.0}" --port "${PORT:-8000}" \
     --workers "$workers" \
     --timeout-graceful-shutdown "${SEQREC_GRACEFUL_S:-20}" \
     --no-access-log \

@@ -282,3 +282,36 @@ def test_bad_bundle_is_refused_and_old_keeps_serving(
     publish("next")
     wait_for(lambda: serving() == "sasrec-b", 30, "the new bundle", interval=0.1)
     assert rec(api.base, "nobody").json()["bundle"] == "sasrec-b"
+
+
+def test_redis_full_refuses_writes_but_evicts_nothing(redis_proc: RedisProc, api_factory, deploy_bundle: Path) -> None:
+    """maxmemory-policy noeviction: past the limit writes get 503 (retry), reads and stored histories stay."""
+    api = api_factory([deploy_bundle], redis_proc.url, SEQREC_KEY_PREFIX="oom:")
+    items = item_ids(deploy_bundle)
+    seed_user(api.base, "u-oom", items[:10])
+    client = redis_proc.client()
+    used = int(client.info("memory")["used_memory"])
+    client.config_set("maxmemory", str(used + 300_000))
+    acked: list[dict] = []
+    codes = []
+    for n in range(400):
+        batch = [{"user_id": f"oom-u{n}", "item_id": items[j], "event_id": f"e{j}"} for j in range(50)]
+        r = post(api.base, batch)
+        codes.append(r.status_code)
+        if r.status_code == 200:
+            acked.extend(batch)
+        else:
+            assert r.status_code == 503 and "retry-after" in r.headers, r.text
+            break
+    assert codes[-1] == 503, "memory limit never reached"
+    assert acked, "some writes fit before the limit"
+    # Nothing acknowledged was evicted to make room, and reads still answer from the model.
+    pipe = client.pipeline(transaction=False)
+    for ev in acked:
+        pipe.zscore(f"oom:h:{ev['user_id']}", f"{ev['event_id']}\x1f{ev['item_id']}")
+    assert all(s is not None for s in pipe.execute())
+    r = rec(api.base, "u-oom")
+    assert r.status_code == 200 and r.json()["source"] == "model" and r.json()["history_length"] == 10
+    client.config_set("maxmemory", "1gb")
+    assert post(api.base, [{"user_id": "oom-after", "item_id": items[0]}]).status_code == 200
+    client.close()
