@@ -204,6 +204,11 @@ def run_and_report(topo, seconds: float, out: Path, command: str, conns: int = 1
         f"Acknowledged events: {res['acknowledged_events']}, missing in Redis afterwards: "
         f"**{res['acknowledged_events_missing_in_redis']}**",
     ]
+    if any(k.endswith("store_unavailable") for k in res["recommend_sources"]):
+        md.append(
+            "\n`popularity:store_unavailable`: the Redis read took longer than `SEQREC_REDIS_TIMEOUT_S` (0.25 s) "
+            "under CPU contention, so the API answered 200 from popularity, flagged, instead of waiting."
+        )
     out.with_suffix(".md").write_text("\n".join(md) + "\n")
     print("\n".join(md), flush=True)
     return result
