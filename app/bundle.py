@@ -22,6 +22,9 @@ import onnxruntime as ort
 from app.index import TopKIndex, build_index
 
 SUPPORTED_FORMATS = {1}
+# What the ONNX graph takes. A bundle whose graph takes item vectors instead of ids (UniSRec,
+# items known only by text) adds its kind here with a Bundle subclass overriding user_vectors.
+INPUT_KINDS = {"item_ids"}
 REQUIRED_FILES = ("manifest.json", "model.onnx", "item_vectors.npy", "item_ids.json", "popularity.npy")
 
 
@@ -115,6 +118,12 @@ class Bundle:
         for key in ("model", "max_len", "dim", "num_items", "files"):
             if key not in manifest:
                 raise BundleError(f"manifest.json lacks {key!r}")
+        onnx_meta = manifest.get("onnx", {})
+        kind = onnx_meta.get("input_kind", "item_ids")
+        if kind not in INPUT_KINDS or onnx_meta.get("input_dtype", "int64") != "int64":
+            raise BundleError(
+                f"unsupported model input {kind!r} ({onnx_meta.get('input_dtype')}); served: {INPUT_KINDS}"
+            )
         files: dict[str, str] = manifest["files"]
         for f in REQUIRED_FILES[1:]:
             if f not in files:

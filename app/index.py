@@ -34,8 +34,11 @@ class TopKIndex(Protocol):
     def add(self, labels: np.ndarray, vectors: np.ndarray) -> None: ...
 
 
-def _exclude_count(exclude: list[np.ndarray] | None, b: int) -> list[int]:
-    return [len(np.unique(e)) for e in exclude] if exclude is not None else [0] * b
+def _exclude_count(exclude: list[np.ndarray] | None, b: int, n: int, k: int) -> list[int]:
+    """Distinct excluded labels per row; only counted exactly when it can matter (k + |exclude| > n)."""
+    if exclude is None:
+        return [0] * b
+    return [len(np.unique(e)) if k + len(e) > n else len(e) for e in exclude]
 
 
 class ExactIndex:
@@ -82,19 +85,14 @@ class ExactIndex:
                 rows = ex - self.first
                 row[rows[(rows >= 0) & (rows < self._n)]] = NEG_INF
         k = min(k, self._n)
-        if k <= 0:
-            return np.zeros((len(query), 0), np.int64), np.zeros((len(query), 0), np.float32)
-        if k < self._n:
-            part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-        else:
-            part = np.broadcast_to(np.arange(self._n), (len(query), self._n))
-        top = np.take_along_axis(scores, part, 1)
-        order = np.argsort(-top, axis=1, kind="stable")
-        rows = np.take_along_axis(part, order, 1)
-        top = np.take_along_axis(top, order, 1)
-        labels = rows.astype(np.int64) + self.first
+        labels = np.zeros((len(query), k), np.int64)
+        top = np.empty((len(query), k), np.float32)
+        for b, row in enumerate(scores):  # B is 1 per request: 1-D ops beat take_along_axis
+            part = np.argpartition(-row, k - 1)[:k] if k < self._n else np.arange(self._n)
+            best = part[np.argsort(-row[part], kind="stable")]
+            labels[b], top[b] = best + self.first, row[best]
         labels[~np.isfinite(top)] = 0  # excluded items never come back
-        return _trim(labels, top, k, _exclude_count(exclude, len(query)), self._n)
+        return _trim(labels, top, k, _exclude_count(exclude, len(query), self._n, k), self._n)
 
 
 def _trim(labels: np.ndarray, scores: np.ndarray, k: int, n_ex: list[int], n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -142,7 +140,7 @@ class HNSWIndex:
         faiss = self._faiss
         query = np.ascontiguousarray(query, dtype=np.float32).reshape(-1, self.dim)
         n = len(self)
-        n_ex = _exclude_count(exclude, len(query))
+        n_ex = _exclude_count(exclude, len(query), n, k)
         kk = min(k, n)
         out_l = np.zeros((len(query), kk), np.int64)
         out_s = np.full((len(query), kk), NEG_INF, np.float32)

@@ -11,8 +11,6 @@ import time
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         msg = record.getMessage()
-        if record.name == "seqrec.access":
-            return msg  # already a JSON object
         out = {"ts": round(record.created, 3), "level": record.levelname, "logger": record.name, "msg": msg}
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
@@ -30,3 +28,13 @@ def configure_logging(level: int = logging.INFO) -> None:
     root.setLevel(level)
     root.propagate = False
     logging.Formatter.converter = time.gmtime
+
+
+def write_access_line(line: str) -> None:
+    """One JSON access-log line on stdout.
+
+    Written directly, not through `logging`: a LogRecord plus a flush per request cost ~10% of a
+    recommendation's CPU. stdout is block-buffered when redirected (lines reach the file in chunks,
+    all of them by exit) and line-buffered on a terminal.
+    """
+    sys.stdout.write(line + "\n")

@@ -9,15 +9,13 @@
 from __future__ import annotations
 
 import json
-import logging
 import time
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.logging import write_access_line
 from app.metrics import Metrics
-
-access_log = logging.getLogger("seqrec.access")
 
 
 async def _send_json(send: Send, status: int, payload: dict[str, Any]) -> None:
@@ -100,9 +98,9 @@ class Observe:
             route = scope.get("route")
             template = getattr(route, "path", None) or "unmatched"
             self.metrics.request_latency.labels(scope["method"], template, str(status)).observe(dt)
-            if self.log_requests and access_log.isEnabledFor(logging.INFO):
+            if self.log_requests:
                 client = scope.get("client")
-                access_log.info(
+                write_access_line(
                     json.dumps(
                         {
                             "ts": round(time.time(), 3),

@@ -331,6 +331,11 @@ def serve(
         os.environ["SEQREC_API_KEY"] = api_key
     if workers > 1 and not os.environ.get("SEQREC_REDIS_URL"):
         _fail("--workers > 1 needs Redis: the in-process store is per process")
+    if workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        import tempfile
+
+        # /metrics must add up every worker, not show whichever one answered the scrape.
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="seqrec-metrics-")
     try:
         Settings()
     except Exception as exc:  # pydantic ValidationError: report it plainly instead of a traceback

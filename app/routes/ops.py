@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 
 from fastapi import APIRouter, HTTPException, Response, status
 from fastapi.responses import PlainTextResponse
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 
 from app.bundle import BundleError
 from app.deps import ApiKey, State
@@ -46,7 +48,12 @@ async def readyz(state: State, response: Response) -> Ready:
 
 @router.get("/metrics", response_class=PlainTextResponse, responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})
 async def metrics(state: State) -> Response:
-    """Prometheus exposition format."""
+    """Prometheus exposition format (all worker processes together when PROMETHEUS_MULTIPROC_DIR is set)."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        # Several uvicorn workers: each writes its samples to the shared directory; aggregate them all.
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
     return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 

@@ -11,7 +11,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable
 
-from app.stores.base import AppendResult, Event, item_of, member
+from app.stores.base import AppendResult, Event, items_of, member
 
 
 class MemoryStore:
@@ -69,7 +69,7 @@ class MemoryStore:
         self._expire(user_id, self._clock())
         hist = self._hist.get(user_id, [])
         tail = hist if n is None else hist[-n:]
-        return [item_of(m) for _, m in tail]
+        return items_of([m for _, m in tail])
 
     async def ping(self) -> bool:
         return True

@@ -17,7 +17,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from app.stores.base import AppendResult, Event, StoreUnavailable, item_of, member
+from app.stores.base import AppendResult, Event, StoreUnavailable, items_of, member
 
 _ERRORS = (RedisError, OSError, asyncio.TimeoutError)
 
@@ -76,11 +76,12 @@ class RedisStore:
                 members = await self.redis.zrange(self.key(user_id), -n, -1)
         except _ERRORS as exc:
             raise StoreUnavailable(f"redis: {type(exc).__name__}: {exc}") from exc
-        return [item_of(m) for m in members]
+        return items_of(members)
 
     async def ping(self) -> bool:
         try:
-            return bool(await self.redis.ping())
+            async with asyncio.timeout(self.read_timeout_s):
+                return bool(await self.redis.ping())
         except _ERRORS:
             return False
 

@@ -45,6 +45,7 @@ def test_checksum_mismatch_rejected(bundle_path: Path, tmp_path: Path) -> None:
     ("edit", "match"),
     [
         (lambda m: m.update(format_version=99), "unsupported bundle format"),
+        (lambda m: m["onnx"].update(input_kind="item_vectors"), "unsupported model input"),
         (lambda m: m.pop("dim"), "lacks 'dim'"),
         (lambda m: m.update(num_items=m["num_items"] + 1), r"item_vectors\.npy is"),
     ],
