@@ -38,7 +38,7 @@ class Settings(BaseSettings):
     api_key: SecretStr | None = Field(None, description="When set, POST /events and /admin/* need `X-API-Key`.")
     max_batch: int = Field(1000, ge=1, le=100_000, description="Most events in one POST /events (else 413).")
     max_body_bytes: int = Field(1 << 20, ge=1024, description="Largest request body accepted (else 413).")
-    max_k: int = Field(1000, ge=1, le=100_000, description="Largest k accepted by GET /recommend.")
+    max_k: int = Field(1000, ge=1, le=1000, description="Largest k accepted by GET /recommend (at most 1000).")
     ann_threshold: int = Field(
         20_000, ge=0, description="Catalogues with at least this many items use the HNSW index, smaller ones BLAS."
     )

@@ -34,8 +34,9 @@ async def post_events(body: EventsIn, state: State) -> EventsOut:
         )
     now = time.time()
     events = []
-    for e in body.events:
-        ts = now if e.timestamp is None else e.timestamp
+    for pos, e in enumerate(body.events):
+        # Untimed events get "now", spaced by 1 µs in batch order so they keep the order they were sent in.
+        ts = now + pos * 1e-6 if e.timestamp is None else e.timestamp
         # Without an event_id the event time identifies the event, so exact replays are still no-ops.
         events.append(Event(e.user_id, e.item_id, ts, e.event_id if e.event_id is not None else f"t{ts:.6f}"))
     try:

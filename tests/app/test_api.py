@@ -138,3 +138,12 @@ def test_redis_down_503_on_write_and_fast_popularity_on_read(bundle_path: Path) 
         assert c.get("/readyz").status_code == 503
         assert c.get("/healthz").status_code == 200
         assert 'seqrec_recommend_fallback_total{reason="store_unavailable"}' in c.get("/metrics").text
+
+
+def test_untimed_events_keep_batch_order(client: TestClient) -> None:
+    a, b = items(client, 2)
+    evs = [{"user_id": "bob", "item_id": i} for i in (b, a, b)]
+    r = client.post("/events", json={"events": evs}, headers=KEY)
+    assert r.json()["accepted"] == 3  # the same item twice in a batch is two events
+    store = client.app.state.seqrec.store
+    assert client.portal.call(store.history, "bob") == [b, a, b]
