@@ -207,6 +207,11 @@ function buildItem(schema, v) {
     else if (n === "title" || n === "name") out[name] = v.title;
     else if (n === "text" || n === "description")
       out[name] = "title" in (s.properties || {}) ? v.text || v.title : [v.title, v.text].filter(Boolean).join(". ");
+    else if ((s.required || []).includes(name)) {
+      // Any other required field: a string gets the title, a list of strings the description's words.
+      if (p.type === "string") out[name] = v.title;
+      else if (p.type === "array") out[name] = v.text ? v.text.split(/[,;]\s*/).filter(Boolean) : [];
+    }
   }
   return out;
 }
