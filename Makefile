@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-10)
 
-.PHONY: setup test lint demo serve bench-sasrec bench-serve bench-ann clean
+.PHONY: setup test lint browser demo serve bench-sasrec bench-serve bench-ann clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,8 +17,16 @@ setup: $(STAMP)
 lint: setup
 	$(PY) -m ruff check .
 
-test: setup lint
+test: setup lint browser
 	$(PY) -m pytest -q
+
+# Headless Chromium + chromedriver (Debian packages) for the demo-page test in tests/deploy.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+browser:
+	@if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then \
+		$(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium chromium-driver; \
+	fi
 
 # Prepare ML-1M, train SASRec briefly, evaluate and export a bundle.
 demo: setup

@@ -24,11 +24,14 @@ from fastapi.responses import JSONResponse  # noqa: E402
 from app.logging import configure_logging  # noqa: E402
 from app.metrics import Metrics  # noqa: E402
 from app.middleware import BodyLimit, Observe  # noqa: E402
+from app.openapi import document_validation_errors  # noqa: E402
+from app.ratelimit import TokenBuckets  # noqa: E402
 from app.registry import Registry  # noqa: E402
-from app.routes import events, ops, recommend  # noqa: E402
+from app.routes import events, ops, recommend, ui  # noqa: E402
 from app.settings import Settings  # noqa: E402
 from app.state import AppState  # noqa: E402
 from app.stores import EventStore, MemoryStore, RedisStore  # noqa: E402
+from app.watch import watch_bundles  # noqa: E402
 
 log = logging.getLogger("seqrec.app")
 
@@ -59,11 +62,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             Registry.load, settings.bundles, settings.default_model, settings.ann_threshold
         )
         store = make_store(settings)
-        app.state.seqrec = AppState(settings=settings, registry=registry, store=store, metrics=metrics)
+        limiter = TokenBuckets(settings.write_rate_per_s, settings.write_burst) if settings.write_rate_per_s else None
+        state = AppState(settings=settings, registry=registry, store=store, metrics=metrics, write_limiter=limiter)
+        app.state.seqrec = state
         log.info("serving %s (default %s), store %s", ", ".join(registry.bundles), registry.default, store.kind)
+        watcher = asyncio.create_task(watch_bundles(state, settings.bundle_poll_s)) if settings.bundle_poll_s else None
         try:
             yield
         finally:
+            if watcher is not None:
+                watcher.cancel()
             await store.close()
 
     app = FastAPI(
@@ -75,6 +83,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(events.router)
     app.include_router(recommend.router)
     app.include_router(ops.router)
+    app.include_router(ui.router)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -86,6 +95,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         detail = f"{'.'.join(str(x) for x in first['loc'])}: {first['msg']}"
         return JSONResponse({"detail": detail, "errors": errors[:20]}, status_code=422)
 
+    document_validation_errors(app)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(Observe, metrics=metrics, log_requests=settings.access_log)
     return app

@@ -34,4 +34,5 @@ class Metrics:
         )
         self.events = Counter("seqrec_events_total", "Events by outcome", ["outcome"], registry=r)
         self.store_errors = Counter("seqrec_store_errors_total", "Store failures", ["op"], registry=r)
+        self.rate_limited = Counter("seqrec_rate_limited_total", "Writes refused with 429", registry=r)
         self.reloads = Counter("seqrec_bundle_reloads_total", "Bundle reloads", ["result"], registry=r)

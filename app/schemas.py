@@ -31,6 +31,14 @@ class EventIn(BaseModel):
         None, description="Idempotency key: a replayed event (same user, event_id and item) changes nothing."
     )
 
+    @field_validator("timestamp", mode="before")
+    @classmethod
+    def _not_bool(cls, v: object) -> object:
+        # JSON true/false would otherwise pass as 1.0/0.0 (lax float): the schema says number or string.
+        if isinstance(v, bool):
+            raise ValueError("timestamp must be a number or an ISO-8601 string, not a boolean")
+        return v
+
     @field_validator("timestamp")
     @classmethod
     def _epoch(cls, v: float | datetime | None) -> float | None:
@@ -99,6 +107,9 @@ class RecommendOut(BaseModel):
         description="`model`, or `popularity` for users without usable history or when the store is unreachable."
     )
     history_length: int = Field(description="History items the model knew and used.")
+    fallback: Literal["no_history", "store_unavailable"] | None = Field(
+        None, description="Why popularity answered: no usable history, or the event store is unreachable (degraded)."
+    )
 
 
 class Health(BaseModel):

@@ -43,6 +43,13 @@ class Settings(BaseSettings):
         20_000, ge=0, description="Catalogues with at least this many items use the HNSW index, smaller ones BLAS."
     )
     access_log: bool = Field(True, description="Write one JSON line per request to the `seqrec.access` logger.")
+    write_rate_per_s: float = Field(
+        0, ge=0, description="Write requests (POST /events) per second per API key and process; 0 = unlimited (429)."
+    )
+    write_burst: int = Field(100, ge=1, description="Write requests a key may send at once above the rate.")
+    bundle_poll_s: float = Field(
+        0, ge=0, description="Poll the bundle paths this often and load a changed bundle without restart; 0 = off."
+    )
 
     @field_validator("bundles", mode="before")
     @classmethod

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from app.metrics import Metrics
 from app.registry import Registry
 from app.settings import Settings
 from app.stores import EventStore
+
+if TYPE_CHECKING:
+    from app.ratelimit import TokenBuckets
 
 
 @dataclass
@@ -18,3 +22,4 @@ class AppState:
     store: EventStore
     metrics: Metrics
     reload_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    write_limiter: TokenBuckets | None = None

@@ -7,6 +7,7 @@ import time
 from fastapi import APIRouter, HTTPException, status
 
 from app.deps import ApiKey, State
+from app.ratelimit import WriteLimit
 from app.schemas import ErrorOut, EventsIn, EventsOut
 from app.stores import Event, StoreUnavailable
 
@@ -16,10 +17,11 @@ router = APIRouter(tags=["events"])
 @router.post(
     "/events",
     response_model=EventsOut,
-    dependencies=[ApiKey],
+    dependencies=[ApiKey, WriteLimit],
     responses={
         401: {"model": ErrorOut, "description": "API key required"},
         413: {"model": ErrorOut, "description": "Batch or body too large"},
+        429: {"model": ErrorOut, "description": "Write rate limit of this API key exceeded (Retry-After)"},
         503: {"model": ErrorOut, "description": "Store unreachable: nothing was stored, retry (idempotent)"},
     },
 )

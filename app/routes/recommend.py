@@ -73,4 +73,5 @@ async def recommend(
         version=bundle.version,
         source=source,
         history_length=len(seen),
+        fallback=reason if source == "popularity" else None,
     )

@@ -1,0 +1,67 @@
+"""Pick up a new bundle without a restart: poll the configured bundle paths.
+
+A deployment points SEQREC_BUNDLES at a symlink (e.g. /bundles/sasrec -> releases/sasrec-...)
+that the training job swaps atomically after `seqrec export` has renamed a complete bundle
+into place. Every process polls the symlink target and the manifest's mtime; on a change it
+loads and validates the new bundles off the event loop (manifest, checksums, a test
+inference) and swaps the whole registry. A bundle that fails validation is refused (logged,
+counted) and the bundles already loaded keep serving; it is retried only when it changes again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from app.bundle import BundleError
+from app.registry import Registry
+from app.state import AppState
+
+log = logging.getLogger("seqrec.app")
+
+Signature = tuple[tuple[str, int | None, int | None], ...]
+
+
+def signature(paths: Sequence[Path]) -> Signature:
+    """What identifies the bundles on disk now: resolved target, manifest and directory mtimes."""
+    out = []
+    for p in paths:
+        real = os.path.realpath(p)
+        try:
+            manifest = os.stat(os.path.join(real, "manifest.json")).st_mtime_ns
+        except OSError:
+            manifest = None
+        try:
+            folder = os.stat(real).st_mtime_ns
+        except OSError:
+            folder = None
+        out.append((real, manifest, folder))
+    return tuple(out)
+
+
+async def watch_bundles(state: AppState, interval_s: float) -> None:
+    """Runs for the life of the process (cancelled by the lifespan on shutdown)."""
+    paths = list(state.settings.bundles)
+    last = await asyncio.to_thread(signature, paths)
+    while True:
+        await asyncio.sleep(interval_s)
+        try:
+            sig = await asyncio.to_thread(signature, paths)
+            if sig == last:
+                continue
+            last = sig
+            async with state.reload_lock:
+                reg = await asyncio.to_thread(
+                    Registry.load, paths, state.settings.default_model, state.settings.ann_threshold
+                )
+                state.registry = reg
+            state.metrics.reloads.labels("ok").inc()
+            log.info("new bundles picked up: %s", ", ".join(f"{b.name} {b.version}" for b in reg.bundles.values()))
+        except BundleError as exc:
+            state.metrics.reloads.labels("rejected").inc()
+            log.warning("new bundle refused, previous bundles keep serving: %s", exc)
+        except Exception:  # the watcher must never die silently
+            log.exception("bundle watcher error")
