@@ -123,6 +123,8 @@ def train(
     if world > 1 and device.type == "cuda":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
     seed_everything(tc.seed)
+    if tc.num_threads:
+        torch.set_num_threads(tc.num_threads)
     progress = _is_tty() if progress is None else progress
 
     split_given = split is not None
