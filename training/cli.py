@@ -90,7 +90,7 @@ def prepare(
 
 @app.command()
 def train(
-    model: Annotated[str, typer.Option(help="Model: sasrec (more register in training/zoo.py).")] = "sasrec",
+    model: Annotated[str, typer.Option(help="Model: sasrec, bert4rec, gru4rec (see training/zoo.py).")] = "sasrec",
     dataset: Annotated[str, typer.Option(help="Named dataset to train on.")] = "ml-1m",
     file: Annotated[Path | None, typer.Option(help="Generic interactions file instead of a named dataset.")] = None,
     out: Annotated[Path | None, typer.Option(help="Run directory (default runs/<model>-<dataset>-<time>).")] = None,
@@ -127,6 +127,16 @@ def train(
             "train options as train.key=value.",
         ),
     ] = None,
+    sessions: Annotated[
+        str | None,
+        typer.Option(
+            help="Train and evaluate next-item-in-session instead of leave-one-out: cut each user's "
+            "timeline into sessions by time gap (gap) or at the largest gaps (largest-gap); the newest "
+            "sessions are the test set, every event after the first a query, seen items not excluded."
+        ),
+    ] = None,
+    session_gap: Annotated[int, typer.Option(help="Seconds of inactivity that end a session (--sessions gap).")] = 1800,
+    session_test_frac: Annotated[float, typer.Option(help="Newest fraction of sessions held out for test.")] = 0.1,
     data_dir: DataDirOpt = None,
     cache_dir: CacheDirOpt = None,
     progress: Annotated[bool | None, typer.Option(help="Show progress bars (default: only on a terminal).")] = None,
@@ -170,9 +180,23 @@ def train(
             train_over[k] = extra.pop(k)
     if extra:
         train_over["extra"] = {**MODELS[model].train_defaults.extra, **extra}
+    split = None
+    if sessions is not None:
+        from training.data import DatasetError, to_sessions
+        from training.sessions import session_split
+
+        if sessions not in ("gap", "largest-gap"):
+            _fail("--sessions must be gap or largest-gap")
+        try:
+            data = to_sessions(data, "gap" if sessions == "gap" else "largest", gap_seconds=session_gap)
+        except DatasetError as exc:
+            _fail(str(exc))
+        split = session_split(data, test_frac=session_test_frac, valid_frac=session_test_frac)
     run_dir = out or Path("runs") / f"{model}-{data.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     try:
-        result = run_train(model, data, run_dir, model_over, train_over, progress=progress)
+        result = run_train(
+            model, data, run_dir, model_over, train_over, progress=progress, split=split, exclude_history=split is None
+        )
     except ValueError as exc:
         _fail(str(exc))
     if int(os.environ.get("RANK", "0")) != 0:
@@ -187,6 +211,11 @@ def train(
                 "valid_hr@10": result.valid.get("hr@10"),
                 "test_ndcg@10": result.test.get("ndcg@10"),
                 "test_hr@10": result.test.get("hr@10"),
+                **(
+                    {"test_recall@20": result.test.get("hr@20"), "test_mrr@20": result.test.get("mrr@20")}
+                    if split is not None
+                    else {}
+                ),
             }
         )
     )

@@ -23,6 +23,9 @@ class TrainConfig:
     amp: bool = True  # bf16 autocast on CUDA; ignored on CPU
     max_minutes: float | None = None  # wall-clock budget; stops after the epoch that crosses it
     max_users: int | None = None  # train/evaluate on the first N users only (fast tests)
+    # torch intra-op threads (None = torch's default). 1 is much faster for small models on a
+    # busy shared CPU: thread hand-offs under contention cost more than the ops themselves.
+    num_threads: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # task-specific knobs (e.g. mask_prob)
 
     def to_dict(self) -> dict[str, Any]:

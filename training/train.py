@@ -88,11 +88,19 @@ def evaluate_model(
     num_items: int,
     tc: TrainConfig,
     device: torch.device,
+    exclude_history: bool = True,
 ) -> dict[str, float]:
     model.eval()
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=tc.amp and device.type == "cuda"):
         return full_rank_eval(  # type: ignore[return-value]
-            model.score, hists, targets, num_items, model.max_len, tc.eval_batch_size, device=device
+            model.score,
+            hists,
+            targets,
+            num_items,
+            model.max_len,
+            tc.eval_batch_size,
+            exclude_history=exclude_history,
+            device=device,
         )
 
 
@@ -103,7 +111,11 @@ def train(
     model_overrides: dict[str, Any] | None = None,
     train_overrides: dict[str, Any] | None = None,
     progress: bool | None = None,
+    split: Split | None = None,
+    exclude_history: bool = True,
 ) -> TrainResult:
+    """`split` replaces the leave-one-out split (e.g. next-item-in-session, training/sessions.py);
+    `exclude_history=False` ranks already-seen items too (the session-based protocol)."""
     spec = get_spec(model_name)
     tc = spec.train_defaults.updated(**(train_overrides or {}))
     rank, world = _ddp()
@@ -111,9 +123,12 @@ def train(
     if world > 1 and device.type == "cuda":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
     seed_everything(tc.seed)
+    if tc.num_threads:
+        torch.set_num_threads(tc.num_threads)
     progress = _is_tty() if progress is None else progress
 
-    split = subset_split(leave_one_out(data), tc.max_users)
+    split_given = split is not None
+    split = subset_split(split if split is not None else leave_one_out(data), tc.max_users)
     popularity = popularity_scores(split.train, data.num_items)
     model = build_model(model_name, data.num_items, model_overrides).to(device)
     task = spec.make_task(model.cfg, tc, popularity)  # type: ignore[attr-defined]
@@ -169,7 +184,9 @@ def train(
         row: dict[str, Any] = {"epoch": epoch, "loss": total / max(count, 1), "epoch_seconds": round(epoch_s, 3)}
         stop = False
         if rank == 0 and (epoch % tc.eval_every == 0 or epoch == tc.epochs):
-            valid = evaluate_model(model, split.valid_hist, split.valid_target, data.num_items, tc, device)
+            valid = evaluate_model(
+                model, split.valid_hist, split.valid_target, data.num_items, tc, device, exclude_history
+            )
             row.update({f"valid_{k}": v for k, v in valid.items() if k != "users"})
             if valid["ndcg@10"] > best:
                 best, best_epoch, bad_evals = valid["ndcg@10"], epoch, 0
@@ -202,8 +219,10 @@ def train(
     if rank != 0:
         return TrainResult(run_dir, best_epoch, {}, {}, seconds)
     best_model, _ = load_checkpoint(run_dir / "best.pt", device)
-    valid = evaluate_model(best_model, split.valid_hist, split.valid_target, data.num_items, tc, device)
-    test = evaluate_model(best_model, split.test_hist, split.test_target, data.num_items, tc, device)
+    valid = evaluate_model(
+        best_model, split.valid_hist, split.valid_target, data.num_items, tc, device, exclude_history
+    )
+    test = evaluate_model(best_model, split.test_hist, split.test_target, data.num_items, tc, device, exclude_history)
     best_row = next((r for r in history if r["epoch"] == best_epoch), {})
     final = {
         "model": model_name,
@@ -215,6 +234,8 @@ def train(
         "test": test,
         "device": str(device),
         "epochs_run": len(history),
+        "protocol": "leave-one-out" if split_given is False else "custom split",
+        "exclude_history": exclude_history,
     }
     (run_dir / "final.json").write_text(json.dumps(final, indent=2))
     return TrainResult(run_dir, best_epoch, valid, test, seconds)

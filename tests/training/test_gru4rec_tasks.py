@@ -1,0 +1,111 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from models.gru4rec import GRU4Rec, GRU4RecConfig
+from training.cloze import ClozeTask, cloze_mask
+from training.gru4rec_tasks import PaddedNextItemTask, SessionParallelTask
+from training.sessions import session_split
+
+SESSIONS = [np.array([1, 2, 3]), np.array([4, 5]), np.array([6, 7, 8, 9]), np.array([10, 11])]
+POP = torch.ones(12)
+
+
+def _session_batches(seed: int = 0) -> tuple[list[dict], list[np.ndarray]]:
+    task = SessionParallelTask(n_extra=0, popularity=POP)
+    order = np.random.default_rng(seed).permutation(len(SESSIONS))
+    got = list(task.batches(SESSIONS, 2, np.random.default_rng(seed), torch.device("cpu")))
+    return got, [SESSIONS[i] for i in order]
+
+
+def test_session_parallel_layout_follows_the_paper() -> None:
+    batches, ordered = _session_batches()
+    # Replay: two slots take sessions in shuffled order; each step emits (current, next) per slot.
+    slots = [list(ordered[0]), list(ordered[1])]
+    queue = ordered[2:]
+    pos, fresh = [0, 0], [True, True]
+    for b in batches:
+        for k in range(2):
+            assert int(b["items"][k]) == slots[k][pos[k]]
+            assert int(b["target"][k]) == slots[k][pos[k] + 1]
+            assert bool(b["reset"][k]) == fresh[k]
+        for k in range(2):
+            pos[k] += 1
+            fresh[k] = pos[k] + 1 >= len(slots[k])
+            if fresh[k]:
+                if not queue:
+                    return
+                slots[k], pos[k], queue = list(queue[0]), 0, queue[1:]
+    pytest.fail("the epoch should end when a slot cannot be refilled")
+
+
+def test_hidden_state_is_reset_where_a_session_starts() -> None:
+    torch.manual_seed(0)
+    model = GRU4Rec(GRU4RecConfig(num_items=11, dim=8))
+    task = SessionParallelTask(n_extra=3, popularity=POP)
+    seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+    step = model.step
+
+    def spy(items: torch.Tensor, h: torch.Tensor | None):
+        out, h_new = step(items, h)
+        seen.append((h.clone(), h_new.detach().clone()))
+        return out, h_new
+
+    model.step = spy  # type: ignore[method-assign]
+    batches = list(task.batches(SESSIONS * 3, 2, np.random.default_rng(1), torch.device("cpu")))
+    assert len(batches) >= 4
+    for b in batches:
+        task.loss(model, b).backward()
+    for t, b in enumerate(batches):
+        h_in = seen[t][0]
+        for k in range(2):
+            if bool(b["reset"][k]):
+                assert torch.all(h_in[:, k] == 0)
+            else:  # carries the previous step's state for the same slot
+                assert torch.allclose(h_in[:, k], seen[t - 1][1][:, k])
+                assert torch.any(h_in[:, k] != 0)
+
+
+def test_extra_negatives_follow_support_power_alpha() -> None:
+    pop = torch.tensor([0.0, 1.0, 9.0])
+    for alpha, want in [(0.0, 0.5), (1.0, 0.9), (0.5, 0.75)]:
+        task = PaddedNextItemTask(n_extra=40000, alpha=alpha, popularity=pop)
+        draws = task.sample(torch.device("cpu"))
+        assert int((draws == 0).sum()) == 0  # padding is never a negative
+        assert float((draws == 2).float().mean()) == pytest.approx(want, abs=0.015)
+
+
+def test_cloze_masks_a_fresh_fraction_each_epoch_plus_last_item_samples() -> None:
+    rng = np.random.default_rng(0)
+    seq = np.arange(1, 1001)
+    inp, lab = cloze_mask(seq, 0.2, 5000, rng)
+    frac = (inp == 5000).mean()
+    assert 0.15 < frac < 0.25 and np.array_equal(lab[inp == 5000], seq[inp == 5000])
+    assert np.all(lab[inp != 5000] == 0) and np.array_equal(inp[inp != 5000], seq[inp != 5000])
+    assert not np.array_equal(cloze_mask(seq, 0.2, 5000, rng)[0], inp)  # a new mask every time
+    task = ClozeTask(max_len=50, mask_token=5000, mask_prob=0.2, last_item_ratio=0.5)
+    train = [np.arange(1, 80), np.arange(3, 10), np.array([7])]
+    batches = list(task.batches(train, 2, rng, torch.device("cpu")))
+    rows = sum(b["item_seq"].shape[0] for b in batches)
+    assert rows == 3 + 2 == task.num_batches(train, 5) * 5  # 3 Cloze samples + round(0.5 * 3) last-item
+    for b in batches:
+        assert b["item_seq"].shape[1] <= 50
+        assert torch.all((b["labels"] != 0) == (b["item_seq"] == 5000))
+        assert torch.all((b["labels"] != 0).sum(1) >= 1)  # every sample has a masked item
+
+
+def test_session_split_is_time_ordered_and_filters_unseen_items(ml100k) -> None:
+    from training.data import to_sessions
+
+    sess = to_sessions(ml100k, "gap", gap_seconds=1800)
+    split = session_split(sess, test_frac=0.1, valid_frac=0.1)
+    starts = sess.timestamps[sess.offsets[:-1]]
+    cut = np.sort(starts)[len(starts) - round(0.1 * len(starts))]
+    train_items = set(np.concatenate(split.train).tolist())
+    assert len(split.train) == len(starts) - round(0.1 * len(starts)) * 2
+    assert all(int(t) in train_items for t in split.test_target)
+    assert len(split.test_hist) == len(split.test_target) > 100
+    # test queries are prefixes of test sessions, which all start at or after the cut
+    assert all(len(h) >= 1 for h in split.test_hist) and cut > starts.min()

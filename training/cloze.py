@@ -1,0 +1,79 @@
+"""BERT4Rec's Cloze task (Sun et al. 2019, Sec. 3.6).
+
+Each epoch, every training sequence (its newest `max_len` items) gets a fresh random mask: each
+item is replaced by `[mask]` with probability rho (at least one per sequence), and the model
+predicts the original items at the masked positions with a full softmax over the catalogue.
+On top of those, `last_item_ratio` x (number of sequences) extra samples mask only the last item,
+which is exactly the inference input (history + [mask]); the paper adds them to close the gap
+between Cloze training and next-item prediction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from models.bert4rec import BERT4Rec
+from training.batching import pad_left
+from training.tasks import Batch, Task
+
+
+def cloze_mask(seq: np.ndarray, rho: float, mask_token: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """-> (input with [mask] tokens, labels: the original item where masked, else 0)."""
+    masked = rng.random(len(seq)) < rho
+    if not masked.any():
+        masked[rng.integers(len(seq))] = True  # every sample must teach something
+    inp = np.where(masked, mask_token, seq)
+    return inp, np.where(masked, seq, 0)
+
+
+def last_item_mask(seq: np.ndarray, mask_token: int) -> tuple[np.ndarray, np.ndarray]:
+    inp, lab = seq.copy(), np.zeros_like(seq)
+    inp[-1], lab[-1] = mask_token, seq[-1]
+    return inp, lab
+
+
+@dataclass
+class ClozeTask(Task):
+    max_len: int
+    mask_token: int
+    mask_prob: float = 0.2  # rho
+    last_item_ratio: float = 0.1  # extra last-item-masked samples per training sequence
+
+    def _samples(self, train: Sequence[np.ndarray], rng: np.random.Generator) -> list[tuple[np.ndarray, np.ndarray]]:
+        seqs = [s[-self.max_len :] for s in train if len(s) >= 1]
+        out = [cloze_mask(s, self.mask_prob, self.mask_token, rng) for s in seqs]
+        n_last = round(self.last_item_ratio * len(seqs))
+        if n_last and seqs:
+            pick = rng.choice(len(seqs), size=n_last, replace=n_last > len(seqs))
+            # The inference input is history[-(max_len-1):] + [mask]: build the same shape.
+            out += [last_item_mask(seqs[i], self.mask_token) for i in pick]
+        return out
+
+    def num_batches(self, train: Sequence[np.ndarray], batch_size: int) -> int:
+        n = len(train) + round(self.last_item_ratio * len(train))
+        return (n + batch_size - 1) // batch_size
+
+    def batches(
+        self, train: Sequence[np.ndarray], batch_size: int, rng: np.random.Generator, device: torch.device
+    ) -> Iterator[Batch]:
+        samples = self._samples(train, rng)
+        order = rng.permutation(len(samples))
+        for start in range(0, len(order), batch_size):
+            chunk = [samples[i] for i in order[start : start + batch_size]]
+            yield {
+                "item_seq": torch.as_tensor(pad_left([c[0] for c in chunk]), device=device),
+                "labels": torch.as_tensor(pad_left([c[1] for c in chunk]), device=device),
+            }
+
+    def loss(self, model: BERT4Rec, batch: Batch) -> torch.Tensor:  # type: ignore[override]
+        h = model.encode(batch["item_seq"])  # (B, L, D)
+        labels = batch["labels"]
+        at = labels != 0  # (B, L): masked positions only
+        logits = model.head(h[at]) @ model.item_vectors().T  # (T, N+1): eq. 7 logits
+        logits[:, 0] = float("-inf")  # padding is never a candidate
+        return F.cross_entropy(logits.float(), labels[at])

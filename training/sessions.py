@@ -1,0 +1,57 @@
+"""Next-item-in-session evaluation split (the GRU4Rec papers' protocol).
+
+Sessions (training/data/preprocess.py: to_sessions) are ordered by start time; the newest
+`test_frac` of them are test sessions, the `valid_frac` before those validation sessions, the
+rest training sessions. As in the papers, items of validation/test sessions that never occur in
+training are removed, and sessions left with fewer than 2 events are dropped. Every event after
+the first of an evaluation session is one query: history = the session so far, target = that
+event; ranked against the full catalogue (Recall@20 = hr@20, MRR@20).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from training.data.preprocess import SeqData, Split
+
+
+def _queries(sessions: list[np.ndarray]) -> tuple[list[np.ndarray], np.ndarray]:
+    hists: list[np.ndarray] = []
+    targets: list[int] = []
+    for s in sessions:
+        for t in range(1, len(s)):
+            hists.append(s[:t])
+            targets.append(int(s[t]))
+    return hists, np.array(targets, np.int64)
+
+
+def session_split(sessions: SeqData, test_frac: float = 0.1, valid_frac: float = 0.1) -> Split:
+    if sessions.timestamps is None:
+        raise ValueError(f"{sessions.name}: a time-ordered session split needs timestamps")
+    if not (0 < test_frac < 1 and 0 <= valid_frac < 1 and test_frac + valid_frac < 1):
+        raise ValueError("need 0 < test_frac, 0 <= valid_frac and test_frac + valid_frac < 1")
+    n = sessions.num_users
+    starts = sessions.timestamps[sessions.offsets[:-1]]  # (S,) start time of each session
+    order = np.argsort(starts, kind="stable")
+    n_test = max(1, round(test_frac * n))
+    n_valid = round(valid_frac * n)
+    train_idx = order[: n - n_test - n_valid]
+    valid_idx = order[n - n_test - n_valid : n - n_test]
+    test_idx = order[n - n_test :]
+    train = [sessions.sequence(int(u)) for u in train_idx]
+    known = np.zeros(sessions.num_items + 1, dtype=bool)
+    if train:
+        known[np.concatenate(train)] = True
+
+    def keep(idx: np.ndarray) -> list[np.ndarray]:
+        out = []
+        for u in idx:
+            s = sessions.sequence(int(u))
+            s = s[known[s]]  # items unseen in training cannot be scored meaningfully
+            if len(s) >= 2:
+                out.append(s)
+        return out
+
+    vh, vt = _queries(keep(valid_idx))
+    th, tt = _queries(keep(test_idx))
+    return Split(train, vh, vt, th, tt, sessions.num_items)
