@@ -37,7 +37,7 @@ def bundles(ml100k, bundle_path: Path, tmp_path_factory: pytest.TempPathFactory)
 
 @pytest.mark.parametrize("kind", list(TINY))
 def test_each_kind_served_like_its_offline_model(kind: str, bundles, bundle_path: Path) -> None:
-    ckpt, bundle = bundles[kind]
+    ckpt = bundles[kind][0]
     paths = [bundle_path, *(b for _, b in bundles.values())]
     with TestClient(create_app(Settings(bundles=paths, api_key="k"))) as client:
         b = client.app.state.seqrec.registry.get(kind)
