@@ -1,0 +1,251 @@
+"""Interactions -> per-user sequences: k-core, stable time order, id remap, splits, sessions."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from training.data.readers import DatasetError, Interactions
+
+
+@dataclass
+class SeqData:
+    """Prepared dataset: every user's items in time order, CSR-packed.
+
+    Item indices are 1..num_items (0 is padding); `item_ids[i - 1]` is the external id of
+    index i. `sequence(u)` returns user u's items (int64), oldest first.
+    """
+
+    name: str
+    user_ids: list[str]
+    item_ids: list[str]
+    offsets: np.ndarray  # (U + 1,) int64
+    items: np.ndarray  # (total,) int32, values in 1..num_items
+    timestamps: np.ndarray | None  # (total,) int64 or None
+
+    @property
+    def num_users(self) -> int:
+        return len(self.user_ids)
+
+    @property
+    def num_items(self) -> int:
+        return len(self.item_ids)
+
+    @property
+    def num_interactions(self) -> int:
+        return int(self.offsets[-1])
+
+    def sequence(self, u: int) -> np.ndarray:
+        return self.items[self.offsets[u] : self.offsets[u + 1]].astype(np.int64)
+
+    def sequences(self) -> list[np.ndarray]:
+        return [self.sequence(u) for u in range(self.num_users)]
+
+    def times(self, u: int) -> np.ndarray | None:
+        if self.timestamps is None:
+            return None
+        return self.timestamps[self.offsets[u] : self.offsets[u + 1]]
+
+    def item_index(self) -> dict[str, int]:
+        return {x: i + 1 for i, x in enumerate(self.item_ids)}
+
+    def fingerprint(self) -> str:
+        import hashlib
+
+        h = hashlib.sha256()
+        h.update(self.offsets.tobytes())
+        h.update(self.items.astype(np.int32).tobytes())
+        h.update("\n".join(self.item_ids).encode())
+        return h.hexdigest()
+
+    def stats(self) -> dict[str, float | int | str]:
+        lens = np.diff(self.offsets)
+        return {
+            "name": self.name,
+            "users": self.num_users,
+            "items": self.num_items,
+            "interactions": self.num_interactions,
+            "avg_len": round(float(lens.mean()), 2) if len(lens) else 0.0,
+            "min_len": int(lens.min()) if len(lens) else 0,
+            "max_len": int(lens.max()) if len(lens) else 0,
+            "density": round(self.num_interactions / max(1, self.num_users * self.num_items), 6),
+        }
+
+
+def k_core(users: np.ndarray, items: np.ndarray, k_user: int, k_item: int) -> np.ndarray:
+    """Iterative k-core: boolean keep-mask such that every kept user and item has >= k rows."""
+    keep = np.ones(len(users), dtype=bool)
+    if k_user <= 1 and k_item <= 1:
+        return keep
+    _, u_codes = np.unique(users, return_inverse=True)
+    _, i_codes = np.unique(items, return_inverse=True)
+    while True:
+        u_cnt = np.bincount(u_codes[keep], minlength=u_codes.max() + 1)
+        i_cnt = np.bincount(i_codes[keep], minlength=i_codes.max() + 1)
+        new_keep = keep & (u_cnt[u_codes] >= k_user) & (i_cnt[i_codes] >= k_item)
+        if new_keep.sum() == keep.sum():
+            return new_keep
+        keep = new_keep
+
+
+def _sort_key_ids(ids: np.ndarray) -> np.ndarray:
+    """Unique ids, numerically sorted when they are all integers (keeps published ids aligned)."""
+    uniq = np.unique(ids)
+    try:
+        order = np.argsort(np.array([int(x) for x in uniq]), kind="stable")
+        return uniq[order]
+    except ValueError:
+        return uniq
+
+
+def build_sequences(
+    inter: Interactions, name: str, k_user: int = 0, k_item: int = 0, min_len: int = 1
+) -> SeqData:
+    """k-core filter, then group by user, stably ordered by time (file order on ties)."""
+    keep = k_core(inter.users, inter.items, k_user, k_item)
+    users, items = inter.users[keep], inter.items[keep]
+    ts = inter.timestamps[keep] if inter.timestamps is not None else None
+    if len(users) == 0:
+        raise DatasetError(f"{name}: nothing left after {k_user}/{k_item}-core filtering")
+
+    user_vocab = _sort_key_ids(users)
+    item_vocab = _sort_key_ids(items)
+    u_map = {x: i for i, x in enumerate(user_vocab)}
+    i_map = {x: i for i, x in enumerate(item_vocab)}
+    u_code = np.fromiter((u_map[x] for x in users), np.int64, len(users))
+    i_code = np.fromiter((i_map[x] for x in items), np.int64, len(items))
+
+    # Stable lexsort: user first, then time; equal timestamps keep file order.
+    order = np.lexsort((ts, u_code)) if ts is not None else np.argsort(u_code, kind="stable")
+    u_sorted = u_code[order]
+    counts = np.bincount(u_sorted, minlength=len(user_vocab))
+    offsets = np.zeros(len(user_vocab) + 1, np.int64)
+    offsets[1:] = np.cumsum(counts)
+    data = SeqData(
+        name=name,
+        user_ids=[str(x) for x in user_vocab],
+        item_ids=[str(x) for x in item_vocab],
+        offsets=offsets,
+        items=(i_code[order] + 1).astype(np.int32),
+        timestamps=ts[order].astype(np.int64) if ts is not None else None,
+    )
+    if min_len > 1:
+        data = drop_short(data, min_len)
+    return data
+
+
+def drop_short(data: SeqData, min_len: int) -> SeqData:
+    lens = np.diff(data.offsets)
+    keep_users = np.flatnonzero(lens >= min_len)
+    if len(keep_users) == len(lens):
+        return data
+    seqs = [data.items[data.offsets[u] : data.offsets[u + 1]] for u in keep_users]
+    tss = [data.times(u) for u in keep_users] if data.timestamps is not None else None
+    offsets = np.zeros(len(keep_users) + 1, np.int64)
+    offsets[1:] = np.cumsum([len(s) for s in seqs])
+    return SeqData(
+        name=data.name,
+        user_ids=[data.user_ids[u] for u in keep_users],
+        item_ids=data.item_ids,
+        offsets=offsets,
+        items=np.concatenate(seqs).astype(np.int32) if seqs else np.zeros(0, np.int32),
+        timestamps=np.concatenate(tss) if tss else None,  # type: ignore[arg-type]
+    )
+
+
+@dataclass
+class Split:
+    """Leave-one-out: train on seq[:-2]; validate seq[:-2] -> seq[-2]; test seq[:-1] -> seq[-1]."""
+
+    train: list[np.ndarray]
+    valid_hist: list[np.ndarray]
+    valid_target: np.ndarray
+    test_hist: list[np.ndarray]
+    test_target: np.ndarray
+    num_items: int
+
+
+def leave_one_out(data: SeqData) -> Split:
+    train, vh, vt, th, tt = [], [], [], [], []
+    for u in range(data.num_users):
+        s = data.sequence(u)
+        if len(s) < 3:
+            # Too short to hold out two items: all of it is training signal.
+            if len(s) >= 2:
+                train.append(s)
+            continue
+        train.append(s[:-2])
+        vh.append(s[:-2])
+        vt.append(s[-2])
+        th.append(s[:-1])
+        tt.append(s[-1])
+    return Split(train, vh, np.array(vt, np.int64), th, np.array(tt, np.int64), data.num_items)
+
+
+# --------------------------------------------------------------------------- sessions
+
+
+def split_by_gap(timestamps: np.ndarray, gap_seconds: int = 1800) -> list[slice]:
+    """Start a new session wherever two consecutive events are more than `gap_seconds` apart."""
+    if len(timestamps) == 0:
+        return []
+    cuts = np.flatnonzero(np.diff(timestamps) > gap_seconds) + 1
+    bounds = [0, *cuts.tolist(), len(timestamps)]
+    return [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+
+
+def split_at_largest_gap(timestamps: np.ndarray, max_len: int) -> list[slice]:
+    """Recursively cut at the largest time gap until every piece has <= max_len events.
+
+    Ties in gap size cut at the gap nearest the middle, so pieces stay balanced.
+    """
+    if max_len < 1:
+        raise ValueError("max_len must be >= 1")
+    out: list[slice] = []
+
+    def rec(a: int, b: int) -> None:
+        if b - a <= max_len:
+            out.append(slice(a, b))
+            return
+        gaps = np.diff(timestamps[a:b])
+        best = gaps.max()
+        cands = np.flatnonzero(gaps == best)
+        mid = (b - a - 1) / 2
+        cut = a + int(cands[np.argmin(np.abs(cands - mid))]) + 1
+        rec(a, cut)
+        rec(cut, b)
+
+    rec(0, len(timestamps))
+    return out
+
+
+def to_sessions(
+    data: SeqData, rule: str = "gap", gap_seconds: int = 1800, max_len: int = 50, min_len: int = 2
+) -> SeqData:
+    """Re-cut every user's sequence into sessions; each session becomes a row `user#k`."""
+    if data.timestamps is None:
+        raise DatasetError(f"{data.name}: session splitting needs timestamps; this dataset has none")
+    user_ids: list[str] = []
+    pieces: list[np.ndarray] = []
+    times: list[np.ndarray] = []
+    for u in range(data.num_users):
+        ts = data.times(u)
+        assert ts is not None
+        seq = data.items[data.offsets[u] : data.offsets[u + 1]]
+        slices = split_by_gap(ts, gap_seconds) if rule == "gap" else split_at_largest_gap(ts, max_len)
+        for k, sl in enumerate(slices):
+            if sl.stop - sl.start >= min_len:
+                user_ids.append(f"{data.user_ids[u]}#{k}")
+                pieces.append(seq[sl])
+                times.append(ts[sl])
+    offsets = np.zeros(len(pieces) + 1, np.int64)
+    offsets[1:] = np.cumsum([len(p) for p in pieces])
+    return SeqData(
+        name=f"{data.name}-sessions-{rule}",
+        user_ids=user_ids,
+        item_ids=data.item_ids,
+        offsets=offsets,
+        items=np.concatenate(pieces).astype(np.int32),
+        timestamps=np.concatenate(times),
+    )

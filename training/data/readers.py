@@ -1,0 +1,250 @@
+"""Readers for the raw interaction formats seqrec knows.
+
+Every reader returns an `Interactions` table: parallel arrays of external user id,
+external item id and timestamp, in the order that defines time when timestamps tie
+(file order). Errors name the file and line, because a user pointing at the wrong
+file should see that, not a traceback.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+
+class DatasetError(ValueError):
+    """A dataset file is missing or malformed: the message names file and line."""
+
+
+@dataclass
+class Interactions:
+    users: np.ndarray  # (n,) str (object) external user ids
+    items: np.ndarray  # (n,) str (object) external item ids
+    timestamps: np.ndarray | None  # (n,) int64 epoch seconds, or None: order is file order
+
+    def __len__(self) -> int:
+        return len(self.users)
+
+
+def _open_lines(path: Path, encoding: str = "utf-8"):
+    if not path.is_file():
+        raise DatasetError(f"{path}: file not found")
+    return path.open("r", encoding=encoding, newline="")
+
+
+def read_sasrec(path: Path) -> Interactions:
+    """`user item` per line, whitespace separated, each user's lines in time order."""
+    users: list[str] = []
+    items: list[str] = []
+    with _open_lines(path) as fh:
+        for lineno, line in enumerate(fh, 1):
+            parts = line.split()
+            if not parts:
+                continue
+            if len(parts) != 2:
+                raise DatasetError(f"{path}:{lineno}: expected 'user item', got {line.strip()[:80]!r}")
+            users.append(parts[0])
+            items.append(parts[1])
+    if not users:
+        raise DatasetError(f"{path}: no interactions found")
+    return Interactions(np.array(users, dtype=object), np.array(items, dtype=object), None)
+
+
+def _read_rating_rows(path: Path, sep: str, encoding: str, skip_header: bool = False) -> Interactions:
+    users: list[str] = []
+    items: list[str] = []
+    ts: list[int] = []
+    with _open_lines(path, encoding) as fh:
+        for lineno, line in enumerate(fh, 1):
+            if skip_header and lineno == 1:
+                continue
+            line = line.rstrip("\r\n")
+            if not line:
+                continue
+            parts = line.split(sep)
+            if len(parts) < 3:
+                raise DatasetError(f"{path}:{lineno}: expected user{sep}item{sep}...{sep}timestamp")
+            try:
+                t = int(parts[3] if len(parts) >= 4 else parts[2])
+            except ValueError:
+                raise DatasetError(f"{path}:{lineno}: timestamp is not an integer: {line[:80]!r}") from None
+            users.append(parts[0])
+            items.append(parts[1])
+            ts.append(t)
+    if not users:
+        raise DatasetError(f"{path}: no interactions found")
+    return Interactions(np.array(users, dtype=object), np.array(items, dtype=object), np.array(ts, np.int64))
+
+
+def read_movielens_dat(path: Path) -> Interactions:
+    """MovieLens-1M `UserID::MovieID::Rating::Timestamp` (latin-1)."""
+    return _read_rating_rows(path, "::", "latin-1")
+
+
+def read_ml100k(path: Path) -> Interactions:
+    """MovieLens-100K `u.data`: `user<TAB>item<TAB>rating<TAB>timestamp`."""
+    return _read_rating_rows(path, "\t", "latin-1")
+
+
+def read_office(folder: Path) -> Interactions:
+    """Amazon Office 5-core: train.csv + dev.csv + test.csv (TAB, header).
+
+    The dev/test rows are each user's 2nd-last and last interaction; we rebuild the
+    full sequence as train rows (time order) + dev + test and let the stable sort
+    keep that order on equal (day-resolution) timestamps.
+    """
+    users: list[str] = []
+    items: list[str] = []
+    ts: list[int] = []
+    for name in ("train.csv", "dev.csv", "test.csv"):
+        path = folder / name
+        with _open_lines(path) as fh:
+            reader = csv.reader(fh, delimiter="\t")
+            header = next(reader, None)
+            if not header or header[:3] != ["user_id", "item_id", "time"]:
+                raise DatasetError(f"{path}:1: expected header 'user_id item_id time', got {header}")
+            for lineno, row in enumerate(reader, 2):
+                if not row:
+                    continue
+                try:
+                    users.append(row[0])
+                    items.append(row[1])
+                    ts.append(int(row[2]))
+                except (IndexError, ValueError):
+                    raise DatasetError(f"{path}:{lineno}: malformed row {row[:3]}") from None
+    return Interactions(np.array(users, dtype=object), np.array(items, dtype=object), np.array(ts, np.int64))
+
+
+def read_generic(
+    path: Path, user_col: str = "user_id", item_col: str = "item_id", time_col: str | None = "timestamp"
+) -> Interactions:
+    """CSV/TSV/Parquet with user, item and (optional) timestamp columns.
+
+    Timestamps may be integers (epoch seconds) or ISO-8601 strings.
+    """
+    import polars as pl
+
+    if not path.is_file():
+        raise DatasetError(f"{path}: file not found")
+    try:
+        if path.suffix == ".parquet":
+            df = pl.read_parquet(path)
+        else:
+            sep = "\t" if path.suffix in (".tsv", ".tab") else ","
+            df = pl.read_csv(path, separator=sep, infer_schema_length=10000)
+    except Exception as exc:  # polars raises many error types; all mean "can't parse"
+        raise DatasetError(f"{path}: cannot parse: {exc}") from None
+    for col in (user_col, item_col) + ((time_col,) if time_col else ()):
+        if col not in df.columns:
+            raise DatasetError(f"{path}: missing column {col!r} (has {df.columns})")
+    null_rows = df.select(pl.any_horizontal(pl.col(user_col).is_null(), pl.col(item_col).is_null()))
+    bad = np.flatnonzero(null_rows.to_series().to_numpy())
+    if len(bad):
+        raise DatasetError(f"{path}:{bad[0] + 2}: empty user or item id")
+    ts = None
+    if time_col:
+        col = df[time_col]
+        if col.dtype == pl.String:
+            try:
+                col = col.str.to_datetime(time_zone="UTC").dt.epoch("s")
+            except Exception as exc:
+                raise DatasetError(f"{path}: column {time_col!r} is not ISO-8601: {exc}") from None
+        if col.null_count():
+            bad_row = int(np.flatnonzero(col.is_null().to_numpy())[0])
+            raise DatasetError(f"{path}:{bad_row + 2}: missing timestamp")
+        ts = col.cast(pl.Int64).to_numpy()
+    return Interactions(
+        df[user_col].cast(pl.String).to_numpy().astype(object),
+        df[item_col].cast(pl.String).to_numpy().astype(object),
+        ts,
+    )
+
+
+# --------------------------------------------------------------------------- item text
+
+
+def read_item_text_movielens(movies: Path, sep: str = "::") -> dict[str, str]:
+    """MovieLens titles + genres: `id::Title (Year)::Genre|Genre` (latin-1)."""
+    out: dict[str, str] = {}
+    with _open_lines(movies, "latin-1") as fh:
+        for lineno, line in enumerate(fh, 1):
+            parts = line.rstrip("\r\n").split(sep)
+            if len(parts) < 3:
+                raise DatasetError(f"{movies}:{lineno}: expected id{sep}title{sep}genres")
+            out[parts[0]] = f"{parts[1]}. Genres: {parts[2].replace('|', ', ')}"
+    return out
+
+
+def read_item_text_ml100k(u_item: Path, u_genre: Path) -> dict[str, str]:
+    genres: list[str] = []
+    with _open_lines(u_genre, "latin-1") as fh:
+        for line in fh:
+            if "|" in line:
+                genres.append(line.split("|")[0])
+    out: dict[str, str] = {}
+    with _open_lines(u_item, "latin-1") as fh:
+        for lineno, line in enumerate(fh, 1):
+            parts = line.rstrip("\r\n").split("|")
+            if len(parts) < 5 + len(genres):
+                raise DatasetError(f"{u_item}:{lineno}: expected {5 + len(genres)} '|' fields")
+            flags = parts[5 : 5 + len(genres)]
+            g = [name for name, f in zip(genres, flags, strict=True) if f == "1"]
+            out[parts[0]] = f"{parts[1]}. Genres: {', '.join(g)}"
+    return out
+
+
+def read_item_text_office(folder: Path) -> dict[str, str]:
+    """Office.item2index (ASIN -> id) joined with Office.text (ASIN -> text)."""
+    asin_to_id: dict[str, str] = {}
+    path = folder / "Office.item2index"
+    with _open_lines(path) as fh:
+        for lineno, line in enumerate(fh, 1):
+            parts = line.rstrip("\r\n").split("\t")
+            if len(parts) != 2:
+                raise DatasetError(f"{path}:{lineno}: expected 'ASIN<TAB>item_id'")
+            asin_to_id[parts[0]] = parts[1]
+    out: dict[str, str] = {}
+    path = folder / "Office.text"
+    with _open_lines(path) as fh:
+        for lineno, line in enumerate(fh, 1):
+            if lineno == 1:
+                continue
+            parts = line.rstrip("\r\n").split("\t", 1)
+            if len(parts) != 2:
+                raise DatasetError(f"{path}:{lineno}: expected 'ASIN<TAB>text'")
+            if parts[0] in asin_to_id:
+                out[asin_to_id[parts[0]]] = parts[1]
+    return out
+
+
+def read_item_text_generic(path: Path, id_col: str = "item_id") -> dict[str, str]:
+    """Items file (CSV/TSV/Parquet): an id column and any text columns, joined as `col: value`."""
+    import polars as pl
+
+    if not path.is_file():
+        raise DatasetError(f"{path}: file not found")
+    if path.suffix == ".parquet":
+        df = pl.read_parquet(path)
+    else:
+        df = pl.read_csv(path, separator="\t" if path.suffix in (".tsv", ".tab") else ",")
+    if id_col not in df.columns:
+        raise DatasetError(f"{path}: missing column {id_col!r}")
+    text_cols = [c for c in df.columns if c != id_col and df[c].dtype == pl.String]
+    out: dict[str, str] = {}
+    for row in df.iter_rows(named=True):
+        parts = [str(row[c]) for c in text_cols if row[c]]
+        out[str(row[id_col])] = ". ".join(parts)
+    return out
+
+
+def default_data_dir() -> Path:
+    """`$SEQREC_DATA_DIR`, else `../shared/data` when present, else `data/`."""
+    env = os.environ.get("SEQREC_DATA_DIR")
+    if env:
+        return Path(env)
+    shared = Path("../shared/data")
+    return shared if shared.is_dir() else Path("data")
