@@ -107,10 +107,14 @@ def item_text_embeddings(
     encoder: str | Path | None = None,
     cache_dir: Path | None = None,
 ) -> np.ndarray:
-    """(N+1, d) float32 PLM embeddings of every item's text; row 0 = padding = 0. Cached."""
+    """(N+1, d) float32 PLM embeddings of every item's text; row 0 = padding = 0. Cached.
+
+    The cache key is the encoder + a digest of the catalogue's texts in index order, so a
+    derived dataset with the same catalogue (e.g. the cold-start training split) reuses it.
+    """
     texts = item_texts(data, text)
     digest = hashlib.sha256(json.dumps(texts).encode()).hexdigest()[:12]
-    cache = (cache_dir or default_cache_dir()) / "text_emb" / f"{data.name}-{encoder_key(encoder)}-{digest}.npy"
+    cache = (cache_dir or default_cache_dir()) / "text_emb" / f"{encoder_key(encoder)}-{digest}.npy"
     if cache.is_file():
         return np.load(cache)
     emb = TextEmbedder(encoder).encode(texts)
@@ -122,15 +126,18 @@ def item_text_embeddings(
     return table
 
 
-def dataset_text(data: SeqData, items_file: Path | None = None, data_dir: Path | None = None) -> dict[str, str]:
-    """Item text for a prepared dataset: the named dataset's reader, or a generic items file."""
+def dataset_text(
+    data: SeqData, items_file: Path | None = None, data_dir: Path | None = None, name: str | None = None
+) -> dict[str, str]:
+    """Item text for a prepared dataset: the named dataset's reader (`name` overrides the
+    dataset's own name, for derived splits), or a generic items file."""
     from training.data import DatasetError, item_text
     from training.data.readers import read_item_text_generic
 
     if items_file is not None:
         return read_item_text_generic(Path(items_file))
     try:
-        return item_text(data.name, data_dir)
+        return item_text(name or data.name, data_dir)
     except DatasetError as exc:
         raise DatasetError(
             f"{exc}; UniSRec needs item text: pass an items file (--set train.items_file=PATH)"

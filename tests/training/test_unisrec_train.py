@@ -80,7 +80,7 @@ def test_text_embeddings_cached_and_loaded_bert_dir_round_trips(ml100k, tiny_ber
     text = item_text("ml-100k")
     t1 = item_text_embeddings(ml100k, text, tiny_bert, cache_dir)
     assert t1.shape == (ml100k.num_items + 1, 32) and np.all(t1[0] == 0)
-    files = list((cache_dir / "text_emb").glob("ml-100k-*.npy"))
+    files = list((cache_dir / "text_emb").glob("*.npy"))
     assert len(files) == 1
     assert np.array_equal(item_text_embeddings(ml100k, text, tiny_bert, cache_dir), t1)  # from the cache
     e = TextEmbedder(tiny_bert)
@@ -198,3 +198,15 @@ def test_cold_start_split_and_baselines(ml100k) -> None:
     s = fn(torch.tensor([[0, 3, 5]]))
     e = emb / np.linalg.norm(emb, axis=1, keepdims=True)
     assert np.allclose(s.numpy()[0], e @ e[5], atol=1e-5)
+
+
+def test_cli_pretrain_help_and_missing_init(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from training.cli import app
+
+    runner = CliRunner()
+    r = runner.invoke(app, ["pretrain", "--help"])
+    assert r.exit_code == 0 and "--datasets" in r.output
+    r = runner.invoke(app, ["train", "--model", "unisrec", "--dataset", "ml-100k", "--init", str(tmp_path / "no.pt")])
+    assert r.exit_code == 2 and "not found" in r.output
