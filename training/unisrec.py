@@ -148,18 +148,19 @@ def pretrain(
             hist = [s[max(0, c - cfg.max_len) : c] for s, c in zip(rows, cut, strict=True)]
             tgt = torch.as_tensor([int(s[c]) for s, c in zip(rows, cut, strict=True)])
             x = torch.as_tensor(pad_left(hist))  # (B, L)
-            s = model(x)  # (B, D)
-            v = model.item_reps(tgt)  # (B, D)
+            # Adapt the (global) catalogue once per step and gather from it: N items through
+            # the MoE instead of B*L history tokens (ML-1M histories are long).
+            table = model.item_vectors()  # (N+1, D)
+            s = model.encode(table[x], x != 0)  # (B, D)
+            v = table[tgt]  # (B, D)
             # In-batch negatives; the same target item twice in a batch is not a negative.
             logits = s @ v.T / tau  # (B, B)
             same = (tgt[:, None] == tgt[None, :]) & ~torch.eye(len(tgt), dtype=torch.bool)
             l_si = F.cross_entropy(logits.masked_fill(same, float("-inf")), torch.arange(len(tgt)))
             aug = torch.as_tensor(pad_left([_augment(h, rng, pc.item_drop) for h in hist]))
-            s_aug = model.encode(
-                F.normalize(model.adaptor(F.dropout(model.text_emb[aug], pc.word_drop)), dim=-1)
-                * (aug != 0).unsqueeze(-1),
-                aug != 0,
-            )
+            # Word-drop view: the catalogue re-adapted from dropped-out PLM embeddings.
+            aug_table = F.normalize(model.adaptor(F.dropout(model.text_emb, pc.word_drop)), dim=-1)  # (N+1, D)
+            s_aug = model.encode(aug_table[aug], aug != 0)  # (B, D)
             l_ss = F.cross_entropy(s @ s_aug.T / tau, torch.arange(len(tgt)))
             loss = l_si + pc.lam * l_ss
             opt.zero_grad(set_to_none=True)
