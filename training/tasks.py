@@ -82,9 +82,17 @@ class ContrastiveNextItemTask(NextItemTask):
     states and item vectors are already unit length."""
 
     temperature: float = 0.07
+    # (N+1,) bool: items that may be negatives. Items with no training interaction are left
+    # out: at training time they do not exist yet (cold start), and a text model must not
+    # learn to push "new-looking" text down.
+    candidates: torch.Tensor | None = None
 
     def loss(self, model: SeqRecModel, batch: Batch) -> torch.Tensor:
         h, table = model.hidden_and_table(batch["item_seq"])  # (B, L, D), (N+1, D): unit rows
         mask = batch["target"] != 0  # (B, L)
         h, pos = h[mask], batch["target"][mask]  # (T, D), (T,)
-        return losses.full_softmax_ce(h / self.temperature, pos, table)
+        logits = h @ table.T / self.temperature  # (T, N+1)
+        if self.candidates is not None:
+            logits = logits.masked_fill(~self.candidates.to(logits.device), float("-inf"))
+        logits[:, 0] = float("-inf")
+        return torch.nn.functional.cross_entropy(logits.float(), pos)

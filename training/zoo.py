@@ -45,7 +45,7 @@ def _sasrec_task(cfg: SASRecConfig, tc: TrainConfig, popularity: np.ndarray) -> 
 
 
 def _unisrec_task(cfg: UniSRecConfig, tc: TrainConfig, popularity: np.ndarray) -> Task:
-    return ContrastiveNextItemTask(cfg.max_len, temperature=cfg.temperature)
+    return ContrastiveNextItemTask(cfg.max_len, temperature=cfg.temperature, candidates=torch.as_tensor(popularity > 0))
 
 
 def _unisrec_setup(model: SeqRecModel, data: Any, tc: TrainConfig) -> None:

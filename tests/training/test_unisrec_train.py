@@ -210,3 +210,22 @@ def test_cli_pretrain_help_and_missing_init(tmp_path: Path) -> None:
     assert r.exit_code == 0 and "--datasets" in r.output
     r = runner.invoke(app, ["train", "--model", "unisrec", "--dataset", "ml-100k", "--init", str(tmp_path / "no.pt")])
     assert r.exit_code == 2 and "not found" in r.output
+
+
+def test_items_without_training_interactions_are_not_negatives() -> None:
+    from models.unisrec import UniSRec, UniSRecConfig
+    from training.tasks import ContrastiveNextItemTask
+
+    torch.manual_seed(0)
+    m = UniSRec(UniSRecConfig(num_items=6, max_len=4, dim=8, num_heads=2, text_dim=5)).eval()
+    with torch.no_grad():
+        m.text_emb[1:] = torch.randn(6, 5)
+        m.text_emb[6] = m.text_emb[3]  # item 6 reads exactly like the target 3: a strong negative
+    batch = {"item_seq": torch.tensor([[0, 1, 2]]), "target": torch.tensor([[0, 2, 3]])}
+    cand = torch.tensor([False, True, True, True, True, True, False])  # item 6: never in training
+    with_all = ContrastiveNextItemTask(4).loss(m, batch)
+    masked = ContrastiveNextItemTask(4, candidates=cand).loss(m, batch)
+    assert masked < with_all - 0.1  # the look-alike negative is gone
+    with torch.no_grad():
+        m.text_emb[6] = torch.randn(5) * 100  # whatever item 6 looks like, it cannot matter
+    assert torch.allclose(ContrastiveNextItemTask(4, candidates=cand).loss(m, batch), masked)
