@@ -32,6 +32,8 @@ def main() -> None:
     ap.add_argument("--max-minutes", type=float, default=20)
     ap.add_argument("--epochs", type=int, default=200)
     ap.add_argument("--patience", type=int, default=8)
+    ap.add_argument("--lr", type=float, default=3e-3)
+    ap.add_argument("--dropout", type=float, default=0.3)
     ap.add_argument("--init", type=Path, default=None, help="`seqrec pretrain` checkpoint for UniSRec")
     ap.add_argument("--checkpoint", type=Path, default=None, help="reuse a trained cold-start checkpoint")
     ap.add_argument("--run-dir", type=Path, default=Path("runs/unisrec-coldstart"))
@@ -50,8 +52,14 @@ def main() -> None:
             "unisrec",
             split.train_data,
             args.run_dir,
-            {"mode": "inductive"},
-            {"epochs": args.epochs, "patience": args.patience, "max_minutes": args.max_minutes, "extra": extra},
+            {"mode": "inductive", "dropout": args.dropout},
+            {
+                "epochs": args.epochs,
+                "patience": args.patience,
+                "max_minutes": args.max_minutes,
+                "lr": args.lr,
+                "extra": extra,
+            },
             progress=False,
         )
         ckpt = args.run_dir / "best.pt"
