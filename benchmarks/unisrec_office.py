@@ -22,15 +22,16 @@ VARIANTS = {
     "--patience 10 --out {runs}/sasrec",
     "uni-trans": "seqrec train --model unisrec --dataset office --set mode=transductive --max-minutes 28 "
     "--patience 8 --out {runs}/uni-trans",
-    "uni-ind": "seqrec train --model unisrec --dataset office --set mode=inductive --max-minutes 30 "
-    "--patience 8 --out {runs}/uni-ind",
+    "uni-ind": "seqrec train --model unisrec --dataset office --set mode=inductive --lr 0.003 --dropout 0.3 "
+    "--max-minutes 35 --patience 8 --out {runs}/uni-ind",
     "uni-trans-pt": "seqrec train --model unisrec --dataset office --set mode=transductive "
-    "--init {runs}/pretrain/pretrained.pt --max-minutes {pt_minutes} --patience 8 --out {runs}/uni-trans-pt",
-    "uni-ind-pt": "seqrec train --model unisrec --dataset office --set mode=inductive "
-    "--init {runs}/pretrain/pretrained.pt --max-minutes {pt_minutes} --patience 8 --out {runs}/uni-ind-pt",
+    "--init {runs}/pretrained-ep2.pt --max-minutes 38 --patience 8 --out {runs}/uni-trans-pt",
+    "uni-ind-pt": "seqrec train --model unisrec --dataset office --set mode=inductive --lr 0.003 --dropout 0.3 "
+    "--init {runs}/pretrained-ep2.pt --max-minutes 38 --patience 8 --out {runs}/uni-ind-pt",
 }
 PRETRAIN = (
     "seqrec pretrain --datasets ml-1m,ml-100k --epochs 20 --max-minutes 14 --set dropout=0.2 --out {runs}/pretrain"
+    "  (stopped by hand after epoch 2 to free the CPU; {runs}/pretrained-ep2.pt = its epoch-2 checkpoint)"
 )
 
 
