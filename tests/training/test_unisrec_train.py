@@ -234,3 +234,35 @@ def test_items_without_training_interactions_are_not_negatives() -> None:
     # The softmax runs over items 1..5 only (0 = padding, 6 = not in training), resp. 1..6.
     assert torch.allclose(masked, F.cross_entropy(logits[:, 1:6], pos - 1), atol=1e-5)
     assert torch.allclose(full, F.cross_entropy(logits[:, 1:7], pos - 1), atol=1e-5)
+
+
+def test_generic_file_with_items_file(ml100k, tiny_bert: Path, tmp_path: Path, cache_dir: Path) -> None:
+    """Any interactions file + an items file beside it (id + text columns) trains UniSRec."""
+    from training.data import item_text, prepare_file
+    from training.train import train
+
+    rows = ["user_id,item_id,timestamp"]
+    for u in range(150):
+        s, t = ml100k.sequence(u), ml100k.times(u)
+        rows += [f"u{u},m{ml100k.item_ids[i - 1]},{ts}" for i, ts in zip(s.tolist(), t.tolist(), strict=True)]
+    (tmp_path / "events.csv").write_text("\n".join(rows))
+    text = item_text("ml-100k")
+    items = ["item_id,title"] + [f'm{k},"{v.replace(chr(34), "")}"' for k, v in text.items()]
+    (tmp_path / "items.csv").write_text("\n".join(items))
+    data = prepare_file(tmp_path / "events.csv", cache_dir=cache_dir)
+    res = train(
+        "unisrec",
+        data,
+        tmp_path / "run",
+        {"dim": 16, "max_len": 20, "num_heads": 2, "text_dim": 32, "text_encoder": str(tiny_bert)},
+        {"epochs": 1, "batch_size": 64, "extra": {"items_file": str(tmp_path / "items.csv")}},
+        progress=False,
+    )
+    assert res.test["users"] > 0
+    from training.text import TextEmbedder
+    from training.train import load_checkpoint
+
+    model, _ = load_checkpoint(tmp_path / "run" / "best.pt")
+    first = data.item_ids[0]  # e.g. "m1": its row holds the embedding of its title from items.csv
+    want = TextEmbedder(tiny_bert).encode([text[first[1:]].replace('"', "")])[0]
+    assert np.abs(model.text_emb[1].numpy() - want).max() < 1e-5
