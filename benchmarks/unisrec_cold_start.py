@@ -34,6 +34,7 @@ def main() -> None:
     ap.add_argument("--patience", type=int, default=8)
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--dropout", type=float, default=0.3)
+    ap.add_argument("--dim", type=int, default=64)
     ap.add_argument("--init", type=Path, default=None, help="`seqrec pretrain` checkpoint for UniSRec")
     ap.add_argument("--checkpoint", type=Path, default=None, help="reuse a trained cold-start checkpoint")
     ap.add_argument("--run-dir", type=Path, default=Path("runs/unisrec-coldstart"))
@@ -52,7 +53,7 @@ def main() -> None:
             "unisrec",
             split.train_data,
             args.run_dir,
-            {"mode": "inductive", "dropout": args.dropout},
+            {"mode": "inductive", "dropout": args.dropout, "dim": args.dim},
             {
                 "epochs": args.epochs,
                 "patience": args.patience,
