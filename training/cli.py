@@ -137,6 +137,10 @@ def train(
     ] = None,
     session_gap: Annotated[int, typer.Option(help="Seconds of inactivity that end a session (--sessions gap).")] = 1800,
     session_test_frac: Annotated[float, typer.Option(help="Newest fraction of sessions held out for test.")] = 0.1,
+    init: Annotated[
+        Path | None,
+        typer.Option(help="UniSRec: start from a `seqrec pretrain` checkpoint (adaptor + transformer)."),
+    ] = None,
     data_dir: DataDirOpt = None,
     cache_dir: CacheDirOpt = None,
     progress: Annotated[bool | None, typer.Option(help="Show progress bars (default: only on a terminal).")] = None,
@@ -158,6 +162,10 @@ def train(
         }
     )
     extra = {k[6:]: v for k, v in sets.items() if k.startswith("train.")}
+    if init is not None:
+        if not init.is_file():
+            _fail(f"{init}: pre-trained checkpoint not found")
+        extra["init"] = str(init)
     train_over: dict[str, Any] = {
         "epochs": epochs,
         "batch_size": batch_size,
@@ -219,6 +227,47 @@ def train(
             }
         )
     )
+
+
+@app.command()
+def pretrain(
+    datasets: Annotated[
+        str, typer.Option(help="Comma-separated named datasets with item text, pre-trained on together.")
+    ] = "ml-1m,ml-100k",
+    out: Annotated[Path, typer.Option(help="Output folder (receives pretrained.pt and metrics).")] = Path(
+        "runs/unisrec-pretrain"
+    ),
+    epochs: Annotated[int, typer.Option(help="Passes over all domains' training sequences.")] = 10,
+    batch_size: Annotated[int, typer.Option(help="Sequences per batch (= in-batch negatives + 1).")] = 256,
+    lr: Annotated[float, typer.Option(help="AdamW learning rate.")] = 1e-3,
+    lam: Annotated[float, typer.Option(help="Weight of the sequence-sequence contrastive loss.")] = 1e-3,
+    item_drop: Annotated[float, typer.Option(help="Item-drop probability of the augmented view.")] = 0.2,
+    word_drop: Annotated[float, typer.Option(help="Text-embedding dropout of the augmented view.")] = 0.2,
+    max_minutes: Annotated[float | None, typer.Option(help="Stop after the epoch that crosses this budget.")] = None,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 42,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="UniSRec model options as key=value (dim, num_layers, max_len, text_encoder...)."),
+    ] = None,
+    data_dir: DataDirOpt = None,
+    cache_dir: CacheDirOpt = None,
+) -> None:
+    """UniSRec pre-training on several text domains (sequence-item + sequence-sequence contrastive)."""
+    from training.data import DatasetError
+    from training.unisrec import PretrainConfig
+    from training.unisrec import pretrain as run_pretrain
+
+    names = tuple(d.strip() for d in datasets.split(",") if d.strip())
+    pc = PretrainConfig(names, epochs, batch_size, lr, lam, item_drop, word_drop, max_minutes, seed)
+    from training.zoo import MODELS
+
+    overrides = {**MODELS["unisrec"].model_defaults, **_parse_sets(set_ or [])}
+    overrides.pop("mode", None)
+    try:
+        path = run_pretrain(pc, out, overrides, data_dir, cache_dir)
+    except (DatasetError, ValueError) as exc:
+        _fail(str(exc))
+    typer.echo(json.dumps({"checkpoint": str(path)}))
 
 
 @app.command()

@@ -140,6 +140,13 @@ def export_bundle(
         np.save(tmp / "popularity.npy", pop)
         item_ids = list(ckpt["item_ids"])
         (tmp / "item_ids.json").write_text(json.dumps(item_ids))
+        from training.zoo import get_spec
+
+        extra_manifest: dict[str, Any] = {}
+        spec = get_spec(kind)
+        if spec.export_extra is not None:
+            # Model-specific graphs (e.g. UniSRec: text encoder, adaptor, sequence encoder).
+            extra_manifest = spec.export_extra(model, tmp, ckpt)
         if item_text:
             (tmp / "item_text.json").write_text(json.dumps({i: item_text[i] for i in item_ids if i in item_text}))
 
@@ -168,6 +175,7 @@ def export_bundle(
             },
             "parity_max_abs_diff": parity,
             "files": files,
+            **extra_manifest,
         }
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
         os.chmod(tmp, 0o755)

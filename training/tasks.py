@@ -73,3 +73,26 @@ class NextItemTask(Task):
         if self.loss_name == "sampled":
             return losses.sampled_softmax(h, pos, table, self.num_negatives, self.popularity)
         raise ValueError(f"unknown loss {self.loss_name!r}: choose ce, bce or sampled")
+
+
+@dataclass
+class ContrastiveNextItemTask(NextItemTask):
+    """UniSRec fine-tuning: next item at every position, softmax over the whole catalogue of
+    cosine scores divided by a temperature (Hou et al. 2022, Eq. 7/8): the model's hidden
+    states and item vectors are already unit length."""
+
+    temperature: float = 0.07
+    # (N+1,) bool: items that may be negatives. Items with no training interaction are left
+    # out: at training time they do not exist yet (cold start), and a text model must not
+    # learn to push "new-looking" text down.
+    candidates: torch.Tensor | None = None
+
+    def loss(self, model: SeqRecModel, batch: Batch) -> torch.Tensor:
+        h, table = model.hidden_and_table(batch["item_seq"])  # (B, L, D), (N+1, D): unit rows
+        mask = batch["target"] != 0  # (B, L)
+        h, pos = h[mask], batch["target"][mask]  # (T, D), (T,)
+        logits = h @ table.T / self.temperature  # (T, N+1)
+        if self.candidates is not None:
+            logits = logits.masked_fill(~self.candidates.to(logits.device), float("-inf"))
+        logits[:, 0] = float("-inf")
+        return torch.nn.functional.cross_entropy(logits.float(), pos)

@@ -130,12 +130,16 @@ def train(
     split_given = split is not None
     split = subset_split(split if split is not None else leave_one_out(data), tc.max_users)
     popularity = popularity_scores(split.train, data.num_items)
-    model = build_model(model_name, data.num_items, model_overrides).to(device)
+    model = build_model(model_name, data.num_items, model_overrides)
+    if spec.setup is not None:
+        spec.setup(model, data, tc)
+    model = model.to(device)
     task = spec.make_task(model.cfg, tc, popularity)  # type: ignore[attr-defined]
     net: torch.nn.Module = TaskLoss(model, task)
     if world > 1:
         net = torch.nn.parallel.DistributedDataParallel(net)
-    opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay, betas=(0.9, 0.98))
+    trainable = [p for p in model.parameters() if p.requires_grad]  # a setup may freeze some
+    opt = torch.optim.AdamW(trainable, lr=tc.lr, weight_decay=tc.weight_decay, betas=(0.9, 0.98))
     rng = np.random.default_rng(tc.seed + rank)
     train_seqs = split.train[rank::world]
 
@@ -175,7 +179,7 @@ def train(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if tc.grad_clip:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+                torch.nn.utils.clip_grad_norm_(trainable, tc.grad_clip)
             opt.step()
             total += float(loss.detach())
             count += 1

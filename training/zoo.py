@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -17,10 +18,17 @@ from models.bert4rec import BERT4Rec, BERT4RecConfig
 from models.gru4rec import GRU4Rec, GRU4RecConfig
 from models.layers import SeqRecModel
 from models.sasrec import SASRec, SASRecConfig
+from models.unisrec import UniSRec, UniSRecConfig
 from training.cloze import ClozeTask
 from training.config import TrainConfig
 from training.gru4rec_tasks import PaddedNextItemTask, SessionParallelTask
-from training.tasks import NextItemTask, Task
+from training.tasks import ContrastiveNextItemTask, NextItemTask, Task
+
+# (model, prepared dataset, train config) -> None: fills dataset-dependent state before training
+# (e.g. UniSRec's item text embeddings, a pre-trained initialisation).
+SetupFn = Callable[[SeqRecModel, Any, TrainConfig], None]
+# (model, bundle temp dir, checkpoint) -> extra manifest entries; writes extra bundle files.
+ExportExtraFn = Callable[[SeqRecModel, Path, dict[str, Any]], dict[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -31,6 +39,8 @@ class ModelSpec:
     make_task: Callable[[Any, TrainConfig, np.ndarray], Task]  # (model config, train config, popularity)
     model_defaults: dict[str, Any] = field(default_factory=dict)
     train_defaults: TrainConfig = field(default_factory=TrainConfig)
+    setup: SetupFn | None = None
+    export_extra: ExportExtraFn | None = None
 
 
 def _sasrec_task(cfg: SASRecConfig, tc: TrainConfig, popularity: np.ndarray) -> Task:
@@ -65,6 +75,22 @@ def _gru4rec_task(cfg: GRU4RecConfig, tc: TrainConfig, popularity: np.ndarray) -
     if mode == "padded":
         return PaddedNextItemTask(**neg, max_len=cfg.max_len)
     raise ValueError(f"gru4rec: train.parallel must be session or padded, got {mode!r}")
+
+
+def _unisrec_task(cfg: UniSRecConfig, tc: TrainConfig, popularity: np.ndarray) -> Task:
+    return ContrastiveNextItemTask(cfg.max_len, temperature=cfg.temperature, candidates=torch.as_tensor(popularity > 0))
+
+
+def _unisrec_setup(model: SeqRecModel, data: Any, tc: TrainConfig) -> None:
+    from training.unisrec import setup_unisrec  # imports the text stack only when UniSRec is used
+
+    setup_unisrec(model, data, tc)
+
+
+def _unisrec_export(model: SeqRecModel, out: Path, ckpt: dict[str, Any]) -> dict[str, Any]:
+    from training.unisrec import export_unisrec_extra
+
+    return export_unisrec_extra(model, out, ckpt)
 
 
 MODELS: dict[str, ModelSpec] = {
@@ -113,6 +139,18 @@ MODELS: dict[str, ModelSpec] = {
             patience=5,
             extra={"parallel": "session", "alpha": 0.5, "bpreg": 1.0, "final_act": "linear"},
         ),
+    ),
+    # Item vectors from text (PLM -> whitening MoE adaptor); mode=inductive|transductive;
+    # train.init=PRETRAINED loads a `seqrec pretrain` checkpoint; train.items_file= for generic data.
+    "unisrec": ModelSpec(
+        "unisrec",
+        UniSRecConfig,
+        UniSRec,
+        _unisrec_task,
+        model_defaults={"max_len": 50, "dim": 64, "num_layers": 2, "num_heads": 2, "dropout": 0.5},
+        train_defaults=TrainConfig(epochs=200, batch_size=128, lr=1e-3, loss="ce", patience=10),
+        setup=_unisrec_setup,
+        export_extra=_unisrec_export,
     ),
 }
 

@@ -1,0 +1,268 @@
+"""UniSRec end to end on real data (ML-100K text), with a tiny local BERT directory as the
+text encoder so the test takes seconds: text cache, training via the shared loop,
+pre-training + --init, the bundle (ONNX parity, a brand-new item through
+tokenizer -> text_encoder.onnx -> adaptor.onnx -> seq_encoder.onnx), and cold start."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from models.text_encoder import BertConfig, SentenceEncoder, default_encoder_dir
+
+TINY = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 64}
+
+
+def _hf_state(model: SentenceEncoder) -> dict[str, torch.Tensor]:
+    """The tiny encoder's weights under Hugging Face BertModel names (what a real dir holds)."""
+    s = model.state_dict()
+    out = {
+        "embeddings.word_embeddings.weight": s["word.weight"],
+        "embeddings.position_embeddings.weight": s["pos.weight"],
+        "embeddings.token_type_embeddings.weight": s["tok_type.weight"],
+        "embeddings.LayerNorm.weight": s["emb_ln.weight"],
+        "embeddings.LayerNorm.bias": s["emb_ln.bias"],
+    }
+    names = {
+        "query": "attention.self.query",
+        "key": "attention.self.key",
+        "value": "attention.self.value",
+        "attn_out": "attention.output.dense",
+        "attn_ln": "attention.output.LayerNorm",
+        "inter": "intermediate.dense",
+        "out": "output.dense",
+        "out_ln": "output.LayerNorm",
+    }
+    for i in range(model.cfg.num_hidden_layers):
+        for local, hf in names.items():
+            for p in ("weight", "bias"):
+                out[f"encoder.layer.{i}.{hf}.{p}"] = s[f"layers.{i}.{local}.{p}"]
+    return {k: v.contiguous() for k, v in out.items()}
+
+
+@pytest.fixture(scope="module")
+def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from safetensors.torch import save_file
+
+    d = tmp_path_factory.mktemp("tiny-bert")
+    torch.manual_seed(0)
+    enc = SentenceEncoder(BertConfig(**TINY, max_position_embeddings=160))
+    for p in enc.parameters():
+        torch.nn.init.normal_(p, std=0.2)
+    save_file(_hf_state(enc), str(d / "model.safetensors"))
+    (d / "config.json").write_text(json.dumps({"model_type": "bert", **TINY, "max_position_embeddings": 160}))
+    shutil.copy(default_encoder_dir() / "tokenizer.json", d / "tokenizer.json")
+    return d
+
+
+def _train(ml100k, out: Path, tiny_bert: Path, mode: str, **train_kw):
+    from training.train import train
+
+    return train(
+        "unisrec",
+        ml100k,
+        out,
+        {"dim": 16, "max_len": 20, "num_heads": 2, "text_dim": 32, "mode": mode, "text_encoder": str(tiny_bert)},
+        {"epochs": 1, "max_users": 120, "batch_size": 64, **train_kw},
+        progress=False,
+    )
+
+
+def test_text_embeddings_cached_and_loaded_bert_dir_round_trips(ml100k, tiny_bert: Path, cache_dir: Path) -> None:
+    from training.data import item_text
+    from training.text import TextEmbedder, item_text_embeddings
+
+    text = item_text("ml-100k")
+    t1 = item_text_embeddings(ml100k, text, tiny_bert, cache_dir)
+    assert t1.shape == (ml100k.num_items + 1, 32) and np.all(t1[0] == 0)
+    files = list((cache_dir / "text_emb").glob("*.npy"))
+    assert len(files) == 1
+    assert np.array_equal(item_text_embeddings(ml100k, text, tiny_bert, cache_dir), t1)  # from the cache
+    e = TextEmbedder(tiny_bert)
+    assert np.allclose(e.encode([text[ml100k.item_ids[4]]])[0], t1[5], atol=1e-5)
+
+
+def test_train_export_bundle_and_new_item_through_onnx(ml100k, tiny_bert: Path, tmp_path: Path) -> None:
+    import onnxruntime as ort
+    from tokenizers import Tokenizer
+
+    from training.export import export_bundle
+    from training.text import TextEmbedder
+    from training.train import load_checkpoint
+
+    res = _train(ml100k, tmp_path / "run", tiny_bert, "transductive")
+    assert res.valid["users"] > 0
+    bundle = export_bundle(tmp_path / "run" / "best.pt", tmp_path / "art", "u")
+    man = json.loads((bundle / "manifest.json").read_text())
+    text = man["text"]
+    for f in ("seq_encoder.onnx", "adaptor.onnx", "text_encoder.onnx", "tokenizer.json"):
+        assert (bundle / f).is_file() and f in man["files"]
+    assert max(text["parity_max_abs_diff"].values()) <= 1e-4
+    assert max(man["parity_max_abs_diff"].values()) <= 1e-4
+
+    model, _ = load_checkpoint(tmp_path / "run" / "best.pt")
+    # A brand-new item, the way the service does it: tokenizers + onnxruntime only.
+    new_text = "Brand New Film (2031). Genres: Documentary, Sci-Fi"
+    tok = Tokenizer.from_file(str(bundle / text["tokenizer"]))
+    enc = tok.encode(new_text)
+    ids = np.array([enc.ids], np.int64)
+    te = ort.InferenceSession(str(bundle / "text_encoder.onnx"))
+    ada = ort.InferenceSession(str(bundle / "adaptor.onnx"))
+    seq = ort.InferenceSession(str(bundle / "seq_encoder.onnx"))
+    emb = te.run(["text_emb"], {"input_ids": ids, "attention_mask": np.ones_like(ids)})[0]
+    vec = ada.run(["item_vec"], {"text_emb": emb})[0]
+    with torch.no_grad():
+        eager = model.adapt(torch.as_tensor(TextEmbedder(tiny_bert).encode([new_text]))).numpy()
+    assert np.abs(vec - eager).max() <= 1e-4
+    # A history that ends with the new item, scored over catalogue + new item.
+    table = np.load(bundle / "item_vectors.npy")
+    hist = np.concatenate([table[[3, 7]], vec])[None].astype(np.float32)  # (1, 3, D)
+    user = seq.run(["user_vec"], {"item_vecs": hist, "mask": np.ones((1, 3), np.int64)})[0]
+    with torch.no_grad():
+        ref = model.encode(torch.as_tensor(hist), torch.ones(1, 3, dtype=torch.long)).numpy()
+    assert np.abs(user - ref).max() <= 1e-4
+    # Catalogue rows in the bundle are exactly what the model scores with.
+    with torch.no_grad():
+        assert np.allclose(table, model.item_vectors()[1:].numpy(), atol=1e-6)
+
+
+def test_pretrain_then_init_loads_weights_and_freeze(ml100k, tiny_bert: Path, tmp_path: Path) -> None:
+    from training.unisrec import PretrainConfig, pretrain
+
+    over = {"dim": 16, "max_len": 20, "num_heads": 2, "text_dim": 32, "text_encoder": str(tiny_bert)}
+    ckpt = pretrain(PretrainConfig(("ml-100k",), epochs=1, batch_size=128), tmp_path / "pt", over, progress_every=0)
+    pre = torch.load(ckpt, weights_only=False)
+    assert pre["kind"] == "unisrec-pretrain"
+    assert not any(k.startswith(("text_emb", "item_emb")) for k in pre["state_dict"])
+
+    from training.train import load_checkpoint
+
+    _train(ml100k, tmp_path / "ft", tiny_bert, "inductive", extra={"init": str(ckpt)}, lr=0.0)
+    model, _ = load_checkpoint(tmp_path / "ft" / "best.pt")
+    # lr=0: fine-tuning changed nothing, so the model holds exactly the pre-trained weights.
+    for k, v in pre["state_dict"].items():
+        assert torch.equal(model.state_dict()[k], v), k
+
+    from models.unisrec import UniSRec, UniSRecConfig
+    from training.unisrec import load_pretrained
+
+    wrong = UniSRec(UniSRecConfig(num_items=5, dim=24, num_heads=2, text_dim=32))
+    with pytest.raises(ValueError, match="do not fit"):
+        load_pretrained(wrong, ckpt)
+
+    from training.config import TrainConfig
+    from training.unisrec import setup_unisrec
+
+    frozen = UniSRec(
+        UniSRecConfig(
+            num_items=ml100k.num_items,
+            dim=16,
+            max_len=20,
+            text_dim=32,
+            freeze_encoder=True,
+            text_encoder=str(tiny_bert),
+        )
+    )
+    setup_unisrec(frozen, ml100k, TrainConfig())
+    assert not any(p.requires_grad for p in frozen.sequence_params())
+    assert all(p.requires_grad for p in frozen.adaptor.parameters())
+
+
+def test_cold_start_split_and_baselines(ml100k) -> None:
+    from training.cold_start import cold_start_split, evaluate_cold_start, text_knn_score_fn
+
+    sp = cold_start_split(ml100k, 0.1)
+    assert len(sp.cold_items) == round(0.1 * ml100k.num_items)
+    cold = set(sp.cold_items.tolist())
+    assert not cold & set(sp.train_data.items.tolist())  # no cold interaction left in training
+    assert sp.train_data.item_ids == ml100k.item_ids  # catalogue unchanged
+    assert len(sp.targets) > 0 and set(sp.targets.tolist()) <= cold
+    # Cold items are the newest: each first appears no earlier than any warm item does.
+    first = {}
+    for i, t in zip(ml100k.items.tolist(), ml100k.timestamps.tolist(), strict=True):
+        first[i] = min(first.get(i, t), t)
+    assert min(first[c] for c in cold) >= max(v for k, v in first.items() if k not in cold)
+
+    rng = np.random.default_rng(0)
+    emb = rng.normal(size=(ml100k.num_items + 1, 8)).astype(np.float32)
+    res = evaluate_cold_start(sp, {}, 50, ml100k.num_items, emb)
+    assert set(res) == {"popularity", "text_knn"}
+    assert res["popularity"]["hr@10"] == 0.0  # never-seen items have zero training count
+    # text kNN: scoring with the last history item's text vector.
+    fn = text_knn_score_fn(emb)
+    s = fn(torch.tensor([[0, 3, 5]]))
+    e = emb / np.linalg.norm(emb, axis=1, keepdims=True)
+    assert np.allclose(s.numpy()[0], e @ e[5], atol=1e-5)
+
+
+def test_cli_pretrain_help_and_missing_init(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from training.cli import app
+
+    runner = CliRunner()
+    r = runner.invoke(app, ["pretrain", "--help"])
+    assert r.exit_code == 0 and "--datasets" in r.output
+    r = runner.invoke(app, ["train", "--model", "unisrec", "--dataset", "ml-100k", "--init", str(tmp_path / "no.pt")])
+    assert r.exit_code == 2 and "not found" in r.output
+
+
+def test_items_without_training_interactions_are_not_negatives() -> None:
+    import torch.nn.functional as F
+
+    from models.unisrec import UniSRec, UniSRecConfig
+    from training.tasks import ContrastiveNextItemTask
+
+    torch.manual_seed(0)
+    m = UniSRec(UniSRecConfig(num_items=6, max_len=4, dim=8, num_heads=2, text_dim=5)).eval()
+    with torch.no_grad():
+        m.text_emb[1:] = torch.randn(6, 5)
+    batch = {"item_seq": torch.tensor([[0, 1, 2]]), "target": torch.tensor([[0, 2, 3]])}
+    cand = torch.tensor([False, True, True, True, True, True, False])  # item 6: never in training
+    tau = 0.5
+    masked = ContrastiveNextItemTask(4, temperature=tau, candidates=cand).loss(m, batch)
+    full = ContrastiveNextItemTask(4, temperature=tau).loss(m, batch)
+    with torch.no_grad():
+        h = m.hidden(batch["item_seq"])[0, 1:]  # (2, D): positions with a target
+        logits = h @ m.item_vectors().T / tau  # (2, 7)
+        pos = torch.tensor([2, 3])
+    # The softmax runs over items 1..5 only (0 = padding, 6 = not in training), resp. 1..6.
+    assert torch.allclose(masked, F.cross_entropy(logits[:, 1:6], pos - 1), atol=1e-5)
+    assert torch.allclose(full, F.cross_entropy(logits[:, 1:7], pos - 1), atol=1e-5)
+
+
+def test_generic_file_with_items_file(ml100k, tiny_bert: Path, tmp_path: Path, cache_dir: Path) -> None:
+    """Any interactions file + an items file beside it (id + text columns) trains UniSRec."""
+    from training.data import item_text, prepare_file
+    from training.train import train
+
+    rows = ["user_id,item_id,timestamp"]
+    for u in range(150):
+        s, t = ml100k.sequence(u), ml100k.times(u)
+        rows += [f"u{u},m{ml100k.item_ids[i - 1]},{ts}" for i, ts in zip(s.tolist(), t.tolist(), strict=True)]
+    (tmp_path / "events.csv").write_text("\n".join(rows))
+    text = item_text("ml-100k")
+    items = ["item_id,title"] + [f'm{k},"{v.replace(chr(34), "")}"' for k, v in text.items()]
+    (tmp_path / "items.csv").write_text("\n".join(items))
+    data = prepare_file(tmp_path / "events.csv", cache_dir=cache_dir)
+    res = train(
+        "unisrec",
+        data,
+        tmp_path / "run",
+        {"dim": 16, "max_len": 20, "num_heads": 2, "text_dim": 32, "text_encoder": str(tiny_bert)},
+        {"epochs": 1, "batch_size": 64, "extra": {"items_file": str(tmp_path / "items.csv")}},
+        progress=False,
+    )
+    assert res.test["users"] > 0
+    from training.text import TextEmbedder
+    from training.train import load_checkpoint
+
+    model, _ = load_checkpoint(tmp_path / "run" / "best.pt")
+    first = data.item_ids[0]  # e.g. "m1": its row holds the embedding of its title from items.csv
+    want = TextEmbedder(tiny_bert).encode([text[first[1:]].replace('"', "")])[0]
+    assert np.abs(model.text_emb[1].numpy() - want).max() < 1e-5

@@ -1,0 +1,359 @@
+"""UniSRec around the shared trainer: model setup from dataset text, multi-domain
+pre-training, and the extra bundle graphs (seq encoder, adaptor, text encoder).
+
+Pre-training (Hou et al. 2022, Sec. 3.2) on several domains at once, no item ids:
+  L_SI = -log exp(<s_j, v_j>/tau) / sum_{j' in batch} exp(<s_j, v_j'>/tau)        sequence-item (Eq. 5)
+  L_SS = -log exp(<s_j, s~_j>/tau) / sum_{j' in batch} exp(<s_j, s~_j'>/tau)      sequence-sequence (Eq. 6)
+  L    = L_SI + lambda L_SS
+where s~ is the sequence encoded from an augmented view: item drop (remove items) and word
+drop (here: dropout on the PLM embedding dimensions, a cheap proxy for dropping words, since
+item text embeddings are precomputed once).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.layers import SeqRecModel
+from models.unisrec import UniSRec, UniSRecConfig
+from training.batching import pad_left
+from training.config import TrainConfig
+from training.data.preprocess import SeqData, leave_one_out
+from training.text import MAX_TOKENS, TEXT_FIELDS, TextEmbedder, dataset_text, item_text_embeddings
+
+ONNX_OPSET = 17
+# Parameters a pre-trained checkpoint hands to fine-tuning: all but the per-catalogue tables.
+_PER_CATALOGUE = ("text_emb", "item_emb.")
+
+
+def _transferable(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in state.items() if not k.startswith(_PER_CATALOGUE)}
+
+
+def load_pretrained(model: UniSRec, path: str | Path) -> list[str]:
+    """Copy the adaptor + transformer from a `seqrec pretrain` checkpoint; returns the loaded keys."""
+    ckpt = torch.load(Path(path), map_location="cpu", weights_only=False)
+    if ckpt.get("kind") != "unisrec-pretrain":
+        raise ValueError(f"{path}: not a `seqrec pretrain` checkpoint")
+    src = _transferable(ckpt["state_dict"])
+    own = model.state_dict()
+    bad = [k for k, v in src.items() if k not in own or own[k].shape != v.shape]
+    if bad:
+        raise ValueError(
+            f"{path}: pre-trained shapes do not fit this model ({bad[:3]}...): "
+            f"pre-trained config {ckpt['model_config']}"
+        )
+    model.load_state_dict(src, strict=False)
+    return sorted(src)
+
+
+def setup_unisrec(model: SeqRecModel, data: SeqData, tc: TrainConfig) -> None:
+    """Fill the text-embedding table from the dataset's item text, load --init, freeze on request."""
+    assert isinstance(model, UniSRec)
+    items_file = tc.extra.get("items_file")
+    text = dataset_text(data, Path(items_file) if items_file else None, name=tc.extra.get("text_from"))
+    table = item_text_embeddings(data, text, model.cfg.text_encoder or None)
+    if table.shape != tuple(model.text_emb.shape):
+        raise ValueError(f"text embeddings {table.shape} do not fit the model {tuple(model.text_emb.shape)}")
+    with torch.no_grad():
+        model.text_emb.copy_(torch.as_tensor(table))
+    if tc.extra.get("init"):
+        load_pretrained(model, tc.extra["init"])
+    if model.cfg.freeze_encoder:
+        for p in model.sequence_params():
+            p.requires_grad_(False)
+
+
+# --------------------------------------------------------------------------- pre-training
+
+
+@dataclass
+class PretrainConfig:
+    datasets: tuple[str, ...] = ("ml-1m", "ml-100k")
+    epochs: int = 10
+    batch_size: int = 256
+    lr: float = 1e-3
+    lam: float = 1e-3  # weight of the sequence-sequence loss
+    item_drop: float = 0.2
+    word_drop: float = 0.2
+    max_minutes: float | None = None
+    seed: int = 42
+
+
+def _augment(seq: np.ndarray, rng: np.random.Generator, drop: float) -> np.ndarray:
+    """Item drop: remove each item with probability `drop`, keeping at least one."""
+    keep = rng.random(len(seq)) >= drop
+    if not keep.any():
+        keep[rng.integers(len(seq))] = True
+    return seq[keep]
+
+
+def pretrain(
+    pc: PretrainConfig,
+    out: Path,
+    model_overrides: dict[str, Any] | None = None,
+    data_dir: Path | None = None,
+    cache_dir: Path | None = None,
+    progress_every: int = 50,
+) -> Path:
+    """Pre-train adaptor + transformer over the union of several text domains; writes out/pretrained.pt."""
+    from training.data import prepare
+
+    torch.manual_seed(pc.seed)
+    rng = np.random.default_rng(pc.seed)
+    tables: list[np.ndarray] = []
+    seqs: list[np.ndarray] = []
+    offset = 0
+    stats = []
+    cfg_kw = {**(model_overrides or {})}
+    for name in pc.datasets:
+        data = prepare(name, data_dir, cache_dir)
+        table = item_text_embeddings(data, dataset_text(data, None, data_dir), cfg_kw.get("text_encoder") or None)
+        tables.append(table[1:])
+        # Training part of each leave-one-out split only: pre-training never sees any held-out item.
+        seqs.extend(s + offset for s in leave_one_out(data).train if len(s) >= 2)
+        offset += data.num_items
+        stats.append(data.stats())
+    text = np.concatenate([np.zeros((1, tables[0].shape[1]), np.float32), *tables])  # one global item space
+    cfg = UniSRecConfig(num_items=offset, mode="inductive", **cfg_kw)
+    model = UniSRec(cfg)
+    with torch.no_grad():
+        model.text_emb.copy_(torch.as_tensor(text))
+    opt = torch.optim.AdamW(model.parameters(), lr=pc.lr)
+    out.mkdir(parents=True, exist_ok=True)
+    log = (out / "pretrain_metrics.jsonl").open("w")
+    t0 = time.perf_counter()
+    tau = cfg.temperature
+    step = 0
+    for epoch in range(1, pc.epochs + 1):
+        model.train()
+        order = rng.permutation(len(seqs))
+        total, n = 0.0, 0
+        for start in range(0, len(order), pc.batch_size):
+            rows = [seqs[i] for i in order[start : start + pc.batch_size]]
+            # One random (prefix -> next item) sample per sequence per epoch.
+            cut = [int(rng.integers(1, len(s))) for s in rows]
+            hist = [s[max(0, c - cfg.max_len) : c] for s, c in zip(rows, cut, strict=True)]
+            tgt = torch.as_tensor([int(s[c]) for s, c in zip(rows, cut, strict=True)])
+            x = torch.as_tensor(pad_left(hist))  # (B, L)
+            # Adapt the (global) catalogue once per step and gather from it: N items through
+            # the MoE instead of B*L history tokens (ML-1M histories are long).
+            table = model.item_vectors()  # (N+1, D)
+            s = model.encode(table[x], x != 0)  # (B, D)
+            v = table[tgt]  # (B, D)
+            # In-batch negatives; the same target item twice in a batch is not a negative.
+            logits = s @ v.T / tau  # (B, B)
+            same = (tgt[:, None] == tgt[None, :]) & ~torch.eye(len(tgt), dtype=torch.bool)
+            l_si = F.cross_entropy(logits.masked_fill(same, float("-inf")), torch.arange(len(tgt)))
+            aug = torch.as_tensor(pad_left([_augment(h, rng, pc.item_drop) for h in hist]))
+            # Word-drop view: the catalogue re-adapted from dropped-out PLM embeddings.
+            aug_table = F.normalize(model.adaptor(F.dropout(model.text_emb, pc.word_drop)), dim=-1)  # (N+1, D)
+            s_aug = model.encode(aug_table[aug], aug != 0)  # (B, D)
+            l_ss = F.cross_entropy(s @ s_aug.T / tau, torch.arange(len(tgt)))
+            loss = l_si + pc.lam * l_ss
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            total += float(loss.detach())
+            n += 1
+            step += 1
+            if progress_every and step % progress_every == 0:
+                print(json.dumps({"epoch": epoch, "step": step, "loss": round(total / n, 4)}), file=sys.stderr)
+        row = {"epoch": epoch, "loss": total / max(n, 1), "elapsed_seconds": round(time.perf_counter() - t0, 1)}
+        log.write(json.dumps(row) + "\n")
+        log.flush()
+        print(json.dumps(row), file=sys.stderr, flush=True)
+        _save_pretrained(out / "pretrained.pt", model, pc, stats, epoch)
+        if pc.max_minutes and (time.perf_counter() - t0) / 60 > pc.max_minutes:
+            break
+    log.close()
+    return out / "pretrained.pt"
+
+
+def _save_pretrained(path: Path, model: UniSRec, pc: PretrainConfig, stats: list, epoch: int) -> None:
+    tmp = path.with_suffix(".tmp")
+    cfg = model.cfg.to_dict()
+    torch.save(
+        {
+            "format": 1,
+            "kind": "unisrec-pretrain",
+            "model_config": cfg,
+            "pretrain_config": asdict(pc),
+            "datasets": stats,
+            "epoch": epoch,
+            "state_dict": _transferable({k: v.detach().cpu() for k, v in model.state_dict().items()}),
+        },
+        tmp,
+    )
+    os.replace(tmp, path)
+
+
+# --------------------------------------------------------------------------- export
+
+
+class _SeqEncoderGraph(nn.Module):
+    def __init__(self, m: UniSRec) -> None:
+        super().__init__()
+        self.m = m
+
+    def forward(self, item_vecs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.m.encode(item_vecs, mask)
+
+
+class _AdaptorGraph(nn.Module):
+    def __init__(self, m: UniSRec) -> None:
+        super().__init__()
+        self.m = m
+
+    def forward(self, text_emb: torch.Tensor) -> torch.Tensor:
+        return self.m.adapt(text_emb)
+
+
+def _onnx(module: nn.Module, args: tuple, path: Path, inputs: list[str], output: str, axes: dict) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            module,
+            args,
+            str(path),
+            input_names=inputs,
+            output_names=[output],
+            dynamic_axes=axes,
+            opset_version=ONNX_OPSET,
+            dynamo=False,
+        )
+
+
+def _session(path: Path):
+    import onnxruntime as ort
+
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+PROBE_TEXTS = (
+    "Swingline Stapler, Heavy Duty, 160 Sheets, Black Staplers Swingline",
+    "A brand-new item nobody has interacted with: recycled paper notebook, 5 pack",
+    "x",
+)
+
+
+def export_unisrec_extra(model: SeqRecModel, out: Path, ckpt: dict[str, Any]) -> dict[str, Any]:
+    """Write seq_encoder.onnx, adaptor.onnx, text_encoder.onnx, tokenizer.json; check each
+    against eager PyTorch; return the manifest's `text` section."""
+    assert isinstance(model, UniSRec)
+    model.eval()
+    cfg = model.cfg
+    D = cfg.dim
+    _onnx(
+        _SeqEncoderGraph(model).eval(),  # eval: export restores the wrapper's mode onto the model
+        (torch.randn(2, 4, D), torch.tensor([[0, 1, 1, 1], [1, 1, 1, 1]])),
+        out / "seq_encoder.onnx",
+        ["item_vecs", "mask"],
+        "user_vec",
+        {"item_vecs": {0: "batch", 1: "length"}, "mask": {0: "batch", 1: "length"}, "user_vec": {0: "batch"}},
+    )
+    _onnx(
+        _AdaptorGraph(model).eval(),
+        (torch.randn(2, cfg.text_dim),),
+        out / "adaptor.onnx",
+        ["text_emb"],
+        "item_vec",
+        {"text_emb": {0: "batch"}, "item_vec": {0: "batch"}},
+    )
+    embedder = TextEmbedder(cfg.text_encoder or None)
+    ids, mask = embedder.tokenize(list(PROBE_TEXTS))
+    _onnx(
+        embedder.model,
+        (torch.as_tensor(ids), torch.as_tensor(mask)),
+        out / "text_encoder.onnx",
+        ["input_ids", "attention_mask"],
+        "text_emb",
+        {"input_ids": {0: "batch", 1: "tokens"}, "attention_mask": {0: "batch", 1: "tokens"}, "text_emb": {0: "batch"}},
+    )
+    embedder.tokenizer.save(str(out / "tokenizer.json"))
+    model.eval()
+    parity = unisrec_parity(model, embedder, out)
+    worst = max(parity.values())
+    if worst > 1e-4:
+        from training.export import ExportError
+
+        raise ExportError(f"UniSRec graphs disagree with eager PyTorch: {parity}")
+    return {
+        "text": {
+            "tokenizer": "tokenizer.json",
+            "max_tokens": MAX_TOKENS,
+            "text_encoder": {
+                "file": "text_encoder.onnx",
+                "inputs": ["input_ids", "attention_mask"],
+                "input_dtype": "int64",
+                "output": "text_emb",
+                "dim": embedder.dim,
+                "pooling": embedder.model.cfg.pooling,
+                "normalized": embedder.model.cfg.normalize,
+                "source": str(embedder.dir),
+            },
+            "adaptor": {"file": "adaptor.onnx", "input": "text_emb", "output": "item_vec", "dim": D},
+            "seq_encoder": {
+                "file": "seq_encoder.onnx",
+                "inputs": ["item_vecs", "mask"],
+                "input_dtypes": ["float32", "int64"],
+                "output": "user_vec",
+                "note": "item_vecs (B, L, dim) left-padded, newest last: rows of item_vectors.npy for "
+                "catalogue items, adaptor(text_encoder(text)) for new ones; mask (B, L) 1 = real item",
+            },
+            "compose": {
+                "fields": list(TEXT_FIELDS),
+                "separator": " ",
+                "lists": "joined by spaces",
+                "note": "new item text = non-empty fields in this order; the same shape as training text",
+            },
+            "mode": cfg.mode,
+            "item_vectors_normalized": True,
+            "score": "cosine (= inner product of unit vectors)",
+            "parity_max_abs_diff": parity,
+        }
+    }
+
+
+@torch.no_grad()
+def unisrec_parity(model: UniSRec, embedder: TextEmbedder, out: Path) -> dict[str, float]:
+    """Max |ONNX - eager| per graph, and for a new item's text through both exported graphs."""
+    rng = np.random.default_rng(0)
+    table = model.item_vectors()
+    worst: dict[str, float] = {}
+    enc = _session(out / "seq_encoder.onnx")
+    diffs = []
+    for n in (1, 3, model.max_len, model.max_len + 5):
+        items = torch.as_tensor(pad_left([rng.integers(1, model.num_items + 1, size=k) for k in (n, max(1, n // 2))]))
+        vecs, mask = table[items], (items != 0).long()
+        ref = model.encode(vecs, mask).numpy()
+        got = enc.run(["user_vec"], {"item_vecs": vecs.numpy(), "mask": mask.numpy()})[0]
+        diffs.append(float(np.abs(got - ref).max()))
+        # and the seq encoder on catalogue vectors agrees with the id-based forward
+        diffs.append(float(np.abs(model(items).numpy() - ref).max()))
+    worst["seq_encoder"] = max(diffs)
+    ada = _session(out / "adaptor.onnx")
+    x = model.text_emb[1 : min(model.num_items, 64) + 1]
+    worst["adaptor"] = float(np.abs(ada.run(["item_vec"], {"text_emb": x.numpy()})[0] - model.adapt(x).numpy()).max())
+    te = _session(out / "text_encoder.onnx")
+    ids, mask = embedder.tokenize(list(PROBE_TEXTS))
+    onnx_text = te.run(["text_emb"], {"input_ids": ids, "attention_mask": mask})[0]
+    eager_text = embedder.encode(list(PROBE_TEXTS))
+    worst["text_encoder"] = float(np.abs(onnx_text - eager_text).max())
+    new_onnx = ada.run(["item_vec"], {"text_emb": onnx_text})[0]
+    new_eager = model.adapt(torch.as_tensor(eager_text)).numpy()
+    worst["new_item_text_to_vector"] = float(np.abs(new_onnx - new_eager).max())
+    return worst
