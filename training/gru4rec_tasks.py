@@ -15,9 +15,8 @@ import numpy as np
 import torch
 
 from models.gru4rec import GRU4Rec
-from training.batching import pad_left
 from training.ranking_losses import LOSSES, ranking_loss
-from training.tasks import Batch, Task
+from training.tasks import Batch, Task, shifted_batches
 
 
 @dataclass
@@ -136,14 +135,7 @@ class PaddedNextItemTask(_Negatives, Task):
     def batches(
         self, train: Sequence[np.ndarray], batch_size: int, rng: np.random.Generator, device: torch.device
     ) -> Iterator[Batch]:
-        usable = [s for s in train if len(s) >= 2]
-        order = rng.permutation(len(usable))
-        for start in range(0, len(order), batch_size):
-            rows = [usable[i][-(self.max_len + 1) :] for i in order[start : start + batch_size]]
-            yield {
-                "item_seq": torch.as_tensor(pad_left([r[:-1] for r in rows]), device=device),
-                "target": torch.as_tensor(pad_left([r[1:] for r in rows]), device=device),
-            }
+        yield from shifted_batches(train, batch_size, rng, device, self.max_len)
 
     def loss(self, model: GRU4Rec, batch: Batch) -> torch.Tensor:  # type: ignore[override]
         h = model.hidden(batch["item_seq"])  # (B, L, H)

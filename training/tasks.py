@@ -19,6 +19,20 @@ from training.batching import pad_left
 Batch = dict[str, torch.Tensor]
 
 
+def shifted_batches(
+    train: Sequence[np.ndarray], batch_size: int, rng: np.random.Generator, device: torch.device, max_len: int
+) -> Iterator[Batch]:
+    """One row per user, shuffled: input seq[:-1] and target seq[1:], newest max_len steps, left-padded."""
+    usable = [s for s in train if len(s) >= 2]
+    order = rng.permutation(len(usable))
+    for start in range(0, len(order), batch_size):
+        rows = [usable[i][-(max_len + 1) :] for i in order[start : start + batch_size]]
+        yield {
+            "item_seq": torch.as_tensor(pad_left([r[:-1] for r in rows]), device=device),  # (B, L)
+            "target": torch.as_tensor(pad_left([r[1:] for r in rows]), device=device),  # (B, L)
+        }
+
+
 class Task:
     """Base: subclasses define `batches` and `loss`."""
 
@@ -50,16 +64,7 @@ class NextItemTask(Task):
     def batches(
         self, train: Sequence[np.ndarray], batch_size: int, rng: np.random.Generator, device: torch.device
     ) -> Iterator[Batch]:
-        usable = [s for s in train if len(s) >= 2]
-        order = rng.permutation(len(usable))
-        for start in range(0, len(order), batch_size):
-            rows = [usable[i][-(self.max_len + 1) :] for i in order[start : start + batch_size]]
-            inp = pad_left([r[:-1] for r in rows])  # (B, L)
-            tgt = pad_left([r[1:] for r in rows])  # (B, L)
-            yield {
-                "item_seq": torch.as_tensor(inp, device=device),
-                "target": torch.as_tensor(tgt, device=device),
-            }
+        yield from shifted_batches(train, batch_size, rng, device, self.max_len)
 
     def loss(self, model: SeqRecModel, batch: Batch) -> torch.Tensor:
         h = model.hidden(batch["item_seq"])  # (B, L, D)
