@@ -87,6 +87,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             if watcher is not None:
                 watcher.cancel()
             follower.cancel()
+            # Let the subscriber close its connection before the loop goes away.
+            await asyncio.gather(follower, return_exceptions=True)
             await item_reg.close()
             await store.close()
 
