@@ -239,3 +239,16 @@ def test_item_posted_to_one_process_is_recommended_by_another(unisrec_bundle: Pa
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.communicate()
+
+
+def test_registry_down_is_503_and_nothing_is_added(unisrec_bundle: Path) -> None:
+    from app.main import create_app
+    from app.settings import Settings
+
+    dead = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there: refused at once
+    settings = Settings(bundles=[unisrec_bundle], redis_url=dead, api_key="items-key", access_log=False)
+    with TestClient(create_app(settings)) as c:  # starting must not need the registry
+        r = c.post("/items", json={"items": [{"item_id": "d1", "title": "t"}]}, headers=KEY)
+        assert r.status_code == 503 and r.headers["retry-after"] == "1"
+        assert c.get("/items/d1").status_code == 503
+        assert "d1" not in c.app.state.seqrec.registry.get(None).index_of
