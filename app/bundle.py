@@ -22,8 +22,9 @@ import onnxruntime as ort
 from app.index import TopKIndex, build_index
 
 SUPPORTED_FORMATS = {1}
-# What the ONNX graph takes. A bundle whose graph takes item vectors instead of ids (UniSRec,
-# items known only by text) adds its kind here with a Bundle subclass overriding user_vectors.
+# What the ONNX graph takes. A bundle whose manifest also declares a `text` section (UniSRec:
+# text_encoder.onnx -> adaptor.onnx -> item vector, seq_encoder.onnx over item vectors) is
+# loaded as a TextBundle (app/text_bundle.py), which can also take items known only by text.
 INPUT_KINDS = {"item_ids"}
 REQUIRED_FILES = ("manifest.json", "model.onnx", "item_vectors.npy", "item_ids.json", "popularity.npy")
 
@@ -134,8 +135,13 @@ class Bundle:
                 raise BundleError(f"{fname} is listed in the manifest but missing")
             if _sha256(fpath) != digest:
                 raise BundleError(f"checksum mismatch for {fname}")
+        kind_cls: type[Bundle] = cls
+        if "text" in manifest and cls is Bundle:
+            from app.text_bundle import TextBundle  # the text path: tokenizer + two more graphs
+
+            kind_cls = TextBundle
         try:
-            return cls(path, manifest, ann_threshold)
+            return kind_cls(path, manifest, ann_threshold)
         except BundleError:
             raise
         except Exception as exc:  # a corrupt ONNX / npy file surfaces as many exception types
@@ -167,6 +173,11 @@ class Bundle:
             if len(s):
                 row[length - len(s) :] = s
         return self.session.run([self.output_name], {self.input_name: batch})[0]
+
+    @property
+    def takes_text(self) -> bool:
+        """Whether this bundle can encode a new item from its text (see app/text_bundle.py)."""
+        return False
 
     def add_items(self, ids: Sequence[str], vectors: np.ndarray) -> np.ndarray:
         """Register new items (e.g. encoded from text) so they can be recommended at once."""

@@ -21,13 +21,14 @@ from fastapi import FastAPI, Request  # noqa: E402
 from fastapi.exceptions import RequestValidationError  # noqa: E402
 from fastapi.responses import JSONResponse  # noqa: E402
 
+from app.items import ItemRegistry, MemoryItems, RedisItems, catch_up, follow  # noqa: E402
 from app.logging import configure_logging  # noqa: E402
 from app.metrics import Metrics  # noqa: E402
 from app.middleware import BodyLimit, Observe  # noqa: E402
 from app.openapi import document_validation_errors  # noqa: E402
 from app.ratelimit import TokenBuckets  # noqa: E402
 from app.registry import Registry  # noqa: E402
-from app.routes import events, ops, recommend, ui  # noqa: E402
+from app.routes import events, items, ops, recommend, ui  # noqa: E402
 from app.settings import Settings  # noqa: E402
 from app.state import AppState  # noqa: E402
 from app.stores import EventStore, MemoryStore, RedisStore  # noqa: E402
@@ -51,6 +52,12 @@ def make_store(settings: Settings) -> EventStore:
     return MemoryStore(settings.max_history, settings.history_ttl_s)
 
 
+def make_items(settings: Settings, store: EventStore) -> ItemRegistry:
+    if isinstance(store, RedisStore) and settings.redis_url:
+        return RedisItems(store.redis, settings.redis_url, settings.key_prefix, settings.redis_timeout_s)
+    return MemoryItems()
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     configure_logging()
@@ -63,7 +70,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         store = make_store(settings)
         limiter = TokenBuckets(settings.write_rate_per_s, settings.write_burst) if settings.write_rate_per_s else None
-        state = AppState(settings=settings, registry=registry, store=store, metrics=metrics, write_limiter=limiter)
+        item_reg = make_items(settings, store)
+        state = AppState(
+            settings=settings, registry=registry, store=store, metrics=metrics, write_limiter=limiter, items=item_reg
+        )
+        # Items registered before this process started (by any process) are served from the start;
+        # the subscriber then adds everything announced later.
+        await catch_up(item_reg, registry)
+        follower = asyncio.create_task(follow(item_reg, lambda: state.registry))
         app.state.seqrec = state
         log.info("serving %s (default %s), store %s", ", ".join(registry.bundles), registry.default, store.kind)
         watcher = asyncio.create_task(watch_bundles(state, settings.bundle_poll_s)) if settings.bundle_poll_s else None
@@ -72,6 +86,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             if watcher is not None:
                 watcher.cancel()
+            follower.cancel()
+            # Let the subscriber close its connection before the loop goes away.
+            await asyncio.gather(follower, return_exceptions=True)
+            await item_reg.close()
             await store.close()
 
     app = FastAPI(
@@ -81,6 +99,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.include_router(events.router)
+    app.include_router(items.router)
     app.include_router(recommend.router)
     app.include_router(ops.router)
     app.include_router(ui.router)

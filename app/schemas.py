@@ -156,3 +156,56 @@ class ReloadOut(BaseModel):
 
 class ErrorOut(BaseModel):
     detail: str
+
+
+# Printable text (no control characters other than tab/newline), bounded.
+TEXT_PATTERN = r"^[^\x00-\x08\x0b-\x1f\x7f]*$"
+
+
+class ItemIn(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "item_id": "B0NEW001",
+                    "title": "Recycled paper notebook, 5 pack",
+                    "categories": ["Office Products", "Paper"],
+                    "brand": "Acme",
+                }
+            ]
+        },
+    )
+
+    item_id: Id
+    title: Annotated[str, StringConstraints(min_length=1, max_length=500, pattern=TEXT_PATTERN)]
+    description: Annotated[str, StringConstraints(max_length=5000, pattern=TEXT_PATTERN)] | None = None
+    categories: list[Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=TEXT_PATTERN)]] | None = (
+        Field(None, max_length=20)
+    )
+    brand: Annotated[str, StringConstraints(max_length=200, pattern=TEXT_PATTERN)] | None = None
+
+
+class ItemsIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    items: list[ItemIn] = Field(min_length=1, description="One batch; more than 100 items gives 413.")
+
+
+class ItemAdded(BaseModel):
+    item_id: str
+    models: list[str] = Field(description="Bundles that can now recommend this item (those with a text encoder).")
+
+
+class ItemsOut(BaseModel):
+    registered: int = Field(description="Items stored in the registry (every API process picks them up).")
+    items: list[ItemAdded]
+
+
+class RegisteredItem(BaseModel):
+    item_id: str
+    title: str
+    description: str | None = None
+    categories: list[str] | None = None
+    brand: str | None = None
+    models: list[str] = Field(description="Bundles in this process that hold the item.")

@@ -6,6 +6,7 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from app.items import ItemRegistry, MemoryItems
 from app.metrics import Metrics
 from app.registry import Registry
 from app.settings import Settings
@@ -23,3 +24,7 @@ class AppState:
     metrics: Metrics
     reload_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     write_limiter: TokenBuckets | None = None
+    items: ItemRegistry = field(default_factory=MemoryItems)  # registered by POST /items
+
+    def install(self, registry: Registry) -> None:
+        self.registry = registry

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from app.bundle import BundleError
+from app.items import swap_in
 from app.registry import Registry
 from app.state import AppState
 
@@ -57,7 +58,8 @@ async def watch_bundles(state: AppState, interval_s: float) -> None:
                 reg = await asyncio.to_thread(
                     Registry.load, paths, state.settings.default_model, state.settings.ann_threshold
                 )
-                state.registry = reg
+                # Registered items are re-encoded by the new bundles before they serve.
+                await swap_in(state.items, reg, state.install)
             state.metrics.reloads.labels("ok").inc()
             log.info("new bundles picked up: %s", ", ".join(f"{b.name} {b.version}" for b in reg.bundles.values()))
         except BundleError as exc:

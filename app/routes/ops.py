@@ -13,6 +13,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 
 from app.bundle import BundleError
 from app.deps import ApiKey, State
+from app.items import swap_in
 from app.registry import Registry
 from app.schemas import BundleOut, ErrorOut, Health, Ready, ReloadIn, ReloadOut
 
@@ -79,7 +80,8 @@ async def reload(state: State, body: ReloadIn | None = None) -> ReloadOut:
             state.metrics.reloads.labels("rejected").inc()
             log.warning("bundle reload rejected: %s", exc)
             raise HTTPException(422, f"bundle rejected, previous bundles keep serving: {exc}") from exc
-        state.registry = reg
+        # Registered items are re-encoded by the new bundles before they serve.
+        await swap_in(state.items, reg, state.install)
     state.metrics.reloads.labels("ok").inc()
     log.info("bundles reloaded: %s", ", ".join(reg.bundles))
     return ReloadOut(reloaded=True, default_model=reg.default, bundles=_bundles(reg))

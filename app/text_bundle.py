@@ -1,0 +1,122 @@
+"""A bundle that knows items by their text (UniSRec): new items are encoded at serving time.
+
+The manifest's `text` section declares three more graphs next to model.onnx:
+  tokenizer.json + text_encoder.onnx  text -> PLM embedding (B, d_t)
+  adaptor.onnx                        PLM embedding -> unit item vector (B, D)
+  seq_encoder.onnx                    history item vectors (B, L, D) + mask (B, L) -> user vector (B, D)
+User vectors are computed with seq_encoder over a growing vector table (item_vectors.npy +
+rows added online), so a history that contains a brand-new item is scored like any other.
+For catalogue-only histories this equals model.onnx (checked at load time).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from app.bundle import Bundle, BundleError, _session
+
+
+def compose_text(item: dict[str, Any], compose: dict[str, Any]) -> str:
+    """A new item's text, built as the manifest's `text.compose` says (the training text's shape):
+    the non-empty fields in the declared order, lists joined by spaces, then joined by `separator`."""
+    parts: list[str] = []
+    for field in compose.get("fields", ["title"]):
+        v = item.get(field)
+        if isinstance(v, list | tuple):
+            v = " ".join(str(x).strip() for x in v if x and str(x).strip())
+        if v is not None and str(v).strip():
+            parts.append(str(v).strip())
+    return str(compose.get("separator", " ")).join(parts)
+
+
+class TextBundle(Bundle):
+    def __init__(self, path: Path, manifest: dict[str, Any], ann_threshold: int) -> None:
+        text = manifest["text"]
+        try:
+            from tokenizers import Tokenizer
+
+            self.text_meta = text
+            self.compose: dict[str, Any] = text.get("compose", {})
+            te, ada, seq = text["text_encoder"], text["adaptor"], text["seq_encoder"]
+            self.tokenizer = Tokenizer.from_file(str(path / text["tokenizer"]))
+            self.tokenizer.enable_truncation(int(text.get("max_tokens", 128)))
+            self.tokenizer.no_padding()
+            self.te_session = _session(path / te["file"])
+            self.te_inputs: list[str] = list(te["inputs"])  # [input_ids, attention_mask]
+            self.te_output: str = te["output"]
+            self.ada_session = _session(path / ada["file"])
+            self.ada_input: str = ada["input"]
+            self.ada_output: str = ada["output"]
+            self.seq_session = _session(path / seq["file"])
+            self.seq_inputs: list[str] = list(seq["inputs"])  # [item_vecs (B,L,D) float32, mask (B,L) int64]
+            self.seq_output: str = seq["output"]
+        except (KeyError, TypeError) as exc:
+            raise BundleError(f"manifest text section is incomplete: {exc!r}") from exc
+        if len(self.te_inputs) != 2 or len(self.seq_inputs) != 2:
+            raise BundleError("text section: text_encoder and seq_encoder must each declare two inputs")
+        super().__init__(path, manifest, ann_threshold)
+
+    @property
+    def takes_text(self) -> bool:
+        return True
+
+    def _check_runs(self) -> None:
+        # Vector table indexed like the model: row 0 = padding (zeros), row r = item index r.
+        table = np.load(self.path / "item_vectors.npy", allow_pickle=False)
+        n = len(table)
+        self._vecs = np.zeros((max(16, 2 * (n + 1)), self.dim), np.float32)  # over-allocated: O(1) adds
+        self._vecs[1 : n + 1] = table
+        self._rows = n + 1
+        super()._check_runs()
+        # The seq-encoder path must agree with model.onnx on catalogue histories.
+        probe = np.arange(1, min(n, self.max_len) + 1, dtype=np.int64)
+        ref = self.session.run([self.output_name], {self.input_name: probe[None]})[0]
+        got = self.user_vectors([probe])
+        if not np.allclose(got, ref, atol=1e-4):
+            raise BundleError(f"seq_encoder.onnx disagrees with model.onnx (max {np.abs(got - ref).max():.2e})")
+        if self.encode_texts(["probe"]).shape != (1, self.dim):
+            raise BundleError("text_encoder.onnx -> adaptor.onnx does not give (1, dim) item vectors")
+
+    def user_vectors(self, histories: Sequence[np.ndarray]) -> np.ndarray:
+        seqs = [h[-self.max_len :] for h in histories]
+        length = max(1, max(len(s) for s in seqs))
+        batch = np.zeros((len(seqs), length), dtype=np.int64)  # (B, L) left-padded with row 0
+        for row, s in zip(batch, seqs, strict=True):
+            if len(s):
+                row[length - len(s) :] = s
+        vecs = self._vecs[batch]  # (B, L, D)
+        mask = (batch != 0).astype(np.int64)  # (B, L)
+        feeds = {self.seq_inputs[0]: vecs, self.seq_inputs[1]: mask}
+        return self.seq_session.run([self.seq_output], feeds)[0]
+
+    def item_text(self, item: dict[str, Any]) -> str:
+        return compose_text(item, self.compose)
+
+    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """Texts -> (B, D) unit item vectors: tokenizer -> text_encoder.onnx -> adaptor.onnx."""
+        enc = self.tokenizer.encode_batch(list(texts))
+        T = max(1, max(len(e.ids) for e in enc))
+        ids = np.zeros((len(enc), T), np.int64)  # (B, T) right-padded, like training
+        mask = np.zeros((len(enc), T), np.int64)
+        for i, e in enumerate(enc):
+            ids[i, : len(e.ids)] = e.ids
+            mask[i, : len(e.ids)] = 1
+        emb = self.te_session.run([self.te_output], {self.te_inputs[0]: ids, self.te_inputs[1]: mask})[0]
+        vec = self.ada_session.run([self.ada_output], {self.ada_input: emb.astype(np.float32)})[0]
+        return vec.astype(np.float32)
+
+    def add_items(self, ids: Sequence[str], vectors: np.ndarray) -> np.ndarray:
+        vectors = np.asarray(vectors, dtype=np.float32).reshape(len(ids), self.dim)
+        idx = super().add_items(ids, vectors)
+        need = self._rows + len(ids)
+        if need > len(self._vecs):
+            grown = np.zeros((2 * need, self.dim), np.float32)
+            grown[: self._rows] = self._vecs[: self._rows]
+            self._vecs = grown
+        self._vecs[self._rows : need] = vectors
+        self._rows = need
+        return idx

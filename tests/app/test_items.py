@@ -1,0 +1,254 @@
+"""Cold-start items at serving time: POST /items -> text encoder -> adaptor -> live index.
+
+A tiny UniSRec (tiny local BERT, seconds to train) trained in *inductive* mode, so an item's
+vector is a function of its text only: a new item posted with the exact text of a catalogue
+item c gets c's vector, which lets the tests say precisely where it must rank.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import torch
+from fastapi.testclient import TestClient
+
+from tests.app.conftest import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+KEY = {"X-API-Key": "items-key"}
+
+
+@pytest.fixture(scope="session")
+def unisrec_bundle(ml100k, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from safetensors.torch import save_file
+
+    from models.text_encoder import BertConfig, SentenceEncoder, default_encoder_dir
+    from tests.training.test_unisrec_train import TINY, _hf_state
+    from training.data import item_text
+    from training.export import export_bundle
+    from training.train import train
+
+    bert = tmp_path_factory.mktemp("items-bert")
+    torch.manual_seed(0)
+    enc = SentenceEncoder(BertConfig(**TINY, max_position_embeddings=160))
+    for p in enc.parameters():
+        torch.nn.init.normal_(p, std=0.2)
+    save_file(_hf_state(enc), str(bert / "model.safetensors"))
+    (bert / "config.json").write_text(json.dumps({"model_type": "bert", **TINY, "max_position_embeddings": 160}))
+    shutil.copy(default_encoder_dir() / "tokenizer.json", bert / "tokenizer.json")
+    run = tmp_path_factory.mktemp("items-run")
+    cfg = {"dim": 16, "max_len": 20, "num_heads": 2, "text_dim": 32, "mode": "inductive", "text_encoder": str(bert)}
+    train("unisrec", ml100k, run, cfg, {"epochs": 1, "max_users": 120, "batch_size": 64}, progress=False)
+    out = tmp_path_factory.mktemp("items-art")
+    return export_bundle(run / "best.pt", out, name="tiny-unisrec", item_text=item_text("ml-100k"))
+
+
+def _texts(bundle: Path) -> dict[str, str]:
+    return json.loads((bundle / "item_text.json").read_text())
+
+
+def test_text_bundle_loads_and_equals_model_onnx(unisrec_bundle: Path) -> None:
+    import onnxruntime as ort
+
+    from app.bundle import Bundle
+    from app.text_bundle import TextBundle
+
+    b = Bundle.load(unisrec_bundle)
+    assert isinstance(b, TextBundle) and b.takes_text
+    ref = ort.InferenceSession(str(unisrec_bundle / "model.onnx"))
+    rng = np.random.default_rng(0)
+    for n in (1, 5, 20, 33):  # 33 > max_len: truncated alike
+        hist = rng.integers(1, b.info.num_items + 1, size=n)
+        want = ref.run(["user_vec"], {"item_seq": hist[None].astype(np.int64)})[0]
+        np.testing.assert_allclose(b.user_vectors([hist]), want, atol=1e-5)
+    # A new item with a catalogue item's exact text gets that item's vector (inductive: text only).
+    c = b.item_ids[9]
+    vec = b.encode_texts([_texts(unisrec_bundle)[c]])
+    table = np.load(unisrec_bundle / "item_vectors.npy")
+    np.testing.assert_allclose(vec[0], table[9], atol=1e-4)
+    idx = b.add_items(["brand-new"], vec)
+    assert idx.tolist() == [b.info.num_items] and b.index_of["brand-new"] == idx[0]
+    # A history ending in the new item = the same history ending in its twin c.
+    np.testing.assert_allclose(
+        b.user_vectors([np.array([3, int(idx[0])])]), b.user_vectors([np.array([3, 10])]), atol=1e-4
+    )
+
+
+def test_compose_follows_manifest(unisrec_bundle: Path) -> None:
+    from app.text_bundle import compose_text
+
+    compose = json.loads((unisrec_bundle / "manifest.json").read_text())["text"]["compose"]
+    item = {"item_id": "x", "title": " Stapler ", "categories": ["Office", "", "Staplers"], "brand": "Acme"}
+    assert compose_text(item, compose) == "Stapler Office Staplers Acme"
+    assert compose_text({"item_id": "x", "title": "T", "description": "long text"}, compose) == "T long text"
+
+
+@pytest.fixture
+def client(unisrec_bundle: Path, bundle_path: Path) -> Iterator[TestClient]:
+    from app.main import create_app
+    from app.settings import Settings
+
+    settings = Settings(bundles=[unisrec_bundle, bundle_path], api_key="items-key", access_log=False)
+    with TestClient(create_app(settings)) as c:
+        yield c
+
+
+def _events(c: TestClient, user: str, items: list[str]) -> None:
+    ev = [{"user_id": user, "item_id": i, "timestamp": 1_600_000_000 + t} for t, i in enumerate(items)]
+    assert c.post("/events", json={"events": ev}, headers=KEY).status_code == 200
+
+
+def test_post_get_and_recommend_new_item(client: TestClient, unisrec_bundle: Path) -> None:
+    texts = _texts(unisrec_bundle)
+    catalogue = json.loads((unisrec_bundle / "item_ids.json").read_text())
+    _events(client, "u1", catalogue[:6])
+    before = client.get("/recommend/u1", params={"model": "unisrec", "k": 1}).json()
+    assert before["source"] == "model"
+    twin = before["items"][0]["item_id"]  # what u1 gets first; post its near-duplicate as a new item
+    r = client.post("/items", json={"items": [{"item_id": "new-1", "title": texts[twin]}]}, headers=KEY)
+    assert r.status_code == 200, r.text
+    # Only the text-capable bundle takes it; the SASRec bundle cannot score an unseen item.
+    assert r.json() == {"registered": 1, "items": [{"item_id": "new-1", "models": ["tiny-unisrec"]}]}
+    got = client.get("/items/new-1").json()
+    assert got["title"] == texts[twin] and got["models"] == ["tiny-unisrec"]
+    assert client.get("/items/nope").status_code == 404
+
+    after = client.get("/recommend/u1", params={"model": "unisrec", "k": 2}).json()
+    top2 = {x["item_id"]: x["score"] for x in after["items"]}
+    assert set(top2) == {twin, "new-1"} and abs(top2[twin] - top2["new-1"]) < 1e-3
+
+    # A history containing the new item is scored by the model, like the same history with its twin.
+    _events(client, "u2", [*catalogue[:3], "new-1"])
+    _events(client, "u3", [*catalogue[:3], twin])
+    a = client.get("/recommend/u2", params={"model": "unisrec", "k": 10}).json()
+    b = client.get("/recommend/u3", params={"model": "unisrec", "k": 10}).json()
+    assert a["source"] == "model" and a["history_length"] == 4
+    np.testing.assert_allclose([x["score"] for x in a["items"]], [x["score"] for x in b["items"]], atol=1e-3)
+    sas = client.get("/recommend/u2", params={"model": "sasrec", "k": 5}).json()
+    assert sas["history_length"] == 3  # the id-only model ignores the item it does not know
+
+    # A bundle reload re-encodes registered items from their stored text.
+    assert client.post("/admin/reload", headers=KEY).status_code == 200
+    assert client.get("/items/new-1").json()["models"] == ["tiny-unisrec"]
+    again = client.get("/recommend/u1", params={"model": "unisrec", "k": 2}).json()
+    assert {x["item_id"] for x in again["items"]} == {twin, "new-1"}
+
+
+def test_items_validation(client: TestClient) -> None:
+    ok = {"item_id": "v1", "title": "A title"}
+    assert client.post("/items", json={"items": [ok]}).status_code == 401
+    bad = [
+        {"items": []},
+        {"items": [{**ok, "title": "x" * 501}]},
+        {"items": [{**ok, "title": ""}]},
+        {"items": [{**ok, "description": "d" * 5001}]},
+        {"items": [{**ok, "categories": ["c"] * 21}]},
+        {"items": [{**ok, "item_id": "a\x00b"}]},
+        {"items": [{**ok, "item_id": "i" * 129}]},
+        {"items": [{**ok, "price": 3}]},
+        {"items": [{"item_id": "v1"}]},
+    ]
+    for body in bad:
+        r = client.post("/items", json=body, headers=KEY)
+        assert r.status_code == 422, (body, r.text)
+    # A lone surrogate is valid JSON but not text (pydantic refuses it): 422, never a tokenizer crash.
+    raw = b'{"items": [{"item_id": "s1", "title": "x\\ud800y"}]}'
+    r = client.post("/items", content=raw, headers={**KEY, "Content-Type": "application/json"})
+    assert r.status_code == 422, r.text
+    many = {"items": [{"item_id": f"m{i}", "title": "t"} for i in range(101)]}
+    assert client.post("/items", json=many, headers=KEY).status_code == 413
+    full = {**ok, "description": "d" * 5000, "categories": ["c"] * 20, "brand": "b"}
+    r = client.post("/items", json={"items": [full]}, headers=KEY)
+    assert r.status_code == 200 and client.get("/items/v1").json()["categories"] == ["c"] * 20
+
+
+# --------------------------------------------------------------------------- two processes, one Redis
+
+
+def _serve(bundle: Path, redis_url: str, prefix: str) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "SEQREC_KEY_PREFIX": prefix, "SEQREC_ACCESS_LOG": "false"}
+    cmd = [sys.executable, "-m", "training.cli", "serve", "--bundle", str(bundle), "--port", str(port)]
+    cmd += ["--redis-url", redis_url, "--api-key", "items-key"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return proc, f"http://127.0.0.1:{port}"
+
+
+def _ready(proc: subprocess.Popen, base: str) -> None:
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"server exited: {proc.stdout.read() if proc.stdout else ''}")
+        try:
+            if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    pytest.fail("server did not become ready")
+
+
+def test_item_posted_to_one_process_is_recommended_by_another(unisrec_bundle: Path, redis_url: str) -> None:
+    prefix = f"items-e2e-{free_port()}:"
+    procs = [_serve(unisrec_bundle, redis_url, prefix) for _ in range(2)]
+    try:
+        for proc, base in procs:
+            _ready(proc, base)
+        (_, a), (_, b) = procs
+        catalogue = json.loads((unisrec_bundle / "item_ids.json").read_text())
+        ev = [{"user_id": "e2e", "item_id": i, "timestamp": 1_600_000_000 + t} for t, i in enumerate(catalogue[:6])]
+        assert httpx.post(f"{a}/events", json={"events": ev}, headers=KEY).status_code == 200
+        twin = httpx.get(f"{b}/recommend/e2e", params={"model": "unisrec", "k": 1}).json()["items"][0]["item_id"]
+        item = {"item_id": "cold-1", "title": _texts(unisrec_bundle)[twin], "categories": []}
+        r = httpx.post(f"{a}/items", json={"items": [item]}, headers=KEY)
+        assert r.status_code == 200 and r.json()["items"][0]["models"] == ["tiny-unisrec"]
+        t0 = time.monotonic()
+        seen_at = None
+        while time.monotonic() - t0 < 5:
+            got = httpx.get(f"{b}/recommend/e2e", params={"model": "unisrec", "k": 2}).json()
+            if "cold-1" in {x["item_id"] for x in got["items"]}:
+                seen_at = time.monotonic() - t0
+                break
+            time.sleep(0.01)
+        assert seen_at is not None, "process B never recommended the item posted to A"
+        assert seen_at < 1.0, f"process B took {seen_at:.3f}s"
+        print(f"\nitem posted to A recommended by B after {seen_at * 1000:.1f} ms")
+        assert httpx.get(f"{b}/items/cold-1").json()["models"] == ["tiny-unisrec"]
+        # A third process started later catches up from the registry.
+        proc_c, c = _serve(unisrec_bundle, redis_url, prefix)
+        procs.append((proc_c, c))
+        _ready(proc_c, c)
+        got = httpx.get(f"{c}/recommend/e2e", params={"model": "unisrec", "k": 2}).json()
+        assert "cold-1" in {x["item_id"] for x in got["items"]}
+    finally:
+        for proc, _ in procs:
+            proc.terminate()
+        for proc, _ in procs:
+            try:
+                proc.communicate(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.communicate()
+
+
+def test_registry_down_is_503_and_nothing_is_added(unisrec_bundle: Path) -> None:
+    from app.main import create_app
+    from app.settings import Settings
+
+    dead = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there: refused at once
+    settings = Settings(bundles=[unisrec_bundle], redis_url=dead, api_key="items-key", access_log=False)
+    with TestClient(create_app(settings)) as c:  # starting must not need the registry
+        r = c.post("/items", json={"items": [{"item_id": "d1", "title": "t"}]}, headers=KEY)
+        assert r.status_code == 503 and r.headers["retry-after"] == "1"
+        assert c.get("/items/d1").status_code == 503
+        assert "d1" not in c.app.state.seqrec.registry.get(None).index_of
