@@ -73,9 +73,11 @@ def _train(ml100k, out: Path, tiny_bert: Path, mode: str, **train_kw):
     )
 
 
-def test_text_embeddings_cached_and_loaded_bert_dir_round_trips(ml100k, tiny_bert: Path, cache_dir: Path) -> None:
+def test_text_embeddings_cached_and_loaded_bert_dir_round_trips(ml100k, tiny_bert: Path, tmp_path: Path) -> None:
     from training.data import item_text
     from training.text import TextEmbedder, item_text_embeddings
+
+    cache_dir = tmp_path / "own-cache"  # other tests fill the session cache with their own entries
 
     text = item_text("ml-100k")
     t1 = item_text_embeddings(ml100k, text, tiny_bert, cache_dir)
