@@ -28,14 +28,9 @@ browser:
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium chromium-driver; \
 	fi
 
-# Prepare ML-1M, train SASRec briefly, evaluate and export a bundle.
+# Prepare ML-1M, train SASRec briefly, evaluate, export, then serve it on 127.0.0.1:8000 (prints two curl examples).
 demo: setup
-	$(VENV)/bin/seqrec prepare ml-1m
-	$(VENV)/bin/seqrec train --model sasrec --dataset ml-1m --epochs 3 --out runs/demo-sasrec
-	$(VENV)/bin/seqrec evaluate runs/demo-sasrec/best.pt --popularity-baseline
-	rm -rf artifacts/demo-sasrec
-	$(VENV)/bin/seqrec export runs/demo-sasrec/best.pt --out artifacts --name demo-sasrec
-	$(VENV)/bin/seqrec serve --bundle artifacts/demo-sasrec --host 127.0.0.1 --port 8000 --examples
+	$(VENV)/bin/seqrec demo --dataset ml-1m --epochs 3
 
 bench-sasrec: setup
 	$(PY) benchmarks/train_quality.py --model sasrec --dataset ml-1m

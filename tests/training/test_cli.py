@@ -10,7 +10,7 @@ from training.cli import app
 runner = CliRunner()
 
 
-@pytest.mark.parametrize("cmd", ["prepare", "train", "evaluate", "export"])
+@pytest.mark.parametrize("cmd", ["prepare", "train", "evaluate", "export", "pretrain", "serve", "demo"])
 def test_every_command_has_help(cmd: str) -> None:
     r = runner.invoke(app, [cmd, "--help"])
     assert r.exit_code == 0
