@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,7 @@ import numpy as np
 import onnxruntime as ort
 
 from app.index import TopKIndex, build_index
+from app.schemas import BundleOut
 
 SUPPORTED_FORMATS = {1}
 # What the ONNX graph takes. A bundle whose manifest also declares a `text` section (UniSRec:
@@ -49,17 +49,6 @@ def _session(path: Path) -> ort.InferenceSession:
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
-
-
-@dataclass(frozen=True)
-class BundleInfo:
-    name: str
-    model: str
-    version: str
-    num_items: int
-    dim: int
-    max_len: int
-    path: str
 
 
 class Bundle:
@@ -154,9 +143,15 @@ class Bundle:
             raise BundleError(f"model.onnx returned {out.shape}, expected (2, {self.dim})")
 
     @property
-    def info(self) -> BundleInfo:
-        return BundleInfo(
-            self.name, self.model, self.version, len(self.item_ids), self.dim, self.max_len, str(self.path)
+    def info(self) -> BundleOut:
+        return BundleOut(
+            name=self.name,
+            model=self.model,
+            version=self.version,
+            num_items=len(self.item_ids),
+            dim=self.dim,
+            max_len=self.max_len,
+            path=str(self.path),
         )
 
     def encode(self, items: Sequence[str]) -> np.ndarray:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from datetime import UTC, datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
@@ -156,6 +156,16 @@ class ReloadOut(BaseModel):
 
 class ErrorOut(BaseModel):
     detail: str
+
+
+def write_responses(unavailable: str) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI error responses shared by every write route (API key, limits, rate limit, store down)."""
+    return {
+        401: {"model": ErrorOut, "description": "API key required"},
+        413: {"model": ErrorOut, "description": "Batch or body too large"},
+        429: {"model": ErrorOut, "description": "Write rate limit of this API key exceeded (Retry-After)"},
+        503: {"model": ErrorOut, "description": unavailable},
+    }
 
 
 # Printable text (no control characters other than tab/newline), bounded.

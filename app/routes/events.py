@@ -8,7 +8,7 @@ from fastapi import APIRouter, HTTPException, status
 
 from app.deps import ApiKey, State
 from app.ratelimit import WriteLimit
-from app.schemas import ErrorOut, EventsIn, EventsOut
+from app.schemas import EventsIn, EventsOut, write_responses
 from app.stores import Event, StoreUnavailable
 
 router = APIRouter(tags=["events"])
@@ -18,12 +18,7 @@ router = APIRouter(tags=["events"])
     "/events",
     response_model=EventsOut,
     dependencies=[ApiKey, WriteLimit],
-    responses={
-        401: {"model": ErrorOut, "description": "API key required"},
-        413: {"model": ErrorOut, "description": "Batch or body too large"},
-        429: {"model": ErrorOut, "description": "Write rate limit of this API key exceeded (Retry-After)"},
-        503: {"model": ErrorOut, "description": "Store unreachable: nothing was stored, retry (idempotent)"},
-    },
+    responses=write_responses("Store unreachable: nothing was stored, retry (idempotent)"),
 )
 async def post_events(body: EventsIn, state: State) -> EventsOut:
     """Append item events to user histories. Replays (same event_id) are no-ops; unknown items are kept."""

@@ -9,7 +9,16 @@ from fastapi import APIRouter, HTTPException, Path, status
 from app.deps import ApiKey, State
 from app.items import ingest
 from app.ratelimit import WriteLimit
-from app.schemas import ID_PATTERN, MAX_ID_LENGTH, ErrorOut, ItemAdded, ItemsIn, ItemsOut, RegisteredItem
+from app.schemas import (
+    ID_PATTERN,
+    MAX_ID_LENGTH,
+    ErrorOut,
+    ItemAdded,
+    ItemsIn,
+    ItemsOut,
+    RegisteredItem,
+    write_responses,
+)
 from app.stores import StoreUnavailable
 
 router = APIRouter(tags=["items"])
@@ -20,12 +29,7 @@ MAX_ITEMS = 100  # a batch is encoded synchronously (text encoder): keep one req
     "/items",
     response_model=ItemsOut,
     dependencies=[ApiKey, WriteLimit],
-    responses={
-        401: {"model": ErrorOut, "description": "API key required"},
-        413: {"model": ErrorOut, "description": "Batch or body too large"},
-        429: {"model": ErrorOut, "description": "Write rate limit of this API key exceeded (Retry-After)"},
-        503: {"model": ErrorOut, "description": "Registry unreachable: nothing was registered, retry (idempotent)"},
-    },
+    responses=write_responses("Registry unreachable: nothing was registered, retry (idempotent)"),
 )
 async def post_items(body: ItemsIn, state: State) -> ItemsOut:
     """Register new items by text. Every text-capable model (UniSRec) encodes them at once, in every

@@ -22,7 +22,7 @@ log = logging.getLogger("seqrec.app")
 
 
 def _bundles(reg: Registry) -> list[BundleOut]:
-    return [BundleOut(**vars(b.info)) for b in reg.bundles.values()]
+    return [b.info for b in reg.bundles.values()]
 
 
 @router.get("/healthz", response_model=Health)
