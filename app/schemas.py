@@ -6,6 +6,7 @@ import math
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
+from fastapi import Path
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 MAX_ID_LENGTH = 128
@@ -152,6 +153,10 @@ class ReloadOut(BaseModel):
     reloaded: bool
     default_model: str
     bundles: list[BundleOut]
+
+
+# An id in the URL path, validated exactly like ids in request bodies.
+IdPath = Annotated[str, Path(min_length=1, max_length=MAX_ID_LENGTH, pattern=ID_PATTERN)]
 
 
 class ErrorOut(BaseModel):

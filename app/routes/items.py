@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from fastapi import APIRouter, HTTPException, Path, status
+from fastapi import APIRouter, HTTPException, status
 
 from app.deps import ApiKey, State
 from app.items import ingest
 from app.ratelimit import WriteLimit
 from app.schemas import (
-    ID_PATTERN,
-    MAX_ID_LENGTH,
     ErrorOut,
+    IdPath,
     ItemAdded,
     ItemsIn,
     ItemsOut,
@@ -55,9 +52,7 @@ async def post_items(body: ItemsIn, state: State) -> ItemsOut:
     response_model=RegisteredItem,
     responses={404: {"model": ErrorOut, "description": "No such registered item"}},
 )
-async def get_item(
-    state: State, item_id: Annotated[str, Path(min_length=1, max_length=MAX_ID_LENGTH, pattern=ID_PATTERN)]
-) -> RegisteredItem:
+async def get_item(state: State, item_id: IdPath) -> RegisteredItem:
     """An item registered with POST /items, and the models in this process that hold it."""
     try:
         item = await state.items.get(item_id)

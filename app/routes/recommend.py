@@ -5,11 +5,11 @@ from __future__ import annotations
 import time
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Path, Query
+from fastapi import APIRouter, HTTPException, Query
 
 from app.deps import State
 from app.registry import UnknownModel
-from app.schemas import ID_PATTERN, MAX_ID_LENGTH, ErrorOut, RecommendOut, ScoredItem
+from app.schemas import MAX_ID_LENGTH, ErrorOut, IdPath, RecommendOut, ScoredItem
 from app.stores import StoreUnavailable
 
 router = APIRouter(tags=["recommend"])
@@ -22,7 +22,7 @@ router = APIRouter(tags=["recommend"])
 )
 async def recommend(
     state: State,
-    user_id: Annotated[str, Path(min_length=1, max_length=MAX_ID_LENGTH, pattern=ID_PATTERN)],
+    user_id: IdPath,
     k: Annotated[int, Query(ge=1, le=1000, description="How many items.")] = 10,
     model: Annotated[
         str | None, Query(max_length=MAX_ID_LENGTH, description="Bundle name or model kind (default model if omitted).")

@@ -12,13 +12,13 @@ import json
 import pathlib
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Path, Query, status
+from fastapi import APIRouter, HTTPException, Query, status
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, Field
 
 from app.bundle import Bundle
 from app.deps import State
-from app.schemas import ID_PATTERN, MAX_ID_LENGTH, ErrorOut
+from app.schemas import ErrorOut, IdPath
 from app.stores import StoreUnavailable
 
 router = APIRouter(tags=["demo"])
@@ -79,7 +79,7 @@ async def static(name: str) -> FileResponse:
 )
 async def history(
     state: State,
-    user_id: Annotated[str, Path(min_length=1, max_length=MAX_ID_LENGTH, pattern=ID_PATTERN)],
+    user_id: IdPath,
     n: Annotated[int, Query(ge=1, le=1000, description="Most recent items to return.")] = 50,
 ) -> HistoryOut:
     """The user's stored history with item titles (for the demo page)."""
