@@ -27,7 +27,9 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -168,21 +170,49 @@ async def post_events(port: int, users: list[str], items: list[str], history: in
     }
 
 
-async def recommend_load(port: int, users: list[str], conns: int, seconds: float, k: int = 10) -> dict:
+def child_cpu(root: int) -> dict[int, float]:
+    """CPU seconds of each direct child of `root` (the uvicorn workers), to show how evenly they share the load."""
+    stats = {int(d): st for d in os.listdir("/proc") if d.isdigit() and (st := _stat(int(d))) is not None}
+    return {pid: tree_cpu(pid) for pid, (ppid, _) in stats.items() if ppid == root}
+
+
+async def recommend_load(
+    port: int,
+    users: list[str],
+    conns: int,
+    seconds: float,
+    probe: Callable[[], Any] | None = None,
+    k: int = 10,
+    stagger_s: float = 0.02,
+    warmup_s: float = 1.0,
+) -> dict:
+    """Closed loop from `conns` keep-alive connections; only requests inside the measuring window count.
+
+    Connections open one at a time, `stagger_s` apart, while the earlier ones already send
+    load, as clients arrive at a real service: uvicorn workers share one listening socket and
+    an idle worker accepts first, so connections spread over the workers. Opened all at once,
+    one worker's accept loop can take every connection and leave the other core idle.
+    `probe()` is called at the start and end of the window (CPU snapshots).
+    """
     lat: list[float] = []
     sources: dict[str, int] = {}
     errors = 0
-    stop = time.perf_counter() + seconds
+    t0 = time.perf_counter()
+    start = t0 + conns * stagger_s + warmup_s
+    end = start + seconds
 
     async def worker(seed: int) -> None:
         nonlocal errors
         rng = random.Random(seed)
+        await asyncio.sleep(seed * stagger_s)
         c = await Conn.open(port)
-        while time.perf_counter() < stop:
+        while (t := time.perf_counter()) < end:
             u = rng.choice(users)
-            t = time.perf_counter()
             status, body = await c.request("GET", f"/recommend/{u}?k={k}")
-            lat.append(time.perf_counter() - t)
+            done = time.perf_counter()
+            if t < start or done > end:
+                continue  # warm-up, or finished after the window closed
+            lat.append(done - t)
             if status != 200:
                 errors += 1
             else:
@@ -190,21 +220,26 @@ async def recommend_load(port: int, users: list[str], conns: int, seconds: float
                 sources[src] = sources.get(src, 0) + 1
         c.close()
 
-    t0 = time.perf_counter()
-    await asyncio.gather(*(worker(i) for i in range(conns)))
-    dt = time.perf_counter() - t0
+    async def window() -> tuple[Any, Any]:
+        await asyncio.sleep(max(0.0, start - time.perf_counter()))
+        before = probe() if probe else None
+        await asyncio.sleep(max(0.0, end - time.perf_counter()))
+        return before, probe() if probe else None
+
+    *_, (before, after) = await asyncio.gather(*(worker(i) for i in range(conns)), window())
     ms = np.array(lat) * 1e3
     return {
         "connections": conns,
-        "seconds": round(dt, 2),
+        "seconds": round(seconds, 2),
         "requests": len(lat),
-        "requests_per_s": round(len(lat) / dt),
+        "requests_per_s": round(len(lat) / seconds),
         "p50_ms": round(float(np.percentile(ms, 50)), 2),
         "p90_ms": round(float(np.percentile(ms, 90)), 2),
         "p99_ms": round(float(np.percentile(ms, 99)), 2),
         "max_ms": round(float(ms.max()), 2),
         "errors": errors,
         "sources": sources,
+        "cpu": (before, after),
     }
 
 
@@ -329,16 +364,24 @@ def main() -> None:
         print("events", ev, flush=True)
 
         runs = []
-        asyncio.run(recommend_load(port, users, 4, 2))  # warm-up
         server_pid, redis_pid = procs[1].pid, procs[0].pid
+
+        def probe() -> tuple[float, float, float, dict[int, float]]:
+            return tree_cpu(server_pid), tree_cpu(redis_pid), own_cpu(), child_cpu(server_pid)
+
+        asyncio.run(recommend_load(port, users, 4, 2))  # warm-up
         for c in args.conns:
-            cpu0 = (tree_cpu(server_pid), tree_cpu(redis_pid), own_cpu())
-            r = asyncio.run(recommend_load(port, users, c, args.seconds))
-            cpu1 = (tree_cpu(server_pid), tree_cpu(redis_pid), own_cpu())
+            r = asyncio.run(recommend_load(port, users, c, args.seconds, probe))
+            (*cpu0, w0), (*cpu1, w1) = r.pop("cpu")
             # CPU time per request does not depend on how busy the shared machine is, unlike latency:
             # 2 cores / (CPU per request) is what this stack can serve on an otherwise idle 2-core box.
             per = [round((b - a) / r["requests"] * 1e3, 3) for a, b in zip(cpu0, cpu1, strict=True)]
             r["cpu_ms_per_request"] = {"server": per[0], "redis": per[1], "load_generator": per[2]}
+            # Busy fraction of a core for each uvicorn worker during the window (1.0 = one core saturated).
+            r["worker_core_use"] = sorted(
+                (round((w1[p] - w0.get(p, 0.0)) / r["seconds"], 2) for p in w1 if w1[p] - w0.get(p, 0.0) > 0.05),
+                reverse=True,
+            )
             r["idle_2core_capacity_rps"] = round(2000 / sum(per))
             print("recommend", r, flush=True)
             runs.append(r)
@@ -396,14 +439,15 @@ def main() -> None:
         f"~{ev['idle_2core_capacity_events_per_s']} events/s.",
         "\n## GET /recommend/{user}?k=10 (closed loop)\n",
         "| connections | requests | req/s | p50 ms | p90 ms | p99 ms | max ms | errors | sources "
-        "| CPU ms/req server + redis + loadgen | idle 2-core capacity req/s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| CPU ms/req server + redis + loadgen | idle 2-core capacity req/s | core use per worker |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in runs:
         md.append(
             f"| {r['connections']} | {r['requests']} | {r['requests_per_s']} | {r['p50_ms']} | {r['p90_ms']} "
             f"| {r['p99_ms']} | {r['max_ms']} | {r['errors']} | {r['sources']} "
-            f"| {' + '.join(str(v) for v in r['cpu_ms_per_request'].values())} | {r['idle_2core_capacity_rps']} |"
+            f"| {' + '.join(str(v) for v in r['cpu_ms_per_request'].values())} | {r['idle_2core_capacity_rps']} "
+            f"| {r['worker_core_use']} |"
         )
     md += [
         "\n## Bare cost of one recommendation, in-process (median)\n",

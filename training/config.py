@@ -20,7 +20,18 @@ class TrainConfig:
     eval_batch_size: int = 1024
     seed: int = 42
     device: str = "auto"
-    amp: bool = True  # bf16 autocast on CUDA; ignored on CPU
+    amp: bool = True  # bf16 autocast on CUDA
+    # bf16 autocast on CPU as well: ~1.7x faster epochs where the CPU has AVX512-BF16/AMX
+    # (softmax and the loss stay fp32 under autocast). Off by default: slower on older CPUs.
+    amp_cpu: bool = False
+    # "constant", or "cosine": linear warm-up over `warmup_epochs`, then cosine decay to 0 at
+    # `epochs`; set `epochs` to the budget you mean to train for.
+    lr_schedule: str = "constant"
+    warmup_epochs: float = 0.0
+    bucket: bool = False  # length-bucketed batches: less padding, faster epochs (sequence tasks)
+    # Long sequences: probability of training on the newest max_len window; otherwise a random
+    # earlier window (data augmentation for users with more history than max_len).
+    newest_prob: float = 1.0
     max_minutes: float | None = None  # wall-clock budget; stops after the epoch that crosses it
     max_users: int | None = None  # train/evaluate on the first N users only (fast tests)
     # torch intra-op threads (None = torch's default). 1 is much faster for small models on a

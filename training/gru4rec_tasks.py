@@ -131,11 +131,12 @@ class PaddedNextItemTask(_Negatives, Task):
     """
 
     max_len: int = 200
+    bucket: bool = False  # length-bucketed batches (training.tasks.batch_order)
 
     def batches(
         self, train: Sequence[np.ndarray], batch_size: int, rng: np.random.Generator, device: torch.device
     ) -> Iterator[Batch]:
-        yield from shifted_batches(train, batch_size, rng, device, self.max_len)
+        yield from shifted_batches(train, batch_size, rng, device, self.max_len, self.bucket)
 
     def loss(self, model: GRU4Rec, batch: Batch) -> torch.Tensor:  # type: ignore[override]
         h = model.hidden(batch["item_seq"])  # (B, L, H)

@@ -19,14 +19,50 @@ from training.batching import pad_left
 Batch = dict[str, torch.Tensor]
 
 
+def batch_order(lengths: np.ndarray, batch_size: int, rng: np.random.Generator, bucket: bool) -> list[np.ndarray]:
+    """Row indices of each batch, for one epoch.
+
+    bucket=False: a plain shuffle. bucket=True: shuffle, then sort by length inside chunks of
+    50 batches and shuffle the batches: rows of a batch have similar lengths, so a batch pads
+    to far fewer than max_len steps (ML-1M: ~1.6x less work per epoch) while each batch is
+    still a random draw from its length range.
+    """
+    order = rng.permutation(len(lengths))
+    if bucket:
+        chunk = 50 * batch_size
+        order = np.concatenate(
+            [c[np.argsort(lengths[c], kind="stable")] for c in np.split(order, range(chunk, len(order), chunk))]
+        )
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    if bucket:
+        batches = [batches[i] for i in rng.permutation(len(batches))]
+    return batches
+
+
 def shifted_batches(
-    train: Sequence[np.ndarray], batch_size: int, rng: np.random.Generator, device: torch.device, max_len: int
+    train: Sequence[np.ndarray],
+    batch_size: int,
+    rng: np.random.Generator,
+    device: torch.device,
+    max_len: int,
+    bucket: bool = False,
+    newest_prob: float = 1.0,
 ) -> Iterator[Batch]:
-    """One row per user, shuffled: input seq[:-1] and target seq[1:], newest max_len steps, left-padded."""
+    """One row per user, shuffled: input seq[:-1] and target seq[1:], max_len steps, left-padded.
+
+    A sequence longer than max_len + 1 is cut to its newest window with probability
+    `newest_prob`, else to a window ending at a uniformly drawn earlier point: without that,
+    the older history of long users (a third of ML-1M's interactions) is never trained on.
+    """
     usable = [s for s in train if len(s) >= 2]
-    order = rng.permutation(len(usable))
-    for start in range(0, len(order), batch_size):
-        rows = [usable[i][-(max_len + 1) :] for i in order[start : start + batch_size]]
+    lengths = np.array([min(len(s), max_len + 1) for s in usable])
+    for idx in batch_order(lengths, batch_size, rng, bucket):
+        rows = []
+        for i in idx:
+            s, end = usable[i], len(usable[i])
+            if end > max_len + 1 and rng.random() >= newest_prob:
+                end = int(rng.integers(max_len + 1, end + 1))
+            rows.append(s[end - max_len - 1 if end > max_len + 1 else 0 : end])
         yield {
             "item_seq": torch.as_tensor(pad_left([r[:-1] for r in rows]), device=device),  # (B, L)
             "target": torch.as_tensor(pad_left([r[1:] for r in rows]), device=device),  # (B, L)
@@ -60,11 +96,13 @@ class NextItemTask(Task):
     loss_name: str = "ce"
     num_negatives: int = 1
     popularity: torch.Tensor | None = None  # for popularity-sampled negatives (with logQ correction)
+    bucket: bool = False  # length-bucketed batches (see batch_order)
+    newest_prob: float = 1.0  # see shifted_batches
 
     def batches(
         self, train: Sequence[np.ndarray], batch_size: int, rng: np.random.Generator, device: torch.device
     ) -> Iterator[Batch]:
-        yield from shifted_batches(train, batch_size, rng, device, self.max_len)
+        yield from shifted_batches(train, batch_size, rng, device, self.max_len, self.bucket, self.newest_prob)
 
     def loss(self, model: SeqRecModel, batch: Batch) -> torch.Tensor:
         h = model.hidden(batch["item_seq"])  # (B, L, D)

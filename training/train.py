@@ -13,6 +13,7 @@ users, rank 0 evaluates and writes.
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import sys
@@ -81,6 +82,25 @@ def _ddp() -> tuple[int, int]:
     return 0, 1
 
 
+def lr_scheduler(
+    opt: torch.optim.Optimizer, tc: TrainConfig, steps_per_epoch: int
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """Per-step learning-rate factor: constant, or linear warm-up then cosine decay to 0 at tc.epochs."""
+    if tc.lr_schedule not in ("constant", "cosine"):
+        raise ValueError(f"unknown lr_schedule {tc.lr_schedule!r}: choose constant or cosine")
+    warmup = max(int(tc.warmup_epochs * steps_per_epoch), 0)
+    total = max(tc.epochs * steps_per_epoch, warmup + 1)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if tc.lr_schedule == "constant":
+            return 1.0
+        return 0.5 * (1.0 + math.cos(math.pi * min(step - warmup, total - warmup) / (total - warmup)))
+
+    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
 def evaluate_model(
     model: SeqRecModel,
     hists: list[np.ndarray],
@@ -142,6 +162,8 @@ def train(
     opt = torch.optim.AdamW(trainable, lr=tc.lr, weight_decay=tc.weight_decay, betas=(0.9, 0.98))
     rng = np.random.default_rng(tc.seed + rank)
     train_seqs = split.train[rank::world]
+    sched = lr_scheduler(opt, tc, task.num_batches(train_seqs, tc.batch_size))
+    use_amp = tc.amp and (device.type == "cuda" or tc.amp_cpu)
 
     run_dir.mkdir(parents=True, exist_ok=True)
     metrics_path = run_dir / "metrics.jsonl"
@@ -174,18 +196,24 @@ def train(
             leave=False,
         )
         for batch in bar:
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=tc.amp and device.type == "cuda"):
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
                 loss = net(batch)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if tc.grad_clip:
                 torch.nn.utils.clip_grad_norm_(trainable, tc.grad_clip)
             opt.step()
+            sched.step()
             total += float(loss.detach())
             count += 1
             bar.set_postfix(loss=f"{total / count:.4f}")
         epoch_s = time.perf_counter() - t_ep
-        row: dict[str, Any] = {"epoch": epoch, "loss": total / max(count, 1), "epoch_seconds": round(epoch_s, 3)}
+        row: dict[str, Any] = {
+            "epoch": epoch,
+            "loss": total / max(count, 1),
+            "epoch_seconds": round(epoch_s, 3),
+            "lr": opt.param_groups[0]["lr"],
+        }
         stop = False
         if rank == 0 and (epoch % tc.eval_every == 0 or epoch == tc.epochs):
             valid = evaluate_model(

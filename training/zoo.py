@@ -45,7 +45,7 @@ class ModelSpec:
 
 def _sasrec_task(cfg: SASRecConfig, tc: TrainConfig, popularity: np.ndarray) -> Task:
     pop = torch.as_tensor(popularity, dtype=torch.float) if tc.extra.get("pop_negatives") else None
-    return NextItemTask(cfg.max_len, tc.loss, tc.num_negatives, pop)
+    return NextItemTask(cfg.max_len, tc.loss, tc.num_negatives, pop, bucket=tc.bucket, newest_prob=tc.newest_prob)
 
 
 def _bert4rec_task(cfg: BERT4RecConfig, tc: TrainConfig, popularity: np.ndarray) -> Task:
@@ -73,12 +73,14 @@ def _gru4rec_task(cfg: GRU4RecConfig, tc: TrainConfig, popularity: np.ndarray) -
     if mode == "session":
         return SessionParallelTask(**neg)
     if mode == "padded":
-        return PaddedNextItemTask(**neg, max_len=cfg.max_len)
+        return PaddedNextItemTask(**neg, max_len=cfg.max_len, bucket=tc.bucket)
     raise ValueError(f"gru4rec: train.parallel must be session or padded, got {mode!r}")
 
 
 def _unisrec_task(cfg: UniSRecConfig, tc: TrainConfig, popularity: np.ndarray) -> Task:
-    return ContrastiveNextItemTask(cfg.max_len, temperature=cfg.temperature, candidates=torch.as_tensor(popularity > 0))
+    return ContrastiveNextItemTask(
+        cfg.max_len, temperature=cfg.temperature, candidates=torch.as_tensor(popularity > 0), bucket=tc.bucket
+    )
 
 
 def _unisrec_setup(model: SeqRecModel, data: Any, tc: TrainConfig) -> None:

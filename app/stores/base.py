@@ -45,11 +45,15 @@ def item_of(member: str) -> str:
     return member.rsplit(SEP, 1)[1]
 
 
-def items_of(members: list[str]) -> list[str]:
-    """Item ids of many members at once: one join + split in C instead of a Python call per member."""
+def items_of(members: list[str] | list[bytes]) -> list[str]:
+    """Item ids of many members at once: one join + split in C instead of a Python call per member.
+
+    Takes raw bytes too (one UTF-8 decode for the whole history, not one per member).
+    """
     if not members:
         return []
-    return SEP.join(members).split(SEP)[1::2]  # event_id, item_id, event_id, item_id, ...
+    joined = SEP.encode().join(members).decode() if isinstance(members[0], bytes) else SEP.join(members)  # type: ignore[arg-type]
+    return joined.split(SEP)[1::2]  # event_id, item_id, event_id, item_id, ...
 
 
 class EventStore(Protocol):

@@ -38,15 +38,18 @@ class RedisStore:
         self.max_history = max_history
         self.ttl_s = ttl_s
         self.prefix = prefix
-        self.pool = ConnectionPool.from_url(
-            url,
-            max_connections=pool_size,
-            socket_timeout=max(timeout_s, write_timeout_s),  # the socket bound is the write timeout ...
-            socket_connect_timeout=timeout_s,
-            retry=Retry(NoBackoff(), 0),
-            decode_responses=True,
-        )
+        opts = {
+            "max_connections": pool_size,
+            "socket_timeout": max(timeout_s, write_timeout_s),  # the socket bound is the write timeout ...
+            "socket_connect_timeout": timeout_s,
+            "retry": Retry(NoBackoff(), 0),
+        }
+        self.pool = ConnectionPool.from_url(url, decode_responses=True, **opts)
         self.redis = Redis(connection_pool=self.pool)
+        # History reads (the hot path) take raw bytes: redis-py decodes replies member by member in
+        # Python, which costs as much as the whole round trip for a 200-event history.
+        self.raw_pool = ConnectionPool.from_url(url, decode_responses=False, **opts)
+        self.raw = Redis(connection_pool=self.raw_pool)
         self.read_timeout_s = timeout_s  # ... reads are cut shorter, a recommendation must stay fast
 
     def key(self, user_id: str) -> str:
@@ -73,7 +76,7 @@ class RedisStore:
         n = self.max_history if n is None else n
         try:
             async with asyncio.timeout(self.read_timeout_s):
-                members = await self.redis.zrange(self.key(user_id), -n, -1)
+                members = await self.raw.zrange(self.key(user_id), -n, -1)
         except _ERRORS as exc:
             raise StoreUnavailable(f"redis: {type(exc).__name__}: {exc}") from exc
         return items_of(members)
@@ -87,4 +90,6 @@ class RedisStore:
 
     async def close(self) -> None:
         await self.redis.aclose()
+        await self.raw.aclose()
         await self.pool.aclose()
+        await self.raw_pool.aclose()

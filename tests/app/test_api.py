@@ -11,6 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.main import create_app
+from app.schemas import RecommendOut
 from app.settings import Settings
 from tests.app.conftest import free_port
 
@@ -46,6 +47,9 @@ def test_events_then_recommend_from_model(client: TestClient) -> None:
     r = client.get("/recommend/alice", params={"k": 7})
     body = r.json()
     assert r.status_code == 200 and body["source"] == "model" and body["history_length"] == 3
+    # The route serialises its own JSON: it must still be exactly the documented response model.
+    assert RecommendOut.model_validate_json(r.content).model_dump(mode="json") == body
+    assert r.headers["content-type"] == "application/json"
     got = [x["item_id"] for x in body["items"]]
     assert len(got) == 7 and not set(got) & set(known)  # seen items dropped
     scores = [x["score"] for x in body["items"]]
@@ -55,7 +59,9 @@ def test_events_then_recommend_from_model(client: TestClient) -> None:
 
 
 def test_unknown_user_gets_popularity(client: TestClient) -> None:
-    body = client.get("/recommend/nobody?k=3").json()
+    r = client.get("/recommend/nobody?k=3")
+    body = r.json()
+    assert RecommendOut.model_validate_json(r.content).model_dump(mode="json") == body
     b = client.app.state.seqrec.registry.get(None)
     assert body["source"] == "popularity"
     assert [x["item_id"] for x in body["items"]] == b.external(b.popular[:3])

@@ -107,4 +107,5 @@ async def test_hung_redis_read_is_cut_short() -> None:
         with pytest.raises(StoreUnavailable):
             await s.history("u")
         assert time.perf_counter() - t < 3  # bounded by the read timeout, far below the write timeout
-        s.pool.reset()  # drop the stuck connection without a QUIT round trip
+        s.pool.reset()  # drop the stuck connections without a QUIT round trip
+        s.raw_pool.reset()

@@ -100,9 +100,7 @@ def _sort_key_ids(ids: np.ndarray) -> np.ndarray:
         return uniq
 
 
-def build_sequences(
-    inter: Interactions, name: str, k_user: int = 0, k_item: int = 0, min_len: int = 1
-) -> SeqData:
+def build_sequences(inter: Interactions, name: str, k_user: int = 0, k_item: int = 0, min_len: int = 1) -> SeqData:
     """k-core filter, then group by user, stably ordered by time (file order on ties)."""
     keep = k_core(inter.users, inter.items, k_user, k_item)
     users, items = inter.users[keep], inter.items[keep]

@@ -167,9 +167,7 @@ def check_files(spec: DatasetSpec, data_dir: Path) -> None:
         )
 
 
-def prepare(
-    name: str, data_dir: Path | None = None, cache_dir: Path | None = None, force: bool = False
-) -> SeqData:
+def prepare(name: str, data_dir: Path | None = None, cache_dir: Path | None = None, force: bool = False) -> SeqData:
     """Prepared dataset by name, from the cache when it is there."""
     spec = resolve_spec(name)
     data_dir = data_dir or readers.default_data_dir()

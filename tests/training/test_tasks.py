@@ -1,0 +1,59 @@
+"""Batching options of the sequence tasks and the learning-rate schedule."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+
+from training.config import TrainConfig
+from training.tasks import batch_order, shifted_batches
+from training.train import lr_scheduler
+
+CPU = torch.device("cpu")
+
+
+def test_bucketed_order_is_a_permutation_with_homogeneous_batches() -> None:
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(2, 200, size=5000)
+    batches = batch_order(lengths, 64, rng, bucket=True)
+    flat = np.concatenate(batches)
+    assert sorted(flat.tolist()) == list(range(5000))  # every row exactly once
+    spread = np.mean([np.ptp(lengths[b]) for b in batches])
+    plain = np.mean([np.ptp(lengths[b]) for b in batch_order(lengths, 64, rng, bucket=False)])
+    assert spread < plain / 5  # far less padding than a plain shuffle
+    again = batch_order(lengths, 64, np.random.default_rng(1), bucket=True)
+    assert not all(np.array_equal(a, b) for a, b in zip(batches, again, strict=False))  # still random
+
+
+def test_windows_are_contiguous_and_never_past_the_training_part() -> None:
+    seq = np.arange(1, 101)  # items 1..100 in order: a window shows as consecutive numbers
+    rng = np.random.default_rng(0)
+    ends = set()
+    for _ in range(200):
+        (b,) = list(shifted_batches([seq], 1, rng, CPU, max_len=10, newest_prob=0.5))
+        x, y = b["item_seq"][0], b["target"][0]
+        assert torch.equal(y[:-1], x[1:]) and torch.all(torch.diff(x) == 1)  # one contiguous window, shifted
+        ends.add(int(y[-1]))
+    assert 100 in ends and len(ends) > 20  # the newest window, and many earlier ones
+    assert max(ends) == 100  # nothing beyond the sequence it was given
+    (b,) = list(shifted_batches([seq], 1, rng, CPU, max_len=10))  # default: always the newest window
+    assert int(b["target"][0, -1]) == 100
+
+
+def test_cosine_schedule_warms_up_then_decays_to_zero() -> None:
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([p], lr=1.0)
+    sched = lr_scheduler(opt, TrainConfig(epochs=10, lr_schedule="cosine", warmup_epochs=1), steps_per_epoch=10)
+    lrs = []
+    for _ in range(100):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)  # linear warm-up over one epoch
+    assert all(a >= b for a, b in itertools.pairwise(lrs[9:]))  # then monotone decay
+    assert lrs[-1] < 0.001
+    with pytest.raises(ValueError, match="lr_schedule"):
+        lr_scheduler(opt, TrainConfig(lr_schedule="step"), 10)
