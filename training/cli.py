@@ -114,6 +114,19 @@ def train(
     max_users: Annotated[int | None, typer.Option(help="Use only the first N users (quick experiments).")] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed (data order, init, sampling).")] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N.")] = None,
+    lr_schedule: Annotated[
+        str | None,
+        typer.Option(help="constant, or cosine: linear warm-up, then cosine decay to 0 at --epochs (your budget)."),
+    ] = None,
+    warmup_epochs: Annotated[float | None, typer.Option(help="Epochs of linear learning-rate warm-up.")] = None,
+    bucket: Annotated[
+        bool | None,
+        typer.Option(help="Length-bucketed batches: rows of similar length together, less padding, faster epochs."),
+    ] = None,
+    amp_cpu: Annotated[
+        bool | None,
+        typer.Option(help="bf16 autocast on CPU too (faster where the CPU has AVX512-BF16/AMX; CUDA always uses it)."),
+    ] = None,
     max_len: Annotated[int | None, typer.Option(help="Maximum history length the model reads.")] = None,
     dim: Annotated[int | None, typer.Option(help="Hidden size / embedding dimension.")] = None,
     num_layers: Annotated[int | None, typer.Option(help="Number of transformer / GRU layers.")] = None,
@@ -179,6 +192,10 @@ def train(
         "max_users": max_users,
         "seed": seed,
         "device": device,
+        "lr_schedule": lr_schedule,
+        "warmup_epochs": warmup_epochs,
+        "bucket": bucket,
+        "amp_cpu": amp_cpu,
     }
     from training.config import TrainConfig
 
