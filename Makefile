@@ -47,11 +47,12 @@ $(BENCH_BUNDLE): | setup
 	$(VENV)/bin/seqrec export runs/bench-sasrec-ml1m/best.pt --out $(dir $(BENCH_BUNDLE)) --name $(notdir $(BENCH_BUNDLE))
 
 bench-serve: setup $(BENCH_BUNDLE)
-	$(PY) benchmarks/serve_load.py --bundle $(BENCH_BUNDLE) --out benchmarks/results/serve
+	$(PY) benchmarks/serve_load.py --bundle $(BENCH_BUNDLE) --users 3000 --seconds 15 --workers 2 --conns 1 8 16 32 --out benchmarks/results/serve
 
 bench-ann: setup $(BENCH_BUNDLE)
 	$(VENV)/bin/pip install -q --disable-pip-version-check -e '.[bench]'
 	$(PY) benchmarks/ann_recall.py --bundle $(BENCH_BUNDLE) --queries 500 --out benchmarks/results/ann.json
+	$(PY) benchmarks/ann_recall.py --bundle $(BENCH_BUNDLE) --queries 500 --million 1000000 --out benchmarks/results/ann_1m.json
 
 clean:
 	rm -rf runs artifacts .seqrec_cache .pytest_cache

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from app.index import ExactIndex, HNSWIndex, build_index
+from app.index import ExactIndex, HNSWIndex, IVFIndex, build_index
 
 
 def brute(table: np.ndarray, q: np.ndarray, k: int, exclude: set[int]) -> list[int]:
@@ -72,3 +72,22 @@ def test_hnsw_add_grows_past_capacity(table: np.ndarray) -> None:
 def test_threshold_picks_backend(table: np.ndarray) -> None:
     assert isinstance(build_index(np.arange(1, 2001), table, ann_threshold=5000), ExactIndex)
     assert isinstance(build_index(np.arange(1, 2001), table, ann_threshold=1000), HNSWIndex)
+    assert isinstance(build_index(np.arange(1, 2001), table, ann_threshold=1000, ivf_threshold=1500), IVFIndex)
+
+
+def test_ivf_recall_exclusion_exact_scores_and_add() -> None:
+    # Clustered data, as item tables are: 200 centres, 100 noisy copies each.
+    rng = np.random.default_rng(5)
+    centres = rng.normal(size=(200, 24)).astype(np.float32)
+    table = (centres[rng.integers(0, 200, 20_000)] + 0.3 * rng.normal(size=(20_000, 24))).astype(np.float32)
+    idx = IVFIndex(np.arange(1, 20_001), table)
+    assert idx.nlist == 512 and idx.nprobe == 16  # 4 sqrt(N) cells, a 32nd of them probed
+    q = rng.normal(size=(50, 24)).astype(np.float32)
+    ex = [rng.integers(1, 20_001, size=20) for _ in range(50)]
+    labels, scores = idx.search(q, 10, ex)
+    hits = [len(set(labels[b].tolist()) & set(brute(table, q[b], 10, set(ex[b].tolist())))) for b in range(50)]
+    assert np.mean(hits) / 10 > 0.95
+    assert not any(set(labels[b].tolist()) & set(ex[b].tolist()) for b in range(50))
+    np.testing.assert_allclose(scores[0], table[labels[0] - 1] @ q[0], rtol=1e-4, atol=1e-4)
+    idx.add(np.array([20_001]), q[:1] * 100)  # a new item, far out along the first query
+    assert len(idx) == 20_001 and idx.search(q[:1], 1)[0][0, 0] == 20_001
