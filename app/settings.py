@@ -40,7 +40,9 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(1 << 20, ge=1024, description="Largest request body accepted (else 413).")
     max_k: int = Field(1000, ge=1, le=1000, description="Largest k accepted by GET /recommend (at most 1000).")
     ann_threshold: int = Field(
-        20_000, ge=0, description="Catalogues with at least this many items use the HNSW index, smaller ones BLAS."
+        20_000,
+        ge=0,
+        description="Catalogues this large use the HNSW index (IVF from 200,000 items), smaller ones BLAS.",
     )
     access_log: bool = Field(True, description="Write one JSON line per request to the `seqrec.access` logger.")
     write_rate_per_s: float = Field(
