@@ -11,7 +11,7 @@ are model item indices (1..N); 0 is padding and never returned.
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -103,12 +103,49 @@ def _trim(labels: np.ndarray, scores: np.ndarray, k: int, n_ex: list[int], n: in
     return labels[:, :keep], scores[:, :keep]
 
 
-class HNSWIndex:
-    """Approximate inner-product search: a faiss HNSW graph, single-threaded.
+class _FaissIndex:
+    """What the faiss-backed indexes share: our labels as faiss ids, online `add`, and a
+    one-query-at-a-time search with seen items filtered inside faiss (an ID selector), not by
+    over-fetching k + |history| neighbours and dropping them afterwards. Subclasses build
+    `self._index` and say how wide one search is (`_params`)."""
 
-    Seen items are filtered inside the graph search (an ID selector), not by over-fetching
-    k + |history| neighbours and dropping them afterwards.
-    """
+    dim: int
+    _index: Any
+
+    def __len__(self) -> int:
+        return int(self._index.ntotal)
+
+    def add(self, labels: np.ndarray, vectors: np.ndarray) -> None:
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1, self.dim)
+        self._index.add_with_ids(vectors, np.ascontiguousarray(labels, dtype=np.int64))
+
+    def _params(self, k: int, sel: Any) -> Any:
+        raise NotImplementedError
+
+    def search(
+        self, query: np.ndarray, k: int, exclude: list[np.ndarray] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        import faiss
+
+        query = np.ascontiguousarray(query, dtype=np.float32).reshape(-1, self.dim)
+        n = len(self)
+        n_ex = _exclude_count(exclude, len(query), n, k)
+        kk = min(k, n)
+        out_l = np.zeros((len(query), kk), np.int64)
+        out_s = np.full((len(query), kk), NEG_INF, np.float32)
+        for b in range(len(query)):
+            sel = None
+            if exclude is not None and len(exclude[b]):
+                ex = np.ascontiguousarray(exclude[b], dtype=np.int64)
+                sel = faiss.IDSelectorNot(faiss.IDSelectorBatch(ex))
+            scores, labels = self._index.search(query[b : b + 1], kk, params=self._params(kk, sel))
+            found = labels[0] >= 0  # -1: fewer than k candidates reachable
+            out_l[b, found], out_s[b, found] = labels[0][found], scores[0][found]
+        return _trim(out_l, out_s, k, n_ex, n)
+
+
+class HNSWIndex(_FaissIndex):
+    """Approximate inner-product search: a faiss HNSW graph, single-threaded."""
 
     def __init__(
         self,
@@ -121,7 +158,6 @@ class HNSWIndex:
         import faiss
 
         faiss.omp_set_num_threads(1)  # one thread per worker process
-        self._faiss = faiss
         self.dim = int(vectors.shape[1])
         self.ef_search = ef_search
         graph = faiss.IndexHNSWFlat(self.dim, m, faiss.METRIC_INNER_PRODUCT)
@@ -129,51 +165,30 @@ class HNSWIndex:
         self._index = faiss.IndexIDMap2(graph)  # our labels (model item indices), not insertion order
         self.add(labels, vectors)
 
-    def __len__(self) -> int:
-        return int(self._index.ntotal)
+    def _params(self, k: int, sel: Any) -> Any:
+        import faiss
 
-    def add(self, labels: np.ndarray, vectors: np.ndarray) -> None:
-        vectors = np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1, self.dim)
-        self._index.add_with_ids(vectors, np.ascontiguousarray(labels, dtype=np.int64))
-
-    def search(
-        self, query: np.ndarray, k: int, exclude: list[np.ndarray] | None = None
-    ) -> tuple[np.ndarray, np.ndarray]:
-        faiss = self._faiss
-        query = np.ascontiguousarray(query, dtype=np.float32).reshape(-1, self.dim)
-        n = len(self)
-        n_ex = _exclude_count(exclude, len(query), n, k)
-        kk = min(k, n)
-        out_l = np.zeros((len(query), kk), np.int64)
-        out_s = np.full((len(query), kk), NEG_INF, np.float32)
-        for b in range(len(query)):
-            ef = max(self.ef_search, kk)
-            if exclude is not None and len(exclude[b]):
-                ex = np.ascontiguousarray(exclude[b], dtype=np.int64)
-                params = faiss.SearchParametersHNSW(sel=faiss.IDSelectorNot(faiss.IDSelectorBatch(ex)), efSearch=ef)
-            else:
-                params = faiss.SearchParametersHNSW(efSearch=ef)
-            scores, labels = self._index.search(query[b : b + 1], kk, params=params)
-            found = labels[0] >= 0  # -1: fewer than k candidates left
-            out_l[b, found], out_s[b, found] = labels[0][found], scores[0][found]
-        return _trim(out_l, out_s, k, n_ex, n)
+        ef = max(self.ef_search, k)
+        return (
+            faiss.SearchParametersHNSW(sel=sel, efSearch=ef)
+            if sel is not None
+            else faiss.SearchParametersHNSW(efSearch=ef)
+        )
 
 
-class IVFIndex:
+class IVFIndex(_FaissIndex):
     """Approximate inner-product search: faiss inverted lists (IVF-Flat), single-threaded.
 
     k-means splits the catalogue into `nlist` ~ 4 sqrt(N) cells; a query scans the `nprobe`
     cells whose centroids score highest (nlist / 32 of them: recall@10 1.0 at 1M items, see
     benchmarks/results/ann_1m.md). Vectors are stored exactly, so the returned scores are exact.
-    Items added later go to their nearest existing cell. Seen items are filtered inside the
-    search (an ID selector).
+    Items added later go to their nearest existing cell.
     """
 
     def __init__(self, labels: np.ndarray, vectors: np.ndarray, nlist: int | None = None, seed: int = 0) -> None:
         import faiss
 
         faiss.omp_set_num_threads(1)  # one thread per worker process
-        self._faiss = faiss
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         n, self.dim = vectors.shape
         self.nlist = nlist or int(2 ** round(np.log2(max(4 * np.sqrt(n), 16))))
@@ -186,35 +201,12 @@ class IVFIndex:
         self._index.train(sample)
         self.add(labels, vectors)
 
-    def __len__(self) -> int:
-        return int(self._index.ntotal)
+    def _params(self, k: int, sel: Any) -> Any:
+        import faiss
 
-    def add(self, labels: np.ndarray, vectors: np.ndarray) -> None:
-        vectors = np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1, self.dim)
-        self._index.add_with_ids(vectors, np.ascontiguousarray(labels, dtype=np.int64))
-
-    def search(
-        self, query: np.ndarray, k: int, exclude: list[np.ndarray] | None = None
-    ) -> tuple[np.ndarray, np.ndarray]:
-        faiss = self._faiss
-        query = np.ascontiguousarray(query, dtype=np.float32).reshape(-1, self.dim)
-        n = len(self)
-        n_ex = _exclude_count(exclude, len(query), n, k)
-        kk = min(k, n)
-        out_l = np.zeros((len(query), kk), np.int64)
-        out_s = np.full((len(query), kk), NEG_INF, np.float32)
-        for b in range(len(query)):
-            if exclude is not None and len(exclude[b]):
-                ex = np.ascontiguousarray(exclude[b], dtype=np.int64)
-                params = faiss.SearchParametersIVF(
-                    sel=faiss.IDSelectorNot(faiss.IDSelectorBatch(ex)), nprobe=self.nprobe
-                )
-            else:
-                params = faiss.SearchParametersIVF(nprobe=self.nprobe)
-            scores, labels = self._index.search(query[b : b + 1], kk, params=params)
-            found = labels[0] >= 0  # -1: fewer than k candidates in the probed cells
-            out_l[b, found], out_s[b, found] = labels[0][found], scores[0][found]
-        return _trim(out_l, out_s, k, n_ex, n)
+        if sel is not None:
+            return faiss.SearchParametersIVF(sel=sel, nprobe=self.nprobe)
+        return faiss.SearchParametersIVF(nprobe=self.nprobe)
 
 
 IVF_MIN_ITEMS = 200_000

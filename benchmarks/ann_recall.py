@@ -151,6 +151,24 @@ def bench_service(table: np.ndarray, queries: np.ndarray, k: int, n_exclude: int
     return out
 
 
+def queries_and_tables(bundle_path: Path, n_queries: int, n_synthetic: int):
+    """(bundle, real user vectors from random histories, the real item table, a synthetic table of
+    `n_synthetic` items, the rng): the synthetic table resamples the real vectors with noise of half
+    their per-dimension spread, so its geometry (norms, clusters) stays realistic."""
+    from app.bundle import Bundle
+
+    bundle = Bundle.load(bundle_path, ann_threshold=10**9)
+    rng = np.random.default_rng(0)
+    n = len(bundle.item_ids)
+    hists = [rng.integers(1, n + 1, size=int(rng.integers(5, bundle.max_len))) for _ in range(n_queries)]
+    queries = np.concatenate([bundle.user_vectors(hists[i : i + 64]) for i in range(0, len(hists), 64)])
+    real = np.load(bundle_path / "item_vectors.npy")
+    base = real[rng.integers(0, n, size=n_synthetic)]
+    synthetic = base + rng.normal(0, real.std(axis=0), size=base.shape) * 0.5
+    f32 = np.float32
+    return bundle, np.ascontiguousarray(queries, f32), real, np.ascontiguousarray(synthetic, f32), rng
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--bundle", type=Path, required=True)
@@ -162,25 +180,15 @@ def main() -> None:
         "--million",
         type=int,
         default=0,
-        help="only the service's indexes on a synthetic table of this many items (e.g. 1000000): exact vs HNSW",
+        help="only the service's indexes on a synthetic table of this many items (e.g. 1000000): exact vs IVF and HNSW",
     )
     args = ap.parse_args()
     if args.million:
         million(args)
         return
 
-    from app.bundle import Bundle
-
-    bundle = Bundle.load(args.bundle, ann_threshold=10**9)
-    rng = np.random.default_rng(0)
-    n = len(bundle.item_ids)
-    hists = [rng.integers(1, n + 1, size=int(rng.integers(5, bundle.max_len))) for _ in range(args.queries)]
-    queries = np.concatenate([bundle.user_vectors(hists[i : i + 64]) for i in range(0, len(hists), 64)])
-    queries = np.ascontiguousarray(queries, dtype=np.float32)
-    real = np.load(args.bundle / "item_vectors.npy")
-    # Beauty-sized table: real vectors resampled with noise of the same scale as their spread.
-    base = real[rng.integers(0, n, size=args.big_items)]
-    big = (base + rng.normal(0, real.std(axis=0), size=base.shape) * 0.5).astype(np.float32)
+    bundle, queries, real, big, _ = queries_and_tables(args.bundle, args.queries, args.big_items)
+    n = len(real)
     tables = {f"{bundle.name} ({n} items, real)": real, f"beauty-sized ({args.big_items} items, synthetic)": big}
 
     results = []
@@ -221,17 +229,9 @@ def main() -> None:
 
 def million(args: argparse.Namespace) -> None:
     """The service's ExactIndex vs its IVFIndex and HNSWIndex (each built once, search breadth varied)."""
-    from app.bundle import Bundle
     from app.index import ExactIndex, HNSWIndex, IVFIndex
 
-    bundle = Bundle.load(args.bundle, ann_threshold=10**9)
-    rng = np.random.default_rng(0)
-    n = len(bundle.item_ids)
-    hists = [rng.integers(1, n + 1, size=int(rng.integers(5, bundle.max_len))) for _ in range(args.queries)]
-    queries = np.concatenate([bundle.user_vectors(hists[i : i + 64]) for i in range(0, len(hists), 64)])
-    real = np.load(args.bundle / "item_vectors.npy")
-    base = real[rng.integers(0, n, size=args.million)]
-    table = np.ascontiguousarray(base + rng.normal(0, real.std(axis=0), size=base.shape) * 0.5, dtype=np.float32)
+    bundle, queries, _, table, rng = queries_and_tables(args.bundle, args.queries, args.million)
     labels = np.arange(1, args.million + 1)
     excl = [rng.choice(labels, size=200, replace=False) for _ in range(len(queries))]
     exact = ExactIndex(labels, table)

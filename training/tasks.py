@@ -60,7 +60,7 @@ def shifted_batches(
         rows = []
         for i in idx:
             s, end = usable[i], len(usable[i])
-            if end > max_len + 1 and rng.random() >= newest_prob:
+            if end > max_len + 1 and newest_prob < 1.0 and rng.random() >= newest_prob:
                 end = int(rng.integers(max_len + 1, end + 1))
             rows.append(s[end - max_len - 1 if end > max_len + 1 else 0 : end])
         yield {
