@@ -170,10 +170,16 @@ async function addEvent(itemId) {
 }
 
 let searchTimer = null;
+let searchSeq = 0;
 async function search() {
-  const r = await api(`/ui/items?limit=30&q=${encodeURIComponent($("search").value)}`);
+  // Responses can arrive out of order under load: only the newest query may render.
+  const q = $("search").value;
+  const seq = ++searchSeq;
+  const r = await api(`/ui/items?limit=30&q=${encodeURIComponent(q)}`);
+  if (seq !== searchSeq) return;
   const ul = $("search-results");
   ul.replaceChildren();
+  ul.dataset.q = q;  // which query the list shows (tests and tools wait on it)
   for (const it of r.body || []) {
     const li = document.createElement("li");
     const label = document.createElement("span");
