@@ -109,3 +109,25 @@ def test_session_split_is_time_ordered_and_filters_unseen_items(ml100k) -> None:
     assert len(split.test_hist) == len(split.test_target) > 100
     # test queries are prefixes of test sessions, which all start at or after the cut
     assert all(len(h) >= 1 for h in split.test_hist) and cut > starts.min()
+
+
+def test_cloze_sampled_softmax_scores_masked_positions_with_the_eq7_head() -> None:
+    from models.bert4rec import BERT4Rec, BERT4RecConfig
+    from training import losses
+
+    torch.manual_seed(0)
+    model = BERT4Rec(BERT4RecConfig(num_items=6, max_len=8, dim=8, num_heads=2)).eval()
+    seq = torch.tensor([[0, 1, 7, 3], [2, 7, 4, 7]])
+    labels = torch.tensor([[0, 0, 5, 0], [0, 6, 0, 1]])
+    pop = torch.tensor([0.0, 5, 1, 1, 2, 3, 1])
+    task = ClozeTask(max_len=8, mask_token=7, loss_name="sampled", num_negatives=64, popularity=pop)
+    torch.manual_seed(1)
+    got = task.loss(model, {"item_seq": seq, "labels": labels})
+    at = labels != 0
+    torch.manual_seed(1)
+    want = losses.sampled_softmax(model.head(model.encode(seq)[at]), labels[at], model.item_vectors(), 64, pop)
+    assert torch.allclose(got, want)
+    full = ClozeTask(max_len=8, mask_token=7).loss(model, {"item_seq": seq, "labels": labels})
+    assert not torch.allclose(got, full)  # a different objective, not a silent fallback
+    with pytest.raises(ValueError, match="unknown loss"):
+        ClozeTask(max_len=8, mask_token=7, loss_name="bce").loss(model, {"item_seq": seq, "labels": labels})
