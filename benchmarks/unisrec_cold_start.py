@@ -1,9 +1,10 @@
 """Time-based cold start on Amazon Office: UniSRec inductive vs text kNN vs popularity.
 
 The newest 10% of items (by first interaction) lose every interaction from training; the
-test users whose last item is such an item are ranked over the whole catalogue.
+test users whose last item is such an item are ranked over the whole catalogue. Early stopping
+on the cold *validation* users (second-to-last item cold), never on the test users.
 
-  PYTHONPATH=. python benchmarks/unisrec_cold_start.py --max-minutes 20 \
+  PYTHONPATH=. python benchmarks/unisrec_cold_start.py --max-minutes 20 --text-skip 10 \
       [--init runs/unisrec-pretrain/pretrained.pt] --out benchmarks/results/unisrec_cold_start.json
 """
 
@@ -19,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from training.cold_start import cold_start_split, evaluate_cold_start
+from training.cold_start import cold_start_split, cold_validation_split, evaluate_cold_start
 from training.data import prepare
 from training.text import dataset_text, item_text_embeddings
 from training.train import load_checkpoint, train
@@ -35,6 +36,10 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--dropout", type=float, default=0.3)
     ap.add_argument("--dim", type=int, default=64)
+    ap.add_argument(
+        "--text-skip", type=float, default=10.0, help="weight of UniSRec's frozen text channel (0 = the paper's)"
+    )
+    ap.add_argument("--threads", type=int, default=1, help="torch threads")
     ap.add_argument("--init", type=Path, default=None, help="`seqrec pretrain` checkpoint for UniSRec")
     ap.add_argument("--checkpoint", type=Path, default=None, help="reuse a trained cold-start checkpoint")
     ap.add_argument("--run-dir", type=Path, default=Path("runs/unisrec-coldstart"))
@@ -53,15 +58,17 @@ def main() -> None:
             "unisrec",
             split.train_data,
             args.run_dir,
-            {"mode": "inductive", "dropout": args.dropout, "dim": args.dim},
+            {"mode": "inductive", "dropout": args.dropout, "dim": args.dim, "text_skip": args.text_skip},
             {
                 "epochs": args.epochs,
                 "patience": args.patience,
                 "max_minutes": args.max_minutes,
                 "lr": args.lr,
+                "num_threads": args.threads,
                 "extra": extra,
             },
             progress=False,
+            split=cold_validation_split(split),
         )
         ckpt = args.run_dir / "best.pt"
     train_s = time.perf_counter() - t0
@@ -76,6 +83,9 @@ def main() -> None:
         "cold_items": len(split.cold_items),
         "catalogue_items": data.num_items,
         "eval_users": len(split.targets),
+        "cold_validation_users": len(split.valid_targets),
+        "model_selection": "early stopping on cold-validation NDCG@10 (users whose second-to-last item is cold)",
+        "text_skip": args.text_skip,
         "train_users_after_removal": split.train_data.num_users,
         "train_interactions_after_removal": split.train_data.num_interactions,
         "pretrained_init": str(args.init) if args.init else None,

