@@ -92,9 +92,11 @@ def test_demo_page(server: ApiProc, browser, tmp_path: Path) -> None:
     search.send_keys("star")
     # Wait for the list of the full query: lists of earlier keystrokes re-render and go stale.
     wait.until(
-        lambda d: d.find_element(By.ID, "search-results").get_attribute("data-q") == "star"
-        and len(texts("#search-results li")) >= 3
-        and "Star" in texts("#search-results li")[0]
+        lambda d: (
+            d.find_element(By.ID, "search-results").get_attribute("data-q") == "star"
+            and len(texts("#search-results li")) >= 3
+            and "Star" in texts("#search-results li")[0]
+        )
     )
     for n in range(3):
         before = len(texts("#history li"))
