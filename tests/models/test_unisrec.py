@@ -137,3 +137,17 @@ def test_frozen_text_channel_is_pca_whitening_and_untrained() -> None:
     plain = _model()
     plain.fit_text_channel(plain.text_emb[1:])
     assert torch.allclose(plain.adapt(x), torch.nn.functional.normalize(plain.adaptor(x), dim=-1), atol=1e-6)
+
+
+def test_unwhitened_text_channel_keeps_the_text_geometry() -> None:
+    m = _model(text_skip=5.0, text_skip_whiten=False)
+    x = m.text_emb[1:]
+    m.fit_text_channel(x)
+    z = (x - m.skip_mean) @ m.skip_proj  # (30, 16): all 12 components kept, none rescaled
+    centred = x - x.mean(0)
+    # A rotation (times one constant): the Gram matrix of the centred text is preserved.
+    gram_z, gram_x = z @ z.T, centred @ centred.T
+    assert torch.allclose(gram_z / gram_z.diagonal().max(), gram_x / gram_x.diagonal().max(), atol=1e-4)
+    whitened = _model(text_skip=5.0)
+    whitened.fit_text_channel(x)
+    assert not torch.allclose(whitened.skip_proj, m.skip_proj)
