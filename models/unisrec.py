@@ -129,6 +129,7 @@ class UniSRec(SeqRecModel):
         d = min(self.cfg.dim, vt.shape[0])
         self.skip_mean.copy_(mu)
         self.skip_proj.zero_()
+        # Unwhitened: one common scale (z is unit-normalised anyway), so cosines stay the text's.
         scale = s[:d].clamp(min=1e-6) if self.cfg.text_skip_whiten else s[0].clamp(min=1e-6)
         self.skip_proj[:, :d] = vt[:d].T / scale
 
