@@ -42,13 +42,24 @@ def bce_negatives(h: torch.Tensor, pos: torch.Tensor, table: torch.Tensor, num_n
 
 
 def sampled_softmax(
-    h: torch.Tensor, pos: torch.Tensor, table: torch.Tensor, num_negatives: int, popularity: torch.Tensor | None = None
+    h: torch.Tensor,
+    pos: torch.Tensor,
+    table: torch.Tensor,
+    num_negatives: int,
+    popularity: torch.Tensor | None = None,
+    logq: str = "negatives",
 ) -> torch.Tensor:
     """Softmax over the positive and `num_negatives` negatives shared by the batch.
 
-    Negatives are uniform, or drawn by `popularity` with the logQ correction (Yi et al. 2019)
-    so that the estimate stays unbiased. A negative that equals the positive is masked out.
+    Negatives are uniform, or drawn by `popularity` with a logQ correction (Yi et al. 2019).
+    logq="negatives": subtract log q from the negatives' logits only (q = draw probability);
+    logq="sampled": subtract log(K q) from the positive's and every negative's logit, the
+    sampled-softmax estimate of the full softmax (Jean et al. 2015). The two differ by a
+    log q_pos shift of the positive, which favours rare targets in the "negatives" form.
+    A negative that equals the positive is masked out.
     """
+    if logq not in ("negatives", "sampled"):
+        raise ValueError(f"logq must be negatives or sampled, got {logq!r}")
     num_items = table.shape[0] - 1
     if popularity is None:
         neg = torch.randint(1, num_items + 1, (num_negatives,), device=h.device)
@@ -60,6 +71,9 @@ def sampled_softmax(
     neg_logit = h @ table[neg].T  # (T, K)
     if log_q is not None:
         neg_logit = neg_logit - log_q
+        if logq == "sampled":
+            # Same constant log K on both sides keeps the softmax unchanged except for q_pos.
+            pos_logit = pos_logit - torch.log(popularity[pos] / popularity.sum())[:, None]
     neg_logit = neg_logit.masked_fill(neg[None, :] == pos[:, None], float("-inf"))
     logits = torch.cat([pos_logit, neg_logit], dim=1).float()  # (T, 1 + K)
     return F.cross_entropy(logits, torch.zeros(len(pos), dtype=torch.long, device=h.device))

@@ -98,6 +98,7 @@ class NextItemTask(Task):
     popularity: torch.Tensor | None = None  # for popularity-sampled negatives (with logQ correction)
     bucket: bool = False  # length-bucketed batches (see batch_order)
     newest_prob: float = 1.0  # see shifted_batches
+    logq: str = "negatives"  # see losses.sampled_softmax
 
     def batches(
         self, train: Sequence[np.ndarray], batch_size: int, rng: np.random.Generator, device: torch.device
@@ -114,7 +115,7 @@ class NextItemTask(Task):
         if self.loss_name == "bce":
             return losses.bce_negatives(h, pos, table, self.num_negatives)
         if self.loss_name == "sampled":
-            return losses.sampled_softmax(h, pos, table, self.num_negatives, self.popularity)
+            return losses.sampled_softmax(h, pos, table, self.num_negatives, self.popularity, self.logq)
         raise ValueError(f"unknown loss {self.loss_name!r}: choose ce, bce or sampled")
 
 

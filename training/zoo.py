@@ -45,7 +45,15 @@ class ModelSpec:
 
 def _sasrec_task(cfg: SASRecConfig, tc: TrainConfig, popularity: np.ndarray) -> Task:
     pop = torch.as_tensor(popularity, dtype=torch.float) if tc.extra.get("pop_negatives") else None
-    return NextItemTask(cfg.max_len, tc.loss, tc.num_negatives, pop, bucket=tc.bucket, newest_prob=tc.newest_prob)
+    return NextItemTask(
+        cfg.max_len,
+        tc.loss,
+        tc.num_negatives,
+        pop,
+        bucket=tc.bucket,
+        newest_prob=tc.newest_prob,
+        logq=str(tc.extra.get("logq", "negatives")),
+    )
 
 
 def _bert4rec_task(cfg: BERT4RecConfig, tc: TrainConfig, popularity: np.ndarray) -> Task:

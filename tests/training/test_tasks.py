@@ -57,3 +57,26 @@ def test_cosine_schedule_warms_up_then_decays_to_zero() -> None:
     assert lrs[-1] < 0.001
     with pytest.raises(ValueError, match="lr_schedule"):
         lr_scheduler(opt, TrainConfig(lr_schedule="step"), 10)
+
+
+@pytest.mark.parametrize("logq", ["negatives", "sampled"])
+def test_sampled_softmax_logq_forms(logq: str) -> None:
+    """Recompute the loss from the same draws: "negatives" corrects only the negatives by
+    -log q; "sampled" corrects the positive too (the full-softmax estimator)."""
+    from training import losses
+
+    torch.manual_seed(0)
+    h, table = torch.randn(5, 4), torch.randn(11, 4)
+    pos = torch.tensor([1, 2, 3, 9, 10])
+    pop = torch.arange(11, dtype=torch.float)  # row 0 never drawn
+    torch.manual_seed(1)
+    got = losses.sampled_softmax(h, pos, table, 6, pop, logq)
+    torch.manual_seed(1)
+    neg = torch.multinomial(pop, 6, replacement=True)
+    log_q = torch.log(pop / pop.sum())
+    pos_logit = (h * table[pos]).sum(-1) - (log_q[pos] if logq == "sampled" else 0)
+    neg_logit = (h @ table[neg].T - log_q[neg]).masked_fill(neg[None] == pos[:, None], float("-inf"))
+    want = -(pos_logit - torch.logsumexp(torch.cat([pos_logit[:, None], neg_logit], 1), 1)).mean()
+    assert torch.allclose(got, want, atol=1e-5)
+    with pytest.raises(ValueError, match="logq"):
+        losses.sampled_softmax(h, pos, table, 6, pop, "both")
