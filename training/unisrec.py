@@ -35,7 +35,7 @@ from training.text import MAX_TOKENS, TEXT_FIELDS, TextEmbedder, dataset_text, i
 
 ONNX_OPSET = 17
 # Parameters a pre-trained checkpoint hands to fine-tuning: all but the per-catalogue tables.
-_PER_CATALOGUE = ("text_emb", "item_emb.", "skip_mean", "skip_proj")
+_PER_CATALOGUE = ("text_emb", "item_emb.", "skip_mean", "skip_proj", "trained")
 
 
 def _transferable(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -76,6 +76,13 @@ def setup_unisrec(model: SeqRecModel, data: SeqData, tc: TrainConfig) -> None:
         # known at training time.
         seen = torch.as_tensor(np.unique(data.items).astype(np.int64))
         model.fit_text_channel(model.text_emb[seen])
+    # Items of the training part (leave-one-out) are the ones the model learns; the rest are
+    # new to it, like items registered at serving time (the new-item head reads this flag).
+    trained = np.zeros(model.num_items + 1, np.float32)
+    for s in leave_one_out(data).train:
+        trained[s] = 1.0
+    with torch.no_grad():
+        model.trained.copy_(torch.as_tensor(trained))
     if model.cfg.freeze_encoder:
         for p in model.sequence_params():
             p.requires_grad_(False)
@@ -157,8 +164,8 @@ def pretrain(
             x = torch.as_tensor(pad_left(hist))  # (B, L)
             # Adapt the (global) catalogue once per step and gather from it: N items through
             # the MoE instead of B*L history tokens (ML-1M histories are long).
-            table = model.item_vectors()  # (N+1, D)
-            s = model.encode(table[x], x != 0)  # (B, D)
+            table = model.item_table()  # (N+1, D)
+            s = model.encode_hidden(table[x], x != 0)[:, -1, :]  # (B, D)
             v = table[tgt]  # (B, D)
             # In-batch negatives; the same target item twice in a batch is not a negative.
             logits = s @ v.T / tau  # (B, B)
@@ -166,8 +173,8 @@ def pretrain(
             l_si = F.cross_entropy(logits.masked_fill(same, float("-inf")), torch.arange(len(tgt)))
             aug = torch.as_tensor(pad_left([_augment(h, rng, pc.item_drop) for h in hist]))
             # Word-drop view: the catalogue re-adapted from dropped-out PLM embeddings.
-            aug_table = model.adapt(F.dropout(model.text_emb, pc.word_drop))  # (N+1, D)
-            s_aug = model.encode(aug_table[aug], aug != 0)  # (B, D)
+            aug_table = F.normalize(model.adapt_raw(F.dropout(model.text_emb, pc.word_drop)), dim=-1)  # (N+1, D)
+            s_aug = model.encode_hidden(aug_table[aug], aug != 0)[:, -1, :]  # (B, D)
             l_ss = F.cross_entropy(s @ s_aug.T / tau, torch.arange(len(tgt)))
             loss = l_si + pc.lam * l_ss
             opt.zero_grad(set_to_none=True)
@@ -263,7 +270,7 @@ def export_unisrec_extra(model: SeqRecModel, out: Path, ckpt: dict[str, Any]) ->
     assert isinstance(model, UniSRec)
     model.eval()
     cfg = model.cfg
-    D = cfg.dim
+    D = cfg.dim + model.head_dim  # item-row width: the vector table's, the adaptor's output
     _onnx(
         _SeqEncoderGraph(model).eval(),  # eval: export restores the wrapper's mode onto the model
         (torch.randn(2, 4, D), torch.tensor([[0, 1, 1, 1], [1, 1, 1, 1]])),
@@ -328,8 +335,12 @@ def export_unisrec_extra(model: SeqRecModel, out: Path, ckpt: dict[str, Any]) ->
                 "note": "new item text = non-empty fields in this order; the same shape as training text",
             },
             "mode": cfg.mode,
-            "item_vectors_normalized": True,
-            "score": "cosine (= inner product of unit vectors)",
+            "item_vectors_normalized": not model.head_dim,
+            "score": "cosine (= inner product of unit vectors)"
+            if not model.head_dim
+            else "cosine of the first dim_model dims + new-item head: rows [v, t, new], user [s, beta*new*t, 0]",
+            "dim_model": cfg.dim,
+            "new_item_head": cfg.new_item_head,
             "parity_max_abs_diff": parity,
         }
     }

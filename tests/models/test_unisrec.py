@@ -151,3 +151,25 @@ def test_unwhitened_text_channel_keeps_the_text_geometry() -> None:
     whitened = _model(text_skip=5.0)
     whitened.fit_text_channel(x)
     assert not torch.allclose(whitened.skip_proj, m.skip_proj)
+
+
+def test_new_item_head_adds_text_cosine_only_after_a_new_item() -> None:
+    off, on = _model(), _model(new_item_head=2.0)  # same seed: same weights and text
+    for m in (off, on):
+        m.trained[25:] = 0  # items 25..30 had no training interaction
+    t = torch.nn.functional.normalize(on.text_emb, dim=-1)
+    with torch.no_grad():
+        for seq in ([[3, 4, 5]], [[27, 4, 5]]):  # newest item known: plain UniSRec scores
+            x = torch.tensor(seq)
+            assert torch.allclose(on.score(x), off.score(x), atol=1e-6)
+        x = torch.tensor([[3, 4, 27]])  # newest item new: + beta * cos(text_27, text_i)
+        assert torch.allclose(on.score(x), off.score(x) + 2.0 * (t[27] @ t.T), atol=1e-5)
+        # One inner product serves it: rows [v, t, new], user [s, beta * new * t, 0].
+        rows, u = on.item_vectors(), on(x)
+        assert rows.shape == (31, 16 + 12 + 1) and u.shape == (1, 29)
+        assert torch.equal(rows[1:, -1], 1 - on.trained[1:]) and torch.all(rows[0] == 0)
+        assert torch.allclose(u @ rows.T, on.score(x), atol=1e-6)
+        assert torch.allclose(on.encode(rows[x], (x != 0).long()), u, atol=1e-6)
+        # A new item's text through the adaptor = its catalogue row (inductive), flagged new.
+        assert torch.allclose(on.adapt(on.text_emb[27:28]), rows[27:28], atol=1e-6)
+        assert on.adapt(on.text_emb[3:4])[0, -1] == 1

@@ -220,9 +220,15 @@ def test_cold_validation_split_and_text_channel_fit_on_training_items(ml100k, ti
         assert np.array_equal(h, got_h) and t == got_t
 
     over = {"dim": 16, "max_len": 20, "num_heads": 2, "text_dim": 32, "text_skip": 3.0, "text_encoder": str(tiny_bert)}
+    over["new_item_head"] = 1.5
     tc = {"epochs": 1, "batch_size": 64, "extra": {"text_from": "ml-100k"}}
     train("unisrec", sp.train_data, tmp_path / "run", over, tc, progress=False, split=split)
     model, _ = load_checkpoint(tmp_path / "run" / "best.pt")
+    # The new-item flag: 0 exactly for items outside the training part (every cold item among them).
+    trained = np.zeros(ml100k.num_items + 1, np.float32)
+    for s in split.train:
+        trained[s] = 1
+    assert np.array_equal(model.trained.numpy(), trained) and not trained[sp.cold_items].any()
     seen = np.unique(sp.train_data.items)
     assert torch.allclose(model.skip_mean, model.text_emb[torch.as_tensor(seen)].mean(0), atol=1e-5)
     assert not torch.allclose(model.skip_mean, model.text_emb[1:].mean(0), atol=1e-5)  # cold text left out
@@ -230,6 +236,17 @@ def test_cold_validation_split_and_text_channel_fit_on_training_items(ml100k, ti
     bundle = export_bundle(tmp_path / "run" / "best.pt", tmp_path / "art", "cold")
     man = json.loads((bundle / "manifest.json").read_text())
     assert max(man["text"]["parity_max_abs_diff"].values()) <= 1e-4
+    # The service loads it as is (its own checks: seq_encoder = model.onnx, adaptor width), and a
+    # history ending in a cold item gets the head: served user vector = the model's.
+    from app.bundle import Bundle
+
+    b = Bundle.load(bundle)
+    assert b.dim == 16 + 32 + 1 == man["text"]["adaptor"]["dim"]
+    hist = np.array([int(seen[0]), int(sp.cold_items[0])])
+    with torch.no_grad():
+        want = model(torch.as_tensor(hist)[None]).numpy()
+    np.testing.assert_allclose(b.user_vectors([hist]), want, atol=1e-4)
+    assert np.abs(want[0, 16:]).max() > 0  # the head is on for this history
 
 
 def test_cli_pretrain_help_and_missing_init(tmp_path: Path) -> None:
