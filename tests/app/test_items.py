@@ -71,17 +71,26 @@ def test_text_bundle_loads_and_equals_model_onnx(unisrec_bundle: Path) -> None:
         hist = rng.integers(1, b.info.num_items + 1, size=n)
         want = ref.run(["user_vec"], {"item_seq": hist[None].astype(np.int64)})[0]
         np.testing.assert_allclose(b.user_vectors([hist]), want, atol=1e-5)
-    # A new item with a catalogue item's exact text gets that item's vector (inductive: text only).
-    c = b.item_ids[9]
-    vec = b.encode_texts([_texts(unisrec_bundle)[c]])
+    # A new item with a catalogue item's exact text gets that item's vector (inductive: text only),
+    # flagged new (the last dim of the new-item head, on by default): the model never trained on it.
+    text = json.loads((unisrec_bundle / "manifest.json").read_text())["text"]
+    D, beta = text["dim_model"], text["new_item_head"]
     table = np.load(unisrec_bundle / "item_vectors.npy")
-    np.testing.assert_allclose(vec[0], table[9], atol=1e-4)
+    assert beta > 0 and table.shape[1] == b.dim > D
+    row = int(np.flatnonzero(table[:, -1] == 0)[0])  # a catalogue item the model was trained on
+    c = b.item_ids[row]
+    vec = b.encode_texts([_texts(unisrec_bundle)[c]])
+    np.testing.assert_allclose(vec[0, :-1], table[row, :-1], atol=1e-4)
+    assert vec[0, -1] == 1
     idx = b.add_items(["brand-new"], vec)
     assert idx.tolist() == [b.info.num_items] and b.index_of["brand-new"] == idx[0]
-    # A history ending in the new item = the same history ending in its twin c.
-    np.testing.assert_allclose(
-        b.user_vectors([np.array([3, int(idx[0])])]), b.user_vectors([np.array([3, 10])]), atol=1e-4
-    )
+    # A history ending in the new item = the same history ending in its twin c, for the sequence
+    # encoder; on top, the head scores candidates by beta x their text cosine to the new item.
+    u_new = b.user_vectors([np.array([3, int(idx[0])])])
+    u_twin = b.user_vectors([np.array([3, row + 1])])
+    np.testing.assert_allclose(u_new[:, :D], u_twin[:, :D], atol=1e-4)
+    np.testing.assert_allclose(u_new[0, D:-1], beta * vec[0, D:-1], atol=1e-4)
+    assert not u_twin[0, D:].any()
 
 
 def test_compose_follows_manifest(unisrec_bundle: Path) -> None:
@@ -133,7 +142,19 @@ def test_post_get_and_recommend_new_item(client: TestClient, unisrec_bundle: Pat
     a = client.get("/recommend/u2", params={"model": "unisrec", "k": 10}).json()
     b = client.get("/recommend/u3", params={"model": "unisrec", "k": 10}).json()
     assert a["source"] == "model" and a["history_length"] == 4
-    np.testing.assert_allclose([x["score"] for x in a["items"]], [x["score"] for x in b["items"]], atol=1e-3)
+    # Same sequence-encoder score; u2's newest item is new, so the new-item head adds
+    # beta x text cosine (u3's twin, same text, gets it only if the model never trained on it).
+    text = json.loads((unisrec_bundle / "manifest.json").read_text())["text"]
+    D, beta = text["dim_model"], text["new_item_head"]
+    table = np.load(unisrec_bundle / "item_vectors.npy")
+    rows = {c: r for r, c in enumerate(catalogue)}
+    t_new, twin_new = table[rows[twin], D:-1], table[rows[twin], -1]
+    b_score = {x["item_id"]: x["score"] for x in b["items"]}
+    shared = [x for x in a["items"] if x["item_id"] in b_score]
+    assert len(shared) >= 5
+    for x in shared:
+        head = beta * (1 - twin_new) * float(t_new @ table[rows[x["item_id"]], D:-1])
+        assert abs(x["score"] - b_score[x["item_id"]] - head) < 1e-3
     sas = client.get("/recommend/u2", params={"model": "sasrec", "k": 5}).json()
     assert sas["history_length"] == 3  # the id-only model ignores the item it does not know
 
