@@ -118,7 +118,7 @@ class UniSRec(SeqRecModel):
         # Frozen text channel (mu, P): buffers, fitted from the catalogue's text by `fit_text_channel`.
         self.register_buffer("skip_mean", torch.zeros(cfg.text_dim))
         self.register_buffer("skip_proj", torch.zeros(cfg.text_dim, cfg.dim))
-        # 1 = the item had training interactions; 0 = new to the model (set by training/zoo.py).
+        # 1 = the item had training interactions; 0 = new to the model (set by setup_unisrec).
         self.register_buffer("trained", torch.ones(cfg.num_items + 1))
         self.item_emb = nn.Embedding(cfg.num_items + 1, cfg.dim, padding_idx=0) if cfg.mode == "transductive" else None
         if self.item_emb is not None:
