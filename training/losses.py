@@ -61,19 +61,17 @@ def sampled_softmax(
     if logq not in ("negatives", "sampled"):
         raise ValueError(f"logq must be negatives or sampled, got {logq!r}")
     num_items = table.shape[0] - 1
+    pos_logit = (h * table[pos]).sum(-1, keepdim=True)  # (T, 1)
     if popularity is None:
         neg = torch.randint(1, num_items + 1, (num_negatives,), device=h.device)
-        log_q = None
+        neg_logit = h @ table[neg].T  # (T, K)
     else:
         neg = torch.multinomial(popularity, num_negatives, replacement=True)
-        log_q = torch.log(popularity[neg] / popularity.sum())
-    pos_logit = (h * table[pos]).sum(-1, keepdim=True)  # (T, 1)
-    neg_logit = h @ table[neg].T  # (T, K)
-    if log_q is not None:
-        neg_logit = neg_logit - log_q
+        log_total = popularity.sum().log()  # log q_i = log pop_i - log_total
+        neg_logit = h @ table[neg].T - (popularity[neg].log() - log_total)  # (T, K)
         if logq == "sampled":
             # Same constant log K on both sides keeps the softmax unchanged except for q_pos.
-            pos_logit = pos_logit - torch.log(popularity[pos] / popularity.sum())[:, None]
+            pos_logit = pos_logit - (popularity[pos].log() - log_total)[:, None]
     neg_logit = neg_logit.masked_fill(neg[None, :] == pos[:, None], float("-inf"))
     logits = torch.cat([pos_logit, neg_logit], dim=1).float()  # (T, 1 + K)
     return F.cross_entropy(logits, torch.zeros(len(pos), dtype=torch.long, device=h.device))

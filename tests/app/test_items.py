@@ -57,6 +57,12 @@ def _texts(bundle: Path) -> dict[str, str]:
     return json.loads((bundle / "item_text.json").read_text())
 
 
+def _head(bundle: Path) -> tuple[int, float]:
+    """(D, beta): the sequence model's width and the new-item head's weight, from the manifest."""
+    text = json.loads((bundle / "manifest.json").read_text())["text"]
+    return text["dim_model"], text["new_item_head"]
+
+
 def test_text_bundle_loads_and_equals_model_onnx(unisrec_bundle: Path) -> None:
     import onnxruntime as ort
 
@@ -73,8 +79,7 @@ def test_text_bundle_loads_and_equals_model_onnx(unisrec_bundle: Path) -> None:
         np.testing.assert_allclose(b.user_vectors([hist]), want, atol=1e-5)
     # A new item with a catalogue item's exact text gets that item's vector (inductive: text only),
     # flagged new (the last dim of the new-item head, on by default): the model never trained on it.
-    text = json.loads((unisrec_bundle / "manifest.json").read_text())["text"]
-    D, beta = text["dim_model"], text["new_item_head"]
+    D, beta = _head(unisrec_bundle)
     table = np.load(unisrec_bundle / "item_vectors.npy")
     assert beta > 0 and table.shape[1] == b.dim > D
     row = int(np.flatnonzero(table[:, -1] == 0)[0])  # a catalogue item the model was trained on
@@ -144,8 +149,7 @@ def test_post_get_and_recommend_new_item(client: TestClient, unisrec_bundle: Pat
     assert a["source"] == "model" and a["history_length"] == 4
     # Same sequence-encoder score; u2's newest item is new, so the new-item head adds
     # beta x text cosine (u3's twin, same text, gets it only if the model never trained on it).
-    text = json.loads((unisrec_bundle / "manifest.json").read_text())["text"]
-    D, beta = text["dim_model"], text["new_item_head"]
+    D, beta = _head(unisrec_bundle)
     table = np.load(unisrec_bundle / "item_vectors.npy")
     rows = {c: r for r, c in enumerate(catalogue)}
     t_new, twin_new = table[rows[twin], D:-1], table[rows[twin], -1]
