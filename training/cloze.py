@@ -1,6 +1,7 @@
 """BERT4Rec's Cloze task (Sun et al. 2019, Sec. 3.6).
 
-Each epoch, every training sequence (its newest `max_len` items) gets a fresh random mask: each
+Each epoch, every training sequence (its newest `max_len` items, or with probability
+1 - `newest_prob` a random earlier window of a longer history) gets a fresh random mask: each
 item is replaced by `[mask]` with probability rho (at least one per sequence), and the model
 predicts the original items at the masked positions with a full softmax over the catalogue.
 On top of those, `last_item_ratio` x (number of sequences) extra samples mask only the last item,
@@ -20,7 +21,7 @@ import torch.nn.functional as F
 from models.bert4rec import BERT4Rec
 from training import losses
 from training.batching import pad_left
-from training.tasks import Batch, Task
+from training.tasks import Batch, Task, batch_order
 
 
 def cloze_mask(seq: np.ndarray, rho: float, mask_token: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -50,10 +51,21 @@ class ClozeTask(Task):
     loss_name: str = "ce"
     num_negatives: int = 4096
     popularity: torch.Tensor | None = None
+    bucket: bool = False  # length-bucketed batches (tasks.batch_order): less padding per batch
+    # A history longer than max_len trains on its newest window with this probability, else on
+    # a window ending at a uniformly drawn earlier point (the older third of ML-1M's
+    # interactions is otherwise never seen; the original BERT4Rec code slides windows too).
+    newest_prob: float = 1.0
+
+    def _window(self, s: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        end = len(s)
+        if end > self.max_len and self.newest_prob < 1.0 and rng.random() >= self.newest_prob:
+            end = int(rng.integers(self.max_len, end + 1))
+        return s[max(0, end - self.max_len) : end]
 
     def _samples(self, train: Sequence[np.ndarray], rng: np.random.Generator) -> list[tuple[np.ndarray, np.ndarray]]:
         seqs = [s[-self.max_len :] for s in train if len(s) >= 1]
-        out = [cloze_mask(s, self.mask_prob, self.mask_token, rng) for s in seqs]
+        out = [cloze_mask(self._window(s, rng), self.mask_prob, self.mask_token, rng) for s in train if len(s) >= 1]
         n_last = round(self.last_item_ratio * len(seqs))
         if n_last and seqs:
             pick = rng.choice(len(seqs), size=n_last, replace=n_last > len(seqs))
@@ -69,9 +81,9 @@ class ClozeTask(Task):
         self, train: Sequence[np.ndarray], batch_size: int, rng: np.random.Generator, device: torch.device
     ) -> Iterator[Batch]:
         samples = self._samples(train, rng)
-        order = rng.permutation(len(samples))
-        for start in range(0, len(order), batch_size):
-            chunk = [samples[i] for i in order[start : start + batch_size]]
+        lengths = np.array([len(inp) for inp, _ in samples])
+        for idx in batch_order(lengths, batch_size, rng, self.bucket):
+            chunk = [samples[i] for i in idx]
             yield {
                 "item_seq": torch.as_tensor(pad_left([c[0] for c in chunk]), device=device),
                 "labels": torch.as_tensor(pad_left([c[1] for c in chunk]), device=device),

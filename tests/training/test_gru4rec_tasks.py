@@ -96,6 +96,31 @@ def test_cloze_masks_a_fresh_fraction_each_epoch_plus_last_item_samples() -> Non
         assert torch.all((b["labels"] != 0).sum(1) >= 1)  # every sample has a masked item
 
 
+def test_cloze_windows_reach_older_history_and_buckets_cut_padding() -> None:
+    rng = np.random.default_rng(0)
+    seq = np.arange(1, 101)  # items in order: a contiguous window shows as consecutive numbers
+    task = ClozeTask(max_len=10, mask_token=500, mask_prob=0.2, last_item_ratio=0.0, newest_prob=0.5)
+    ends = set()
+    for _ in range(200):
+        (b,) = list(task.batches([seq], 1, rng, torch.device("cpu")))
+        orig = torch.where(b["labels"] != 0, b["labels"], b["item_seq"])[0]  # unmasked window
+        assert len(orig) == 10 and torch.all(torch.diff(orig) == 1)
+        ends.add(int(orig[-1]))
+    assert 100 in ends and len(ends) > 20 and max(ends) == 100  # newest and many older windows, no more
+    newest = ClozeTask(max_len=10, mask_token=500, last_item_ratio=0.0)  # default: newest window only
+    (b,) = list(newest.batches([seq], 1, rng, torch.device("cpu")))
+    assert int(torch.where(b["labels"] != 0, b["labels"], b["item_seq"])[0, -1]) == 100
+    lengths = rng.integers(2, 200, size=2000)
+    train = [np.arange(1, n + 1) for n in lengths]
+
+    def cells(bucket: bool) -> int:
+        task = ClozeTask(max_len=200, mask_token=500, last_item_ratio=0.0, bucket=bucket)
+        return sum(b["item_seq"].numel() for b in task.batches(train, 32, rng, torch.device("cpu")))
+
+    padded, plain = cells(True), cells(False)
+    assert padded < 0.7 * plain  # far fewer padded cells per epoch
+
+
 def test_session_split_is_time_ordered_and_filters_unseen_items(ml100k) -> None:
     from training.data import to_sessions
 
