@@ -51,6 +51,7 @@ class ClozeTask(Task):
     loss_name: str = "ce"
     num_negatives: int = 4096
     popularity: torch.Tensor | None = None
+    logq: str = "negatives"  # logQ form for popularity negatives (losses.sampled_softmax)
     bucket: bool = False  # length-bucketed batches (tasks.batch_order): less padding per batch
     # A history longer than max_len trains on its newest window with this probability, else on
     # a window ending at a uniformly drawn earlier point (the older third of ML-1M's
@@ -95,7 +96,7 @@ class ClozeTask(Task):
         at = labels != 0  # (B, L): masked positions only
         if self.loss_name == "sampled":
             return losses.sampled_softmax(
-                model.head(h[at]), labels[at], model.item_vectors(), self.num_negatives, self.popularity
+                model.head(h[at]), labels[at], model.item_vectors(), self.num_negatives, self.popularity, self.logq
             )
         if self.loss_name != "ce":
             raise ValueError(f"bert4rec: unknown loss {self.loss_name!r}: choose ce or sampled")

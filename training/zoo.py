@@ -66,6 +66,7 @@ def _bert4rec_task(cfg: BERT4RecConfig, tc: TrainConfig, popularity: np.ndarray)
         loss_name=tc.loss,
         num_negatives=tc.num_negatives,
         popularity=torch.as_tensor(popularity, dtype=torch.float) if x.get("pop_negatives") else None,
+        logq=str(x.get("logq", "negatives")),
         bucket=tc.bucket,
         newest_prob=tc.newest_prob,
     )

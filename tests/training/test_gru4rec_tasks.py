@@ -150,8 +150,15 @@ def test_cloze_sampled_softmax_scores_masked_positions_with_the_eq7_head() -> No
     got = task.loss(model, {"item_seq": seq, "labels": labels})
     at = labels != 0
     torch.manual_seed(1)
-    want = losses.sampled_softmax(model.head(model.encode(seq)[at]), labels[at], model.item_vectors(), 64, pop)
+    head = model.head(model.encode(seq)[at])
+    want = losses.sampled_softmax(head, labels[at], model.item_vectors(), 64, pop)
     assert torch.allclose(got, want)
+    other = ClozeTask(max_len=8, mask_token=7, loss_name="sampled", num_negatives=64, popularity=pop, logq="sampled")
+    torch.manual_seed(1)
+    got = other.loss(model, {"item_seq": seq, "labels": labels})
+    torch.manual_seed(1)
+    want = losses.sampled_softmax(head, labels[at], model.item_vectors(), 64, pop, logq="sampled")
+    assert torch.allclose(got, want)  # the option is honoured
     full = ClozeTask(max_len=8, mask_token=7).loss(model, {"item_seq": seq, "labels": labels})
     assert not torch.allclose(got, full)  # a different objective, not a silent fallback
     with pytest.raises(ValueError, match="unknown loss"):
