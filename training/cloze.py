@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from models.bert4rec import BERT4Rec
 from training import losses
 from training.batching import pad_left
-from training.tasks import Batch, Task, batch_order
+from training.tasks import Batch, Task, batch_order, draw_window
 
 
 def cloze_mask(seq: np.ndarray, rho: float, mask_token: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -58,15 +58,13 @@ class ClozeTask(Task):
     # interactions is otherwise never seen; the original BERT4Rec code slides windows too).
     newest_prob: float = 1.0
 
-    def _window(self, s: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        end = len(s)
-        if end > self.max_len and self.newest_prob < 1.0 and rng.random() >= self.newest_prob:
-            end = int(rng.integers(self.max_len, end + 1))
-        return s[max(0, end - self.max_len) : end]
-
     def _samples(self, train: Sequence[np.ndarray], rng: np.random.Generator) -> list[tuple[np.ndarray, np.ndarray]]:
-        seqs = [s[-self.max_len :] for s in train if len(s) >= 1]
-        out = [cloze_mask(self._window(s, rng), self.mask_prob, self.mask_token, rng) for s in train if len(s) >= 1]
+        usable = [s for s in train if len(s) >= 1]
+        out = [
+            cloze_mask(draw_window(s, self.max_len, self.newest_prob, rng), self.mask_prob, self.mask_token, rng)
+            for s in usable
+        ]
+        seqs = [s[-self.max_len :] for s in usable]  # last-item samples: always the newest window
         n_last = round(self.last_item_ratio * len(seqs))
         if n_last and seqs:
             pick = rng.choice(len(seqs), size=n_last, replace=n_last > len(seqs))

@@ -39,6 +39,15 @@ def batch_order(lengths: np.ndarray, batch_size: int, rng: np.random.Generator, 
     return batches
 
 
+def draw_window(s: np.ndarray, span: int, newest_prob: float, rng: np.random.Generator) -> np.ndarray:
+    """At most `span` consecutive items of `s`: the newest ones with probability `newest_prob`,
+    else (when `s` is longer) a window ending at a uniformly drawn earlier point."""
+    end = len(s)
+    if end > span and newest_prob < 1.0 and rng.random() >= newest_prob:
+        end = int(rng.integers(span, end + 1))
+    return s[max(0, end - span) : end]
+
+
 def shifted_batches(
     train: Sequence[np.ndarray],
     batch_size: int,
@@ -57,12 +66,7 @@ def shifted_batches(
     usable = [s for s in train if len(s) >= 2]
     lengths = np.array([min(len(s), max_len + 1) for s in usable])
     for idx in batch_order(lengths, batch_size, rng, bucket):
-        rows = []
-        for i in idx:
-            s, end = usable[i], len(usable[i])
-            if end > max_len + 1 and newest_prob < 1.0 and rng.random() >= newest_prob:
-                end = int(rng.integers(max_len + 1, end + 1))
-            rows.append(s[end - max_len - 1 if end > max_len + 1 else 0 : end])
+        rows = [draw_window(usable[i], max_len + 1, newest_prob, rng) for i in idx]
         yield {
             "item_seq": torch.as_tensor(pad_left([r[:-1] for r in rows]), device=device),  # (B, L)
             "target": torch.as_tensor(pad_left([r[1:] for r in rows]), device=device),  # (B, L)
