@@ -116,7 +116,10 @@ def train(
     device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N.")] = None,
     lr_schedule: Annotated[
         str | None,
-        typer.Option(help="constant, or cosine: linear warm-up, then cosine decay to 0 at --epochs (your budget)."),
+        typer.Option(
+            help="constant, or cosine: linear warm-up, then cosine decay to 0 at --epochs, or where "
+            "--max-minutes will stop training if that comes first (estimated from the pace so far)."
+        ),
     ] = None,
     warmup_epochs: Annotated[float | None, typer.Option(help="Epochs of linear learning-rate warm-up.")] = None,
     bucket: Annotated[

@@ -25,7 +25,8 @@ class TrainConfig:
     # (softmax and the loss stay fp32 under autocast). Off by default: slower on older CPUs.
     amp_cpu: bool = False
     # "constant", or "cosine": linear warm-up over `warmup_epochs`, then cosine decay to 0 at
-    # `epochs`; set `epochs` to the budget you mean to train for.
+    # `epochs`, or at the epoch where `max_minutes` will stop training if that comes first
+    # (re-estimated from the pace every epoch), so a budgeted run ends annealed.
     lr_schedule: str = "constant"
     warmup_epochs: float = 0.0
     bucket: bool = False  # length-bucketed batches: less padding, faster epochs (sequence tasks)

@@ -82,23 +82,51 @@ def _ddp() -> tuple[int, int]:
     return 0, 1
 
 
+class LrFactor:
+    """Per-step learning-rate factor: constant, or linear warm-up then cosine decay to 0.
+
+    The cosine ends at `tc.epochs`, or earlier when the wall-clock budget (`tc.max_minutes`) will
+    stop training first: `end_at_epoch` moves the end once the epoch rate is known, so a budgeted
+    run anneals instead of stopping at its peak learning rate.
+    """
+
+    def __init__(self, tc: TrainConfig, steps_per_epoch: int) -> None:
+        if tc.lr_schedule not in ("constant", "cosine"):
+            raise ValueError(f"unknown lr_schedule {tc.lr_schedule!r}: choose constant or cosine")
+        self.cosine = tc.lr_schedule == "cosine"
+        self.steps_per_epoch = max(steps_per_epoch, 1)
+        self.warmup = max(int(tc.warmup_epochs * steps_per_epoch), 0)
+        self.planned = max(tc.epochs * steps_per_epoch, self.warmup + 1)
+        self.total = self.planned
+
+    def end_at_epoch(self, epoch: int) -> None:
+        """Decay to 0 at the end of `epoch` instead (re-estimated every epoch, so either way;
+        never past `tc.epochs`, never inside the warm-up)."""
+        self.total = min(self.planned, max(epoch * self.steps_per_epoch, self.warmup + 1))
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup:
+            return (step + 1) / self.warmup
+        if not self.cosine:
+            return 1.0
+        span = self.total - self.warmup
+        return 0.5 * (1.0 + math.cos(math.pi * min(step - self.warmup, span) / span))
+
+
+def budget_last_epoch(elapsed_s: float, epochs_done: int, max_minutes: float) -> int:
+    """The epoch a `max_minutes` budget will stop after, at the pace so far (evaluations included).
+
+    Training stops after the epoch that crosses the budget, hence the ceiling.
+    """
+    per_epoch = elapsed_s / max(epochs_done, 1)
+    return max(math.ceil(max_minutes * 60 / max(per_epoch, 1e-9)), epochs_done + 1)
+
+
 def lr_scheduler(
     opt: torch.optim.Optimizer, tc: TrainConfig, steps_per_epoch: int
 ) -> torch.optim.lr_scheduler.LambdaLR:
-    """Per-step learning-rate factor: constant, or linear warm-up then cosine decay to 0 at tc.epochs."""
-    if tc.lr_schedule not in ("constant", "cosine"):
-        raise ValueError(f"unknown lr_schedule {tc.lr_schedule!r}: choose constant or cosine")
-    warmup = max(int(tc.warmup_epochs * steps_per_epoch), 0)
-    total = max(tc.epochs * steps_per_epoch, warmup + 1)
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        if tc.lr_schedule == "constant":
-            return 1.0
-        return 0.5 * (1.0 + math.cos(math.pi * min(step - warmup, total - warmup) / (total - warmup)))
-
-    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
+    """LambdaLR over an `LrFactor` (reachable as `.lr_lambdas[0]` to move the cosine's end)."""
+    return torch.optim.lr_scheduler.LambdaLR(opt, LrFactor(tc, steps_per_epoch))
 
 
 def evaluate_model(
@@ -241,12 +269,16 @@ def train(
                 print(json.dumps(shown), file=sys.stderr, flush=True)
         if tc.max_minutes and (time.perf_counter() - t0) / 60 > tc.max_minutes:
             stop = True
+        last = budget_last_epoch(time.perf_counter() - t0, epoch, tc.max_minutes) if tc.max_minutes else 0
         if world > 1:
-            flag = torch.tensor([int(stop)], device=device)
-            dist.broadcast(flag, 0)
-            stop = bool(flag.item())
+            # Rank 0's clock decides both, so every replica stops and anneals in step.
+            flags = torch.tensor([int(stop), last], device=device)
+            dist.broadcast(flags, 0)
+            stop, last = bool(flags[0].item()), int(flags[1].item())
         if stop:
             break
+        if last:
+            sched.lr_lambdas[0].end_at_epoch(last)  # type: ignore[attr-defined]
     seconds = time.perf_counter() - t0
     if rank != 0:
         return TrainResult(run_dir, best_epoch, {}, {}, seconds)

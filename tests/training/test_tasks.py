@@ -10,7 +10,7 @@ import torch
 
 from training.config import TrainConfig
 from training.tasks import batch_order, shifted_batches
-from training.train import lr_scheduler
+from training.train import budget_last_epoch, lr_scheduler
 
 CPU = torch.device("cpu")
 
@@ -57,6 +57,26 @@ def test_cosine_schedule_warms_up_then_decays_to_zero() -> None:
     assert lrs[-1] < 0.001
     with pytest.raises(ValueError, match="lr_schedule"):
         lr_scheduler(opt, TrainConfig(lr_schedule="step"), 10)
+
+
+def test_cosine_ends_where_the_wall_clock_budget_will_stop_training() -> None:
+    # 10 min budget at 70 s an epoch (evaluations included): the epoch crossing 600 s is the 9th.
+    assert budget_last_epoch(elapsed_s=140.0, epochs_done=2, max_minutes=10) == 9
+    assert budget_last_epoch(elapsed_s=700.0, epochs_done=10, max_minutes=10) == 11  # always ahead
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([p], lr=1.0)
+    sched = lr_scheduler(opt, TrainConfig(epochs=100, lr_schedule="cosine"), steps_per_epoch=10)
+    factor = sched.lr_lambdas[0]
+    factor.end_at_epoch(4)  # the budget ends training long before epoch 100
+    lrs = []
+    for _ in range(40):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[20] == pytest.approx(0.5, abs=0.01)  # half-way through the 40 steps the budget allows
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.0)  # annealed by the end of epoch 4
+    factor.end_at_epoch(1000)  # never past the epochs planned
+    assert factor.total == 100 * 10
 
 
 @pytest.mark.parametrize("logq", ["negatives", "sampled"])
