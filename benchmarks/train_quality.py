@@ -78,6 +78,7 @@ def main() -> None:
             "config": json.loads((run_dir / "config.json").read_text()),
             "best_epoch": res.best_epoch,
             "epochs_run": len(rows),
+            "stop_reason": final["stop_reason"],
             "epoch_seconds_median": statistics.median(epoch_times),
             "seconds_to_best_epoch": final["seconds_to_best"],
             "total_wall_seconds": round(wall, 1),
@@ -87,7 +88,7 @@ def main() -> None:
             "curve": [
                 {
                     k: r.get(k)
-                    for k in ("epoch", "loss", "epoch_seconds", "elapsed_seconds", "valid_ndcg@10", "valid_hr@10")
+                    for k in ("epoch", "loss", "lr", "epoch_seconds", "elapsed_seconds", "valid_ndcg@10", "valid_hr@10")
                 }
                 for r in rows
             ],

@@ -4,7 +4,9 @@ Writes into the run directory:
   best.pt              best checkpoint (weights, configs, item ids, popularity)
   metrics.jsonl        one JSON line per epoch (loss, time, validation metrics)
   learning_curve.png   loss and validation NDCG@10/HR@10 per epoch
-  final.json           validation and test metrics of the best checkpoint
+  final.json           validation and test metrics of the best checkpoint, stop reason
+
+SIGINT/SIGTERM stop training after the current epoch and still write final.json.
 
 Runs under `torchrun` with DistributedDataParallel: each rank trains on its shard of
 users, rank 0 evaluates and writes.
@@ -16,7 +18,9 @@ import json
 import math
 import os
 import random
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,6 +84,37 @@ def _ddp() -> tuple[int, int]:
             dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
+
+
+class StopRequest:
+    """SIGINT/SIGTERM ask training to stop after the current epoch and finish normally (best
+    checkpoint evaluated on test, final.json written); a second signal aborts as usual.
+
+    A no-op outside the main thread, where Python cannot install signal handlers.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.signal: str | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> StopRequest:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if self.signal is not None:  # the second time: abort as the default handler would
+            self.__exit__()
+            signal.raise_signal(signum)
+            return
+        self.signal = signal.Signals(signum).name
+        print(f"{self.signal}: stopping after this epoch (send again to abort)", file=sys.stderr, flush=True)
 
 
 class LrFactor:
@@ -212,73 +247,80 @@ def train(
     best, best_epoch, bad_evals = -1.0, 0, 0
     t0 = time.perf_counter()
     history: list[dict[str, Any]] = []
-    for epoch in range(1, tc.epochs + 1):
-        model.train()
-        t_ep = time.perf_counter()
-        total, count = 0.0, 0
-        bar = tqdm(
-            task.batches(train_seqs, tc.batch_size, rng, device),
-            total=task.num_batches(train_seqs, tc.batch_size),
-            desc=f"epoch {epoch}",
-            disable=not progress or rank != 0,
-            leave=False,
-        )
-        for batch in bar:
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                loss = net(batch)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if tc.grad_clip:
-                torch.nn.utils.clip_grad_norm_(trainable, tc.grad_clip)
-            opt.step()
-            sched.step()
-            total += float(loss.detach())
-            count += 1
-            bar.set_postfix(loss=f"{total / count:.4f}")
-        epoch_s = time.perf_counter() - t_ep
-        row: dict[str, Any] = {
-            "epoch": epoch,
-            "loss": total / max(count, 1),
-            "epoch_seconds": round(epoch_s, 3),
-            "lr": opt.param_groups[0]["lr"],
-        }
-        stop = False
-        if rank == 0 and (epoch % tc.eval_every == 0 or epoch == tc.epochs):
-            valid = evaluate_model(
-                model, split.valid_hist, split.valid_target, data.num_items, tc, device, exclude_history
+    stop_reason = "epochs"
+    with StopRequest() as request:
+        for epoch in range(1, tc.epochs + 1):
+            model.train()
+            t_ep = time.perf_counter()
+            total, count = 0.0, 0
+            bar = tqdm(
+                task.batches(train_seqs, tc.batch_size, rng, device),
+                total=task.num_batches(train_seqs, tc.batch_size),
+                desc=f"epoch {epoch}",
+                disable=not progress or rank != 0,
+                leave=False,
             )
-            row.update({f"valid_{k}": v for k, v in valid.items() if k != "users"})
-            if valid["ndcg@10"] > best:
-                best, best_epoch, bad_evals = valid["ndcg@10"], epoch, 0
-                save_checkpoint(run_dir / "best.pt", model_name, model, tc, data, popularity, epoch, valid)
-            else:
-                bad_evals += 1
-                stop = bad_evals >= tc.patience
-        row["elapsed_seconds"] = round(time.perf_counter() - t0, 3)
-        if rank == 0:
-            history.append(row)
-            with metrics_path.open("a") as fh:
-                fh.write(json.dumps(row) + "\n")
-            plot_learning_curve(history, run_dir / "learning_curve.png")
-            if not progress:
-                shown = {
-                    k: (round(v, 4) if isinstance(v, float) else v)
-                    for k, v in row.items()
-                    if k in ("epoch", "loss", "epoch_seconds", "valid_ndcg@10", "valid_hr@10")
-                }
-                print(json.dumps(shown), file=sys.stderr, flush=True)
-        if tc.max_minutes and (time.perf_counter() - t0) / 60 > tc.max_minutes:
-            stop = True
-        last = budget_last_epoch(time.perf_counter() - t0, epoch, tc.max_minutes) if tc.max_minutes else 0
-        if world > 1:
-            # Rank 0's clock decides both, so every replica stops and anneals in step.
-            flags = torch.tensor([int(stop), last], device=device)
-            dist.broadcast(flags, 0)
-            stop, last = bool(flags[0].item()), int(flags[1].item())
-        if stop:
-            break
-        if last:
-            sched.lr_lambdas[0].end_at_epoch(last)  # type: ignore[attr-defined]
+            for batch in bar:
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+                    loss = net(batch)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if tc.grad_clip:
+                    torch.nn.utils.clip_grad_norm_(trainable, tc.grad_clip)
+                opt.step()
+                sched.step()
+                total += float(loss.detach())
+                count += 1
+                bar.set_postfix(loss=f"{total / count:.4f}")
+            epoch_s = time.perf_counter() - t_ep
+            row: dict[str, Any] = {
+                "epoch": epoch,
+                "loss": total / max(count, 1),
+                "epoch_seconds": round(epoch_s, 3),
+                "lr": opt.param_groups[0]["lr"],
+            }
+            over_budget = bool(tc.max_minutes) and (time.perf_counter() - t0) / 60 > tc.max_minutes
+            # The epoch training stops after is always evaluated: with a decaying lr it is the best.
+            stop = over_budget or request.signal is not None
+            if rank == 0 and (epoch % tc.eval_every == 0 or epoch == tc.epochs or stop):
+                valid = evaluate_model(
+                    model, split.valid_hist, split.valid_target, data.num_items, tc, device, exclude_history
+                )
+                row.update({f"valid_{k}": v for k, v in valid.items() if k != "users"})
+                if valid["ndcg@10"] > best:
+                    best, best_epoch, bad_evals = valid["ndcg@10"], epoch, 0
+                    save_checkpoint(run_dir / "best.pt", model_name, model, tc, data, popularity, epoch, valid)
+                else:
+                    bad_evals += 1
+                    if bad_evals >= tc.patience:
+                        stop, stop_reason = True, "early_stop"
+            row["elapsed_seconds"] = round(time.perf_counter() - t0, 3)
+            if rank == 0:
+                history.append(row)
+                with metrics_path.open("a") as fh:
+                    fh.write(json.dumps(row) + "\n")
+                plot_learning_curve(history, run_dir / "learning_curve.png")
+                if not progress:
+                    shown = {
+                        k: (round(v, 4) if isinstance(v, float) else v)
+                        for k, v in row.items()
+                        if k in ("epoch", "loss", "epoch_seconds", "valid_ndcg@10", "valid_hr@10")
+                    }
+                    print(json.dumps(shown), file=sys.stderr, flush=True)
+            if stop and request.signal is not None:
+                stop_reason = request.signal
+            elif over_budget:
+                stop_reason = "max_minutes"
+            last = budget_last_epoch(time.perf_counter() - t0, epoch, tc.max_minutes) if tc.max_minutes else 0
+            if world > 1:
+                # Rank 0's clock decides both, so every replica stops and anneals in step.
+                flags = torch.tensor([int(stop), last], device=device)
+                dist.broadcast(flags, 0)
+                stop, last = bool(flags[0].item()), int(flags[1].item())
+            if stop:
+                break
+            if last:
+                sched.lr_lambdas[0].end_at_epoch(last)  # type: ignore[attr-defined]
     seconds = time.perf_counter() - t0
     if rank != 0:
         return TrainResult(run_dir, best_epoch, {}, {}, seconds)
@@ -298,6 +340,7 @@ def train(
         "test": test,
         "device": str(device),
         "epochs_run": len(history),
+        "stop_reason": stop_reason,  # epochs, early_stop, max_minutes, SIGINT or SIGTERM
         "protocol": "leave-one-out" if split_given is False else "custom split",
         "exclude_history": exclude_history,
     }

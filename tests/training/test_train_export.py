@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
+import training.train
 from training.batching import pad_left
 from training.data import leave_one_out
 from training.evaluate import full_rank_eval, popularity_score_fn, popularity_scores
@@ -61,6 +63,34 @@ def test_seeded_training_is_deterministic(ml100k, tmp_path: Path) -> None:
     a = train("sasrec", ml100k, tmp_path / "a", **kw)
     b = train("sasrec", ml100k, tmp_path / "b", **kw)
     assert a.valid["ndcg@10"] == b.valid["ndcg@10"]
+
+
+def test_sigterm_stops_after_the_epoch_and_finishes_the_run(
+    ml100k, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    plot = training.train.plot_learning_curve
+
+    def plot_then_sigterm(history, path) -> None:  # the signal lands at the end of epoch 1
+        plot(history, path)
+        if len(history) == 1:
+            signal.raise_signal(signal.SIGTERM)
+
+    monkeypatch.setattr(training.train, "plot_learning_curve", plot_then_sigterm)
+    before = signal.getsignal(signal.SIGTERM)
+    res = train(
+        "sasrec",
+        ml100k,
+        tmp_path / "run",
+        model_overrides={"max_len": 20, "dim": 16, "num_layers": 1},
+        train_overrides={"epochs": 50, "eval_every": 5, "max_users": 300},
+        progress=False,
+    )
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2]  # epoch 2 was under way: it finishes, then stops
+    assert "valid_ndcg@10" in rows[1]  # the epoch it stops after is evaluated, eval_every or not
+    final = json.loads((tmp_path / "run" / "final.json").read_text())
+    assert final["stop_reason"] == "SIGTERM" and res.best_epoch == 2 and res.test["users"] == 300
+    assert signal.getsignal(signal.SIGTERM) == before  # the handler is put back
 
 
 @pytest.fixture(scope="module")
