@@ -51,7 +51,8 @@ def sampled_softmax(
 ) -> torch.Tensor:
     """Softmax over the positive and `num_negatives` negatives shared by the batch.
 
-    Negatives are uniform, or drawn by `popularity` with a logQ correction (Yi et al. 2019).
+    Negatives are uniform, or drawn in proportion to `popularity` (any non-negative weights,
+    e.g. supp^alpha) with a logQ correction for that draw (Yi et al. 2019).
     logq="negatives": subtract log q from the negatives' logits only (q = draw probability);
     logq="sampled": subtract log(K q) from the positive's and every negative's logit, the
     sampled-softmax estimate of the full softmax (Jean et al. 2015). The two differ by a

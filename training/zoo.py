@@ -43,8 +43,21 @@ class ModelSpec:
     export_extra: ExportExtraFn | None = None
 
 
+def negative_weights(extra: dict[str, Any], popularity: np.ndarray) -> torch.Tensor | None:
+    """Sampled-softmax negatives drawn ~ supp^alpha (None = uniform), as GRU4Rec's extra negatives.
+
+    train.neg_alpha sets alpha (0 uniform, 1 popularity); train.pop_negatives=true means alpha 1.
+    In between, rare items are pushed down more often than by popularity sampling, which is what
+    keeps their embeddings from inflating (BERT4Rec on Beauty collapses with alpha 1).
+    """
+    alpha = float(extra.get("neg_alpha", 1.0 if extra.get("pop_negatives") else 0.0))
+    if alpha < 0:
+        raise ValueError(f"train.neg_alpha must be >= 0, got {alpha}")
+    return torch.as_tensor(popularity, dtype=torch.float) ** alpha if alpha > 0 else None
+
+
 def _sasrec_task(cfg: SASRecConfig, tc: TrainConfig, popularity: np.ndarray) -> Task:
-    pop = torch.as_tensor(popularity, dtype=torch.float) if tc.extra.get("pop_negatives") else None
+    pop = negative_weights(tc.extra, popularity)
     return NextItemTask(
         cfg.max_len,
         tc.loss,
@@ -65,7 +78,7 @@ def _bert4rec_task(cfg: BERT4RecConfig, tc: TrainConfig, popularity: np.ndarray)
         last_item_ratio=float(x.get("last_item_ratio", 0.1)),
         loss_name=tc.loss,
         num_negatives=tc.num_negatives,
-        popularity=torch.as_tensor(popularity, dtype=torch.float) if x.get("pop_negatives") else None,
+        popularity=negative_weights(x, popularity),
         logq=str(x.get("logq", "negatives")),
         bucket=tc.bucket,
         newest_prob=tc.newest_prob,

@@ -11,6 +11,7 @@ import torch
 from training.config import TrainConfig
 from training.tasks import batch_order, shifted_batches
 from training.train import budget_last_epoch, lr_scheduler
+from training.zoo import negative_weights
 
 CPU = torch.device("cpu")
 
@@ -57,6 +58,16 @@ def test_cosine_schedule_warms_up_then_decays_to_zero() -> None:
     assert lrs[-1] < 0.001
     with pytest.raises(ValueError, match="lr_schedule"):
         lr_scheduler(opt, TrainConfig(lr_schedule="step"), 10)
+
+
+def test_negative_weights_are_support_to_the_alpha() -> None:
+    pop = np.array([0.0, 1.0, 4.0, 100.0])
+    assert negative_weights({}, pop) is None  # uniform by default
+    assert negative_weights({"neg_alpha": 0}, pop) is None
+    assert negative_weights({"pop_negatives": True}, pop).tolist() == [0.0, 1.0, 4.0, 100.0]
+    assert negative_weights({"pop_negatives": True, "neg_alpha": 0.5}, pop).tolist() == [0.0, 1.0, 2.0, 10.0]
+    with pytest.raises(ValueError, match="neg_alpha"):
+        negative_weights({"neg_alpha": -1}, pop)
 
 
 def test_cosine_ends_where_the_wall_clock_budget_will_stop_training() -> None:
