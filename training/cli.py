@@ -234,6 +234,7 @@ def train(
             {
                 "run_dir": str(result.run_dir),
                 "best_epoch": result.best_epoch,
+                "stop_reason": result.stop_reason,
                 "seconds": round(result.seconds, 1),
                 "valid_ndcg@10": result.valid.get("ndcg@10"),
                 "valid_hr@10": result.valid.get("hr@10"),

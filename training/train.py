@@ -71,6 +71,7 @@ class TrainResult:
     valid: dict[str, float]
     test: dict[str, float]
     seconds: float
+    stop_reason: str = "epochs"  # epochs, early_stop, max_minutes, SIGINT or SIGTERM
 
 
 def _is_tty() -> bool:
@@ -340,12 +341,12 @@ def train(
         "test": test,
         "device": str(device),
         "epochs_run": len(history),
-        "stop_reason": stop_reason,  # epochs, early_stop, max_minutes, SIGINT or SIGTERM
+        "stop_reason": stop_reason,
         "protocol": "leave-one-out" if split_given is False else "custom split",
         "exclude_history": exclude_history,
     }
     (run_dir / "final.json").write_text(json.dumps(final, indent=2))
-    return TrainResult(run_dir, best_epoch, valid, test, seconds)
+    return TrainResult(run_dir, best_epoch, valid, test, seconds, stop_reason)
 
 
 class TaskLoss(torch.nn.Module):

@@ -89,7 +89,7 @@ def test_sigterm_stops_after_the_epoch_and_finishes_the_run(
     assert [r["epoch"] for r in rows] == [1, 2]  # epoch 2 was under way: it finishes, then stops
     assert "valid_ndcg@10" in rows[1]  # the epoch it stops after is evaluated, eval_every or not
     final = json.loads((tmp_path / "run" / "final.json").read_text())
-    assert final["stop_reason"] == "SIGTERM" and res.best_epoch == 2 and res.test["users"] == 300
+    assert final["stop_reason"] == res.stop_reason == "SIGTERM" and res.best_epoch == 2 and res.test["users"] == 300
     assert signal.getsignal(signal.SIGTERM) == before  # the handler is put back
 
 
