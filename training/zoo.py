@@ -47,8 +47,8 @@ def negative_weights(extra: dict[str, Any], popularity: np.ndarray) -> torch.Ten
     """Sampled-softmax negatives drawn ~ supp^alpha (None = uniform), as GRU4Rec's extra negatives.
 
     train.neg_alpha sets alpha (0 uniform, 1 popularity); train.pop_negatives=true means alpha 1.
-    In between, rare items are pushed down more often than by popularity sampling, which is what
-    keeps their embeddings from inflating (BERT4Rec on Beauty collapses with alpha 1).
+    In between, rare items are pushed down more often than by popularity sampling (BERT4Rec on
+    Beauty collapses with alpha 1 as rare items' embeddings inflate; 0.5 is untried there).
     """
     alpha = float(extra.get("neg_alpha", 1.0 if extra.get("pop_negatives") else 0.0))
     if alpha < 0:
