@@ -299,12 +299,11 @@ def export_unisrec_extra(model: SeqRecModel, out: Path, ckpt: dict[str, Any]) ->
     )
     embedder.tokenizer.save(str(out / "tokenizer.json"))
     model.eval()
-    parity = unisrec_parity(model, embedder, out)
-    worst = max(parity.values())
-    if worst > 1e-4:
+    parity, end_to_end = unisrec_parity(model, embedder, out)
+    if max(parity.values()) > 1e-4 or end_to_end > NEW_ITEM_END_TO_END_TOL:
         from training.export import ExportError
 
-        raise ExportError(f"UniSRec graphs disagree with eager PyTorch: {parity}")
+        raise ExportError(f"UniSRec graphs disagree with eager PyTorch: {parity}, new item end to end {end_to_end}")
     return {
         "text": {
             "tokenizer": "tokenizer.json",
@@ -342,13 +341,22 @@ def export_unisrec_extra(model: SeqRecModel, out: Path, ckpt: dict[str, Any]) ->
             "dim_model": cfg.dim,
             "new_item_head": cfg.new_item_head,
             "parity_max_abs_diff": parity,
+            "new_item_end_to_end_max_abs_diff": end_to_end,
         }
     }
 
 
+# A new item's text through both exported graphs (text encoder, then adaptor) vs eager: each
+# graph agrees to ~1e-7, but the adaptor's text channel normalises (text - mean) @ P, and probe
+# texts lie close to the catalogue mean, so a 1e-7 difference in the text embedding can come out
+# ~1e-4 (seen: 1.3e-4 on an AVX512 CPU). That is conditioning, not export error: a looser bound.
+NEW_ITEM_END_TO_END_TOL = 1e-3
+
+
 @torch.no_grad()
-def unisrec_parity(model: UniSRec, embedder: TextEmbedder, out: Path) -> dict[str, float]:
-    """Max |ONNX - eager| per graph, and for a new item's text through both exported graphs."""
+def unisrec_parity(model: UniSRec, embedder: TextEmbedder, out: Path) -> tuple[dict[str, float], float]:
+    """Max |ONNX - eager| per graph (each on the same input), and for a new item's text through
+    both exported graphs chained (ONNX text embedding into the ONNX adaptor)."""
     rng = np.random.default_rng(0)
     table = model.item_vectors()
     worst: dict[str, float] = {}
@@ -371,7 +379,8 @@ def unisrec_parity(model: UniSRec, embedder: TextEmbedder, out: Path) -> dict[st
     onnx_text = te.run(["text_emb"], {"input_ids": ids, "attention_mask": mask})[0]
     eager_text = embedder.encode(list(PROBE_TEXTS))
     worst["text_encoder"] = float(np.abs(onnx_text - eager_text).max())
-    new_onnx = ada.run(["item_vec"], {"text_emb": onnx_text})[0]
     new_eager = model.adapt(torch.as_tensor(eager_text)).numpy()
-    worst["new_item_text_to_vector"] = float(np.abs(new_onnx - new_eager).max())
-    return worst
+    same_input = ada.run(["item_vec"], {"text_emb": eager_text.astype(np.float32)})[0]
+    worst["adaptor_new_text"] = float(np.abs(same_input - new_eager).max())
+    chained = ada.run(["item_vec"], {"text_emb": onnx_text})[0]
+    return worst, float(np.abs(chained - new_eager).max())
