@@ -87,6 +87,14 @@ def _ddp() -> tuple[int, int]:
     return 0, 1
 
 
+def _ddp_finish(world: int) -> None:
+    """Every rank waits for rank 0's final evaluation, then tears the group down: a rank that
+    exits with the group alive can abort in gloo's teardown ("terminate called...")."""
+    if world > 1 and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 class StopRequest:
     """SIGINT/SIGTERM ask training to stop after the current epoch and finish normally (best
     checkpoint evaluated on test, final.json written); a second signal aborts as usual.
@@ -324,6 +332,7 @@ def train(
                 sched.lr_lambdas[0].end_at_epoch(last)  # type: ignore[attr-defined]
     seconds = time.perf_counter() - t0
     if rank != 0:
+        _ddp_finish(world)
         return TrainResult(run_dir, best_epoch, {}, {}, seconds)
     best_model, _ = load_checkpoint(run_dir / "best.pt", device)
     valid = evaluate_model(
@@ -346,6 +355,7 @@ def train(
         "exclude_history": exclude_history,
     }
     (run_dir / "final.json").write_text(json.dumps(final, indent=2))
+    _ddp_finish(world)
     return TrainResult(run_dir, best_epoch, valid, test, seconds, stop_reason)
 
 
