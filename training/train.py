@@ -235,6 +235,7 @@ def train(
     rng = np.random.default_rng(tc.seed + rank)
     train_seqs = split.train[rank::world]
     sched = lr_scheduler(opt, tc, task.num_batches(train_seqs, tc.batch_size))
+    lr_factor: LrFactor = sched.lr_lambdas[0]  # type: ignore[assignment]  # moved by the budget
     use_amp = tc.amp and (device.type == "cuda" or tc.amp_cpu)
 
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -289,8 +290,9 @@ def train(
                 "lr": opt.param_groups[0]["lr"],
             }
             over_budget = bool(tc.max_minutes) and (time.perf_counter() - t0) / 60 > tc.max_minutes
+            halt = request.signal or ("max_minutes" if over_budget else None)
             # The epoch training stops after is always evaluated: with a decaying lr it is the best.
-            stop = over_budget or request.signal is not None
+            stop = halt is not None
             if rank == 0 and (epoch % tc.eval_every == 0 or epoch == tc.epochs or stop):
                 valid = evaluate_model(
                     model, split.valid_hist, split.valid_target, data.num_items, tc, device, exclude_history
@@ -316,10 +318,8 @@ def train(
                         if k in ("epoch", "loss", "epoch_seconds", "valid_ndcg@10", "valid_hr@10")
                     }
                     print(json.dumps(shown), file=sys.stderr, flush=True)
-            if stop and request.signal is not None:
-                stop_reason = request.signal
-            elif over_budget:
-                stop_reason = "max_minutes"
+            if halt is not None:
+                stop_reason = halt
             last = budget_last_epoch(time.perf_counter() - t0, epoch, tc.max_minutes) if tc.max_minutes else 0
             if world > 1:
                 # Rank 0's clock decides both, so every replica stops and anneals in step.
@@ -329,7 +329,7 @@ def train(
             if stop:
                 break
             if last:
-                sched.lr_lambdas[0].end_at_epoch(last)  # type: ignore[attr-defined]
+                lr_factor.end_at_epoch(last)
     seconds = time.perf_counter() - t0
     if rank != 0:
         _ddp_finish(world)
