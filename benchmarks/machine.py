@@ -36,11 +36,9 @@ def machine_info() -> dict[str, object]:
     with contextlib.suppress(OSError):
         cpu = parse_cpuinfo(Path("/proc/cpuinfo").read_text())
     mem_gib = None
-    try:
+    with contextlib.suppress(OSError):
         for line in Path("/proc/meminfo").read_text().splitlines():
             if line.startswith("MemTotal"):
                 mem_gib = round(int(line.split()[1]) / 2**20, 1)
                 break
-    except OSError:
-        pass
     return {"nproc": os.cpu_count(), **cpu, "ram_gib": mem_gib, "python": platform.python_version()}

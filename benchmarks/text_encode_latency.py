@@ -19,15 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+from benchmarks.machine import machine_info
 
 
 def main() -> None:
@@ -84,7 +76,7 @@ def main() -> None:
         "mean_ms": round(float(ms_a.mean()), 2),
         "cpu_p50_ms": round(float(np.percentile(cpu, 50)), 2) if args.threads == 1 else None,
         "cpu_p90_ms": round(float(np.percentile(cpu, 90)), 2) if args.threads == 1 else None,
-        "machine": f"{cpu_model()}, {os.cpu_count()} logical CPUs shared with other jobs "
+        "machine": f"{machine_info()['cpu']}, {os.cpu_count()} logical CPUs shared with other jobs "
         f"(load average {os.getloadavg()[0]:.1f} at start of write), {platform.system()} {platform.release()}",
         "onnxruntime": ort.__version__,
         "command": "PYTHONPATH=. python " + " ".join(sys.argv),
