@@ -27,6 +27,18 @@ class SeqRecModel(nn.Module):
         return self(item_seq) @ self.item_vectors().T
 
 
+def absolute_positions(item_seq: torch.Tensor) -> torch.Tensor:
+    """(B, L) left-padded -> (B, L) position ids counted from the oldest item of the window.
+
+    The oldest item gets 0, the k-th item k - 1 (padding gets 0; it is masked and zeroed).
+    Unlike recency positions, this tells the model how far into its history the user is:
+    what right-padded implementations (RecBole, Klenitskiy & Vasilev's SASRec) learn.
+    On ML-1M a user's first ratings are the sign-up questionnaire's, unlike later ones.
+    Causal: position t depends on items <= t only.
+    """
+    return (torch.cumsum((item_seq != 0).long(), dim=1) - 1).clamp(min=0)  # (B, L)
+
+
 def recency_positions(length: int, max_len: int, device: torch.device) -> torch.Tensor:
     """Position ids counted from the end: the newest item always gets max_len - 1.
 

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from models.layers import SeqRecModel, TransformerBlock, attention_mask, recency_positions
+from models.layers import SeqRecModel, TransformerBlock, absolute_positions, attention_mask, recency_positions
 
 
 @dataclass
@@ -29,6 +29,12 @@ class SASRecConfig:
     dropout: float = 0.2
     emb_dropout: float | None = None  # None = same as dropout
     norm_first: bool = True  # the paper's block; False = post-LN
+    positions: str = "recency"  # "recency" (newest = max_len - 1) or "absolute" (oldest = 0)
+    init_std: float | None = None  # None = Xavier normal; else N(0, init_std) (Klenitskiy & Vasilev)
+
+    def __post_init__(self) -> None:
+        if self.positions not in ("recency", "absolute"):
+            raise ValueError(f"positions must be 'recency' or 'absolute', got {self.positions!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -51,10 +57,12 @@ class SASRec(SeqRecModel):
         self.scale = math.sqrt(cfg.dim)
         self.apply(self._init)
 
-    @staticmethod
-    def _init(m: nn.Module) -> None:
+    def _init(self, m: nn.Module) -> None:
         if isinstance(m, nn.Linear | nn.Embedding):
-            nn.init.xavier_normal_(m.weight)
+            if self.cfg.init_std is None:
+                nn.init.xavier_normal_(m.weight)
+            else:  # small init: every block starts close to the identity (its residual)
+                nn.init.normal_(m.weight, 0.0, self.cfg.init_std)
             if isinstance(m, nn.Linear) and m.bias is not None:
                 nn.init.zeros_(m.bias)
 
@@ -62,8 +70,11 @@ class SASRec(SeqRecModel):
         """(B, L) int64 -> (B, L, D): F^(B) at every position (or (B, 1, D), the newest only)."""
         item_seq = item_seq[:, -self.max_len :]  # longer histories keep the newest max_len items
         L = item_seq.shape[1]
-        pos = recency_positions(L, self.max_len, item_seq.device)  # (L,)
-        x = self.item_emb(item_seq) * self.scale + self.pos_emb(pos)[None]  # (B, L, D)
+        if self.cfg.positions == "absolute":
+            pos_e = self.pos_emb(absolute_positions(item_seq))  # (B, L, D)
+        else:
+            pos_e = self.pos_emb(recency_positions(L, self.max_len, item_seq.device))[None]  # (1, L, D)
+        x = self.item_emb(item_seq) * self.scale + pos_e  # (B, L, D)
         x = self.emb_drop(x) * (item_seq != 0).unsqueeze(-1)  # padding rows stay zero
         mask = attention_mask(item_seq, causal=True)  # (B, 1, L, L)
         for i, block in enumerate(self.blocks):

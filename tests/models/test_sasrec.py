@@ -1,7 +1,9 @@
 from __future__ import annotations
 
+import pytest
 import torch
 
+from models.layers import absolute_positions
 from models.sasrec import SASRec, SASRecConfig
 
 
@@ -12,8 +14,8 @@ def _model(**kw) -> SASRec:
 
 
 def test_causal_future_items_do_not_change_past_outputs() -> None:
-    for norm_first in (True, False):
-        m = _model(norm_first=norm_first)
+    for norm_first, positions in ((True, "recency"), (False, "recency"), (True, "absolute")):
+        m = _model(norm_first=norm_first, positions=positions)
         seq = torch.randint(1, 101, (3, 12))
         changed = seq.clone()
         t = 6
@@ -25,18 +27,39 @@ def test_causal_future_items_do_not_change_past_outputs() -> None:
 
 
 def test_left_padding_does_not_change_user_vector() -> None:
-    m = _model()
-    seq = torch.randint(1, 101, (1, 7))
-    padded = torch.cat([torch.zeros(1, 5, dtype=torch.long), seq], dim=1)
-    with torch.no_grad():
-        assert torch.allclose(m(seq), m(padded), atol=1e-5)
+    for positions in ("recency", "absolute"):
+        m = _model(positions=positions)
+        seq = torch.randint(1, 101, (1, 7))
+        padded = torch.cat([torch.zeros(1, 5, dtype=torch.long), seq], dim=1)
+        with torch.no_grad():
+            assert torch.allclose(m(seq), m(padded), atol=1e-5)
 
 
 def test_long_history_is_truncated_to_max_len() -> None:
-    m = _model()
-    seq = torch.randint(1, 101, (2, 35))
+    for positions in ("recency", "absolute"):
+        m = _model(positions=positions)
+        seq = torch.randint(1, 101, (2, 35))
+        with torch.no_grad():
+            assert torch.allclose(m(seq), m(seq[:, -20:]), atol=1e-6)
+
+
+def test_absolute_positions_count_from_the_oldest_item() -> None:
+    seq = torch.tensor([[0, 0, 7, 3, 9], [4, 5, 6, 7, 8]])
+    assert absolute_positions(seq).tolist() == [[0, 0, 0, 1, 2], [0, 1, 2, 3, 4]]
+    # the two schemes give different user vectors for a short history (the option is live)
+    a, r = _model(positions="absolute"), _model(positions="recency")
     with torch.no_grad():
-        assert torch.allclose(m(seq), m(seq[:, -20:]), atol=1e-6)
+        assert not torch.allclose(a(seq[:1, 2:]), r(seq[:1, 2:]), atol=1e-3)
+
+
+def test_unknown_position_scheme_is_refused() -> None:
+    with pytest.raises(ValueError, match="positions"):
+        SASRecConfig(num_items=10, positions="sinusoid")
+
+
+def test_small_normal_init() -> None:
+    m = _model(init_std=0.02)
+    assert abs(float(m.blocks[0].attn.qkv.weight.detach().std()) - 0.02) < 0.005
 
 
 def test_shapes_and_score_contract() -> None:
@@ -50,8 +73,8 @@ def test_shapes_and_score_contract() -> None:
 
 
 def test_user_vector_from_last_query_only_equals_full_computation() -> None:
-    for norm_first in (True, False):
-        m = _model(norm_first=norm_first)
+    for norm_first, positions in ((True, "recency"), (False, "recency"), (True, "absolute")):
+        m = _model(norm_first=norm_first, positions=positions)
         seq = torch.randint(0, 101, (5, 15))
         with torch.no_grad():
             assert torch.allclose(m(seq), m.hidden(seq)[:, -1], atol=1e-5)
