@@ -13,34 +13,34 @@ def _model(**kw) -> SASRec:
     return m.eval()
 
 
-def test_causal_future_items_do_not_change_past_outputs() -> None:
-    for norm_first, positions in ((True, "recency"), (False, "recency"), (True, "absolute")):
-        m = _model(norm_first=norm_first, positions=positions)
-        seq = torch.randint(1, 101, (3, 12))
-        changed = seq.clone()
-        t = 6
-        changed[:, t + 1 :] = torch.randint(1, 101, (3, 12 - t - 1))
-        with torch.no_grad():
-            a, b = m.hidden(seq), m.hidden(changed)
-        assert torch.allclose(a[:, : t + 1], b[:, : t + 1], atol=1e-6)
-        assert not torch.allclose(a[:, t + 1 :], b[:, t + 1 :], atol=1e-3)  # the test can fail
+@pytest.mark.parametrize(("norm_first", "positions"), [(True, "recency"), (False, "recency"), (True, "absolute")])
+def test_causal_future_items_do_not_change_past_outputs(norm_first: bool, positions: str) -> None:
+    m = _model(norm_first=norm_first, positions=positions)
+    seq = torch.randint(1, 101, (3, 12))
+    changed = seq.clone()
+    t = 6
+    changed[:, t + 1 :] = torch.randint(1, 101, (3, 12 - t - 1))
+    with torch.no_grad():
+        a, b = m.hidden(seq), m.hidden(changed)
+    assert torch.allclose(a[:, : t + 1], b[:, : t + 1], atol=1e-6)
+    assert not torch.allclose(a[:, t + 1 :], b[:, t + 1 :], atol=1e-3)  # the test can fail
 
 
-def test_left_padding_does_not_change_user_vector() -> None:
-    for positions in ("recency", "absolute"):
-        m = _model(positions=positions)
-        seq = torch.randint(1, 101, (1, 7))
-        padded = torch.cat([torch.zeros(1, 5, dtype=torch.long), seq], dim=1)
-        with torch.no_grad():
-            assert torch.allclose(m(seq), m(padded), atol=1e-5)
+@pytest.mark.parametrize("positions", ["recency", "absolute"])
+def test_left_padding_does_not_change_user_vector(positions: str) -> None:
+    m = _model(positions=positions)
+    seq = torch.randint(1, 101, (1, 7))
+    padded = torch.cat([torch.zeros(1, 5, dtype=torch.long), seq], dim=1)
+    with torch.no_grad():
+        assert torch.allclose(m(seq), m(padded), atol=1e-5)
 
 
-def test_long_history_is_truncated_to_max_len() -> None:
-    for positions in ("recency", "absolute"):
-        m = _model(positions=positions)
-        seq = torch.randint(1, 101, (2, 35))
-        with torch.no_grad():
-            assert torch.allclose(m(seq), m(seq[:, -20:]), atol=1e-6)
+@pytest.mark.parametrize("positions", ["recency", "absolute"])
+def test_long_history_is_truncated_to_max_len(positions: str) -> None:
+    m = _model(positions=positions)
+    seq = torch.randint(1, 101, (2, 35))
+    with torch.no_grad():
+        assert torch.allclose(m(seq), m(seq[:, -20:]), atol=1e-6)
 
 
 def test_absolute_positions_count_from_the_oldest_item() -> None:
@@ -72,9 +72,9 @@ def test_shapes_and_score_contract() -> None:
         assert torch.allclose(m.score(seq), m(seq) @ m.item_vectors().T)
 
 
-def test_user_vector_from_last_query_only_equals_full_computation() -> None:
-    for norm_first, positions in ((True, "recency"), (False, "recency"), (True, "absolute")):
-        m = _model(norm_first=norm_first, positions=positions)
-        seq = torch.randint(0, 101, (5, 15))
-        with torch.no_grad():
-            assert torch.allclose(m(seq), m.hidden(seq)[:, -1], atol=1e-5)
+@pytest.mark.parametrize(("norm_first", "positions"), [(True, "recency"), (False, "recency"), (True, "absolute")])
+def test_user_vector_from_last_query_only_equals_full_computation(norm_first: bool, positions: str) -> None:
+    m = _model(norm_first=norm_first, positions=positions)
+    seq = torch.randint(0, 101, (5, 15))
+    with torch.no_grad():
+        assert torch.allclose(m(seq), m.hidden(seq)[:, -1], atol=1e-5)
