@@ -3,6 +3,7 @@
 Sun et al., CIKM 2019. Written from the paper.
 
 h^0_i = v_i + p_i                                   (Sec. 3.5, learned positions; LayerNorm + dropout as in BERT)
+                                                    (p counted from the newest item, or from the oldest: `positions`)
 h^l = Trm(h^{l-1}), Trm = post-LN block, GELU FFN   (Sec. 3.3, bidirectional: every position sees every item)
 P(v) = softmax(GELU(h^L_t W^P + b^P) E^T + b^O)     (Sec. 3.5, eq. 7: E is the input embedding table, shared)
 
@@ -21,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.layers import SeqRecModel, TransformerBlock, attention_mask, recency_positions
+from models.layers import SeqRecModel, TransformerBlock, attention_mask, check_position_scheme, position_ids
 
 
 @dataclass
@@ -34,6 +35,12 @@ class BERT4RecConfig:
     dropout: float = 0.1
     ffn_mult: int = 4  # FFN hidden = 4d (Sec. 3.3)
     init_std: float = 0.02  # truncated normal, as BERT
+    # "recency" (newest = max_len - 1) or "absolute" (oldest = 0, as right-padded BERT4Rec code
+    # such as Klenitskiy & Vasilev's learns); [mask] tokens count as items.
+    positions: str = "recency"
+
+    def __post_init__(self) -> None:
+        check_position_scheme(self.positions)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -69,9 +76,8 @@ class BERT4Rec(SeqRecModel):
 
     def encode(self, item_seq: torch.Tensor) -> torch.Tensor:
         """(B, L) left-padded, may hold [mask] tokens, L <= max_len -> (B, L, D): h^L at every position."""
-        L = item_seq.shape[1]
-        pos = recency_positions(L, self.max_len, item_seq.device)  # (L,)
-        x = self.emb_drop(self.emb_ln(self.item_emb(item_seq) + self.pos_emb(pos)[None]))  # (B, L, D)
+        pos = position_ids(item_seq, self.cfg.positions, self.max_len)  # (B, L) or (1, L)
+        x = self.emb_drop(self.emb_ln(self.item_emb(item_seq) + self.pos_emb(pos)))  # (B, L, D)
         mask = attention_mask(item_seq, causal=False)  # (B, 1, L, L): bidirectional, padding keys hidden
         for block in self.blocks:
             x = block(x, mask)

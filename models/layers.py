@@ -48,6 +48,22 @@ def recency_positions(length: int, max_len: int, device: torch.device) -> torch.
     return torch.arange(max_len - length, max_len, device=device)  # (L,)
 
 
+POSITION_SCHEMES = ("recency", "absolute")
+
+
+def check_position_scheme(scheme: str) -> None:
+    """Config validation shared by the models that offer both schemes."""
+    if scheme not in POSITION_SCHEMES:
+        raise ValueError(f"positions must be 'recency' or 'absolute', got {scheme!r}")
+
+
+def position_ids(item_seq: torch.Tensor, scheme: str, max_len: int) -> torch.Tensor:
+    """(B, L) left-padded -> position ids for `scheme`: (B, L) absolute, or (1, L) recency."""
+    if scheme == "absolute":
+        return absolute_positions(item_seq)
+    return recency_positions(item_seq.shape[1], max_len, item_seq.device)[None]
+
+
 class MultiHeadSelfAttention(nn.Module):
     """Scaled dot-product attention (Vaswani et al.), Q/K/V from one projection."""
 

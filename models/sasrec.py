@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from models.layers import SeqRecModel, TransformerBlock, absolute_positions, attention_mask, recency_positions
+from models.layers import SeqRecModel, TransformerBlock, attention_mask, check_position_scheme, position_ids
 
 
 @dataclass
@@ -33,8 +33,7 @@ class SASRecConfig:
     init_std: float | None = None  # None = Xavier normal; else N(0, init_std) (Klenitskiy & Vasilev)
 
     def __post_init__(self) -> None:
-        if self.positions not in ("recency", "absolute"):
-            raise ValueError(f"positions must be 'recency' or 'absolute', got {self.positions!r}")
+        check_position_scheme(self.positions)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -69,11 +68,7 @@ class SASRec(SeqRecModel):
     def hidden(self, item_seq: torch.Tensor, last_only: bool = False) -> torch.Tensor:
         """(B, L) int64 -> (B, L, D): F^(B) at every position (or (B, 1, D), the newest only)."""
         item_seq = item_seq[:, -self.max_len :]  # longer histories keep the newest max_len items
-        L = item_seq.shape[1]
-        if self.cfg.positions == "absolute":
-            pos_e = self.pos_emb(absolute_positions(item_seq))  # (B, L, D)
-        else:
-            pos_e = self.pos_emb(recency_positions(L, self.max_len, item_seq.device))[None]  # (1, L, D)
+        pos_e = self.pos_emb(position_ids(item_seq, self.cfg.positions, self.max_len))  # (B or 1, L, D)
         x = self.item_emb(item_seq) * self.scale + pos_e  # (B, L, D)
         x = self.emb_drop(x) * (item_seq != 0).unsqueeze(-1)  # padding rows stay zero
         mask = attention_mask(item_seq, causal=True)  # (B, 1, L, L)

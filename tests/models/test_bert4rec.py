@@ -1,17 +1,22 @@
 from __future__ import annotations
 
+import pytest
 import torch
 
 from models.bert4rec import BERT4Rec, BERT4RecConfig
 
+SCHEMES = ["recency", "absolute"]
 
-def _model(max_len: int = 20) -> BERT4Rec:
+
+def _model(max_len: int = 20, positions: str = "recency") -> BERT4Rec:
     torch.manual_seed(0)
-    return BERT4Rec(BERT4RecConfig(num_items=100, max_len=max_len, dim=32, num_layers=2, num_heads=2)).eval()
+    cfg = BERT4RecConfig(num_items=100, max_len=max_len, dim=32, num_layers=2, num_heads=2, positions=positions)
+    return BERT4Rec(cfg).eval()
 
 
-def test_forward_appends_mask_and_reads_its_output() -> None:
-    m = _model()
+@pytest.mark.parametrize("positions", SCHEMES)
+def test_forward_appends_mask_and_reads_its_output(positions: str) -> None:
+    m = _model(positions=positions)
     seq = torch.randint(1, 101, (3, 9))
     manual = torch.cat([seq, torch.full((3, 1), m.mask_token)], dim=1)
     with torch.no_grad():
@@ -21,8 +26,9 @@ def test_forward_appends_mask_and_reads_its_output() -> None:
         assert not torch.allclose(m(seq), m.head(m.encode(seq)[:, -1]), atol=1e-3)
 
 
-def test_full_history_drops_oldest_item() -> None:
-    m = _model(max_len=20)
+@pytest.mark.parametrize("positions", SCHEMES)
+def test_full_history_drops_oldest_item(positions: str) -> None:
+    m = _model(max_len=20, positions=positions)
     seq = torch.randint(1, 101, (2, 20))  # full: 20 items + [mask] would not fit
     with torch.no_grad():
         assert torch.allclose(m(seq), m(seq[:, 1:]), atol=1e-6)
@@ -32,8 +38,9 @@ def test_full_history_drops_oldest_item() -> None:
         assert torch.allclose(m(seq), m.head(m.encode(manual)[:, -1]), atol=1e-6)
 
 
-def test_bidirectional_earlier_output_sees_later_items() -> None:
-    m = _model()
+@pytest.mark.parametrize("positions", SCHEMES)
+def test_bidirectional_earlier_output_sees_later_items(positions: str) -> None:
+    m = _model(positions=positions)
     seq = torch.randint(1, 101, (2, 10))
     changed = seq.clone()
     changed[:, -1] = (seq[:, -1] % 100) + 1
@@ -42,8 +49,9 @@ def test_bidirectional_earlier_output_sees_later_items() -> None:
     assert not torch.allclose(a[:, 0], b[:, 0], atol=1e-4)  # position 0 attends to the last item
 
 
-def test_left_padding_does_not_change_user_vector() -> None:
-    m = _model()
+@pytest.mark.parametrize("positions", SCHEMES)
+def test_left_padding_does_not_change_user_vector(positions: str) -> None:
+    m = _model(positions=positions)
     seq = torch.randint(1, 101, (1, 7))
     padded = torch.cat([torch.zeros(1, 6, dtype=torch.long), seq], dim=1)
     with torch.no_grad():
@@ -61,3 +69,15 @@ def test_score_is_eq7_logit_with_bias_dimension() -> None:
         assert m(seq).shape == (4, 33) and m.item_vectors().shape == (101, 33)
         assert torch.allclose(m.score(seq), logits, atol=1e-5)
         assert torch.equal(m.item_vectors()[:, :32], m.item_emb.weight[:101])  # output table = input table
+
+
+def test_absolute_positions_count_from_the_oldest_item_mask_included() -> None:
+    a, r = _model(max_len=20, positions="absolute"), _model(max_len=20, positions="recency")  # same weights
+    full, short = torch.randint(1, 101, (2, 19)), torch.randint(1, 101, (2, 6))
+    with torch.no_grad():
+        # 19 items + [mask] fill the window: positions 0..19 under both schemes.
+        assert torch.allclose(a(full), r(full), atol=1e-6)
+        # 6 items + [mask]: absolute 0..6, recency 13..19.
+        assert not torch.allclose(a(short), r(short), atol=1e-4)
+    with pytest.raises(ValueError, match="positions"):
+        BERT4RecConfig(num_items=10, positions="sinusoid")

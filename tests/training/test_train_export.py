@@ -15,8 +15,17 @@ import training.train
 from training.batching import pad_left
 from training.data import leave_one_out
 from training.evaluate import full_rank_eval, popularity_score_fn, popularity_scores
-from training.export import ExportError, export_bundle, random_histories, sha256_file
+from training.export import (
+    ExportError,
+    check_parity,
+    export_bundle,
+    export_onnx,
+    export_torchscript,
+    random_histories,
+    sha256_file,
+)
 from training.train import load_checkpoint, train
+from training.zoo import build_model
 
 
 @pytest.fixture(scope="module")
@@ -139,3 +148,14 @@ def test_bundle_top10_equals_model_top10(bundle: Path, trained, ml100k) -> None:
 def test_export_refuses_existing_target(bundle: Path, trained) -> None:
     with pytest.raises(ExportError, match="already exists"):
         export_bundle(trained.run_dir / "best.pt", bundle.parent, name=bundle.name)
+
+
+@pytest.mark.parametrize("model_name", ["sasrec", "bert4rec"])
+def test_absolute_positions_export_with_parity(model_name: str, tmp_path: Path) -> None:
+    """The cumulative-sum position ids survive ONNX and TorchScript export (dynamic length)."""
+    torch.manual_seed(0)
+    model = build_model(model_name, 60, {"max_len": 30, "dim": 32, "num_heads": 2, "positions": "absolute"}).eval()
+    example = torch.as_tensor(pad_left(random_histories(60, 30, seed=1)))
+    export_onnx(model, tmp_path / "m.onnx", example)
+    export_torchscript(model, tmp_path / "m.ts", example)
+    assert max(check_parity(model, tmp_path / "m.onnx", tmp_path / "m.ts", 60).values()) <= 1e-4
