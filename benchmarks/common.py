@@ -16,6 +16,18 @@ from benchmarks.machine import machine_info
 RESULTS = Path(__file__).parent / "results"
 
 
+def _git_commit() -> str | None:
+    with contextlib.suppress(OSError):
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False)
+        return out.stdout.strip() or None
+    return None
+
+
+# Read when the benchmark starts: a run of hours measures the code it loaded, not the commit
+# HEAD has moved to by the time the result is written.
+START_COMMIT = _git_commit()
+
+
 def machine() -> dict[str, Any]:
     """machine_info() (cores, CPU model, RAM) plus the torch build and the commit measured."""
     info: dict[str, Any] = dict(machine_info())
@@ -29,10 +41,8 @@ def machine() -> dict[str, Any]:
             info["gpu"] = torch.cuda.get_device_name(0)
     except ImportError:
         pass
-    with contextlib.suppress(OSError):
-        info["git_commit"] = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
-        ).stdout.strip()
+    if START_COMMIT:
+        info["git_commit"] = START_COMMIT
     return info
 
 
