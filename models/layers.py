@@ -54,7 +54,7 @@ POSITION_SCHEMES = ("recency", "absolute")
 def check_position_scheme(scheme: str) -> None:
     """Config validation shared by the models that offer both schemes."""
     if scheme not in POSITION_SCHEMES:
-        raise ValueError(f"positions must be 'recency' or 'absolute', got {scheme!r}")
+        raise ValueError(f"positions must be one of {', '.join(map(repr, POSITION_SCHEMES))}, got {scheme!r}")
 
 
 def position_ids(item_seq: torch.Tensor, scheme: str, max_len: int) -> torch.Tensor:
