@@ -11,16 +11,27 @@ import torch.nn.functional as F
 
 
 def full_softmax_ce(
-    h: torch.Tensor, pos: torch.Tensor, table: torch.Tensor, bias: torch.Tensor | None = None
+    h: torch.Tensor,
+    pos: torch.Tensor,
+    table: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    exclude: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Cross-entropy over the whole catalogue: -log softmax(h W^T + b)[pos].
 
     Extra rows past the catalogue (e.g. a [mask] token) must be sliced off by the caller;
     the padding row 0 is dropped here, so it is never a candidate.
+    exclude: (T, N+1) bool, items that are not negatives for that position (e.g. the user's
+    own items: evaluation never ranks them, and a later one is a positive elsewhere in the
+    sequence); the positive itself always stays in the softmax.
     """
     logits = h @ table[1:].T  # (T, N)
     if bias is not None:
         logits = logits + bias[1:]
+    if exclude is not None:
+        drop = exclude[:, 1:].clone()  # (T, N)
+        drop[torch.arange(len(pos), device=pos.device), pos - 1] = False
+        logits = logits.masked_fill(drop, float("-inf"))
     return F.cross_entropy(logits.float(), pos - 1)
 
 

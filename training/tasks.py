@@ -73,6 +73,13 @@ def shifted_batches(
         }
 
 
+def row_items(batch: Batch, num_rows: int) -> torch.Tensor:
+    """(B, num_rows) bool: the items of each row's window, inputs and targets (column 0 = padding)."""
+    seq, target = batch["item_seq"], batch["target"]
+    seen = torch.zeros(seq.shape[0], num_rows, dtype=torch.bool, device=seq.device)
+    return seen.scatter_(1, seq, True).scatter_(1, target, True)
+
+
 class Task:
     """Base: subclasses define `batches` and `loss`."""
 
@@ -103,6 +110,9 @@ class NextItemTask(Task):
     bucket: bool = False  # length-bucketed batches (see batch_order)
     newest_prob: float = 1.0  # see shifted_batches
     logq: str = "negatives"  # see losses.sampled_softmax
+    # ce only: the row's own items (input and targets) are not negatives, as when negatives
+    # are drawn from the items a user has not touched (Klenitskiy & Vasilev's 3000-negative run).
+    exclude_seen: bool = False
 
     def batches(
         self, train: Sequence[np.ndarray], batch_size: int, rng: np.random.Generator, device: torch.device
@@ -115,7 +125,8 @@ class NextItemTask(Task):
         h, pos = h[mask], batch["target"][mask]  # (T, D), (T,)
         table = model.item_vectors()  # (N+1, D)
         if self.loss_name == "ce":
-            return losses.full_softmax_ce(h, pos, table)
+            seen = row_items(batch, table.shape[0])[mask.nonzero(as_tuple=True)[0]] if self.exclude_seen else None
+            return losses.full_softmax_ce(h, pos, table, exclude=seen)  # seen: (T, N+1)
         if self.loss_name == "bce":
             return losses.bce_negatives(h, pos, table, self.num_negatives)
         if self.loss_name == "sampled":

@@ -66,6 +66,7 @@ def _sasrec_task(cfg: SASRecConfig, tc: TrainConfig, popularity: np.ndarray) -> 
         bucket=tc.bucket,
         newest_prob=tc.newest_prob,
         logq=str(tc.extra.get("logq", "negatives")),
+        exclude_seen=bool(tc.extra.get("exclude_seen", False)),
     )
 
 

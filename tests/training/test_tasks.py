@@ -111,3 +111,30 @@ def test_sampled_softmax_logq_forms(logq: str) -> None:
     assert torch.allclose(got, want, atol=1e-5)
     with pytest.raises(ValueError, match="logq"):
         losses.sampled_softmax(h, pos, table, 6, pop, "both")
+
+
+def test_exclude_seen_ce_is_a_softmax_over_the_positive_and_unseen_items() -> None:
+    from training import losses
+    from training.tasks import row_items
+
+    torch.manual_seed(0)
+    table = torch.randn(9, 4)  # 8 items + padding
+    seq = torch.tensor([[0, 3, 5], [2, 4, 6]])  # (B, L)
+    target = torch.tensor([[3, 5, 7], [4, 6, 1]])
+    seen = row_items({"item_seq": seq, "target": target}, 9)  # (B, N+1)
+    assert seen[0, [3, 5, 7]].all() and not seen[0, [1, 2, 4, 6, 8]].any()
+    mask = target != 0
+    h = torch.randn(2, 3, 4, requires_grad=True)
+    rows = mask.nonzero(as_tuple=True)[0]
+    got = losses.full_softmax_ce(h[mask], target[mask], table, exclude=seen[rows])
+    # By hand: each position's softmax holds its positive and the items its row never touched.
+    want = []
+    for (b, t), p in zip(mask.nonzero().tolist(), target[mask].tolist(), strict=True):
+        cand = [p] + [i for i in range(1, 9) if not seen[b, i]]
+        want.append(-torch.log_softmax(table[cand] @ h[b, t], 0)[0])
+    assert torch.allclose(got, torch.stack(want).mean())
+    # The other seen items get no gradient: the loss does not push them down.
+    tab = table.clone().requires_grad_(True)
+    losses.full_softmax_ce(h[mask][:1], target[mask][:1], tab, exclude=seen[rows][:1]).backward()
+    assert tab.grad[[5, 7]].abs().sum() == 0 and tab.grad[[1, 2, 4]].abs().sum() > 0
+    assert got < losses.full_softmax_ce(h[mask], target[mask], table)  # fewer negatives, lower loss
