@@ -114,6 +114,10 @@ class NextItemTask(Task):
     # are drawn from the items a user has not touched (Klenitskiy & Vasilev's 3000-negative run).
     exclude_seen: bool = False
 
+    def __post_init__(self) -> None:
+        if self.exclude_seen and self.loss_name != "ce":  # fail loudly rather than ignore the option
+            raise ValueError(f"train.exclude_seen works with loss ce only, not {self.loss_name!r}")
+
     def batches(
         self, train: Sequence[np.ndarray], batch_size: int, rng: np.random.Generator, device: torch.device
     ) -> Iterator[Batch]:

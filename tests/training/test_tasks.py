@@ -138,3 +138,10 @@ def test_exclude_seen_ce_is_a_softmax_over_the_positive_and_unseen_items() -> No
     losses.full_softmax_ce(h[mask][:1], target[mask][:1], tab, exclude=seen[rows][:1]).backward()
     assert tab.grad[[5, 7]].abs().sum() == 0 and tab.grad[[1, 2, 4]].abs().sum() > 0
     assert got < losses.full_softmax_ce(h[mask], target[mask], table)  # fewer negatives, lower loss
+
+
+def test_exclude_seen_with_a_sampled_loss_is_refused() -> None:
+    from training.tasks import NextItemTask
+
+    with pytest.raises(ValueError, match="exclude_seen"):
+        NextItemTask(50, "sampled", 16, exclude_seen=True)
