@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from models.bert4rec import BERT4Rec
 from training import losses
 from training.batching import pad_left
-from training.tasks import Batch, Task, batch_order, draw_window
+from training.tasks import Batch, Task, batch_order, draw_window, row_items
 
 
 def cloze_mask(seq: np.ndarray, rho: float, mask_token: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -57,6 +57,12 @@ class ClozeTask(Task):
     # a window ending at a uniformly drawn earlier point (the older third of ML-1M's
     # interactions is otherwise never seen; the original BERT4Rec code slides windows too).
     newest_prob: float = 1.0
+    # ce only: the row's own items are not negatives at its masked positions (see NextItemTask).
+    exclude_seen: bool = False
+
+    def __post_init__(self) -> None:
+        if self.exclude_seen and self.loss_name != "ce":
+            raise ValueError(f"train.exclude_seen works with loss ce only, not {self.loss_name!r}")
 
     def _samples(self, train: Sequence[np.ndarray], rng: np.random.Generator) -> list[tuple[np.ndarray, np.ndarray]]:
         usable = [s for s in train if len(s) >= 1]
@@ -100,4 +106,10 @@ class ClozeTask(Task):
             raise ValueError(f"bert4rec: unknown loss {self.loss_name!r}: choose ce or sampled")
         logits = model.head(h[at]) @ model.item_vectors().T  # (T, N+1): eq. 7 logits
         logits[:, 0] = float("-inf")  # padding is never a candidate
+        if self.exclude_seen:
+            width = self.mask_token + 1  # item_seq holds the [mask] token too; sliced off below
+            seen = row_items({"item_seq": batch["item_seq"], "target": labels}, width)
+            drop = seen[at.nonzero(as_tuple=True)[0], : logits.shape[1]]  # (T, N+1)
+            drop[torch.arange(len(drop), device=drop.device), labels[at]] = False
+            logits = logits.masked_fill(drop, float("-inf"))
         return F.cross_entropy(logits.float(), labels[at])

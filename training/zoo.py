@@ -83,6 +83,7 @@ def _bert4rec_task(cfg: BERT4RecConfig, tc: TrainConfig, popularity: np.ndarray)
         logq=str(x.get("logq", "negatives")),
         bucket=tc.bucket,
         newest_prob=tc.newest_prob,
+        exclude_seen=bool(x.get("exclude_seen", False)),
     )
 
 

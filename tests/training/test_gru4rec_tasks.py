@@ -163,3 +163,27 @@ def test_cloze_sampled_softmax_scores_masked_positions_with_the_eq7_head() -> No
     assert not torch.allclose(got, full)  # a different objective, not a silent fallback
     with pytest.raises(ValueError, match="unknown loss"):
         ClozeTask(max_len=8, mask_token=7, loss_name="bce").loss(model, {"item_seq": seq, "labels": labels})
+
+
+def test_cloze_exclude_seen_drops_the_rows_other_items_from_the_softmax() -> None:
+    from models.bert4rec import BERT4Rec, BERT4RecConfig
+    from training.cloze import ClozeTask
+
+    torch.manual_seed(0)
+    model = BERT4Rec(BERT4RecConfig(num_items=30, max_len=8, dim=8, num_heads=2)).eval()
+    batch = {
+        "item_seq": torch.tensor([[0, 3, 31, 5, 31], [2, 4, 6, 8, 31]]),  # 31 = [mask]
+        "labels": torch.tensor([[0, 0, 4, 0, 7], [0, 0, 0, 0, 9]]),
+    }
+    plain = ClozeTask(max_len=8, mask_token=31).loss(model, batch)
+    excl = ClozeTask(max_len=8, mask_token=31, exclude_seen=True).loss(model, batch)
+    # By hand: row 0's masked positions see {their positive} + items outside {3, 4, 5, 7}.
+    logits = model.head(model.encode(batch["item_seq"])) @ model.item_vectors().T  # (B, L, N+1)
+    want = []
+    for b, t, p, seen in [(0, 2, 4, {3, 4, 5, 7}), (0, 4, 7, {3, 4, 5, 7}), (1, 4, 9, {2, 4, 6, 8, 9})]:
+        cand = [p] + [i for i in range(1, 31) if i not in seen]
+        want.append(-torch.log_softmax(logits[b, t, cand], 0)[0])
+    assert torch.allclose(excl, torch.stack(want).mean(), atol=1e-5)
+    assert excl < plain
+    with pytest.raises(ValueError, match="exclude_seen"):
+        ClozeTask(max_len=8, mask_token=31, loss_name="sampled", exclude_seen=True)
