@@ -16,12 +16,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from models.bert4rec import BERT4Rec
 from training import losses
 from training.batching import pad_left
-from training.tasks import Batch, Task, batch_order, draw_window, row_items
+from training.tasks import Batch, Task, batch_order, check_exclude_seen, draw_window, row_items
 
 
 def cloze_mask(seq: np.ndarray, rho: float, mask_token: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -61,8 +60,7 @@ class ClozeTask(Task):
     exclude_seen: bool = False
 
     def __post_init__(self) -> None:
-        if self.exclude_seen and self.loss_name != "ce":
-            raise ValueError(f"train.exclude_seen works with loss ce only, not {self.loss_name!r}")
+        check_exclude_seen(self.exclude_seen, self.loss_name)
 
     def _samples(self, train: Sequence[np.ndarray], rng: np.random.Generator) -> list[tuple[np.ndarray, np.ndarray]]:
         usable = [s for s in train if len(s) >= 1]
@@ -104,12 +102,9 @@ class ClozeTask(Task):
             )
         if self.loss_name != "ce":
             raise ValueError(f"bert4rec: unknown loss {self.loss_name!r}: choose ce or sampled")
-        logits = model.head(h[at]) @ model.item_vectors().T  # (T, N+1): eq. 7 logits
-        logits[:, 0] = float("-inf")  # padding is never a candidate
-        if self.exclude_seen:
-            width = self.mask_token + 1  # item_seq holds the [mask] token too; sliced off below
-            seen = row_items({"item_seq": batch["item_seq"], "target": labels}, width)
-            drop = seen[at.nonzero(as_tuple=True)[0], : logits.shape[1]]  # (T, N+1)
-            drop[torch.arange(len(drop), device=drop.device), labels[at]] = False
-            logits = logits.masked_fill(drop, float("-inf"))
-        return F.cross_entropy(logits.float(), labels[at])
+        table = model.item_vectors()  # (N+1, D+1): eq. 7 logits are head(h) @ table.T
+        seen = None
+        if self.exclude_seen:  # width mask_token + 1: item_seq holds [mask]; its column is cut off
+            seen = row_items(self.mask_token + 1, batch["item_seq"], labels)[at.nonzero(as_tuple=True)[0]]
+            seen = seen[:, : table.shape[0]]  # (T, N+1)
+        return losses.full_softmax_ce(model.head(h[at]), labels[at], table, exclude=seen)

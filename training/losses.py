@@ -29,8 +29,7 @@ def full_softmax_ce(
     if bias is not None:
         logits = logits + bias[1:]
     if exclude is not None:
-        drop = exclude[:, 1:].clone()  # (T, N)
-        drop[torch.arange(len(pos), device=pos.device), pos - 1] = False
+        drop = exclude[:, 1:].scatter(1, (pos - 1)[:, None], False)  # (T, N): the positive stays
         logits = logits.masked_fill(drop, float("-inf"))
     return F.cross_entropy(logits.float(), pos - 1)
 

@@ -73,11 +73,18 @@ def shifted_batches(
         }
 
 
-def row_items(batch: Batch, num_rows: int) -> torch.Tensor:
-    """(B, num_rows) bool: the items of each row's window, inputs and targets (column 0 = padding)."""
-    seq, target = batch["item_seq"], batch["target"]
-    seen = torch.zeros(seq.shape[0], num_rows, dtype=torch.bool, device=seq.device)
-    return seen.scatter_(1, seq, True).scatter_(1, target, True)
+def row_items(num_rows: int, *parts: torch.Tensor) -> torch.Tensor:
+    """(B, num_rows) bool: the items in each row of the (B, L) id tensors `parts` (column 0 = padding)."""
+    seen = torch.zeros(parts[0].shape[0], num_rows, dtype=torch.bool, device=parts[0].device)
+    for ids in parts:
+        seen.scatter_(1, ids, True)
+    return seen
+
+
+def check_exclude_seen(exclude_seen: bool, loss_name: str) -> None:
+    """exclude_seen masks the full softmax; fail loudly rather than ignore it with another loss."""
+    if exclude_seen and loss_name != "ce":
+        raise ValueError(f"train.exclude_seen works with loss ce only, not {loss_name!r}")
 
 
 class Task:
@@ -115,8 +122,7 @@ class NextItemTask(Task):
     exclude_seen: bool = False
 
     def __post_init__(self) -> None:
-        if self.exclude_seen and self.loss_name != "ce":  # fail loudly rather than ignore the option
-            raise ValueError(f"train.exclude_seen works with loss ce only, not {self.loss_name!r}")
+        check_exclude_seen(self.exclude_seen, self.loss_name)
 
     def batches(
         self, train: Sequence[np.ndarray], batch_size: int, rng: np.random.Generator, device: torch.device
@@ -129,7 +135,9 @@ class NextItemTask(Task):
         h, pos = h[mask], batch["target"][mask]  # (T, D), (T,)
         table = model.item_vectors()  # (N+1, D)
         if self.loss_name == "ce":
-            seen = row_items(batch, table.shape[0])[mask.nonzero(as_tuple=True)[0]] if self.exclude_seen else None
+            seen = None
+            if self.exclude_seen:
+                seen = row_items(table.shape[0], batch["item_seq"], batch["target"])[mask.nonzero(as_tuple=True)[0]]
             return losses.full_softmax_ce(h, pos, table, exclude=seen)  # seen: (T, N+1)
         if self.loss_name == "bce":
             return losses.bce_negatives(h, pos, table, self.num_negatives)

@@ -121,7 +121,7 @@ def test_exclude_seen_ce_is_a_softmax_over_the_positive_and_unseen_items() -> No
     table = torch.randn(9, 4)  # 8 items + padding
     seq = torch.tensor([[0, 3, 5], [2, 4, 6]])  # (B, L)
     target = torch.tensor([[3, 5, 7], [4, 6, 1]])
-    seen = row_items({"item_seq": seq, "target": target}, 9)  # (B, N+1)
+    seen = row_items(9, seq, target)  # (B, N+1)
     assert seen[0, [3, 5, 7]].all() and not seen[0, [1, 2, 4, 6, 8]].any()
     mask = target != 0
     h = torch.randn(2, 3, 4, requires_grad=True)
