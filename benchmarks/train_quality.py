@@ -88,7 +88,16 @@ def main() -> None:
             "curve": [
                 {
                     k: r.get(k)
-                    for k in ("epoch", "loss", "lr", "epoch_seconds", "elapsed_seconds", "valid_ndcg@10", "valid_hr@10")
+                    for k in (
+                        "epoch",
+                        "loss",
+                        "lr",
+                        "epoch_seconds",
+                        "elapsed_seconds",
+                        "valid_ndcg@10",
+                        "valid_hr@10",
+                        "raw_valid_ndcg@10",  # the un-averaged weights, with --train ema
+                    )
                 }
                 for r in rows
             ],

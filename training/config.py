@@ -33,6 +33,10 @@ class TrainConfig:
     # Long sequences: probability of training on the newest max_len window; otherwise a random
     # earlier window (data augmentation for users with more history than max_len).
     newest_prob: float = 1.0
+    # Exponential moving average of the weights (Polyak averaging), updated every step; 0 = off.
+    # Validation, early stopping, the checkpoint and export then use the averaged weights, which
+    # smooth out the step-to-step noise of a constant learning rate. Horizon ~ 1/(1-ema) steps.
+    ema: float = 0.0
     max_minutes: float | None = None  # wall-clock budget; stops after the epoch that crosses it
     max_users: int | None = None  # train/evaluate on the first N users only (fast tests)
     # torch intra-op threads (None = torch's default). 1 is much faster for small models on a

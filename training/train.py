@@ -237,6 +237,7 @@ def train(
     sched = lr_scheduler(opt, tc, task.num_batches(train_seqs, tc.batch_size))
     lr_factor: LrFactor = sched.lr_lambdas[0]  # type: ignore[assignment]  # moved by the budget
     use_amp = tc.amp and (device.type == "cuda" or tc.amp_cpu)
+    ema = weight_average(model, tc.ema)
 
     run_dir.mkdir(parents=True, exist_ok=True)
     metrics_path = run_dir / "metrics.jsonl"
@@ -279,6 +280,8 @@ def train(
                     torch.nn.utils.clip_grad_norm_(trainable, tc.grad_clip)
                 opt.step()
                 sched.step()
+                if ema is not None:
+                    ema.update_parameters(model)
                 total += float(loss.detach())
                 count += 1
                 bar.set_postfix(loss=f"{total / count:.4f}")
@@ -294,13 +297,21 @@ def train(
             # The epoch training stops after is always evaluated: with a decaying lr it is the best.
             stop = halt is not None
             if rank == 0 and (epoch % tc.eval_every == 0 or epoch == tc.epochs or stop):
+                # With an average, it is what gets selected and kept; the raw weights' score is
+                # logged beside it so one run shows what the average bought.
+                kept: SeqRecModel = ema.module if ema is not None else model  # type: ignore[assignment]
                 valid = evaluate_model(
-                    model, split.valid_hist, split.valid_target, data.num_items, tc, device, exclude_history
+                    kept, split.valid_hist, split.valid_target, data.num_items, tc, device, exclude_history
                 )
                 row.update({f"valid_{k}": v for k, v in valid.items() if k != "users"})
+                if ema is not None:
+                    raw = evaluate_model(
+                        model, split.valid_hist, split.valid_target, data.num_items, tc, device, exclude_history
+                    )
+                    row.update({"raw_valid_ndcg@10": raw["ndcg@10"], "raw_valid_hr@10": raw["hr@10"]})
                 if valid["ndcg@10"] > best:
                     best, best_epoch, bad_evals = valid["ndcg@10"], epoch, 0
-                    save_checkpoint(run_dir / "best.pt", model_name, model, tc, data, popularity, epoch, valid)
+                    save_checkpoint(run_dir / "best.pt", model_name, kept, tc, data, popularity, epoch, valid)
                 else:
                     bad_evals += 1
                     if bad_evals >= tc.patience:
@@ -315,7 +326,7 @@ def train(
                     shown = {
                         k: (round(v, 4) if isinstance(v, float) else v)
                         for k, v in row.items()
-                        if k in ("epoch", "loss", "epoch_seconds", "valid_ndcg@10", "valid_hr@10")
+                        if k in ("epoch", "loss", "epoch_seconds", "valid_ndcg@10", "valid_hr@10", "raw_valid_ndcg@10")
                     }
                     print(json.dumps(shown), file=sys.stderr, flush=True)
             if halt is not None:
@@ -357,6 +368,17 @@ def train(
     (run_dir / "final.json").write_text(json.dumps(final, indent=2))
     _ddp_finish(world)
     return TrainResult(run_dir, best_epoch, valid, test, seconds, stop_reason)
+
+
+def weight_average(model: SeqRecModel, decay: float) -> torch.optim.swa_utils.AveragedModel | None:
+    """An exponential moving average of `model`'s weights (buffers too), or None when decay is 0."""
+    if not decay:
+        return None
+    if not 0.0 < decay < 1.0:
+        raise ValueError(f"ema must be in [0, 1), got {decay}")
+    return torch.optim.swa_utils.AveragedModel(
+        model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(decay), use_buffers=True
+    )
 
 
 class TaskLoss(torch.nn.Module):
