@@ -130,6 +130,13 @@ def train(
         bool | None,
         typer.Option(help="bf16 autocast on CPU too (faster where the CPU has AVX512-BF16/AMX; CUDA always uses it)."),
     ] = None,
+    ema: Annotated[
+        float | None,
+        typer.Option(
+            help="Decay of an exponential moving average of the weights (e.g. 0.995; 0 = off). Validation, "
+            "early stopping, the checkpoint and export use the average; horizon ~ 1/(1-decay) steps."
+        ),
+    ] = None,
     max_len: Annotated[int | None, typer.Option(help="Maximum history length the model reads.")] = None,
     dim: Annotated[int | None, typer.Option(help="Hidden size / embedding dimension.")] = None,
     num_layers: Annotated[int | None, typer.Option(help="Number of transformer / GRU layers.")] = None,
@@ -199,6 +206,7 @@ def train(
         "warmup_epochs": warmup_epochs,
         "bucket": bucket,
         "amp_cpu": amp_cpu,
+        "ema": ema,
     }
     from training.config import TrainConfig
 
