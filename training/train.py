@@ -238,6 +238,12 @@ def train(
     lr_factor: LrFactor = sched.lr_lambdas[0]  # type: ignore[assignment]  # moved by the budget
     use_amp = tc.amp and (device.type == "cuda" or tc.amp_cpu)
     ema = weight_average(model, tc.ema)
+    # With an average, it is what gets validated, selected and kept; the raw weights' score is
+    # logged beside it so one run shows what the average bought.
+    kept: SeqRecModel = ema.module if ema is not None else model  # type: ignore[assignment]
+
+    def validate(m: SeqRecModel) -> dict[str, float]:
+        return evaluate_model(m, split.valid_hist, split.valid_target, data.num_items, tc, device, exclude_history)
 
     run_dir.mkdir(parents=True, exist_ok=True)
     metrics_path = run_dir / "metrics.jsonl"
@@ -297,17 +303,10 @@ def train(
             # The epoch training stops after is always evaluated: with a decaying lr it is the best.
             stop = halt is not None
             if rank == 0 and (epoch % tc.eval_every == 0 or epoch == tc.epochs or stop):
-                # With an average, it is what gets selected and kept; the raw weights' score is
-                # logged beside it so one run shows what the average bought.
-                kept: SeqRecModel = ema.module if ema is not None else model  # type: ignore[assignment]
-                valid = evaluate_model(
-                    kept, split.valid_hist, split.valid_target, data.num_items, tc, device, exclude_history
-                )
+                valid = validate(kept)
                 row.update({f"valid_{k}": v for k, v in valid.items() if k != "users"})
                 if ema is not None:
-                    raw = evaluate_model(
-                        model, split.valid_hist, split.valid_target, data.num_items, tc, device, exclude_history
-                    )
+                    raw = validate(model)
                     row.update({"raw_valid_ndcg@10": raw["ndcg@10"], "raw_valid_hr@10": raw["hr@10"]})
                 if valid["ndcg@10"] > best:
                     best, best_epoch, bad_evals = valid["ndcg@10"], epoch, 0
@@ -346,9 +345,7 @@ def train(
         _ddp_finish(world)
         return TrainResult(run_dir, best_epoch, {}, {}, seconds)
     best_model, _ = load_checkpoint(run_dir / "best.pt", device)
-    valid = evaluate_model(
-        best_model, split.valid_hist, split.valid_target, data.num_items, tc, device, exclude_history
-    )
+    valid = validate(best_model)
     test = evaluate_model(best_model, split.test_hist, split.test_target, data.num_items, tc, device, exclude_history)
     best_row = next((r for r in history if r["epoch"] == best_epoch), {})
     final = {
