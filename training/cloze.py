@@ -103,8 +103,9 @@ class ClozeTask(Task):
         if self.loss_name != "ce":
             raise ValueError(f"bert4rec: unknown loss {self.loss_name!r}: choose ce or sampled")
         table = model.item_vectors()  # (N+1, D+1): eq. 7 logits are head(h) @ table.T
-        seen = None
-        if self.exclude_seen:  # width mask_token + 1: item_seq holds [mask]; its column is cut off
-            seen = row_items(self.mask_token + 1, batch["item_seq"], labels)[at.nonzero(as_tuple=True)[0]]
-            seen = seen[:, : table.shape[0]]  # (T, N+1)
-        return losses.full_softmax_ce(model.head(h[at]), labels[at], table, exclude=seen)
+        if not self.exclude_seen:
+            return losses.full_softmax_ce(model.head(h[at]), labels[at], table)
+        # width mask_token + 1: item_seq holds [mask]; its column is cut off
+        seen = row_items(self.mask_token + 1, batch["item_seq"], labels)[:, : table.shape[0]]  # (B, N+1)
+        rows = at.nonzero(as_tuple=True)[0]
+        return losses.full_softmax_ce(model.head(h[at]), labels[at], table, exclude=seen, rows=rows)

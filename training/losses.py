@@ -9,6 +9,108 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+# Logit elements per chunk of the fused full-softmax loss: 1M floats (4 MB) stay near a CPU's
+# L2 cache, so the (T, N) logits never make a round trip through memory, and peak memory no
+# longer grows with T * N (it matters on Beauty's 54k items). benchmarks/ce_loss.py measures it.
+CE_CHUNK_ELEMENTS = 1 << 20
+
+
+class _ChunkedSoftmaxCE(torch.autograd.Function):
+    """mean_t [logsumexp_j z_tj - z_t,pos_t], z = h W^T + b over the catalogue rows 1..N, with the
+    excluded entries at -inf; computed chunk by chunk, the backward pass recomputes each chunk's
+    logits (one extra matmul) instead of keeping them: dz = softmax(z) - onehot(pos)."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: torch.autograd.function.FunctionCtx,
+        h: torch.Tensor,  # (T, D)
+        table: torch.Tensor,  # (N+1, D)
+        bias: torch.Tensor | None,  # (N+1,)
+        pos: torch.Tensor,  # (T,) in 1..N
+        exclude: torch.Tensor | None,  # (R, N+1) bool
+        rows: torch.Tensor | None,  # (T,) row of `exclude` for each t
+    ) -> torch.Tensor:
+        with torch.autocast(h.device.type, enabled=False):
+            hf, w, b = h.float(), table[1:].float(), None if bias is None else bias[1:].float()
+            drop = None if exclude is None else _exclusions(exclude, rows)
+            lse = torch.empty(len(h), device=h.device)
+            total = torch.zeros((), device=h.device)
+            for s, z, tgt in _logit_chunks(hf, w, b, pos, drop):
+                lse_c = torch.logsumexp(z, dim=1)  # (C,)
+                lse[s : s + len(z)] = lse_c
+                total += (lse_c - z.gather(1, tgt[:, None]).squeeze(1)).sum()
+        ctx.save_for_backward(h, table, bias, pos, lse)
+        ctx.drop = drop
+        ctx.has_bias = bias is not None
+        return total / max(len(h), 1)
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor):  # type: ignore[override]
+        h, table, bias, pos, lse = ctx.saved_tensors
+        drop = ctx.drop
+        with torch.autocast(h.device.type, enabled=False):
+            hf, w = h.float(), table[1:].float()
+            b = bias[1:].float() if ctx.has_bias else None
+            scale = grad.float() / max(len(h), 1)
+            gh = torch.empty_like(hf)
+            gw = torch.zeros_like(w)  # (N, D)
+            gb = torch.zeros(w.shape[0], device=h.device) if ctx.has_bias else None
+            for s, z, tgt in _logit_chunks(hf, w, b, pos, drop):
+                e = s + len(z)
+                dz = z.sub_(lse[s:e, None]).exp_()  # (C, N): softmax, in place; excluded: exp(-inf) = 0
+                dz[torch.arange(len(z), device=z.device), tgt] -= 1.0
+                dz *= scale
+                gh[s:e] = dz @ w
+                gw += dz.T @ hf[s:e]
+                if gb is not None:
+                    gb += dz.sum(0)
+        g_table = torch.cat([torch.zeros_like(gw[:1]), gw]).to(table.dtype)
+        g_bias = None if gb is None else torch.cat([gb.new_zeros(1), gb]).to(bias.dtype)
+        return gh.to(h.dtype), g_table, g_bias, None, None, None
+
+
+# What a chunk must set to -inf: a dense (T, N+1) mask, or, when positions share a
+# per-sequence mask, (first position, end position, excluded columns) for each run of
+# consecutive positions of one sequence.
+Exclusions = torch.Tensor | list[tuple[int, int, torch.Tensor]]
+
+
+def _exclusions(exclude: torch.Tensor, rows: torch.Tensor | None) -> Exclusions:
+    """Per-sequence masks become column lists per run of positions: a user's items are a few %
+    of the catalogue, so filling those columns is far cheaper than a dense (T, N) mask."""
+    if rows is None:
+        return exclude
+    seen_row, seen_col = exclude[:, 1:].nonzero(as_tuple=True)  # column j = item j + 1
+    cols = torch.split(seen_col, torch.bincount(seen_row, minlength=len(exclude)).tolist())
+    starts = [0, *(torch.nonzero(rows[1:] != rows[:-1]).flatten() + 1).tolist()]
+    ends = [*starts[1:], len(rows)]
+    return [(a, b, cols[r]) for a, b, r in zip(starts, ends, rows[starts].tolist(), strict=True)]
+
+
+def _logit_chunks(h: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, pos: torch.Tensor, drop: Exclusions | None):
+    """Yield (start, z (C, N) fp32 logits with the excluded entries at -inf, target column (C,))."""
+    n = w.shape[0]
+    step = max(1, CE_CHUNK_ELEMENTS // max(n, 1))
+    runs = iter(drop) if isinstance(drop, list) else None
+    run = next(runs, None) if runs is not None else None
+    for s in range(0, len(h), step):
+        e = min(s + step, len(h))
+        z = h[s:e] @ w.T  # (C, N)
+        if b is not None:
+            z += b
+        tgt = pos[s:e] - 1  # (C,) column of the positive
+        if drop is not None:
+            keep = z.gather(1, tgt[:, None])  # (C, 1): the positive stays in its own softmax
+            if runs is None:
+                z.masked_fill_(drop[s:e, 1 : n + 1], float("-inf"))  # type: ignore[index]
+            while run is not None and run[0] < e:
+                z[max(run[0], s) - s : min(run[1], e) - s].index_fill_(1, run[2], float("-inf"))
+                if run[1] > e:
+                    break  # the run continues into the next chunk
+                run = next(runs, None)  # type: ignore[arg-type]
+            z.scatter_(1, tgt[:, None], keep)
+        yield s, z, tgt
+
 
 def full_softmax_ce(
     h: torch.Tensor,
@@ -16,22 +118,20 @@ def full_softmax_ce(
     table: torch.Tensor,
     bias: torch.Tensor | None = None,
     exclude: torch.Tensor | None = None,
+    rows: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Cross-entropy over the whole catalogue: -log softmax(h W^T + b)[pos].
+    """Cross-entropy over the whole catalogue: -log softmax(h W^T + b)[pos], averaged over T.
 
     Extra rows past the catalogue (e.g. a [mask] token) must be sliced off by the caller;
     the padding row 0 is dropped here, so it is never a candidate.
-    exclude: (T, N+1) bool, items that are not negatives for that position (e.g. the user's
-    own items: evaluation never ranks them, and a later one is a positive elsewhere in the
-    sequence); the positive itself always stays in the softmax.
+    exclude: (R, N+1) bool, items that are not negatives (e.g. the user's own items: evaluation
+    never ranks them, and a later one is a positive elsewhere in the sequence); the positive
+    itself always stays in the softmax. rows: (T,) which row of `exclude` applies to each
+    position (None: one row per position, R = T), so a per-sequence mask is never expanded
+    to (T, N+1). The logits are built chunk by chunk and never held whole (see
+    _ChunkedSoftmaxCE); softmax and loss are fp32 even under autocast.
     """
-    logits = h @ table[1:].T  # (T, N)
-    if bias is not None:
-        logits = logits + bias[1:]
-    if exclude is not None:
-        drop = exclude[:, 1:].scatter(1, (pos - 1)[:, None], False)  # (T, N): the positive stays
-        logits = logits.masked_fill(drop, float("-inf"))
-    return F.cross_entropy(logits.float(), pos - 1)
+    return _ChunkedSoftmaxCE.apply(h, table, bias, pos, exclude, rows)
 
 
 def bce_negatives(h: torch.Tensor, pos: torch.Tensor, table: torch.Tensor, num_negatives: int = 1) -> torch.Tensor:

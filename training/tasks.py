@@ -135,10 +135,10 @@ class NextItemTask(Task):
         h, pos = h[mask], batch["target"][mask]  # (T, D), (T,)
         table = model.item_vectors()  # (N+1, D)
         if self.loss_name == "ce":
-            seen = None
-            if self.exclude_seen:
-                seen = row_items(table.shape[0], batch["item_seq"], batch["target"])[mask.nonzero(as_tuple=True)[0]]
-            return losses.full_softmax_ce(h, pos, table, exclude=seen)  # seen: (T, N+1)
+            if not self.exclude_seen:
+                return losses.full_softmax_ce(h, pos, table)
+            seen = row_items(table.shape[0], batch["item_seq"], batch["target"])  # (B, N+1)
+            return losses.full_softmax_ce(h, pos, table, exclude=seen, rows=mask.nonzero(as_tuple=True)[0])
         if self.loss_name == "bce":
             return losses.bce_negatives(h, pos, table, self.num_negatives)
         if self.loss_name == "sampled":

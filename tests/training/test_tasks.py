@@ -126,7 +126,7 @@ def test_exclude_seen_ce_is_a_softmax_over_the_positive_and_unseen_items() -> No
     mask = target != 0
     h = torch.randn(2, 3, 4, requires_grad=True)
     rows = mask.nonzero(as_tuple=True)[0]
-    got = losses.full_softmax_ce(h[mask], target[mask], table, exclude=seen[rows])
+    got = losses.full_softmax_ce(h[mask], target[mask], table, exclude=seen, rows=rows)
     # By hand: each position's softmax holds its positive and the items its row never touched.
     want = []
     for (b, t), p in zip(mask.nonzero().tolist(), target[mask].tolist(), strict=True):
@@ -138,6 +138,56 @@ def test_exclude_seen_ce_is_a_softmax_over_the_positive_and_unseen_items() -> No
     losses.full_softmax_ce(h[mask][:1], target[mask][:1], tab, exclude=seen[rows][:1]).backward()
     assert tab.grad[[5, 7]].abs().sum() == 0 and tab.grad[[1, 2, 4]].abs().sum() > 0
     assert got < losses.full_softmax_ce(h[mask], target[mask], table)  # fewer negatives, lower loss
+
+
+@pytest.mark.parametrize("chunk", [7, 40, 1 << 21])  # logits per chunk: runs split across chunks, or one chunk
+def test_chunked_full_softmax_ce_matches_the_plain_formula_and_its_gradients(
+    chunk: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torch.nn.functional as F
+
+    from training import losses
+
+    monkeypatch.setattr(losses, "CE_CHUNK_ELEMENTS", chunk)
+    gen = torch.Generator().manual_seed(3)
+    n, t = 12, 23
+    h = torch.randn(t, 5, generator=gen, dtype=torch.double, requires_grad=True)
+    table = torch.randn(n + 1, 5, generator=gen, dtype=torch.double, requires_grad=True)
+    bias = torch.randn(n + 1, generator=gen, dtype=torch.double, requires_grad=True)
+    pos = torch.randint(1, n + 1, (t,), generator=gen)
+    seen = torch.rand(4, n + 1, generator=gen) < 0.4  # (R, N+1) per-sequence masks
+    rows = torch.tensor([0] * 6 + [2] * 9 + [1] * 3 + [2] * 5)  # runs of one sequence's positions
+
+    def plain(excl: torch.Tensor | None) -> torch.Tensor:
+        z = h @ table[1:].T + bias[1:]  # (T, N)
+        if excl is not None:
+            z = z.masked_fill(excl[:, 1:].scatter(1, (pos - 1)[:, None], False), float("-inf"))
+        return F.cross_entropy(z, pos - 1)
+
+    cases = [({}, None), ({"exclude": seen, "rows": rows}, seen[rows]), ({"exclude": seen[rows]}, seen[rows])]
+    for kwargs, excl in cases:
+        got = losses.full_softmax_ce(h, pos, table, bias, **kwargs)
+        want = plain(excl)
+        g_got = torch.autograd.grad(got, (h, table, bias))
+        g_want = torch.autograd.grad(want, (h, table, bias))
+        assert torch.allclose(got.double(), want, atol=1e-5)
+        for a, b in zip(g_got, g_want, strict=True):
+            assert a.dtype == b.dtype and torch.allclose(a, b, atol=1e-6)
+        assert g_got[1][0].abs().sum() == 0  # padding is never a candidate
+
+
+def test_chunked_full_softmax_ce_stays_fp32_under_cpu_autocast() -> None:
+    from training import losses
+
+    h = torch.randn(6, 8, requires_grad=True)
+    table = torch.randn(10, 8, requires_grad=True)
+    pos = torch.tensor([1, 2, 3, 4, 5, 9])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = losses.full_softmax_ce(h.to(torch.bfloat16), pos, table)
+    assert got.dtype == torch.float32
+    assert torch.allclose(got, losses.full_softmax_ce(h.to(torch.bfloat16).float(), pos, table), atol=1e-6)
+    got.backward()
+    assert h.grad is not None and torch.isfinite(h.grad).all()
 
 
 def test_exclude_seen_with_a_sampled_loss_is_refused() -> None:
