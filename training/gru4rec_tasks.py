@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from models.gru4rec import GRU4Rec
+from training import losses
 from training.ranking_losses import LOSSES, ranking_loss
 from training.tasks import Batch, Task, shifted_batches
 
@@ -49,6 +50,9 @@ class _Negatives:
         """h: (T, H) hidden states, target: (T,), in_batch: (B,) the mini-batch's targets or None."""
         u = model.user_vector(h)  # (T, H[+1])
         table = model.item_vectors()  # (N+1, H[+1])
+        if self.n_extra < 0 and self.loss_name == "ce" and self.final_act == "linear":
+            # The same softmax over the whole catalogue, without materialising the (T, N) scores.
+            return losses.full_softmax_ce(u, target, table)
         r_pos = (u * table[target]).sum(-1)  # (T,)
         if self.n_extra < 0:  # the whole catalogue (index 0 = padding is never a negative)
             r_neg = u @ table.T  # (T, N+1)

@@ -187,3 +187,31 @@ def test_cloze_exclude_seen_drops_the_rows_other_items_from_the_softmax() -> Non
     assert excl < plain
     with pytest.raises(ValueError, match="exclude_seen"):
         ClozeTask(max_len=8, mask_token=31, loss_name="sampled", exclude_seen=True)
+
+
+def test_full_catalogue_ce_takes_the_fused_loss_with_the_same_value_and_gradients(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from training import losses
+    from training.ranking_losses import ranking_loss
+
+    calls = []
+    fused = losses.full_softmax_ce
+    monkeypatch.setattr(losses, "full_softmax_ce", lambda *a, **k: calls.append(1) or fused(*a, **k))
+    torch.manual_seed(0)
+    model = GRU4Rec(GRU4RecConfig(num_items=11, dim=8))
+    task = PaddedNextItemTask(n_extra=-1, popularity=POP)  # every item a negative, CE
+    h = torch.randn(9, 8)
+    target = torch.randint(1, 12, (9,))
+    got = task.score_loss(model, h, target, None)
+    assert calls  # the fused loss, not the (T, N+1) score matrix
+    g_got = torch.autograd.grad(got, list(model.parameters()), allow_unused=True)
+    # The general path: scores against every row, the target and padding masked as negatives.
+    u, table = model.user_vector(h), model.item_vectors()
+    cols = torch.arange(table.shape[0])
+    mask = (cols[None] != target[:, None]) & (cols[None] != 0)
+    want = ranking_loss((u * table[target]).sum(-1), u @ table.T, mask, "ce")
+    g_want = torch.autograd.grad(want, list(model.parameters()), allow_unused=True)
+    assert torch.allclose(got, want, atol=1e-6)
+    for a, b in zip(g_got, g_want, strict=True):
+        assert (a is None) == (b is None) and (a is None or torch.allclose(a, b, atol=1e-6))
