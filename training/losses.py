@@ -31,10 +31,11 @@ class _ChunkedSoftmaxCE(torch.autograd.Function):
         rows: torch.Tensor | None,  # (T,) row of `exclude` for each t
     ) -> torch.Tensor:
         with torch.autocast(h.device.type, enabled=False):
-            hf, w, b = h.float(), table[1:].float(), None if bias is None else bias[1:].float()
+            dt = _loss_dtype(h)
+            hf, w, b = h.to(dt), table[1:].to(dt), None if bias is None else bias[1:].to(dt)
             drop = None if exclude is None else _exclusions(exclude, rows)
-            lse = torch.empty(len(h), device=h.device)
-            total = torch.zeros((), device=h.device)
+            lse = torch.empty(len(h), device=h.device, dtype=dt)
+            total = torch.zeros((), device=h.device, dtype=dt)
             for s, z, tgt in _logit_chunks(hf, w, b, pos, drop):
                 lse_c = torch.logsumexp(z, dim=1)  # (C,)
                 lse[s : s + len(z)] = lse_c
@@ -49,12 +50,13 @@ class _ChunkedSoftmaxCE(torch.autograd.Function):
         h, table, bias, pos, lse = ctx.saved_tensors
         drop = ctx.drop
         with torch.autocast(h.device.type, enabled=False):
-            hf, w = h.float(), table[1:].float()
-            b = bias[1:].float() if ctx.has_bias else None
-            scale = grad.float() / max(len(h), 1)
+            dt = _loss_dtype(h)
+            hf, w = h.to(dt), table[1:].to(dt)
+            b = bias[1:].to(dt) if ctx.has_bias else None
+            scale = grad.to(dt) / max(len(h), 1)
             gh = torch.empty_like(hf)
             gw = torch.zeros_like(w)  # (N, D)
-            gb = torch.zeros(w.shape[0], device=h.device) if ctx.has_bias else None
+            gb = torch.zeros(w.shape[0], device=h.device, dtype=dt) if ctx.has_bias else None
             for s, z, tgt in _logit_chunks(hf, w, b, pos, drop):
                 e = s + len(z)
                 dz = z.sub_(lse[s:e, None]).exp_()  # (C, N): softmax, in place; excluded: exp(-inf) = 0
@@ -69,6 +71,11 @@ class _ChunkedSoftmaxCE(torch.autograd.Function):
         return gh.to(h.dtype), g_table, g_bias, None, None, None
 
 
+def _loss_dtype(h: torch.Tensor) -> torch.dtype:
+    """fp32 for bf16/fp16/fp32 inputs (softmax sums need it), fp64 stays fp64."""
+    return torch.promote_types(h.dtype, torch.float32)
+
+
 # What a chunk must set to -inf: a dense (T, N+1) mask, or, when positions share a
 # per-sequence mask, (first position, end position, excluded columns) for each run of
 # consecutive positions of one sequence.
@@ -80,6 +87,8 @@ def _exclusions(exclude: torch.Tensor, rows: torch.Tensor | None) -> Exclusions:
     of the catalogue, so filling those columns is far cheaper than a dense (T, N) mask."""
     if rows is None:
         return exclude
+    if len(rows) == 0:
+        return []
     seen_row, seen_col = exclude[:, 1:].nonzero(as_tuple=True)  # column j = item j + 1
     cols = torch.split(seen_col, torch.bincount(seen_row, minlength=len(exclude)).tolist())
     starts = [0, *(torch.nonzero(rows[1:] != rows[:-1]).flatten() + 1).tolist()]
