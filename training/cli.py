@@ -117,9 +117,14 @@ def train(
     lr_schedule: Annotated[
         str | None,
         typer.Option(
-            help="constant, or cosine: linear warm-up, then cosine decay to 0 at --epochs, or where "
-            "--max-minutes will stop training if that comes first (estimated from the pace so far)."
+            help="constant; cosine: linear warm-up, then cosine decay to 0 at --epochs, or where "
+            "--max-minutes will stop training if that comes first (estimated from the pace so far); "
+            "wsd: warm-up, the peak lr held, then a linear decay to 0 over the last --decay-fraction "
+            "of the run (same end)."
         ),
+    ] = None,
+    decay_fraction: Annotated[
+        float | None, typer.Option(help="wsd only: the final fraction of the run over which the lr decays to 0.")
     ] = None,
     warmup_epochs: Annotated[float | None, typer.Option(help="Epochs of linear learning-rate warm-up.")] = None,
     bucket: Annotated[
@@ -204,6 +209,7 @@ def train(
         "device": device,
         "lr_schedule": lr_schedule,
         "warmup_epochs": warmup_epochs,
+        "decay_fraction": decay_fraction,
         "bucket": bucket,
         "amp_cpu": amp_cpu,
         "ema": ema,

@@ -24,11 +24,14 @@ class TrainConfig:
     # bf16 autocast on CPU as well: ~1.7x faster epochs where the CPU has AVX512-BF16/AMX
     # (softmax and the loss stay fp32 under autocast). Off by default: slower on older CPUs.
     amp_cpu: bool = False
-    # "constant", or "cosine": linear warm-up over `warmup_epochs`, then cosine decay to 0 at
-    # `epochs`, or at the epoch where `max_minutes` will stop training if that comes first
-    # (re-estimated from the pace every epoch), so a budgeted run ends annealed.
+    # "constant"; "wsd" (see decay_fraction); or "cosine": linear warm-up over `warmup_epochs`,
+    # then cosine decay to 0 at `epochs`, or at the epoch where `max_minutes` will stop training
+    # if that comes first (re-estimated from the pace every epoch), so a budgeted run ends annealed.
     lr_schedule: str = "constant"
     warmup_epochs: float = 0.0
+    # "wsd" (warm-up, stable, decay): the peak lr held, then a linear decay to 0 over this final
+    # fraction of the post-warm-up steps (ending where `epochs` or `max_minutes` ends the run).
+    decay_fraction: float = 0.2
     bucket: bool = False  # length-bucketed batches: less padding, faster epochs (sequence tasks)
     # Long sequences: probability of training on the newest max_len window; otherwise a random
     # earlier window (data augmentation for users with more history than max_len).

@@ -127,17 +127,22 @@ class StopRequest:
 
 
 class LrFactor:
-    """Per-step learning-rate factor: constant, or linear warm-up then cosine decay to 0.
+    """Per-step learning-rate factor: linear warm-up, then constant, cosine decay to 0, or
+    "wsd": constant, then a linear decay to 0 over the final `decay_fraction` of the steps
+    (warm-up-stable-decay: the peak lr for most of the run, annealed only at its end).
 
-    The cosine ends at `tc.epochs`, or earlier when the wall-clock budget (`tc.max_minutes`) will
+    The decay ends at `tc.epochs`, or earlier when the wall-clock budget (`tc.max_minutes`) will
     stop training first: `end_at_epoch` moves the end once the epoch rate is known, so a budgeted
     run anneals instead of stopping at its peak learning rate.
     """
 
     def __init__(self, tc: TrainConfig, steps_per_epoch: int) -> None:
-        if tc.lr_schedule not in ("constant", "cosine"):
-            raise ValueError(f"unknown lr_schedule {tc.lr_schedule!r}: choose constant or cosine")
-        self.cosine = tc.lr_schedule == "cosine"
+        if tc.lr_schedule not in ("constant", "cosine", "wsd"):
+            raise ValueError(f"unknown lr_schedule {tc.lr_schedule!r}: choose constant, cosine or wsd")
+        if not 0 < tc.decay_fraction <= 1:
+            raise ValueError(f"decay_fraction must be in (0, 1], got {tc.decay_fraction}")
+        self.schedule = tc.lr_schedule
+        self.decay_fraction = tc.decay_fraction
         self.steps_per_epoch = max(steps_per_epoch, 1)
         self.warmup = max(int(tc.warmup_epochs * steps_per_epoch), 0)
         self.planned = max(tc.epochs * steps_per_epoch, self.warmup + 1)
@@ -151,10 +156,13 @@ class LrFactor:
     def __call__(self, step: int) -> float:
         if step < self.warmup:
             return (step + 1) / self.warmup
-        if not self.cosine:
+        if self.schedule == "constant":
             return 1.0
         span = self.total - self.warmup
-        return 0.5 * (1.0 + math.cos(math.pi * min(step - self.warmup, span) / span))
+        t = min(step - self.warmup, span)
+        if self.schedule == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * t / span))
+        return min(1.0, (span - t) / max(self.decay_fraction * span, 1.0))  # wsd
 
 
 def budget_last_epoch(elapsed_s: float, epochs_done: int, max_minutes: float) -> int:

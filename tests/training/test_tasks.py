@@ -60,6 +60,26 @@ def test_cosine_schedule_warms_up_then_decays_to_zero() -> None:
         lr_scheduler(opt, TrainConfig(lr_schedule="step"), 10)
 
 
+def test_wsd_schedule_holds_the_peak_then_decays_linearly_to_zero_by_the_budget_end() -> None:
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([p], lr=1.0)
+    tc = TrainConfig(epochs=100, lr_schedule="wsd", warmup_epochs=1, decay_fraction=0.25)
+    sched = lr_scheduler(opt, tc, steps_per_epoch=10)
+    sched.lr_lambdas[0].end_at_epoch(9)  # the budget ends training after epoch 9: 90 steps
+    lrs = []
+    for _ in range(90):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)  # warm-up over one epoch
+    # 80 steps after the warm-up; the last quarter (20 steps, from step 70) decays linearly.
+    assert all(lr == pytest.approx(1.0) for lr in lrs[9:71])
+    assert lrs[80] == pytest.approx(0.5) and opt.param_groups[0]["lr"] == pytest.approx(0.0)
+    assert all(a >= b for a, b in itertools.pairwise(lrs[9:]))
+    with pytest.raises(ValueError, match="decay_fraction"):
+        lr_scheduler(opt, TrainConfig(lr_schedule="wsd", decay_fraction=0.0), 10)
+
+
 def test_negative_weights_are_support_to_the_alpha() -> None:
     pop = np.array([0.0, 1.0, 4.0, 100.0])
     assert negative_weights({}, pop) is None  # uniform by default
