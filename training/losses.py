@@ -13,6 +13,9 @@ import torch.nn.functional as F
 # L2 cache, so the (T, N) logits never make a round trip through memory, and peak memory no
 # longer grows with T * N (it matters on Beauty's 54k items). benchmarks/ce_loss.py measures it.
 CE_CHUNK_ELEMENTS = 1 << 20
+# On a GPU the chunks are for memory only (each chunk costs kernel launches): 256M floats, so
+# ML-1M's (T, N) logits are one chunk, and Beauty's at batch 128 a few.
+CE_CHUNK_ELEMENTS_CUDA = 1 << 28
 
 
 class _ChunkedSoftmaxCE(torch.autograd.Function):
@@ -99,7 +102,8 @@ def _exclusions(exclude: torch.Tensor, rows: torch.Tensor | None) -> Exclusions:
 def _logit_chunks(h: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, pos: torch.Tensor, drop: Exclusions | None):
     """Yield (start, z (C, N) fp32 logits with the excluded entries at -inf, target column (C,))."""
     n = w.shape[0]
-    step = max(1, CE_CHUNK_ELEMENTS // max(n, 1))
+    budget = CE_CHUNK_ELEMENTS_CUDA if h.device.type == "cuda" else CE_CHUNK_ELEMENTS
+    step = max(1, budget // max(n, 1))
     runs = iter(drop) if isinstance(drop, list) else None
     run = next(runs, None) if runs is not None else None
     for s in range(0, len(h), step):
