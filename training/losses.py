@@ -45,7 +45,6 @@ class _ChunkedSoftmaxCE(torch.autograd.Function):
                 total += (lse_c - z.gather(1, tgt[:, None]).squeeze(1)).sum()
         ctx.save_for_backward(h, table, bias, pos, lse)
         ctx.drop = drop
-        ctx.has_bias = bias is not None
         return total / max(len(h), 1)
 
     @staticmethod
@@ -55,11 +54,11 @@ class _ChunkedSoftmaxCE(torch.autograd.Function):
         with torch.autocast(h.device.type, enabled=False):
             dt = _loss_dtype(h)
             hf, w = h.to(dt), table[1:].to(dt)
-            b = bias[1:].to(dt) if ctx.has_bias else None
+            b = None if bias is None else bias[1:].to(dt)
             scale = grad.to(dt) / max(len(h), 1)
             gh = torch.empty_like(hf)
             gw = torch.zeros_like(w)  # (N, D)
-            gb = torch.zeros(w.shape[0], device=h.device, dtype=dt) if ctx.has_bias else None
+            gb = None if bias is None else torch.zeros(w.shape[0], device=h.device, dtype=dt)
             for s, z, tgt in _logit_chunks(hf, w, b, pos, drop):
                 e = s + len(z)
                 dz = z.sub_(lse[s:e, None]).exp_()  # (C, N): softmax, in place; excluded: exp(-inf) = 0
