@@ -239,7 +239,7 @@ def train(
     if world > 1:
         net = torch.nn.parallel.DistributedDataParallel(net)
     trainable = [p for p in model.parameters() if p.requires_grad]  # a setup may freeze some
-    opt = torch.optim.AdamW(trainable, lr=tc.lr, weight_decay=tc.weight_decay, betas=(0.9, 0.98))
+    opt = adamw(trainable, lr=tc.lr, weight_decay=tc.weight_decay, betas=(0.9, 0.98))
     rng = np.random.default_rng(tc.seed + rank)
     train_seqs = split.train[rank::world]
     sched = lr_scheduler(opt, tc, task.num_batches(train_seqs, tc.batch_size))
@@ -373,6 +373,14 @@ def train(
     (run_dir / "final.json").write_text(json.dumps(final, indent=2))
     _ddp_finish(world)
     return TrainResult(run_dir, best_epoch, valid, test, seconds, stop_reason)
+
+
+def adamw(params: list[torch.nn.Parameter], **kwargs: Any) -> torch.optim.AdamW:
+    """AdamW, fused (one kernel per tensor instead of ~10 passes over it) wherever torch has the
+    fused kernel: with a large item table the optimiser step is memory-bound, and on Beauty's
+    54k x 64 table the fused step is ~6x faster on one CPU core (benchmarks/optimizer_step.py)."""
+    fused = all(p.device.type in ("cpu", "cuda") and p.dtype.is_floating_point for p in params)
+    return torch.optim.AdamW(params, fused=fused, **kwargs)
 
 
 def weight_average(model: SeqRecModel, decay: float) -> torch.optim.swa_utils.AveragedModel | None:

@@ -32,6 +32,7 @@ from training.batching import pad_left
 from training.config import TrainConfig
 from training.data.preprocess import SeqData, leave_one_out
 from training.text import MAX_TOKENS, TEXT_FIELDS, TextEmbedder, dataset_text, item_text_embeddings
+from training.train import adamw
 
 ONNX_OPSET = 17
 # Parameters a pre-trained checkpoint hands to fine-tuning: all but the per-catalogue tables.
@@ -145,7 +146,7 @@ def pretrain(
         model.text_emb.copy_(torch.as_tensor(text))
     if cfg.text_skip:
         model.fit_text_channel(model.text_emb[1:])
-    opt = torch.optim.AdamW(model.parameters(), lr=pc.lr)
+    opt = adamw(list(model.parameters()), lr=pc.lr)
     out.mkdir(parents=True, exist_ok=True)
     log = (out / "pretrain_metrics.jsonl").open("w")
     t0 = time.perf_counter()

@@ -133,6 +133,35 @@ def test_sampled_softmax_logq_forms(logq: str) -> None:
         losses.sampled_softmax(h, pos, table, 6, pop, "both")
 
 
+def test_sampled_softmax_masks_every_copy_of_the_positive_and_matches_the_dense_form() -> None:
+    """Duplicated negatives equal to the positive are all left out, gradients equal the dense
+    (T, 1 + K) cross-entropy, and a row whose every negative is its positive stays finite."""
+    from training import losses
+
+    neg = torch.tensor([3, 1, 3, 2, 3, 1])
+    pos = torch.tensor([3, 2, 4, 1])
+    rows, cols = losses._collisions(neg, pos)
+    assert sorted(zip(rows.tolist(), cols.tolist(), strict=True)) == [(0, 0), (0, 2), (0, 4), (1, 3), (3, 1), (3, 5)]
+
+    torch.manual_seed(0)
+    h, table = torch.randn(6, 4, dtype=torch.float64, requires_grad=True), torch.randn(6, 4, dtype=torch.float64)
+    pos = torch.tensor([1, 2, 3, 4, 5, 5])
+    torch.manual_seed(3)
+    got = losses.sampled_softmax(h, pos, table, 40)
+    (g_got,) = torch.autograd.grad(got, h)
+    torch.manual_seed(3)
+    neg = torch.randint(1, 6, (40,))
+    logits = torch.cat([(h * table[pos]).sum(-1, keepdim=True), h @ table[neg].T], 1)
+    logits = torch.cat([logits[:, :1], logits[:, 1:].masked_fill(neg[None] == pos[:, None], float("-inf"))], 1)
+    want = torch.nn.functional.cross_entropy(logits, torch.zeros(6, dtype=torch.long))
+    (g_want,) = torch.autograd.grad(want, h)
+    assert torch.allclose(got, want, atol=1e-12) and torch.allclose(g_got, g_want, atol=1e-12)
+
+    only_pos = losses.sampled_softmax(h, torch.tensor([1]).expand(6), table[:2], 8)  # one item: all negatives = pos
+    (g,) = torch.autograd.grad(only_pos, h)
+    assert only_pos.item() == 0.0 and torch.isfinite(g).all()
+
+
 def test_exclude_seen_ce_is_a_softmax_over_the_positive_and_unseen_items() -> None:
     from training import losses
     from training.tasks import row_items
