@@ -83,9 +83,13 @@ class BERT4Rec(SeqRecModel):
             x = block(x, mask)
         return x
 
+    def project(self, h: torch.Tensor) -> torch.Tensor:
+        """(..., D) -> (..., D): GELU(h W^P + b^P), the projection of eq. 7."""
+        return F.gelu(self.out_proj(h))
+
     def head(self, h: torch.Tensor) -> torch.Tensor:
         """(..., D) -> (..., D+1): [GELU(h W^P + b^P), 1], the left factor of eq. 7."""
-        z = F.gelu(self.out_proj(h))
+        z = self.project(h)
         return torch.cat([z, torch.ones_like(z[..., :1])], dim=-1)
 
     def append_mask(self, item_seq: torch.Tensor) -> torch.Tensor:

@@ -97,8 +97,11 @@ class ClozeTask(Task):
         labels = batch["labels"]
         at = labels != 0  # (B, L): masked positions only
         if self.loss_name == "sampled":
+            # E and b^O apart: the loss gathers a few thousand rows, so [E | b^O] for all 54k
+            # Beauty items (and its backward) would be a wasted copy every step.
+            table, bias = model.item_emb.weight[: model.num_items + 1], model.out_bias  # (N+1, D), (N+1,)
             return losses.sampled_softmax(
-                model.head(h[at]), labels[at], model.item_vectors(), self.num_negatives, self.popularity, self.logq
+                model.project(h[at]), labels[at], table, self.num_negatives, self.popularity, self.logq, bias=bias
             )
         if self.loss_name != "ce":
             raise ValueError(f"bert4rec: unknown loss {self.loss_name!r}: choose ce or sampled")

@@ -170,6 +170,7 @@ def sampled_softmax(
     num_negatives: int,
     popularity: torch.Tensor | None = None,
     logq: str = "negatives",
+    bias: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Softmax over the positive and `num_negatives` negatives shared by the batch.
 
@@ -179,22 +180,28 @@ def sampled_softmax(
     logq="sampled": subtract log(K q) from the positive's and every negative's logit, the
     sampled-softmax estimate of the full softmax (Jean et al. 2015). The two differ by a
     log q_pos shift of the positive, which favours rare targets in the "negatives" form.
-    A negative that equals the positive is masked out.
+    A negative that equals the positive is masked out. bias: (N+1,) added to each item's logit
+    (BERT4Rec's b^O), so a caller never concatenates it onto the whole table for a few rows.
     """
     if logq not in ("negatives", "sampled"):
         raise ValueError(f"logq must be negatives or sampled, got {logq!r}")
     num_items = table.shape[0] - 1
     pos_logit = (h * table[pos]).sum(-1, keepdim=True)  # (T, 1)
+    if bias is not None:
+        pos_logit = pos_logit + bias[pos, None]
+    shift = None  # (K,): what each negative's logit gets added (-log q, the bias), inside the GEMM
     if popularity is None:
         neg = torch.randint(1, num_items + 1, (num_negatives,), device=h.device)
-        neg_logit = h @ table[neg].T  # (T, K)
     else:
         neg = torch.multinomial(popularity, num_negatives, replacement=True)
         log_total = popularity.sum().log()  # log q_i = log pop_i - log_total
-        neg_logit = h @ table[neg].T - (popularity[neg].log() - log_total)  # (T, K)
+        shift = log_total - popularity[neg].log()
         if logq == "sampled":
             # Same constant log K on both sides keeps the softmax unchanged except for q_pos.
             pos_logit = pos_logit - (popularity[pos].log() - log_total)[:, None]
+    if bias is not None:
+        shift = bias[neg] if shift is None else shift + bias[neg]
+    neg_logit = h @ table[neg].T if shift is None else torch.addmm(shift.to(h.dtype), h, table[neg].T)  # (T, K)
     dt = _loss_dtype(h)  # fp32 under autocast, fp64 stays fp64
     pos_logit, neg_logit = pos_logit.squeeze(1).to(dt), neg_logit.to(dt)  # (T,), (T, K)
     rows, cols = _collisions(neg, pos)
