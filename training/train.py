@@ -71,7 +71,7 @@ class TrainResult:
     valid: dict[str, float]
     test: dict[str, float]
     seconds: float
-    stop_reason: str = "epochs"  # epochs, early_stop, max_minutes, SIGINT or SIGTERM
+    stop_reason: str = "epochs"  # epochs, early_stop, max_minutes, annealed, SIGINT or SIGTERM
 
 
 def _is_tty() -> bool:
@@ -152,6 +152,10 @@ class LrFactor:
         """Decay to 0 at the end of `epoch` instead (re-estimated every epoch, so either way;
         never past `tc.epochs`, never inside the warm-up)."""
         self.total = min(self.planned, max(epoch * self.steps_per_epoch, self.warmup + 1))
+
+    def finished(self, step: int) -> bool:
+        """A decaying schedule whose lr is 0 from `step` on: more steps cannot change the weights."""
+        return self.schedule != "constant" and step >= max(self.total, self.warmup + 1)
 
     def __call__(self, step: int) -> float:
         if step < self.warmup:
@@ -307,7 +311,9 @@ def train(
                 "lr": opt.param_groups[0]["lr"],
             }
             over_budget = bool(tc.max_minutes) and (time.perf_counter() - t0) / 60 > tc.max_minutes
-            halt = request.signal or ("max_minutes" if over_budget else None)
+            # A schedule annealed to 0 ends the run even with budget left: further epochs at lr 0 are idle.
+            annealed = "annealed" if epoch < tc.epochs and lr_factor.finished(sched.last_epoch) else None
+            halt = request.signal or ("max_minutes" if over_budget else None) or annealed
             # The epoch training stops after is always evaluated: with a decaying lr it is the best.
             stop = halt is not None
             if rank == 0 and (epoch % tc.eval_every == 0 or epoch == tc.epochs or stop):

@@ -56,6 +56,9 @@ def test_cosine_schedule_warms_up_then_decays_to_zero() -> None:
     assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)  # linear warm-up over one epoch
     assert all(a >= b for a, b in itertools.pairwise(lrs[9:]))  # then monotone decay
     assert lrs[-1] < 0.001
+    assert sched.lr_lambdas[0].finished(100) and not sched.lr_lambdas[0].finished(99)  # type: ignore[attr-defined]
+    constant = lr_scheduler(opt, TrainConfig(epochs=10), steps_per_epoch=10).lr_lambdas[0]
+    assert not constant.finished(10_000)  # type: ignore[attr-defined]  # a constant lr never anneals
     with pytest.raises(ValueError, match="lr_schedule"):
         lr_scheduler(opt, TrainConfig(lr_schedule="step"), 10)
 
@@ -106,6 +109,7 @@ def test_cosine_ends_where_the_wall_clock_budget_will_stop_training() -> None:
         sched.step()
     assert lrs[20] == pytest.approx(0.5, abs=0.01)  # half-way through the 40 steps the budget allows
     assert opt.param_groups[0]["lr"] == pytest.approx(0.0)  # annealed by the end of epoch 4
+    assert not factor.finished(39) and factor.finished(40)  # lr 0 from step 40: the run can stop
     factor.end_at_epoch(1000)  # never past the epochs planned
     assert factor.total == 100 * 10
 
