@@ -15,7 +15,6 @@ max_len 50, batch 128, ρ = 0.6), where full softmax is the paper's loss.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
 from typing import Any
@@ -24,7 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from benchmarks.common import write_result
+from benchmarks.common import step_benchmark_main
 from training import losses
 from training.data import leave_one_out, prepare
 from training.evaluate import popularity_scores
@@ -121,20 +120,7 @@ def run_case(name: str, steps: int) -> dict[str, Any]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
-    ap.add_argument("--steps", type=int, default=6, help="training steps per case (the first is a warm-up)")
-    ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
-    ap.add_argument("--note", default="", help="free text stored with the result (e.g. what else ran)")
-    ap.add_argument("--name", default="ce_loss", help="result file name under benchmarks/results/")
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    results = {}
-    for name in args.cases:
-        results[name] = run_case(name, args.steps)
-        print(name, results[name], flush=True)
-    path = write_result(args.name, {"threads": args.threads, "steps": args.steps, "note": args.note, "cases": results})
-    print(f"wrote {path}")
+    step_benchmark_main(__doc__, list(CASES), run_case, steps=6, name="ce_loss")
 
 
 if __name__ == "__main__":

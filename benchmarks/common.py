@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import platform
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -57,3 +59,25 @@ def write_result(name: str, payload: dict[str, Any]) -> Path:
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps(payload, indent=2) + "\n")
     return path
+
+
+def step_benchmark_main(
+    doc: str | None, cases: list[str], run_case: Callable[[str, int], dict[str, Any]], steps: int, name: str
+) -> None:
+    """The command line the training-step benchmarks share: cases, steps, threads, one result file."""
+    import torch
+
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--cases", nargs="+", default=cases, choices=cases)
+    ap.add_argument("--steps", type=int, default=steps, help="training steps per case (the first is a warm-up)")
+    ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    ap.add_argument("--note", default="", help="free text stored with the result (e.g. what else ran)")
+    ap.add_argument("--name", default=name, help="result file name under benchmarks/results/")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    results = {}
+    for case in args.cases:
+        results[case] = run_case(case, args.steps)
+        print(case, results[case], flush=True)
+    path = write_result(args.name, {"threads": args.threads, "steps": args.steps, "note": args.note, "cases": results})
+    print(f"wrote {path}")

@@ -22,7 +22,6 @@ popularity negatives and logQ (its quality recipe).
 
 from __future__ import annotations
 
-import argparse
 import copy
 import statistics
 import time
@@ -32,7 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from benchmarks.common import write_result
+from benchmarks.common import step_benchmark_main
 from training import losses
 from training.data import leave_one_out, prepare
 from training.evaluate import popularity_scores
@@ -144,20 +143,7 @@ def run_case(name: str, steps: int) -> dict[str, Any]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
-    ap.add_argument("--steps", type=int, default=12, help="training steps per case (the first is a warm-up)")
-    ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
-    ap.add_argument("--note", default="", help="free text stored with the result (e.g. what else ran)")
-    ap.add_argument("--name", default="sampled_step", help="result file name under benchmarks/results/")
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    results = {}
-    for name in args.cases:
-        results[name] = run_case(name, args.steps)
-        print(name, results[name], flush=True)
-    path = write_result(args.name, {"threads": args.threads, "steps": args.steps, "note": args.note, "cases": results})
-    print(f"wrote {path}")
+    step_benchmark_main(__doc__, list(CASES), run_case, steps=12, name="sampled_step")
 
 
 if __name__ == "__main__":
