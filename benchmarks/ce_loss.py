@@ -23,11 +23,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from benchmarks.common import step_benchmark_main
+from benchmarks.common import step_benchmark_main, training_case
 from training import losses
-from training.data import leave_one_out, prepare
-from training.evaluate import popularity_scores
-from training.zoo import build_model, get_spec
 
 FUSED = losses.full_softmax_ce
 
@@ -79,15 +76,7 @@ CASES: dict[str, dict[str, Any]] = {
 
 
 def run_case(name: str, steps: int) -> dict[str, Any]:
-    case = CASES[name]
-    spec = get_spec(case["model"])
-    data = prepare(case["dataset"])
-    split = leave_one_out(data)
-    tc = spec.train_defaults.updated(**{k: v for k, v in case["train"].items() if k != "extra"})
-    tc = tc.updated(extra={**tc.extra, **case["train"].get("extra", {})})
-    torch.manual_seed(0)
-    model = build_model(case["model"], data.num_items, case["model_overrides"])
-    task = spec.make_task(model.cfg, tc, popularity_scores(split.train, data.num_items))  # type: ignore[attr-defined]
+    data, split, tc, model, task = training_case(CASES[name])
     opt = torch.optim.AdamW(model.parameters(), lr=tc.lr)
     batches = task.batches(split.train, tc.batch_size, np.random.default_rng(0), torch.device("cpu"))
     sample = [next(batches) for _ in range(steps)]

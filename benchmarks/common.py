@@ -81,3 +81,23 @@ def step_benchmark_main(
         print(case, results[case], flush=True)
     path = write_result(args.name, {"threads": args.threads, "steps": args.steps, "note": args.note, "cases": results})
     print(f"wrote {path}")
+
+
+def training_case(case: dict[str, Any]) -> tuple[Any, Any, Any, Any, Any]:
+    """A step benchmark's case -> (dataset, leave-one-out split, train config, model, task), the
+    model seeded so every benchmark starts from the same weights."""
+    import torch
+
+    from training.data import leave_one_out, prepare
+    from training.evaluate import popularity_scores
+    from training.zoo import build_model, get_spec
+
+    spec = get_spec(case["model"])
+    data = prepare(case["dataset"])
+    split = leave_one_out(data)
+    tc = spec.train_defaults.updated(**{k: v for k, v in case["train"].items() if k != "extra"})
+    tc = tc.updated(extra={**tc.extra, **case["train"].get("extra", {})})
+    torch.manual_seed(0)
+    model = build_model(case["model"], data.num_items, case["model_overrides"])
+    task = spec.make_task(model.cfg, tc, popularity_scores(split.train, data.num_items))
+    return data, split, tc, model, task

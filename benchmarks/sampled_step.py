@@ -31,12 +31,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from benchmarks.common import step_benchmark_main
+from benchmarks.common import step_benchmark_main, training_case
 from training import losses
-from training.data import leave_one_out, prepare
-from training.evaluate import popularity_scores
 from training.train import adamw
-from training.zoo import build_model, get_spec
 
 SAMPLED = losses.sampled_softmax
 
@@ -71,6 +68,7 @@ def dense_sampled_softmax(
 CASES: dict[str, dict[str, Any]] = {
     "bert4rec-beauty-uniform8192": {
         "model": "bert4rec",
+        "dataset": "beauty",
         "model_overrides": {"max_len": 50, "dropout": 0.3},
         "train": {
             "loss": "sampled",
@@ -82,6 +80,7 @@ CASES: dict[str, dict[str, Any]] = {
     },
     "sasrec-beauty-popneg4096": {
         "model": "sasrec",
+        "dataset": "beauty",
         "model_overrides": {"max_len": 50, "dropout": 0.5},
         "train": {"loss": "sampled", "num_negatives": 4096, "batch_size": 128, "extra": {"pop_negatives": True}},
     },
@@ -90,15 +89,7 @@ PARTS = ("loss", "clip", "opt")
 
 
 def run_case(name: str, steps: int) -> dict[str, Any]:
-    case = CASES[name]
-    spec = get_spec(case["model"])
-    data = prepare("beauty")
-    split = leave_one_out(data)
-    tc = spec.train_defaults.updated(**{k: v for k, v in case["train"].items() if k != "extra"})
-    tc = tc.updated(extra={**tc.extra, **case["train"].get("extra", {})})
-    torch.manual_seed(0)
-    model = build_model(case["model"], data.num_items, case["model_overrides"])
-    task = spec.make_task(model.cfg, tc, popularity_scores(split.train, data.num_items))  # type: ignore[attr-defined]
+    data, split, tc, model, task = training_case(CASES[name])
     variants = {
         "before": (model, dense_sampled_softmax, torch.optim.AdamW),
         "after": (copy.deepcopy(model), SAMPLED, adamw),

@@ -155,7 +155,7 @@ class LrFactor:
 
     def finished(self, step: int) -> bool:
         """A decaying schedule whose lr is 0 from `step` on: more steps cannot change the weights."""
-        return self.schedule != "constant" and step >= max(self.total, self.warmup + 1)
+        return self.schedule != "constant" and step >= self.total  # total > warmup by construction
 
     def __call__(self, step: int) -> float:
         if step < self.warmup:
