@@ -124,6 +124,10 @@ class RedisItems:
                     if msg is not None and msg.get("type") == "message":
                         yield json.loads(msg["data"])
             except (*_ERRORS, StoreUnavailable) as exc:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    # A read timeout that raced our cancellation: shutting down, not an outage.
+                    raise asyncio.CancelledError from exc
                 self.subscribed.clear()
                 log.warning("item announcements: %s; resubscribing in 1 s", exc)
                 await asyncio.sleep(1.0)

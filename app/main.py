@@ -8,9 +8,10 @@ Run with `seqrec serve` or `uvicorn --factory app.main:create_app`.
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 
 # One BLAS thread per worker process: parallelism comes from workers, not oversubscription.
@@ -58,6 +59,24 @@ def make_items(settings: Settings, store: EventStore) -> ItemRegistry:
     return MemoryItems()
 
 
+async def bounded(aws: list[Awaitable[object]], what: str, timeout_s: float) -> None:
+    """Await `aws` for at most `timeout_s`; past that, log where each straggler is stuck and go on.
+
+    asyncio.wait, not wait_for: wait_for waits again for a cancelled awaitable to finish, which
+    is exactly what hangs when a library swallows the cancellation."""
+    futs = [asyncio.ensure_future(aw) for aw in aws]
+    done, pending = await asyncio.wait(futs, timeout=timeout_s)
+    for fut in done:
+        if not fut.cancelled() and fut.exception() is not None:
+            log.warning("shutdown: the %s failed: %r", what, fut.exception())
+    for fut in pending:
+        where = io.StringIO()
+        if isinstance(fut, asyncio.Task):
+            fut.print_stack(file=where)
+        fut.cancel()
+        log.warning("shutdown: the %s did not finish within %.1f s\n%s", what, timeout_s, where.getvalue())
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     configure_logging()
@@ -84,13 +103,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
-            if watcher is not None:
-                watcher.cancel()
-            follower.cancel()
-            # Let the subscriber close its connection before the loop goes away.
-            await asyncio.gather(follower, return_exceptions=True)
-            await item_reg.close()
-            await store.close()
+            tasks = [follower] if watcher is None else [follower, watcher]
+            for task in tasks:
+                task.cancel()
+            # Let the subscriber close its connection before the loop goes away, but never wait
+            # forever: a hung shutdown outlives the orchestrator's grace period and gets killed.
+            await bounded(tasks, "background tasks", settings.shutdown_timeout_s)
+            await bounded([item_reg.close(), store.close()], "connection pools", settings.shutdown_timeout_s)
 
     app = FastAPI(
         title="seqrec",

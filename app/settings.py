@@ -52,6 +52,9 @@ class Settings(BaseSettings):
     bundle_poll_s: float = Field(
         0, ge=0, description="Poll the bundle paths this often and load a changed bundle without restart; 0 = off."
     )
+    shutdown_timeout_s: float = Field(
+        5.0, gt=0, le=300, description="Longest wait for each background task and pool to close at shutdown."
+    )
 
     @field_validator("bundles", mode="before")
     @classmethod

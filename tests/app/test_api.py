@@ -153,3 +153,37 @@ def test_untimed_events_keep_batch_order(client: TestClient) -> None:
     assert r.json()["accepted"] == 3  # the same item twice in a batch is two events
     store = client.app.state.seqrec.store
     assert client.portal.call(store.history, "bob") == [b, a, b]
+
+
+@pytest.mark.anyio
+async def test_shutdown_wait_is_bounded_even_when_a_task_swallows_its_cancellation(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import asyncio
+    import time
+
+    from app.main import bounded
+
+    stubborn = True
+
+    async def swallows_cancel() -> None:
+        while True:
+            try:
+                await asyncio.sleep(10)
+            except asyncio.CancelledError:
+                if not stubborn:
+                    raise
+
+    task = asyncio.create_task(swallows_cancel())
+    await asyncio.sleep(0)
+    task.cancel()
+    t0 = time.monotonic()
+    with caplog.at_level("WARNING", logger="seqrec.app"):
+        await bounded([task], "background tasks", 0.2)
+    assert time.monotonic() - t0 < 5
+    assert not task.done()  # still alive: the wait gave up rather than hang
+    assert "did not finish within 0.2 s" in caplog.text and "swallows_cancel" in caplog.text  # where it hangs
+    stubborn = False
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    assert task.cancelled()
