@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.layers import SeqRecModel, TransformerBlock, attention_mask, check_position_scheme, position_ids
+from models.layers import Dropout, SeqRecModel, TransformerBlock, attention_mask, check_position_scheme, position_ids
 
 
 @dataclass
@@ -56,7 +56,7 @@ class BERT4Rec(SeqRecModel):
         self.item_emb = nn.Embedding(cfg.num_items + 2, cfg.dim, padding_idx=0)  # E: pad, items, [mask]
         self.pos_emb = nn.Embedding(cfg.max_len, cfg.dim)  # P
         self.emb_ln = nn.LayerNorm(cfg.dim, eps=1e-12)
-        self.emb_drop = nn.Dropout(cfg.dropout)
+        self.emb_drop = Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(
             TransformerBlock(cfg.dim, cfg.num_heads, cfg.dropout, cfg.ffn_mult * cfg.dim, "gelu", norm_first=False)
             for _ in range(cfg.num_layers)

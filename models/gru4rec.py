@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from models.layers import SeqRecModel
+from models.layers import Dropout, SeqRecModel
 
 
 @dataclass
@@ -61,8 +61,8 @@ class GRU4Rec(SeqRecModel):
             self.item_in = nn.Embedding(cfg.num_items + 1, cfg.emb_dim, padding_idx=0)
             in_dim = cfg.emb_dim
         self.gru = nn.GRU(in_dim, cfg.dim, num_layers=cfg.num_layers, batch_first=True)
-        self.drop_in = nn.Dropout(cfg.dropout_emb)
-        self.drop_out = nn.Dropout(cfg.dropout)
+        self.drop_in = Dropout(cfg.dropout_emb)
+        self.drop_out = Dropout(cfg.dropout)
         self._init()
 
     def _init(self) -> None:

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from models.layers import SeqRecModel, TransformerBlock, attention_mask, check_position_scheme, position_ids
+from models.layers import Dropout, SeqRecModel, TransformerBlock, attention_mask, check_position_scheme, position_ids
 
 
 @dataclass
@@ -47,7 +47,7 @@ class SASRec(SeqRecModel):
         self.num_items = cfg.num_items
         self.item_emb = nn.Embedding(cfg.num_items + 1, cfg.dim, padding_idx=0)  # E (= M, shared)
         self.pos_emb = nn.Embedding(cfg.max_len, cfg.dim)  # P
-        self.emb_drop = nn.Dropout(cfg.dropout if cfg.emb_dropout is None else cfg.emb_dropout)
+        self.emb_drop = Dropout(cfg.dropout if cfg.emb_dropout is None else cfg.emb_dropout)
         self.blocks = nn.ModuleList(
             TransformerBlock(cfg.dim, cfg.num_heads, cfg.dropout, cfg.dim, "relu", cfg.norm_first)
             for _ in range(cfg.num_layers)

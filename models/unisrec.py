@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.layers import SeqRecModel, TransformerBlock, attention_mask, recency_positions
+from models.layers import Dropout, SeqRecModel, TransformerBlock, attention_mask, recency_positions
 
 
 @dataclass
@@ -74,7 +74,7 @@ class PWLayer(nn.Module):
 
     def __init__(self, d_in: int, d_out: int, dropout: float) -> None:
         super().__init__()
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
         self.bias = nn.Parameter(torch.zeros(d_in))  # b
         self.lin = nn.Linear(d_in, d_out, bias=False)  # W
         nn.init.normal_(self.lin.weight, std=0.02)
@@ -128,7 +128,7 @@ class UniSRec(SeqRecModel):
         self.pos_emb = nn.Embedding(cfg.max_len, cfg.dim)  # p_j
         nn.init.normal_(self.pos_emb.weight, std=0.02)
         self.in_ln = nn.LayerNorm(cfg.dim, eps=1e-12)
-        self.in_drop = nn.Dropout(cfg.dropout)
+        self.in_drop = Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(
             TransformerBlock(cfg.dim, cfg.num_heads, cfg.dropout, 4 * cfg.dim, "gelu", norm_first=False)
             for _ in range(cfg.num_layers)
