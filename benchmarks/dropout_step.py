@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from benchmarks.common import step_benchmark_main, training_case
+from benchmarks.sampled_step import CASES as SAMPLED_CASES
 from models import layers
 from training.train import adamw
 
@@ -37,18 +38,7 @@ CASES: dict[str, dict[str, Any]] = {
         "model_overrides": {"positions": "absolute", "init_std": 0.02, "dropout": 0.1},
         "train": {"extra": {"exclude_seen": True}},
     },
-    "bert4rec-beauty-recipe": {
-        "model": "bert4rec",
-        "dataset": "beauty",
-        "model_overrides": {"max_len": 50, "dropout": 0.3},
-        "train": {
-            "loss": "sampled",
-            "num_negatives": 8192,
-            "batch_size": 128,
-            "bucket": True,
-            "extra": {"mask_prob": 0.6, "last_item_ratio": 1.0},
-        },
-    },
+    "bert4rec-beauty-recipe": SAMPLED_CASES["bert4rec-beauty-uniform8192"],
 }
 
 
