@@ -84,13 +84,18 @@ def dropout_keep(x: torch.Tensor, p: float) -> torch.Tensor:
     return (u >= drop - 32768).to(x.dtype).mul_(scale)  # 2x faster than torch.where(cond, scale, 0)
 
 
+def fast_dropout_applies(x: torch.Tensor, p: float, training: bool) -> bool:
+    """Whether `dropout` draws its own mask for x (CPU training, 0 < p < 1)."""
+    return training and 0.0 < p < 1.0 and x.device.type == "cpu" and FAST_CPU_DROPOUT
+
+
 def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
     """F.dropout, with a cheaper random mask on CPU (see dropout_keep); identity at inference."""
     if not training or p == 0.0:
         return x
-    if x.device.type != "cpu" or p >= 1.0 or not FAST_CPU_DROPOUT:
-        return F.dropout(x, p, True)
-    return x * dropout_keep(x, p)
+    if fast_dropout_applies(x, p, training):
+        return x * dropout_keep(x, p)
+    return F.dropout(x, p, True)
 
 
 class Dropout(nn.Dropout):
@@ -121,7 +126,7 @@ class MultiHeadSelfAttention(nn.Module):
         b_q, b_kv = self.qkv.bias.split([D, 2 * D])
         q = F.linear(q_in, w_q, b_q).view(B, Lq, H, D // H).transpose(1, 2)  # (B, H, Lq, D/H)
         k, v = F.linear(kv_in, w_kv, b_kv).view(B, L, 2, H, D // H).permute(2, 0, 3, 1, 4)  # (B, H, L, D/H)
-        if self.training and self.dropout > 0 and q.device.type == "cpu" and FAST_CPU_DROPOUT:
+        if fast_dropout_applies(q, self.dropout, self.training):
             # softmax(Q K^T / sqrt(d)) with dropout on the attention weights, written out: torch's
             # CPU path for dropout_p > 0 is this same unfused math, plus its slow bernoulli mask.
             att = (q * (D // H) ** -0.5) @ k.transpose(-2, -1)  # (B, H, Lq, L)

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
 
-from app.main import create_app
+from app.main import bounded, create_app
 from app.schemas import RecommendOut
 from app.settings import Settings
 from tests.app.conftest import free_port
@@ -159,11 +161,6 @@ def test_untimed_events_keep_batch_order(client: TestClient) -> None:
 async def test_shutdown_wait_is_bounded_even_when_a_task_swallows_its_cancellation(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    import asyncio
-    import time
-
-    from app.main import bounded
-
     stubborn = True
 
     async def swallows_cancel() -> None:
