@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import write_result
+from benchmarks.common import RESULTS, write_result
 from training.data import (
     leave_one_out,
     prepare,
@@ -34,6 +34,25 @@ def parse_value(raw: str):
         return raw
 
 
+def time_to_target(rows: list[dict], target: float) -> dict | None:
+    """The first evaluated epoch whose validation NDCG@10 reaches `target`: its number, the
+    training seconds spent to get there (epoch times alone) and the wall seconds (evaluation
+    and checkpointing included). None when no epoch reached it."""
+    train_s = 0.0
+    for r in rows:
+        train_s += r["epoch_seconds"]
+        ndcg = r.get("valid_ndcg@10")
+        if ndcg is not None and ndcg >= target:
+            return {
+                "target": target,
+                "epoch": r["epoch"],
+                "valid_ndcg@10": ndcg,
+                "train_seconds": round(train_s, 3),
+                "wall_seconds": r.get("elapsed_seconds"),
+            }
+    return None
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="sasrec")
@@ -41,6 +60,16 @@ def main() -> None:
     ap.add_argument("--set", action="append", default=[], help="model option key=value")
     ap.add_argument("--train", action="append", default=[], help="train option key=value (extra.* for task knobs)")
     ap.add_argument("--tag", default="", help="suffix for the result file name")
+    ap.add_argument(
+        "--target-ndcg",
+        type=float,
+        action="append",
+        default=[],
+        help="record the time to the first epoch whose validation NDCG@10 reaches this (repeatable)",
+    )
+    ap.add_argument(
+        "--results-dir", type=Path, default=RESULTS, help="where the result JSON goes (default benchmarks/results)"
+    )
     ap.add_argument("--out", type=Path, default=None, help="run directory (default runs/bench-...)")
     args = ap.parse_args()
 
@@ -68,6 +97,7 @@ def main() -> None:
         popularity_score_fn(popularity_scores(s.train, data.num_items)), s.test_hist, s.test_target, data.num_items, 200
     )
     device = final["device"].split(":")[0]
+    to_target = {str(t): time_to_target(rows, t) for t in args.target_ndcg}
     path = write_result(
         f"train-{args.model}-{args.dataset}-{device}{tag}",
         {
@@ -82,6 +112,7 @@ def main() -> None:
             "epoch_seconds_median": statistics.median(epoch_times),
             "seconds_to_best_epoch": final["seconds_to_best"],
             "total_wall_seconds": round(wall, 1),
+            "to_target": to_target or None,
             "test": res.test,
             "valid": res.valid,
             "popularity_test": pop,
@@ -102,6 +133,7 @@ def main() -> None:
                 for r in rows
             ],
         },
+        args.results_dir,
     )
     print(
         json.dumps(
@@ -111,6 +143,7 @@ def main() -> None:
                 "test_hr@10": res.test["hr@10"],
                 "best_epoch": res.best_epoch,
                 "wall_s": round(wall, 1),
+                **({"to_target": to_target} if to_target else {}),
             }
         )
     )

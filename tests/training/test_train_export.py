@@ -85,6 +85,7 @@ def test_sigterm_stops_after_the_epoch_and_finishes_the_run(
             signal.raise_signal(signal.SIGTERM)
 
     monkeypatch.setattr(training.train, "plot_learning_curve", plot_then_sigterm)
+    monkeypatch.setattr(training.train, "PLOT_EVERY_S", 0.0)  # the hook must run after every epoch
     before = signal.getsignal(signal.SIGTERM)
     res = train(
         "sasrec",
@@ -100,6 +101,30 @@ def test_sigterm_stops_after_the_epoch_and_finishes_the_run(
     final = json.loads((tmp_path / "run" / "final.json").read_text())
     assert final["stop_reason"] == res.stop_reason == "SIGTERM" and res.best_epoch == 2 and res.test["users"] == 300
     assert signal.getsignal(signal.SIGTERM) == before  # the handler is put back
+
+
+def test_learning_curve_redraws_are_throttled_but_the_last_epoch_is_drawn(
+    ml100k, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    drawn: list[int] = []
+    plot = training.train.plot_learning_curve
+
+    def counting_plot(history, path) -> None:
+        drawn.append(len(history))
+        plot(history, path)
+
+    monkeypatch.setattr(training.train, "plot_learning_curve", counting_plot)
+    monkeypatch.setattr(training.train, "PLOT_EVERY_S", 3600.0)
+    train(
+        "sasrec",
+        ml100k,
+        tmp_path / "run",
+        model_overrides={"max_len": 20, "dim": 16, "num_layers": 1},
+        train_overrides={"epochs": 3, "eval_every": 1, "max_users": 200},
+        progress=False,
+    )
+    assert drawn == [3]  # epochs 1-2 fell inside the interval; the final epoch always redraws
+    assert (tmp_path / "run" / "learning_curve.png").read_bytes()[:4] == b"\x89PNG"
 
 
 @pytest.fixture(scope="module")
