@@ -284,7 +284,9 @@ def train(
         for epoch in range(1, tc.epochs + 1):
             model.train()
             t_ep = time.perf_counter()
-            total, count = 0.0, 0
+            # Summed on the device: reading the loss every step would sync a GPU each step and
+            # keep the host from queueing the next one (the progress bar reads it every 25th).
+            total, count = torch.zeros((), device=device), 0
             bar = tqdm(
                 task.batches(train_seqs, tc.batch_size, rng, device),
                 total=task.num_batches(train_seqs, tc.batch_size),
@@ -303,13 +305,14 @@ def train(
                 sched.step()
                 if ema is not None:
                     ema.update_parameters(model)
-                total += float(loss.detach())
+                total += loss.detach().float()
                 count += 1
-                bar.set_postfix(loss=f"{total / count:.4f}")
+                if not bar.disable and count % 25 == 1:
+                    bar.set_postfix(loss=f"{float(total) / count:.4f}")
             epoch_s = time.perf_counter() - t_ep
             row: dict[str, Any] = {
                 "epoch": epoch,
-                "loss": total / max(count, 1),
+                "loss": float(total) / max(count, 1),
                 "epoch_seconds": round(epoch_s, 3),
                 "lr": opt.param_groups[0]["lr"],
             }
