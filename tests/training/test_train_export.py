@@ -74,6 +74,12 @@ def test_seeded_training_is_deterministic(ml100k, tmp_path: Path) -> None:
     assert a.valid["ndcg@10"] == b.valid["ndcg@10"]
 
 
+def tiny_sasrec(data, run_dir: Path, **train_overrides: int):
+    """A one-layer 16-d SASRec over 20-item histories: seconds a run, for the loop's own tests."""
+    model = {"max_len": 20, "dim": 16, "num_layers": 1}
+    return train("sasrec", data, run_dir, model_overrides=model, train_overrides=train_overrides, progress=False)
+
+
 def test_sigterm_stops_after_the_epoch_and_finishes_the_run(
     ml100k, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -87,14 +93,7 @@ def test_sigterm_stops_after_the_epoch_and_finishes_the_run(
     monkeypatch.setattr(training.train, "plot_learning_curve", plot_then_sigterm)
     monkeypatch.setattr(training.train, "PLOT_EVERY_S", 0.0)  # the hook must run after every epoch
     before = signal.getsignal(signal.SIGTERM)
-    res = train(
-        "sasrec",
-        ml100k,
-        tmp_path / "run",
-        model_overrides={"max_len": 20, "dim": 16, "num_layers": 1},
-        train_overrides={"epochs": 50, "eval_every": 5, "max_users": 300},
-        progress=False,
-    )
+    res = tiny_sasrec(ml100k, tmp_path / "run", epochs=50, eval_every=5, max_users=300)
     rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2]  # epoch 2 was under way: it finishes, then stops
     assert "valid_ndcg@10" in rows[1]  # the epoch it stops after is evaluated, eval_every or not
@@ -115,14 +114,7 @@ def test_learning_curve_redraws_are_throttled_but_the_last_epoch_is_drawn(
 
     monkeypatch.setattr(training.train, "plot_learning_curve", counting_plot)
     monkeypatch.setattr(training.train, "PLOT_EVERY_S", 3600.0)
-    train(
-        "sasrec",
-        ml100k,
-        tmp_path / "run",
-        model_overrides={"max_len": 20, "dim": 16, "num_layers": 1},
-        train_overrides={"epochs": 3, "eval_every": 1, "max_users": 200},
-        progress=False,
-    )
+    tiny_sasrec(ml100k, tmp_path / "run", epochs=3, eval_every=1, max_users=200)
     assert drawn == [3]  # epochs 1-2 fell inside the interval; the final epoch always redraws
     assert (tmp_path / "run" / "learning_curve.png").read_bytes()[:4] == b"\x89PNG"
 
