@@ -309,10 +309,11 @@ def train(
                 count += 1
                 if not bar.disable and count % 25 == 1:
                     bar.set_postfix(loss=f"{float(total) / count:.4f}")
+            mean_loss = float(total) / max(count, 1)  # a device read: the epoch's queued work is done
             epoch_s = time.perf_counter() - t_ep
             row: dict[str, Any] = {
                 "epoch": epoch,
-                "loss": float(total) / max(count, 1),
+                "loss": mean_loss,
                 "epoch_seconds": round(epoch_s, 3),
                 "lr": opt.param_groups[0]["lr"],
             }
