@@ -14,7 +14,7 @@
 # machine cannot reach ../shared/data):
 #   seqrec prepare ml-1m                       # here, once, if .seqrec_cache lacks it
 #   device run: bash benchmarks/gpu_checks.sh sasrec gru4rec bert4rec    (carry .seqrec_cache)
-# Results land in $OUT/results (or benchmarks/results when OUT is unset), logs beside them.
+# Results land in $OUT/results and logs in $OUT/logs (benchmarks/results and logs/ when OUT is unset).
 # A dry run on a CPU checks the script itself: GPU_CHECKS_DRY_RUN=1 (300 users, 1 epoch each).
 set -uo pipefail
 
