@@ -63,21 +63,16 @@ def test_run_dir_has_metrics_curve_and_checkpoint(trained) -> None:
     assert final["test"]["ndcg@10"] == pytest.approx(trained.test["ndcg@10"])
 
 
-def test_seeded_training_is_deterministic(ml100k, tmp_path: Path) -> None:
-    kw = dict(
-        model_overrides={"max_len": 20, "dim": 16, "num_layers": 1},
-        train_overrides={"epochs": 1, "batch_size": 128, "max_users": 300},
-        progress=False,
-    )
-    a = train("sasrec", ml100k, tmp_path / "a", **kw)
-    b = train("sasrec", ml100k, tmp_path / "b", **kw)
-    assert a.valid["ndcg@10"] == b.valid["ndcg@10"]
-
-
 def tiny_sasrec(data, run_dir: Path, **train_overrides: int):
     """A one-layer 16-d SASRec over 20-item histories: seconds a run, for the loop's own tests."""
     model = {"max_len": 20, "dim": 16, "num_layers": 1}
     return train("sasrec", data, run_dir, model_overrides=model, train_overrides=train_overrides, progress=False)
+
+
+def test_seeded_training_is_deterministic(ml100k, tmp_path: Path) -> None:
+    a = tiny_sasrec(ml100k, tmp_path / "a", epochs=1, batch_size=128, max_users=300)
+    b = tiny_sasrec(ml100k, tmp_path / "b", epochs=1, batch_size=128, max_users=300)
+    assert a.valid["ndcg@10"] == b.valid["ndcg@10"]
 
 
 def test_sigterm_stops_after_the_epoch_and_finishes_the_run(
