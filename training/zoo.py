@@ -47,13 +47,26 @@ def negative_weights(extra: dict[str, Any], popularity: np.ndarray) -> torch.Ten
     """Sampled-softmax negatives drawn ~ supp^alpha (None = uniform), as GRU4Rec's extra negatives.
 
     train.neg_alpha sets alpha (0 uniform, 1 popularity); train.pop_negatives=true means alpha 1.
-    In between, rare items are pushed down more often than by popularity sampling (BERT4Rec on
-    Beauty collapses with alpha 1 as rare items' embeddings inflate; 0.5 is untried there).
+    train.neg_uniform=u in [0, 1) draws from the mixture u * uniform + (1 - u) * supp^alpha: the
+    logQ correction then uses the mixture's q, which is at least u / N for every item. Why: with
+    alpha > 0 alone, BERT4Rec on Beauty collapses (alpha 1 and 0.5 both) as rare items, almost
+    never drawn, keep inflating the shared input/output table; the uniform share pushes each of
+    them down every few steps while the rest of the draw still brings the hard, popular ones.
     """
     alpha = float(extra.get("neg_alpha", 1.0 if extra.get("pop_negatives") else 0.0))
     if alpha < 0:
         raise ValueError(f"train.neg_alpha must be >= 0, got {alpha}")
-    return torch.as_tensor(popularity, dtype=torch.float) ** alpha if alpha > 0 else None
+    u = float(extra.get("neg_uniform", 0.0))
+    if not 0.0 <= u < 1.0:
+        raise ValueError(f"train.neg_uniform must be in [0, 1), got {u}")
+    if alpha == 0:
+        return None  # uniform already; a mixture with uniform is uniform
+    w = torch.as_tensor(popularity, dtype=torch.float64) ** alpha  # (N+1,), w[0] = 0 (padding)
+    if u == 0:
+        return w.float()
+    q = (1 - u) * w / w.sum()
+    q[1:] += u / (len(q) - 1)  # the padding row stays impossible
+    return q.float()
 
 
 def _sasrec_task(cfg: SASRecConfig, tc: TrainConfig, popularity: np.ndarray) -> Task:

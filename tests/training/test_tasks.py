@@ -93,6 +93,18 @@ def test_negative_weights_are_support_to_the_alpha() -> None:
         negative_weights({"neg_alpha": -1}, pop)
 
 
+def test_negative_weights_mix_a_uniform_share() -> None:
+    pop = np.array([0.0, 1.0, 4.0, 95.0])  # supp; row 0 = padding
+    q = negative_weights({"neg_alpha": 1, "neg_uniform": 0.4}, pop)
+    # 0.4 / 3 per item + 0.6 * supp / 100; padding never drawn
+    assert q.tolist() == pytest.approx([0.0, 0.4 / 3 + 0.006, 0.4 / 3 + 0.024, 0.4 / 3 + 0.57])
+    assert float(q.sum()) == pytest.approx(1.0)
+    assert negative_weights({"neg_uniform": 0.4}, pop) is None  # alpha 0: uniform either way
+    for bad in (-0.1, 1.0):
+        with pytest.raises(ValueError, match="neg_uniform"):
+            negative_weights({"neg_alpha": 1, "neg_uniform": bad}, pop)
+
+
 def test_cosine_ends_where_the_wall_clock_budget_will_stop_training() -> None:
     # 10 min budget at 70 s an epoch (evaluations included): the epoch crossing 600 s is the 9th.
     assert budget_last_epoch(elapsed_s=140.0, epochs_done=2, max_minutes=10) == 9
