@@ -6,7 +6,9 @@ item is replaced by `[mask]` with probability rho (at least one per sequence), a
 predicts the original items at the masked positions with a full softmax over the catalogue.
 On top of those, `last_item_ratio` x (number of sequences) extra samples mask only the last item,
 which is exactly the inference input (history + [mask]); the paper adds them to close the gap
-between Cloze training and next-item prediction.
+between Cloze training and next-item prediction. `prefix_ratio` (ours, off by default) adds
+samples of the same kind cut at a random earlier point: history[:k] + [mask] -> item k, so the
+inference task is practised at every point of a history, as SASRec's loss at every position is.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ class ClozeTask(Task):
     mask_token: int
     mask_prob: float = 0.2  # rho
     last_item_ratio: float = 0.1  # extra last-item-masked samples per training sequence
+    prefix_ratio: float = 0.0  # extra samples per sequence: a random proper prefix, its last item masked
     # "ce": full softmax over the catalogue (the paper); "sampled": softmax over `num_negatives`
     # shared negatives, uniform or by `popularity` with logQ correction. On a large catalogue
     # (Beauty: 54k items) the full softmax is ~90% of an epoch on a CPU.
@@ -74,10 +77,21 @@ class ClozeTask(Task):
             pick = rng.choice(len(seqs), size=n_last, replace=n_last > len(seqs))
             # The inference input is history[-(max_len-1):] + [mask]: build the same shape.
             out += [last_item_mask(seqs[i], self.mask_token) for i in pick]
+        # Prefixes of the whole history, so a long one also practises on its older part;
+        # k < len(s) (the full history is the last-item sample's), k >= 2 (one item of context).
+        cuttable = [s for s in usable if len(s) >= 3]
+        n_prefix = round(self.prefix_ratio * len(seqs))
+        if n_prefix and cuttable:
+            pick = rng.choice(len(cuttable), size=n_prefix, replace=n_prefix > len(cuttable))
+            for i in pick:
+                k = rng.integers(2, len(cuttable[i]))
+                out.append(last_item_mask(cuttable[i][:k][-self.max_len :], self.mask_token))
         return out
 
     def num_batches(self, train: Sequence[np.ndarray], batch_size: int) -> int:
         n = len(train) + round(self.last_item_ratio * len(train))
+        if any(len(s) >= 3 for s in train):
+            n += round(self.prefix_ratio * len(train))
         return (n + batch_size - 1) // batch_size
 
     def batches(

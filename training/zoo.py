@@ -90,6 +90,7 @@ def _bert4rec_task(cfg: BERT4RecConfig, tc: TrainConfig, popularity: np.ndarray)
         mask_token=cfg.num_items + 1,
         mask_prob=float(x.get("mask_prob", 0.2)),
         last_item_ratio=float(x.get("last_item_ratio", 0.1)),
+        prefix_ratio=float(x.get("prefix_ratio", 0.0)),
         loss_name=tc.loss,
         num_negatives=tc.num_negatives,
         popularity=negative_weights(x, popularity),

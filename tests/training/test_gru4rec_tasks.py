@@ -96,6 +96,24 @@ def test_cloze_masks_a_fresh_fraction_each_epoch_plus_last_item_samples() -> Non
         assert torch.all((b["labels"] != 0).sum(1) >= 1)  # every sample has a masked item
 
 
+def test_cloze_prefix_samples_mask_the_last_item_of_a_proper_prefix() -> None:
+    rng = np.random.default_rng(0)
+    train = [np.arange(1, 80), np.arange(100, 105), np.array([7, 8])]  # [7, 8] has no proper prefix >= 2
+    task = ClozeTask(max_len=10, mask_token=500, last_item_ratio=0.0, prefix_ratio=2.0)
+    samples = task._samples(train, rng)
+    assert len(samples) == 3 + 6 == task.num_batches(train, 1)
+    ends = set()
+    for inp, lab in samples[3:]:
+        assert len(inp) <= 10 and inp[-1] == 500 and np.all(inp[:-1] != 500)  # only the last is masked
+        assert np.all(lab[:-1] == 0)
+        full = next(s for s in train if lab[-1] in s)
+        k = int(np.flatnonzero(full == lab[-1])[0]) + 1  # the prefix ends at item k
+        assert 2 <= k < len(full)  # a proper prefix with context
+        assert np.array_equal(inp[:-1], full[:k][-10:][:-1])
+        ends.add(k)
+    assert len(ends) > 2  # the cut points vary
+
+
 def test_cloze_windows_reach_older_history_and_buckets_cut_padding() -> None:
     rng = np.random.default_rng(0)
     seq = np.arange(1, 101)  # items in order: a contiguous window shows as consecutive numbers
