@@ -64,6 +64,9 @@ class ClozeTask(Task):
 
     def __post_init__(self) -> None:
         check_exclude_seen(self.exclude_seen, self.loss_name)
+        for name in ("last_item_ratio", "prefix_ratio"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"bert4rec: train.{name} must be >= 0, got {getattr(self, name)}")
 
     def _samples(self, train: Sequence[np.ndarray], rng: np.random.Generator) -> list[tuple[np.ndarray, np.ndarray]]:
         usable = [s for s in train if len(s) >= 1]

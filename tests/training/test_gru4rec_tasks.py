@@ -112,6 +112,8 @@ def test_cloze_prefix_samples_mask_the_last_item_of_a_proper_prefix() -> None:
         assert np.array_equal(inp[:-1], full[:k][-10:][:-1])
         ends.add(k)
     assert len(ends) > 2  # the cut points vary
+    with pytest.raises(ValueError, match="prefix_ratio"):
+        ClozeTask(max_len=10, mask_token=500, prefix_ratio=-1.0)
 
 
 def test_cloze_windows_reach_older_history_and_buckets_cut_padding() -> None:
