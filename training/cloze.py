@@ -34,6 +34,12 @@ def cloze_mask(seq: np.ndarray, rho: float, mask_token: int, rng: np.random.Gene
     return inp, np.where(masked, seq, 0)
 
 
+def has_proper_prefix(seq: np.ndarray) -> bool:
+    """A prefix sample needs k in [2, len): one item of context, and not the whole history
+    (that one is the last-item sample's)."""
+    return len(seq) >= 3
+
+
 def last_item_mask(seq: np.ndarray, mask_token: int) -> tuple[np.ndarray, np.ndarray]:
     inp, lab = seq.copy(), np.zeros_like(seq)
     inp[-1], lab[-1] = mask_token, seq[-1]
@@ -80,9 +86,8 @@ class ClozeTask(Task):
             pick = rng.choice(len(seqs), size=n_last, replace=n_last > len(seqs))
             # The inference input is history[-(max_len-1):] + [mask]: build the same shape.
             out += [last_item_mask(seqs[i], self.mask_token) for i in pick]
-        # Prefixes of the whole history, so a long one also practises on its older part;
-        # k < len(s) (the full history is the last-item sample's), k >= 2 (one item of context).
-        cuttable = [s for s in usable if len(s) >= 3]
+        # Prefixes of the whole history, so a long one also practises on its older part.
+        cuttable = [s for s in usable if has_proper_prefix(s)]
         n_prefix = round(self.prefix_ratio * len(seqs))
         if n_prefix and cuttable:
             pick = rng.choice(len(cuttable), size=n_prefix, replace=n_prefix > len(cuttable))
@@ -93,7 +98,7 @@ class ClozeTask(Task):
 
     def num_batches(self, train: Sequence[np.ndarray], batch_size: int) -> int:
         n = len(train) + round(self.last_item_ratio * len(train))
-        if any(len(s) >= 3 for s in train):
+        if any(has_proper_prefix(s) for s in train):
             n += round(self.prefix_ratio * len(train))
         return (n + batch_size - 1) // batch_size
 
