@@ -6,6 +6,8 @@ h^0_i = v_i + p_i                                   (Sec. 3.5, learned positions
                                                     (p counted from the newest item, or from the oldest: `positions`)
 h^l = Trm(h^{l-1}), Trm = post-LN block, GELU FFN   (Sec. 3.3, bidirectional: every position sees every item)
 P(v) = softmax(GELU(h^L_t W^P + b^P) E^T + b^O)     (Sec. 3.5, eq. 7: E is the input embedding table, shared)
+                                                    (`head_norm`: LayerNorm after the GELU, as the authors'
+                                                    code does with BERT's masked-LM transform)
 
 The vocabulary has a `[mask]` token (index N+1). Training (Cloze, Sec. 3.6) replaces a fraction of
 the items by `[mask]` and predicts them (training/cloze.py). Inference appends `[mask]` after the
@@ -38,6 +40,9 @@ class BERT4RecConfig:
     # "recency" (newest = max_len - 1) or "absolute" (oldest = 0, as right-padded BERT4Rec code
     # such as Klenitskiy & Vasilev's learns); [mask] tokens count as items.
     positions: str = "recency"
+    # The authors' released code (BERT's masked-LM head) applies LayerNorm to GELU(h W^P + b^P);
+    # eq. 7 omits it. Without it the user vector is confined to GELU's range (>= -0.17 per dim).
+    head_norm: bool = False
 
     def __post_init__(self) -> None:
         check_position_scheme(self.positions)
@@ -62,6 +67,7 @@ class BERT4Rec(SeqRecModel):
             for _ in range(cfg.num_layers)
         )
         self.out_proj = nn.Linear(cfg.dim, cfg.dim)  # W^P, b^P
+        self.out_ln = nn.LayerNorm(cfg.dim, eps=1e-12) if cfg.head_norm else nn.Identity()
         self.out_bias = nn.Parameter(torch.zeros(cfg.num_items + 1))  # b^O (row 0 = padding, never ranked)
         self.apply(self._init)
 
@@ -84,8 +90,8 @@ class BERT4Rec(SeqRecModel):
         return x
 
     def project(self, h: torch.Tensor) -> torch.Tensor:
-        """(..., D) -> (..., D): GELU(h W^P + b^P), the projection of eq. 7."""
-        return F.gelu(self.out_proj(h))
+        """(..., D) -> (..., D): GELU(h W^P + b^P), the projection of eq. 7 (then LayerNorm if head_norm)."""
+        return self.out_ln(F.gelu(self.out_proj(h)))
 
     def head(self, h: torch.Tensor) -> torch.Tensor:
         """(..., D) -> (..., D+1): [GELU(h W^P + b^P), 1], the left factor of eq. 7."""

@@ -81,3 +81,26 @@ def test_absolute_positions_count_from_the_oldest_item_mask_included() -> None:
         assert not torch.allclose(a(short), r(short), atol=1e-4)
     with pytest.raises(ValueError, match="positions"):
         BERT4RecConfig(num_items=10, positions="sinusoid")
+
+
+def test_head_norm_puts_layernorm_after_gelu_and_exports(tmp_path) -> None:
+    from training.export import check_parity, export_onnx, export_torchscript
+
+    torch.manual_seed(0)
+    cfg = BERT4RecConfig(num_items=100, max_len=20, dim=32, num_layers=2, num_heads=2, head_norm=True)
+    m = BERT4Rec(cfg).eval()
+    with torch.no_grad():
+        m.out_ln.weight.uniform_(0.5, 1.5)  # non-trivial affine part, so a missing LN would show
+        m.out_ln.bias.normal_()
+        seq = torch.randint(1, 101, (4, 6))
+        h = m.encode(m.append_mask(seq))[:, -1]
+        z = torch.nn.functional.gelu(m.out_proj(h))
+        z = torch.nn.functional.layer_norm(z, (32,), m.out_ln.weight, m.out_ln.bias, eps=1e-12)
+        assert torch.allclose(m.score(seq), z @ m.item_emb.weight[:101].T + m.out_bias, atol=1e-5)
+        assert (m(seq)[:, :32] < -0.2).any()  # outside GELU's range: the LN re-centres the user vector
+    assert isinstance(_model().out_ln, torch.nn.Identity)  # eq. 7 as printed stays the default
+    example = torch.randint(1, 101, (2, 5))
+    export_onnx(m, tmp_path / "m.onnx", example)
+    export_torchscript(m, tmp_path / "m.pt", example)
+    diffs = check_parity(m, tmp_path / "m.onnx", tmp_path / "m.pt", 100)
+    assert max(diffs.values()) <= 1e-4
