@@ -94,7 +94,7 @@ class BERT4Rec(SeqRecModel):
         return self.out_ln(F.gelu(self.out_proj(h)))
 
     def head(self, h: torch.Tensor) -> torch.Tensor:
-        """(..., D) -> (..., D+1): [GELU(h W^P + b^P), 1], the left factor of eq. 7."""
+        """(..., D) -> (..., D+1): [project(h), 1], the left factor of eq. 7."""
         z = self.project(h)
         return torch.cat([z, torch.ones_like(z[..., :1])], dim=-1)
 

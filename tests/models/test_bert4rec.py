@@ -1,9 +1,12 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
 from models.bert4rec import BERT4Rec, BERT4RecConfig
+from training.export import check_parity, export_onnx, export_torchscript
 
 SCHEMES = ["recency", "absolute"]
 
@@ -83,9 +86,7 @@ def test_absolute_positions_count_from_the_oldest_item_mask_included() -> None:
         BERT4RecConfig(num_items=10, positions="sinusoid")
 
 
-def test_head_norm_puts_layernorm_after_gelu_and_exports(tmp_path) -> None:
-    from training.export import check_parity, export_onnx, export_torchscript
-
+def test_head_norm_puts_layernorm_after_gelu_and_exports(tmp_path: Path) -> None:
     torch.manual_seed(0)
     cfg = BERT4RecConfig(num_items=100, max_len=20, dim=32, num_layers=2, num_heads=2, head_norm=True)
     m = BERT4Rec(cfg).eval()
