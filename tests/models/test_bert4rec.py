@@ -17,6 +17,15 @@ def _model(max_len: int = 20, positions: str = "recency") -> BERT4Rec:
     return BERT4Rec(cfg).eval()
 
 
+def _eq7_logits(m: BERT4Rec, seq: torch.Tensor) -> torch.Tensor:
+    """Eq. 7's softmax argument written out by hand, with the optional LayerNorm after the GELU."""
+    h = m.encode(m.append_mask(seq))[:, -1]
+    z = torch.nn.functional.gelu(m.out_proj(h))
+    if m.cfg.head_norm:
+        z = torch.nn.functional.layer_norm(z, (m.cfg.dim,), m.out_ln.weight, m.out_ln.bias, eps=1e-12)
+    return z @ m.item_emb.weight[: m.num_items + 1].T + m.out_bias
+
+
 @pytest.mark.parametrize("positions", SCHEMES)
 def test_forward_appends_mask_and_reads_its_output(positions: str) -> None:
     m = _model(positions=positions)
@@ -66,11 +75,8 @@ def test_score_is_eq7_logit_with_bias_dimension() -> None:
     with torch.no_grad():
         m.out_bias.normal_()
         seq = torch.randint(1, 101, (4, 6))
-        h = m.encode(m.append_mask(seq))[:, -1]
-        z = torch.nn.functional.gelu(m.out_proj(h))
-        logits = z @ m.item_emb.weight[:101].T + m.out_bias  # softmax argument of eq. 7
         assert m(seq).shape == (4, 33) and m.item_vectors().shape == (101, 33)
-        assert torch.allclose(m.score(seq), logits, atol=1e-5)
+        assert torch.allclose(m.score(seq), _eq7_logits(m, seq), atol=1e-5)
         assert torch.equal(m.item_vectors()[:, :32], m.item_emb.weight[:101])  # output table = input table
 
 
@@ -94,10 +100,7 @@ def test_head_norm_puts_layernorm_after_gelu_and_exports(tmp_path: Path) -> None
         m.out_ln.weight.uniform_(0.5, 1.5)  # non-trivial affine part, so a missing LN would show
         m.out_ln.bias.normal_()
         seq = torch.randint(1, 101, (4, 6))
-        h = m.encode(m.append_mask(seq))[:, -1]
-        z = torch.nn.functional.gelu(m.out_proj(h))
-        z = torch.nn.functional.layer_norm(z, (32,), m.out_ln.weight, m.out_ln.bias, eps=1e-12)
-        assert torch.allclose(m.score(seq), z @ m.item_emb.weight[:101].T + m.out_bias, atol=1e-5)
+        assert torch.allclose(m.score(seq), _eq7_logits(m, seq), atol=1e-5)
         assert (m(seq)[:, :32] < -0.2).any()  # outside GELU's range: the LN re-centres the user vector
     assert isinstance(_model().out_ln, torch.nn.Identity)  # eq. 7 as printed stays the default
     example = torch.randint(1, 101, (2, 5))
