@@ -1,10 +1,13 @@
-"""A loaded artifact bundle: manifest checks, the ONNX user encoder, the item catalogue.
+"""A loaded artifact bundle: file checks, the ONNX user encoder, the item catalogue.
 
 The service knows models only through the manifest: any bundle whose ONNX maps
 `item_seq` (B, L) int64, left-padded with 0, to `user_vec` (B, D) is served alike, and
 score(item) = <user_vec, item_vectors[item]>. Items are addressed internally by their
 model index (1..N, 0 = padding); `add_items` grows the catalogue online (cold-start items
 registered later), so the index is the one internal identity for every item.
+
+The manifest's schema and format check live in app/manifest.py; app/loader.py picks Bundle or
+TextBundle (app/text_bundle.py) from it.
 """
 
 from __future__ import annotations
@@ -13,24 +16,17 @@ import hashlib
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-import onnxruntime as ort
 
 from app.index import TopKIndex, build_index
+from app.manifest import MANIFEST_FILE, BundleError, Manifest, read_manifest
+from app.onnx_session import ort_session
 from app.schemas import BundleOut
 
-SUPPORTED_FORMATS = {1}
-# What the ONNX graph takes. A bundle whose manifest also declares a `text` section (UniSRec:
-# text_encoder.onnx -> adaptor.onnx -> item vector, seq_encoder.onnx over item vectors) is
-# loaded as a TextBundle (app/text_bundle.py), which can also take items known only by text.
-INPUT_KINDS = {"item_ids"}
-REQUIRED_FILES = ("manifest.json", "model.onnx", "item_vectors.npy", "item_ids.json", "popularity.npy")
+__all__ = ["REQUIRED_FILES", "Bundle", "BundleError", "check_bundle_dir"]
 
-
-class BundleError(ValueError):
-    """The bundle is missing, malformed or fails its checksums; it must not be served."""
+REQUIRED_FILES = (MANIFEST_FILE, "model.onnx", "item_vectors.npy", "item_ids.json", "popularity.npy")
 
 
 def _sha256(path: Path) -> str:
@@ -41,36 +37,46 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _session(path: Path) -> ort.InferenceSession:
-    # One thread per worker: parallelism comes from processes, not from oversubscribed pools.
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    opts.inter_op_num_threads = 1
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+def check_bundle_dir(path: Path) -> Manifest:
+    """The directory holds the required files, a manifest of a readable format and valid schema,
+    and every file the manifest lists with its checksum. Raises BundleError on any defect."""
+    if not path.is_dir():
+        raise BundleError(f"{path} is not a directory")
+    missing = [f for f in REQUIRED_FILES if not (path / f).is_file()]
+    if missing:
+        raise BundleError(f"{path} lacks {', '.join(missing)}")
+    manifest = read_manifest(path)
+    for f in REQUIRED_FILES[1:]:
+        if f not in manifest.files:
+            raise BundleError(f"{MANIFEST_FILE} has no checksum for {f}")
+    for fname, digest in manifest.files.items():
+        fpath = path / fname
+        if not fpath.is_file():
+            raise BundleError(f"{fname} is listed in the manifest but missing")
+        if _sha256(fpath) != digest:
+            raise BundleError(f"checksum mismatch for {fname}")
+    return manifest
 
 
 class Bundle:
     """Everything one model needs at serving time, validated on load."""
 
-    def __init__(self, path: Path, manifest: dict[str, Any], ann_threshold: int) -> None:
+    def __init__(self, path: Path, manifest: Manifest, ann_threshold: int) -> None:
         self.path = path
         self.manifest = manifest
-        self.name: str = str(manifest.get("name") or path.name)
-        self.model: str = str(manifest["model"])
-        self.version: str = str(manifest.get("version", ""))
-        self.max_len: int = int(manifest["max_len"])
-        onnx_meta = manifest.get("onnx", {})
-        self.input_name: str = onnx_meta.get("input", "item_seq")
-        self.output_name: str = onnx_meta.get("output", "user_vec")
-        self.padding_index: int = int(onnx_meta.get("padding_index", 0))
-        self.session = _session(path / "model.onnx")
+        self.name: str = manifest.name
+        self.model: str = manifest.model
+        self.version: str = manifest.version
+        self.max_len: int = manifest.max_len
+        self.input_name: str = manifest.onnx.input
+        self.output_name: str = manifest.onnx.output
+        self.padding_index: int = manifest.onnx.padding_index
+        self.session = ort_session(path / "model.onnx")
 
         table = np.load(path / "item_vectors.npy", allow_pickle=False)
         ids = json.loads((path / "item_ids.json").read_text())
         pop = np.load(path / "popularity.npy", allow_pickle=False)
-        n, dim = int(manifest["num_items"]), int(manifest["dim"])
+        n, dim = manifest.num_items, manifest.dim
         if table.dtype != np.float32 or table.shape != (n, dim):
             raise BundleError(f"item_vectors.npy is {table.dtype}{table.shape}, manifest says float32({n}, {dim})")
         if len(ids) != n or len(set(ids)) != n:
@@ -90,47 +96,20 @@ class Bundle:
 
     @classmethod
     def load(cls, path: Path | str, ann_threshold: int = 20_000) -> Bundle:
-        """Validate manifest, files and checksums, then load. Raises BundleError on any defect."""
-        path = Path(path)
-        if not path.is_dir():
-            raise BundleError(f"{path} is not a directory")
-        missing = [f for f in REQUIRED_FILES if not (path / f).is_file()]
-        if missing:
-            raise BundleError(f"{path} lacks {', '.join(missing)}")
-        try:
-            manifest = json.loads((path / "manifest.json").read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise BundleError(f"manifest.json is not valid JSON: {exc}") from exc
-        if not isinstance(manifest, dict):
-            raise BundleError("manifest.json is not an object")
-        if manifest.get("format_version") not in SUPPORTED_FORMATS:
-            raise BundleError(f"unsupported bundle format {manifest.get('format_version')!r}")
-        for key in ("model", "max_len", "dim", "num_items", "files"):
-            if key not in manifest:
-                raise BundleError(f"manifest.json lacks {key!r}")
-        onnx_meta = manifest.get("onnx", {})
-        kind = onnx_meta.get("input_kind", "item_ids")
-        if kind not in INPUT_KINDS or onnx_meta.get("input_dtype", "int64") != "int64":
-            raise BundleError(
-                f"unsupported model input {kind!r} ({onnx_meta.get('input_dtype')}); served: {INPUT_KINDS}"
-            )
-        files: dict[str, str] = manifest["files"]
-        for f in REQUIRED_FILES[1:]:
-            if f not in files:
-                raise BundleError(f"manifest.json has no checksum for {f}")
-        for fname, digest in files.items():
-            fpath = path / fname
-            if not fpath.is_file():
-                raise BundleError(f"{fname} is listed in the manifest but missing")
-            if _sha256(fpath) != digest:
-                raise BundleError(f"checksum mismatch for {fname}")
-        kind_cls: type[Bundle] = cls
-        if "text" in manifest and cls is Bundle:
-            from app.text_bundle import TextBundle  # the text path: tokenizer + two more graphs
+        """Validate the directory (manifest, files, checksums), then load it as this class.
 
-            kind_cls = TextBundle
+        A bundle with a `text` section needs TextBundle: app.loader.load_bundle picks the class."""
+        path = Path(path)
+        manifest = check_bundle_dir(path)
+        if manifest.text is not None and cls is Bundle:
+            raise BundleError(f"{path} is a text bundle ({manifest.model}): load it with app.loader.load_bundle")
+        return cls.from_checked(path, manifest, ann_threshold)
+
+    @classmethod
+    def from_checked(cls, path: Path, manifest: Manifest, ann_threshold: int) -> Bundle:
+        """Build from a directory check_bundle_dir has passed; every load failure is a BundleError."""
         try:
-            return kind_cls(path, manifest, ann_threshold)
+            return cls(path, manifest, ann_threshold)
         except BundleError:
             raise
         except Exception as exc:  # a corrupt ONNX / npy file surfaces as many exception types

@@ -1,13 +1,17 @@
-"""Typed dependencies: the routes declare what they need, nothing reaches into globals."""
+"""Every FastAPI dependency (State, ApiKey, WriteLimit), typed: the routes declare what they need,
+nothing reaches into globals."""
 
 from __future__ import annotations
 
+import hashlib
+import math
 import secrets
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request, Security, status
 from fastapi.security import APIKeyHeader
 
+from app.ratelimit import TokenBuckets
 from app.state import AppState
 
 api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="Required when SEQREC_API_KEY is set.")
@@ -32,3 +36,28 @@ async def require_api_key(state: State, key: Annotated[str | None, Security(api_
 
 
 ApiKey = Depends(require_api_key)
+
+
+async def limit_writes(state: State, request: Request, key: Annotated[str | None, Security(api_key_header)]) -> None:
+    """429 + Retry-After when the caller exceeds SEQREC_WRITE_RATE_PER_S (burst SEQREC_WRITE_BURST).
+
+    A caller is its API key (hashed: the raw secret is not kept as a dict key), or its client address
+    when no key is sent."""
+    buckets: TokenBuckets | None = state.write_limiter
+    if buckets is None:
+        return
+    if key is not None:
+        caller = "k:" + hashlib.sha256(key.encode()).hexdigest()[:16]
+    else:
+        caller = "ip:" + (request.client.host if request.client else "?")
+    wait = buckets.take(caller)
+    if wait > 0:
+        state.metrics.rate_limited.inc()
+        raise HTTPException(
+            status.HTTP_429_TOO_MANY_REQUESTS,
+            f"write rate limit of {buckets.rate:g}/s per API key exceeded; retry later",
+            headers={"Retry-After": str(max(1, math.ceil(wait)))},
+        )
+
+
+WriteLimit = Depends(limit_writes)

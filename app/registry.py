@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from app.bundle import Bundle, BundleError
+from app.loader import load_bundle
 
 
 class UnknownModel(LookupError):
@@ -25,7 +26,7 @@ class Registry:
             raise BundleError("no bundle given")
         loaded: dict[str, Bundle] = {}
         for p in paths:
-            b = Bundle.load(Path(p), ann_threshold=ann_threshold)
+            b = load_bundle(Path(p), ann_threshold=ann_threshold)
             if b.name in loaded:
                 raise BundleError(f"two bundles are named {b.name!r}")
             loaded[b.name] = b

@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from app.items import ItemRegistry, MemoryItems
 from app.metrics import Metrics
+from app.ratelimit import TokenBuckets
 from app.registry import Registry
 from app.settings import Settings
 from app.stores import EventStore
-
-if TYPE_CHECKING:
-    from app.ratelimit import TokenBuckets
 
 
 @dataclass

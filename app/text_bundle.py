@@ -17,7 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from app.bundle import Bundle, BundleError, _session
+from app.bundle import Bundle
+from app.manifest import BundleError, Manifest
+from app.onnx_session import ort_session as _session
 
 
 def compose_text(item: dict[str, Any], compose: dict[str, Any]) -> str:
@@ -34,8 +36,10 @@ def compose_text(item: dict[str, Any], compose: dict[str, Any]) -> str:
 
 
 class TextBundle(Bundle):
-    def __init__(self, path: Path, manifest: dict[str, Any], ann_threshold: int) -> None:
-        text = manifest["text"]
+    def __init__(self, path: Path, manifest: Manifest, ann_threshold: int) -> None:
+        if manifest.text is None:
+            raise BundleError(f"{path}: the manifest has no text section")
+        text = manifest.text.model_dump()
         try:
             from tokenizers import Tokenizer
 

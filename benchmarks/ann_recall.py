@@ -155,9 +155,9 @@ def queries_and_tables(bundle_path: Path, n_queries: int, n_synthetic: int):
     """(bundle, real user vectors from random histories, the real item table, a synthetic table of
     `n_synthetic` items, the rng): the synthetic table resamples the real vectors with noise of half
     their per-dimension spread, so its geometry (norms, clusters) stays realistic."""
-    from app.bundle import Bundle
+    from app.loader import load_bundle
 
-    bundle = Bundle.load(bundle_path, ann_threshold=10**9)
+    bundle = load_bundle(bundle_path, ann_threshold=10**9)
     rng = np.random.default_rng(0)
     n = len(bundle.item_ids)
     hists = [rng.integers(1, n + 1, size=int(rng.integers(5, bundle.max_len))) for _ in range(n_queries)]

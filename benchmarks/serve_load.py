@@ -257,10 +257,10 @@ async def count_in_redis(url: str, prefix: str, users: list[str]) -> int:
 
 async def bare_cost(bundle_path: Path, url: str, prefix: str, users: list[str], n: int = 2000) -> dict:
     """Redis read + index mapping + ONNX + top-k for one user, in-process, one at a time."""
-    from app.bundle import Bundle
+    from app.loader import load_bundle
     from app.stores import RedisStore
 
-    b = Bundle.load(bundle_path)
+    b = load_bundle(bundle_path)
     store = RedisStore(url, max_history=200, ttl_s=86400, prefix=prefix, timeout_s=1.0)
     rng = random.Random(1)
     parts: dict[str, list[float]] = {"redis": [], "onnx": [], "topk": [], "total": []}

@@ -1,7 +1,8 @@
 """Export a checkpoint as an artifact bundle (the only contract with the service).
 
 bundle/
-  manifest.json      format version, model, hyper-parameters, metrics, fingerprints, sha256 of files
+  manifest.json      app.manifest.Manifest: format version, model, hyper-parameters, metrics,
+                     fingerprints, sha256 of files (the schema the service validates on load)
   model.onnx         item_seq int64 [batch, len] (0 = padding) -> user_vec float32 [batch, dim]
   model.ts           the same as TorchScript
   item_vectors.npy   float32 [num_items, dim]: row r is item index r + 1 (padding row dropped)
@@ -28,11 +29,13 @@ from typing import Any
 
 import numpy as np
 import torch
+from pydantic import ValidationError
 
+from app.manifest import FORMAT_VERSION, Manifest, OnnxSpec
 from models.layers import SeqRecModel
 from training.train import load_checkpoint
 
-BUNDLE_FORMAT = 1
+BUNDLE_FORMAT = FORMAT_VERSION
 ONNX_OPSET = 17
 INPUT_NAME = "item_seq"
 OUTPUT_NAME = "user_vec"
@@ -151,33 +154,32 @@ def export_bundle(
             (tmp / "item_text.json").write_text(json.dumps({i: item_text[i] for i in item_ids if i in item_text}))
 
         files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()}
-        manifest = {
-            "format_version": BUNDLE_FORMAT,
-            "name": name,
-            "model": kind,
-            "version": stamp,
-            "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "dataset": ckpt["dataset"],
-            "data_fingerprint": ckpt["data_fingerprint"],
-            "model_config": ckpt["model_config"],
-            "train_config": ckpt["train_config"],
-            "max_len": model.max_len,
-            "dim": int(table.shape[1]),
-            "num_items": num_items,
-            "metrics": metrics,
-            "onnx": {
-                "input": INPUT_NAME,
-                "output": OUTPUT_NAME,
-                "opset": ONNX_OPSET,
-                "input_dtype": "int64",
-                "padding_index": 0,
-                "dynamic_axes": ["batch", "length"],
-            },
-            "parity_max_abs_diff": parity,
-            "files": files,
-            **extra_manifest,
-        }
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
+        # Validated here, at write time: an export that the service would refuse fails now.
+        try:
+            manifest = Manifest.model_validate(
+                {
+                    "format_version": BUNDLE_FORMAT,
+                    "name": name,
+                    "model": kind,
+                    "version": stamp,
+                    "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                    "dataset": ckpt["dataset"],
+                    "data_fingerprint": ckpt["data_fingerprint"],
+                    "model_config": ckpt["model_config"],
+                    "train_config": ckpt["train_config"],
+                    "max_len": model.max_len,
+                    "dim": int(table.shape[1]),
+                    "num_items": num_items,
+                    "metrics": metrics,
+                    "onnx": OnnxSpec(input=INPUT_NAME, output=OUTPUT_NAME, opset=ONNX_OPSET),
+                    "parity_max_abs_diff": parity,
+                    "files": files,
+                    **extra_manifest,
+                }
+            )
+        except ValidationError as exc:
+            raise ExportError(f"the bundle manifest does not validate: {exc}") from exc
+        (tmp / "manifest.json").write_text(manifest.to_json())
         os.chmod(tmp, 0o755)
         os.rename(tmp, final)  # atomic on one filesystem
     except BaseException:

@@ -6,8 +6,7 @@ import time
 
 from fastapi import APIRouter, HTTPException, status
 
-from app.deps import ApiKey, State
-from app.ratelimit import WriteLimit
+from app.deps import ApiKey, State, WriteLimit
 from app.schemas import EventsIn, EventsOut, write_responses
 from app.stores import Event, StoreUnavailable
 

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from fastapi import APIRouter, HTTPException, status
 
-from app.deps import ApiKey, State
+from app.deps import ApiKey, State, WriteLimit
 from app.items import ingest
-from app.ratelimit import WriteLimit
 from app.schemas import (
     ErrorOut,
     IdPath,

@@ -66,10 +66,10 @@ def _head(bundle: Path) -> tuple[int, float]:
 def test_text_bundle_loads_and_equals_model_onnx(unisrec_bundle: Path) -> None:
     import onnxruntime as ort
 
-    from app.bundle import Bundle
+    from app.loader import load_bundle
     from app.text_bundle import TextBundle
 
-    b = Bundle.load(unisrec_bundle)
+    b = load_bundle(unisrec_bundle)
     assert isinstance(b, TextBundle) and b.takes_text
     ref = ort.InferenceSession(str(unisrec_bundle / "model.onnx"))
     rng = np.random.default_rng(0)

@@ -121,7 +121,7 @@ def bundle(trained, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_bundle_files_and_checksums(bundle: Path, ml100k) -> None:
     m = json.loads((bundle / "manifest.json").read_text())
-    assert m["format_version"] == 1 and m["model"] == "sasrec"
+    assert m["format_version"] == 2 and m["model"] == "sasrec"
     assert m["num_items"] == ml100k.num_items and m["max_len"] == 50
     for name, digest in m["files"].items():
         assert sha256_file(bundle / name) == digest
