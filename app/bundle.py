@@ -46,7 +46,7 @@ def check_bundle_dir(path: Path) -> Manifest:
     if missing:
         raise BundleError(f"{path} lacks {', '.join(missing)}")
     manifest = read_manifest(path)
-    for f in REQUIRED_FILES[1:]:
+    for f in [*REQUIRED_FILES[1:], *manifest.named_files()]:
         if f not in manifest.files:
             raise BundleError(f"{MANIFEST_FILE} has no checksum for {f}")
     for fname, digest in manifest.files.items():

@@ -132,6 +132,13 @@ class Manifest(_Section):
     # read and written under its JSON name by alias.
     model_config = ConfigDict(extra="ignore", frozen=True, populate_by_name=True, protected_namespaces=())
 
+    def named_files(self) -> list[str]:
+        """Files the sections name beyond the required ones (a new section with files adds them here)."""
+        if self.text is None:
+            return []
+        t = self.text
+        return [t.tokenizer, t.text_encoder.file, t.adaptor.file, t.seq_encoder.file]
+
     def to_json(self) -> str:
         return self.model_dump_json(indent=2, by_alias=True, exclude_none=True) + "\n"
 

@@ -15,6 +15,7 @@ from fastapi.testclient import TestClient
 
 from app.main import create_app
 from app.settings import Settings
+from training.data import SeqData
 from training.export import export_bundle
 from training.train import load_checkpoint, train
 
@@ -25,12 +26,14 @@ TINY = {
 
 
 @pytest.fixture(scope="module")
-def bundles(ml100k, bundle_path: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, Path]]:
+def bundles(
+    synthetic: SeqData, bundle_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, tuple[Path, Path]]:
     out: dict[str, tuple[Path, Path]] = {}
     art = tmp_path_factory.mktemp("all-models")
     for kind, (model_over, train_over) in TINY.items():
         run = tmp_path_factory.mktemp(f"run-{kind}")
-        train(kind, ml100k, run, model_overrides=model_over, train_overrides=train_over, progress=False)
+        train(kind, synthetic, run, model_overrides=model_over, train_overrides=train_over, progress=False)
         out[kind] = (run / "best.pt", export_bundle(run / "best.pt", art, name=f"tiny-{kind}"))
     return out
 

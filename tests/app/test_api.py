@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 from app.main import bounded, create_app
 from app.schemas import RecommendOut
 from app.settings import Settings
-from tests.app.conftest import free_port
+from tests.support.procs import free_port
 
 KEY = {"X-API-Key": "k3y"}
 

@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 import torch
 
-from tests.app.conftest import free_port
+from tests.support.procs import free_port
+from training.data import SeqData
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -58,13 +59,13 @@ def server(bundle_path: Path, redis_url: str) -> Iterator[str]:
     assert "e2e-key" not in out  # the API key never reaches the logs
 
 
-def test_recommendations_equal_offline_model(server: str, tiny_run: Path, ml100k) -> None:
+def test_recommendations_equal_offline_model(server: str, tiny_run: Path, synthetic: SeqData) -> None:
     from training.train import load_checkpoint
 
     model, ckpt = load_checkpoint(tiny_run / "best.pt")
     ids = list(ckpt["item_ids"])
-    # A real user's history from the data, posted out of order (late events) and with one replay.
-    hist = [int(i) for i in ml100k.sequence(0)[:40]]
+    # A user's history from the training data, posted out of order (late events) and with one replay.
+    hist = [int(i) for i in synthetic.sequence(0)[:40]]
     events = [
         {"user_id": "e2e-user", "item_id": ids[i - 1], "timestamp": 1_600_000_000 + t, "event_id": f"e{t}"}
         for t, i in enumerate(hist)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -19,10 +18,9 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-import torch
 from fastapi.testclient import TestClient
 
-from tests.app.conftest import free_port
+from tests.support.procs import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 KEY = {"X-API-Key": "items-key"}
@@ -30,22 +28,12 @@ KEY = {"X-API-Key": "items-key"}
 
 @pytest.fixture(scope="session")
 def unisrec_bundle(ml100k, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from safetensors.torch import save_file
-
-    from models.text_encoder import BertConfig, SentenceEncoder, default_encoder_dir
-    from tests.training.test_unisrec_train import TINY, _hf_state
+    from tests.support.bert import write_tiny_bert
     from training.data import item_text
     from training.export import export_bundle
     from training.train import train
 
-    bert = tmp_path_factory.mktemp("items-bert")
-    torch.manual_seed(0)
-    enc = SentenceEncoder(BertConfig(**TINY, max_position_embeddings=160))
-    for p in enc.parameters():
-        torch.nn.init.normal_(p, std=0.2)
-    save_file(_hf_state(enc), str(bert / "model.safetensors"))
-    (bert / "config.json").write_text(json.dumps({"model_type": "bert", **TINY, "max_position_embeddings": 160}))
-    shutil.copy(default_encoder_dir() / "tokenizer.json", bert / "tokenizer.json")
+    bert = write_tiny_bert(tmp_path_factory.mktemp("items-bert"))
     run = tmp_path_factory.mktemp("items-run")
     cfg = {"dim": 16, "max_len": 20, "num_heads": 2, "text_dim": 32, "mode": "inductive", "text_encoder": str(bert)}
     train("unisrec", ml100k, run, cfg, {"epochs": 1, "max_users": 120, "batch_size": 64}, progress=False)

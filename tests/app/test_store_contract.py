@@ -82,7 +82,7 @@ async def test_idle_history_expires(store: EventStore) -> None:
 
 
 async def test_redis_down_raises_store_unavailable() -> None:
-    from tests.app.conftest import free_port
+    from tests.support.procs import free_port
 
     s = RedisStore(f"redis://127.0.0.1:{free_port()}/0", max_history=N, ttl_s=60, timeout_s=0.2)
     with pytest.raises(StoreUnavailable):

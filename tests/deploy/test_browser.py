@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.deploy.conftest import API_KEY, ApiProc
+from tests.support.procs import API_KEY, ApiProc
 
 CHROMIUM_FLAGS = [
     "--headless=new",

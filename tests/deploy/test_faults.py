@@ -24,7 +24,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.deploy.conftest import API_KEY, RedisProc, port_open, wait_for
+from tests.support.procs import API_KEY, RedisProc, port_open, wait_for
 
 KEY = {"X-API-Key": API_KEY}
 CLIENT_TIMEOUT = 5.0  # a request that needs longer than this counts as hanging
@@ -158,7 +158,7 @@ def write_until(base: str, items: list[str], stop: threading.Event, acked: list[
 def test_no_acknowledged_event_lost_across_redis_restart(
     how: str, tmp_path: Path, api_factory, deploy_bundle: Path
 ) -> None:
-    from tests.deploy.conftest import REDIS_CONF
+    from tests.support.procs import REDIS_CONF
 
     if how == "kill-9-without-aof":
         # Control: the same check must detect loss when Redis does not persist.

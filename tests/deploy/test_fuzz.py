@@ -16,7 +16,7 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
 
-from tests.deploy.conftest import API_KEY, ApiProc, RedisProc
+from tests.support.procs import API_KEY, ApiProc, RedisProc
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "50"))
 
