@@ -14,8 +14,10 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
+# ruff, then the layering contract in pyproject.toml ([tool.importlinter]; docs/architecture.md).
 lint: setup
 	$(PY) -m ruff check .
+	$(VENV)/bin/lint-imports
 
 test: setup lint browser
 	$(PY) -m pytest -q

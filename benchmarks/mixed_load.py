@@ -3,10 +3,11 @@
     python benchmarks/mixed_load.py --bundle artifacts/bench-sasrec-ml1m --seconds 30 --conns 16
     (or: python scripts/local_topology.py --bench 30, which trains the bundle with the train job first)
 
-Topology (scripts/local_topology.py): redis-server with docker/redis.conf (AOF, appendfsync
-always), two API processes started by the serving image's entrypoint (docker/serve-entrypoint.sh)
-with the rate limits of docker/api.env.example. Load (closed loop, every connection on its own
-keep-alive socket, connections split evenly over the two APIs):
+Topology (tests/support/topology.py, shared with scripts/local_topology.py): redis-server with
+docker/redis.conf (AOF, appendfsync always), two API processes started by the serving image's
+entrypoint (docker/serve-entrypoint.sh) with the rate limits of docker/api.env.example. Load
+(closed loop, every connection on its own keep-alive socket, connections split evenly over the
+two APIs):
 - 80% GET /recommend/{user}?k=10 for users with a 50-event history (written first);
 - 20% POST /events, batches of 20 new events (unique event ids) for writer-owned users.
 Reported: requests/s, p50/p90/p99 per kind and overall, errors (any non-200: must be zero),
@@ -33,6 +34,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from benchmarks.machine import machine_info  # noqa: E402
 from benchmarks.serve_load import Conn  # noqa: E402
+from tests.support.procs import RedisNotInstalled  # noqa: E402
+from tests.support.topology import Topology  # noqa: E402
 
 READ_SHARE = 0.8
 BATCH = 20
@@ -140,8 +143,8 @@ def verify_acked(redis_url: str, acked: list[tuple[str, str, str]]) -> int:
     return missing
 
 
-def run_and_report(topo, seconds: float, out: Path, command: str, conns: int = 16, users: int = 2000) -> dict:
-    """Drive a started Topology (scripts/local_topology.py) and write out.json / out.md."""
+def run_and_report(topo: Topology, seconds: float, out: Path, command: str, conns: int = 16, users: int = 2000) -> dict:
+    """Drive a started Topology and write out.json / out.md."""
     try:
         import uvloop
 
@@ -224,14 +227,15 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/mixed_load")
     args = ap.parse_args()
 
-    from scripts.local_topology import Topology
-
     workdir = Path(tempfile.mkdtemp(prefix="seqrec-mixed-"))
     topo = Topology(workdir, workers_per_api=args.workers_per_api)
     try:
         topo.bundle_root.mkdir(parents=True)
         (topo.bundle_root / "sasrec").symlink_to(args.bundle.resolve())
-        topo.start_redis()
+        try:
+            topo.start_redis()
+        except RedisNotInstalled as exc:
+            sys.exit(str(exc))
         topo.write_api_env()
         topo.start_apis()
         res = run_and_report(topo, args.seconds, args.out, " ".join(["python", *sys.argv]), args.conns, args.users)

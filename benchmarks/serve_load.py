@@ -22,8 +22,6 @@ import asyncio
 import json
 import os
 import random
-import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -36,23 +34,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from benchmarks.machine import machine_info  # noqa: E402
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port: int, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"port {port} did not open")
+from tests.support.procs import ApiProc, RedisNotInstalled, RedisProc, free_port, stop_process, wait_for  # noqa: E402
 
 
 def _stat(pid: int) -> tuple[int, float] | None:
@@ -306,23 +288,19 @@ def main() -> None:
     except ImportError:
         pass
 
-    redis_exe = shutil.which("redis-server")
-    if not redis_exe:
-        sys.exit("redis-server not found")
-    rport, port = free_port(), free_port()
-    url = f"redis://127.0.0.1:{rport}/0"
+    port = free_port()
     prefix = "bench:"
     api_key = "bench-key"
-    procs = []
+    procs: list[subprocess.Popen] = []
     log_path = Path("/tmp") / f"seqrec-bench-server-{port}.log"
     try:
-        procs.append(
-            subprocess.Popen(
-                [redis_exe, "--port", str(rport), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-                stdout=subprocess.DEVNULL,
-            )
-        )
-        wait_port(rport)
+        try:
+            redis = RedisProc().start()
+        except RedisNotInstalled as exc:
+            sys.exit(str(exc))
+        assert redis.proc is not None
+        procs.append(redis.proc)
+        url = redis.url
         env = {
             **os.environ,
             "PYTHONPATH": str(ROOT),
@@ -346,8 +324,10 @@ def main() -> None:
             "--api-key",
             api_key,
         ]
-        procs.append(subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log_path.open("w"), stderr=subprocess.STDOUT))
-        wait_port(port)
+        server = ApiProc.custom(cmd, env, log_path, port).spawn()
+        assert server.proc is not None
+        procs.append(server.proc)  # in the list before the wait: stopped even when it never gets ready
+        wait_for(server.ready, 120, "seqrec serve", interval=0.2)
         time.sleep(2 if args.workers > 1 else 0.5)  # let every worker finish loading the bundle
         items = json.loads((args.bundle / "item_ids.json").read_text())
         users = [f"bench-u{i}" for i in range(args.users)]
@@ -389,11 +369,7 @@ def main() -> None:
         print("bare", bare, flush=True)
     finally:
         for p in reversed(procs):
-            p.terminate()
-            try:
-                p.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                p.kill()
+            stop_process(p, timeout=15)
     best = max(runs, key=lambda r: r["requests_per_s"])
     man = json.loads((args.bundle / "manifest.json").read_text())
     tc = man.get("train_config", {})

@@ -3,13 +3,9 @@
     python scripts/local_topology.py                                   # ML-1M, quick training
     python scripts/local_topology.py --dataset ml-100k --train-args "--epochs 1 --max-users 300"
 
-1. redis-server with the compose config file (docker/redis.conf: AOF, appendfsync always,
-   noeviction), on a free loopback port, its data in the work directory;
-2. the training job: docker/train-job.sh itself (prepare -> train -> export -> publish symlink)
-   into a bundle directory, the local stand-in for the `bundles` volume;
-3. an api.env made from docker/api.env.example with a random key, and two API processes
-   started by docker/serve-entrypoint.sh (the serving image's entrypoint) on two ports,
-   sharing that Redis and the bundle directory, polling it for new bundles;
+1.-3. the processes of tests/support/topology.py (shared with benchmarks/mixed_load.py): redis-server
+   with the compose config, the training job (docker/train-job.sh), two API processes started
+   by the serving image's entrypoint, sharing that Redis and the bundle directory;
 4. the drive: both ready on the same bundle; events written through one API are seen by the
    other; the training job runs again and both APIs switch to the new bundle without a
    restart (same PIDs); optionally the mixed load benchmark (--bench SECONDS).
@@ -20,26 +16,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import secrets
 import shutil
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-DOCKER = ROOT / "docker"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+sys.path.insert(0, str(ROOT))
+from benchmarks.mixed_load import run_and_report  # noqa: E402
+from tests.support.procs import RedisNotInstalled  # noqa: E402
+from tests.support.topology import Topology  # noqa: E402
 
 
 def http_json(method: str, url: str, body: object | None = None, headers: dict[str, str] | None = None) -> tuple:
@@ -55,146 +42,6 @@ def http_json(method: str, url: str, body: object | None = None, headers: dict[s
             return r.status, json.loads(r.read() or b"null")
     except urllib.error.HTTPError as e:
         return e.code, json.loads(e.read() or b"null")
-
-
-def read_env_file(path: Path) -> dict[str, str]:
-    out = {}
-    for line in path.read_text().splitlines():
-        line = line.strip()
-        if line and not line.startswith("#") and "=" in line:
-            k, v = line.split("=", 1)
-            out[k.strip()] = v.strip()
-    return out
-
-
-@dataclass
-class Topology:
-    """Redis + N API processes + the bundle directory, as docker-compose.yml wires them."""
-
-    workdir: Path
-    workers_per_api: int = 1
-    n_api: int = 2
-    redis_port: int = field(default_factory=free_port)
-    api_ports: list[int] = field(default_factory=list)
-    procs: dict[str, subprocess.Popen] = field(default_factory=dict)
-    api_env: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def redis_url(self) -> str:
-        return f"redis://127.0.0.1:{self.redis_port}/0"
-
-    @property
-    def bundle_root(self) -> Path:
-        return self.workdir / "bundles"
-
-    @property
-    def api_key(self) -> str:
-        return self.api_env["SEQREC_API_KEY"]
-
-    def bases(self) -> list[str]:
-        return [f"http://127.0.0.1:{p}" for p in self.api_ports]
-
-    def start_redis(self) -> None:
-        data = self.workdir / "redis"
-        data.mkdir(parents=True, exist_ok=True)
-        exe = shutil.which("redis-server")
-        if exe is None:
-            sys.exit("redis-server is not installed")
-        cmd = [exe, str(DOCKER / "redis.conf"), "--port", str(self.redis_port), "--bind", "127.0.0.1"]
-        self.procs["redis"] = subprocess.Popen(
-            cmd, cwd=data, stdout=(self.workdir / "redis.log").open("w"), stderr=subprocess.STDOUT
-        )
-        self._wait(lambda: self._port_open(self.redis_port), 20, "redis")
-
-    def train(self, dataset: str, train_args: str, model: str = "sasrec") -> Path:
-        """Run docker/train-job.sh (the compose `train` service's command) against the local dirs."""
-        env = {
-            **os.environ,
-            "PYTHONPATH": str(ROOT),
-            "MODEL": model,
-            "DATASET": dataset,
-            "TRAIN_ARGS": train_args,
-            "BUNDLE_ROOT": str(self.bundle_root),
-            "RUN_DIR": str(self.workdir / "runs"),
-            "SEQREC": f"{sys.executable} -m training.cli",
-        }
-        env.setdefault("SEQREC_CACHE_DIR", str(self.workdir / "cache"))
-        subprocess.run(["sh", str(DOCKER / "train-job.sh")], cwd=ROOT, env=env, check=True)
-        return (self.bundle_root / model).resolve()
-
-    def write_api_env(self) -> Path:
-        """api.env from the example, with a fresh random key (what a deployer does by hand)."""
-        text = (DOCKER / "api.env.example").read_text()
-        key = secrets.token_urlsafe(24)
-        lines = [f"SEQREC_API_KEY={key}" if ln.startswith("SEQREC_API_KEY=") else ln for ln in text.splitlines()]
-        path = self.workdir / "api.env"
-        path.write_text("\n".join(lines) + "\n")
-        path.chmod(0o600)
-        self.api_env = read_env_file(path)
-        return path
-
-    def start_apis(self, model: str = "sasrec", poll_s: float = 1.0, extra_env: dict[str, str] | None = None) -> None:
-        venv_bin = str(Path(sys.executable).parent)
-        for i in range(self.n_api):
-            port = free_port()
-            env = {
-                **os.environ,
-                "PATH": f"{venv_bin}:{os.environ.get('PATH', '')}",
-                "PYTHONPATH": str(ROOT),
-                **self.api_env,
-                # What docker-compose.yml's `api.environment` sets:
-                "SEQREC_REDIS_URL": self.redis_url,
-                "SEQREC_BUNDLES": str(self.bundle_root / model),
-                "SEQREC_BUNDLE_POLL_S": str(poll_s),
-                "SEQREC_WORKERS": str(self.workers_per_api),
-                "SEQREC_GRACEFUL_S": "20",
-                "HOST": "127.0.0.1",
-                "PORT": str(port),
-                **(extra_env or {}),
-            }
-            log = (self.workdir / f"api{i}.log").open("w")
-            self.procs[f"api{i}"] = subprocess.Popen(
-                ["sh", str(DOCKER / "serve-entrypoint.sh")], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
-            )
-            self.api_ports.append(port)
-        for base in self.bases():
-            self._wait(lambda base=base: self._ready(base), 120, f"API {base}")
-
-    def stop(self) -> None:
-        for name, p in reversed(list(self.procs.items())):
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-                try:
-                    p.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                    p.wait()
-            del self.procs[name]
-
-    def _ready(self, base: str) -> bool:
-        try:
-            return http_json("GET", f"{base}/readyz")[0] == 200
-        except OSError:
-            return False
-
-    @staticmethod
-    def _port_open(port: int) -> bool:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return True
-        except OSError:
-            return False
-
-    def _wait(self, pred, timeout: float, what: str) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for name, p in self.procs.items():
-                if p.poll() is not None:
-                    raise RuntimeError(f"{name} exited with {p.returncode} (logs in {self.workdir})")
-            if pred():
-                return
-            time.sleep(0.2)
-        raise TimeoutError(f"{what} not ready after {timeout}s (logs in {self.workdir})")
 
 
 def check(cond: bool, what: str, results: dict) -> None:
@@ -259,7 +106,10 @@ def main() -> None:
     topo = Topology(workdir, workers_per_api=args.workers_per_api)
     results: dict = {"workdir": str(workdir), "checks": []}
     try:
-        topo.start_redis()
+        try:
+            topo.start_redis()
+        except RedisNotInstalled as exc:
+            sys.exit(str(exc))
         print(f"redis-server (compose config) on {topo.redis_port}", flush=True)
         topo.train(args.dataset, args.train_args)
         topo.write_api_env()
@@ -267,9 +117,6 @@ def main() -> None:
         print(f"APIs on {topo.api_ports}", flush=True)
         drive(topo, args.dataset, args.train_args, not args.no_retrain, results)
         if args.bench:
-            sys.path.insert(0, str(ROOT))
-            from benchmarks.mixed_load import run_and_report
-
             run_and_report(topo, args.bench, args.bench_out, " ".join(["python", *sys.argv]))
     finally:
         topo.stop()

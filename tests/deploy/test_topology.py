@@ -13,9 +13,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.real_data("ml-100k")  # the training job prepares ML-100K itself, in a subprocess
 def test_local_topology_script(cache_dir: Path, tmp_path: Path) -> None:
     cmd = [
         sys.executable,

@@ -197,10 +197,15 @@ class ApiProc:
         assert self.proc is not None, "not started"
         return self.proc.pid
 
-    def start(self, timeout: float = 90) -> ApiProc:
+    def spawn(self) -> ApiProc:
+        """Start the process without waiting for it (start several, then wait for each: ready())."""
         self.proc = subprocess.Popen(
             self.command, cwd=ROOT, env=self.env, stdout=self.log.open("w"), stderr=subprocess.STDOUT
         )
+        return self
+
+    def start(self, timeout: float = 90) -> ApiProc:
+        self.spawn()
         wait_for(self.ready, timeout, f"API on {self.port}", interval=0.2)
         return self
 
