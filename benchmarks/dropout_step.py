@@ -49,11 +49,10 @@ def run_case(name: str, steps: int) -> dict[str, Any]:
     batches = task.batches(split.train, tc.batch_size, np.random.default_rng(0), torch.device("cpu"))
     times: dict[str, list[float]] = {kind: [] for kind in models}
     last_loss: dict[str, float] = {}
-    try:
-        for _ in range(steps):
-            batch = next(batches)
-            for kind, m in models.items():
-                layers.FAST_CPU_DROPOUT = kind == "seqrec"
+    for _ in range(steps):
+        batch = next(batches)
+        for kind, m in models.items():
+            with layers.fast_cpu_dropout(kind == "seqrec"):
                 m.train()
                 t0 = time.perf_counter()
                 loss = task.loss(m, batch)
@@ -62,9 +61,7 @@ def run_case(name: str, steps: int) -> dict[str, Any]:
                 torch.nn.utils.clip_grad_norm_(m.parameters(), tc.grad_clip)
                 opts[kind].step()
                 times[kind].append(time.perf_counter() - t0)
-                last_loss[kind] = round(float(loss.detach()), 4)
-    finally:
-        layers.FAST_CPU_DROPOUT = True
+            last_loss[kind] = round(float(loss.detach()), 4)
     out: dict[str, Any] = {"items": data.num_items, "batch_size": tc.batch_size, "max_len": model.max_len}
     for kind, t in times.items():  # the first step of each warms up allocators
         out[f"{kind}_step_ms_median"] = round(statistics.median(t[1:]) * 1000, 1)

@@ -8,6 +8,10 @@ output bias folds it in as one extra dimension (the user vector gets a constant 
 
 from __future__ import annotations
 
+import contextvars
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -64,8 +68,19 @@ def position_ids(item_seq: torch.Tensor, scheme: str, max_len: int) -> torch.Ten
     return recency_positions(item_seq.shape[1], max_len, item_seq.device)[None]
 
 
-# False: torch's own dropout everywhere (its random stream; benchmarks/dropout_step.py compares).
-FAST_CPU_DROPOUT = True
+# A context variable, not a module global: a block (a benchmark, a test) switches it for itself only.
+_FAST_CPU_DROPOUT: contextvars.ContextVar[bool] = contextvars.ContextVar("fast_cpu_dropout", default=True)
+
+
+@contextmanager
+def fast_cpu_dropout(enabled: bool) -> Iterator[None]:
+    """Within the block, CPU dropout draws its mask with dropout_keep (True, the default) or uses
+    torch's own dropout and its random stream (False; benchmarks/dropout_step.py compares them)."""
+    token = _FAST_CPU_DROPOUT.set(enabled)
+    try:
+        yield
+    finally:
+        _FAST_CPU_DROPOUT.reset(token)
 
 
 def dropout_keep(x: torch.Tensor, p: float) -> torch.Tensor:
@@ -86,7 +101,7 @@ def dropout_keep(x: torch.Tensor, p: float) -> torch.Tensor:
 
 def fast_dropout_applies(x: torch.Tensor, p: float, training: bool) -> bool:
     """Whether `dropout` draws its own mask for x (CPU training, 0 < p < 1)."""
-    return training and 0.0 < p < 1.0 and x.device.type == "cpu" and FAST_CPU_DROPOUT
+    return training and 0.0 < p < 1.0 and x.device.type == "cpu" and _FAST_CPU_DROPOUT.get()
 
 
 def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:

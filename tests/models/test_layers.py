@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from models import layers
-from models.layers import Dropout, MultiHeadSelfAttention, attention_mask, dropout_keep
+from models.layers import Dropout, MultiHeadSelfAttention, attention_mask, dropout_keep, fast_cpu_dropout
 
 
 @pytest.mark.parametrize("p", [0.1, 0.3, 0.6])
@@ -67,3 +67,23 @@ def test_training_attention_is_softmax_attention_with_dropout_on_the_weights(mon
     assert torch.allclose(y[:, :-1], y2[:, :-1], atol=1e-6)  # earlier positions cannot see it
     g = torch.randn_like(y)
     assert torch.isfinite(torch.autograd.grad((attn.train()(x, x, mask) * g).sum(), attn.qkv.weight)[0]).all()
+
+
+def test_fast_cpu_dropout_switch_is_scoped_to_its_block() -> None:
+    x = torch.ones(64, 64)
+
+    def draw() -> tuple[torch.Tensor, torch.Tensor]:
+        torch.manual_seed(3)
+        ours = Dropout(0.5).train()(x)
+        torch.manual_seed(3)
+        return ours, torch.nn.functional.dropout(x, 0.5, True)
+
+    ours, ref = draw()
+    assert not torch.equal(ours, ref)  # the default: our own mask
+    with fast_cpu_dropout(False):
+        ours, ref = draw()
+        assert torch.equal(ours, ref)  # torch's dropout, its random stream
+        with fast_cpu_dropout(True):
+            assert not torch.equal(*draw())
+        assert torch.equal(*draw())  # the inner block restored the outer setting
+    assert not torch.equal(*draw())  # and the outer block the default
