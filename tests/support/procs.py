@@ -97,11 +97,6 @@ class RedisProc:
     def url(self) -> str:
         return f"redis://{HOST}:{self.port}/0"
 
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None, "not started"
-        return self.proc.pid
-
     def start(self, timeout: float = 20) -> RedisProc:
         if self.conf is not None:
             args = [str(self.conf), "--port", str(self.port), "--bind", HOST, "--dir", str(self.dir)]
@@ -191,11 +186,6 @@ class ApiProc:
     @property
     def base(self) -> str:
         return f"http://{HOST}:{self.port}"
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None, "not started"
-        return self.proc.pid
 
     def spawn(self) -> ApiProc:
         """Start the process without waiting for it (start several, then wait for each: ready())."""
