@@ -65,7 +65,9 @@ def test_recommendations_equal_offline_model(server: str, tiny_run: Path, synthe
     model, ckpt = load_checkpoint(tiny_run / "best.pt")
     ids = list(ckpt["item_ids"])
     # A user's history from the training data, posted out of order (late events) and with one replay.
-    hist = [int(i) for i in synthetic.sequence(0)[:40]]
+    longest = int(np.argmax(np.diff(synthetic.offsets)))
+    hist = [int(i) for i in synthetic.sequence(longest)[:40]]
+    assert len(hist) == 40
     events = [
         {"user_id": "e2e-user", "item_id": ids[i - 1], "timestamp": 1_600_000_000 + t, "event_id": f"e{t}"}
         for t, i in enumerate(hist)

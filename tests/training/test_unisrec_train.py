@@ -210,6 +210,7 @@ def test_cold_validation_split_and_text_channel_fit_on_training_items(ml100k, ti
     assert np.abs(want[0, 16:]).max() > 0  # the head is on for this history
 
 
+@pytest.mark.real_data("ml-100k")  # train checks the dataset before --init
 def test_cli_pretrain_help_and_missing_init(tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
