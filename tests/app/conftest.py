@@ -37,6 +37,24 @@ def bundle_path(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
 
 
 @pytest.fixture(scope="session")
+def ml100k_bundle_path(ml100k: SeqData, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same tiny SASRec on ML-100K: for tests that serve it next to another ML-100K bundle."""
+    from training.export import export_bundle
+    from training.train import train
+
+    run = tmp_path_factory.mktemp("svc-run-ml100k")
+    train(
+        "sasrec",
+        ml100k,
+        run,
+        model_overrides={"max_len": 30, "dim": 16, "num_layers": 1},
+        train_overrides={"epochs": 1, "batch_size": 128, "max_users": 300},
+        progress=False,
+    )
+    return export_bundle(run / "best.pt", tmp_path_factory.mktemp("svc-artifacts-ml100k"), name="tiny-sasrec")
+
+
+@pytest.fixture(scope="session")
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A private redis-server on a free port (no persistence), so tests never touch shared data."""
     with RedisProc(tmp_path_factory.mktemp("redis")) as r:

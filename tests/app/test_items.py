@@ -96,11 +96,11 @@ def test_compose_follows_manifest(unisrec_bundle: Path) -> None:
 
 
 @pytest.fixture
-def client(unisrec_bundle: Path, bundle_path: Path) -> Iterator[TestClient]:
+def client(unisrec_bundle: Path, ml100k_bundle_path: Path) -> Iterator[TestClient]:
     from app.main import create_app
     from app.settings import Settings
 
-    settings = Settings(bundles=[unisrec_bundle, bundle_path], api_key="items-key", access_log=False)
+    settings = Settings(bundles=[unisrec_bundle, ml100k_bundle_path], api_key="items-key", access_log=False)
     with TestClient(create_app(settings)) as c:
         yield c
 
