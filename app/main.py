@@ -29,7 +29,7 @@ from app.middleware import BodyLimit, Observe  # noqa: E402
 from app.openapi import document_validation_errors  # noqa: E402
 from app.ratelimit import TokenBuckets  # noqa: E402
 from app.registry import Registry  # noqa: E402
-from app.routes import events, items, ops, recommend, ui  # noqa: E402
+from app.routes import events, items, ops, recommend, similar, ui  # noqa: E402
 from app.settings import Settings  # noqa: E402
 from app.state import AppState  # noqa: E402
 from app.stores import EventStore, MemoryStore, RedisStore  # noqa: E402
@@ -120,6 +120,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(events.router)
     app.include_router(items.router)
     app.include_router(recommend.router)
+    app.include_router(similar.router)
     app.include_router(ops.router)
     app.include_router(ui.router)
 

@@ -44,6 +44,9 @@ class Settings(BaseSettings):
         ge=0,
         description="Catalogues this large use the HNSW index (IVF from 200,000 items), smaller ones BLAS.",
     )
+    explain_n: int = Field(
+        50, ge=1, le=1000, description="explain=true ablates this many newest history events (one batched call)."
+    )
     access_log: bool = Field(True, description="Write one JSON line per request to the `seqrec.access` logger.")
     write_rate_per_s: float = Field(
         0, ge=0, description="Write requests (POST /events) per second per API key and process; 0 = unlimited (429)."

@@ -65,12 +65,8 @@ class TextBundle(Bundle):
         return True
 
     def _check_runs(self) -> None:
-        # Vector table indexed like the model: row 0 = padding (zeros), row r = item index r.
-        table = np.load(self.path / "item_vectors.npy", allow_pickle=False)
-        n = len(table)
-        self._vecs = np.zeros((max(16, 2 * (n + 1)), self.dim), np.float32)  # over-allocated: O(1) adds
-        self._vecs[1 : n + 1] = table
-        self._rows = n + 1
+        # self._vecs (Bundle): row 0 = padding (zeros), row r = item index r, grown by add_items.
+        n = self._rows - 1
         super()._check_runs()
         # The seq-encoder path must agree with model.onnx on catalogue histories.
         probe = np.arange(1, min(n, self.max_len) + 1, dtype=np.int64)
@@ -108,15 +104,3 @@ class TextBundle(Bundle):
         emb = self.te_session.run([self.te_output], {self.te_inputs[0]: ids, self.te_inputs[1]: mask})[0]
         vec = self.ada_session.run([self.ada_output], {self.ada_input: emb.astype(np.float32)})[0]
         return vec.astype(np.float32)
-
-    def add_items(self, ids: Sequence[str], vectors: np.ndarray) -> np.ndarray:
-        vectors = np.asarray(vectors, dtype=np.float32).reshape(len(ids), self.dim)
-        idx = super().add_items(ids, vectors)
-        need = self._rows + len(ids)
-        if need > len(self._vecs):
-            grown = np.zeros((2 * need, self.dim), np.float32)
-            grown[: self._rows] = self._vecs[: self._rows]
-            self._vecs = grown
-        self._vecs[self._rows : need] = vectors
-        self._rows = need
-        return idx

@@ -373,6 +373,9 @@ def export(
     out: Annotated[Path, typer.Option(help="Folder that receives the bundle directory.")] = Path("artifacts"),
     name: Annotated[str | None, typer.Option(help="Bundle directory name (default <model>-<dataset>-<time>).")] = None,
     with_text: Annotated[bool, typer.Option(help="Include item titles/text when the dataset has them.")] = True,
+    layer_vectors: Annotated[
+        bool, typer.Option(help="BERT4Rec: add the four-layer item representation for similar items (layers4).")
+    ] = False,
     data_dir: DataDirOpt = None,
 ) -> None:
     """Write the artifact bundle: ONNX + TorchScript, item vectors, ids, popularity, manifest."""
@@ -391,7 +394,7 @@ def export(
         except DatasetError:
             text = None  # datasets without text (or generic files) export without it
     try:
-        path = export_bundle(checkpoint, out, name, item_text=text)
+        path = export_bundle(checkpoint, out, name, item_text=text, layer_vectors=layer_vectors)
     except ExportError as exc:
         _fail(str(exc))
     typer.echo(str(path))
