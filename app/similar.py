@@ -36,8 +36,12 @@ class ItemSpace:
         unit = unit_rows(vectors)
         self.dim = int(unit.shape[1])
         self.index: TopKIndex = build_index(np.arange(1, len(unit) + 1, dtype=np.int64), unit, ann_threshold)
-        # The exact index already holds the table; faiss indexes get a copy for lookups.
-        self._own = None if hasattr(self.index, "table") else unit.copy()
+        # The exact index already holds the table; faiss indexes get a copy for lookups,
+        # over-allocated so online adds are amortised O(1) per item.
+        self._own: np.ndarray | None = None
+        if not hasattr(self.index, "table"):
+            self._own = np.zeros((max(16, 2 * len(unit)), self.dim), np.float32)
+            self._own[: len(unit)] = unit
 
     def __len__(self) -> int:
         return len(self.index)
@@ -47,14 +51,19 @@ class ItemSpace:
 
     def unit(self, labels: np.ndarray) -> np.ndarray:
         """(m,) labels -> (m, dim) unit vectors."""
-        table = self.index.table if self._own is None else self._own  # type: ignore[attr-defined]
+        table = self.index.table if self._own is None else self._own[: len(self)]  # type: ignore[attr-defined]
         return table[np.asarray(labels, dtype=np.int64) - 1]
 
     def add(self, labels: np.ndarray, vectors: np.ndarray) -> None:
         unit = unit_rows(vectors)
+        start = len(self)
         self.index.add(labels, unit)
         if self._own is not None:
-            self._own = np.concatenate([self._own, unit])
+            if len(self) > len(self._own):
+                grown = np.zeros((2 * len(self), self.dim), np.float32)
+                grown[:start] = self._own[:start]
+                self._own = grown
+            self._own[start : len(self)] = unit
 
     def neighbours(self, label: int, k: int) -> tuple[np.ndarray, np.ndarray]:
         """The k most cosine-similar items to `label`, best first, the item itself excluded."""

@@ -303,3 +303,17 @@ def test_layer_vectors_need_a_bidirectional_encoder(tiny_run: Path, tmp_path: Pa
     with pytest.raises(ExportError, match="layer_vectors"):
         export_bundle(tiny_run / "best.pt", tmp_path, name="no-layers", layer_vectors=True)
     assert not (tmp_path / "no-layers").exists()
+
+
+@pytest.mark.parametrize("ann_threshold", [0, 10**9])  # HNSW, exact
+def test_item_space_grows_online(ann_threshold: int) -> None:
+    from app.similar import ItemSpace, unit_rows
+
+    v = np.random.default_rng(0).normal(size=(300, 8)).astype(np.float32)
+    space = ItemSpace("output", v[:200], ann_threshold)
+    for start in range(200, 300, 25):  # several adds: the lookup table grows
+        space.add(np.arange(start + 1, start + 26), v[start : start + 25])
+    assert len(space) == 300 and space.has(300) and not space.has(301)
+    np.testing.assert_allclose(space.unit(np.arange(1, 301)), unit_rows(v), atol=1e-6)
+    labels, _ = space.neighbours(250, 5)
+    assert labels.tolist() == [j + 1 for j in _exact_cosine(v, 249, 5)]
