@@ -6,10 +6,11 @@ GET /recommend takes two optional parameters (docs/explanations.md):
                      rel = the model score min-max scaled to [0, 1] over the candidate pool, cos on
                      the unit item vectors. λ = 1 is the undiversified list.
   max_per_cluster=n  at most n items from one item cluster (clusters.npy, k-means at export).
-Both: MMR order, skipping items whose cluster is full. Candidates are the top
-max(100, 10·k) items by model score (popularity for users without history); the list is shorter
-than k only when the cap cannot be met inside that pool. Ties go to the higher-ranked candidate,
-so the same request always gets the same list. Scores in the answer stay the model's scores.
+Both: MMR order, skipping items whose cluster is full. Candidates are the top max(100, 10·k)
+items by model score (popularity for users without history), max(500, 50·k) with a cluster cap
+(a cap skips many); the list is shorter than k only when the cap cannot be met inside that
+pool. Ties go to the higher-ranked candidate, so the same request always gets the same list.
+Scores in the answer stay the model's scores.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
     from app.bundle import Bundle
 
 POOL_MIN, POOL_PER_K = 100, 10
+CAP_POOL_MIN, CAP_POOL_PER_K = 500, 50
 
 
 class Clusters:
@@ -79,6 +81,8 @@ class ListShape:
             raise HTTPException(
                 422, f"max_per_cluster: bundle {bundle.name!r} has no item clusters (export it again to add them)"
             )
+        if self.max_per_cluster is not None:
+            return max(CAP_POOL_MIN, CAP_POOL_PER_K * k)
         return max(POOL_MIN, POOL_PER_K * k) if self.active else k
 
     def rerank(self, bundle: Bundle, labels: np.ndarray, scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -86,13 +86,14 @@ def main() -> None:
         hists = hists[: args.users]
     k = 10
     unit_all = bundle.spaces["output"].unit(np.arange(1, len(bundle.item_ids) + 1))
-    # Candidate pools once per user (the re-ranking is what varies between settings).
+    # The widest candidate pool once per user; each setting takes the prefix the service would fetch.
+    widest = max(ListShape(lam, cap).pool(bundle, k) for lam, cap in SETTINGS)
     pools = []
     for start in range(0, len(hists), 256):
         chunk = hists[start : start + 256]
         users = bundle.user_vectors([h[:-1] for h in chunk])
         for h, u in zip(chunk, users, strict=True):
-            labels, scores = bundle.index.search(u[None], ListShape(0.5).pool(bundle, k), [h[:-1]])
+            labels, scores = bundle.index.search(u[None], widest, [h[:-1]])
             pools.append((labels[0], scores[0], int(h[-1])))
     rows = []
     t0 = time.perf_counter()
@@ -100,8 +101,9 @@ def main() -> None:
         shape = ListShape(lam, cap)
         ndcg = hr = ild = gild = ncl = 0.0
         shown: set[int] = set()
+        size = shape.pool(bundle, k)
         for labels, scores, target in pools:
-            got, _ = shape.rerank(bundle, labels, scores, k)
+            got, _ = shape.rerank(bundle, labels[:size], scores[:size], k)
             hit = np.flatnonzero(got == target)
             if len(hit):
                 hr += 1
