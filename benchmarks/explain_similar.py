@@ -11,7 +11,8 @@ comparison. Genres come from movies.dat (via sas_to_original_items.txt). Per spa
   jaccard@10          mean genre Jaccard between the item and its neighbours
   mean_cos            mean pairwise cosine over all item pairs (near 1 = the collapse)
 Spaces: each bundle's `output` (the item vectors it scores with) and every exported extra space
-(BERT4Rec `layers4`), that space with its mean vector removed (`-centred`), and random items.
+(BERT4Rec `layers4`), that space with its mean vector removed (`-centred`), each of its four
+hidden states alone (`layers4[0]` = the oldest of the four), and random items.
 """
 
 from __future__ import annotations
@@ -79,6 +80,10 @@ def main() -> None:
         for name, meta in (b.manifest.get("item_spaces") or {}).items():
             spaces[name] = np.load(path / meta["file"])
             spaces[f"{name}-centred"] = spaces[name] - spaces[name].mean(axis=0)
+            if name == "layers4":  # each hidden state alone (oldest layer first), d dims each
+                d = spaces[name].shape[1] // 4
+                for layer in range(4):
+                    spaces[f"{name}[{layer}]"] = spaces[name][:, layer * d : (layer + 1) * d]
         for name, vecs in spaces.items():
             for cosine in (True, False) if name == "output" else (True,):
                 overlap, jac = score(neighbours(vecs, cosine), gsets)
