@@ -317,3 +317,17 @@ def test_item_space_grows_online(ann_threshold: int) -> None:
     np.testing.assert_allclose(space.unit(np.arange(1, 301)), unit_rows(v), atol=1e-6)
     labels, _ = space.neighbours(250, 5)
     assert labels.tolist() == [j + 1 for j in _exact_cosine(v, 249, 5)]
+
+
+def test_items_added_online_join_the_nearest_cluster() -> None:
+    from app.diversity import Clusters
+    from app.similar import unit_rows
+
+    rng = np.random.default_rng(1)
+    centres = unit_rows(rng.normal(size=(3, 6)))
+    assign = np.repeat(np.arange(3), 20)
+    unit = unit_rows(centres[assign] + 0.05 * rng.normal(size=(60, 6)))
+    clusters = Clusters(assign, unit)
+    assert clusters.count == 3 and clusters.of(np.array([1, 21, 41])).tolist() == [0, 1, 2]
+    clusters.add(unit_rows(centres[[2, 0]] + 0.01))
+    assert clusters.of(np.array([61, 62])).tolist() == [2, 0]
