@@ -64,14 +64,25 @@ def setup_unisrec(model: SeqRecModel, data: SeqData, tc: TrainConfig) -> None:
     """Fill the text-embedding table from the dataset's item text, load --init, freeze on request."""
     assert isinstance(model, UniSRec)
     items_file = tc.extra.get("items_file")
-    text = dataset_text(data, Path(items_file) if items_file else None, name=tc.extra.get("text_from"))
+    text = dataset_text(
+        data,
+        Path(items_file) if items_file else None,
+        name=tc.extra.get("text_from"),
+        allow_missing=bool(tc.extra.get("allow_missing_text", False)),
+    )
     table = item_text_embeddings(data, text, model.cfg.text_encoder or None)
     if table.shape != tuple(model.text_emb.shape):
         raise ValueError(f"text embeddings {table.shape} do not fit the model {tuple(model.text_emb.shape)}")
     with torch.no_grad():
         model.text_emb.copy_(torch.as_tensor(table))
     if tc.extra.get("init"):
-        load_pretrained(model, tc.extra["init"])
+        loaded = load_pretrained(model, tc.extra["init"])
+        print(
+            f"init: {len(loaded)} pre-trained tensors (MoE adaptor + transformer) from {tc.extra['init']}; "
+            f"item tables come from this catalogue's text",
+            file=sys.stderr,
+            flush=True,
+        )
     if model.cfg.text_skip:
         # Fitted on the items the training data holds: a held-out (cold) item's text is not
         # known at training time.
@@ -122,7 +133,7 @@ def pretrain(
     progress_every: int = 50,
 ) -> Path:
     """Pre-train adaptor + transformer over the union of several text domains; writes out/pretrained.pt."""
-    from training.data import prepare
+    from training.data import load_dataset
 
     torch.manual_seed(pc.seed)
     rng = np.random.default_rng(pc.seed)
@@ -132,7 +143,7 @@ def pretrain(
     stats = []
     cfg_kw = {**(model_overrides or {})}
     for name in pc.datasets:
-        data = prepare(name, data_dir, cache_dir)
+        data = load_dataset(name, data_dir, cache_dir)
         table = item_text_embeddings(data, dataset_text(data, None, data_dir), cfg_kw.get("text_encoder") or None)
         tables.append(table[1:])
         # Training part of each leave-one-out split only: pre-training never sees any held-out item.
