@@ -48,6 +48,12 @@ SepOpt = Annotated[
     str | None,
     typer.Option("--sep", help="Field separator of CSV files (default: sniffed from the header: , ; TAB |)."),
 ]
+ColumnsOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--columns", help="Comma-separated column names for files without a header line (e.g. user,item,rating,ts)."
+    ),
+]
 UserColOpt = Annotated[str | None, typer.Option("--user-col", help="User id column (default user_id).")]
 ItemColOpt = Annotated[str | None, typer.Option("--item-col", help="Item id column (default item_id).")]
 TimeColOpt = Annotated[
@@ -185,6 +191,7 @@ def prepare(
         ),
     ] = None,
     sep: SepOpt = None,
+    columns: ColumnsOpt = None,
     user_col: UserColOpt = None,
     item_col: ItemColOpt = None,
     time_col: TimeColOpt = None,
@@ -213,6 +220,7 @@ def prepare(
             session_col=session_col,
             event_col=event_col,
             sep=sep.encode().decode("unicode_escape") if sep else None,  # `--sep '\t'` means TAB
+            columns=tuple(c.strip() for c in columns.split(",")) if columns else None,
             user_core=user_core,
             item_core=item_core,
             min_len=min_len,

@@ -48,6 +48,7 @@ class FileOptions:
     session_col: str | None = None
     event_col: str | None = None
     sep: str | None = None  # None: sniffed from the header
+    columns: tuple[str, ...] | None = None  # names for a file without a header line (e.g. MovieLens u.data)
     user_core: int = 5  # keep users with >= this many events (iteratively, with item_core)
     item_core: int = 5  # keep items with >= this many events
     min_len: int = 3  # then drop users with fewer events (leave-one-out needs 3)
@@ -62,7 +63,10 @@ class FileOptions:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> FileOptions:
         known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
+        kw = {k: v for k, v in d.items() if k in known}
+        if kw.get("columns") is not None:
+            kw["columns"] = tuple(kw["columns"])
+        return cls(**kw)
 
 
 @dataclass
@@ -113,7 +117,7 @@ def sniff_separator(path: Path) -> str:
     return best if counts[best] else ","
 
 
-def _read_frame(path: Path, sep: str | None):
+def _read_frame(path: Path, sep: str | None, columns: Sequence[str] | None = None):
     import polars as pl
 
     if not path.is_file():
@@ -127,7 +131,13 @@ def _read_frame(path: Path, sep: str | None):
             sep = sep or sniff_separator(path)
             # Every column as text: ids keep their exact spelling ('007' stays '007'), and
             # timestamps are parsed below with messages that name the line.
-            df = pl.read_csv(path, separator=sep, infer_schema=False, truncate_ragged_lines=False)
+            df = pl.read_csv(
+                path,
+                separator=sep,
+                infer_schema=False,
+                has_header=columns is None,
+                new_columns=list(columns) if columns else None,
+            )
     except DatasetError:
         raise
     except Exception as exc:  # polars raises many error types; all mean "can't parse"
@@ -150,8 +160,9 @@ def _pick(path: Path, columns: list[str], role: str, mapped: str | None, require
         seps = [repr(s) for s in SEPARATORS if s in columns[0]]
         hint = f"; the header read as one column: pass its separator, e.g. --sep {seps[0]}"
     else:
-        hint = f"; name yours with {_FLAG[role]} (e.g. {_FLAG[role]} {columns[0]})" if columns else ""
-    raise DatasetError(f"{path}: no {role} column {want!r} (columns: {columns}){hint}")
+        free = [c for c in columns if c not in STANDARD.values()] or columns
+        hint = f"; name yours with {_FLAG[role]} (e.g. {_FLAG[role]} {free[0]})" if columns else ""
+    raise DatasetError(f"{path}: missing {role} column {want!r} (columns: {columns}){hint}")
 
 
 def _at(path: Path, df, row: int, parquet: bool) -> str:
@@ -245,12 +256,13 @@ def read_one(path: Path, opts: FileOptions) -> tuple[Any, dict[str, str | None],
     """One file -> a polars frame (user, item, t, session, eid as strings/float) + roles + notes."""
     import polars as pl
 
-    df = _read_frame(path, opts.sep)
+    df = _read_frame(path, opts.sep, opts.columns)
     parquet = _is_parquet(path)
     cols = list(df.columns)
     if df.height == 0:
         raise DatasetError(f"{path}: no rows, only the header {cols}; the file needs one interaction per line after it")
-    df = df.with_row_index("__line", offset=2 if not parquet else 1)
+    # Line numbers as an editor shows them: the header is line 1 (a headerless file starts at 1).
+    df = df.with_row_index("__line", offset=2 if not parquet and opts.columns is None else 1)
     if not parquet:
         # A blank line reads as a row of nulls: skip it (its line number stays correct for the rest).
         df = df.filter(~pl.all_horizontal([pl.col(c).is_null() for c in cols]))
