@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from tests.training.test_unisrec_train import tiny_bert  # noqa: F401  (fixture)
 from training.cli import app
-from training.data import DatasetError, FileOptions, prepare_file, prepare_files, to_sessions
+from training.data import DatasetError, prepare_file, to_sessions
 from training.data.readers import read_item_text_generic
 
 runner = CliRunner()
@@ -144,6 +144,8 @@ def _session_log(tmp_path: Path) -> Path:
 
 
 def test_session_column_trains_and_evaluates_with_popularity_baseline(tmp_path: Path) -> None:
+    from training.data import FileOptions, prepare_files
+
     log = _session_log(tmp_path)
     cache = str(tmp_path / "cache")
     r = runner.invoke(
@@ -238,6 +240,8 @@ def test_file_without_time_column_uses_row_order(tmp_path: Path) -> None:
     ],
 )
 def test_bad_values_name_file_line_value_and_what_to_do(tmp_path: Path, body: str, expect: str) -> None:
+    from training.data import prepare_files
+
     (tmp_path / "bad.csv").write_text("user_id,item_id,timestamp\n" + body)
     with pytest.raises(DatasetError, match=expect) as err:
         prepare_files([tmp_path / "bad.csv"], cache_dir=tmp_path / "c")
@@ -348,6 +352,8 @@ def test_unisrec_without_item_text_names_the_missing_items_file(tmp_path: Path) 
 
 
 def test_pretrain_takes_files_and_init_says_what_it_loaded(tmp_path: Path, tiny_bert: Path) -> None:  # noqa: F811
+    from training.data import FileOptions, prepare_files
+
     ev = _events()
     log = _write(tmp_path / "log.csv", "user_id,item_id,timestamp", [f"{u},{i},{t}" for u, i, t in ev])
     items = sorted({i for _, i, _ in ev})
@@ -423,6 +429,8 @@ def test_prepare_file_cache_key_covers_every_option(tmp_path: Path) -> None:
 
 
 def test_offline_log_and_snapshot_combine_deduplicated(tmp_path: Path) -> None:
+    from training.data import FileOptions, prepare_files
+
     ev = _events(n_users=20)
     offline = _write(tmp_path / "offline.csv", "customer;product;ts", [f"{u};{i};{t}" for u, i, t in ev[:120]])
     # A `seqrec snapshot` file: user_id, item_id, float timestamp, event_id; it overlaps the
