@@ -140,11 +140,14 @@ def _print_report(data: Any) -> None:
     steps = data.meta.get("report") or []
     if not steps:
         return
-    typer.echo(f"{'step':<32}{'rows':>22}{'users':>20}{'items':>18}", err=True)
+    cols = [("rows", 22), ("users", 20), ("items", 18)]
+    if any("sessions" in st.get("after", {}) for st in steps):
+        cols.append(("sessions", 20))
+    typer.echo(f"{'step':<32}" + "".join(f"{k:>{w}}" for k, w in cols), err=True)
     for st in steps:
         after, before = st.get("after", {}), st.get("before", {})
         cells = []
-        for key, width in (("rows", 22), ("users", 20), ("items", 18)):
+        for key, width in cols:
             a, b = after.get(key), before.get(key)
             txt = "" if a is None else (f"{b} -> {a}" if b is not None else str(a))
             cells.append(f"{txt:>{width}}")

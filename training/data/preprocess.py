@@ -81,6 +81,7 @@ class SeqData:
             "min_len": int(lens.min()) if len(lens) else 0,
             "max_len": int(lens.max()) if len(lens) else 0,
             "density": round(self.num_interactions / max(1, self.num_users * self.num_items), 6),
+            **({"sessions": len(np.unique(self.sessions))} if self.sessions is not None else {}),
         }
 
 
@@ -110,8 +111,11 @@ def _sort_key_ids(ids: np.ndarray) -> np.ndarray:
         return uniq
 
 
-def _counts(users: np.ndarray, items: np.ndarray) -> dict[str, int]:
-    return {"rows": len(users), "users": len(np.unique(users)), "items": len(np.unique(items))}
+def _counts(users: np.ndarray, items: np.ndarray, sessions: np.ndarray | None = None) -> dict[str, int]:
+    out = {"rows": len(users), "users": len(np.unique(users)), "items": len(np.unique(items))}
+    if sessions is not None:
+        out["sessions"] = len(set(zip(users.tolist(), sessions.tolist(), strict=True)))
+    return out
 
 
 def build_sequences(
@@ -126,14 +130,18 @@ def build_sequences(
 
     Appends one entry per step to `report` (rows/users/items before and after), when given.
     """
-    before = _counts(inter.users, inter.items) if report is not None else {}
+    before = _counts(inter.users, inter.items, inter.sessions) if report is not None else {}
     keep = k_core(inter.users, inter.items, k_user, k_item)
     users, items = inter.users[keep], inter.items[keep]
     ts = inter.timestamps[keep] if inter.timestamps is not None else None
     sess = inter.sessions[keep] if inter.sessions is not None else None
     if report is not None and (k_user > 1 or k_item > 1):
         report.append(
-            {"step": f"{k_user}-core users, {k_item}-core items", "before": before, "after": _counts(users, items)}
+            {
+                "step": f"{k_user}-core users, {k_item}-core items",
+                "before": before,
+                "after": _counts(users, items, sess),
+            }
         )
     if len(users) == 0:
         raise DatasetError(
@@ -187,7 +195,10 @@ def build_sequences(
 
 
 def _seq_counts(data: SeqData) -> dict[str, int]:
-    return {"rows": data.num_interactions, "users": data.num_users, "items": len(np.unique(data.items))}
+    out = {"rows": data.num_interactions, "users": data.num_users, "items": len(np.unique(data.items))}
+    if data.sessions is not None:
+        out["sessions"] = len(np.unique(data.sessions))
+    return out
 
 
 def drop_short(data: SeqData, min_len: int) -> SeqData:

@@ -22,7 +22,7 @@ from training.data.items import check_text_coverage
 from training.data.preprocess import SeqData, _counts, build_sequences
 from training.data.readers import DatasetError, Interactions
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: meta (source, filter report, notes) and session columns
 
 
 @dataclass(frozen=True)
@@ -236,15 +236,14 @@ def prepare_files(
             return data
     res = read_files(paths, opts)
     inter = res.inter
-    report: list[dict[str, Any]] = [
-        {"step": "read", "after": {**_counts(inter.users, inter.items), "rows": res.rows_read}}
-    ]
+    counts = _counts(inter.users, inter.items, inter.sessions)
+    report: list[dict[str, Any]] = [{"step": "read", "after": {**counts, "rows": res.rows_read}}]
     if res.duplicates:
         report.append(
             {
                 "step": "duplicate events",
                 "before": {"rows": res.rows_read},
-                "after": _counts(inter.users, inter.items),
+                "after": counts,
             }
         )
     data = build_sequences(inter, name, opts.user_core, opts.item_core, opts.min_len, report=report)
