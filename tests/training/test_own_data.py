@@ -397,7 +397,8 @@ def test_pretrain_takes_files_and_init_says_what_it_loaded(tmp_path: Path, tiny_
 
     from training.train import train
 
-    data = prepare_files([log], FileOptions(user_core=2, item_core=2, items_file=str(tmp_path / "items.csv")))
+    opts = FileOptions(user_core=2, item_core=2, items_file=str(tmp_path / "items.csv"))
+    data = prepare_files([log], opts, cache_dir=tmp_path / "c")
     import contextlib
     import io
 
@@ -478,6 +479,28 @@ def test_offline_log_and_snapshot_combine_deduplicated(tmp_path: Path) -> None:
     later = frame.with_columns(pl.col("timestamp") + 0.5)
     later.write_parquet(tmp_path / "events2.parquet")
     data = prepare_files(
-        [tmp_path / "events.parquet", tmp_path / "events2.parquet"], FileOptions(user_core=1, item_core=1, min_len=1)
+        [tmp_path / "events.parquet", tmp_path / "events2.parquet"],
+        FileOptions(user_core=1, item_core=1, min_len=1),
+        cache_dir=tmp_path / "c",
     )
     assert data.num_interactions == len(snap)
+
+
+def test_headerless_log_names_its_columns_and_combines_with_a_snapshot_csv(tmp_path: Path) -> None:
+    from training.data import FileOptions, prepare_files
+
+    ev = _events(n_users=10)
+    # MovieLens u.data style: TAB-separated, no header line, a rating between item and time.
+    (tmp_path / "u.data").write_text("".join(f"{u}\t{i}\t4\t{t}\n" for u, i, t in ev[:60]))
+    snap = ["user_id,item_id,timestamp,event_id"] + [f"{u},{i},{t}.0,e{k}" for k, (u, i, t) in enumerate(ev[50:])]
+    _write(tmp_path / "snapshot.csv", snap[0], snap[1:])
+    opts = FileOptions(columns=("user", "item", "rating", "ts"), user_col="user", item_col="item", time_col="ts")
+    data = prepare_files(
+        [tmp_path / "u.data", tmp_path / "snapshot.csv"],
+        FileOptions(**{**opts.to_dict(), "user_core": 1, "item_core": 1, "min_len": 1}),
+        cache_dir=tmp_path / "c",
+    )
+    assert data.num_interactions == len(ev)  # the 10 events in both files counted once
+    (tmp_path / "bad.data").write_text("u1\ti1\t4\t1700000000\nu1\ti2\t4\tsoon\n")
+    with pytest.raises(DatasetError, match=r"bad.data:2: 'ts' is 'soon'"):
+        prepare_files([tmp_path / "bad.data"], opts, cache_dir=tmp_path / "c")

@@ -48,7 +48,9 @@ class FileOptions:
     session_col: str | None = None
     event_col: str | None = None
     sep: str | None = None  # None: sniffed from the header
-    columns: tuple[str, ...] | None = None  # names for a file without a header line (e.g. MovieLens u.data)
+    # Names for files without a header line (e.g. MovieLens u.data); a file whose first line
+    # names user_id and item_id (a `seqrec snapshot` CSV) keeps its header.
+    columns: tuple[str, ...] | None = None
     user_core: int = 5  # keep users with >= this many events (iteratively, with item_core)
     item_core: int = 5  # keep items with >= this many events
     min_len: int = 3  # then drop users with fewer events (leave-one-out needs 3)
@@ -129,6 +131,8 @@ def _read_frame(path: Path, sep: str | None, columns: Sequence[str] | None = Non
             df = pl.read_parquet(path)
         else:
             sep = sep or sniff_separator(path)
+            if columns is not None and {STANDARD["user"], STANDARD["item"]} <= set(_header_line(path).split(sep)):
+                columns = None  # `--columns` names headerless files; this one (e.g. a snapshot) has a header
             # Every column as text: ids keep their exact spelling ('007' stays '007'), and
             # timestamps are parsed below with messages that name the line.
             df = pl.read_csv(
@@ -262,7 +266,8 @@ def read_one(path: Path, opts: FileOptions) -> tuple[Any, dict[str, str | None],
     if df.height == 0:
         raise DatasetError(f"{path}: no rows, only the header {cols}; the file needs one interaction per line after it")
     # Line numbers as an editor shows them: the header is line 1 (a headerless file starts at 1).
-    df = df.with_row_index("__line", offset=2 if not parquet and opts.columns is None else 1)
+    headerless = not parquet and opts.columns is not None and list(df.columns) == list(opts.columns)
+    df = df.with_row_index("__line", offset=1 if parquet or headerless else 2)
     if not parquet:
         # A blank line reads as a row of nulls: skip it (its line number stays correct for the rest).
         df = df.filter(~pl.all_horizontal([pl.col(c).is_null() for c in cols]))
