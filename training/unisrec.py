@@ -64,12 +64,7 @@ def setup_unisrec(model: SeqRecModel, data: SeqData, tc: TrainConfig) -> None:
     """Fill the text-embedding table from the dataset's item text, load --init, freeze on request."""
     assert isinstance(model, UniSRec)
     items_file = tc.extra.get("items_file")
-    text = dataset_text(
-        data,
-        Path(items_file) if items_file else None,
-        name=tc.extra.get("text_from"),
-        allow_missing=bool(tc.extra.get("allow_missing_text", False)),
-    )
+    text = dataset_text(data, Path(items_file) if items_file else None, name=tc.extra.get("text_from"))
     table = item_text_embeddings(data, text, model.cfg.text_encoder or None)
     if table.shape != tuple(model.text_emb.shape):
         raise ValueError(f"text embeddings {table.shape} do not fit the model {tuple(model.text_emb.shape)}")
