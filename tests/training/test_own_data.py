@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,8 @@ from training.data import DatasetError, prepare_file, to_sessions
 from training.data.readers import read_item_text_generic
 
 runner = CliRunner()
+# The shop log's own column names, mapped on the command line.
+SHOP = ["--user-col", "customer", "--item-col", "product", "--time-col", "ts"]
 
 
 def _events(n_users: int = 40, per_user: int = 8, n_items: int = 30, seed: int = 0) -> list[tuple[str, str, int]]:
@@ -33,6 +36,11 @@ def _events(n_users: int = 40, per_user: int = 8, n_items: int = 30, seed: int =
 def _write(path: Path, header: str, rows: list[str]) -> Path:
     path.write_text("\n".join([header, *rows]) + "\n")
     return path
+
+
+def _cli(line: str):
+    """Run one command line, as typed in a shell."""
+    return runner.invoke(app, shlex.split(line))
 
 
 def _prep(args: list[str], tmp_path: Path):
@@ -119,7 +127,7 @@ def test_own_column_names_and_semicolon_separator(tmp_path: Path) -> None:
     # The separator was sniffed: the columns are listed one by one, and the flag to use is named.
     assert "columns: ['customer', 'product', 'ts']" in r.output and "--user-col customer" in r.output
     r = _prep(
-        ["--file", str(log), "--user-col", "customer", "--item-col", "product", "--time-col", "ts", "--user-core", "2"],
+        ["--file", str(log), *SHOP, "--user-core", "2"],
         tmp_path,
     )
     assert r.exit_code == 0, r.output
@@ -148,26 +156,8 @@ def test_session_column_trains_and_evaluates_with_popularity_baseline(tmp_path: 
 
     log = _session_log(tmp_path)
     cache = str(tmp_path / "cache")
-    r = runner.invoke(
-        app,
-        [
-            "prepare",
-            "--file",
-            str(log),
-            "--time-col",
-            "eventdate",
-            "--user-core",
-            "1",
-            "--item-core",
-            "1",
-            "--min-len",
-            "2",
-            "--name",
-            "views",
-            "--cache-dir",
-            cache,
-        ],
-    )
+    filters = "--user-core 1 --item-core 1 --min-len 2"
+    r = _cli(f"prepare --file {log} --time-col eventdate {filters} --name views --cache-dir {cache}")
     assert r.exit_code == 0, r.output
     assert "session='session_id'" in r.output
     data = prepare_files(
@@ -267,28 +257,7 @@ def test_evaluate_finds_the_files_a_checkpoint_was_trained_on(tmp_path: Path) ->
     ev = _events(n_users=30)
     log = _write(tmp_path / "shop.csv", "customer,product,ts", [f"{u},{i},{t}" for u, i, t in ev])
     cache = str(tmp_path / "cache")
-    r = runner.invoke(
-        app,
-        [
-            "prepare",
-            "--file",
-            str(log),
-            "--user-col",
-            "customer",
-            "--item-col",
-            "product",
-            "--time-col",
-            "ts",
-            "--user-core",
-            "2",
-            "--item-core",
-            "2",
-            "--name",
-            "shop",
-            "--cache-dir",
-            cache,
-        ],
-    )
+    r = _cli(f"prepare --file {log} {' '.join(SHOP)} --user-core 2 --item-core 2 --name shop --cache-dir {cache}")
     assert r.exit_code == 0, r.output
     out = tmp_path / "run"
     r = runner.invoke(
@@ -321,12 +290,7 @@ def test_items_file_id_column_is_mappable_and_text_is_composed_as_documented(tmp
         [
             "--file",
             str(log),
-            "--user-col",
-            "customer",
-            "--item-col",
-            "product",
-            "--time-col",
-            "ts",
+            *SHOP,
             "--user-core",
             "2",
             "--items-file",
@@ -457,12 +421,7 @@ def test_offline_log_and_snapshot_combine_deduplicated(tmp_path: Path) -> None:
                 str(offline),
                 "--file",
                 str(tmp_path / snapshot),
-                "--user-col",
-                "customer",
-                "--item-col",
-                "product",
-                "--time-col",
-                "ts",
+                *SHOP,
                 "--user-core",
                 "1",
                 "--item-core",
