@@ -130,7 +130,13 @@ def _load_data(
             return prepare_files(files, options, name=name, cache_dir=cache_dir, force=force)
         return load_dataset(dataset, data_dir, cache_dir, force=force)
     except DatasetError as exc:
-        _fail(str(exc))
+        msg = str(exc)
+        if file and options is None and "--" in msg:
+            # The data options live on `prepare`; the other commands read files with the defaults.
+            msg += (
+                "; these options are `seqrec prepare` options: prepare --file ... --name NAME, then use --dataset NAME"
+            )
+        _fail(msg)
 
 
 def _print_report(data: Any) -> None:

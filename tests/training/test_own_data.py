@@ -132,6 +132,9 @@ def test_own_column_names_and_semicolon_separator(tmp_path: Path) -> None:
     )
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout.strip().splitlines()[-1])["users"] == 40
+    # `train --file` reads with the standard names and says where the mapping options are.
+    r = runner.invoke(app, ["train", "--file", str(log), "--cache-dir", str(tmp_path / "cache")])
+    assert r.exit_code == 2 and "`seqrec prepare` options" in r.output
     # An explicit --sep wins over sniffing; a wrong one says what the header looked like.
     r = _prep(["--file", str(log), "--sep", ",", "--user-col", "customer"], tmp_path)
     assert r.exit_code == 2 and "--sep ';'" in r.output
