@@ -237,8 +237,10 @@ def prepare(
             items_id_col=items_id_col,
             allow_missing_text=allow_missing_text,
         )
-    elif name or items_file:
-        _fail("--name and --items-file go with --file (named datasets bring their own text)")
+    elif name or items_file or any((sep, columns, user_col, item_col, time_col, session_col, event_col)):
+        _fail("--name, --items-file and the column options go with --file (named datasets have fixed recipes)")
+    elif (user_core, item_core, min_len) != (5, 5, 3):
+        _fail(f"--user-core/--item-core/--min-len go with --file; {dataset!r} has its published filter")
     data = _load_data(dataset, file, data_dir, cache_dir, force=force, options=options, name=name)
     _print_report(data)
     if file:
