@@ -94,7 +94,7 @@ def recipe_key(paths: Sequence[Path], opts: FileOptions) -> str:
 
 
 def _is_parquet(path: Path) -> bool:
-    return path.suffix == ".parquet" or path.name.endswith(".parquet.gz")
+    return path.suffix == ".parquet"
 
 
 def _header_line(path: Path) -> str:
