@@ -466,3 +466,20 @@ def test_headerless_log_names_its_columns_and_combines_with_a_snapshot_csv(tmp_p
     (tmp_path / "bad.data").write_text("u1\ti1\t4\t1700000000\nu1\ti2\t4\tsoon\n")
     with pytest.raises(DatasetError, match=r"bad.data:2: 'ts' is 'soon'"):
         prepare_files([tmp_path / "bad.data"], opts, cache_dir=tmp_path / "c")
+
+
+def test_session_log_without_user_column_makes_each_session_a_user(tmp_path: Path) -> None:
+    rows = ["1,2014-04-07T10:51:09Z,214536502", "1,2014-04-07T10:54:09Z,214536500", "2,2014-04-07T13:56:37Z,7"]
+    rows += ["2,2014-04-07T13:57:19Z,7", "2,2014-04-07T13:58:37Z,214536502"]
+    log = _write(tmp_path / "clicks.csv", "session_id,timestamp,item_id", rows)
+    r = _cli(f"prepare --file {log} --user-core 1 --item-core 1 --min-len 2 --name clicks --cache-dir {tmp_path}")
+    assert r.exit_code == 0, r.output
+    assert "no user column: each session ('session_id') is its own user" in r.output
+    from training.data import load_dataset
+
+    sess = to_sessions(load_dataset("clicks", cache_dir=tmp_path), "column")
+    assert sess.user_ids == ["1", "2"]
+    assert [[sess.item_ids[k - 1] for k in sess.sequence(u)] for u in range(2)] == [
+        ["214536502", "214536500"],
+        ["7", "7", "214536502"],
+    ]

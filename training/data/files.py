@@ -274,7 +274,7 @@ def read_one(path: Path, opts: FileOptions) -> tuple[Any, dict[str, str | None],
     time = _pick(path, cols, "time", opts.time_col, opts.time_col is not None)
     event = _pick(path, cols, "event", opts.event_col, opts.event_col is not None)
     notes: list[str] = []
-    for role, c in (("user", user), ("item", item)):
+    for role, c in (("user", user or session), ("item", item)):
         null = df[c].is_null()
         if df[c].dtype == pl.String:
             null = null | (df[c].str.strip_chars() == "")
