@@ -483,3 +483,14 @@ def test_session_log_without_user_column_makes_each_session_a_user(tmp_path: Pat
         ["214536502", "214536500"],
         ["7", "7", "214536502"],
     ]
+
+
+def test_ragged_and_non_utf8_lines_are_named(tmp_path: Path) -> None:
+    from training.data import prepare_files
+
+    (tmp_path / "ragged.csv").write_text("user_id,item_id,timestamp\nu1,i1,1\nu1,i2,2,oops,more\n")
+    with pytest.raises(DatasetError, match=r"ragged.csv:3: 5 fields, the header has 3"):
+        prepare_files([tmp_path / "ragged.csv"], cache_dir=tmp_path / "c")
+    (tmp_path / "latin.csv").write_bytes("user_id,item_id,timestamp\nJosé,café,1\n".encode("latin-1"))
+    with pytest.raises(DatasetError, match=r"latin.csv:2: not UTF-8 .*iconv"):
+        prepare_files([tmp_path / "latin.csv"], cache_dir=tmp_path / "c")

@@ -143,8 +143,41 @@ def _read_frame(path: Path, sep: str | None, columns: Sequence[str] | None = Non
         raise
     except Exception as exc:  # polars raises many error types; all mean "can't parse"
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise DatasetError(f"{path}: cannot parse as {'Parquet' if _is_parquet(path) else 'CSV'}: {first}") from None
+        where = None if _is_parquet(path) else _find_bad_line(path, sep or ",", columns)
+        raise DatasetError(
+            where or f"{path}: cannot parse as {'Parquet' if _is_parquet(path) else 'CSV'}: {first}"
+        ) from None
     return df
+
+
+def _find_bad_line(path: Path, sep: str, columns: Sequence[str] | None) -> str | None:
+    """The first line that is not UTF-8 or has another field count than the header (or None)."""
+    import csv
+
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as fh:  # type: ignore[operator]
+        raw = fh.read()
+    for lineno, line in enumerate(raw.splitlines(), 1):
+        try:
+            line.decode("utf-8")
+        except UnicodeDecodeError:
+            return (
+                f"{path}:{lineno}: not UTF-8 ({line[:60]!r}); convert the file, e.g. "
+                f"`iconv -f latin1 -t utf-8 {path.name} > {path.stem}.utf8{path.suffix}`"
+            )
+    width = len(columns) if columns else None
+    rows = csv.reader(raw.decode("utf-8").splitlines(), delimiter=sep)
+    for lineno, row in enumerate(rows, 1):
+        if not row:
+            continue
+        if width is None:
+            width = len(row)
+        elif len(row) != width:
+            return (
+                f"{path}:{lineno}: {len(row)} fields, the header has {width} ({sep!r}-separated); "
+                f"fix that line, or quote values that contain {sep!r}"
+            )
+    return None
 
 
 def _pick(path: Path, columns: list[str], role: str, mapped: str | None, required: bool) -> str | None:
@@ -192,7 +225,7 @@ def _parse_time(path: Path, df, col: str, parquet: bool) -> tuple[np.ndarray, st
         us = (
             s.dt.replace_time_zone(None).dt.epoch("us").to_numpy() if s.dtype.time_zone else s.dt.epoch("us").to_numpy()
         )
-        return _maybe_fraction(us / 1e6), f"{col!r}: datetimes"
+        return _maybe_fraction(us / 1e6), f"{col!r}: datetimes" + _fraction_note(us / 1e6)
     if s.dtype.is_integer():
         return s.cast(pl.Int64).to_numpy(), f"{col!r}: epoch seconds"
     if s.dtype.is_float():
