@@ -107,6 +107,8 @@ def main(out: Path) -> None:
     (bad / "yesterday.csv").write_text(head + "u1,i1,1700000000\nu1,i2,yesterday\nu1,i3,1700000100\n")
     (bad / "bad_iso.csv").write_text(head + "u1,i1,2024-01-31T10:00:00Z\nu1,i2,2024-02-30T10:00:00Z\n")
     (bad / "header_only.csv").write_text(head)
+    (bad / "ragged.csv").write_text(head + "u1,i1,1700000000\nu1,i2,1700000060,gift,wrapped\n")
+    (bad / "latin1.csv").write_bytes((head + "José,café,1700000000\n").encode("latin-1"))
     (bad / "float_times.csv").write_text(
         head + "".join(f"u{u},i{(u + k) % 7},{1700000000 + k * 0.25:.2f}\n" for u in range(6) for k in range(6))
     )
