@@ -56,7 +56,7 @@ ENCODE_BATCH = 256
 
 Item = dict[str, Any]  # item_id, title, description?, categories?, brand?
 Encoded = dict[str, dict[str, tuple[str, np.ndarray]]]  # encoding key -> item id -> (text hash, vector)
-Ready = dict[str, dict[str, np.ndarray]]  # bundle name -> item id -> vector to add
+Ready = dict[str, dict[str, tuple[str, np.ndarray]]]  # bundle name -> item id -> (text hash, vector) to add
 
 
 @dataclass
@@ -368,6 +368,13 @@ def _text_bundles(registry: Registry) -> list[Any]:
     return [b for b in registry.bundles.values() if b.takes_text]
 
 
+def _stale(bundle: Any, item_id: str, th: str) -> bool:
+    """Whether `bundle` lacks the item, or holds it (added online) from another text."""
+    if item_id not in bundle.index_of:
+        return True
+    return item_id in bundle.online and bundle.online[item_id] != th
+
+
 async def encode(registry: Registry, items: list[Item], shared: ItemRegistry) -> tuple[Ready, Encoded]:
     """Vectors for the items that some text-capable bundle of `registry` lacks: read from the
     shared cache where present for this bundle version and text, encoded (off the event loop)
@@ -375,11 +382,12 @@ async def encode(registry: Registry, items: list[Item], shared: ItemRegistry) ->
     ready: Ready = {}
     fresh: Encoded = {}
     for bundle in _text_bundles(registry):
-        todo = [it for it in items if it["item_id"] not in bundle.index_of]
-        if not todo:
-            continue
-        texts = {it["item_id"]: bundle.item_text(it) for it in todo}
+        texts = {it["item_id"]: bundle.item_text(it) for it in items}
         hashes = {i: text_hash(t) for i, t in texts.items()}
+        # New to the bundle, or registered before with another text (then its vector changes too).
+        texts = {i: t for i, t in texts.items() if _stale(bundle, i, hashes[i])}
+        if not texts:
+            continue
         try:
             cached = await shared.vectors(bundle.encoding_key, list(texts))
         except StoreUnavailable as exc:
@@ -392,7 +400,7 @@ async def encode(registry: Registry, items: list[Item], shared: ItemRegistry) ->
             ids = miss[start : start + ENCODE_BATCH]
             vecs = await asyncio.to_thread(bundle.encode_texts, [texts[i] for i in ids])
             new.update({i: (hashes[i], v) for i, v in zip(ids, vecs, strict=True)})
-        ready[bundle.name] = {i: c[1] for i, c in {**hit, **new}.items()}
+        ready[bundle.name] = {**hit, **new}
         fresh[bundle.encoding_key] = new
     return ready, fresh
 
@@ -402,9 +410,11 @@ def add_encoded(registry: Registry, items: list[Item], ready: Ready) -> dict[str
     check and the add, so concurrent ingests of one item cannot add it twice."""
     for bundle in _text_bundles(registry):
         vecs = ready.get(bundle.name, {})
-        keep = [i for i in vecs if i not in bundle.index_of]
+        keep = [i for i, (th, _) in vecs.items() if _stale(bundle, i, th)]
         if keep:
-            bundle.add_items(keep, np.stack([vecs[i] for i in keep]))
+            bundle.remove_items(keep)  # those registered before with another text
+            bundle.add_items(keep, np.stack([vecs[i][1] for i in keep]))
+            bundle.online.update({i: vecs[i][0] for i in keep})
     return {it["item_id"]: [b.name for b in registry.bundles.values() if it["item_id"] in b.index_of] for it in items}
 
 

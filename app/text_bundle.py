@@ -100,7 +100,9 @@ class TextBundle(Bundle):
             raise BundleError("text section: text_encoder and seq_encoder must each declare two inputs")
         super().__init__(path, manifest, ann_threshold)
         self.index = WithoutRemoved(self.index)
-        self.online: set[str] = set()  # ids added at serving time (the only ones that can be removed)
+        # Items added at serving time (the only ones that can be removed) -> hash of the text they were
+        # encoded from (set by app/items.py), so a re-registered item with a new text is re-encoded.
+        self.online: dict[str, str] = {}
         files = manifest.get("files", {})
         what = {f: files.get(f) for f in (te["file"], ada["file"], text["tokenizer"])}
         self.encoding_key = hashlib.sha256(json.dumps([what, self.compose], sort_keys=True).encode()).hexdigest()[:16]
@@ -113,7 +115,8 @@ class TextBundle(Bundle):
         """Stop serving items added online; returns those that were held. Catalogue items stay."""
         gone = [i for i in dict.fromkeys(ids) if i in self.online]
         labels = [self.index_of.pop(i) for i in gone]
-        self.online.difference_update(gone)
+        for i in gone:
+            del self.online[i]
         if labels:
             idx = self.index
             assert isinstance(idx, WithoutRemoved)
@@ -168,7 +171,7 @@ class TextBundle(Bundle):
     def add_items(self, ids: Sequence[str], vectors: np.ndarray) -> np.ndarray:
         vectors = np.asarray(vectors, dtype=np.float32).reshape(len(ids), self.dim)
         idx = super().add_items(ids, vectors)
-        self.online.update(ids)
+        self.online.update(dict.fromkeys(ids, ""))
         need = self._rows + len(ids)
         if need > len(self._vecs):
             grown = np.zeros((2 * need, self.dim), np.float32)
