@@ -27,9 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from benchmarks.machine import machine_info  # noqa: E402
+from benchmarks.machine import machine_info
 
 KEY = {"X-API-Key": "bench-key"}
 
