@@ -249,3 +249,9 @@ def test_token_buckets_are_per_caller() -> None:
     assert b.take("b", now=0.0) == 0.0  # another key has its own budget
     assert b.take("a", now=1.0) == 0.0  # refilled at the rate
     assert b.take("a", now=1.0) > 0
+
+
+def test_405_lists_every_method_of_the_path(client: TestClient) -> None:
+    # GET and DELETE /items/{item_id} are two routes; Allow must name both.
+    r = client.options("/items/x")
+    assert r.status_code == 405 and r.headers["allow"] == "DELETE, GET"
