@@ -327,7 +327,11 @@ class RedisItems:
                 self.subscribed.set()
                 yield Announcement(resync=True)
                 while True:
-                    msg = await pubsub.get_message(timeout=5.0)
+                    msg = await pubsub.get_message(timeout=1.0)
+                    task = asyncio.current_task()
+                    if task is not None and task.cancelling():
+                        # redis-py's timed read can swallow a cancellation: honour it here.
+                        raise asyncio.CancelledError
                     if msg is not None and msg.get("type") == "message":
                         yield _parse(msg["data"])
             except (*_ERRORS, StoreUnavailable) as exc:
