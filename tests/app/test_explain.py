@@ -215,6 +215,12 @@ def test_similar_items_of_an_item_posted_a_second_ago(unisrec_bundle: Path) -> N
         b = c.app.state.seqrec.registry.get(None)
         labels, _ = b.spaces["output"].neighbours(b.index_of[twin], len(b.item_ids))
         assert b.index_of["fresh-1"] in labels.tolist() and b.index_of[twin] not in labels.tolist()
+        fresh = b.index_of["fresh-1"]
+        # Deleted: no longer anyone's neighbour, and its own similar items are a 404.
+        assert c.delete("/items/fresh-1", headers=KEY).status_code == 200
+        assert c.get("/items/fresh-1/similar").status_code == 404
+        labels, _ = b.spaces["output"].neighbours(b.index_of[twin], len(b.item_ids))
+        assert fresh not in labels.tolist()
 
 
 def _ild(unit: np.ndarray) -> float:
