@@ -94,9 +94,11 @@ class Bundle:
         self._vecs[1 : n + 1] = table
         self._rows = n + 1
         # Cosine spaces for similar items and diversity; clusters for max_per_cluster (app/diversity.py).
-        self.spaces: dict[str, ItemSpace] = load_spaces(path, manifest, table, ann_threshold)
+        files = manifest["files"]
+        self.spaces: dict[str, ItemSpace] = load_spaces(path, manifest.get("item_spaces"), files, table, ann_threshold)
         every = np.arange(1, n + 1, dtype=np.int64)
-        self.clusters: Clusters | None = load_clusters(path, manifest, self.spaces[OUTPUT_SPACE].unit(every))
+        unit = self.spaces[OUTPUT_SPACE].unit(every)
+        self.clusters: Clusters | None = load_clusters(path, manifest.get("clusters"), files, unit)
         self._check_runs()
 
     @classmethod

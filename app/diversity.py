@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import numpy as np
 from fastapi import HTTPException, Query
 
-from app.similar import OUTPUT_SPACE, unit_rows
+from app.similar import OUTPUT_SPACE, as_dict, unit_rows
 
 if TYPE_CHECKING:
     from app.bundle import Bundle
@@ -49,14 +49,14 @@ class Clusters:
         self._of = np.concatenate([self._of, np.argmax(unit @ self.centroids.T, axis=1)])
 
 
-def load_clusters(path: Path, manifest: dict[str, Any], unit: np.ndarray) -> Clusters | None:
+def load_clusters(path: Path, meta: Any, files: dict[str, str], unit: np.ndarray) -> Clusters | None:
     """clusters.npy as the manifest's `clusters` section names it; None for bundles without one."""
     from app.bundle import BundleError  # late: app.bundle imports this module
 
-    meta = manifest.get("clusters")
+    meta = as_dict(meta)
     if meta is None:
         return None
-    if not isinstance(meta, dict) or meta.get("file") not in manifest.get("files", {}):
+    if not isinstance(meta, dict) or meta.get("file") not in files:
         raise BundleError("manifest clusters must name a file that has a checksum in the manifest")
     assign = np.load(path / meta["file"], allow_pickle=False)
     if assign.shape != (len(unit),) or assign.dtype.kind not in "iu" or (len(assign) and assign.min() < 0):

@@ -73,18 +73,27 @@ class ItemSpace:
         return labels[0][ok], scores[0][ok]
 
 
-def load_spaces(path: Path, manifest: dict[str, Any], table: np.ndarray, ann_threshold: int) -> dict[str, ItemSpace]:
-    """The `output` space from the item table, plus every space the manifest declares."""
+def as_dict(section: Any) -> Any:
+    """A manifest section as plain JSON data (a pydantic section or already a dict)."""
+    return section.model_dump() if hasattr(section, "model_dump") else section
+
+
+def load_spaces(
+    path: Path, declared: Any, files: dict[str, str], table: np.ndarray, ann_threshold: int
+) -> dict[str, ItemSpace]:
+    """The `output` space from the item table, plus every space the manifest's `item_spaces` declares."""
     from app.bundle import BundleError  # late: app.bundle imports this module
 
     spaces = {OUTPUT_SPACE: ItemSpace(OUTPUT_SPACE, table, ann_threshold)}
-    declared = manifest.get("item_spaces") or {}
+    declared = declared or {}
+    if isinstance(declared, dict):
+        declared = {name: as_dict(meta) for name, meta in declared.items()}
     if not isinstance(declared, dict):
         raise BundleError("manifest item_spaces must be an object (name -> {file, dim})")
     for name, meta in declared.items():
         if name == OUTPUT_SPACE or not isinstance(meta, dict) or "file" not in meta:
             raise BundleError(f"manifest item_spaces.{name} must name a file (and not be {OUTPUT_SPACE!r})")
-        if meta["file"] not in manifest.get("files", {}):
+        if meta["file"] not in files:
             raise BundleError(f"item space {name!r}: {meta['file']} has no checksum in the manifest")
         vecs = np.load(path / meta["file"], allow_pickle=False)
         want = (len(table), int(meta.get("dim", vecs.shape[-1])))
