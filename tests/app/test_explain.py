@@ -306,9 +306,16 @@ def test_export_writes_clusters(kind_bundles) -> None:
 
 
 def test_layer_vectors_need_a_bidirectional_encoder(tiny_run: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from training.cli import app as cli
+
     with pytest.raises(ExportError, match="layer_vectors"):
         export_bundle(tiny_run / "best.pt", tmp_path, name="no-layers", layer_vectors=True)
     assert not (tmp_path / "no-layers").exists()
+    args = ["export", str(tiny_run / "best.pt"), "--out", str(tmp_path), "--name", "x", "--layer-vectors"]
+    r = CliRunner().invoke(cli, args)
+    assert r.exit_code != 0 and "layer_vectors" in r.output and not (tmp_path / "x").exists()
 
 
 @pytest.mark.parametrize("ann_threshold", [0, 10**9])  # HNSW, exact
