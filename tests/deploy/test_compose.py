@@ -2,7 +2,7 @@
 
 - docker-compose.yml validates against the Compose specification's JSON schema (the copy
   check-jsonschema ships as `vendor.compose-spec`), and a broken copy is rejected;
-- the topology the issue asks for is there (AOF volume, health checks, noeviction, read-only
+- the intended topology is there (AOF volume, health checks, noeviction, read-only
   bundles, env-file API key, train profile);
 - both Dockerfiles pass hadolint and the serving image's structural promises hold;
 - the shell scripts parse.
@@ -145,7 +145,7 @@ def test_serving_image_structure() -> None:
 def test_training_image_structure() -> None:
     text = dockerfile("Dockerfile.train")
     assert ".[train]" in text and "train-job.sh" in text
-    # jemalloc preloaded, purging off: glibc's heap held 5x the memory (README "Training memory")
+    # jemalloc preloaded, purging off: glibc's heap held 5x the memory (docs/results/training-speed.md)
     assert "libjemalloc2" in text and re.search(r"LD_PRELOAD=/usr/local/lib/libjemalloc\.so\.2", text)
     assert "dirty_decay_ms:-1" in text
     users = re.findall(r"^USER\s+(\S+)", text, re.M)
