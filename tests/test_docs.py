@@ -95,6 +95,25 @@ def test_results_table_rows_link_a_recipe_and_quote_their_result_file() -> None:
         )
 
 
+def test_results_pages_quote_their_training_result_files() -> None:
+    """Each table row of docs/results/*.md that links a training result quotes its test metrics."""
+    checked = 0
+    for md in sorted((ROOT / "docs" / "results").glob("*.md")):
+        for row in md.read_text(encoding="utf-8").splitlines():
+            links = [t for t in LINK.findall(row) if t.endswith(".json") and "/train-" in t]
+            pair = re.search(r"(\d\.\d{4}) / (\d\.\d{4})", row)
+            if not row.startswith("|") or not links or not pair or "Recall@20" in row:
+                continue
+            result = json.loads((md.parent / links[0]).resolve().read_text(encoding="utf-8"))
+            test = result["test"]
+            quoted = (float(pair.group(1)), float(pair.group(2)))
+            assert quoted == (round(test["ndcg@10"], 4), round(test["hr@10"], 4)), (
+                f"{md.name}: {links[0]} holds test {test['ndcg@10']:.4f} / {test['hr@10']:.4f}, the row says {quoted}"
+            )
+            checked += 1
+    assert checked >= 40, f"only {checked} result rows checked: did the tables change shape?"
+
+
 def tracked_text_files() -> list[Path]:
     try:
         out = subprocess.run(
