@@ -114,6 +114,23 @@ def test_results_pages_quote_their_training_result_files() -> None:
     assert checked >= 40, f"only {checked} result rows checked: did the tables change shape?"
 
 
+def test_documented_settings_exist() -> None:
+    """Every SEQREC_* variable the README or the docs pages name is read somewhere in the code."""
+    from app.settings import Settings
+
+    known = {f"SEQREC_{name.upper()}" for name in Settings.model_fields}
+    for p in tracked_text_files():
+        if p.suffix != ".md":
+            known |= set(re.findall(r"SEQREC_[A-Z0-9_]+", p.read_text(encoding="utf-8", errors="replace")))
+    stale = sorted(
+        f"{md.relative_to(ROOT)}: {name}"
+        for md in markdown_files()
+        for name in set(re.findall(r"SEQREC_[A-Z0-9_]+", md.read_text(encoding="utf-8")))
+        if name not in known
+    )
+    assert not stale, "settings the docs name but no code reads:\n" + "\n".join(stale)
+
+
 def tracked_text_files() -> list[Path]:
     try:
         out = subprocess.run(
