@@ -131,6 +131,20 @@ def test_documented_settings_exist() -> None:
     assert not stale, "settings the docs name but no code reads:\n" + "\n".join(stale)
 
 
+def test_tests_named_in_the_docs_exist() -> None:
+    """The fault table and the results pages name tests as proof; each named test must exist."""
+    defined = set()
+    for p in (ROOT / "tests").rglob("test_*.py"):
+        defined |= set(re.findall(r"^(?:async )?def (test_\w+)", p.read_text(encoding="utf-8"), re.MULTILINE))
+    missing = sorted(
+        f"{md.relative_to(ROOT)}: {name}"
+        for md in markdown_files()
+        for name in set(re.findall(r"`(?:[\w/.]+::)?(test_\w+)(?:\[[^\]`]*\])?`", md.read_text(encoding="utf-8")))
+        if name not in defined
+    )
+    assert not missing, "tests the docs name but the suite does not have:\n" + "\n".join(missing)
+
+
 def tracked_text_files() -> list[Path]:
     try:
         out = subprocess.run(
