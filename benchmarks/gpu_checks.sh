@@ -63,7 +63,7 @@ run() {  # run NAME ARGS...: one train_quality run, its log kept, a failure repo
     fi
 }
 
-# The SASRec ML-1M recipe (docs/results/sasrec.md, "the user's own items are not negatives"); the parts add depth and budgets.
+# The SASRec ML-1M recipe (README, "The user's own items are not negatives"); the parts add depth and budgets.
 SASREC=(--model sasrec --dataset ml-1m --set positions=absolute --set init_std=0.02 --set dropout=0.1
     --train lr=0.001 --train eval_every=1 --train patience=10 --train epochs=200 --train seed=42
     --train extra.exclude_seen=true)

@@ -151,7 +151,7 @@ MODELS: dict[str, ModelSpec] = {
     # Adam lr 1e-4 for 400k steps. Ours: lr 1e-3, batch 32, length-bucketed batches. BERT4Rec is
     # step-starved (ML-1M has 6,040 users: 47 steps an epoch at batch 128), and bucketing cuts
     # the padded cells of an epoch 1.8x; on one CPU thread this reaches validation NDCG@10 0.129
-    # in 49 min where batch 128 / lr 2e-3 unbucketed needed 94 min (docs/results/bert4rec.md). lr 2e-3 at batch 64
+    # in 49 min where batch 128 / lr 2e-3 unbucketed needed 94 min (README). lr 2e-3 at batch 64
     # stalls on the early plateau (0.020 after 8 epochs vs 0.039 at lr 1e-3, batch 32).
     "bert4rec": ModelSpec(
         "bert4rec",
