@@ -2,7 +2,7 @@
 
 Why in-process: it costs no extra Redis round trip on the write path and keeps working
 (and keeps shedding load) when Redis is down. The price: with R processes behind a load
-balancer a caller gets up to R x the rate (see docs/deploy.md, Scaling). A caller is its API key
+balancer a caller gets up to R x the rate (see README, Deployment). A caller is its API key
 (hashed: the raw secret is not kept as a dict key), or its client address when no key is sent.
 """
 

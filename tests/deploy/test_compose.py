@@ -145,7 +145,7 @@ def test_serving_image_structure() -> None:
 def test_training_image_structure() -> None:
     text = dockerfile("Dockerfile.train")
     assert ".[train]" in text and "train-job.sh" in text
-    # jemalloc preloaded, purging off: glibc's heap held 5x the memory (docs/results/training-speed.md)
+    # jemalloc preloaded, purging off: glibc's heap held 5x the memory (README "Training memory")
     assert "libjemalloc2" in text and re.search(r"LD_PRELOAD=/usr/local/lib/libjemalloc\.so\.2", text)
     assert "dirty_decay_ms:-1" in text
     users = re.findall(r"^USER\s+(\S+)", text, re.M)
