@@ -32,13 +32,25 @@ from app.ratelimit import TokenBuckets  # noqa: E402
 from app.routes import events, items, ops, recommend, ui  # noqa: E402
 from app.settings import Settings  # noqa: E402
 from app.state import AppState  # noqa: E402
-from app.stores import EventStore, MemoryStore, RedisStore  # noqa: E402
+from app.stores import ClusterStore, EventStore, MemoryStore, RedisStore, is_cluster_url  # noqa: E402
 from app.watch import watch_bundles  # noqa: E402
 
 log = logging.getLogger("seqrec.app")
 
 
 def make_store(settings: Settings) -> EventStore:
+    if settings.redis_url and (settings.redis_cluster or is_cluster_url(settings.redis_url)):
+        return ClusterStore(
+            settings.redis_url,
+            settings.max_history,
+            settings.history_ttl_s,
+            prefix=settings.key_prefix,
+            timeout_s=settings.redis_timeout_s,
+            pool_size=settings.redis_pool_size,
+            write_timeout_s=settings.redis_write_timeout_s,
+            wait_replicas=settings.redis_wait_replicas,
+            wait_timeout_ms=settings.redis_wait_timeout_ms,
+        )
     if settings.redis_url:
         return RedisStore(
             settings.redis_url,
@@ -54,6 +66,10 @@ def make_store(settings: Settings) -> EventStore:
 
 
 def make_items(settings: Settings, store: EventStore) -> ItemRegistry:
+    if isinstance(store, ClusterStore) and settings.redis_url:
+        from app.cluster_items import ClusterItems
+
+        return ClusterItems(store, settings.redis_url, settings.key_prefix, settings.redis_timeout_s)
     if isinstance(store, RedisStore) and settings.redis_url:
         return RedisItems(store.redis, settings.redis_url, settings.key_prefix, settings.redis_timeout_s)
     return MemoryItems()
