@@ -24,6 +24,7 @@ replica without a restart. Meanwhile the dead master's users are answered 503, n
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -40,6 +41,7 @@ from redis.exceptions import RedisClusterException, RedisError, ResponseError
 from app.stores.base import AppendResult, Event, StoreUnavailable, items_of, member
 from app.stores.redis import APPEND_LUA
 
+log = logging.getLogger("seqrec.app")
 _ERRORS = (RedisError, RedisClusterException, OSError, asyncio.TimeoutError)
 CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
 # Answers that mean "the slot map this process holds is out of date" (resharding, failover).
@@ -148,11 +150,13 @@ class ClusterStore:
             # Serve the slots that have a master while another master is down (its users get 503 / popularity).
             "require_full_coverage": False,
         }
+        # The cluster client holds the slot map (and serves the item registry); events go through plain
+        # clients of each master, so a batch is one pipeline per master and WAIT sees its writes.
         self.redis = RedisCluster(decode_responses=True, **cluster_opts)
-        # History reads take raw bytes, as in RedisStore (one decode per history, not per member).
-        self.raw = RedisCluster(decode_responses=False, **cluster_opts)
         self.pool_size = pool_size
-        self._nodes: dict[str, Redis] = {}  # "host:port" -> a plain client of that master (write pipelines)
+        self._nodes: dict[str, Redis] = {}  # "host:port" -> a client of that master
+        # History reads take raw bytes, as in RedisStore (one decode per history, not per member).
+        self._raw: dict[str, Redis] = {}
         self._stale = True
         self._refreshed = 0.0
         self._refreshed_once = False
@@ -185,20 +189,26 @@ class ClusterStore:
                     else:
                         await self.redis.initialize()
             except _ERRORS as exc:
-                raise StoreUnavailable(f"redis cluster: cannot load the slot map: {type(exc).__name__}: {exc}") from exc
-            self._stale = False
+                if not self._refreshed_once:
+                    raise StoreUnavailable(
+                        f"redis cluster: cannot load the slot map: {type(exc).__name__}: {exc}"
+                    ) from exc
+                # Keep the map held so far: the masters that still answer keep taking their users' writes.
+                log.warning("redis cluster: cannot reload the slot map: %s: %s", type(exc).__name__, exc)
+                return
             self._refreshed_once = True
 
     def _master(self, user_id: str) -> str:
         node = self.redis.nodes_manager.get_node_from_slot(key_slot(self.key(user_id).encode()))
         return node.name
 
-    def _client(self, name: str) -> Redis:
-        c = self._nodes.get(name)
+    def _client(self, name: str, raw: bool = False) -> Redis:
+        clients = self._raw if raw else self._nodes
+        c = clients.get(name)
         if c is None:
             host, _, port = name.rpartition(":")
-            c = Redis(host=host, port=int(port), decode_responses=True, max_connections=self.pool_size, **self._opts)
-            self._nodes[name] = c
+            c = Redis(host=host, port=int(port), decode_responses=not raw, max_connections=self.pool_size, **self._opts)
+            clients[name] = c
         return c
 
     # ------------------------------------------------------------------ writes
@@ -274,9 +284,10 @@ class ClusterStore:
         n = self.max_history if n is None else n
         try:
             async with asyncio.timeout(self.read_timeout_s):
-                members = await self.raw.zrange(self.key(user_id), -n, -1)
+                await self._topology()
+                members = await self._client(self._master(user_id), raw=True).zrange(self.key(user_id), -n, -1)
         except _ERRORS as exc:
-            self._stale = True
+            self._stale = True  # a dead master or a moved slot: reload the map before the next command
             raise StoreUnavailable(f"redis cluster: {type(exc).__name__}: {exc}") from exc
         return items_of(members)
 
@@ -289,7 +300,6 @@ class ClusterStore:
             return False
 
     async def close(self) -> None:
-        for c in self._nodes.values():
+        for c in [*self._nodes.values(), *self._raw.values()]:
             await c.aclose()
         await self.redis.aclose()
-        await self.raw.aclose()
