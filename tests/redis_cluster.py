@@ -66,7 +66,9 @@ class ClusterProcs:
         args += ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]
         args += ["--cluster-node-timeout", str(self.node_timeout_ms), "--save", "", "--appendonly", "no"]
         # A replica may be promoted however stale it is: the test kills masters under load on purpose.
-        args += ["--cluster-replica-validity-factor", "0", "--protected-mode", "no", *self.extra]
+        args += ["--cluster-replica-validity-factor", "0", "--protected-mode", "no"]
+        # The masters still up keep serving their slots while one is down (the default stops them all).
+        args += ["--cluster-require-full-coverage", "no", "--repl-diskless-sync-delay", "0", *self.extra]
         self.procs[port] = subprocess.Popen(args, cwd=d, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def start(self, timeout_s: float = 30) -> ClusterProcs:
@@ -109,7 +111,18 @@ class ClusterProcs:
                     return False
             except subprocess.TimeoutExpired:
                 return False
-        return len(self.master_ports()) == self.masters
+        return len(self.master_ports()) == self.masters and self.replicas_synced()
+
+    def replicas_synced(self) -> bool:
+        """Every live replica has finished its sync (else a failover would promote an empty one)."""
+        for p in self.alive():
+            try:
+                info = self._cmd(p, "info", "replication")
+            except subprocess.TimeoutExpired:
+                return False
+            if "role:slave" in info and "master_link_status:up" not in info:
+                return False
+        return True
 
     def master_ports(self) -> list[int]:
         """Ports of the live masters that own slots, as a live node sees them."""

@@ -203,7 +203,8 @@ def test_master_killed_under_write_load(
     pipe = cl.pipeline()
     for e in acked:
         pipe.zscore(probe.key(e[1]), f"{e[2]}\x1f{e[3]}")
-    lost = sum(s is None for s in pipe.execute())
+    scores = pipe.execute()
+    lost = sum(s is None for s in scores)
     cl.close()
     asyncio.run(probe.close())
     print(
