@@ -25,9 +25,9 @@ from redis.cluster import RedisCluster as SyncCluster
 
 from app.stores import ClusterStore, Event, PartialAppend, StoreUnavailable
 from app.stores.cluster import startup_nodes, tag, user_of_tag
+from scripts.local_cluster import ClusterProcs
 from tests.app.test_items import unisrec_bundle  # noqa: F401  (a tiny UniSRec: takes new items by text)
 from tests.deploy.conftest import API_KEY, wait_for
-from tests.redis_cluster import ClusterProcs
 
 KEY = {"X-API-Key": API_KEY}
 
