@@ -37,13 +37,21 @@ def free_ports(n: int) -> list[int]:
 class ClusterProcs:
     """Six redis-server processes forming one cluster; nodes can be killed (kill -9) by port."""
 
-    def __init__(self, workdir: Path, masters: int = 3, node_timeout_ms: int = 1000, extra: list[str] | None = None):
+    def __init__(
+        self,
+        workdir: Path,
+        masters: int = 3,
+        node_timeout_ms: int = 1000,
+        conf: Path | None = None,
+        extra: list[str] | None = None,
+    ) -> None:
         self.server = shutil.which("redis-server")
         self.cli = shutil.which("redis-cli")
         self.dir = workdir
         self.n = masters * 2
         self.masters = masters
         self.node_timeout_ms = node_timeout_ms
+        self.conf = conf  # docker/redis-cluster.conf: what compose runs; None: no persistence (benchmarks)
         self.extra = extra or []
         self.ports = free_ports(self.n)
         self.procs: dict[int, subprocess.Popen] = {}
@@ -60,13 +68,15 @@ class ClusterProcs:
     def _start_node(self, port: int) -> None:
         d = self.dir / str(port)
         d.mkdir(parents=True, exist_ok=True)
-        args = [self.server, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(d)]
+        args = [self.server] if self.conf is None else [self.server, str(self.conf)]
+        args += ["--port", str(port), "--bind", "127.0.0.1", "--dir", str(d), "--daemonize", "no"]
         args += ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]
-        args += ["--cluster-node-timeout", str(self.node_timeout_ms), "--save", "", "--appendonly", "no"]
-        # A replica may be promoted however stale it is: the test kills masters under load on purpose.
-        args += ["--cluster-replica-validity-factor", "0", "--protected-mode", "no"]
-        # The masters still up keep serving their slots while one is down (the default stops them all).
-        args += ["--cluster-require-full-coverage", "no", "--repl-diskless-sync-delay", "0", *self.extra]
+        args += ["--cluster-node-timeout", str(self.node_timeout_ms)]
+        if self.conf is None:
+            args += ["--save", "", "--appendonly", "no", "--protected-mode", "no"]
+            # The masters still up keep serving their slots while one is down (the default stops them all).
+            args += ["--cluster-require-full-coverage", "no", "--repl-diskless-sync-delay", "0"]
+        args += self.extra
         self.procs[port] = subprocess.Popen(args, cwd=d, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def start(self, timeout_s: float = 30) -> ClusterProcs:
@@ -171,4 +181,3 @@ class ClusterProcs:
         for pr in self.procs.values():
             pr.wait(timeout=10)
         self.procs.clear()
-

@@ -28,6 +28,7 @@ from app.stores.cluster import startup_nodes, tag, user_of_tag
 from scripts.local_cluster import ClusterProcs
 from tests.app.test_items import unisrec_bundle  # noqa: F401  (a tiny UniSRec: takes new items by text)
 from tests.deploy.conftest import API_KEY, wait_for
+from tests.redis_cluster import CLUSTER_CONF
 
 KEY = {"X-API-Key": API_KEY}
 
@@ -44,7 +45,7 @@ def sync_client(c: ClusterProcs) -> SyncCluster:
 @pytest.fixture
 def fresh_cluster(tmp_path: Path) -> Iterator[ClusterProcs]:
     """A cluster of its own for a test that kills nodes (the session one stays intact)."""
-    c = ClusterProcs(tmp_path / "cluster")
+    c = ClusterProcs(tmp_path / "cluster", conf=CLUSTER_CONF)
     if not c.available:
         pytest.skip("redis-server / redis-cli are not installed: the Redis Cluster tests need both")
     c.start()
