@@ -264,3 +264,28 @@ def test_items_reach_another_process_across_the_cluster(
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.communicate()
+
+
+def test_compose_cluster_profile() -> None:
+    """Six nodes on the cluster config and fixed addresses, a one-shot join, and an API naming every node."""
+    from tests.deploy.test_compose import load_compose
+
+    c = load_compose()
+    services = c["services"]
+    nodes = {n: s for n, s in services.items() if n.startswith("redis-node-")}
+    assert len(nodes) == 6 and all(s["profiles"] == ["cluster"] for s in nodes.values())
+    for name, s in nodes.items():
+        assert f"{name}:/data" in s["volumes"] and name in c["volumes"]
+        assert "./docker/redis-cluster.conf:/usr/local/etc/redis/redis.conf:ro" in s["volumes"]
+    addrs = {s["networks"]["cluster"]["ipv4_address"] for s in nodes.values()}
+    init = services["redis-cluster-init"]
+    assert set(init["depends_on"]) == set(nodes) and "--cluster-replicas 1" in init["command"][0]
+    assert all(f"{a}:6379" in init["command"][0] for a in addrs)
+    api = services["api-cluster"]
+    assert api["depends_on"]["redis-cluster-init"]["condition"] == "service_completed_successfully"
+    url = api["environment"]["SEQREC_REDIS_URL"]
+    assert url.startswith("redis+cluster://") and all(n in url for n in nodes)
+    assert "cluster" in api["networks"] and "SEQREC_API_KEY" not in api["environment"]
+    conf = (Path(__file__).resolve().parents[2] / "docker" / "redis-cluster.conf").read_text()
+    for line in ("cluster-enabled yes", "cluster-require-full-coverage no", "appendfsync always"):
+        assert f"\n{line}\n" in conf, line
