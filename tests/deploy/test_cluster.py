@@ -289,3 +289,25 @@ def test_compose_cluster_profile() -> None:
     conf = (Path(__file__).resolve().parents[2] / "docker" / "redis-cluster.conf").read_text()
     for line in ("cluster-enabled yes", "cluster-require-full-coverage no", "appendfsync always"):
         assert f"\n{line}\n" in conf, line
+
+
+def test_local_topology_on_a_cluster(cache_dir: Path, tmp_path: Path) -> None:
+    """scripts/local_topology.py --cluster: the train job, six cluster nodes, two APIs sharing them."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    cmd = [sys.executable, "scripts/local_topology.py", "--cluster", "--no-retrain", "--dataset", "ml-100k"]
+    cmd += ["--train-args", "--epochs 1 --max-users 200 --dim 16 --num-layers 1 --max-len 30"]
+    cmd += ["--workdir", str(tmp_path / "topology")]
+    env = {**os.environ, "PYTHONPATH": str(root), "SEQREC_CACHE_DIR": str(cache_dir)}
+    r = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
+    assert "Redis Cluster" in r.stdout
+    checks = {c["check"]: c["ok"] for c in json.loads(r.stdout[r.stdout.rindex("\n{") :])["checks"]}
+    assert checks["API 2 sees API 1's events"] and all(checks.values()), checks
+    for log in (tmp_path / "topology").glob("api*.log"):
+        text = log.read_text()
+        assert "Traceback" not in text
