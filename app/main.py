@@ -19,8 +19,11 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 
 from fastapi import FastAPI, Request  # noqa: E402
+from fastapi.exception_handlers import http_exception_handler  # noqa: E402
 from fastapi.exceptions import RequestValidationError  # noqa: E402
-from fastapi.responses import JSONResponse  # noqa: E402
+from fastapi.responses import JSONResponse, Response  # noqa: E402
+from starlette.exceptions import HTTPException as StarletteHTTPException  # noqa: E402
+from starlette.routing import Match, Route  # noqa: E402
 
 from app.fleet import follow, initial_registry  # noqa: E402
 from app.items import ItemRegistry, MemoryItems, RedisItems, catch_up  # noqa: E402
@@ -134,11 +137,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         summary="Real-time sequential recommendations: events in, next items out.",
         lifespan=lifespan,
     )
-    app.include_router(events.router)
-    app.include_router(items.router)
-    app.include_router(recommend.router)
-    app.include_router(ops.router)
-    app.include_router(ui.router)
+    routers = [events.router, items.router, recommend.router, ops.router, ui.router]
+    for router in routers:
+        app.include_router(router)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -153,6 +154,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         first = errors[0] if errors else {"loc": [], "msg": "invalid request"}
         detail = f"{'.'.join(str(x) for x in first['loc'])}: {first['msg']}"
         return JSONResponse({"detail": detail, "errors": errors[:20]}, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> Response:
+        if exc.status_code == 405:
+            # Starlette names only the first route matching the path; a path served by several
+            # routes (GET and DELETE /items/{item_id}) must list every method it takes.
+            allowed = set()
+            for route in (r for router in routers for r in router.routes):
+                if isinstance(route, Route) and route.matches(request.scope)[0] != Match.NONE:
+                    allowed |= route.methods or set()
+            headers = {**(exc.headers or {}), "Allow": ", ".join(sorted(allowed))}
+            return JSONResponse({"detail": exc.detail}, status_code=405, headers=headers)
+        return await http_exception_handler(request, exc)
 
     document_validation_errors(app)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, timeout_s=settings.body_timeout_s)

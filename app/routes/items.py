@@ -72,7 +72,14 @@ async def get_item(state: State, item_id: IdPath) -> RegisteredItem:
     "/items/{item_id}",
     response_model=ItemDeleted,
     dependencies=[ApiKey, WriteLimit],
-    responses={**_UNKNOWN, **write_responses("Registry unreachable: nothing was deleted, retry (idempotent)")},
+    responses={
+        **_UNKNOWN,
+        **{
+            code: v
+            for code, v in write_responses("Registry unreachable: nothing was deleted, retry (idempotent)").items()
+            if code != 413  # no body to limit
+        },
+    },
 )
 async def delete_item(state: State, item_id: IdPath) -> ItemDeleted:
     """Unregister an item added with POST /items: no API process recommends it any more (the removal

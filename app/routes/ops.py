@@ -14,7 +14,7 @@ from app.bundle import BundleError
 from app.deps import ApiKey, State
 from app.errors import unavailable
 from app.fleet import load_spec, reach, spec_of
-from app.items import swap_in
+from app.items import catch_up, swap_in
 from app.registry import Registry
 from app.schemas import BundleOut, ErrorOut, Health, Ready, ReloadIn, ReloadOut
 from app.stores import StoreUnavailable
@@ -93,7 +93,7 @@ async def reload(state: State, body: ReloadIn | None = None) -> ReloadOut:
         try:
             # Registered items reach the new bundles (their cached vectors, encoding only what is
             # missing) before the configuration is announced, so the other processes find them cached.
-            await swap_in(items, reg, lambda _: None)
+            await catch_up(items, reg)
             generation = await items.publish_config(spec)
         except StoreUnavailable as exc:
             raise unavailable("configuration store", exc, "nothing changed") from exc
