@@ -311,3 +311,53 @@ def test_local_topology_on_a_cluster(cache_dir: Path, tmp_path: Path) -> None:
     for log in (tmp_path / "topology").glob("api*.log"):
         text = log.read_text()
         assert "Traceback" not in text
+
+
+def test_announcements_survive_a_failover_of_their_master(fresh_cluster: ClusterProcs, unisrec_bundle: Path) -> None:  # noqa: F811
+    """kill -9 of the master owning the registry's slot: once its replica is promoted, an item
+    posted to A reaches B again (B resubscribes to the new owner and catches up)."""
+    import subprocess
+
+    from tests.app.test_items import KEY as ITEMS_KEY
+    from tests.app.test_items import _ready, _serve, _texts
+
+    prefix = "items-fo:"
+    cl = sync_client(fresh_cluster)
+    owner = cl.get_node_from_key(f"{prefix}{{items}}:new").port
+    cl.close()
+    procs = [_serve(unisrec_bundle, fresh_cluster.url, prefix) for _ in range(2)]
+    try:
+        for proc, base in procs:
+            _ready(proc, base)
+        (_, a), (_, b) = procs
+        fresh_cluster.kill(owner)
+        wait_for(lambda: len(fresh_cluster.master_ports()) == 3, 30, "a replica promoted")
+        ev = [{"user_id": "fo", "item_id": "1", "timestamp": 1_600_000_000}]
+        wait_for(
+            lambda: httpx.post(f"{a}/events", json={"events": ev}, headers=ITEMS_KEY).status_code == 200, 20, "events"
+        )
+        # B reads the history from the promoted replica (not a popularity fallback) before the twin is taken.
+        wait_for(lambda: httpx.get(f"{b}/recommend/fo").json()["source"] == "model", 20, "B reading the history")
+        twin = httpx.get(f"{b}/recommend/fo", params={"k": 1}).json()["items"][0]["item_id"]
+        item = {"item_id": "cold-fo", "title": _texts(unisrec_bundle)[twin], "categories": []}
+        wait_for(
+            lambda: httpx.post(f"{a}/items", json={"items": [item]}, headers=ITEMS_KEY).status_code == 200,
+            20,
+            "POST /items accepted after the failover",
+        )
+        wait_for(
+            lambda: (
+                "cold-fo" in {x["item_id"] for x in httpx.get(f"{b}/recommend/fo", params={"k": 2}).json()["items"]}
+            ),
+            15,
+            "process B recommending the item posted to A after the failover",
+        )
+    finally:
+        for proc, _ in procs:
+            proc.terminate()
+        for proc, _ in procs:
+            try:
+                proc.communicate(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.communicate()
