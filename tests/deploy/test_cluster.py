@@ -361,3 +361,38 @@ def test_announcements_survive_a_failover_of_their_master(fresh_cluster: Cluster
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.communicate()
+
+
+@pytest.mark.anyio
+async def test_histories_move_from_one_redis_to_the_cluster_and_back(
+    redis_cluster: ClusterProcs, tmp_path: Path
+) -> None:
+    """scripts/migrate_histories.py: one Redis -> cluster -> another Redis, every history intact; twice is a no-op."""
+    from app.stores import RedisStore
+    from scripts.migrate_histories import migrate
+    from tests.deploy.conftest import RedisProc
+
+    prefix = "mig:"
+    one, other = RedisProc(tmp_path / "one").start(), RedisProc(tmp_path / "other").start()
+    src = RedisStore(one.url, 50, 600, prefix=prefix)
+    users = [f"m{i}" for i in range(300)] + ["}odd", "a}b{c", "50%"]
+    want = {u: [f"i{(hash(u) + t) % 40}" for t in range(1 + len(u) % 7)] for u in users}
+    try:
+        await src.append(
+            [Event(u, it, 1_700_000_000 + t, f"e{t}") for u, its in want.items() for t, it in enumerate(its)]
+        )
+        n = sum(len(v) for v in want.values())
+        assert await migrate(one.url, redis_cluster.url, prefix, 50, 600) == {"users": 303, "events": n, "accepted": n}
+        again = await migrate(one.url, redis_cluster.url, prefix, 50, 600)
+        assert again["accepted"] == 0 and again["events"] == n  # idempotent: ids and times kept
+        cl = ClusterStore(redis_cluster.url, 50, 600, prefix=prefix)
+        assert {u: await cl.history(u) for u in users} == want
+        await cl.close()
+        assert (await migrate(redis_cluster.url, other.url, prefix, 50, 600))["accepted"] == n
+        back = RedisStore(other.url, 50, 600, prefix=prefix)
+        assert {u: await back.history(u) for u in users} == want
+        await back.close()
+    finally:
+        await src.close()
+        one.kill()
+        other.kill()
