@@ -1,12 +1,12 @@
 """Redis Cluster store: the same contract as RedisStore (one sorted set per user, the same Lua
 append), spread over the masters of a cluster by hash slot.
 
-Keys. Every key of one user carries the hash tag `{user}`: `{prefix}h:{user}` (history) and
-`{prefix}s:{user}` (served lists), so one user's keys live in one slot, on one master, and a
-script or MULTI over them is legal. A `}` (or `%`) in a user id is written as `%7D` (`%25`) inside
+Keys. Every key of one user carries the hash tag `{user}`: `{prefix}h:{user}` (history) and any
+other per-user key (`user_key(kind, user)` -> `{prefix}{kind}:{user}`), so one user's keys live in
+one slot, on one master, and a script or MULTI over them is legal. A `}` (or `%`) in a user id is written as `%7D` (`%25`) inside
 the tag, so the tag is the whole id, never empty and never cut short; `user_of_key` reverses it.
-The single-Redis store keeps its untagged keys (`{prefix}h:{user}` without braces) so that existing
-data stays readable; `seqrec snapshot` reads both shapes, which is how data moves between the two.
+The single-Redis store keeps its untagged keys (`{prefix}h:` + user, no braces) so that existing
+data stays readable; scripts/migrate_histories.py copies histories between the two shapes.
 
 Writes. A batch is grouped by the master that owns each user's slot and written as one pipeline
 per master, all masters at once. Each pipeline runs on one connection, so an optional `WAIT n t`
@@ -94,7 +94,7 @@ class PartialAppend(StoreUnavailable):
 
     def __init__(
         self, stored: AppendResult, stored_events: int, failed_users: list[str], failed_events: int, cause: str
-    ):
+    ) -> None:
         super().__init__(cause)
         self.stored = stored  # what the confirmed part did
         self.stored_events = stored_events
