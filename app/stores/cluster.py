@@ -3,8 +3,9 @@ append), spread over the masters of a cluster by hash slot.
 
 Keys. Every key of one user carries the hash tag `{user}`: `{prefix}h:{user}` (history) and any
 other per-user key (`user_key(kind, user)` -> `{prefix}{kind}:{user}`), so one user's keys live in
-one slot, on one master, and a script or MULTI over them is legal. A `}` (or `%`) in a user id is written as `%7D` (`%25`) inside
-the tag, so the tag is the whole id, never empty and never cut short; `user_of_key` reverses it.
+one slot, on one master, and a script or MULTI over them is legal. A `}` (or `%`) in a user id
+is written as `%7D` (`%25`) inside the tag, so the tag is the whole id, never empty and never cut
+short; `user_of_key` reverses it.
 The single-Redis store keeps its untagged keys (`{prefix}h:` + user, no braces) so that existing
 data stays readable; scripts/migrate_histories.py copies histories between the two shapes.
 
