@@ -9,7 +9,9 @@ all without persistence, so what differs is the topology, not fsync. For each st
 process (uvicorn, 1 worker) is started and driven over keep-alive connections (closed loop):
 - POST /events: batches of 100 new events for 20 users (each batch spans every master);
 - GET /recommend/{user}?k=10 for the users written before (a 50-event history each);
-- on the cluster, POST /events again with SEQREC_REDIS_WAIT_REPLICAS=1 (WAIT 1 replica, 200 ms).
+- on the cluster, POST /events again with SEQREC_REDIS_WAIT_REPLICAS=1 (WAIT 1 replica, 200 ms);
+- the store alone (no HTTP, no API process): the same batches appended concurrently through
+  RedisStore / ClusterStore (with and without WAIT), from this process.
 Rounds alternate the stores, so machine noise lands on all of them alike; the median is reported.
 Failover: one-event writes from 3 connections, then kill -9 of a master: the first 503, the
 replica's promotion, the first write to the failed-over slots acknowledged again, and how many
@@ -125,6 +127,39 @@ async def write_load(port: int, items: list[str], conns: int, seconds: float, ta
     out = summary(lat, time.perf_counter() - t0, BATCH)
     out["errors"] = errors
     return out, sorted(users)
+
+
+async def store_load(url: str, env: dict[str, str], items: list[str], conns: int, seconds: float, tag: str) -> dict:
+    """The store alone (no HTTP): concurrent appends of the same batches, through the API's store classes."""
+    from app.stores import ClusterStore, Event, RedisStore, is_cluster_url
+
+    if is_cluster_url(url):
+        wait = int(env.get("SEQREC_REDIS_WAIT_REPLICAS", "0"))
+        store = ClusterStore(url, 200, 3600, prefix=f"s{tag}:", wait_replicas=wait, wait_timeout_ms=200)
+    else:
+        store = RedisStore(url, 200, 3600, prefix=f"s{tag}:")
+    lat: list[float] = []
+    stop = time.perf_counter() + seconds
+
+    async def worker(w: int) -> None:
+        rng = random.Random(w)
+        n = 0
+        while time.perf_counter() < stop:
+            evs = [
+                Event(f"{w}-{n}-{j}", rng.choice(items), 1_700_000_000 + k, f"e{k}")
+                for j in range(USERS_PER_BATCH)
+                for k in range(BATCH // USERS_PER_BATCH)
+            ]
+            t = time.perf_counter()
+            await store.append(evs)
+            lat.append(time.perf_counter() - t)
+            n += 1
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(worker(i) for i in range(conns)))
+    wall = time.perf_counter() - t0
+    await store.close()
+    return summary(lat, wall, BATCH)
 
 
 async def seed(port: int, users: list[str], items: list[str]) -> None:
@@ -263,6 +298,9 @@ def main() -> None:
                     asyncio.run(write_load(api.port, items, 2, 1.0, "warm"))
                     w, _ = asyncio.run(write_load(api.port, items, args.conns, args.seconds, f"r{rnd}"))
                     run = {"events": w}
+                    run["store_append"] = asyncio.run(
+                        store_load(url, env, items, args.conns, args.seconds / 2, f"{rnd}{name}")
+                    )
                     if name != "cluster_wait1":  # WAIT changes writes only
                         readers = [f"reader{i}" for i in range(400)]
                         asyncio.run(seed(api.port, readers, items))
@@ -303,6 +341,8 @@ def main() -> None:
                 "events_per_s": {k: med(k, "events", "items_per_s") for k in setups},
                 "events_batch_p50_ms": {k: med(k, "events", "p50_ms") for k in setups},
                 "events_batch_p99_ms": {k: med(k, "events", "p99_ms") for k in setups},
+                "store_append_events_per_s": {k: med(k, "store_append", "items_per_s") for k in setups},
+                "store_append_batch_p50_ms": {k: med(k, "store_append", "p50_ms") for k in setups},
                 "recommend_per_s": {k: med(k, "recommend", "per_s") for k in ("single", "cluster")},
                 "recommend_p50_ms": {k: med(k, "recommend", "p50_ms") for k in ("single", "cluster")},
             },
@@ -314,6 +354,12 @@ def main() -> None:
             "cluster_over_single_events": round(m["events_per_s"]["cluster"] / m["events_per_s"]["single"], 3),
             "cluster_over_single_recommend": round(m["recommend_per_s"]["cluster"] / m["recommend_per_s"]["single"], 3),
             "wait1_over_cluster_events": round(m["events_per_s"]["cluster_wait1"] / m["events_per_s"]["cluster"], 3),
+            "cluster_over_single_store_append": round(
+                m["store_append_events_per_s"]["cluster"] / m["store_append_events_per_s"]["single"], 3
+            ),
+            "wait1_over_cluster_store_append": round(
+                m["store_append_events_per_s"]["cluster_wait1"] / m["store_append_events_per_s"]["cluster"], 3
+            ),
         }
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=2) + "\n")
