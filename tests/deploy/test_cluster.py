@@ -219,51 +219,32 @@ def test_master_killed_under_write_load(
 
 def test_items_reach_another_process_across_the_cluster(
     redis_cluster: ClusterProcs,
+    api_factory,
     unisrec_bundle: Path,  # noqa: F811
 ) -> None:
     """POST /items on A -> SPUBLISH in the registry's slot -> B recommends it; C started later catches up."""
-    import subprocess
-
-    from tests.app.test_items import KEY as ITEMS_KEY
-    from tests.app.test_items import _ready, _serve, _texts
+    from tests.app.test_items import _texts
 
     prefix = "items-cluster:"
-    procs = [_serve(unisrec_bundle, redis_cluster.url, prefix) for _ in range(2)]
-    try:
-        for proc, base in procs:
-            _ready(proc, base)
-        (_, a), (_, b) = procs
-        assert httpx.get(f"{a}/readyz").json()["store"] == "redis-cluster"
-        ev = [{"user_id": "cl", "item_id": "1", "timestamp": 1_600_000_000}]
-        assert httpx.post(f"{a}/events", json={"events": ev}, headers=ITEMS_KEY).status_code == 200
-        twin = httpx.get(f"{b}/recommend/cl", params={"k": 1}).json()["items"][0]["item_id"]
-        item = {"item_id": "cold-cl", "title": _texts(unisrec_bundle)[twin], "categories": []}
-        assert httpx.post(f"{a}/items", json={"items": [item]}, headers=ITEMS_KEY).status_code == 200
-        t0 = time.monotonic()
-        while time.monotonic() - t0 < 5:
-            got = httpx.get(f"{b}/recommend/cl", params={"k": 2}).json()
-            if "cold-cl" in {x["item_id"] for x in got["items"]}:
-                break
-            time.sleep(0.02)
-        else:
-            pytest.fail("process B never recommended the item posted to A")
-        print(f"\nitem posted to A recommended by B after {(time.monotonic() - t0) * 1000:.0f} ms (cluster)")
-        cl = sync_client(redis_cluster)
-        assert cl.hexists(f"{prefix}{{items}}", "cold-cl")  # the registry's one slot
-        cl.close()
-        proc_c, c = _serve(unisrec_bundle, redis_cluster.url, prefix)
-        procs.append((proc_c, c))
-        _ready(proc_c, c)
-        assert "cold-cl" in {x["item_id"] for x in httpx.get(f"{c}/recommend/cl", params={"k": 2}).json()["items"]}
-    finally:
-        for proc, _ in procs:
-            proc.terminate()
-        for proc, _ in procs:
-            try:
-                proc.communicate(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.communicate()
+    a, b = (api_factory([unisrec_bundle], redis_cluster.url, SEQREC_KEY_PREFIX=prefix).base for _ in range(2))
+    assert httpx.get(f"{a}/readyz").json()["store"] == "redis-cluster"
+    ev = [{"user_id": "cl", "item_id": "1", "timestamp": 1_600_000_000}]
+    assert httpx.post(f"{a}/events", json={"events": ev}, headers=KEY).status_code == 200
+    twin = httpx.get(f"{b}/recommend/cl", params={"k": 1}).json()["items"][0]["item_id"]
+    item = {"item_id": "cold-cl", "title": _texts(unisrec_bundle)[twin], "categories": []}
+    assert httpx.post(f"{a}/items", json={"items": [item]}, headers=KEY).status_code == 200
+    t0 = time.monotonic()
+    wait_for(lambda: "cold-cl" in recommended(b, "cl"), 5, "process B recommending the item posted to A")
+    print(f"\nitem posted to A recommended by B after {(time.monotonic() - t0) * 1000:.0f} ms (cluster)")
+    cl = sync_client(redis_cluster)
+    assert cl.hexists(f"{prefix}{{items}}", "cold-cl")  # the registry's one slot
+    cl.close()
+    c = api_factory([unisrec_bundle], redis_cluster.url, SEQREC_KEY_PREFIX=prefix).base
+    assert "cold-cl" in recommended(c, "cl")
+
+
+def recommended(base: str, user: str) -> set[str]:
+    return {x["item_id"] for x in httpx.get(f"{base}/recommend/{user}", params={"k": 2}).json()["items"]}
 
 
 def test_compose_cluster_profile() -> None:
@@ -313,54 +294,34 @@ def test_local_topology_on_a_cluster(cache_dir: Path, tmp_path: Path) -> None:
         assert "Traceback" not in text
 
 
-def test_announcements_survive_a_failover_of_their_master(fresh_cluster: ClusterProcs, unisrec_bundle: Path) -> None:  # noqa: F811
+def test_announcements_survive_a_failover_of_their_master(
+    fresh_cluster: ClusterProcs,
+    api_factory,
+    unisrec_bundle: Path,  # noqa: F811
+) -> None:
     """kill -9 of the master owning the registry's slot: once its replica is promoted, an item
     posted to A reaches B again (B resubscribes to the new owner and catches up)."""
-    import subprocess
-
-    from tests.app.test_items import KEY as ITEMS_KEY
-    from tests.app.test_items import _ready, _serve, _texts
+    from tests.app.test_items import _texts
 
     prefix = "items-fo:"
     cl = sync_client(fresh_cluster)
     owner = cl.get_node_from_key(f"{prefix}{{items}}:new").port
     cl.close()
-    procs = [_serve(unisrec_bundle, fresh_cluster.url, prefix) for _ in range(2)]
-    try:
-        for proc, base in procs:
-            _ready(proc, base)
-        (_, a), (_, b) = procs
-        fresh_cluster.kill(owner)
-        wait_for(lambda: len(fresh_cluster.master_ports()) == 3, 30, "a replica promoted")
-        ev = [{"user_id": "fo", "item_id": "1", "timestamp": 1_600_000_000}]
-        wait_for(
-            lambda: httpx.post(f"{a}/events", json={"events": ev}, headers=ITEMS_KEY).status_code == 200, 20, "events"
-        )
-        # B reads the history from the promoted replica (not a popularity fallback) before the twin is taken.
-        wait_for(lambda: httpx.get(f"{b}/recommend/fo").json()["source"] == "model", 20, "B reading the history")
-        twin = httpx.get(f"{b}/recommend/fo", params={"k": 1}).json()["items"][0]["item_id"]
-        item = {"item_id": "cold-fo", "title": _texts(unisrec_bundle)[twin], "categories": []}
-        wait_for(
-            lambda: httpx.post(f"{a}/items", json={"items": [item]}, headers=ITEMS_KEY).status_code == 200,
-            20,
-            "POST /items accepted after the failover",
-        )
-        wait_for(
-            lambda: (
-                "cold-fo" in {x["item_id"] for x in httpx.get(f"{b}/recommend/fo", params={"k": 2}).json()["items"]}
-            ),
-            15,
-            "process B recommending the item posted to A after the failover",
-        )
-    finally:
-        for proc, _ in procs:
-            proc.terminate()
-        for proc, _ in procs:
-            try:
-                proc.communicate(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.communicate()
+    a, b = (api_factory([unisrec_bundle], fresh_cluster.url, SEQREC_KEY_PREFIX=prefix).base for _ in range(2))
+    fresh_cluster.kill(owner)
+    wait_for(lambda: len(fresh_cluster.master_ports()) == 3, 30, "a replica promoted")
+    ev = [{"user_id": "fo", "item_id": "1", "timestamp": 1_600_000_000}]
+    wait_for(lambda: httpx.post(f"{a}/events", json={"events": ev}, headers=KEY).status_code == 200, 20, "events")
+    # B reads the history from the promoted replica (not a popularity fallback) before the twin is taken.
+    wait_for(lambda: httpx.get(f"{b}/recommend/fo").json()["source"] == "model", 20, "B reading the history")
+    twin = httpx.get(f"{b}/recommend/fo", params={"k": 1}).json()["items"][0]["item_id"]
+    item = {"item_id": "cold-fo", "title": _texts(unisrec_bundle)[twin], "categories": []}
+    wait_for(
+        lambda: httpx.post(f"{a}/items", json={"items": [item]}, headers=KEY).status_code == 200,
+        20,
+        "POST /items accepted after the failover",
+    )
+    wait_for(lambda: "cold-fo" in recommended(b, "fo"), 15, "B recommending the item posted to A after the failover")
 
 
 @pytest.mark.anyio
