@@ -37,7 +37,7 @@ from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.crc import key_slot
-from redis.exceptions import RedisClusterException, RedisError, ResponseError
+from redis.exceptions import RedisClusterException, RedisError
 
 from app.stores.base import AppendResult, Event, StoreUnavailable, items_of, member
 from app.stores.redis import APPEND_LUA
@@ -293,12 +293,20 @@ class ClusterStore:
         return items_of(members)
 
     async def ping(self) -> bool:
-        """Ready when the cluster answers (a down master costs its users, not the whole fleet)."""
+        """Ready when some master answers: a down master costs its users (503 / popularity), and
+        readiness failing on every API process would cost all users instead."""
         try:
             async with asyncio.timeout(self.read_timeout_s * 4):
-                return bool(await self.redis.ping(target_nodes=RedisCluster.RANDOM))
-        except (*_ERRORS, ResponseError):
-            return False
+                await self._topology()
+                for node in self.redis.get_primaries():
+                    try:
+                        if await self._client(node.name).ping():
+                            return True
+                    except _ERRORS:
+                        self._stale = True
+        except _ERRORS:
+            pass
+        return False
 
     async def close(self) -> None:
         for c in [*self._nodes.values(), *self._raw.values()]:

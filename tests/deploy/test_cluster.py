@@ -121,6 +121,7 @@ async def test_partial_failure_is_told_not_acknowledged(fresh_cluster: ClusterPr
         with pytest.raises(StoreUnavailable) as whole:  # only the dead master's users: nothing stored
             await store.append([Event(u, "y", 3.0, "e3") for u in on_victim])
         assert not isinstance(whole.value, PartialAppend)
+        assert await store.ping()  # the other masters answer: still ready
     finally:
         await store.close()
 
