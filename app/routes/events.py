@@ -19,7 +19,10 @@ router = APIRouter(tags=["events"])
     "/events",
     response_model=EventsOut,
     dependencies=[ApiKey, WriteLimit],
-    responses=write_responses("Store unreachable: nothing was stored, retry (idempotent)"),
+    responses=write_responses(
+        "Store unreachable: nothing acknowledged. Nothing was stored, or on a Redis Cluster with a master down"
+        " only part (the body says how many events are not); resend the batch (idempotent by event_id)"
+    ),
 )
 async def post_events(body: EventsIn, state: State) -> EventsOut:
     """Append item events to user histories. Replays (same event_id) are no-ops; unknown items are kept.

@@ -358,3 +358,45 @@ async def test_histories_move_from_one_redis_to_the_cluster_and_back(
         await src.close()
         one.kill()
         other.kill()
+
+
+def test_post_events_with_a_master_down_tells_how_much_is_not_stored(
+    fresh_cluster: ClusterProcs, deploy_bundle: Path
+) -> None:
+    """The API's answer to a partial write: 503 + Retry-After, the count of events not stored, no address."""
+    from fastapi.testclient import TestClient
+
+    from app.main import create_app
+    from app.settings import Settings
+
+    settings = Settings(bundles=[deploy_bundle], redis_url=fresh_cluster.url, api_key=API_KEY, access_log=False)
+    with TestClient(create_app(settings)) as client:
+        store = client.app.state.seqrec.store
+        users = [f"p{i}" for i in range(30)]
+        ev = [{"user_id": u, "item_id": "1", "event_id": "a", "timestamp": 1_700_000_000} for u in users]
+        assert client.post("/events", json={"events": ev}, headers=KEY).json()["accepted"] == 30
+        victim = fresh_cluster.master_ports()[0]
+        doomed = [u for u in users if store._master(u).endswith(f":{victim}")]
+        fresh_cluster.kill(victim)
+        ev2 = [{**e, "event_id": "b"} for e in ev]
+        r = client.post("/events", json={"events": ev2}, headers=KEY)
+        assert r.status_code == 503 and r.headers["retry-after"] == "1"
+        detail = r.json()["detail"]
+        assert f"{len(doomed)} of 30 events ({len(doomed)} users) are not stored" in detail, detail
+        assert str(victim) not in r.text and "127.0.0.1" not in r.text
+        assert client.get("/readyz").status_code == 200  # the other masters answer
+        wait_for(lambda: len(fresh_cluster.master_ports()) == 3, 30, "a replica promoted")
+        wait_for(lambda: client.post("/events", json={"events": ev2}, headers=KEY).status_code == 200, 20, "resend")
+        # The resend stored exactly what was missing: the rest counted as duplicates.
+        r = client.post("/events", json={"events": ev2}, headers=KEY)
+        assert (r.json()["accepted"], r.json()["duplicates"]) == (0, 30)
+        got = asyncio.run(_histories(fresh_cluster.url, users))
+        assert all(h == ["1", "1"] for h in got.values()), got
+
+
+async def _histories(url: str, users: list[str]) -> dict[str, list[str]]:
+    s = ClusterStore(url, 50, 600)
+    try:
+        return {u: await s.history(u) for u in users}
+    finally:
+        await s.close()
