@@ -37,7 +37,7 @@ from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.crc import key_slot
-from redis.exceptions import RedisClusterException, RedisError
+from redis.exceptions import RedisClusterException, RedisError, SlotNotCoveredError
 
 from app.stores.base import AppendResult, Event, StoreUnavailable, items_of, member
 from app.stores.redis import APPEND_LUA
@@ -180,7 +180,7 @@ class ClusterStore:
         if not self._stale:
             return
         async with self._lock:
-            if not self._stale or time.monotonic() - self._refreshed < self.refresh_s:
+            if not self._stale or (self._refreshed_once and time.monotonic() - self._refreshed < self.refresh_s):
                 return
             self._refreshed = time.monotonic()
             try:
@@ -200,8 +200,11 @@ class ClusterStore:
             self._refreshed_once = True
 
     def _master(self, user_id: str) -> str:
-        node = self.redis.nodes_manager.get_node_from_slot(key_slot(self.key(user_id).encode()))
-        return node.name
+        slot = key_slot(self.key(user_id).encode())
+        try:
+            return self.redis.nodes_manager.get_node_from_slot(slot).name
+        except (KeyError, IndexError) as exc:  # no map loaded yet, or the slot has no master
+            raise SlotNotCoveredError(f"no master known for slot {slot}") from exc
 
     def _client(self, name: str, raw: bool = False) -> Redis:
         clients = self._raw if raw else self._nodes
@@ -304,7 +307,7 @@ class ClusterStore:
                             return True
                     except _ERRORS:
                         self._stale = True
-        except _ERRORS:
+        except (*_ERRORS, StoreUnavailable):
             pass
         return False
 

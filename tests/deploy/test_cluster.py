@@ -400,3 +400,18 @@ async def _histories(url: str, users: list[str]) -> dict[str, list[str]]:
         return {u: await s.history(u) for u in users}
     finally:
         await s.close()
+
+
+@pytest.mark.anyio
+async def test_unreachable_cluster_is_store_unavailable() -> None:
+    from tests.deploy.conftest import free_port
+
+    s = ClusterStore(f"redis+cluster://127.0.0.1:{free_port()}", 5, 60, timeout_s=0.2)
+    t = time.perf_counter()
+    with pytest.raises(StoreUnavailable):
+        await s.append([Event("u", "a", 1.0, "e")])
+    with pytest.raises(StoreUnavailable):
+        await s.history("u")
+    assert not await s.ping()
+    assert time.perf_counter() - t < 3  # refused at once, nothing hangs
+    await s.close()
