@@ -415,3 +415,17 @@ async def test_unreachable_cluster_is_store_unavailable() -> None:
     assert not await s.ping()
     assert time.perf_counter() - t < 3  # refused at once, nothing hangs
     await s.close()
+
+
+def test_reload_reaches_every_process_on_the_cluster(
+    redis_cluster: ClusterProcs, api_factory, deploy_bundles: list[Path]
+) -> None:
+    """POST /admin/reload on A: the stored configuration and its SPUBLISH reach B, which acknowledges."""
+    prefix = "reload-cluster:"
+    a, b = (api_factory(deploy_bundles, redis_cluster.url, SEQREC_KEY_PREFIX=prefix) for _ in range(2))
+    body = {"bundles": [str(p) for p in deploy_bundles], "default_model": "sasrec-b"}
+    r = httpx.post(f"{a.base}/admin/reload", json=body, headers=KEY, timeout=60)
+    assert r.status_code == 200, r.text
+    reached = r.json()["reached"]
+    assert reached["complete"] and reached["live"] == 2 and len(reached["applied"]) == 2, reached
+    assert httpx.get(f"{b.base}/recommend/u1", params={"k": 1}).json()["bundle"] == "sasrec-b"
