@@ -32,29 +32,29 @@ async def load_spec(spec: dict[str, Any], ann_threshold: int) -> Registry:
     return await asyncio.to_thread(Registry.load, spec["bundles"], spec.get("default_model"), ann_threshold)
 
 
-async def initial_registry(state_items: ItemRegistry, paths: list[str], default: str | None, ann: int) -> Registry:
+async def initial_registry(items: ItemRegistry, paths: list[str], default: str | None, ann: int) -> Registry:
     """At start: the stored configuration when there is one (a reload outlives restarts and
     reaches processes started later), else the settings. A stored configuration that no longer
     loads here is logged and the settings serve instead."""
     spec = spec_of(paths, default)
     try:
-        stored = await state_items.stored_config()
+        stored = await items.stored_config()
     except StoreUnavailable as exc:
         log.warning("cannot read the stored configuration, serving the settings' bundles: %s", exc)
         stored = None
     if stored is not None:
         gen, want = stored
-        state_items.generation = gen
+        items.generation = gen
         try:
             reg = await load_spec(want, ann)
         except BundleError as exc:
             log.warning("stored configuration %d does not load here, serving the settings' bundles: %s", gen, exc)
-            await state_items.ack(gen, f"rejected: {exc}"[:300])
+            await items.ack(gen, f"rejected: {exc}"[:300])
         else:
-            state_items.spec = want
-            await state_items.ack(gen, "ok")
+            items.spec = want
+            await items.ack(gen, "ok")
             return reg
-    state_items.spec = spec
+    items.spec = spec
     return await load_spec(spec, ann)
 
 
@@ -117,14 +117,16 @@ async def reach(items: ItemRegistry, generation: int, timeout_s: float) -> Reloa
     """Wait (at most `timeout_s`) until every live process acknowledged `generation`; say who did."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
+    known = True
     while True:
         try:
             live, acks = await items.reach(generation)
         except StoreUnavailable as exc:
+            # Applied here and announced; who else applied it cannot be told now.
             log.warning("cannot read reload acknowledgements: %s", exc)
-            live, acks = [items.worker], {items.worker: "ok"}
+            live, acks, known = [items.worker], {items.worker: "ok"}, False
         pending = sorted(w for w in live if w not in acks)
-        if not pending or loop.time() >= deadline:
+        if not known or not pending or loop.time() >= deadline:
             break
         await asyncio.sleep(0.05)
     return ReloadReach(
@@ -134,5 +136,5 @@ async def reach(items: ItemRegistry, generation: int, timeout_s: float) -> Reloa
         applied=sorted(w for w, o in acks.items() if o == "ok"),
         rejected={w: o for w, o in acks.items() if o != "ok"},
         pending=pending,
-        complete=not pending and all(o == "ok" for o in acks.values()),
+        complete=known and not pending and all(o == "ok" for o in acks.values()),
     )

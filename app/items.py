@@ -342,7 +342,12 @@ class RedisItems:
                 self.subscribed.set()
                 yield Announcement(resync=True)
                 while True:
-                    data = self._data(pubsub, await pubsub.get_message(timeout=5.0))
+                    msg = await pubsub.get_message(timeout=1.0)
+                    task = asyncio.current_task()
+                    if task is not None and task.cancelling():
+                        # redis-py's timed read can swallow a cancellation: honour it here.
+                        raise asyncio.CancelledError
+                    data = self._data(pubsub, msg)
                     if data is not None:
                         yield _parse(data)
             except (*_ERRORS, StoreUnavailable) as exc:

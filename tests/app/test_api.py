@@ -238,3 +238,35 @@ async def test_shutdown_wait_is_bounded_even_when_a_task_swallows_its_cancellati
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
     assert task.cancelled()
+
+
+def test_reload_reports_a_process_that_cannot_apply_it(
+    bundle_path: Path, redis_url: str, key_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two app instances on one Redis: when one cannot load the announced configuration (a path
+    missing on that replica), it keeps serving and the reload answer names it under `rejected`."""
+    import app.fleet
+    from app.bundle import BundleError
+
+    def settings() -> Settings:
+        return Settings(
+            bundles=[bundle_path], api_key="k3y", redis_url=redis_url, key_prefix=key_prefix, reload_ack_timeout_s=10
+        )
+
+    with TestClient(create_app(settings())) as a, TestClient(create_app(settings())) as b:
+        before = b.app.state.seqrec.registry
+
+        async def missing_here(spec: dict, ann: int):
+            raise BundleError("/bundles/x is not a directory")
+
+        # Only the follower path (how other processes apply a reload) fails; A loads it itself.
+        monkeypatch.setattr(app.fleet, "load_spec", missing_here)
+        r = a.post("/admin/reload", headers=KEY)
+        assert r.status_code == 200, r.text
+        reached = r.json()["reached"]
+        worker_b = b.app.state.seqrec.items.worker
+        assert reached["applied"] == [a.app.state.seqrec.items.worker]
+        assert reached["rejected"] == {worker_b: "rejected: /bundles/x is not a directory"}
+        assert not reached["complete"] and reached["live"] == 2
+        assert b.app.state.seqrec.registry is before  # B keeps serving what it had
+        assert b.get("/recommend/u").status_code == 200
