@@ -3,7 +3,8 @@
   flock /tmp/seqrec-cpu.lock env PYTHONPATH=. python benchmarks/reload_items.py \
       --items 10000 --out benchmarks/results/reload_items.json
 
-What is measured, through the HTTP API of one app on a private redis-server (no persistence):
+What is measured, through the HTTP API of one app on a private redis-server (no persistence).
+Redis listens on a unix socket. Steps:
 1. registering N items (batches of 100): each item is encoded once, its vector stored with it;
 2. POST /admin/reload, `--reloads` times: the vectors are read back, nothing is encoded;
 3. a process starting with the N items registered (lifespan: bundle load + catch-up);
@@ -20,7 +21,6 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -30,12 +30,6 @@ from pathlib import Path
 from benchmarks.machine import machine_info
 
 KEY = {"X-API-Key": "bench-key"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def train_bundle(work: Path) -> Path:
@@ -50,25 +44,19 @@ def train_bundle(work: Path) -> Path:
     return export_bundle(run / "best.pt", work / "bundles", name="bench-unisrec", item_text=item_text("ml-100k"))
 
 
-def start_redis() -> tuple[subprocess.Popen, str]:
-    exe = shutil.which("redis-server")
-    if exe is None:
-        sys.exit("redis-server is not installed")
-    port = free_port()
-    proc = subprocess.Popen(
-        [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+def start_redis(work: Path) -> tuple[subprocess.Popen, str]:
+    """A private redis-server on a unix socket in `work` (no TCP port to collide on, no persistence)."""
     import redis
 
-    for _ in range(200):
-        try:
-            if redis.Redis(port=port, socket_timeout=0.2).ping():
-                break
-        except redis.RedisError:
-            time.sleep(0.05)
-    return proc, f"redis://127.0.0.1:{port}/0"
+    exe = shutil.which("redis-server") or sys.exit("redis-server is not installed")
+    sock = work / "redis.sock"
+    args = ["--port", "0", "--unixsocket", str(sock), "--save", "", "--appendonly", "no", "--dir", str(work)]
+    proc = subprocess.Popen([exe, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 20
+    while not sock.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    redis.Redis(unix_socket_path=str(sock)).ping()
+    return proc, f"unix://{sock}?db=0"
 
 
 def main() -> None:
@@ -90,7 +78,7 @@ def main() -> None:
     bundle = args.bundle or train_bundle(work)
     train_s = time.perf_counter() - t0
     texts = list(json.loads((bundle / "item_text.json").read_text()).values())
-    proc, url = start_redis()
+    proc, url = start_redis(work)
     settings = Settings(bundles=[bundle], redis_url=url, api_key=KEY["X-API-Key"], access_log=False)
     out: dict[str, object] = {"date": time.strftime("%Y-%m-%d"), "machine": machine_info(), "items": args.items}
     try:
