@@ -114,6 +114,16 @@ def test_results_pages_quote_their_training_result_files() -> None:
     assert checked >= 40, f"only {checked} result rows checked: did the tables change shape?"
 
 
+def names_in_docs_but_not_in(pattern: str, known: set[str]) -> list[str]:
+    """`file: name` for every match of `pattern` (group 1, or the whole match) in the docs not in `known`."""
+    found = {
+        (md, m.group(1) if m.groups() else m.group(0))
+        for md in markdown_files()
+        for m in re.finditer(pattern, md.read_text(encoding="utf-8"))
+    }
+    return sorted(f"{md.relative_to(ROOT)}: {name}" for md, name in found if name not in known)
+
+
 def test_documented_settings_exist() -> None:
     """Every SEQREC_* variable the README or the docs pages name is read somewhere in the code."""
     from app.settings import Settings
@@ -122,12 +132,7 @@ def test_documented_settings_exist() -> None:
     for p in tracked_text_files():
         if p.suffix != ".md":
             known |= set(re.findall(r"SEQREC_[A-Z0-9_]+", p.read_text(encoding="utf-8", errors="replace")))
-    stale = sorted(
-        f"{md.relative_to(ROOT)}: {name}"
-        for md in markdown_files()
-        for name in set(re.findall(r"SEQREC_[A-Z0-9_]+", md.read_text(encoding="utf-8")))
-        if name not in known
-    )
+    stale = names_in_docs_but_not_in(r"SEQREC_[A-Z0-9_]+", known)
     assert not stale, "settings the docs name but no code reads:\n" + "\n".join(stale)
 
 
@@ -136,12 +141,7 @@ def test_tests_named_in_the_docs_exist() -> None:
     defined = set()
     for p in (ROOT / "tests").rglob("test_*.py"):
         defined |= set(re.findall(r"^(?:async )?def (test_\w+)", p.read_text(encoding="utf-8"), re.MULTILINE))
-    missing = sorted(
-        f"{md.relative_to(ROOT)}: {name}"
-        for md in markdown_files()
-        for name in set(re.findall(r"`(?:[\w/.]+::)?(test_\w+)(?:\[[^\]`]*\])?`", md.read_text(encoding="utf-8")))
-        if name not in defined
-    )
+    missing = names_in_docs_but_not_in(r"`(?:[\w/.]+::)?(test_\w+)(?:\[[^\]`]*\])?`", defined)
     assert not missing, "tests the docs name but the suite does not have:\n" + "\n".join(missing)
 
 
