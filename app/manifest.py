@@ -127,6 +127,9 @@ class Manifest(_Section):
     parity_max_abs_diff: dict[str, float] = Field(default_factory=dict)
     files: dict[str, str]
     text: TextSpec | None = None
+    # Diversity and similar items (their readers, app/diversity.py and app/similar.py, check them).
+    clusters: dict[str, Any] | None = None
+    item_spaces: dict[str, Any] | None = None
 
     # `model_config` is pydantic's own attribute name, so the field is stored as model_config_ and
     # read and written under its JSON name by alias.
@@ -134,10 +137,11 @@ class Manifest(_Section):
 
     def named_files(self) -> list[str]:
         """Files the sections name beyond the required ones (a new section with files adds them here)."""
-        if self.text is None:
-            return []
-        t = self.text
-        return [t.tokenizer, t.text_encoder.file, t.adaptor.file, t.seq_encoder.file]
+        named = [] if self.clusters is None else [str(self.clusters.get("file"))]
+        if self.text is not None:
+            t = self.text
+            named += [t.tokenizer, t.text_encoder.file, t.adaptor.file, t.seq_encoder.file]
+        return named
 
     def to_json(self) -> str:
         return self.model_dump_json(indent=2, by_alias=True, exclude_none=True) + "\n"

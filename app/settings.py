@@ -31,6 +31,19 @@ class Settings(BaseSettings):
     redis_write_timeout_s: float = Field(
         2.0, gt=0, le=30, description="Timeout of one event-batch write; past it the batch is reported not stored."
     )
+    redis_cluster: bool = Field(
+        False,
+        description="SEQREC_REDIS_URL names Redis Cluster nodes (host:port,...); implied by a redis+cluster:// URL.",
+    )
+    redis_wait_replicas: int = Field(
+        0,
+        ge=0,
+        le=16,
+        description="Redis Cluster: replicas that must hold an event batch before it is acknowledged (WAIT); 0 = off.",
+    )
+    redis_wait_timeout_ms: int = Field(
+        100, ge=1, le=60_000, description="Redis Cluster: longest WAIT for those replicas; past it, 503 (retry)."
+    )
     redis_pool_size: int = Field(64, ge=1, le=10_000, description="Max connections in the Redis pool.")
     key_prefix: str = Field("seqrec:", max_length=64, description="Prefix of every Redis key the service writes.")
     max_history: int = Field(200, ge=1, le=10_000, description="Events kept per user (the last N by event time).")
@@ -44,6 +57,9 @@ class Settings(BaseSettings):
         ge=0,
         description="Catalogues this large use the HNSW index (IVF from 200,000 items), smaller ones BLAS.",
     )
+    explain_n: int = Field(
+        50, ge=1, le=1000, description="explain=true ablates this many newest history events (one batched call)."
+    )
     access_log: bool = Field(True, description="Write one JSON line per request to the `seqrec.access` logger.")
     write_rate_per_s: float = Field(
         0, ge=0, description="Write requests (POST /events) per second per API key and process; 0 = unlimited (429)."
@@ -51,6 +67,23 @@ class Settings(BaseSettings):
     write_burst: int = Field(100, ge=1, description="Write requests a key may send at once above the rate.")
     bundle_poll_s: float = Field(
         0, ge=0, description="Poll the bundle paths this often and load a changed bundle without restart; 0 = off."
+    )
+    max_clock_skew_s: float = Field(
+        86400,
+        ge=0,
+        description="Refuse events timed further ahead of the server clock than this (422); 0 = no limit.",
+    )
+    body_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        le=600,
+        description="A request body must arrive completely within this long, else 408 and the connection closes.",
+    )
+    reload_ack_timeout_s: float = Field(
+        30.0,
+        ge=0,
+        le=600,
+        description="POST /admin/reload waits this long for every live worker (all replicas on the Redis) to apply.",
     )
     shutdown_timeout_s: float = Field(
         5.0, gt=0, le=300, description="Longest wait for each background task and pool to close at shutdown."

@@ -2,6 +2,7 @@
 
     python scripts/local_topology.py                                   # ML-1M, quick training
     python scripts/local_topology.py --dataset ml-100k --train-args "--epochs 1 --max-users 300"
+    python scripts/local_topology.py --cluster ...                     # the compose profile `cluster`
 
 1.-3. the processes of tests/support/topology.py (shared with benchmarks/mixed_load.py): redis-server
    with the compose config, the training job (docker/train-job.sh), two API processes started
@@ -9,6 +10,9 @@
 4. the drive: both ready on the same bundle; events written through one API are seen by the
    other; the training job runs again and both APIs switch to the new bundle without a
    restart (same PIDs); optionally the mixed load benchmark (--bench SECONDS).
+With --cluster, step 1 is the compose profile `cluster` instead: a Redis Cluster of 3 masters and
+3 replicas (scripts/local_cluster.py, each node on docker/redis-cluster.conf) and the APIs take its
+redis+cluster:// URL.
 Everything binds to 127.0.0.1 and is stopped at the end (SIGTERM, then SIGKILL).
 """
 
@@ -25,8 +29,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from benchmarks.mixed_load import run_and_report  # noqa: E402
+from scripts.local_cluster import ClusterProcs  # noqa: E402
 from tests.support.procs import RedisNotInstalled  # noqa: E402
-from tests.support.topology import Topology  # noqa: E402
+from tests.support.topology import DOCKER, Topology  # noqa: E402
 
 
 def http_json(method: str, url: str, body: object | None = None, headers: dict[str, str] | None = None) -> tuple:
@@ -98,19 +103,25 @@ def main() -> None:
     ap.add_argument("--no-retrain", action="store_true", help="Skip the second training run.")
     ap.add_argument("--bench", type=float, default=0, help="Then run the mixed load for this many seconds.")
     ap.add_argument("--bench-out", type=Path, default=ROOT / "benchmarks/results/mixed_load")
+    ap.add_argument("--cluster", action="store_true", help="A 3-master, 3-replica Redis Cluster instead of one Redis.")
     ap.add_argument("--workdir", type=Path, default=None, help="Keep everything here (default: a temp dir, removed).")
     args = ap.parse_args()
 
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="seqrec-topology-"))
     workdir.mkdir(parents=True, exist_ok=True)
+    if args.cluster and args.bench:
+        ap.error("--bench drives one Redis; for the cluster run benchmarks/cluster_load.py")
     topo = Topology(workdir, workers_per_api=args.workers_per_api)
+    if args.cluster:
+        topo.cluster = ClusterProcs(workdir / "cluster", node_timeout_ms=5000, conf=DOCKER / "redis-cluster.conf")
     results: dict = {"workdir": str(workdir), "checks": []}
     try:
         try:
             topo.start_redis()
         except RedisNotInstalled as exc:
             sys.exit(str(exc))
-        print(f"redis-server (compose config) on {topo.redis_port}", flush=True)
+        where = f"Redis Cluster {topo.cluster.ports}" if topo.cluster else f"redis-server on {topo.redis_port}"
+        print(f"{where} (compose config)", flush=True)
         topo.train(args.dataset, args.train_args)
         topo.write_api_env()
         topo.start_apis()

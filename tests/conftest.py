@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.redis_cluster import redis_cluster  # noqa: F401  (session fixture: a local Redis Cluster)
 from tests.support.data import synthetic_seqdata
 from tests.support.procs import RedisNotInstalled
 from training.data import SeqData

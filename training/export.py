@@ -9,6 +9,8 @@ bundle/
   item_ids.json      external id of each row
   popularity.npy     float32 [num_items]: training counts, the fallback ranking
   item_text.json     optional: external id -> text (titles for the demo page)
+  clusters.npy       int32 [num_items]: k-means cluster of each item (diversity, training/clusters.py)
+  item_vectors_layers4.npy  optional (layer_vectors=True, BERT4Rec): a second space for similar items
 
 The bundle is written into a temporary sibling directory and renamed into place, so a
 reader never sees half a bundle. Export fails, and writes nothing, when ONNX Runtime or
@@ -33,6 +35,7 @@ from pydantic import ValidationError
 
 from app.manifest import FORMAT_VERSION, Manifest, OnnxSpec
 from models.layers import SeqRecModel
+from training.clusters import write_clusters, write_layer_vectors
 from training.train import load_checkpoint
 
 BUNDLE_FORMAT = FORMAT_VERSION
@@ -111,8 +114,12 @@ def export_bundle(
     name: str | None = None,
     item_text: dict[str, str] | None = None,
     metrics: dict[str, Any] | None = None,
+    layer_vectors: bool = False,
 ) -> Path:
-    """Write a verified bundle under out_root; returns its path."""
+    """Write a verified bundle under out_root; returns its path.
+
+    layer_vectors: also write the four-layer item representation (models with a bidirectional
+    encoder only; ExportError otherwise)."""
     model, ckpt = load_checkpoint(checkpoint, "cpu")
     model.eval()
     kind = ckpt["model"]
@@ -150,6 +157,12 @@ def export_bundle(
         if spec.export_extra is not None:
             # Model-specific graphs (e.g. UniSRec: text encoder, adaptor, sequence encoder).
             extra_manifest = spec.export_extra(model, tmp, ckpt)
+        extra_manifest["clusters"] = write_clusters(tmp, table)
+        if layer_vectors:
+            try:
+                extra_manifest["item_spaces"] = write_layer_vectors(tmp, model)
+            except ValueError as exc:
+                raise ExportError(f"layer_vectors: {exc}") from exc
         if item_text:
             (tmp / "item_text.json").write_text(json.dumps({i: item_text[i] for i in item_ids if i in item_text}))
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import time
 
-from fastapi import APIRouter, HTTPException, status
+from fastapi import APIRouter, HTTPException
 
 from app.deps import ApiKey, State, WriteLimit
+from app.errors import invalid, unavailable
 from app.schemas import EventsIn, EventsOut, write_responses
-from app.stores import Event, StoreUnavailable
+from app.stores import Event, PartialAppend, StoreUnavailable
 
 router = APIRouter(tags=["events"])
 
@@ -17,16 +18,29 @@ router = APIRouter(tags=["events"])
     "/events",
     response_model=EventsOut,
     dependencies=[ApiKey, WriteLimit],
-    responses=write_responses("Store unreachable: nothing was stored, retry (idempotent)"),
+    responses=write_responses(
+        "Store unreachable: nothing acknowledged. Nothing was stored, or on a Redis Cluster with a master down"
+        " only part (the body says how many events are not); resend the batch (idempotent by event_id)"
+    ),
 )
 async def post_events(body: EventsIn, state: State) -> EventsOut:
-    """Append item events to user histories. Replays (same event_id) are no-ops; unknown items are kept."""
+    """Append item events to user histories. Replays (same event_id) are no-ops; unknown items are kept.
+    Each event is counted once: `accepted` (stored), `duplicates` (already stored) or `too_old`
+    (older than the user's kept window). Events timed more than SEQREC_MAX_CLOCK_SKEW_S ahead of
+    the server clock are refused (422, naming the event)."""
     if len(body.events) > state.settings.max_batch:
         raise HTTPException(
             413,
             f"batch of {len(body.events)} events exceeds the limit of {state.settings.max_batch}",
         )
     now = time.time()
+    skew = state.settings.max_clock_skew_s
+    if skew:
+        for pos, e in enumerate(body.events):
+            if e.timestamp is not None and e.timestamp > now + skew:
+                # A far-future event would stay the user's newest forever: refuse the batch, store nothing.
+                msg = f"timestamp is more than {skew:g} s ahead of the server clock (SEQREC_MAX_CLOCK_SKEW_S)"
+                raise invalid(("body", "events", pos, "timestamp"), msg)
     events = []
     for pos, e in enumerate(body.events):
         # Untimed events get "now", spaced by 1 µs in batch order so they keep the order they were sent in.
@@ -35,20 +49,27 @@ async def post_events(body: EventsIn, state: State) -> EventsOut:
         events.append(Event(e.user_id, e.item_id, ts, e.event_id if e.event_id is not None else f"t{ts:.6f}"))
     try:
         result = await state.store.append(events)
+    except PartialAppend as exc:
+        # A Redis Cluster stored part of the batch (on the masters that answered): say so, ack nothing.
+        state.metrics.store_errors.labels("append").inc()
+        state.metrics.events.labels("accepted").inc(exc.stored.accepted)
+        told = f"{exc.failed_events} of {len(events)} events ({len(exc.failed_users)} users) are not stored"
+        raise unavailable("event store (part of the cluster)", exc, f"{told}; resend the batch (idempotent)") from exc
     except StoreUnavailable as exc:
         state.metrics.store_errors.labels("append").inc()
-        raise HTTPException(
-            status.HTTP_503_SERVICE_UNAVAILABLE,
-            f"event store unavailable, no event of this batch is acknowledged; retry: {exc}",
-            headers={"Retry-After": "1"},
-        ) from exc
+        raise unavailable("event store", exc, "no event of this batch is acknowledged") from exc
     bundle = state.registry.get(None)
     known = bundle.index_of
     unknown = sum(1 for e in events if e.item_id not in known)
     m = state.metrics.events
     m.labels("accepted").inc(result.accepted)
     m.labels("duplicate").inc(result.duplicates)
+    m.labels("too_old").inc(result.too_old)
     m.labels("unknown_item").inc(unknown)
     return EventsOut(
-        accepted=result.accepted, duplicates=result.duplicates, unknown_to_model=unknown, model=bundle.name
+        accepted=result.accepted,
+        duplicates=result.duplicates,
+        too_old=result.too_old,
+        unknown_to_model=unknown,
+        model=bundle.name,
     )

@@ -20,10 +20,22 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from tests.support.procs import HOST, REDIS_CONF, ROOT, ApiProc, RedisProc, free_port, stop_process
 
 DOCKER = ROOT / "docker"
+
+
+class RedisCluster(Protocol):
+    """What the topology needs of a Redis Cluster (scripts/local_cluster.py: ClusterProcs)."""
+
+    url: str
+    ports: list[int]
+
+    def start(self) -> object: ...
+
+    def stop(self) -> None: ...
 
 
 def read_env_file(path: Path) -> dict[str, str]:
@@ -47,9 +59,12 @@ class Topology:
     api_ports: list[int] = field(default_factory=list)
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)  # name -> process, in start order
     api_env: dict[str, str] = field(default_factory=dict)
+    cluster: RedisCluster | None = None  # set: a Redis Cluster instead of one redis-server
 
     @property
     def redis_url(self) -> str:
+        if self.cluster is not None:
+            return self.cluster.url
         return f"redis://{HOST}:{self.redis_port}/0"
 
     @property
@@ -65,6 +80,9 @@ class Topology:
 
     def start_redis(self) -> None:
         """Raises RedisNotInstalled when there is no redis-server."""
+        if self.cluster is not None:
+            self.cluster.start()
+            return
         redis = RedisProc(self.workdir / "redis", conf=REDIS_CONF, log=self.workdir / "redis.log", port=self.redis_port)
         redis.start()
         assert redis.proc is not None
@@ -130,6 +148,8 @@ class Topology:
         for name, p in reversed(list(self.procs.items())):
             stop_process(p)
             del self.procs[name]
+        if self.cluster is not None:
+            self.cluster.stop()
 
     def _wait(self, pred: Callable[[], bool], timeout: float, what: str) -> None:
         deadline = time.monotonic() + timeout
