@@ -29,8 +29,8 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from app.bundle import Bundle
 from app.diversity import ListShape
+from app.loader import load_bundle
 from benchmarks.explain_latency import ml1m_histories
 from benchmarks.machine import machine_info
 
@@ -76,7 +76,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
 
-    bundle = Bundle.load(args.bundle)
+    bundle = load_bundle(args.bundle)
     if bundle.clusters is None:
         raise SystemExit(f"{args.bundle} has no clusters.npy: export it again")
     genres = ml1m_genres(args.data_dir)

@@ -25,6 +25,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from app.bundle import Bundle
 from app.explain import explain
+from app.loader import load_bundle
 from benchmarks.machine import machine_info
 
 
@@ -53,7 +54,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
 
-    bundle = Bundle.load(args.bundle)
+    bundle = load_bundle(args.bundle)
     rng = np.random.default_rng(0)
     hists = [h for h in ml1m_histories(args.data_dir, bundle) if len(h) >= 2]
     pick = rng.choice(len(hists), size=min(args.users, len(hists)), replace=False)

@@ -30,7 +30,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from app.bundle import Bundle
+from app.loader import load_bundle
 from app.similar import unit_rows
 from benchmarks.explain_diversity import ml1m_genres
 from benchmarks.machine import machine_info
@@ -74,7 +74,7 @@ def main() -> None:
     rows = []
     gsets: list[frozenset[str]] = []
     for path in args.bundle:
-        b = Bundle.load(path)
+        b = load_bundle(path)
         gsets = [genres.get(i, frozenset()) for i in b.item_ids]
         spaces: dict[str, np.ndarray] = {"output": np.load(path / "item_vectors.npy")}
         for name, meta in (b.manifest.get("item_spaces") or {}).items():

@@ -19,6 +19,7 @@ from fastapi.testclient import TestClient
 from app.bundle import Bundle
 from app.diversity import POOL_MIN, rerank
 from app.explain import contributions, explain
+from app.loader import load_bundle
 from app.main import create_app
 from app.settings import Settings
 from tests.app.test_all_models_served import TINY
@@ -33,11 +34,11 @@ KINDS = ["sasrec", "bert4rec", "gru4rec", "unisrec"]
 @pytest.fixture(scope="module")
 def kind_bundles(
     ml100k,
-    bundle_path: Path,
+    ml100k_bundle_path: Path,  # the SASRec fixture on ML-100K, like the other kinds here
     unisrec_bundle: Path,  # noqa: F811
     tmp_path_factory: pytest.TempPathFactory,
 ) -> dict[str, Path]:
-    out = {"sasrec": bundle_path, "unisrec": unisrec_bundle}
+    out = {"sasrec": ml100k_bundle_path, "unisrec": unisrec_bundle}
     art = tmp_path_factory.mktemp("explain-art")
     for kind, (model_over, train_over) in TINY.items():
         run = tmp_path_factory.mktemp(f"explain-{kind}")
@@ -59,7 +60,7 @@ def _histories(data, b: Bundle, users: int, max_len: int = 60) -> list[np.ndarra
 @pytest.mark.parametrize("kind", KINDS)
 def test_removing_the_top_event_lowers_the_score_more_than_a_random_one(kind: str, kind_bundles, ml100k) -> None:
     path = kind_bundles[kind]
-    b = Bundle.load(path)
+    b = load_bundle(path)
     ts = torch.jit.load(str(path / "model.ts"))
     table = np.load(path / "item_vectors.npy").astype(np.float64)
 
@@ -119,7 +120,7 @@ def test_explain_reports_weighted_history_events(kind_bundles) -> None:
 
 
 def test_explain_is_one_batched_encoder_call(kind_bundles, ml100k) -> None:
-    b = Bundle.load(kind_bundles["gru4rec"])
+    b = load_bundle(kind_bundles["gru4rec"])
     calls: list[int] = []
     real = b.user_vectors
 
@@ -176,7 +177,7 @@ def test_similar_items_equal_an_exact_search_on_ml1m(ml1m_bundle: Path) -> None:
         assert r.status_code == 422 and "space" in r.json()["detail"]
         assert "/items/{item_id}/similar" in c.get("/openapi.json").json()["paths"]
     # The approximate index (HNSW) path: never the item itself, and here the same neighbours.
-    hnsw = Bundle.load(ml1m_bundle, ann_threshold=0)
+    hnsw = load_bundle(ml1m_bundle, ann_threshold=0)
     labels, _ = hnsw.spaces["output"].neighbours(18, 10)
     assert 18 not in labels.tolist()
     assert len(set(labels.tolist()) & {j + 1 for j in _exact_cosine(table, 17, 10)}) >= 9
