@@ -29,7 +29,7 @@ class Workers(ApiProc):
         cmd = [sys.executable, "-m", "uvicorn", "app.main:create_app", "--factory", "--host", "127.0.0.1"]
         cmd += ["--port", str(self.port), "--workers", str(self.n), "--log-level", "warning"]
         self.proc = subprocess.Popen(cmd, cwd=ROOT, env=self.env, stdout=self.log.open("w"), stderr=subprocess.STDOUT)
-        wait_for(self._alive, 120, f"API on {self.port}", interval=0.2)
+        wait_for(self.ready, 120, f"API on {self.port}", interval=0.2)
         return self
 
 
