@@ -415,6 +415,30 @@ def _print_examples(settings: Any, host: str, port: int) -> None:
 
 
 @app.command()
+def snapshot(
+    redis_url: Annotated[str, typer.Option(help="Redis URL of the event store (redis://host:port/db).")],
+    out: Annotated[Path, typer.Option(help="Output file: Parquet, or CSV when the name ends in .csv.")] = Path(
+        "events.parquet"
+    ),
+    prefix: Annotated[str, typer.Option(help="Key prefix the service writes (SEQREC_KEY_PREFIX).")] = "seqrec:",
+    progress: Annotated[bool | None, typer.Option(help="Show a progress bar (default: only on a terminal).")] = None,
+) -> None:
+    """Stream every user's history out of Redis into user_id, item_id, timestamp, event_id rows."""
+    from training.snapshot import SnapshotError, connect
+    from training.snapshot import snapshot as run_snapshot
+
+    try:
+        result = run_snapshot(connect(redis_url), out, prefix=prefix, progress=progress)
+    except SnapshotError as exc:
+        _fail(str(exc), code=1)
+    typer.echo(
+        json.dumps(
+            {"out": str(result.path), "users": result.users, "events": result.events, "seconds": round(result.seconds, 2)}
+        )
+    )
+
+
+@app.command()
 def serve(
     bundle: Annotated[
         list[Path] | None,

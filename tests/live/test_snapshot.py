@@ -1,0 +1,135 @@
+"""Snapshot of the event store against a real redis-server: exact histories back, clear failures."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from pathlib import Path
+
+import polars as pl
+import pytest
+import redis
+
+from app.stores import Event, RedisStore
+from tests.deploy.conftest import ROOT, RedisProc, free_port
+from training.snapshot import SnapshotError, connect, snapshot
+
+PREFIX = "snap[1]*:"  # glob characters in the prefix must match themselves only
+
+
+def _write(url: str, events: list[Event], prefix: str = PREFIX) -> None:
+    async def go() -> None:
+        store = RedisStore(url, max_history=50, ttl_s=3600, prefix=prefix)
+        for ev in events:  # one by one: later calls carry late events and duplicates
+            await store.append([ev])
+        await store.close()
+
+    asyncio.run(go())
+
+
+EVENTS = [
+    Event("u1", "i1", 100.0, "e1"),
+    Event("u1", "i2", 200.0, "e2"),
+    Event("u1", "i0", 50.0, "e0"),  # late: lands before e1
+    Event("u1", "i2", 200.0, "e2"),  # duplicate: stored once
+    Event("u1", "i2", 300.0, "e3"),  # same item again, another event: kept
+    Event("ユーザー✓", "アイテム-é", 1.5, "ev-ü"),
+    Event("ユーザー✓", "🎬 42", 2.25, "t2.250000"),
+    Event("u:with:colons", "x", 7.0, "e7"),
+]
+EXPECTED = {
+    "u1": [("i0", 50.0, "e0"), ("i1", 100.0, "e1"), ("i2", 200.0, "e2"), ("i2", 300.0, "e3")],
+    "ユーザー✓": [("アイテム-é", 1.5, "ev-ü"), ("🎬 42", 2.25, "t2.250000")],
+    "u:with:colons": [("x", 7.0, "e7")],
+}
+
+
+def _histories(df: pl.DataFrame) -> dict[str, list[tuple[str, float, str]]]:
+    out: dict[str, list[tuple[str, float, str]]] = {}
+    for row in df.sort(["user_id", "timestamp", "event_id"]).iter_rows(named=True):
+        out.setdefault(row["user_id"], []).append((row["item_id"], row["timestamp"], row["event_id"]))
+    return out
+
+
+@pytest.mark.parametrize("suffix", [".parquet", ".csv"])
+def test_round_trip_exact(redis_proc: RedisProc, tmp_path: Path, suffix: str) -> None:
+    _write(redis_proc.url, EVENTS)
+    _write(redis_proc.url, [Event("other", "zz", 1.0, "e")], prefix="elsewhere:")  # another prefix: not read
+    out = tmp_path / f"events{suffix}"
+    res = snapshot(connect(redis_proc.url), out, prefix=PREFIX, chunk_rows=2, scan_count=1)
+    df = pl.read_parquet(out) if suffix == ".parquet" else pl.read_csv(out, schema_overrides={"timestamp": pl.Float64})
+    assert df.columns == ["user_id", "item_id", "timestamp", "event_id"]
+    assert _histories(df) == EXPECTED
+    assert (res.users, res.events) == (3, 7)
+    assert [p.name for p in tmp_path.iterdir()] == [out.name]  # temp parts cleaned up
+
+
+def test_empty_store_writes_an_empty_file(redis_proc: RedisProc, tmp_path: Path) -> None:
+    out = tmp_path / "none.parquet"
+    res = snapshot(connect(redis_proc.url), out, prefix=PREFIX)
+    assert res.events == 0 and pl.read_parquet(out).height == 0
+
+
+def test_unreachable_redis_exits_nonzero_without_file(tmp_path: Path) -> None:
+    out = tmp_path / "events.parquet"
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    proc = subprocess.run(
+        [sys.executable, "-m", "training.cli", "snapshot", "--redis-url", url, "--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 1
+    assert "cannot reach redis" in proc.stderr and "Traceback" not in proc.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+class _DropsAfter:
+    """A client whose pipelines fail after `n` executions: Redis lost midway through the walk."""
+
+    def __init__(self, client: redis.Redis, n: int) -> None:
+        self.client, self.left = client, n
+
+    def scan(self, **kw: object) -> object:
+        return self.client.scan(**kw)
+
+    def pipeline(self, transaction: bool = False) -> object:
+        pipe = self.client.pipeline(transaction=transaction)
+        outer = self
+        real = pipe.execute
+
+        def execute() -> object:
+            outer.left -= 1
+            if outer.left < 0:
+                raise redis.ConnectionError("Connection closed by server.")
+            return real()
+
+        pipe.execute = execute  # type: ignore[method-assign]
+        return pipe
+
+
+def test_redis_lost_midway_leaves_no_partial_file(redis_proc: RedisProc, tmp_path: Path) -> None:
+    _write(redis_proc.url, EVENTS)
+    out = tmp_path / "events.parquet"
+    out.write_bytes(b"previous snapshot")  # a failed run must not clobber it either
+    with pytest.raises(SnapshotError, match="no file written"):
+        snapshot(_DropsAfter(connect(redis_proc.url), 1), out, prefix=PREFIX, chunk_rows=1, scan_count=1)
+    assert out.read_bytes() == b"previous snapshot"
+    assert [p.name for p in tmp_path.iterdir()] == [out.name]
+
+
+def test_cli_snapshot(redis_proc: RedisProc, tmp_path: Path) -> None:
+    _write(redis_proc.url, EVENTS, prefix="seqrec:")
+    out = tmp_path / "events.parquet"
+    proc = subprocess.run(
+        [sys.executable, "-m", "training.cli", "snapshot", "--redis-url", redis_proc.url, "--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert '"events": 7' in proc.stdout
+    assert _histories(pl.read_parquet(out)) == EXPECTED
