@@ -26,10 +26,11 @@ from app.items import ItemRegistry, MemoryItems, RedisItems, catch_up, follow  #
 from app.logging import configure_logging  # noqa: E402
 from app.metrics import Metrics  # noqa: E402
 from app.middleware import BodyLimit, Observe  # noqa: E402
+from app.online import make_live  # noqa: E402
 from app.openapi import document_validation_errors  # noqa: E402
 from app.ratelimit import TokenBuckets  # noqa: E402
 from app.registry import Registry  # noqa: E402
-from app.routes import events, items, ops, recommend, ui  # noqa: E402
+from app.routes import events, items, ops, recommend, stats, ui  # noqa: E402
 from app.settings import Settings  # noqa: E402
 from app.state import AppState  # noqa: E402
 from app.stores import EventStore, MemoryStore, RedisStore  # noqa: E402
@@ -93,6 +94,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         state = AppState(
             settings=settings, registry=registry, store=store, metrics=metrics, write_limiter=limiter, items=item_reg
         )
+        state.live = make_live(settings, store, registry, metrics)  # raises on a bad SEQREC_EXPERIMENT
         # Items registered before this process started (by any process) are served from the start;
         # the subscriber then adds everything announced later.
         await catch_up(item_reg, registry)
@@ -121,6 +123,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(items.router)
     app.include_router(recommend.router)
     app.include_router(ops.router)
+    app.include_router(stats.router)
     app.include_router(ui.router)
 
     @app.exception_handler(RequestValidationError)

@@ -52,6 +52,14 @@ class Settings(BaseSettings):
     bundle_poll_s: float = Field(
         0, ge=0, description="Poll the bundle paths this often and load a changed bundle without restart; 0 = off."
     )
+    experiment: str | None = Field(
+        None,
+        description="A/B split `name=bundle:weight,...` (weights in percent, summing to 100); unset = no experiment.",
+    )
+    experiment_salt: str = Field("seqrec", max_length=128, description="Salt of the user -> variant hash.")
+    online_tracking: bool = Field(True, description="Remember served lists and score them against next events.")
+    online_k: int = Field(10, ge=1, le=100, description="Cut-off of online hit@k / NDCG@k (lists kept this long).")
+    online_ttl_s: int = Field(3600, ge=1, description="A served list counts for the user's next event this long.")
     shutdown_timeout_s: float = Field(
         5.0, gt=0, le=300, description="Longest wait for each background task and pool to close at shutdown."
     )

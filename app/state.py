@@ -13,6 +13,7 @@ from app.settings import Settings
 from app.stores import EventStore
 
 if TYPE_CHECKING:
+    from app.online import Live
     from app.ratelimit import TokenBuckets
 
 
@@ -25,6 +26,7 @@ class AppState:
     reload_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     write_limiter: TokenBuckets | None = None
     items: ItemRegistry = field(default_factory=MemoryItems)  # registered by POST /items
+    live: Live | None = None  # online evaluation + A/B split (app/online.py)
 
     def install(self, registry: Registry) -> None:
         self.registry = registry

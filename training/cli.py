@@ -433,7 +433,12 @@ def snapshot(
         _fail(str(exc), code=1)
     typer.echo(
         json.dumps(
-            {"out": str(result.path), "users": result.users, "events": result.events, "seconds": round(result.seconds, 2)}
+            {
+                "out": str(result.path),
+                "users": result.users,
+                "events": result.events,
+                "seconds": round(result.seconds, 2),
+            }
         )
     )
 

@@ -148,7 +148,9 @@ def snapshot(
                 users += 1
                 bar.update(1)
         except _redis_errors() as exc:
-            raise SnapshotError(f"redis failed during the snapshot ({type(exc).__name__}: {exc}); no file written") from exc
+            raise SnapshotError(
+                f"redis failed during the snapshot ({type(exc).__name__}: {exc}); no file written"
+            ) from exc
         finally:
             bar.close()
         spool.flush()
@@ -168,7 +170,9 @@ def connect(url: str, timeout_s: float = 5.0) -> Any:
     """A sync client for `url` that fails fast: unreachable -> SnapshotError, not a long hang."""
     import redis
 
-    client = redis.Redis.from_url(url, decode_responses=False, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+    client = redis.Redis.from_url(
+        url, decode_responses=False, socket_timeout=timeout_s, socket_connect_timeout=timeout_s
+    )
     try:
         client.ping()
     except _redis_errors() as exc:

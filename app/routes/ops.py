@@ -13,7 +13,9 @@ from prometheus_client.multiprocess import MultiProcessCollector
 
 from app.bundle import BundleError
 from app.deps import ApiKey, State
+from app.experiment import ExperimentError
 from app.items import swap_in
+from app.online import next_experiment
 from app.registry import Registry
 from app.schemas import BundleOut, ErrorOut, Health, Ready, ReloadIn, ReloadOut
 
@@ -80,8 +82,20 @@ async def reload(state: State, body: ReloadIn | None = None) -> ReloadOut:
             state.metrics.reloads.labels("rejected").inc()
             log.warning("bundle reload rejected: %s", exc)
             raise HTTPException(422, f"bundle rejected, previous bundles keep serving: {exc}") from exc
+        try:
+            experiment = next_experiment(state.live, body.experiment, reg, state.settings.experiment_salt)
+        except ExperimentError as exc:
+            state.metrics.reloads.labels("rejected").inc()
+            raise HTTPException(422, f"experiment rejected, the previous configuration keeps serving: {exc}") from exc
         # Registered items are re-encoded by the new bundles before they serve.
         await swap_in(state.items, reg, state.install)
+        if state.live is not None:
+            state.live.experiment = experiment
     state.metrics.reloads.labels("ok").inc()
     log.info("bundles reloaded: %s", ", ".join(reg.bundles))
-    return ReloadOut(reloaded=True, default_model=reg.default, bundles=_bundles(reg))
+    return ReloadOut(
+        reloaded=True,
+        default_model=reg.default,
+        bundles=_bundles(reg),
+        experiment=experiment.spec if experiment is not None else None,
+    )

@@ -33,6 +33,11 @@ async def recommend(
     """Top-k next items for a user. Falls back to popularity when there is no usable history or the store is down."""
     if k > state.settings.max_k:
         raise HTTPException(422, f"k must be at most {state.settings.max_k}")
+    live = state.live
+    variant = "explicit" if model is not None else "default"
+    if model is None and live is not None and live.experiment is not None:
+        assigned = live.experiment.assign(user_id)
+        model, variant = assigned.bundle, assigned.name
     try:
         bundle = state.registry.get(model)
     except UnknownModel as exc:
@@ -78,5 +83,8 @@ async def recommend(
         "source": source,
         "history_length": len(seen),
         "fallback": reason if source == "popularity" else None,
+        "variant": variant,
     }
+    if live is not None:
+        live.served(user_id, bundle.name, variant, ids)  # in the background: never delays the answer
     return Response(json.dumps(body, separators=(",", ":")).encode(), media_type="application/json")

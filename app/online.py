@@ -1,0 +1,392 @@
+"""Online evaluation: score what was served against what the user did next.
+
+Every answer of GET /recommend is remembered per user and bundle (the top `k` ids, with the
+variant that served it, for `ttl_s`). When the user's next event arrives (POST /events), each
+list remembered for that user is scored against the event's item and then forgotten:
+
+    rank r = the item's 1-based position in the list (none when absent)
+    hit@k = [r <= k]      reciprocal rank = 1/r (0 when absent)      NDCG@k = 1/log2(r + 1)
+
+An event with no list remembered for its user counts as `unserved`, not as a miss. Only the
+user's first event of a batch (by time) is scored: it is the one the list was a prediction
+for. Catalogue coverage is the number of distinct items served over the window divided by the
+catalogue size, per bundle and variant.
+
+Where it lives: with Redis, next to the history (`{prefix}s:{user}` a hash bundle -> list,
+`{prefix}o:{minute}` a hash of counters per minute, `{prefix}o:c:{minute}:{bundle}|{variant}`
+a HyperLogLog of served items), so every worker and replica adds to the same numbers and
+`GET /stats/online` reads them over any window; in process for the in-process store.
+
+Tracking never delays or fails a request: it runs in background tasks, a failing or slow
+Redis skips it (counted in `seqrec_online_skipped_total`), and at most `max_inflight`
+tracking tasks run at once (more are skipped too).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import time
+from collections import OrderedDict, defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from prometheus_client import CollectorRegistry, Counter
+
+from app.experiment import Experiment
+
+log = logging.getLogger("seqrec.app")
+
+MINUTE = 60
+COUNTER_TTL_S = 25 * 3600  # a day of minute buckets is kept, plus slack
+FIELDS = ("served", "scored", "hits", "rr", "ndcg")
+
+
+@dataclass(frozen=True, slots=True)
+class Served:
+    bundle: str
+    variant: str
+    items: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Score:
+    rank: int | None
+    hit: float
+    rr: float
+    ndcg: float
+
+
+def score(items: Sequence[str], target: str, k: int) -> Score:
+    """hit@k, reciprocal rank and NDCG@k of one served list against the next item."""
+    try:
+        r = list(items).index(target) + 1
+    except ValueError:
+        return Score(None, 0.0, 0.0, 0.0)
+    if r > k:
+        return Score(r, 0.0, 1.0 / r, 0.0)
+    return Score(r, 1.0, 1.0 / r, 1.0 / math.log2(r + 1))
+
+
+class Ledger(Protocol):
+    """Where served lists and per-minute counters live (Redis or this process)."""
+
+    async def served(self, user: str, entry: Served, minute: int) -> None: ...
+
+    async def take(self, users: Sequence[str]) -> dict[str, list[Served]]:
+        """The lists remembered for these users, forgotten in the same step (scored once)."""
+        ...
+
+    async def add(self, minute: int, counts: dict[str, float]) -> None: ...
+
+    async def window(self, minutes: Sequence[int]) -> tuple[dict[str, float], dict[str, int]]:
+        """Summed counters, and distinct items served per `bundle|variant`, over these minutes."""
+        ...
+
+
+def _key(bundle: str, variant: str, what: str) -> str:
+    return f"{bundle}|{variant}|{what}"
+
+
+class MemoryLedger:
+    """In-process ledger for the in-process store: bounded, expiring, single process."""
+
+    def __init__(self, ttl_s: float, max_users: int = 100_000, clock: Callable[[], float] = time.monotonic) -> None:
+        self.ttl_s, self.max_users, self._clock = ttl_s, max_users, clock
+        self._lists: OrderedDict[str, dict[str, tuple[float, Served]]] = OrderedDict()
+        self._counts: dict[int, dict[str, float]] = defaultdict(lambda: defaultdict(float))
+        self._items: dict[int, dict[str, set[str]]] = defaultdict(lambda: defaultdict(set))
+
+    async def served(self, user: str, entry: Served, minute: int) -> None:
+        lists = self._lists.pop(user, {})
+        lists[entry.bundle] = (self._clock(), entry)
+        self._lists[user] = lists  # most recent last
+        while len(self._lists) > self.max_users:
+            self._lists.popitem(last=False)
+        self._counts[minute][_key(entry.bundle, entry.variant, "served")] += 1
+        self._items[minute][f"{entry.bundle}|{entry.variant}"].update(entry.items)
+        for old in [m for m in self._counts if m < minute - COUNTER_TTL_S // MINUTE]:
+            self._counts.pop(old, None)
+            self._items.pop(old, None)
+
+    async def take(self, users: Sequence[str]) -> dict[str, list[Served]]:
+        now, out = self._clock(), {}
+        for u in users:
+            lists = self._lists.pop(u, None)
+            if lists:
+                out[u] = [s for t, s in lists.values() if now - t < self.ttl_s]
+        return out
+
+    async def add(self, minute: int, counts: dict[str, float]) -> None:
+        bucket = self._counts[minute]
+        for k, v in counts.items():
+            bucket[k] += v
+
+    async def window(self, minutes: Sequence[int]) -> tuple[dict[str, float], dict[str, int]]:
+        total: dict[str, float] = defaultdict(float)
+        items: dict[str, set[str]] = defaultdict(set)
+        for m in minutes:
+            for k, v in self._counts.get(m, {}).items():
+                total[k] += v
+            for k, s in self._items.get(m, {}).items():
+                items[k] |= s
+        return dict(total), {k: len(s) for k, s in items.items()}
+
+
+class RedisLedger:
+    """Redis ledger: shared by every process; each operation is one pipelined round trip."""
+
+    def __init__(self, redis: Any, prefix: str, ttl_s: int, timeout_s: float) -> None:
+        self.redis, self.prefix, self.ttl_s, self.timeout_s = redis, prefix, ttl_s, timeout_s
+
+    def _lists(self, user: str) -> str:
+        return f"{self.prefix}s:{user}"
+
+    def _counts(self, minute: int) -> str:
+        return f"{self.prefix}o:{minute}"
+
+    def _hll(self, minute: int, group: str) -> str:
+        return f"{self.prefix}o:c:{minute}:{group}"
+
+    async def served(self, user: str, entry: Served, minute: int) -> None:
+        value = json.dumps([entry.variant, list(entry.items)], separators=(",", ":"))
+        pipe = self.redis.pipeline(transaction=False)
+        key = self._lists(user)
+        pipe.hset(key, entry.bundle, value)
+        pipe.expire(key, self.ttl_s)
+        counts = self._counts(minute)
+        pipe.hincrby(counts, _key(entry.bundle, entry.variant, "served"), 1)
+        pipe.expire(counts, COUNTER_TTL_S)
+        if entry.items:
+            hll = self._hll(minute, f"{entry.bundle}|{entry.variant}")
+            pipe.pfadd(hll, *entry.items)
+            pipe.expire(hll, COUNTER_TTL_S)
+        async with asyncio.timeout(self.timeout_s):
+            await pipe.execute()
+
+    async def take(self, users: Sequence[str]) -> dict[str, list[Served]]:
+        # MULTI/EXEC: read and delete atomically, so two workers never score the same list twice.
+        pipe = self.redis.pipeline(transaction=True)
+        for u in users:
+            pipe.hgetall(self._lists(u))
+            pipe.delete(self._lists(u))
+        async with asyncio.timeout(self.timeout_s):
+            res = await pipe.execute()
+        out: dict[str, list[Served]] = {}
+        for u, lists in zip(users, res[0::2], strict=True):
+            if lists:
+                out[u] = []
+                for bundle, raw in lists.items():
+                    variant, items = json.loads(raw)
+                    out[u].append(Served(bundle, variant, tuple(items)))
+        return out
+
+    async def add(self, minute: int, counts: dict[str, float]) -> None:
+        key = self._counts(minute)
+        pipe = self.redis.pipeline(transaction=False)
+        for k, v in counts.items():
+            pipe.hincrbyfloat(key, k, v)
+        pipe.expire(key, COUNTER_TTL_S)
+        async with asyncio.timeout(self.timeout_s):
+            await pipe.execute()
+
+    async def window(self, minutes: Sequence[int]) -> tuple[dict[str, float], dict[str, int]]:
+        pipe = self.redis.pipeline(transaction=False)
+        for m in minutes:
+            pipe.hgetall(self._counts(m))
+        async with asyncio.timeout(self.timeout_s):
+            buckets = await pipe.execute()
+        total: dict[str, float] = defaultdict(float)
+        for b in buckets:
+            for k, v in b.items():
+                total[k] += float(v)
+        groups = sorted({k.rsplit("|", 1)[0] for k in total if k.endswith("|served")})
+        pipe = self.redis.pipeline(transaction=False)
+        for g in groups:
+            pipe.pfcount(*[self._hll(m, g) for m in minutes])  # union over the window
+        async with asyncio.timeout(self.timeout_s):
+            distinct = await pipe.execute() if groups else []
+        return dict(total), dict(zip(groups, (int(d) for d in distinct), strict=True))
+
+
+class OnlineMetrics:
+    """`seqrec_online_*` Prometheus series. Labels: bundle and variant only, never users or items."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        r = registry
+        self.served = Counter("seqrec_online_served_total", "Lists remembered", ["bundle", "variant"], registry=r)
+        self.events = Counter(
+            "seqrec_online_events_total", "Events by online outcome (scored, unserved)", ["outcome"], registry=r
+        )
+        self.scored = Counter(
+            "seqrec_online_scored_total", "Served lists scored by a next event", ["bundle", "variant"], registry=r
+        )
+        self.hits = Counter(
+            "seqrec_online_hits_total", "Next items within the top k", ["bundle", "variant"], registry=r
+        )
+        self.rr = Counter(
+            "seqrec_online_reciprocal_rank_total", "Sum of reciprocal ranks", ["bundle", "variant"], registry=r
+        )
+        self.ndcg = Counter("seqrec_online_ndcg_total", "Sum of NDCG@k", ["bundle", "variant"], registry=r)
+        self.skipped = Counter(
+            "seqrec_online_skipped_total", "Tracking skipped (store error, overload)", ["op"], registry=r
+        )
+
+
+@dataclass
+class Live:
+    """Online tracking + the current experiment; one per process, held by AppState."""
+
+    ledger: Ledger
+    metrics: OnlineMetrics
+    k: int = 10
+    experiment: Experiment | None = None
+    tracking: bool = True
+    max_inflight: int = 1000
+    clock: Callable[[], float] = time.time
+    _tasks: set[asyncio.Task[None]] = field(default_factory=set)
+
+    def _spawn(self, op: str, coro: Any) -> None:
+        if len(self._tasks) >= self.max_inflight:
+            coro.close()
+            self.metrics.skipped.labels(op).inc()
+            return
+        task = asyncio.get_running_loop().create_task(self._guard(op, coro))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _guard(self, op: str, coro: Any) -> None:
+        try:
+            await coro
+        except Exception as exc:  # tracking must never surface: count it and go on
+            self.metrics.skipped.labels(op).inc()
+            log.debug("online tracking %s skipped: %r", op, exc)
+
+    def minute(self) -> int:
+        return int(self.clock() // MINUTE)
+
+    def served(self, user: str, bundle: str, variant: str, items: Sequence[str]) -> None:
+        """Remember a served list (non-blocking)."""
+        if not self.tracking:
+            return
+        entry = Served(bundle, variant, tuple(items[: self.k]))
+        self.metrics.served.labels(bundle, variant).inc()
+        self._spawn("served", self.ledger.served(user, entry, self.minute()))
+
+    def observe(self, events: Iterable[tuple[str, str, float]]) -> None:
+        """Score the users' next events (user, item, time) against what they were served (non-blocking)."""
+        if not self.tracking:
+            return
+        first: dict[str, tuple[float, str]] = {}
+        extra = 0
+        for user, item, ts in events:
+            if user not in first:
+                first[user] = (ts, item)
+            else:
+                extra += 1
+                if ts < first[user][0]:
+                    first[user] = (ts, item)
+        if first:
+            self._spawn("observe", self._observe({u: it for u, (_, it) in first.items()}, extra))
+
+    async def _observe(self, next_item: dict[str, str], extra: int) -> None:
+        lists = await self.ledger.take(list(next_item))
+        counts: dict[str, float] = defaultdict(float)
+        m = self.metrics
+        unserved = extra + sum(1 for u in next_item if not lists.get(u))
+        counts["|unserved"] = unserved
+        m.events.labels("unserved").inc(unserved)
+        for user, entries in lists.items():
+            if entries:
+                m.events.labels("scored").inc()
+            for e in entries:
+                s = score(e.items, next_item[user], self.k)
+                for what, v in (("scored", 1.0), ("hits", s.hit), ("rr", s.rr), ("ndcg", s.ndcg)):
+                    counts[_key(e.bundle, e.variant, what)] += v
+                m.scored.labels(e.bundle, e.variant).inc()
+                m.hits.labels(e.bundle, e.variant).inc(s.hit)
+                m.rr.labels(e.bundle, e.variant).inc(s.rr)
+                m.ndcg.labels(e.bundle, e.variant).inc(s.ndcg)
+        await self.ledger.add(self.minute(), dict(counts))
+
+    async def drain(self) -> None:
+        """Wait for the tracking in flight (tests, shutdown)."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    async def window(self, minutes: int) -> tuple[dict[str, float], dict[str, int]]:
+        now = self.minute()
+        return await self.ledger.window(list(range(now - minutes + 1, now + 1)))
+
+
+def summarize(
+    counts: dict[str, float], distinct: dict[str, int], catalogue: Callable[[str], int | None]
+) -> tuple[int, list[dict[str, Any]]]:
+    """(unserved events, one row per bundle and variant) from the window's counters."""
+    groups: dict[tuple[str, str], dict[str, float]] = defaultdict(lambda: dict.fromkeys(FIELDS, 0.0))
+    for key, v in counts.items():
+        parts = key.split("|")
+        if len(parts) == 3 and parts[2] in FIELDS:
+            groups[(parts[0], parts[1])][parts[2]] += v
+    rows = []
+    for (bundle, variant), c in sorted(groups.items()):
+        n = int(c["scored"])
+        size = catalogue(bundle)
+        d = distinct.get(f"{bundle}|{variant}", 0)
+        rows.append(
+            {
+                "bundle": bundle,
+                "variant": variant,
+                "served": int(c["served"]),
+                "scored": n,
+                "hits": round(c["hits"]),
+                "hit_rate": c["hits"] / n if n else None,
+                "mrr": c["rr"] / n if n else None,
+                "ndcg": c["ndcg"] / n if n else None,
+                "distinct_items": d,
+                "coverage": d / size if size else None,
+            }
+        )
+    return int(counts.get("|unserved", 0)), rows
+
+
+def make_live(settings: Any, store: Any, registry: Any, metrics: Any) -> Live | None:
+    """The process's Live from the settings; raises ExperimentError (logged) on a bad experiment."""
+    from app.experiment import ExperimentError, load_experiment
+    from app.stores import RedisStore
+
+    try:
+        experiment = load_experiment(settings.experiment, settings.experiment_salt, registry)
+    except ExperimentError as exc:
+        log.error("SEQREC_EXPERIMENT refused: %s", exc)
+        raise
+    if not settings.online_tracking:
+        if experiment is not None:
+            log.warning("SEQREC_ONLINE_TRACKING is off: the experiment splits traffic but nothing is measured")
+        return Live(MemoryLedger(1), OnlineMetrics(metrics.registry), settings.online_k, experiment, tracking=False)
+    ledger: Ledger
+    if isinstance(store, RedisStore):
+        ledger = RedisLedger(store.redis, settings.key_prefix, settings.online_ttl_s, settings.redis_timeout_s)
+    else:
+        ledger = MemoryLedger(settings.online_ttl_s)
+    live = Live(ledger, OnlineMetrics(metrics.registry), settings.online_k, experiment)
+    if experiment is not None:
+        log.info("experiment: %s (salt %r)", experiment.spec, experiment.salt)
+    return live
+
+
+def next_experiment(live: Live | None, spec: str | None, registry: Any, salt: str) -> Experiment | None:
+    """The experiment to install with `registry`: `spec` when given ("" = none), else the current
+    one re-checked against the new bundles. Raises ExperimentError; nothing is changed then."""
+    from app.experiment import load_experiment
+
+    if spec is None:
+        current = live.experiment if live is not None else None
+        if current is None:
+            return None
+        current.check(registry)
+        return current
+    return load_experiment(spec, salt, registry)
