@@ -167,7 +167,11 @@ def train(
     session_test_frac: Annotated[float, typer.Option(help="Newest fraction of sessions held out for test.")] = 0.1,
     init: Annotated[
         Path | None,
-        typer.Option(help="UniSRec: start from a `seqrec pretrain` checkpoint (adaptor + transformer)."),
+        typer.Option(
+            help="Warm start from a previous bundle directory or best.pt (any model: item rows matched by id, "
+            "new items at the mean row, the source's architecture); UniSRec also takes a `seqrec pretrain` "
+            "checkpoint (adaptor + transformer)."
+        ),
     ] = None,
     data_dir: DataDirOpt = None,
     cache_dir: CacheDirOpt = None,
@@ -190,10 +194,16 @@ def train(
         }
     )
     extra = {k[6:]: v for k, v in sets.items() if k.startswith("train.")}
+    warm_from = None
     if init is not None:
-        if not init.is_file():
-            _fail(f"{init}: pre-trained checkpoint not found")
-        extra["init"] = str(init)
+        from training.warm_start import is_warm_start_source
+
+        if is_warm_start_source(init):
+            warm_from = init
+        elif not init.is_file():
+            _fail(f"{init}: neither a bundle directory nor a checkpoint")
+        else:
+            extra["init"] = str(init)  # a UniSRec pre-training checkpoint (training/unisrec.py checks it)
     train_over: dict[str, Any] = {
         "epochs": epochs,
         "batch_size": batch_size,
@@ -237,7 +247,15 @@ def train(
     run_dir = out or Path("runs") / f"{model}-{data.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     try:
         result = run_train(
-            model, data, run_dir, model_over, train_over, progress=progress, split=split, exclude_history=split is None
+            model,
+            data,
+            run_dir,
+            model_over,
+            train_over,
+            progress=progress,
+            split=split,
+            exclude_history=split is None,
+            init=warm_from,
         )
     except ValueError as exc:
         _fail(str(exc))

@@ -220,9 +220,11 @@ def train(
     progress: bool | None = None,
     split: Split | None = None,
     exclude_history: bool = True,
+    init: Path | None = None,
 ) -> TrainResult:
     """`split` replaces the leave-one-out split (e.g. next-item-in-session, training/sessions.py);
-    `exclude_history=False` ranks already-seen items too (the session-based protocol)."""
+    `exclude_history=False` ranks already-seen items too (the session-based protocol);
+    `init` warm-starts from a bundle or checkpoint (training/warm_start.py)."""
     spec = get_spec(model_name)
     tc = spec.train_defaults.updated(**(train_overrides or {}))
     rank, world = _ddp()
@@ -237,9 +239,19 @@ def train(
     split_given = split is not None
     split = subset_split(split if split is not None else leave_one_out(data), tc.max_users)
     popularity = popularity_scores(split.train, data.num_items)
+    warm = None
+    if init is not None:
+        from training import warm_start
+
+        source = warm_start.load_source(init)  # the source's architecture unless overridden
+        model_overrides = warm_start.model_overrides(source, model_name, model_overrides)
     model = build_model(model_name, data.num_items, model_overrides)
     if spec.setup is not None:
         spec.setup(model, data, tc)
+    if init is not None:
+        warm = warm_start.apply(model, model_name, source, data.item_ids).summary()
+        if rank == 0:
+            print(warm, file=sys.stderr, flush=True)
     model = model.to(device)
     task = spec.make_task(model.cfg, tc, popularity)  # type: ignore[attr-defined]
     net: torch.nn.Module = TaskLoss(model, task)
@@ -386,6 +398,7 @@ def train(
         "stop_reason": stop_reason,
         "protocol": "leave-one-out" if split_given is False else "custom split",
         "exclude_history": exclude_history,
+        "warm_start": warm,
     }
     (run_dir / "final.json").write_text(json.dumps(final, indent=2))
     _ddp_finish(world)
