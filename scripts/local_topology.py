@@ -12,7 +12,12 @@
    sharing that Redis and the bundle directory, polling it for new bundles;
 4. the drive: both ready on the same bundle; events written through one API are seen by the
    other; the training job runs again and both APIs switch to the new bundle without a
-   restart (same PIDs); optionally the mixed load benchmark (--bench SECONDS).
+   restart (same PIDs); optionally the mixed load benchmark (--bench SECONDS);
+5. with --live, the live loop: real traffic (the dataset's own timed events of `--live-users`
+   users) through the APIs, each recommendation scored by the user's next event; the job then
+   snapshots Redis, warm-starts from the served bundle, publishes the result as the treatment
+   of an experiment on both APIs; the split answers with both variants and GET /stats/online
+   shows per-variant online metrics.
 Everything binds to 127.0.0.1 and is stopped at the end (SIGTERM, then SIGKILL).
 """
 
@@ -106,7 +111,7 @@ class Topology:
         )
         self._wait(lambda: self._port_open(self.redis_port), 20, "redis")
 
-    def train(self, dataset: str, train_args: str, model: str = "sasrec") -> Path:
+    def train(self, dataset: str, train_args: str, model: str = "sasrec", **job_env: str) -> Path:
         """Run docker/train-job.sh (the compose `train` service's command) against the local dirs."""
         env = {
             **os.environ,
@@ -117,10 +122,13 @@ class Topology:
             "BUNDLE_ROOT": str(self.bundle_root),
             "RUN_DIR": str(self.workdir / "runs"),
             "SEQREC": f"{sys.executable} -m training.cli",
+            "PYTHON": sys.executable,
+            **job_env,
         }
         env.setdefault("SEQREC_CACHE_DIR", str(self.workdir / "cache"))
         subprocess.run(["sh", str(DOCKER / "train-job.sh")], cwd=ROOT, env=env, check=True)
-        return (self.bundle_root / model).resolve()
+        target = f"{model}-treatment" if job_env.get("PUBLISH") == "treatment" else model
+        return (self.bundle_root / target).resolve()
 
     def write_api_env(self) -> Path:
         """api.env from the example, with a fresh random key (what a deployer does by hand)."""
@@ -243,12 +251,77 @@ def drive(topo: Topology, dataset: str, train_args: str, retrain: bool, results:
         results["releases"] = releases
 
 
+def live_loop(topo: Topology, dataset: str, train_args: str, users: int, results: dict) -> None:
+    """Traffic in, snapshot, warm-start retrain, publish as treatment, per-variant online metrics."""
+    sys.path.insert(0, str(ROOT))
+    from training.data import prepare
+
+    a, b = topo.bases()
+    key = {"X-API-Key": topo.api_key}
+    data = prepare(dataset)
+    control = (topo.bundle_root / "sasrec").resolve()
+    # The dataset's own events of the first `users` users, with their times, as live traffic;
+    # the last event of each user is held back for the scored round below.
+    events, last = [], {}
+    for u in range(min(users, data.num_users)):
+        seq, ts = data.sequence(u), data.times(u)
+        times = ts if ts is not None else range(len(seq))
+        for n, (i, t) in enumerate(zip(seq[:-1], times[:-1], strict=True)):
+            ev = {"user_id": f"live-{data.user_ids[u]}", "item_id": data.item_ids[i - 1], "timestamp": float(t)}
+            events.append({**ev, "event_id": f"e{n}"})
+        last[f"live-{data.user_ids[u]}"] = data.item_ids[seq[-1] - 1]
+    for i in range(0, len(events), 500):
+        status, _ = http_json("POST", f"{(a, b)[i // 500 % 2]}/events", {"events": events[i : i + 500]}, key)
+        if status != 200:
+            raise SystemExit(f"POST /events: {status}")
+
+    def scored_round(nxt: dict[str, str]) -> dict[str, int]:
+        variants: dict[str, int] = {}
+        for n, (user, item) in enumerate(nxt.items()):
+            base = (a, b)[n % 2]
+            _, rec = http_json("GET", f"{base}/recommend/{user}?k=10")
+            variants[rec["variant"]] = variants.get(rec["variant"], 0) + 1
+            ev = {"user_id": user, "item_id": item, "timestamp": 2e9 + n, "event_id": f"next-{rec['variant']}"}
+            http_json("POST", f"{(b, a)[n % 2]}/events", {"events": [ev]}, key)
+        return variants
+
+    before = scored_round(last)
+    check(before == {"default": len(last)}, "live traffic served by the default bundle", results)
+    t = time.monotonic()
+    treatment = topo.train(
+        dataset,
+        train_args,
+        REDIS_URL=topo.redis_url,
+        PUBLISH="treatment",
+        RELOAD_URLS=f"{a} {b}",
+        SEQREC_API_KEY=topo.api_key,
+    )
+    results["live_retrain_seconds"] = round(time.monotonic() - t, 1)
+    results["treatment"] = treatment.name
+    ready = [http_json("GET", f"{base}/readyz")[1] for base in (a, b)]
+    names = [sorted(x["name"] for x in r["bundles"]) for r in ready]
+    check(
+        all(n == sorted([control.name, treatment.name]) for n in names), "both APIs serve control + treatment", results
+    )
+    # The next events of the same users, now split between the variants.
+    after = scored_round({u: it for u, it in zip(last, reversed(list(last.values())), strict=True)})
+    check(set(after) == {"control", "treatment"}, "the experiment splits users between both bundles", results)
+    time.sleep(0.5)  # tracking runs in the background
+    _, stats = http_json("GET", f"{a}/stats/online?minutes=60")
+    rows = {r["variant"]: r for r in stats["variants"]}
+    results["online"] = stats
+    ok = all(rows.get(v, {}).get("scored", 0) > 0 for v in ("default", "control", "treatment"))
+    check(ok, "GET /stats/online scores default, control and treatment", results)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dataset", default="ml-1m")
     ap.add_argument("--train-args", default="--epochs 1 --max-users 1500")
     ap.add_argument("--workers-per-api", type=int, default=1)
     ap.add_argument("--no-retrain", action="store_true", help="Skip the second training run.")
+    ap.add_argument("--live", action="store_true", help="Then close the live loop (snapshot, warm start, A/B).")
+    ap.add_argument("--live-users", type=int, default=300, help="Users whose events are replayed for --live.")
     ap.add_argument("--bench", type=float, default=0, help="Then run the mixed load for this many seconds.")
     ap.add_argument("--bench-out", type=Path, default=ROOT / "benchmarks/results/mixed_load")
     ap.add_argument("--workdir", type=Path, default=None, help="Keep everything here (default: a temp dir, removed).")
@@ -266,6 +339,8 @@ def main() -> None:
         topo.start_apis()
         print(f"APIs on {topo.api_ports}", flush=True)
         drive(topo, args.dataset, args.train_args, not args.no_retrain, results)
+        if args.live:
+            live_loop(topo, args.dataset, args.train_args, args.live_users, results)
         if args.bench:
             sys.path.insert(0, str(ROOT))
             from benchmarks.mixed_load import run_and_report
