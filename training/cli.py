@@ -500,9 +500,16 @@ def serve(
         # /metrics must add up every worker, not show whichever one answered the scrape.
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="seqrec-metrics-")
     try:
-        Settings()
+        settings = Settings()
     except Exception as exc:  # pydantic ValidationError: report it plainly instead of a traceback
         _fail(f"invalid settings: {exc}")
+    if settings.experiment:
+        from app.experiment import Experiment, ExperimentError
+
+        try:  # the syntax here; the bundle names once the bundles are loaded (at start-up)
+            Experiment.parse(settings.experiment, settings.experiment_salt)
+        except ExperimentError as exc:
+            _fail(f"SEQREC_EXPERIMENT: {exc}")
     if examples:
         _print_examples(Settings(), host, port)
     uvicorn.run(
