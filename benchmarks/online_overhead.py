@@ -16,17 +16,16 @@ import argparse
 import asyncio
 import json
 import os
-import shutil
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from benchmarks.live_harness import processes, start_api, start_redis  # noqa: E402
 from benchmarks.machine import machine_info  # noqa: E402
-from benchmarks.serve_load import free_port, post_events, recommend_load, tree_cpu, wait_port  # noqa: E402
+from benchmarks.serve_load import post_events, recommend_load, tree_cpu  # noqa: E402
 
 API_KEY = "bench-key"
 
@@ -41,24 +40,11 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "online_overhead.json")
     args = ap.parse_args()
-    exe = shutil.which("redis-server")
-    if exe is None:
-        raise SystemExit("redis-server not found")
-    rport = free_port()
-    url = f"redis://127.0.0.1:{rport}/0"
-    procs: list[subprocess.Popen] = []
     ports: dict[str, int] = {}
-    try:
-        procs.append(
-            subprocess.Popen(
-                [exe, "--port", str(rport), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-                stdout=subprocess.DEVNULL,
-            )
-        )
-        wait_port(rport)
-        pids = {}
+    pids: dict[str, int] = {}
+    with processes() as procs:
+        url = start_redis(procs)
         for mode in ("off", "on"):
-            port = free_port()
             env = {
                 **os.environ,
                 "PYTHONPATH": str(ROOT),
@@ -68,13 +54,8 @@ def main() -> None:
                 "SEQREC_ACCESS_LOG": "false",
                 "SEQREC_ONLINE_TRACKING": "true" if mode == "on" else "false",
             }
-            cmd = [sys.executable, "-m", "uvicorn", "app.main:create_app", "--factory", "--host", "127.0.0.1"]
-            cmd += ["--port", str(port), "--log-level", "warning"]
-            p = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-            procs.append(p)
-            ports[mode], pids[mode] = port, p.pid
-        for port in ports.values():
-            wait_port(port, 120)
+            ports[mode] = start_api(procs, env)
+            pids[mode] = procs[-1].pid
         items = json.loads((args.bundle / "item_ids.json").read_text())
         users = [f"bench-u{i}" for i in range(args.users)]
         asyncio.run(post_events(ports["off"], users, items, args.history, 2, API_KEY))
@@ -90,13 +71,6 @@ def main() -> None:
                     r["server_cpu_ms_per_request"] = round((after - before) / r["requests"] * 1e3, 4)
                     runs[mode].setdefault(c, []).append(r)
                     print(mode, c, r, flush=True)
-    finally:
-        for p in reversed(procs):
-            p.terminate()
-            try:
-                p.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                p.kill()
     summary = {}
     for c in args.conns:
         off = [r["p50_ms"] for r in runs["off"][c]]

@@ -24,7 +24,6 @@ import asyncio
 import json
 import math
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -37,8 +36,9 @@ import polars as pl
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from benchmarks.live_harness import processes, start_api, start_redis  # noqa: E402
 from benchmarks.machine import machine_info  # noqa: E402
-from benchmarks.serve_load import Conn, free_port, wait_port  # noqa: E402
+from benchmarks.serve_load import Conn  # noqa: E402
 
 API_KEY = "replay-key"
 SASREC = ["--set", "num_heads=1", "--max-len", "50", "--dim", "64", "--num-layers", "2", "--dropout", "0.2"]
@@ -223,21 +223,9 @@ def main() -> None:
     bundles = work / "bundles"
     v1 = Path(cli("export", str(v1_run / "best.pt"), "--out", str(bundles), "--name", "sasrec-v1")["output"])
 
-    redis_exe = shutil.which("redis-server")
-    if redis_exe is None:
-        raise SystemExit("redis-server not found")
-    rport, port = free_port(), free_port()
-    url = f"redis://127.0.0.1:{rport}/0"
-    procs: list[subprocess.Popen] = []
     result: dict[str, Any] = {}
-    try:
-        procs.append(
-            subprocess.Popen(
-                [redis_exe, "--port", str(rport), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-                stdout=subprocess.DEVNULL,
-            )
-        )
-        wait_port(rport)
+    with processes() as procs:
+        url = start_redis(procs)
         env = {
             **os.environ,
             "PYTHONPATH": str(ROOT),
@@ -249,11 +237,7 @@ def main() -> None:
             "SEQREC_MAX_BATCH": "1000",
             "SEQREC_ONLINE_TTL_S": str(7 * 86400),
         }
-        cmd = [sys.executable, "-m", "uvicorn", "app.main:create_app", "--factory", "--host", "127.0.0.1"]
-        cmd += ["--port", str(port), "--log-level", "warning"]
-        log = (work / "api.log").open("w")
-        procs.append(subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT))
-        wait_port(port, 120)
+        port = start_api(procs, env, work / "api.log")
 
         t = time.perf_counter()
         post_bulk(port, offline)
@@ -291,13 +275,6 @@ def main() -> None:
         r2 = asyncio.run(replay(port, live2))
         print("replay T2..T3", r2, flush=True)
         stats = http(port, "GET", "/stats/online?minutes=1440")
-    finally:
-        for p in reversed(procs):
-            p.terminate()
-            try:
-                p.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                p.kill()
 
     scratch_curve, warm_curve = curve(scratch_run), curve(v2_run)
     scratch_best = max(v for _, v in scratch_curve)

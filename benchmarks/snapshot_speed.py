@@ -24,8 +24,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from benchmarks.live_harness import processes, start_redis  # noqa: E402
 from benchmarks.machine import machine_info  # noqa: E402
-from benchmarks.serve_load import free_port, wait_port  # noqa: E402
 
 
 def fill(url: str, prefix: str, users: int, events: int) -> float:
@@ -72,18 +72,9 @@ def main() -> None:
     ap.add_argument("--events", type=int, default=100)
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "snapshot_speed.json")
     args = ap.parse_args()
-    exe = shutil.which("redis-server")
-    if exe is None:
-        raise SystemExit("redis-server not found")
-    port = free_port()
-    url = f"redis://127.0.0.1:{port}/0"
-    proc = subprocess.Popen(
-        [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL,
-    )
     work = Path(tempfile.mkdtemp(prefix="seqrec-snap-"))
-    try:
-        wait_port(port)
+    with processes() as procs:
+        url = start_redis(procs)
         fill_s = fill(url, "seqrec:", args.users, args.events)
         total = args.users * args.events
         runs = {}
@@ -94,10 +85,7 @@ def main() -> None:
             r["events_per_s"] = round(total / r["snapshot_seconds"])
             runs[name.split(".")[1]] = r
             print(name, r, flush=True)
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-        shutil.rmtree(work, ignore_errors=True)
+    shutil.rmtree(work, ignore_errors=True)
     result = {
         "command": " ".join(["python", *sys.argv]),
         "date": time.strftime("%Y-%m-%d", time.gmtime()),
