@@ -99,6 +99,7 @@ class MemoryLedger:
         self._lists: OrderedDict[str, dict[str, tuple[float, Served]]] = OrderedDict()
         self._counts: dict[int, dict[str, float]] = defaultdict(lambda: defaultdict(float))
         self._items: dict[int, dict[str, set[str]]] = defaultdict(lambda: defaultdict(set))
+        self._swept = 0  # the minute old buckets were last dropped at
 
     async def served(self, user: str, entry: Served, minute: int) -> None:
         lists = self._lists.pop(user, {})
@@ -108,9 +109,11 @@ class MemoryLedger:
             self._lists.popitem(last=False)
         self._counts[minute][_key(entry.bundle, entry.variant, "served")] += 1
         self._items[minute][f"{entry.bundle}|{entry.variant}"].update(entry.items)
-        for old in [m for m in self._counts if m < minute - COUNTER_TTL_S // MINUTE]:
-            self._counts.pop(old, None)
-            self._items.pop(old, None)
+        if minute != self._swept:  # once a minute, not on every call
+            self._swept = minute
+            for old in [m for m in self._counts if m < minute - COUNTER_TTL_S // MINUTE]:
+                self._counts.pop(old, None)
+                self._items.pop(old, None)
 
     async def take(self, users: Sequence[str]) -> dict[str, list[Served]]:
         now, out = self._clock(), {}

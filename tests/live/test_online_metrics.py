@@ -136,3 +136,17 @@ def test_assignment_is_the_same_in_another_process() -> None:
     }
     here = Experiment.parse("control=a:50,treatment=b:50", salt="s1")
     assert runs == {"".join(here.assign(f"u{i}").name[0] for i in range(500)) + "\n"}
+
+
+def test_serve_refuses_a_bad_experiment_before_starting(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    env = {"PATH": "/usr/bin:/bin", "SEQREC_EXPERIMENT": "a=x:50,b=y:60"}
+    r = subprocess.run(
+        [sys.executable, "-m", "training.cli", "serve", "--bundle", str(tmp_path)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 2 and "SEQREC_EXPERIMENT: variant weights sum to 110" in r.stderr
+    assert "Traceback" not in r.stderr
