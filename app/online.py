@@ -12,10 +12,12 @@ user's first event of a batch (by time) is scored: it is the one the list was a 
 for. Catalogue coverage is the number of distinct items served over the window divided by the
 catalogue size, per bundle and variant.
 
-Where it lives: with Redis, next to the history (`{prefix}s:{user}` a hash bundle -> list,
-`{prefix}o:{minute}` a hash of counters per minute, `{prefix}o:c:{minute}:{bundle}|{variant}`
-a HyperLogLog of served items), so every worker and replica adds to the same numbers and
-`GET /stats/online` reads them over any window; in process for the in-process store.
+Where it lives: with Redis, next to the history (`{prefix}s:{user}` a hash bundle -> list, in
+the user's slot on a cluster; `{prefix}o:{minute}` a hash of counters per minute;
+`{prefix}o:c:{<bundle>|<variant>}:{minute}` a HyperLogLog of served items, hash-tagged by group
+so a window's union is one PFCOUNT), so every worker and replica adds to the same numbers and
+`GET /stats/online` reads them over any window; in process for the in-process store. Every
+command touches one key, or keys of one hash tag, so the same code runs on a Redis Cluster.
 
 Tracking never delays or fails a request: it runs in background tasks, a failing or slow
 Redis skips it (counted in `seqrec_online_skipped_total`), and at most `max_inflight`
@@ -139,20 +141,32 @@ class MemoryLedger:
         return dict(total), {k: len(s) for k, s in items.items()}
 
 
+# Read and delete one user's lists atomically (one key: legal on a cluster, unlike MULTI over
+# many users), so two workers never score the same list twice.
+TAKE_LUA = "local v = redis.call('HGETALL', KEYS[1]) redis.call('DEL', KEYS[1]) return v"
+
+
 class RedisLedger:
     """Redis ledger: shared by every process; each operation is one pipelined round trip."""
 
-    def __init__(self, redis: Any, prefix: str, ttl_s: int, timeout_s: float) -> None:
+    def __init__(
+        self,
+        redis: Any,
+        prefix: str,
+        ttl_s: int,
+        timeout_s: float,
+        lists_key: Callable[[str], str] | None = None,
+    ) -> None:
         self.redis, self.prefix, self.ttl_s, self.timeout_s = redis, prefix, ttl_s, timeout_s
-
-    def _lists(self, user: str) -> str:
-        return f"{self.prefix}s:{user}"
+        self._lists = lists_key or (lambda user: f"{prefix}s:{user}")
+        self._take = redis.register_script(TAKE_LUA)
 
     def _counts(self, minute: int) -> str:
         return f"{self.prefix}o:{minute}"
 
     def _hll(self, minute: int, group: str) -> str:
-        return f"{self.prefix}o:c:{minute}:{group}"
+        tag = group.replace("{", "(").replace("}", ")")
+        return f"{self.prefix}o:c:{{{tag}}}:{minute}"
 
     async def served(self, user: str, entry: Served, minute: int) -> None:
         value = json.dumps([entry.variant, list(entry.items)], separators=(",", ":"))
@@ -171,18 +185,16 @@ class RedisLedger:
             await pipe.execute()
 
     async def take(self, users: Sequence[str]) -> dict[str, list[Served]]:
-        # MULTI/EXEC: read and delete atomically, so two workers never score the same list twice.
-        pipe = self.redis.pipeline(transaction=True)
+        pipe = self.redis.pipeline(transaction=False)
         for u in users:
-            pipe.hgetall(self._lists(u))
-            pipe.delete(self._lists(u))
+            await self._take(keys=[self._lists(u)], client=pipe)
         async with asyncio.timeout(self.timeout_s):
             res = await pipe.execute()
         out: dict[str, list[Served]] = {}
-        for u, lists in zip(users, res[0::2], strict=True):
-            if lists:
+        for u, flat in zip(users, res, strict=True):
+            if flat:
                 out[u] = []
-                for bundle, raw in lists.items():
+                for bundle, raw in zip(flat[0::2], flat[1::2], strict=True):
                     variant, items = json.loads(raw)
                     out[u].append(Served(bundle, variant, tuple(items)))
         return out
@@ -371,9 +383,14 @@ def make_live(settings: Any, store: Any, registry: Any, metrics: Any) -> Live | 
             log.warning("SEQREC_ONLINE_TRACKING is off: the experiment splits traffic but nothing is measured")
         return Live(MemoryLedger(1), OnlineMetrics(metrics.registry), settings.online_k, experiment, tracking=False)
     ledger: Ledger
-    if isinstance(store, RedisStore):
-        ledger = RedisLedger(store.redis, settings.key_prefix, settings.online_ttl_s, settings.redis_timeout_s)
+    client = getattr(store, "redis", None)
+    if client is not None and (isinstance(store, RedisStore) or hasattr(store, "user_key")):
+        # A cluster store names per-user keys in the user's hash slot: the lists go there too.
+        lists_key = (lambda u: store.user_key("s", u)) if hasattr(store, "user_key") else None
+        ledger = RedisLedger(client, settings.key_prefix, settings.online_ttl_s, settings.redis_timeout_s, lists_key)
     else:
+        if store.kind != "memory":
+            log.warning("online tracking kept in process: the %s store offers no shared client", store.kind)
         ledger = MemoryLedger(settings.online_ttl_s)
     live = Live(ledger, OnlineMetrics(metrics.registry), settings.online_k, experiment)
     if experiment is not None:
