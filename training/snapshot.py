@@ -18,7 +18,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -61,12 +61,18 @@ def _redis_errors() -> tuple[type[BaseException], ...]:
 
 
 def iter_histories(
-    clients: Sequence[Any], prefix: str = "seqrec:", scan_count: int = 1000
+    clients: Sequence[Any],
+    prefix: str = "seqrec:",
+    scan_count: int = 1000,
+    user_of: Callable[[str], str] | None = None,
 ) -> Iterator[tuple[str, list[tuple[bytes, float]]]]:
     """(user_id, [(member, score), ...] oldest first) for every history key of every client.
 
-    SCAN may return a key twice (keys rehashed during the walk): each user is yielded once."""
+    `user_of` maps the key's part after `{prefix}h:` to the user id (default: it is the id; a
+    store that hash-tags its keys passes its own). SCAN may return a key twice (keys rehashed
+    during the walk): each user is yielded once per client."""
     key_prefix = f"{prefix}h:".encode()
+    decode = user_of or (lambda s: s)
     pattern = _glob_escape(prefix) + "h:*"
     for client in clients:
         seen: set[bytes] = set()
@@ -81,7 +87,7 @@ def iter_histories(
                     pipe.zrange(k, 0, -1, withscores=True)
                 for k, members in zip(keys, pipe.execute(), strict=True):
                     if members:  # expired between SCAN and ZRANGE: nothing to write
-                        yield k[len(key_prefix) :].decode(), members
+                        yield decode(k[len(key_prefix) :].decode()), members
             if int(cursor) == 0:
                 break
 
@@ -128,6 +134,7 @@ def snapshot(
     chunk_rows: int = 250_000,
     scan_count: int = 1000,
     progress: bool | None = None,
+    user_of: Callable[[str], str] | None = None,
 ) -> SnapshotResult:
     """Write every history under `prefix` to `out` (Parquet; CSV when the name ends in .csv).
 
@@ -143,7 +150,7 @@ def snapshot(
     try:
         bar = tqdm(desc="snapshot", unit=" users", disable=not progress if progress is not None else None)
         try:
-            for user, members in iter_histories(masters(client), prefix, scan_count):
+            for user, members in iter_histories(masters(client), prefix, scan_count, user_of):
                 spool.add(user, members)
                 users += 1
                 bar.update(1)
