@@ -263,15 +263,19 @@ class Live:
     max_inflight: int = 1000
     clock: Callable[[], float] = time.time
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    # The user's served list still being written, so that the user's next event, when it reaches
+    # this process first, is scored after the write and not counted as unserved.
+    _writing: dict[str, asyncio.Task[None]] = field(default_factory=dict)
 
-    def _spawn(self, op: str, coro: Any) -> None:
+    def _spawn(self, op: str, coro: Any) -> asyncio.Task[None] | None:
         if len(self._tasks) >= self.max_inflight:
             coro.close()
             self.metrics.skipped.labels(op).inc()
-            return
+            return None
         task = asyncio.get_running_loop().create_task(self._guard(op, coro))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
     async def _guard(self, op: str, coro: Any) -> None:
         try:
@@ -289,7 +293,10 @@ class Live:
             return
         entry = Served(bundle, variant, tuple(items[: self.k]))
         self.metrics.served.labels(bundle, variant).inc()
-        self._spawn("served", self.ledger.served(user, entry, self.minute()))
+        task = self._spawn("served", self.ledger.served(user, entry, self.minute()))
+        if task is not None:
+            self._writing[user] = task
+            task.add_done_callback(lambda t: self._writing.pop(user, None) if self._writing.get(user) is t else None)
 
     def observe(self, events: Iterable[tuple[str, str, float]]) -> None:
         """Score the users' next events (user, item, time) against what they were served (non-blocking)."""
@@ -308,6 +315,9 @@ class Live:
             self._spawn("observe", self._observe({u: it for u, (_, it) in first.items()}, extra))
 
     async def _observe(self, next_item: dict[str, str], extra: int) -> None:
+        writing = [t for u in next_item if (t := self._writing.get(u)) is not None]
+        if writing:
+            await asyncio.wait(writing)
         lists = await self.ledger.take(list(next_item))
         counts: dict[str, float] = defaultdict(float)
         m = self.metrics

@@ -150,3 +150,22 @@ def test_serve_refuses_a_bad_experiment_before_starting(tmp_path) -> None:  # ty
     )
     assert r.returncode == 2 and "SEQREC_EXPERIMENT: variant weights sum to 110" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_event_right_after_the_answer_waits_for_the_list_write() -> None:
+    """A slow store: the next event arrives while the served list is still being written."""
+
+    class Slow(MemoryLedger):
+        async def served(self, user, entry, minute):  # type: ignore[no-untyped-def]
+            await asyncio.sleep(0.05)
+            await super().served(user, entry, minute)
+
+    async def go() -> tuple[int, list[dict]]:
+        live = Live(Slow(ttl_s=60), OnlineMetrics(Metrics().registry))
+        live.served("u", "A", "default", ["x", "y"])
+        live.observe([("u", "y", 1.0)])  # no drain in between
+        await live.drain()
+        return summarize(*(await live.window(5)), lambda _: 2)
+
+    unserved, rows = asyncio.run(go())
+    assert unserved == 0 and rows[0]["scored"] == 1 and rows[0]["hits"] == 1
