@@ -154,7 +154,7 @@ def post_bulk(port: int, events: pl.DataFrame) -> None:
     asyncio.run(go())
 
 
-def http(port: int, method: str, path: str, body: object | None = None) -> dict[str, Any]:
+def http(port: int, method: str, path: str, body: object | None = None, raw: bool = False) -> Any:
     async def go() -> tuple[int, bytes]:
         c = await Conn.open(port)
         raw = json.dumps(body).encode() if body is not None else b""
@@ -165,7 +165,7 @@ def http(port: int, method: str, path: str, body: object | None = None) -> dict[
     status, resp = asyncio.run(go())
     if status != 200:
         raise RuntimeError(f"{method} {path}: {status} {resp[:300]!r}")
-    return json.loads(resp)
+    return resp.decode() if raw else json.loads(resp)
 
 
 def offline_metrics(run_dir: Path) -> dict[str, Any]:
@@ -275,6 +275,12 @@ def main() -> None:
         r2 = asyncio.run(replay(port, live2))
         print("replay T2..T3", r2, flush=True)
         stats = http(port, "GET", "/stats/online?minutes=1440")
+        # Tracking skipped (store timeouts under load, overload): why a served list can go unscored.
+        skipped = {
+            line.split('op="')[1].split('"')[0]: float(line.rsplit(" ", 1)[1])
+            for line in http(port, "GET", "/metrics", raw=True).splitlines()
+            if line.startswith("seqrec_online_skipped_total{")
+        }
 
     scratch_curve, warm_curve = curve(scratch_run), curve(v2_run)
     scratch_best = max(v for _, v in scratch_curve)
@@ -335,6 +341,7 @@ def main() -> None:
         "experiment": stats["experiment"],
         "online": online,
         "unserved_events": stats["unserved_events"],
+        "tracking_skipped": skipped,
         "replay_T2_T3": {k: v for k, v in r2.items() if k != "client"},
         "total_seconds": round(time.perf_counter() - t_start, 1),
         "workdir": str(work),
