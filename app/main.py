@@ -111,6 +111,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             # Let the subscriber close its connection before the loop goes away, but never wait
             # forever: a hung shutdown outlives the orchestrator's grace period and gets killed.
             await bounded(tasks, "background tasks", settings.shutdown_timeout_s)
+            if state.live is not None:  # the last counters, before the pool they use closes
+                await bounded([state.live.close()], "online tracking", settings.shutdown_timeout_s)
             await bounded([item_reg.close(), store.close()], "connection pools", settings.shutdown_timeout_s)
 
     app = FastAPI(

@@ -76,17 +76,25 @@ def score(items: Sequence[str], target: str, k: int) -> Score:
 class Ledger(Protocol):
     """Where served lists and per-minute counters live (Redis or this process)."""
 
-    async def served(self, user: str, entry: Served, minute: int) -> None: ...
+    async def remember(self, batch: Sequence[tuple[str, Served]]) -> None:
+        """Keep each user's served list (per bundle) for the TTL."""
+        ...
 
     async def take(self, users: Sequence[str]) -> dict[str, list[Served]]:
         """The lists remembered for these users, forgotten in the same step (scored once)."""
         ...
 
-    async def add(self, minute: int, counts: dict[str, float]) -> None: ...
+    async def add(self, counts: Counts, items: Items) -> None:
+        """Add per-minute counters and served item ids (coverage) from this process."""
+        ...
 
     async def window(self, minutes: Sequence[int]) -> tuple[dict[str, float], dict[str, int]]:
         """Summed counters, and distinct items served per `bundle|variant`, over these minutes."""
         ...
+
+
+Counts = dict[int, dict[str, float]]  # minute -> counter name -> value
+Items = dict[tuple[int, str], set[str]]  # (minute, "bundle|variant") -> item ids served
 
 
 def _key(bundle: str, variant: str, what: str) -> str:
@@ -103,19 +111,14 @@ class MemoryLedger:
         self._items: dict[int, dict[str, set[str]]] = defaultdict(lambda: defaultdict(set))
         self._swept = 0  # the minute old buckets were last dropped at
 
-    async def served(self, user: str, entry: Served, minute: int) -> None:
-        lists = self._lists.pop(user, {})
-        lists[entry.bundle] = (self._clock(), entry)
-        self._lists[user] = lists  # most recent last
+    async def remember(self, batch: Sequence[tuple[str, Served]]) -> None:
+        now = self._clock()
+        for user, entry in batch:
+            lists = self._lists.pop(user, {})
+            lists[entry.bundle] = (now, entry)
+            self._lists[user] = lists  # most recent last
         while len(self._lists) > self.max_users:
             self._lists.popitem(last=False)
-        self._counts[minute][_key(entry.bundle, entry.variant, "served")] += 1
-        self._items[minute][f"{entry.bundle}|{entry.variant}"].update(entry.items)
-        if minute != self._swept:  # once a minute, not on every call
-            self._swept = minute
-            for old in [m for m in self._counts if m < minute - COUNTER_TTL_S // MINUTE]:
-                self._counts.pop(old, None)
-                self._items.pop(old, None)
 
     async def take(self, users: Sequence[str]) -> dict[str, list[Served]]:
         now, out = self._clock(), {}
@@ -125,10 +128,19 @@ class MemoryLedger:
                 out[u] = [s for t, s in lists.values() if now - t < self.ttl_s]
         return out
 
-    async def add(self, minute: int, counts: dict[str, float]) -> None:
-        bucket = self._counts[minute]
-        for k, v in counts.items():
-            bucket[k] += v
+    async def add(self, counts: Counts, items: Items) -> None:
+        for minute, c in counts.items():
+            bucket = self._counts[minute]
+            for k, v in c.items():
+                bucket[k] += v
+        for (minute, group), ids in items.items():
+            self._items[minute][group] |= ids
+        newest = max([*counts, *(m for m, _ in items)], default=self._swept)
+        if newest != self._swept:  # drop buckets older than a day, once a minute
+            self._swept = newest
+            for old in [m for m in self._counts if m < newest - COUNTER_TTL_S // MINUTE]:
+                self._counts.pop(old, None)
+                self._items.pop(old, None)
 
     async def window(self, minutes: Sequence[int]) -> tuple[dict[str, float], dict[str, int]]:
         total: dict[str, float] = defaultdict(float)
@@ -144,6 +156,8 @@ class MemoryLedger:
 # Read and delete one user's lists atomically (one key: legal on a cluster, unlike MULTI over
 # many users), so two workers never score the same list twice.
 TAKE_LUA = "local v = redis.call('HGETALL', KEYS[1]) redis.call('DEL', KEYS[1]) return v"
+# Keep a list and renew the user's TTL in one command (one key): the whole per-answer cost.
+SERVE_LUA = "redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) redis.call('EXPIRE', KEYS[1], ARGV[3])"
 
 
 class RedisLedger:
@@ -160,6 +174,7 @@ class RedisLedger:
         self.redis, self.prefix, self.ttl_s, self.timeout_s = redis, prefix, ttl_s, timeout_s
         self._lists = lists_key or (lambda user: f"{prefix}s:{user}")
         self._take = redis.register_script(TAKE_LUA)
+        self._serve = redis.register_script(SERVE_LUA)
 
     def _counts(self, minute: int) -> str:
         return f"{self.prefix}o:{minute}"
@@ -168,20 +183,18 @@ class RedisLedger:
         tag = group.replace("{", "(").replace("}", ")")
         return f"{self.prefix}o:c:{{{tag}}}:{minute}"
 
-    async def served(self, user: str, entry: Served, minute: int) -> None:
-        value = json.dumps([entry.variant, list(entry.items)], separators=(",", ":"))
-        pipe = self.redis.pipeline(transaction=False)
-        key = self._lists(user)
-        pipe.hset(key, entry.bundle, value)
-        pipe.expire(key, self.ttl_s)
-        counts = self._counts(minute)
-        pipe.hincrby(counts, _key(entry.bundle, entry.variant, "served"), 1)
-        pipe.expire(counts, COUNTER_TTL_S)
-        if entry.items:
-            hll = self._hll(minute, f"{entry.bundle}|{entry.variant}")
-            pipe.pfadd(hll, *entry.items)
-            pipe.expire(hll, COUNTER_TTL_S)
+    async def remember(self, batch: Sequence[tuple[str, Served]]) -> None:
+        def args(e: Served) -> list[Any]:
+            return [e.bundle, json.dumps([e.variant, list(e.items)], separators=(",", ":")), self.ttl_s]
+
         async with asyncio.timeout(self.timeout_s):
+            if len(batch) == 1:  # the common case when idle: no pipeline object to build
+                user, entry = batch[0]
+                await self._serve(keys=[self._lists(user)], args=args(entry))
+                return
+            pipe = self.redis.pipeline(transaction=False)
+            for user, entry in batch:
+                await self._serve(keys=[self._lists(user)], args=args(entry), client=pipe)
             await pipe.execute()
 
     async def take(self, users: Sequence[str]) -> dict[str, list[Served]]:
@@ -199,12 +212,18 @@ class RedisLedger:
                     out[u].append(Served(bundle, variant, tuple(items)))
         return out
 
-    async def add(self, minute: int, counts: dict[str, float]) -> None:
-        key = self._counts(minute)
+    async def add(self, counts: Counts, items: Items) -> None:
         pipe = self.redis.pipeline(transaction=False)
-        for k, v in counts.items():
-            pipe.hincrbyfloat(key, k, v)
-        pipe.expire(key, COUNTER_TTL_S)
+        for minute, c in counts.items():
+            key = self._counts(minute)
+            for k, v in c.items():
+                pipe.hincrbyfloat(key, k, v)
+            pipe.expire(key, COUNTER_TTL_S)
+        for (minute, group), ids in items.items():
+            if ids:
+                hll = self._hll(minute, group)
+                pipe.pfadd(hll, *ids)
+                pipe.expire(hll, COUNTER_TTL_S)
         async with asyncio.timeout(self.timeout_s):
             await pipe.execute()
 
@@ -253,7 +272,11 @@ class OnlineMetrics:
 
 @dataclass
 class Live:
-    """Online tracking + the current experiment; one per process, held by AppState."""
+    """Online tracking + the current experiment; one per process, held by AppState.
+
+    Per answer, the only store work is one single-key command (the user's list), and answers
+    given in the same event-loop turn share one pipeline; counters and coverage accumulate in
+    process and are flushed every `flush_s` (so GET /stats/online lags by at most that)."""
 
     ledger: Ledger
     metrics: OnlineMetrics
@@ -261,11 +284,17 @@ class Live:
     experiment: Experiment | None = None
     tracking: bool = True
     max_inflight: int = 1000
+    flush_s: float = 1.0
     clock: Callable[[], float] = time.time
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    _outbox: list[tuple[str, Served]] = field(default_factory=list)
+    _writer: asyncio.Task[None] | None = None
     # The user's served list still being written, so that the user's next event, when it reaches
     # this process first, is scored after the write and not counted as unserved.
     _writing: dict[str, asyncio.Task[None]] = field(default_factory=dict)
+    _counts: Counts = field(default_factory=lambda: defaultdict(lambda: defaultdict(float)))
+    _items: Items = field(default_factory=lambda: defaultdict(set))
+    _flusher: asyncio.Task[None] | None = None
 
     def _spawn(self, op: str, coro: Any) -> asyncio.Task[None] | None:
         if len(self._tasks) >= self.max_inflight:
@@ -275,6 +304,8 @@ class Live:
         task = asyncio.get_running_loop().create_task(self._guard(op, coro))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        if self._flusher is None:
+            self._flusher = asyncio.get_running_loop().create_task(self._flush_every())
         return task
 
     async def _guard(self, op: str, coro: Any) -> None:
@@ -293,10 +324,31 @@ class Live:
             return
         entry = Served(bundle, variant, tuple(items[: self.k]))
         self.metrics.served.labels(bundle, variant).inc()
-        task = self._spawn("served", self.ledger.served(user, entry, self.minute()))
-        if task is not None:
-            self._writing[user] = task
-            task.add_done_callback(lambda t: self._writing.pop(user, None) if self._writing.get(user) is t else None)
+        minute, group = self.minute(), f"{bundle}|{variant}"
+        self._counts[minute][f"{group}|served"] += 1
+        self._items[(minute, group)].update(entry.items)
+        if len(self._outbox) >= self.max_inflight:
+            self.metrics.skipped.labels("served").inc()
+            return
+        self._outbox.append((user, entry))
+        if self._writer is None:
+            self._writer = self._spawn("served", self._write_outbox())
+        if self._writer is not None:
+            self._writing[user] = self._writer
+
+    async def _write_outbox(self) -> None:
+        await asyncio.sleep(0)  # answers of this loop turn join the batch
+        batch, self._outbox, me = self._outbox, [], self._writer
+        self._writer = None
+        try:
+            await self.ledger.remember(batch)
+        except Exception as exc:
+            self.metrics.skipped.labels("served").inc(len(batch))
+            log.debug("online tracking: %d served lists not kept: %r", len(batch), exc)
+        finally:
+            for user, _ in batch:
+                if self._writing.get(user) is me:
+                    del self._writing[user]
 
     def observe(self, events: Iterable[tuple[str, str, float]]) -> None:
         """Score the users' next events (user, item, time) against what they were served (non-blocking)."""
@@ -315,14 +367,14 @@ class Live:
             self._spawn("observe", self._observe({u: it for u, (_, it) in first.items()}, extra))
 
     async def _observe(self, next_item: dict[str, str], extra: int) -> None:
-        writing = [t for u in next_item if (t := self._writing.get(u)) is not None]
+        writing = {t for u in next_item if (t := self._writing.get(u)) is not None}
         if writing:
             await asyncio.wait(writing)
         lists = await self.ledger.take(list(next_item))
-        counts: dict[str, float] = defaultdict(float)
+        counts = self._counts[self.minute()]
         m = self.metrics
         unserved = extra + sum(1 for u in next_item if not lists.get(u))
-        counts["|unserved"] = unserved
+        counts["|unserved"] += unserved
         m.events.labels("unserved").inc(unserved)
         for user, entries in lists.items():
             if entries:
@@ -335,12 +387,35 @@ class Live:
                 m.hits.labels(e.bundle, e.variant).inc(s.hit)
                 m.rr.labels(e.bundle, e.variant).inc(s.rr)
                 m.ndcg.labels(e.bundle, e.variant).inc(s.ndcg)
-        await self.ledger.add(self.minute(), dict(counts))
+
+    async def flush(self) -> None:
+        """Send the counters gathered in this process to the ledger (lost, and counted, on error)."""
+        if not self._counts and not self._items:
+            return
+        counts, items = self._counts, self._items
+        self._counts, self._items = defaultdict(lambda: defaultdict(float)), defaultdict(set)
+        try:
+            await self.ledger.add({m: dict(c) for m, c in counts.items()}, dict(items))
+        except Exception as exc:
+            self.metrics.skipped.labels("counts").inc()
+            log.debug("online tracking: counters not flushed: %r", exc)
+
+    async def _flush_every(self) -> None:
+        while True:
+            await asyncio.sleep(self.flush_s)
+            await self.flush()
 
     async def drain(self) -> None:
-        """Wait for the tracking in flight (tests, shutdown)."""
+        """Wait for the tracking in flight and flush the counters (tests, shutdown)."""
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        await self.flush()
+
+    async def close(self) -> None:
+        if self._flusher is not None:
+            self._flusher.cancel()
+            self._flusher = None
+        await self.drain()
 
     async def window(self, minutes: int) -> tuple[dict[str, float], dict[str, int]]:
         now = self.minute()

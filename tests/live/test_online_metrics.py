@@ -156,9 +156,9 @@ def test_event_right_after_the_answer_waits_for_the_list_write() -> None:
     """A slow store: the next event arrives while the served list is still being written."""
 
     class Slow(MemoryLedger):
-        async def served(self, user, entry, minute):  # type: ignore[no-untyped-def]
+        async def remember(self, batch):  # type: ignore[no-untyped-def]
             await asyncio.sleep(0.05)
-            await super().served(user, entry, minute)
+            await super().remember(batch)
 
     async def go() -> tuple[int, list[dict]]:
         live = Live(Slow(ttl_s=60), OnlineMetrics(Metrics().registry))
