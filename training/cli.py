@@ -201,7 +201,7 @@ def train(
         if is_warm_start_source(init):
             warm_from = init
         elif not init.is_file():
-            _fail(f"{init}: neither a bundle directory nor a checkpoint")
+            _fail(f"{init}: not found (neither a bundle directory nor a checkpoint file)")
         else:
             extra["init"] = str(init)  # a UniSRec pre-training checkpoint (training/unisrec.py checks it)
     train_over: dict[str, Any] = {
