@@ -94,7 +94,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         state = AppState(
             settings=settings, registry=registry, store=store, metrics=metrics, write_limiter=limiter, items=item_reg
         )
-        state.live = make_live(settings, store, registry, metrics)  # raises on a bad SEQREC_EXPERIMENT
+        # Raises on a bad SEQREC_EXPERIMENT; served lists are kept per bundle of the current registry.
+        state.live = make_live(settings, store, registry, metrics, bundles=lambda: state.registry.bundles)
         # Items registered before this process started (by any process) are served from the start;
         # the subscriber then adds everything announced later.
         await catch_up(item_reg, registry)

@@ -12,7 +12,7 @@ user's first event of a batch (by time) is scored: it is the one the list was a 
 for. Catalogue coverage is the number of distinct items served over the window divided by the
 catalogue size, per bundle and variant.
 
-Where it lives: with Redis, next to the history (`{prefix}s:{user}` a hash bundle -> list, in
+Where it lives: with Redis, next to the history (`{prefix}s:{user}:{bundle}` the list, in
 the user's slot on a cluster; `{prefix}o:{minute}` a hash of counters per minute;
 `{prefix}o:c:{<bundle>|<variant>}:{minute}` a HyperLogLog of served items, hash-tagged by group
 so a window's union is one PFCOUNT), so every worker and replica adds to the same numbers and
@@ -80,8 +80,8 @@ class Ledger(Protocol):
         """Keep each user's served list (per bundle) for the TTL."""
         ...
 
-    async def take(self, users: Sequence[str]) -> dict[str, list[Served]]:
-        """The lists remembered for these users, forgotten in the same step (scored once)."""
+    async def take(self, users: Sequence[str], bundles: Sequence[str]) -> dict[str, list[Served]]:
+        """The lists these bundles served these users, forgotten in the same step (scored once)."""
         ...
 
     async def add(self, counts: Counts, items: Items) -> None:
@@ -120,7 +120,7 @@ class MemoryLedger:
         while len(self._lists) > self.max_users:
             self._lists.popitem(last=False)
 
-    async def take(self, users: Sequence[str]) -> dict[str, list[Served]]:
+    async def take(self, users: Sequence[str], bundles: Sequence[str]) -> dict[str, list[Served]]:
         now, out = self._clock(), {}
         for u in users:
             lists = self._lists.pop(u, None)
@@ -153,15 +153,11 @@ class MemoryLedger:
         return dict(total), {k: len(s) for k, s in items.items()}
 
 
-# Read and delete one user's lists atomically (one key: legal on a cluster, unlike MULTI over
-# many users), so two workers never score the same list twice.
-TAKE_LUA = "local v = redis.call('HGETALL', KEYS[1]) redis.call('DEL', KEYS[1]) return v"
-# Keep a list and renew the user's TTL in one command (one key): the whole per-answer cost.
-SERVE_LUA = "redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) redis.call('EXPIRE', KEYS[1], ARGV[3])"
-
-
 class RedisLedger:
-    """Redis ledger: shared by every process; each operation is one pipelined round trip."""
+    """Redis ledger: shared by every process. A served list is one string key per user and
+    bundle, written with SET ... EX (one plain command: the whole per-answer cost) and taken
+    with GETDEL (atomic, so two workers never score the same list twice; one key per command,
+    so a Redis Cluster serves it too)."""
 
     def __init__(
         self,
@@ -172,9 +168,10 @@ class RedisLedger:
         lists_key: Callable[[str], str] | None = None,
     ) -> None:
         self.redis, self.prefix, self.ttl_s, self.timeout_s = redis, prefix, ttl_s, timeout_s
-        self._lists = lists_key or (lambda user: f"{prefix}s:{user}")
-        self._take = redis.register_script(TAKE_LUA)
-        self._serve = redis.register_script(SERVE_LUA)
+        self._user = lists_key or (lambda user: f"{prefix}s:{user}")
+
+    def _list(self, user: str, bundle: str) -> str:
+        return f"{self._user(user)}:{bundle}"
 
     def _counts(self, minute: int) -> str:
         return f"{self.prefix}o:{minute}"
@@ -183,33 +180,35 @@ class RedisLedger:
         tag = group.replace("{", "(").replace("}", ")")
         return f"{self.prefix}o:c:{{{tag}}}:{minute}"
 
-    async def remember(self, batch: Sequence[tuple[str, Served]]) -> None:
-        def args(e: Served) -> list[Any]:
-            return [e.bundle, json.dumps([e.variant, list(e.items)], separators=(",", ":")), self.ttl_s]
+    @staticmethod
+    def _value(e: Served) -> str:
+        return json.dumps([e.variant, list(e.items)], separators=(",", ":"))
 
+    async def remember(self, batch: Sequence[tuple[str, Served]]) -> None:
         async with asyncio.timeout(self.timeout_s):
-            if len(batch) == 1:  # the common case when idle: no pipeline object to build
-                user, entry = batch[0]
-                await self._serve(keys=[self._lists(user)], args=args(entry))
+            if len(batch) == 1:  # the common case when not loaded: no pipeline object to build
+                user, e = batch[0]
+                await self.redis.set(self._list(user, e.bundle), self._value(e), ex=self.ttl_s)
                 return
             pipe = self.redis.pipeline(transaction=False)
-            for user, entry in batch:
-                await self._serve(keys=[self._lists(user)], args=args(entry), client=pipe)
+            for user, e in batch:
+                pipe.set(self._list(user, e.bundle), self._value(e), ex=self.ttl_s)
             await pipe.execute()
 
-    async def take(self, users: Sequence[str]) -> dict[str, list[Served]]:
+    async def take(self, users: Sequence[str], bundles: Sequence[str]) -> dict[str, list[Served]]:
+        pairs = [(u, b) for u in users for b in bundles]
+        if not pairs:
+            return {}
         pipe = self.redis.pipeline(transaction=False)
-        for u in users:
-            await self._take(keys=[self._lists(u)], client=pipe)
+        for u, b in pairs:
+            pipe.getdel(self._list(u, b))
         async with asyncio.timeout(self.timeout_s):
             res = await pipe.execute()
         out: dict[str, list[Served]] = {}
-        for u, flat in zip(users, res, strict=True):
-            if flat:
-                out[u] = []
-                for bundle, raw in zip(flat[0::2], flat[1::2], strict=True):
-                    variant, items = json.loads(raw)
-                    out[u].append(Served(bundle, variant, tuple(items)))
+        for (u, b), raw in zip(pairs, res, strict=True):
+            if raw:
+                variant, items = json.loads(raw)
+                out.setdefault(u, []).append(Served(b, variant, tuple(items)))
         return out
 
     async def add(self, counts: Counts, items: Items) -> None:
@@ -274,9 +273,9 @@ class OnlineMetrics:
 class Live:
     """Online tracking + the current experiment; one per process, held by AppState.
 
-    Per answer, the only store work is one single-key command (the user's list), and answers
-    given in the same event-loop turn share one pipeline; counters and coverage accumulate in
-    process and are flushed every `flush_s` (so GET /stats/online lags by at most that)."""
+    Per answer, the only store work is one single-key command (the user's list), and the answers
+    of `write_delay_s` share one pipeline; counters and coverage accumulate in process and are
+    flushed every `flush_s` (so GET /stats/online lags by at most that)."""
 
     ledger: Ledger
     metrics: OnlineMetrics
@@ -285,7 +284,9 @@ class Live:
     tracking: bool = True
     max_inflight: int = 1000
     flush_s: float = 1.0
+    write_delay_s: float = 0.01
     clock: Callable[[], float] = time.time
+    bundles: Callable[[], Iterable[str]] = tuple  # names of the bundles now served (lists are per bundle)
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
     _outbox: list[tuple[str, Served]] = field(default_factory=list)
     _writer: asyncio.Task[None] | None = None
@@ -337,7 +338,9 @@ class Live:
             self._writing[user] = self._writer
 
     async def _write_outbox(self) -> None:
-        await asyncio.sleep(0)  # answers of this loop turn join the batch
+        # Answers of the next few milliseconds join the batch: one pipeline for all of them. The
+        # user's next event, if it reaches this process meanwhile, waits for it (`_writing`).
+        await asyncio.sleep(self.write_delay_s)
         batch, self._outbox, me = self._outbox, [], self._writer
         self._writer = None
         try:
@@ -370,7 +373,7 @@ class Live:
         writing = {t for u in next_item if (t := self._writing.get(u)) is not None}
         if writing:
             await asyncio.wait(writing)
-        lists = await self.ledger.take(list(next_item))
+        lists = await self.ledger.take(list(next_item), list(self.bundles()))
         counts = self._counts[self.minute()]
         m = self.metrics
         unserved = extra + sum(1 for u in next_item if not lists.get(u))
@@ -453,7 +456,9 @@ def summarize(
     return int(counts.get("|unserved", 0)), rows
 
 
-def make_live(settings: Any, store: Any, registry: Any, metrics: Any) -> Live | None:
+def make_live(
+    settings: Any, store: Any, registry: Any, metrics: Any, bundles: Callable[[], Iterable[str]] = tuple
+) -> Live | None:
     """The process's Live from the settings; raises ExperimentError (logged) on a bad experiment."""
     from app.experiment import ExperimentError, load_experiment
     from app.stores import RedisStore
@@ -477,7 +482,7 @@ def make_live(settings: Any, store: Any, registry: Any, metrics: Any) -> Live | 
         if store.kind != "memory":
             log.warning("online tracking kept in process: the %s store offers no shared client", store.kind)
         ledger = MemoryLedger(settings.online_ttl_s)
-    live = Live(ledger, OnlineMetrics(metrics.registry), settings.online_k, experiment)
+    live = Live(ledger, OnlineMetrics(metrics.registry), settings.online_k, experiment, bundles=bundles)
     if experiment is not None:
         log.info("experiment: %s (salt %r)", experiment.spec, experiment.salt)
     return live
