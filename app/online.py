@@ -366,14 +366,32 @@ class Live:
                 extra += 1
                 if ts < first[user][0]:
                     first[user] = (ts, item)
-        if first:
-            self._spawn("observe", self._observe({u: it for u, (_, it) in first.items()}, extra))
+        if not first:
+            return
+        # Lists of these users not yet sent to the store are taken here, in request order: a
+        # list served after this event (still queued) must not be scored against it.
+        queued: dict[str, dict[str, Served]] = {}
+        if self._outbox:
+            keep = []
+            for user, entry in self._outbox:
+                if user in first:
+                    queued.setdefault(user, {})[entry.bundle] = entry  # the newest per bundle
+                else:
+                    keep.append((user, entry))
+            self._outbox = keep
+        self._spawn("observe", self._observe({u: it for u, (_, it) in first.items()}, extra, queued))
 
-    async def _observe(self, next_item: dict[str, str], extra: int) -> None:
+    async def _observe(self, next_item: dict[str, str], extra: int, queued: dict[str, dict[str, Served]]) -> None:
         writing = {t for u in next_item if (t := self._writing.get(u)) is not None}
         if writing:
             await asyncio.wait(writing)
-        lists = await self.ledger.take(list(next_item), list(self.bundles()))
+        stored = await self.ledger.take(list(next_item), list(self.bundles()))
+        lists: dict[str, list[Served]] = {}
+        for user in next_item:
+            by_bundle = {e.bundle: e for e in stored.get(user, [])}
+            by_bundle.update(queued.get(user, {}))  # newer than anything stored for that bundle
+            if by_bundle:
+                lists[user] = list(by_bundle.values())
         counts = self._counts[self.minute()]
         m = self.metrics
         unserved = extra + sum(1 for u in next_item if not lists.get(u))

@@ -169,3 +169,27 @@ def test_event_right_after_the_answer_waits_for_the_list_write() -> None:
 
     unserved, rows = asyncio.run(go())
     assert unserved == 0 and rows[0]["scored"] == 1 and rows[0]["hits"] == 1
+
+
+def test_rapid_answers_and_events_score_each_event_against_the_list_before_it() -> None:
+    """recommend, event, recommend, event, ... faster than the store writes (the replay pattern)."""
+
+    class Slow(MemoryLedger):
+        async def remember(self, batch):  # type: ignore[no-untyped-def]
+            await asyncio.sleep(0.02)
+            await super().remember(batch)
+
+    async def go() -> tuple[int, list[dict]]:
+        live = Live(Slow(ttl_s=60), OnlineMetrics(Metrics().registry), k=2)
+        live.served("u", "A", "default", ["x", "y"])
+        live.observe([("u", "y", 1.0)])  # rank 2 in the first list
+        live.served("u", "A", "default", ["z", "w"])  # computed after y: does not hold it
+        live.observe([("u", "z", 2.0)])  # rank 1 in the second list
+        live.observe([("u", "q", 3.0)])  # nothing served since: unserved
+        await live.drain()
+        return summarize(*(await live.window(5)), lambda _: 4)
+
+    unserved, rows = asyncio.run(go())
+    assert unserved == 1
+    assert (rows[0]["served"], rows[0]["scored"], rows[0]["hits"]) == (2, 2, 2)
+    assert rows[0]["mrr"] == pytest.approx((1 / 2 + 1) / 2)
