@@ -273,9 +273,10 @@ class OnlineMetrics:
 class Live:
     """Online tracking + the current experiment; one per process, held by AppState.
 
-    Per answer, the only store work is one single-key command (the user's list), and the answers
-    of `write_delay_s` share one pipeline; counters and coverage accumulate in process and are
-    flushed every `flush_s` (so GET /stats/online lags by at most that)."""
+    Per answer, the only store work is one single-key command (the user's list), and the
+    answers of one loop turn (or of `write_delay_s`, SEQREC_ONLINE_BATCH_MS) share one pipeline;
+    counters and coverage accumulate in process and are flushed every `flush_s` (so
+    GET /stats/online lags by at most that)."""
 
     ledger: Ledger
     metrics: OnlineMetrics
@@ -284,7 +285,7 @@ class Live:
     tracking: bool = True
     max_inflight: int = 1000
     flush_s: float = 1.0
-    write_delay_s: float = 0.01
+    write_delay_s: float = 0.0
     clock: Callable[[], float] = time.time
     bundles: Callable[[], Iterable[str]] = tuple  # names of the bundles now served (lists are per bundle)
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
@@ -338,8 +339,9 @@ class Live:
             self._writing[user] = self._writer
 
     async def _write_outbox(self) -> None:
-        # Answers of the next few milliseconds join the batch: one pipeline for all of them. The
-        # user's next event, if it reaches this process meanwhile, waits for it (`_writing`).
+        # Answers of this loop turn (or of `write_delay_s`) join the batch: one pipeline for all.
+        # The user's next event, if it reaches this process meanwhile, takes the list from the
+        # queue (observe) or waits for the write in flight (`_writing`).
         await asyncio.sleep(self.write_delay_s)
         batch, self._outbox, me = self._outbox, [], self._writer
         self._writer = None
@@ -500,7 +502,14 @@ def make_live(
         if store.kind != "memory":
             log.warning("online tracking kept in process: the %s store offers no shared client", store.kind)
         ledger = MemoryLedger(settings.online_ttl_s)
-    live = Live(ledger, OnlineMetrics(metrics.registry), settings.online_k, experiment, bundles=bundles)
+    live = Live(
+        ledger,
+        OnlineMetrics(metrics.registry),
+        settings.online_k,
+        experiment,
+        bundles=bundles,
+        write_delay_s=settings.online_batch_ms / 1000,
+    )
     if experiment is not None:
         log.info("experiment: %s (salt %r)", experiment.spec, experiment.salt)
     return live

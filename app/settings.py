@@ -60,6 +60,13 @@ class Settings(BaseSettings):
     online_tracking: bool = Field(True, description="Remember served lists and score them against next events.")
     online_k: int = Field(10, ge=1, le=100, description="Cut-off of online hit@k / NDCG@k (lists kept this long).")
     online_ttl_s: int = Field(3600, ge=1, description="A served list counts for the user's next event this long.")
+    online_batch_ms: float = Field(
+        0,
+        ge=0,
+        le=100,
+        description="Write the served lists of this many ms in one pipeline (less CPU); an event reaching another "
+        "process within that time after its answer is then counted unserved. 0 = the answers of one loop turn.",
+    )
     shutdown_timeout_s: float = Field(
         5.0, gt=0, le=300, description="Longest wait for each background task and pool to close at shutdown."
     )

@@ -38,8 +38,11 @@ def main() -> None:
     ap.add_argument("--conns", type=int, nargs="+", default=[1, 8])
     ap.add_argument("--seconds", type=float, default=5)
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "online_overhead.json")
+    ap.add_argument("--batch-ms", type=float, default=0, help="SEQREC_ONLINE_BATCH_MS of the tracking server.")
+    ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
+    suffix = f"-batch{args.batch_ms:g}ms" if args.batch_ms else ""
+    args.out = args.out or ROOT / "benchmarks" / "results" / f"online_overhead{suffix}.json"
     ports: dict[str, int] = {}
     pids: dict[str, int] = {}
     with processes() as procs:
@@ -53,6 +56,7 @@ def main() -> None:
                 "SEQREC_API_KEY": API_KEY,
                 "SEQREC_ACCESS_LOG": "false",
                 "SEQREC_ONLINE_TRACKING": "true" if mode == "on" else "false",
+                "SEQREC_ONLINE_BATCH_MS": str(args.batch_ms),
             }
             ports[mode] = start_api(procs, env)
             pids[mode] = procs[-1].pid
@@ -92,6 +96,7 @@ def main() -> None:
         "machine": machine_info(),
         "load_average_at_end": os.getloadavg(),
         "bundle": str(args.bundle),
+        "online_batch_ms": args.batch_ms,
         "users": args.users,
         "history": args.history,
         "summary_by_connections": summary,
