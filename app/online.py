@@ -477,21 +477,27 @@ def summarize(
 
 
 def make_live(
-    settings: Any, store: Any, registry: Any, metrics: Any, bundles: Callable[[], Iterable[str]] = tuple
+    settings: Any,
+    store: Any,
+    registry: Any,
+    metrics: Any,
+    bundles: Callable[[], Iterable[str]] = tuple,
+    experiment: str | None = None,
 ) -> Live | None:
-    """The process's Live from the settings; raises ExperimentError (logged) on a bad experiment."""
+    """The process's Live from the settings and `experiment` (a spec, None = none); raises ExperimentError
+    (logged) on a bad one."""
     from app.experiment import ExperimentError, load_experiment
     from app.stores import RedisStore
 
     try:
-        experiment = load_experiment(settings.experiment, settings.experiment_salt, registry)
+        split = load_experiment(experiment, settings.experiment_salt, registry)
     except ExperimentError as exc:
         log.error("SEQREC_EXPERIMENT refused: %s", exc)
         raise
     if not settings.online_tracking:
-        if experiment is not None:
+        if split is not None:
             log.warning("SEQREC_ONLINE_TRACKING is off: the experiment splits traffic but nothing is measured")
-        return Live(MemoryLedger(1), OnlineMetrics(metrics.registry), settings.online_k, experiment, tracking=False)
+        return Live(MemoryLedger(1), OnlineMetrics(metrics.registry), settings.online_k, split, tracking=False)
     ledger: Ledger
     client = getattr(store, "redis", None)
     if client is not None and (isinstance(store, RedisStore) or hasattr(store, "user_key")):
@@ -506,12 +512,12 @@ def make_live(
         ledger,
         OnlineMetrics(metrics.registry),
         settings.online_k,
-        experiment,
+        split,
         bundles=bundles,
         write_delay_s=settings.online_batch_ms / 1000,
     )
-    if experiment is not None:
-        log.info("experiment: %s (salt %r)", experiment.spec, experiment.salt)
+    if split is not None:
+        log.info("experiment: %s (salt %r)", split.spec, split.salt)
     return live
 
 
