@@ -76,7 +76,8 @@ class Experiment:
             try:
                 registry.get(v.bundle)
             except UnknownModel as exc:
-                raise ExperimentError(f"variant {v.name!r}: {exc}") from None
+                # The name comes from the operator's configuration, not a request: safe to repeat.
+                raise ExperimentError(f"variant {v.name!r}: bundle {v.bundle!r} is not served ({exc})") from None
 
     def bucket(self, user_id: str) -> float:
         """The user's point in [0, 100): uniform over users, deterministic everywhere."""

@@ -93,7 +93,7 @@ def test_assignment_is_sticky(bundle_path: Path, second_bundle: Path) -> None:
 
 def test_bad_experiment_refused_at_startup(bundle_path: Path) -> None:
     app = create_app(Settings(bundles=[bundle_path], experiment="a=tiny-sasrec:50,b=nope:50"))
-    with pytest.raises(ExperimentError, match="unknown model 'nope'"), TestClient(app):
+    with pytest.raises(ExperimentError, match="bundle 'nope' is not served"), TestClient(app):
         pass
 
 
@@ -102,7 +102,7 @@ def test_reload_changes_the_split_and_refuses_bad_ones(bundle_path: Path, second
     with TestClient(create_app(Settings(bundles=[bundle_path], api_key="k3y"))) as c:
         assert c.get("/recommend/u1").json()["variant"] == "default"
         for bad, msg in [
-            ("a=tiny-sasrec:50,b=nope:50", "unknown model 'nope'"),
+            ("a=tiny-sasrec:50,b=nope:50", "bundle 'nope' is not served"),
             ("a=tiny-sasrec:60,b=tiny-b:50", "sum to 110"),
             ("a=tiny-sasrec:50,a=tiny-b:50", "duplicate"),
         ]:
