@@ -152,16 +152,19 @@ def test_serve_refuses_a_bad_experiment_before_starting(tmp_path) -> None:  # ty
     assert "Traceback" not in r.stderr
 
 
+class SlowLedger(MemoryLedger):
+    """A store whose list writes take 20 ms: events can overtake them."""
+
+    async def remember(self, batch):  # type: ignore[no-untyped-def]
+        await asyncio.sleep(0.02)
+        await super().remember(batch)
+
+
 def test_event_right_after_the_answer_waits_for_the_list_write() -> None:
     """A slow store: the next event arrives while the served list is still being written."""
 
-    class Slow(MemoryLedger):
-        async def remember(self, batch):  # type: ignore[no-untyped-def]
-            await asyncio.sleep(0.05)
-            await super().remember(batch)
-
     async def go() -> tuple[int, list[dict]]:
-        live = Live(Slow(ttl_s=60), OnlineMetrics(Metrics().registry))
+        live = Live(SlowLedger(ttl_s=60), OnlineMetrics(Metrics().registry))
         live.served("u", "A", "default", ["x", "y"])
         live.observe([("u", "y", 1.0)])  # no drain in between
         await live.drain()
@@ -174,13 +177,8 @@ def test_event_right_after_the_answer_waits_for_the_list_write() -> None:
 def test_rapid_answers_and_events_score_each_event_against_the_list_before_it() -> None:
     """recommend, event, recommend, event, ... faster than the store writes (the replay pattern)."""
 
-    class Slow(MemoryLedger):
-        async def remember(self, batch):  # type: ignore[no-untyped-def]
-            await asyncio.sleep(0.02)
-            await super().remember(batch)
-
     async def go() -> tuple[int, list[dict]]:
-        live = Live(Slow(ttl_s=60), OnlineMetrics(Metrics().registry), k=2)
+        live = Live(SlowLedger(ttl_s=60), OnlineMetrics(Metrics().registry), k=2)
         live.served("u", "A", "default", ["x", "y"])
         live.observe([("u", "y", 1.0)])  # rank 2 in the first list
         live.served("u", "A", "default", ["z", "w"])  # computed after y: does not hold it
