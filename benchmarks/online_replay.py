@@ -274,6 +274,7 @@ def main() -> None:
         print("reload", reload["experiment"], flush=True)
         r2 = asyncio.run(replay(port, live2))
         print("replay T2..T3", r2, flush=True)
+        time.sleep(1.5)  # the server flushes its online counters every second
         stats = http(port, "GET", "/stats/online?minutes=1440")
         # Tracking skipped (store timeouts under load, overload): why a served list can go unscored.
         skipped = {

@@ -306,7 +306,7 @@ def live_loop(topo: Topology, dataset: str, train_args: str, users: int, results
     # The next events of the same users, now split between the variants.
     after = scored_round({u: it for u, it in zip(last, reversed(list(last.values())), strict=True)})
     check(set(after) == {"control", "treatment"}, "the experiment splits users between both bundles", results)
-    time.sleep(0.5)  # tracking runs in the background
+    time.sleep(1.5)  # tracking runs in the background; counters are flushed every second
     _, stats = http_json("GET", f"{a}/stats/online?minutes=60")
     rows = {r["variant"]: r for r in stats["variants"]}
     results["online"] = stats
