@@ -133,3 +133,18 @@ def test_cli_snapshot(redis_proc: RedisProc, tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert '"events": 7' in proc.stdout
     assert _histories(pl.read_parquet(out)) == EXPECTED
+
+
+def test_snapshot_event_ids_are_per_user_when_prepared(tmp_path: Path) -> None:
+    """The store scopes event ids by user: two users' "e1" are two events, not one duplicate."""
+    from training.data import prepare_files
+
+    rows = [
+        {"user_id": f"u{u}", "item_id": f"i{(u + n) % 7}", "timestamp": float(n), "event_id": f"e{n}"}
+        for u in range(8)
+        for n in range(7)
+    ]
+    snap = tmp_path / "events.parquet"
+    pl.DataFrame(rows).write_parquet(snap)
+    data = prepare_files([snap], None, cache_dir=tmp_path / "cache")
+    assert data.num_interactions == len(rows)

@@ -338,7 +338,13 @@ def read_one(path: Path, opts: FileOptions) -> tuple[Any, dict[str, str | None],
         (df[session].cast(pl.String) if session else pl.Series("session", [None] * df.height, pl.String)).alias(
             "session"
         ),
-        (df[event].cast(pl.String) if event else pl.Series("eid", [None] * df.height, pl.String)).alias("eid"),
+        # Event ids are scoped by user, as in the event store (an event is user + event id there):
+        # two users' "e1" are two events.
+        (
+            pl.concat_str([out["user"], df[event].cast(pl.String)], separator="\x1f")
+            if event
+            else pl.Series("eid", [None] * df.height, pl.String)
+        ).alias("eid"),
     )
     roles = {"user": user, "item": item, "time": time, "session": session, "event": event}
     return out, roles, notes
