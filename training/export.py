@@ -30,17 +30,14 @@ import numpy as np
 import torch
 
 from models.layers import SeqRecModel
-from training.train import load_checkpoint
+from training.checkpoint import load_checkpoint
+from training.errors import ExportError
 
 BUNDLE_FORMAT = 1
 ONNX_OPSET = 17
 INPUT_NAME = "item_seq"
 OUTPUT_NAME = "user_vec"
 PARITY_TOL = 1e-4
-
-
-class ExportError(RuntimeError):
-    pass
 
 
 def sha256_file(path: Path) -> str:

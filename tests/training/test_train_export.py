@@ -11,6 +11,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
+import training.optim
 import training.train
 from training.batching import pad_left
 from training.data import leave_one_out
@@ -175,7 +176,7 @@ def test_absolute_positions_export_with_parity(model_name: str, tmp_path: Path) 
 
 def test_weight_average_is_an_exponential_moving_average() -> None:
     model = build_model("sasrec", 30, {"max_len": 8, "dim": 8, "num_layers": 1})
-    ema = training.train.weight_average(model, 0.9)
+    ema = training.optim.weight_average(model, 0.9)
     w = model.item_emb.weight
     first = w.detach().clone()
     ema.update_parameters(model)  # the first update copies the weights
@@ -184,9 +185,9 @@ def test_weight_average_is_an_exponential_moving_average() -> None:
     ema.update_parameters(model)
     expected = 0.9 * first + 0.1 * (first + 1.0)
     assert torch.allclose(ema.module.item_emb.weight, expected, atol=1e-6)
-    assert training.train.weight_average(model, 0.0) is None
+    assert training.optim.weight_average(model, 0.0) is None
     with pytest.raises(ValueError, match="ema"):
-        training.train.weight_average(model, 1.0)
+        training.optim.weight_average(model, 1.0)
 
 
 def test_ema_run_selects_and_keeps_the_averaged_weights(ml100k, tmp_path: Path) -> None:
