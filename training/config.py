@@ -16,6 +16,7 @@ The CLI (`seqrec train`, `seqrec options`) and `benchmarks/train_quality.py` bot
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import tomllib
 import types
 import typing
@@ -224,8 +225,10 @@ def check_fields(cls: type, values: dict[str, Any], section: str) -> dict[str, A
     known = {f.name: f for f in option_fields(cls)}
     unknown = sorted(set(values) - set(known))
     if unknown:
+        close = {k: difflib.get_close_matches(k, known, n=1) for k in unknown}
+        hints = "".join(f" ({section}.{k}: did you mean {section}.{m[0]}?)" for k, m in close.items() if m)
         raise ConfigError(
-            f"unknown {section} option(s) {', '.join(f'{section}.{k}' for k in unknown)} for {cls.__name__}; "
+            f"unknown {section} option(s) {', '.join(f'{section}.{k}' for k in unknown)} for {cls.__name__}{hints}; "
             f"valid: {', '.join(sorted(known))}"
         )
     hints = _hints(cls)

@@ -32,6 +32,7 @@ from training.config import (
     TaskConfig,
     TrainConfig,
     check_fields,
+    option_fields,
 )
 from training.gru4rec_tasks import PaddedNextItemTask, SessionParallelTask
 from training.tasks import ContrastiveNextItemTask, NextItemTask, Task
@@ -234,9 +235,18 @@ def resolve(
     as task options.
     """
     spec = get_spec(name)
-    model_over = check_fields(spec.config_cls, dict(model_overrides or {}), "model")
     train_over = dict(train_overrides or {})
     legacy = train_over.pop("extra", None) or {}
+    tables = {"model": dict(model_overrides or {}), "train": train_over, "task": {**legacy, **(task_overrides or {})}}
+    classes = {"model": spec.config_cls, "train": TrainConfig, "task": spec.task_config_cls}
+    owners = {s: {f.name for f in option_fields(c)} for s, c in classes.items()}
+    for section, values in tables.items():
+        for key in values:
+            if key not in owners[section]:
+                home = [s for s in owners if key in owners[s]]
+                if home:  # a key in the wrong table: say where it belongs
+                    raise ConfigError(f"{section}.{key} is a {home[0]} option of {name}: use {home[0]}.{key}")
+    model_over = check_fields(spec.config_cls, tables["model"], "model")
     tc = spec.train_defaults.updated(**train_over)
-    task = spec.task_config_cls(**check_fields(spec.task_config_cls, {**legacy, **(task_overrides or {})}, "task"))
+    task = spec.task_config_cls(**check_fields(spec.task_config_cls, tables["task"], "task"))
     return model_over, tc, task
