@@ -120,6 +120,26 @@ def prepare(
 
 
 @app.command()
+def download(
+    dataset: Annotated[str, typer.Argument(help="Dataset name: ml-1m, ml-1m-ratings, ml-100k, beauty, office.")],
+    data_dir: DataDirOpt = None,
+    force: Annotated[bool, typer.Option(help="Fetch again even when verified files are there.")] = False,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar per file.")] = True,
+) -> None:
+    """Fetch a public dataset into the data dir, verified against pinned checksums (docs/recipes.md)."""
+    from training.data import DatasetError
+    from training.data.download import download as fetch_dataset
+    from training.data.readers import default_data_dir
+
+    target = data_dir or default_data_dir()
+    try:
+        files = fetch_dataset(dataset, target, progress=progress, force=force)
+    except DatasetError as exc:
+        _fail(str(exc))
+    typer.echo(json.dumps({"dataset": dataset, "data_dir": str(target), "files": [str(f) for f in files]}))
+
+
+@app.command()
 @_with_train_flags
 def train(
     recipe: Annotated[

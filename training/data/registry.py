@@ -5,10 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import tempfile
-import urllib.request
-import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -110,10 +107,6 @@ DATASETS: dict[str, DatasetSpec] = {
     ]
 }
 
-# The official GroupLens archive, for machines with internet and no local copy.
-ML1M_URL = "https://files.grouplens.org/datasets/movielens/ml-1m.zip"
-ML1M_ZIP_MD5 = "c4d9eecfca2ab87c1945afe126590906"
-
 
 def default_cache_dir() -> Path:
     return Path(os.environ.get("SEQREC_CACHE_DIR", ".seqrec_cache"))
@@ -163,7 +156,7 @@ def check_files(spec: DatasetSpec, data_dir: Path) -> None:
     if missing:
         raise DatasetError(
             f"dataset {spec.name!r}: missing {', '.join(str(data_dir / m) for m in missing)} "
-            f"(set --data-dir or SEQREC_DATA_DIR)"
+            f"(set --data-dir or SEQREC_DATA_DIR, or fetch it: seqrec download {spec.name})"
         )
 
 
@@ -176,7 +169,9 @@ def prepare(name: str, data_dir: Path | None = None, cache_dir: Path | None = No
     if path.is_file() and not force:
         return load_seqdata(path)
     if name.startswith("ml-1m") and not (data_dir / "ml-1m").is_dir():
-        download_ml1m(data_dir)
+        from training.data.download import download  # the only dataset fetched without asking, as before
+
+        download(name, data_dir)
     check_files(spec, data_dir)
     data = build_sequences(spec.read(data_dir), name, spec.k_user, spec.k_item, spec.min_len)
     save_seqdata(data, path)
@@ -213,22 +208,3 @@ def item_text(name: str, data_dir: Path | None = None) -> dict[str, str]:
     if spec.read_text is None:
         raise DatasetError(f"dataset {name!r} has no item text")
     return spec.read_text(data_dir or readers.default_data_dir())
-
-
-def download_ml1m(data_dir: Path) -> None:
-    """Fetch the official GroupLens ML-1M archive, verify its checksum, unpack ratings.dat."""
-    target = data_dir / "ml-1m"
-    target.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory() as tmp:
-        zpath = Path(tmp) / "ml-1m.zip"
-        try:
-            urllib.request.urlretrieve(ML1M_URL, zpath)
-        except OSError as exc:
-            raise DatasetError(f"cannot download {ML1M_URL}: {exc}") from None
-        md5 = hashlib.md5(zpath.read_bytes()).hexdigest()
-        if md5 != ML1M_ZIP_MD5:
-            raise DatasetError(f"{ML1M_URL}: checksum mismatch (md5 {md5}, expected {ML1M_ZIP_MD5})")
-        with zipfile.ZipFile(zpath) as zf:
-            for member in ("ratings.dat", "movies.dat", "users.dat"):
-                with zf.open(f"ml-1m/{member}") as src, (target / member).open("wb") as dst:
-                    shutil.copyfileobj(src, dst)
