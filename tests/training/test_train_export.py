@@ -145,6 +145,18 @@ def test_onnx_and_torchscript_match_eager(bundle: Path, trained, ml100k) -> None
             assert np.abs(ts(torch.as_tensor(arr)).numpy() - ref).max() <= 1e-4
 
 
+def test_the_torch_export_program_matches_eager(bundle: Path, trained, ml100k) -> None:
+    """model.pt2, TorchScript's successor, runs without torch.jit on max_len-padded histories."""
+    m = json.loads((bundle / "manifest.json").read_text())
+    assert "model.pt2" in m["files"] and m["parity_max_abs_diff"]["torch_export"] <= 1e-4
+    model, _ = load_checkpoint(trained.run_dir / "best.pt")
+    program = torch.export.load(str(bundle / "model.pt2")).module()
+    arr = pad_left([h[-50:] for h in random_histories(ml100k.num_items, 50, seed=3)], 50)  # (B, max_len)
+    with torch.no_grad():
+        got, ref = program(torch.as_tensor(arr)), model(torch.as_tensor(arr))
+    assert got.shape == ref.shape and float((got - ref).abs().max()) <= 1e-4
+
+
 def test_bundle_top10_equals_model_top10(bundle: Path, trained, ml100k) -> None:
     model, _ = load_checkpoint(trained.run_dir / "best.pt")
     sess = ort.InferenceSession(str(bundle / "model.onnx"), providers=["CPUExecutionProvider"])
