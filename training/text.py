@@ -140,5 +140,5 @@ def dataset_text(
         return item_text(name or data.name, data_dir)
     except DatasetError as exc:
         raise DatasetError(
-            f"{exc}; UniSRec needs item text: pass an items file (--set train.items_file=PATH)"
+            f"{exc}; UniSRec needs item text: pass an items file (--set task.items_file=PATH)"
         ) from None
