@@ -139,6 +139,4 @@ def dataset_text(
     try:
         return item_text(name or data.name, data_dir)
     except DatasetError as exc:
-        raise DatasetError(
-            f"{exc}; UniSRec needs item text: pass an items file (--set task.items_file=PATH)"
-        ) from None
+        raise DatasetError(f"{exc}; UniSRec needs item text: pass an items file (--set task.items_file=PATH)") from None
