@@ -131,11 +131,8 @@ SOURCES: dict[str, tuple[Source, ...]] = {
 
 
 def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
     with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def _present(data_dir: Path, files: dict[str, str | None]) -> bool:
