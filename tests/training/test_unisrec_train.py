@@ -158,7 +158,7 @@ def test_pretrain_then_init_loads_weights_and_freeze(ml100k, tiny_bert: Path, tm
     with pytest.raises(ValueError, match="do not fit"):
         load_pretrained(wrong, ckpt)
 
-    from training.config import TrainConfig
+    from training.config import ContrastiveConfig, TrainConfig
     from training.unisrec import setup_unisrec
 
     frozen = UniSRec(
@@ -171,7 +171,7 @@ def test_pretrain_then_init_loads_weights_and_freeze(ml100k, tiny_bert: Path, tm
             text_encoder=str(tiny_bert),
         )
     )
-    setup_unisrec(frozen, ml100k, TrainConfig())
+    setup_unisrec(frozen, ml100k, TrainConfig(), ContrastiveConfig())
     assert not any(p.requires_grad for p in frozen.sequence_params())
     assert all(p.requires_grad for p in frozen.adaptor.parameters())
 
