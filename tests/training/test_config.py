@@ -145,3 +145,11 @@ def test_a_checkpoint_with_the_old_extra_dict_still_loads(tmp_path: Path) -> Non
     loaded, ckpt = load_checkpoint(tmp_path / "old.pt")
     assert ckpt["task_config"] == {"mask_prob": 0.4} and "extra" not in ckpt["train_config"]
     assert torch.equal(loaded.state_dict()["item_emb.weight"], model.state_dict()["item_emb.weight"])
+
+
+def test_options_lists_each_table_with_per_model_defaults() -> None:
+    out = runner.invoke(app, ["options", "--model", "bert4rec"]).output
+    assert "[task] bert4rec (ClozeConfig)" in out and "mask_prob (float) = 0.2" in out
+    assert "batch_size (int) = 128 (bert4rec: 32)" in out  # the model's own training default
+    assert "head_norm (bool) = false" in out  # model options, with the comment from models/bert4rec.py
+    assert runner.invoke(app, ["options", "--model", "nope"]).exit_code == 2
