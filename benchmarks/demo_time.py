@@ -85,6 +85,7 @@ def main() -> None:
             print("\n".join(line for _, line in lines[-30:]), file=sys.stderr)
             sys.exit(f"demo_time: no page at {url} (exit {proc.returncode})")
         final = json.loads((run_dir / "final.json").read_text())
+        epochs = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
         manifest = json.loads(next(art.glob("demo-*/manifest.json")).read_text())
 
     def first(prefix: str) -> float | None:  # when the demo printed a line starting with `prefix`
@@ -97,11 +98,14 @@ def main() -> None:
         "phases_seconds": {  # when each step's output appeared, from the command's start
             "prepared": first('{"name"'),
             "trained": first('{"run_dir"'),
-            "evaluated": first('  "split"') or first("{"),
+            "evaluated": first('  "split"'),
+            "exported": next((t for t, line in lines if line.rstrip().endswith("/demo-sasrec")), None),
             "page_served": round(serving, 1),
         },
         "train_seconds": final["train_seconds"],
         "epochs_run": final["epochs_run"],
+        # slow epochs mean other work shared the two cores (compare with an idle machine's)
+        "epoch_seconds": [r["epoch_seconds"] for r in epochs],
         "stop_reason": final["stop_reason"],
         "test": {k: round(final["test"][k], 4) for k in ("ndcg@10", "hr@10", "ndcg@20", "hr@20")},
         "valid": {k: round(final["valid"][k], 4) for k in ("ndcg@10", "hr@10")},
