@@ -70,7 +70,7 @@ def _train_flag(f: Any, hint: Any) -> inspect.Parameter:
     flag = f"--{f.name.replace('_', '-')}"
     opt = typer.Option(
         flag if base is not bool else f"{flag}/--no-{flag[2:]}",
-        help=f"{f.metadata['help']} [train.{f.name}; default {shown}, some models differ: `seqrec options`]",
+        help=f"{f.metadata['help']} (train.{f.name}; default {shown}; per model: seqrec options)",
         show_default=False,
     )
     return inspect.Parameter(
@@ -144,7 +144,7 @@ def download(
 def train(
     recipe: Annotated[
         Path | None,
-        typer.Option(help="A recipe file (recipes/*.toml): [model] (with name), [train] and [task] tables, dataset."),
+        typer.Option(help="A recipe file (recipes/*.toml): its model (with name), train and task tables, its dataset."),
     ] = None,
     set_: Annotated[
         list[str] | None,
