@@ -153,3 +153,11 @@ def test_options_lists_each_table_with_per_model_defaults() -> None:
     assert "batch_size (int) = 128 (bert4rec: 32)" in out  # the model's own training default
     assert "head_norm (bool) = false" in out  # model options, with the comment from models/bert4rec.py
     assert runner.invoke(app, ["options", "--model", "nope"]).exit_code == 2
+
+
+def test_every_recipe_the_docs_name_exists() -> None:
+    import re
+
+    for page in [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]:
+        for rel in set(re.findall(r"recipes/[\w.-]+\.toml", page.read_text())):
+            assert (ROOT / rel).is_file(), f"{page.name} names {rel}, which does not exist"
