@@ -22,7 +22,7 @@ import types
 import typing
 from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 SECTIONS = ("model", "train", "task")
 RECIPE_KEYS = ("description", "dataset", "file", "result")  # top-level keys a recipe may hold
@@ -159,8 +159,6 @@ class ContrastiveConfig(TaskConfig):
 
 # --------------------------------------------------------------------------- typed fields
 
-C = TypeVar("C")
-
 
 def _hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
@@ -233,14 +231,6 @@ def check_fields(cls: type, values: dict[str, Any], section: str) -> dict[str, A
         )
     hints = _hints(cls)
     return {k: _coerce(v, hints[k], f"{section}.{k}") for k, v in values.items()}
-
-
-def build(cls: type[C], values: dict[str, Any], section: str, base: C | None = None, **fixed: Any) -> C:
-    """An instance of `cls` from `values` (checked), over `base` or the dataclass defaults."""
-    checked = check_fields(cls, values, section)
-    if base is not None:
-        return replace(base, **checked)  # type: ignore[type-var]
-    return cls(**fixed, **checked)
 
 
 # --------------------------------------------------------------------------- overrides and recipes
@@ -328,11 +318,6 @@ def split_model_table(model_table: dict[str, Any]) -> tuple[str | None, dict[str
     if name is not None and not isinstance(name, str):
         raise ConfigError(f"model.name: expected a string, got {name!r}")
     return name, rest
-
-
-def task_from_dict(cls: type[TaskConfig], values: dict[str, Any] | None) -> TaskConfig:
-    """A task config from a stored dict (a checkpoint's, or an old checkpoint's `extra`)."""
-    return build(cls, dict(values or {}), "task")
 
 
 def describe_fields(cls: type) -> list[dict[str, Any]]:
