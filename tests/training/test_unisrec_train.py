@@ -269,7 +269,7 @@ def test_items_without_training_interactions_are_not_negatives() -> None:
     from training.tasks import ContrastiveNextItemTask
 
     torch.manual_seed(0)
-    m = UniSRec(UniSRecConfig(num_items=6, max_len=4, dim=8, num_heads=2, text_dim=5)).eval()
+    m = UniSRec(UniSRecConfig(num_items=6, max_len=4, dim=8, num_heads=2, text_dim=5, new_item_head=0.0)).eval()
     with torch.no_grad():
         m.text_emb[1:] = torch.randn(6, 5)
     batch = {"item_seq": torch.tensor([[0, 1, 2]]), "target": torch.tensor([[0, 2, 3]])}
