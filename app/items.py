@@ -1,25 +1,47 @@
-"""Items registered online (POST /items): a shared registry, and encoding them into bundles.
+"""What every API process shares: registered items, their vectors, and the served configuration.
 
-Registry design (why): the item's *fields* are what is stored, never its vector, because a
-vector belongs to one bundle version; a bundle swap simply re-encodes every registered item.
-- Redis: one hash `{prefix}items` (field = item id, value = the item as JSON), written together
-  with a PUBLISH on `{prefix}items:new` in one MULTI, so an announced item is always readable.
-  Every API process subscribes in its lifespan and encodes announced items into its bundles;
-  it subscribes *before* it catches up (HGETALL), so nothing announced in between is lost, and
-  catches up again after a resubscribe (Redis restart) and after every bundle reload.
-- In process (no Redis): a dict; the one process encodes on POST, and re-encodes from the
-  dict after a bundle reload.
-Adding is idempotent: an item a bundle already holds is skipped (ids are unique per bundle).
+Items (POST /items, DELETE /items/{id}). The item's *fields* are the record; its vector belongs
+to one bundle version, so vectors are cached per `encoding_key` (a digest of the text graphs,
+tokenizer and compose rule) next to a hash of the text they were computed from. An item is
+thus encoded once per bundle version, by whichever process meets it first, and every other
+process (and every reload) reads the vector back instead of running the text encoder again.
+A changed text (same id posted again) misses the cache by its hash and is encoded afresh.
+
+Served configuration (POST /admin/reload). The desired bundle paths and default model are
+stored with a generation number; each process applies a newer generation when announced (or
+when it catches up after a reconnect, or at start) and acknowledges it under
+`{prefix}config:acks:{generation}`. Processes heartbeat into `{prefix}workers`, so a reload
+can say which live processes applied it.
+
+Redis layout (all under the key prefix):
+  items                 hash: item id -> item JSON
+  itemvec:{key}         hash: item id -> "{text hash}:{base64 float32 vector}"
+  config                hash: generation, spec (JSON: bundles, default_model)
+  config:acks:{gen}     hash: worker -> "ok" | "rejected: ..."  (expires after a day)
+  workers               sorted set: worker -> last heartbeat (epoch s)
+  items:new             channel: {"items": [...]}, {"deleted": [...]}, {"config": generation}
+A write and its announcement go in one MULTI, so whatever is announced is readable. Every
+process subscribes *before* it catches up, so nothing announced in between is lost, and
+catches up again after a resubscribe (Redis restart) and after every bundle reload.
+In process (no Redis): dicts; the one process is the whole fleet.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import json
 import logging
+import os
+import socket
+import time
+import uuid
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import numpy as np
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
@@ -28,23 +50,69 @@ from app.stores import StoreUnavailable
 
 log = logging.getLogger("seqrec.app")
 _ERRORS = (RedisError, OSError, asyncio.TimeoutError)
+LIVE_S = 10.0  # a process that has not heartbeaten for this long is not counted as live
+ACK_TTL_S = 86400
+ENCODE_BATCH = 256
 
 Item = dict[str, Any]  # item_id, title, description?, categories?, brand?
+Encoded = dict[str, dict[str, tuple[str, np.ndarray]]]  # encoding key -> item id -> (text hash, vector)
+Ready = dict[str, dict[str, tuple[str, np.ndarray]]]  # bundle name -> item id -> (text hash, vector) to add
+
+
+@dataclass
+class Announcement:
+    items: list[Item] = field(default_factory=list)
+    deleted: list[str] = field(default_factory=list)
+    config: int | None = None  # a generation to apply
+    resync: bool = False  # (re)subscribed: catch up with everything
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+def text_hash(text: str) -> str:
+    return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
 
 
 class ItemRegistry(Protocol):
     kind: str
+    worker: str
+    generation: int  # of the served configuration this process applied
+    spec: dict[str, Any]  # that configuration: {"bundles": [...], "default_model": ...}
 
-    async def put(self, items: list[Item]) -> None:
-        """Store (or replace) the items and announce them to every process; StoreUnavailable on failure."""
+    async def put(self, items: list[Item], encoded: Encoded) -> None:
+        """Store (or replace) items with their vectors and announce them; StoreUnavailable on failure."""
+        ...
+
+    async def delete(self, item_id: str, keys: list[str]) -> bool:
+        """Remove a registered item (and its vectors under `keys`) and announce it; False if unknown."""
         ...
 
     async def get(self, item_id: str) -> Item | None: ...
 
     async def all(self) -> list[Item]: ...
 
-    def announcements(self) -> AsyncIterator[list[Item]]:
-        """Items registered by any process, as announced (yields forever; reconnects itself)."""
+    async def vectors(self, key: str, ids: list[str]) -> dict[str, tuple[str, np.ndarray]]: ...
+
+    async def save_vectors(self, key: str, entries: dict[str, tuple[str, np.ndarray]]) -> None: ...
+
+    async def stored_config(self) -> tuple[int, dict[str, Any]] | None: ...
+
+    async def publish_config(self, spec: dict[str, Any]) -> int:
+        """Store a new served configuration and announce it; returns its generation."""
+        ...
+
+    async def ack(self, generation: int, outcome: str) -> None: ...
+
+    async def reach(self, generation: int) -> tuple[list[str], dict[str, str]]:
+        """(live workers, worker -> outcome for those that acknowledged `generation`)."""
+        ...
+
+    async def heartbeat(self) -> None: ...
+
+    def announcements(self) -> AsyncIterator[Announcement]:
+        """What any process announced (yields forever; reconnects itself)."""
         ...
 
     async def close(self) -> None: ...
@@ -55,9 +123,21 @@ class MemoryItems:
 
     def __init__(self) -> None:
         self._items: dict[str, Item] = {}
+        self._vecs: Encoded = {}
+        self.worker = worker_name()
+        self.generation = 0
+        self.spec: dict[str, Any] = {}
+        self._acks: dict[int, str] = {}
 
-    async def put(self, items: list[Item]) -> None:
+    async def put(self, items: list[Item], encoded: Encoded) -> None:
         self._items.update({it["item_id"]: it for it in items})
+        for key, entries in encoded.items():
+            self._vecs.setdefault(key, {}).update(entries)
+
+    async def delete(self, item_id: str, keys: list[str]) -> bool:
+        for entries in self._vecs.values():
+            entries.pop(item_id, None)
+        return self._items.pop(item_id, None) is not None
 
     async def get(self, item_id: str) -> Item | None:
         return self._items.get(item_id)
@@ -65,12 +145,47 @@ class MemoryItems:
     async def all(self) -> list[Item]:
         return list(self._items.values())
 
-    async def announcements(self) -> AsyncIterator[list[Item]]:
-        # One process only: the receiving process encodes on POST, nobody else needs telling.
+    async def vectors(self, key: str, ids: list[str]) -> dict[str, tuple[str, np.ndarray]]:
+        have = self._vecs.get(key, {})
+        return {i: have[i] for i in ids if i in have}
+
+    async def save_vectors(self, key: str, entries: dict[str, tuple[str, np.ndarray]]) -> None:
+        self._vecs.setdefault(key, {}).update(entries)
+
+    async def stored_config(self) -> tuple[int, dict[str, Any]] | None:
+        return None  # nothing outlives the process
+
+    async def publish_config(self, spec: dict[str, Any]) -> int:
+        return self.generation + 1
+
+    async def ack(self, generation: int, outcome: str) -> None:
+        self._acks[generation] = outcome
+
+    async def reach(self, generation: int) -> tuple[list[str], dict[str, str]]:
+        got = self._acks.get(generation)
+        return [self.worker], ({self.worker: got} if got is not None else {})
+
+    async def heartbeat(self) -> None:
+        return None
+
+    async def announcements(self) -> AsyncIterator[Announcement]:
+        # One process only: the receiving process applies every change itself, nobody else needs telling.
         await asyncio.Event().wait()
-        yield []
+        yield Announcement()
 
     async def close(self) -> None:
+        return None
+
+
+def _pack(th: str, vec: np.ndarray) -> str:
+    return f"{th}:{base64.b64encode(np.ascontiguousarray(vec, np.float32).tobytes()).decode()}"
+
+
+def _unpack(raw: str) -> tuple[str, np.ndarray] | None:
+    th, _, b64 = raw.partition(":")
+    try:
+        return th, np.frombuffer(base64.b64decode(b64), dtype=np.float32)
+    except ValueError:
         return None
 
 
@@ -80,19 +195,43 @@ class RedisItems:
     def __init__(self, redis: Redis, url: str, prefix: str, timeout_s: float) -> None:
         self.redis = redis  # the store's pooled client: short timeouts
         self.url = url
+        self.prefix = prefix
         self.key = f"{prefix}items"
         self.channel = f"{prefix}items:new"
+        self.config_key = f"{prefix}config"
+        self.workers_key = f"{prefix}workers"
         self.timeout_s = timeout_s
         self.subscribed = asyncio.Event()  # set once the subscription is live (tests wait on it)
+        self.worker = worker_name()
+        self.generation = 0
+        self.spec: dict[str, Any] = {}
 
-    async def put(self, items: list[Item]) -> None:
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.hset(self.key, mapping={it["item_id"]: json.dumps(it) for it in items})
-        pipe.publish(self.channel, json.dumps(items))
+    def _vec_key(self, key: str) -> str:
+        return f"{self.prefix}itemvec:{key}"
+
+    async def _run(self, pipe: Any) -> list[Any]:
         try:
-            await pipe.execute()
+            return await pipe.execute()
         except _ERRORS as exc:
             raise StoreUnavailable(f"redis: {type(exc).__name__}: {exc}") from exc
+
+    async def put(self, items: list[Item], encoded: Encoded) -> None:
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hset(self.key, mapping={it["item_id"]: json.dumps(it) for it in items})
+        for key, entries in encoded.items():
+            if entries:
+                pipe.hset(self._vec_key(key), mapping={i: _pack(th, v) for i, (th, v) in entries.items()})
+        pipe.publish(self.channel, json.dumps({"items": items}))
+        await self._run(pipe)
+
+    async def delete(self, item_id: str, keys: list[str]) -> bool:
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hdel(self.key, item_id)
+        for key in keys:
+            pipe.hdel(self._vec_key(key), item_id)
+        pipe.publish(self.channel, json.dumps({"deleted": [item_id]}))
+        res = await self._run(pipe)
+        return bool(res[0])
 
     async def get(self, item_id: str) -> Item | None:
         try:
@@ -109,80 +248,215 @@ class RedisItems:
             raise StoreUnavailable(f"redis: {type(exc).__name__}: {exc}") from exc
         return [json.loads(v) for v in raw.values()]
 
-    async def announcements(self) -> AsyncIterator[list[Item]]:
+    async def vectors(self, key: str, ids: list[str]) -> dict[str, tuple[str, np.ndarray]]:
+        if not ids:
+            return {}
+        try:
+            raw = await self.redis.hmget(self._vec_key(key), ids)
+        except _ERRORS as exc:
+            raise StoreUnavailable(f"redis: {type(exc).__name__}: {exc}") from exc
+        out = {}
+        for i, r in zip(ids, raw, strict=True):
+            got = _unpack(r) if r is not None else None
+            if got is not None:
+                out[i] = got
+        return out
+
+    async def save_vectors(self, key: str, entries: dict[str, tuple[str, np.ndarray]]) -> None:
+        if entries:
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.hset(self._vec_key(key), mapping={i: _pack(th, v) for i, (th, v) in entries.items()})
+            await self._run(pipe)
+
+    async def stored_config(self) -> tuple[int, dict[str, Any]] | None:
+        try:
+            raw = await self.redis.hgetall(self.config_key)
+        except _ERRORS as exc:
+            raise StoreUnavailable(f"redis: {type(exc).__name__}: {exc}") from exc
+        if not raw.get("generation") or not raw.get("spec"):
+            return None
+        return int(raw["generation"]), json.loads(raw["spec"])
+
+    # Atomic: a new generation, its configuration and its announcement (concurrent reloads in
+    # different processes get distinct generations, and the stored spec is the latest one's).
+    _PUBLISH = """
+    local g = redis.call('HINCRBY', KEYS[1], 'generation', 1)
+    redis.call('HSET', KEYS[1], 'spec', ARGV[1])
+    redis.call('PUBLISH', ARGV[2], cjson.encode({config = g}))
+    return g
+    """
+
+    async def publish_config(self, spec: dict[str, Any]) -> int:
+        try:
+            return int(await self.redis.eval(self._PUBLISH, 1, self.config_key, json.dumps(spec), self.channel))
+        except _ERRORS as exc:
+            raise StoreUnavailable(f"redis: {type(exc).__name__}: {exc}") from exc
+
+    async def ack(self, generation: int, outcome: str) -> None:
+        key = f"{self.config_key}:acks:{generation}"
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hset(key, self.worker, outcome)
+        pipe.expire(key, ACK_TTL_S)
+        try:
+            await self._run(pipe)
+        except StoreUnavailable as exc:
+            log.warning("cannot acknowledge configuration %d: %s", generation, exc)
+
+    async def reach(self, generation: int) -> tuple[list[str], dict[str, str]]:
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.zrangebyscore(self.workers_key, time.time() - LIVE_S, "+inf")
+        pipe.hgetall(f"{self.config_key}:acks:{generation}")
+        live, acks = await self._run(pipe)
+        return list(live), dict(acks)
+
+    async def heartbeat(self) -> None:
+        now = time.time()
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.zadd(self.workers_key, {self.worker: now})
+        pipe.zremrangebyscore(self.workers_key, "-inf", now - 6 * LIVE_S)  # long-gone processes
+        await self._run(pipe)
+
+    async def announcements(self) -> AsyncIterator[Announcement]:
         """Subscribe (own connection, no read timeout: it idles between announcements); after
-        each (re)subscription, yield every registered item once to catch up."""
+        each (re)subscription, yield a resync so the follower catches up with everything."""
         while True:
             client = Redis.from_url(self.url, decode_responses=True, socket_connect_timeout=self.timeout_s)
             pubsub = client.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(self.channel)
                 self.subscribed.set()
-                yield await self.all()
+                yield Announcement(resync=True)
                 while True:
-                    msg = await pubsub.get_message(timeout=5.0)
+                    msg = await pubsub.get_message(timeout=1.0)
+                    task = asyncio.current_task()
+                    if task is not None and task.cancelling():
+                        # redis-py's timed read can swallow a cancellation: honour it here.
+                        raise asyncio.CancelledError
                     if msg is not None and msg.get("type") == "message":
-                        yield json.loads(msg["data"])
+                        yield _parse(msg["data"])
             except (*_ERRORS, StoreUnavailable) as exc:
                 task = asyncio.current_task()
                 if task is not None and task.cancelling():
                     # A read timeout that raced our cancellation: shutting down, not an outage.
                     raise asyncio.CancelledError from exc
                 self.subscribed.clear()
-                log.warning("item announcements: %s; resubscribing in 1 s", exc)
+                log.warning("announcements: %s; resubscribing in 1 s", exc)
                 await asyncio.sleep(1.0)
             finally:
                 await pubsub.aclose()
                 await client.aclose()
 
     async def close(self) -> None:
-        return None  # the pooled client is the store's, closed with it
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                await self.redis.zrem(self.workers_key, self.worker)  # no longer counted as live
+        except _ERRORS:
+            pass
+        # the pooled client is the store's, closed with it
 
 
-async def ingest(registry: Registry, items: list[Item]) -> dict[str, list[str]]:
-    """Encode items into every text-capable bundle of `registry` that lacks them.
+def _parse(data: str) -> Announcement:
+    msg = json.loads(data)
+    if isinstance(msg, list):  # the format of processes that predate deletes and configurations
+        return Announcement(items=msg)
+    config = msg.get("config")
+    return Announcement(
+        items=list(msg.get("items", [])), deleted=list(msg.get("deleted", [])), config=int(config) if config else None
+    )
 
-    Returns item id -> names of the bundles that hold it afterwards. Encoding runs off the
-    event loop; the add itself runs on it (no await between the last check and the add), so
-    concurrent ingests of one item cannot add it twice.
-    """
-    items = list({it["item_id"]: it for it in items}.values())  # one item once (the last copy wins)
-    for bundle in registry.bundles.values():
-        if not bundle.takes_text:
-            continue  # an id-only model cannot score an item it never trained on
-        todo = [it for it in items if it["item_id"] not in bundle.index_of]
-        if not todo:
+
+# --------------------------------------------------------------------------- encoding into bundles
+
+
+def _text_bundles(registry: Registry) -> list[Any]:
+    return [b for b in registry.bundles.values() if b.takes_text]
+
+
+def _stale(bundle: Any, item_id: str, th: str) -> bool:
+    """Whether `bundle` lacks the item, or holds it (added online) from another text."""
+    if item_id not in bundle.index_of:
+        return True
+    return item_id in bundle.online and bundle.online[item_id] != th
+
+
+async def encode(registry: Registry, items: list[Item], shared: ItemRegistry) -> tuple[Ready, Encoded]:
+    """Vectors for the items that some text-capable bundle of `registry` lacks: read from the
+    shared cache where present for this bundle version and text, encoded (off the event loop)
+    otherwise. Returns (what to add per bundle, what had to be encoded: what the cache lacks)."""
+    ready: Ready = {}
+    fresh: Encoded = {}
+    for bundle in _text_bundles(registry):
+        texts = {it["item_id"]: bundle.item_text(it) for it in items}
+        hashes = {i: text_hash(t) for i, t in texts.items()}
+        # New to the bundle, or registered before with another text (then its vector changes too).
+        texts = {i: t for i, t in texts.items() if _stale(bundle, i, hashes[i])}
+        if not texts:
             continue
-        texts = [bundle.item_text(it) for it in todo]  # type: ignore[attr-defined]
-        vecs = await asyncio.to_thread(bundle.encode_texts, texts)  # type: ignore[attr-defined]
-        keep = [i for i, it in enumerate(todo) if it["item_id"] not in bundle.index_of]
+        try:
+            cached = await shared.vectors(bundle.encoding_key, list(texts))
+        except StoreUnavailable as exc:
+            log.warning("item vector cache unreadable, encoding: %s", exc)
+            cached = {}
+        hit = {i: c for i, c in cached.items() if c[0] == hashes[i] and c[1].shape == (bundle.dim,)}
+        miss = [i for i in texts if i not in hit]
+        new: dict[str, tuple[str, np.ndarray]] = {}
+        for start in range(0, len(miss), ENCODE_BATCH):
+            ids = miss[start : start + ENCODE_BATCH]
+            vecs = await asyncio.to_thread(bundle.encode_texts, [texts[i] for i in ids])
+            new.update({i: (hashes[i], v) for i, v in zip(ids, vecs, strict=True)})
+        ready[bundle.name] = {**hit, **new}
+        fresh[bundle.encoding_key] = new
+    return ready, fresh
+
+
+def add_encoded(registry: Registry, items: list[Item], ready: Ready) -> dict[str, list[str]]:
+    """Add the vectors `encode` prepared; runs on the event loop with no await between the last
+    check and the add, so concurrent ingests of one item cannot add it twice."""
+    for bundle in _text_bundles(registry):
+        vecs = ready.get(bundle.name, {})
+        keep = [i for i, (th, _) in vecs.items() if _stale(bundle, i, th)]
         if keep:
-            bundle.add_items([todo[i]["item_id"] for i in keep], vecs[keep])
+            bundle.remove_items(keep)  # those registered before with another text
+            bundle.add_items(keep, np.stack([vecs[i][1] for i in keep]))
+            bundle.online.update({i: vecs[i][0] for i in keep})
     return {it["item_id"]: [b.name for b in registry.bundles.values() if it["item_id"] in b.index_of] for it in items}
 
 
+async def ingest(registry: Registry, items: list[Item], shared: ItemRegistry) -> dict[str, list[str]]:
+    """Add items to every text-capable bundle of `registry` that lacks them (cached vectors first).
+
+    Returns item id -> names of the bundles that hold it afterwards."""
+    items = list({it["item_id"]: it for it in items}.values())  # one item once (the last copy wins)
+    ready, fresh = await encode(registry, items, shared)
+    held = add_encoded(registry, items, ready)
+    for key, entries in fresh.items():
+        try:
+            await shared.save_vectors(key, entries)
+        except StoreUnavailable as exc:
+            log.warning("cannot share item vectors: %s", exc)
+    return held
+
+
+def remove(registry: Registry, ids: list[str]) -> list[str]:
+    """Stop serving registered items in every bundle; returns the bundles that held any."""
+    return [b.name for b in _text_bundles(registry) if b.remove_items(ids)]
+
+
 async def catch_up(items: ItemRegistry, registry: Registry) -> int:
-    """Encode every registered item into `registry` (a freshly loaded one); returns how many exist.
-    A registry outage is logged, not raised: the bundles serve their catalogue meanwhile, and
-    the subscriber catches up again when it reconnects."""
+    """Make `registry` serve exactly the registered items: add the missing ones, remove those
+    deleted meanwhile. Returns how many exist. A registry outage is logged, not raised: the
+    bundles serve their catalogue meanwhile, and the subscriber catches up when it reconnects."""
     try:
         everything = await items.all()
     except StoreUnavailable as exc:
         log.warning("cannot read registered items: %s", exc)
         return 0
+    known = {it["item_id"] for it in everything}
+    for bundle in _text_bundles(registry):
+        bundle.remove_items([i for i in bundle.online if i not in known])
     if everything:
-        await ingest(registry, everything)
+        await ingest(registry, everything, items)
     return len(everything)
-
-
-async def follow(items: ItemRegistry, current: Callable[[], Registry]) -> None:
-    """Runs for the life of the process: encode every announced item into the bundles served now."""
-    async for batch in items.announcements():
-        try:
-            if batch:
-                await ingest(current(), batch)
-        except Exception:  # one bad announcement must not stop the subscription
-            log.exception("cannot add announced items")
 
 
 async def swap_in(items: ItemRegistry, registry: Registry, install: Callable[[Registry], None]) -> None:

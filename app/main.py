@@ -19,16 +19,19 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 
 from fastapi import FastAPI, Request  # noqa: E402
+from fastapi.exception_handlers import http_exception_handler  # noqa: E402
 from fastapi.exceptions import RequestValidationError  # noqa: E402
-from fastapi.responses import JSONResponse  # noqa: E402
+from fastapi.responses import JSONResponse, Response  # noqa: E402
+from starlette.exceptions import HTTPException as StarletteHTTPException  # noqa: E402
+from starlette.routing import Match, Route  # noqa: E402
 
-from app.items import ItemRegistry, MemoryItems, RedisItems, catch_up, follow  # noqa: E402
+from app.fleet import follow, initial_registry  # noqa: E402
+from app.items import ItemRegistry, MemoryItems, RedisItems, catch_up  # noqa: E402
 from app.logging import configure_logging  # noqa: E402
 from app.metrics import Metrics  # noqa: E402
-from app.middleware import BodyLimit, Observe  # noqa: E402
+from app.middleware import BodyLimit, EncodedSlash, Observe  # noqa: E402
 from app.openapi import document_validation_errors  # noqa: E402
 from app.ratelimit import TokenBuckets  # noqa: E402
-from app.registry import Registry  # noqa: E402
 from app.routes import events, items, ops, recommend, ui  # noqa: E402
 from app.settings import Settings  # noqa: E402
 from app.state import AppState  # noqa: E402
@@ -84,19 +87,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        registry = await asyncio.to_thread(
-            Registry.load, settings.bundles, settings.default_model, settings.ann_threshold
-        )
         store = make_store(settings)
         limiter = TokenBuckets(settings.write_rate_per_s, settings.write_burst) if settings.write_rate_per_s else None
         item_reg = make_items(settings, store)
+        # The stored configuration (the last POST /admin/reload of any process) wins over the settings.
+        registry = await initial_registry(
+            item_reg, [str(p) for p in settings.bundles], settings.default_model, settings.ann_threshold
+        )
         state = AppState(
             settings=settings, registry=registry, store=store, metrics=metrics, write_limiter=limiter, items=item_reg
         )
         # Items registered before this process started (by any process) are served from the start;
-        # the subscriber then adds everything announced later.
+        # the follower then applies everything announced later.
         await catch_up(item_reg, registry)
-        follower = asyncio.create_task(follow(item_reg, lambda: state.registry))
+        follower = asyncio.create_task(follow(state))
         app.state.seqrec = state
         log.info("serving %s (default %s), store %s", ", ".join(registry.bundles), registry.default, store.kind)
         watcher = asyncio.create_task(watch_bundles(state, settings.bundle_poll_s)) if settings.bundle_poll_s else None
@@ -117,23 +121,39 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         summary="Real-time sequential recommendations: events in, next items out.",
         lifespan=lifespan,
     )
-    app.include_router(events.router)
-    app.include_router(items.router)
-    app.include_router(recommend.router)
-    app.include_router(ops.router)
-    app.include_router(ui.router)
+    routers = [events.router, items.router, recommend.router, ops.router, ui.router]
+    for router in routers:
+        app.include_router(router)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        raw = exc.errors()
+        if any(e.get("type") == "json_invalid" for e in raw):
+            # Not JSON at all is a malformed request (400), not a well-formed one that fails validation (422).
+            where = next(e for e in raw if e.get("type") == "json_invalid").get("loc", ())
+            pos = where[1] if len(where) > 1 else "?"
+            return JSONResponse({"detail": f"request body is not valid JSON (at character {pos})"}, status_code=400)
         # Name the failing field, and do not echo (possibly huge) inputs back.
-        errors = [
-            {"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")} for e in exc.errors()
-        ]
+        errors = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")} for e in raw]
         first = errors[0] if errors else {"loc": [], "msg": "invalid request"}
         detail = f"{'.'.join(str(x) for x in first['loc'])}: {first['msg']}"
         return JSONResponse({"detail": detail, "errors": errors[:20]}, status_code=422)
 
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> Response:
+        if exc.status_code == 405:
+            # Starlette names only the first route matching the path; a path served by several
+            # routes (GET and DELETE /items/{item_id}) must list every method it takes.
+            allowed = set()
+            for route in (r for router in routers for r in router.routes):
+                if isinstance(route, Route) and route.matches(request.scope)[0] != Match.NONE:
+                    allowed |= route.methods or set()
+            headers = {**(exc.headers or {}), "Allow": ", ".join(sorted(allowed))}
+            return JSONResponse({"detail": exc.detail}, status_code=405, headers=headers)
+        return await http_exception_handler(request, exc)
+
     document_validation_errors(app)
-    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, timeout_s=settings.body_timeout_s)
+    app.add_middleware(EncodedSlash)
     app.add_middleware(Observe, metrics=metrics, log_requests=settings.access_log)
     return app

@@ -1,13 +1,18 @@
 """Pure ASGI middleware (cheaper than BaseHTTPMiddleware on the hot path).
 
 - BodyLimit: 413 before the body is parsed when Content-Length, or the bytes actually
-  received (chunked uploads), exceed the limit.
+  received (chunked uploads), exceed the limit; 408 and the connection closed when the body
+  does not arrive completely within `timeout_s` (a client that never finishes its body would
+  otherwise hold a connection and a task forever).
+- EncodedSlash: 422 for a path holding %2F. No route takes '/' inside an id (ids may not contain
+  it), and without this the router would answer 404/405 for what is really a bad id.
 - Observe: per-route latency histogram (route template, never the raw path) and one JSON
   access-log line per request, without headers (no API keys) or query values.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from typing import Any
@@ -18,17 +23,20 @@ from app.logging import write_access_line
 from app.metrics import Metrics
 
 
-async def _send_json(send: Send, status: int, payload: dict[str, Any]) -> None:
+async def _send_json(send: Send, status: int, payload: dict[str, Any], close: bool = False) -> None:
     body = json.dumps(payload).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    if close:  # uvicorn closes the connection after a response that says so
+        headers.append((b"connection", b"close"))
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
 
 class BodyLimit:
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, timeout_s: float = 10.0) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.timeout_s = timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
@@ -48,17 +56,24 @@ class BodyLimit:
         chunks: list[bytes] = []
         size = 0
         more = True
-        while more:
-            msg = await receive()
-            if msg["type"] == "http.disconnect":
-                return
-            chunk = msg.get("body", b"")
-            size += len(chunk)
-            if size > self.max_bytes:
-                await _send_json(send, 413, too_big)
-                return
-            chunks.append(chunk)
-            more = msg.get("more_body", False)
+        try:
+            # One deadline for the whole body, not per chunk: a trickle of bytes must not keep it open.
+            async with asyncio.timeout(self.timeout_s):
+                while more:
+                    msg = await receive()
+                    if msg["type"] == "http.disconnect":
+                        return
+                    chunk = msg.get("body", b"")
+                    size += len(chunk)
+                    if size > self.max_bytes:
+                        await _send_json(send, 413, too_big)
+                        return
+                    chunks.append(chunk)
+                    more = msg.get("more_body", False)
+        except TimeoutError:
+            slow = {"detail": f"request body not received within {self.timeout_s:g} s"}
+            await _send_json(send, 408, slow, close=True)
+            return
         body = b"".join(chunks)
         sent = False
 
@@ -70,6 +85,18 @@ class BodyLimit:
             return await receive()
 
         await self.app(scope, replay, send)
+
+
+class EncodedSlash:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        raw = scope.get("raw_path") if scope["type"] == "http" else None
+        if raw and b"%2f" in raw.lower():
+            await _send_json(send, 422, {"detail": "path: an id must not contain '/' (%2F)", "errors": []})
+            return
+        await self.app(scope, receive, send)
 
 
 class Observe:

@@ -2,8 +2,8 @@
 
 FastAPI documents its default 422 body (`detail` = list of errors), but create_app's handler
 answers `{"detail": "<field>: <message>", "errors": [...]}` (and HTTPException 422s carry only
-`detail`). Requests with a body can also get 400 (body not UTF-8 / not JSON, from FastAPI) and 413
-(BodyLimit middleware), whatever the route declares. Clients and the schema fuzzer
+`detail`). Requests with a body can also get 400 (body not UTF-8 / not JSON), 408 (body not received
+within SEQREC_BODY_TIMEOUT_S) and 413 (BodyLimit middleware), whatever the route declares. Clients and the schema fuzzer
 (tests/deploy/test_fuzz.py) validate against this.
 """
 
@@ -45,7 +45,11 @@ def document_validation_errors(app: FastAPI) -> None:
                 for op in path.values():
                     if isinstance(op, dict) and "requestBody" in op:
                         responses = op.setdefault("responses", {})
-                        for code, what in (("400", "Body is not valid JSON"), ("413", "Request body too large")):
+                        for code, what in (
+                            ("400", "Body is not valid JSON (or not UTF-8)"),
+                            ("408", "Body not received within SEQREC_BODY_TIMEOUT_S; the connection is closed"),
+                            ("413", "Request body too large"),
+                        ):
                             responses.setdefault(code, _error(what))
             app.openapi_schema = schema
         return app.openapi_schema

@@ -47,4 +47,5 @@ class Registry:
         if len(kind) == 1:
             return kind[0]
         known = sorted(set(self.bundles) | {b.model for b in self.bundles.values()})
-        raise UnknownModel(f"unknown model {name!r}; serving: {', '.join(known)}")
+        # The name is not echoed back (it is client input); the valid names are.
+        raise UnknownModel(f"unknown model; serving: {', '.join(known)}")

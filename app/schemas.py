@@ -3,18 +3,59 @@
 from __future__ import annotations
 
 import math
+import re
+import unicodedata
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import Path
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, WithJsonSchema, field_validator
 
 MAX_ID_LENGTH = 128
-# Printable ids only: no C0/C1 control characters (the store uses 0x1f as a separator).
-ID_PATTERN = r"^[^\x00-\x1f\x7f-\x9f]+$"
-Id = Annotated[str, StringConstraints(min_length=1, max_length=MAX_ID_LENGTH, pattern=ID_PATTERN)]
+# What an id may not contain, anywhere (docs/api.md, "Ids"):
+#   /                        a path segment cannot carry it, so such an id could be written but never read back;
+#   C0/C1 controls           the store uses 0x1f as a separator; newlines break logs;
+#   format characters (Cf)   zero-width and bidi controls: invisible, so two ids that look alike would differ;
+#   U+2028/U+2029            line and paragraph separators;
+#   U+FFFD                   what undecodable bytes in a URL (%FF) become: different raw bytes must not reach
+#                            the same id, so the replacement character is refused everywhere.
+# Nor may an id start or end with whitespace (which also refuses whitespace-only ids).
+# The Cf list is Unicode 15.1's; tests/app/test_schemas.py checks it against Python's unicodedata.
+_FORBIDDEN = (
+    "/\x00-\x1f\x7f-\x9f"
+    "\u00ad\u0600-\u0605\u061c\u06dd\u070f\u0890-\u0891\u08e2\u180e\u200b-\u200f\u202a-\u202e"
+    "\u2060-\u2064\u2066-\u206f\ufeff\ufff9-\ufffb\U000110bd\U000110cd\U00013430-\U0001343f"
+    "\U0001bca0-\U0001bca3\U0001d173-\U0001d17a\U000e0001\U000e0020-\U000e007f"
+    "\u2028\u2029\ufffd"
+)
+ID_PATTERN = rf"^[^\s{_FORBIDDEN}](?:[^{_FORBIDDEN}]*[^\s{_FORBIDDEN}])?$"
+_BAD_CHAR = re.compile(f"[{_FORBIDDEN}]")
+_ID = re.compile(ID_PATTERN)
+
+
+def check_id(v: str) -> str:
+    """The one id rule, for body ids and path ids alike. The message names the rule and the code
+    point, never the input (which may be long or invisible)."""
+    if _ID.fullmatch(v):
+        return v
+    bad = _BAD_CHAR.search(v)
+    if bad is not None:
+        c = bad.group()
+        what = "'/'" if c == "/" else f"U+{ord(c):04X} ({unicodedata.category(c)})"
+        raise ValueError(f"id must not contain {what}: no '/', control, format (zero-width, bidi) or U+FFFD")
+    raise ValueError("id must not start or end with whitespace")
+
+
+_ID_SCHEMA = {"pattern": ID_PATTERN}
+Id = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=MAX_ID_LENGTH),
+    AfterValidator(check_id),
+    WithJsonSchema({"type": "string", "minLength": 1, "maxLength": MAX_ID_LENGTH, **_ID_SCHEMA}),
+]
 # Event times must be plausible: after 1970 and before year ~5138 (guards against ms/µs mix-ups).
 MAX_TIMESTAMP = 1e11
+Epoch = Annotated[float, Field(ge=0, lt=MAX_TIMESTAMP, allow_inf_nan=False)]
 
 
 class EventIn(BaseModel):
@@ -25,8 +66,10 @@ class EventIn(BaseModel):
 
     user_id: Id
     item_id: Id
-    timestamp: float | datetime | None = Field(
-        None, description="Epoch seconds or ISO-8601 (naive = UTC). Default: the time the server receives it."
+    timestamp: Epoch | datetime | None = Field(
+        None,
+        description="Epoch seconds (0 <= t < 1e11) or ISO-8601 (naive = UTC). Default: the time the server "
+        "receives it. Events further ahead of the server clock than SEQREC_MAX_CLOCK_SKEW_S are refused (422).",
     )
     event_id: Id | None = Field(
         None, description="Idempotency key: a replayed event (same user, event_id and item) changes nothing."
@@ -38,6 +81,10 @@ class EventIn(BaseModel):
         # JSON true/false would otherwise pass as 1.0/0.0 (lax float): the schema says number or string.
         if isinstance(v, bool):
             raise ValueError("timestamp must be a number or an ISO-8601 string, not a boolean")
+        # A number out of range must not fall through to the datetime branch of the union, which
+        # would read it as milliseconds (pydantic does so above 2e10) and accept it.
+        if isinstance(v, int | float) and not (math.isfinite(v) and 0 <= v < MAX_TIMESTAMP):
+            raise ValueError("timestamp must be epoch seconds between 0 and 1e11")
         return v
 
     @field_validator("timestamp")
@@ -71,8 +118,17 @@ class EventsIn(BaseModel):
 
 
 class EventsOut(BaseModel):
-    accepted: int = Field(description="Events newly stored.")
-    duplicates: int = Field(description="Events already stored before (replays): nothing changed.")
+    """Every event of the batch is counted once: accepted + duplicates + too_old = the batch size."""
+
+    accepted: int = Field(description="Events newly stored and inside the user's kept window after this write.")
+    duplicates: int = Field(
+        description="Events already stored (replays, or repeated within the batch): nothing changed."
+    )
+    too_old: int = Field(
+        0,
+        description="Events not stored before but older than all SEQREC_MAX_HISTORY events kept for the user: "
+        "dropped at once (also a replay of an event trimmed since: the store no longer holds it).",
+    )
     unknown_to_model: int = Field(description="Events whose item the default model does not know (still stored).")
     model: str = Field(description="Bundle the unknown count refers to.")
 
@@ -149,14 +205,36 @@ class ReloadIn(BaseModel):
     default_model: str | None = None
 
 
+class ReloadReach(BaseModel):
+    """Which API processes serve the new configuration. With Redis the configuration is stored and
+    announced to every process on the same Redis and key prefix (all workers, all replicas);
+    processes started later load it too. With the in-process store there is one process."""
+
+    scope: Literal["process", "redis"] = Field(
+        description="`process`: in-process store, this one process is all there is; `redis`: every process "
+        "sharing the Redis and key prefix."
+    )
+    generation: int = Field(description="Configuration generation (increases with every reload).")
+    live: int = Field(description="Processes that heartbeat within the last 10 s (or acknowledged).")
+    applied: list[str] = Field(description="Processes (host:pid:id) serving this generation.")
+    rejected: dict[str, str] = Field(description="Processes that could not load it (they keep their bundles).")
+    pending: list[str] = Field(description="Live processes that had not acknowledged within the wait.")
+    complete: bool = Field(description="Every live process applied it.")
+
+
 class ReloadOut(BaseModel):
     reloaded: bool
     default_model: str
     bundles: list[BundleOut]
+    reached: ReloadReach
 
 
 # An id in the URL path, validated exactly like ids in request bodies.
-IdPath = Annotated[str, Path(min_length=1, max_length=MAX_ID_LENGTH, pattern=ID_PATTERN)]
+IdPath = Annotated[
+    str,
+    Path(min_length=1, max_length=MAX_ID_LENGTH, json_schema_extra=_ID_SCHEMA),
+    AfterValidator(check_id),
+]
 
 
 class ErrorOut(BaseModel):
@@ -215,6 +293,11 @@ class ItemAdded(BaseModel):
 class ItemsOut(BaseModel):
     registered: int = Field(description="Items stored in the registry (every API process picks them up).")
     items: list[ItemAdded]
+
+
+class ItemDeleted(BaseModel):
+    item_id: str
+    models: list[str] = Field(description="Bundles in this process that served the item until now.")
 
 
 class RegisteredItem(BaseModel):

@@ -52,6 +52,23 @@ class Settings(BaseSettings):
     bundle_poll_s: float = Field(
         0, ge=0, description="Poll the bundle paths this often and load a changed bundle without restart; 0 = off."
     )
+    max_clock_skew_s: float = Field(
+        86400,
+        ge=0,
+        description="Refuse events timed further ahead of the server clock than this (422); 0 = no limit.",
+    )
+    body_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        le=600,
+        description="A request body must arrive completely within this long, else 408 and the connection closes.",
+    )
+    reload_ack_timeout_s: float = Field(
+        30.0,
+        ge=0,
+        le=600,
+        description="POST /admin/reload waits this long for every live worker (all replicas on the Redis) to apply.",
+    )
     shutdown_timeout_s: float = Field(
         5.0, gt=0, le=300, description="Longest wait for each background task and pool to close at shutdown."
     )

@@ -7,10 +7,18 @@ The manifest's `text` section declares three more graphs next to model.onnx:
 User vectors are computed with seq_encoder over a growing vector table (item_vectors.npy +
 rows added online), so a history that contains a brand-new item is scored like any other.
 For catalogue-only histories this equals model.onnx (checked at load time).
+
+Items registered online can also be removed (DELETE /items): a removed item leaves the id map
+(histories no longer use it) and its label is excluded from every search; its row stays
+allocated, so labels never move. `encoding_key` names what an item's vector depends on (the
+text graphs, tokenizer and compose rule), so vectors can be shared between processes that load
+the same bundle version (app/items.py).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -18,6 +26,38 @@ from typing import Any
 import numpy as np
 
 from app.bundle import Bundle, BundleError, _session
+from app.index import TopKIndex
+
+
+class WithoutRemoved:
+    """A top-k index that never returns removed labels (faiss HNSW cannot delete, so every
+    index kind is filtered the same way: removed labels join each query's exclusion list)."""
+
+    def __init__(self, inner: TopKIndex) -> None:
+        self.inner = inner
+        self.dim = inner.dim
+        self.removed = np.empty(0, np.int64)
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+    def __getattr__(self, name: str) -> Any:  # e.g. ExactIndex.table for callers that read it
+        return getattr(self.inner, name)
+
+    def add(self, labels: np.ndarray, vectors: np.ndarray) -> None:
+        self.inner.add(labels, vectors)
+
+    def search(
+        self, query: np.ndarray, k: int, exclude: list[np.ndarray] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        if not len(self.removed):
+            return self.inner.search(query, k, exclude)
+        rows = len(np.asarray(query).reshape(-1, self.dim))
+        if exclude is None:
+            exclude = [self.removed] * rows
+        else:
+            exclude = [np.concatenate([np.asarray(e, np.int64), self.removed]) for e in exclude]
+        return self.inner.search(query, k, exclude)
 
 
 def compose_text(item: dict[str, Any], compose: dict[str, Any]) -> str:
@@ -59,10 +99,29 @@ class TextBundle(Bundle):
         if len(self.te_inputs) != 2 or len(self.seq_inputs) != 2:
             raise BundleError("text section: text_encoder and seq_encoder must each declare two inputs")
         super().__init__(path, manifest, ann_threshold)
+        self.index = WithoutRemoved(self.index)
+        # Items added at serving time (the only ones that can be removed) -> hash of the text they were
+        # encoded from (set by app/items.py), so a re-registered item with a new text is re-encoded.
+        self.online: dict[str, str] = {}
+        files = manifest.get("files", {})
+        what = {f: files.get(f) for f in (te["file"], ada["file"], text["tokenizer"])}
+        self.encoding_key = hashlib.sha256(json.dumps([what, self.compose], sort_keys=True).encode()).hexdigest()[:16]
 
     @property
     def takes_text(self) -> bool:
         return True
+
+    def remove_items(self, ids: Sequence[str]) -> list[str]:
+        """Stop serving items added online; returns those that were held. Catalogue items stay."""
+        gone = [i for i in dict.fromkeys(ids) if i in self.online]
+        labels = [self.index_of.pop(i) for i in gone]
+        for i in gone:
+            del self.online[i]
+        if labels:
+            idx = self.index
+            assert isinstance(idx, WithoutRemoved)
+            idx.removed = np.concatenate([idx.removed, np.asarray(labels, np.int64)])
+        return gone
 
     def _check_runs(self) -> None:
         # Vector table indexed like the model: row 0 = padding (zeros), row r = item index r.
@@ -112,6 +171,7 @@ class TextBundle(Bundle):
     def add_items(self, ids: Sequence[str], vectors: np.ndarray) -> np.ndarray:
         vectors = np.asarray(vectors, dtype=np.float32).reshape(len(ids), self.dim)
         idx = super().add_items(ids, vectors)
+        self.online.update(dict.fromkeys(ids, ""))
         need = self._rows + len(ids)
         if need > len(self._vecs):
             grown = np.zeros((2 * need, self.dim), np.float32)

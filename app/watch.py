@@ -45,19 +45,30 @@ def signature(paths: Sequence[Path]) -> Signature:
 
 async def watch_bundles(state: AppState, interval_s: float) -> None:
     """Runs for the life of the process (cancelled by the lifespan on shutdown)."""
-    paths = list(state.settings.bundles)
+
+    def served() -> tuple[list[Path], str | None]:
+        # The configuration served now (a reload may have changed it), not the settings'.
+        spec = state.items.spec
+        if spec.get("bundles"):
+            return [Path(p) for p in spec["bundles"]], spec.get("default_model")
+        return list(state.settings.bundles), state.settings.default_model
+
+    paths, _ = served()
     last = await asyncio.to_thread(signature, paths)
     while True:
         await asyncio.sleep(interval_s)
         try:
+            now_paths, default = served()
+            if now_paths != paths:  # a reload changed the paths: follow those, it loaded them already
+                paths = now_paths
+                last = await asyncio.to_thread(signature, paths)
+                continue
             sig = await asyncio.to_thread(signature, paths)
             if sig == last:
                 continue
             last = sig
             async with state.reload_lock:
-                reg = await asyncio.to_thread(
-                    Registry.load, paths, state.settings.default_model, state.settings.ann_threshold
-                )
+                reg = await asyncio.to_thread(Registry.load, paths, default, state.settings.ann_threshold)
                 # Registered items are re-encoded by the new bundles before they serve.
                 await swap_in(state.items, reg, state.install)
             state.metrics.reloads.labels("ok").inc()

@@ -44,6 +44,7 @@ def save_checkpoint(
             "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
             "dataset": data.name,
             "data_fingerprint": data.fingerprint(),
+            "data_meta": data.meta,  # source files + options, sessions, split: `evaluate` rebuilds from it
             "item_ids": data.item_ids,
             "popularity": popularity,
             "epoch": epoch,

@@ -36,18 +36,141 @@ CacheDirOpt = Annotated[
 ]
 
 
+FileOpt = Annotated[
+    list[Path] | None,
+    typer.Option(
+        "--file",
+        help="Your own interaction file(s) (CSV/TSV/Parquet, .gz too) instead of a named dataset; repeat to "
+        "combine several (e.g. an offline log and a `seqrec snapshot`), de-duplicated by event id, else by "
+        "user + item + time. Columns user_id, item_id and optional timestamp, session_id, event_id: map "
+        "other names with `seqrec prepare --file ... --user-col ... --name NAME`, then use --dataset NAME.",
+    ),
+]
+SepOpt = Annotated[
+    str | None,
+    typer.Option("--sep", help="Field separator of CSV files (default: sniffed from the header: , ; TAB |)."),
+]
+ColumnsOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--columns", help="Comma-separated column names for files without a header line (e.g. user,item,rating,ts)."
+    ),
+]
+UserColOpt = Annotated[str | None, typer.Option("--user-col", help="User id column (default user_id).")]
+ItemColOpt = Annotated[str | None, typer.Option("--item-col", help="Item id column (default item_id).")]
+TimeColOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--time-col",
+        help="Time column: epoch seconds (fractions kept for ordering) or ISO-8601 (default timestamp; "
+        "without one, each user's events are in row order).",
+    ),
+]
+SessionColOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--session-col",
+        help="Session id column (default session_id when present): `train --sessions column` uses it; with no "
+        "user column, each session is its own user.",
+    ),
+]
+EventColOpt = Annotated[
+    str | None, typer.Option("--event-col", help="Event id column for de-duplication (default event_id when present).")
+]
+UserCoreOpt = Annotated[
+    int, typer.Option("--user-core", help="Keep users with at least this many events (iterated with --item-core).")
+]
+ItemCoreOpt = Annotated[int, typer.Option("--item-core", help="Keep items with at least this many events.")]
+MinLenOpt = Annotated[
+    int,
+    typer.Option(
+        "--min-len", help="Then drop users with fewer events (3: leave-one-out holds out 2; 2 for session data)."
+    ),
+]
+ItemsFileOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--items-file",
+        help="Item text for UniSRec and bundle titles: an id column and text columns (title, categories, brand, "
+        "description are composed as the service composes new items; else all text columns).",
+    ),
+]
+ItemsIdColOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--items-id-col", help="Id column of --items-file (default: the --item-col name if there, else item_id)."
+    ),
+]
+AllowMissingTextOpt = Annotated[
+    bool,
+    typer.Option(
+        "--allow-missing-text", help="Accept an items file that covers under half the catalogue (the rest: id as text)."
+    ),
+]
+
+
 def _fail(msg: str, code: int = 2) -> None:
     typer.secho(f"error: {msg}", fg=typer.colors.RED, err=True)
     raise typer.Exit(code)
 
 
-def _load_data(dataset: str, file: Path | None, data_dir: Path | None, cache_dir: Path | None, force: bool = False):
-    from training.data import DatasetError, prepare, prepare_file
+def _load_data(
+    dataset: str,
+    file: list[Path] | Path | None,
+    data_dir: Path | None,
+    cache_dir: Path | None,
+    force: bool = False,
+    options: Any = None,
+    name: str | None = None,
+):
+    """A named dataset, a name given to `prepare --name`, or interaction file(s) with `options`."""
+    from training.data import DatasetError, load_dataset, prepare_files
 
     try:
-        if file is not None:
-            return prepare_file(file, cache_dir=cache_dir, force=force)
-        return prepare(dataset, data_dir, cache_dir, force=force)
+        if file:
+            files = [file] if isinstance(file, Path) else list(file)
+            return prepare_files(files, options, name=name, cache_dir=cache_dir, force=force)
+        return load_dataset(dataset, data_dir, cache_dir, force=force)
+    except DatasetError as exc:
+        msg = str(exc)
+        if file and options is None and "--" in msg:
+            # The data options live on `prepare`; the other commands read files with the defaults.
+            msg += (
+                "; these options are `seqrec prepare` options: prepare --file ... --name NAME, then use --dataset NAME"
+            )
+        _fail(msg)
+
+
+def _print_report(data: Any) -> None:
+    """What reading found and what each filter removed (stderr: stdout stays one JSON line)."""
+    for note in data.meta.get("notes", []):
+        typer.echo(note, err=True)
+    steps = data.meta.get("report") or []
+    if not steps:
+        return
+    cols = [("rows", 22), ("users", 20), ("items", 18)]
+    if any("sessions" in st.get("after", {}) for st in steps):
+        cols.append(("sessions", 20))
+    typer.echo(f"{'step':<32}" + "".join(f"{k:>{w}}" for k, w in cols), err=True)
+    for st in steps:
+        after, before = st.get("after", {}), st.get("before", {})
+        cells = []
+        for key, width in cols:
+            a, b = after.get(key), before.get(key)
+            txt = "" if a is None else (f"{b} -> {a}" if b is not None else str(a))
+            cells.append(f"{txt:>{width}}")
+        typer.echo(f"{st['step']:<32}{''.join(cells)}", err=True)
+
+
+def _check_eval(data: Any, split: Any, max_users: int | None, minimum: int) -> None:
+    """Refuse (exit 2) a split with fewer than `minimum` validation or test queries; print the counts."""
+    from training.data import DatasetError, check_eval_queries, leave_one_out
+    from training.train import subset_split
+
+    try:
+        typer.echo(
+            check_eval_queries(subset_split(split or leave_one_out(data), max_users), minimum, data.name), err=True
+        )
     except DatasetError as exc:
         _fail(str(exc))
 
@@ -100,20 +223,59 @@ def prepare(
     dataset: Annotated[
         str, typer.Argument(help="Dataset name: ml-1m, ml-1m-ratings, ml-100k, beauty, office.")
     ] = "ml-1m",
-    file: Annotated[
-        Path | None,
+    file: FileOpt = None,
+    name: Annotated[
+        str | None,
         typer.Option(
-            help="A generic interactions file (CSV/TSV/Parquet with "
-            "user_id, item_id, timestamp) instead of a named dataset."
+            help="Name for --file data: train/evaluate/pretrain then take --dataset NAME (default <file>-<digest>)."
         ),
     ] = None,
+    sep: SepOpt = None,
+    columns: ColumnsOpt = None,
+    user_col: UserColOpt = None,
+    item_col: ItemColOpt = None,
+    time_col: TimeColOpt = None,
+    session_col: SessionColOpt = None,
+    event_col: EventColOpt = None,
+    user_core: UserCoreOpt = 5,
+    item_core: ItemCoreOpt = 5,
+    min_len: MinLenOpt = 3,
+    items_file: ItemsFileOpt = None,
+    items_id_col: ItemsIdColOpt = None,
+    allow_missing_text: AllowMissingTextOpt = False,
     data_dir: DataDirOpt = None,
     cache_dir: CacheDirOpt = None,
     force: Annotated[bool, typer.Option(help="Rebuild the cache even when it exists.")] = False,
 ) -> None:
-    """Read raw interactions, filter, order by time, remap ids and cache the result."""
+    """Read raw interactions, filter, order by time, remap ids and cache the result; print what each step did."""
+    from training.data import FileOptions
+
     t = time.perf_counter()
-    data = _load_data(dataset, file, data_dir, cache_dir, force=force)
+    options = None
+    if file:
+        options = FileOptions(
+            user_col=user_col,
+            item_col=item_col,
+            time_col=time_col,
+            session_col=session_col,
+            event_col=event_col,
+            sep=sep.encode().decode("unicode_escape") if sep else None,  # `--sep '\t'` means TAB
+            columns=tuple(c.strip() for c in columns.split(",")) if columns else None,
+            user_core=user_core,
+            item_core=item_core,
+            min_len=min_len,
+            items_file=str(items_file.resolve()) if items_file else None,
+            items_id_col=items_id_col,
+            allow_missing_text=allow_missing_text,
+        )
+    elif name or items_file or any((sep, columns, user_col, item_col, time_col, session_col, event_col)):
+        _fail("--name, --items-file and the column options go with --file (named datasets have fixed recipes)")
+    elif (user_core, item_core, min_len) != (5, 5, 3):
+        _fail(f"--user-core/--item-core/--min-len go with --file; {dataset!r} has its published filter")
+    data = _load_data(dataset, file, data_dir, cache_dir, force=force, options=options, name=name)
+    _print_report(data)
+    if file:
+        typer.echo(f"prepared {data.name!r}: use it with --dataset {data.name}", err=True)
     stats = data.stats()
     stats["seconds"] = round(time.perf_counter() - t, 2)
     typer.echo(json.dumps(stats))
@@ -159,9 +321,13 @@ def train(
         str | None, typer.Option(help="Model: sasrec, bert4rec, gru4rec, unisrec (default: the recipe's, else sasrec).")
     ] = None,
     dataset: Annotated[
-        str | None, typer.Option(help="Named dataset to train on (default: the recipe's, else ml-1m).")
+        str | None,
+        typer.Option(
+            help="Named dataset, or a name given to `seqrec prepare --file ... --name NAME` "
+            "(default: the recipe's, else ml-1m)."
+        ),
     ] = None,
-    file: Annotated[Path | None, typer.Option(help="Generic interactions file instead of a named dataset.")] = None,
+    file: FileOpt = None,
     out: Annotated[Path | None, typer.Option(help="Run directory (default runs/<model>-<dataset>-<time>).")] = None,
     max_len: Annotated[int | None, typer.Option(help="model.max_len: the history length the model reads.")] = None,
     dim: Annotated[int | None, typer.Option(help="model.dim: hidden size / embedding dimension.")] = None,
@@ -170,13 +336,17 @@ def train(
     sessions: Annotated[
         str | None,
         typer.Option(
-            help="Train and evaluate next-item-in-session instead of leave-one-out: cut each user's "
-            "timeline into sessions by time gap (gap) or at the largest gaps (largest-gap); the newest "
+            help="Train and evaluate next-item-in-session instead of leave-one-out: sessions from the "
+            "data's session column (column), or cut from each user's timeline by time gap (gap) or at "
+            "the largest gaps (largest-gap); the newest "
             "sessions are the test set, every event after the first a query, seen items not excluded."
         ),
     ] = None,
     session_gap: Annotated[int, typer.Option(help="Seconds of inactivity that end a session (--sessions gap).")] = 1800,
     session_test_frac: Annotated[float, typer.Option(help="Newest fraction of sessions held out for test.")] = 0.1,
+    min_eval_queries: Annotated[
+        int, typer.Option(help="Refuse to train when validation or test has fewer queries (0: allow any).")
+    ] = 10,
     init: Annotated[
         Path | None,
         typer.Option(help="task.init: UniSRec starts from a `seqrec pretrain` checkpoint (adaptor + transformer)."),
@@ -227,16 +397,16 @@ def train(
     data = _load_data(dataset, file, data_dir, cache_dir)
     split = None
     if sessions is not None:
-        from training.data import DatasetError, to_sessions
-        from training.sessions import session_split
+        from training.data import DatasetError
+        from training.sessions import session_protocol
 
-        if sessions not in ("gap", "largest-gap"):
-            _fail("--sessions must be gap or largest-gap")
+        if sessions not in ("column", "gap", "largest-gap"):
+            _fail("--sessions must be column, gap or largest-gap")
         try:
-            data = to_sessions(data, "gap" if sessions == "gap" else "largest", gap_seconds=session_gap)
+            data, split = session_protocol(data, sessions, session_gap, session_test_frac)
         except DatasetError as exc:
             _fail(str(exc))
-        split = session_split(data, test_frac=session_test_frac, valid_frac=session_test_frac)
+    _check_eval(data, split, tc.max_users, min_eval_queries)
     run_dir = out or Path("runs") / f"{name}-{data.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     try:
         result = run_train(
@@ -292,8 +462,18 @@ def options(
 @app.command()
 def pretrain(
     datasets: Annotated[
-        str, typer.Option(help="Comma-separated named datasets with item text, pre-trained on together.")
+        str,
+        typer.Option(
+            help="Comma-separated datasets with item text, pre-trained on together: named ones, or names given "
+            "to `seqrec prepare --file ... --items-file ... --name NAME` ('' for --file only)."
+        ),
     ] = "ml-1m,ml-100k",
+    file: Annotated[
+        list[Path] | None,
+        typer.Option(help="Interaction file(s) as one more domain (needs --items-file; columns auto-detected)."),
+    ] = None,
+    items_file: ItemsFileOpt = None,
+    items_id_col: ItemsIdColOpt = None,
     out: Annotated[Path, typer.Option(help="Output folder (receives pretrained.pt and metrics).")] = Path(
         "runs/unisrec-pretrain"
     ),
@@ -321,6 +501,15 @@ def pretrain(
     from training.unisrec import pretrain as run_pretrain
 
     names = tuple(d.strip() for d in datasets.split(",") if d.strip())
+    if file:
+        from training.data import FileOptions
+
+        if items_file is None:
+            _fail("pretrain --file needs --items-file: pre-training learns from item text")
+        opts = FileOptions(items_file=str(items_file.resolve()), items_id_col=items_id_col)
+        names += (_load_data("", file, data_dir, cache_dir, options=opts).name,)
+    if not names:
+        _fail("nothing to pre-train on: give --datasets or --file")
     pc = PretrainConfig(names, epochs, batch_size, lr, lam, item_drop, word_drop, max_minutes, seed)
     from training.config import ConfigError, check_fields
     from training.zoo import get_spec
@@ -346,7 +535,13 @@ def evaluate(
     dataset: Annotated[
         str | None, typer.Option(help="Dataset (default: the one the checkpoint was trained on).")
     ] = None,
-    file: Annotated[Path | None, typer.Option(help="Generic interactions file instead of a named dataset.")] = None,
+    file: Annotated[
+        list[Path] | None,
+        typer.Option(
+            help="Interaction file(s) to evaluate on (default: the file(s) the checkpoint was trained on, "
+            "read with the same options)."
+        ),
+    ] = None,
     split: Annotated[str, typer.Option(help="valid or test.")] = "test",
     include_history: Annotated[
         bool, typer.Option(help="Also rank items already in the user's history (default: they are excluded).")
@@ -361,10 +556,12 @@ def evaluate(
     data_dir: DataDirOpt = None,
     cache_dir: CacheDirOpt = None,
 ) -> None:
-    """Full-ranking HR/NDCG/MRR@{1,5,10,20} on the leave-one-out split."""
-    from training.data import leave_one_out
+    """Full-ranking HR/NDCG/MRR@{1,5,10,20} on the split the checkpoint was trained with
+    (leave-one-out, or next-item-in-session when trained with --sessions)."""
+    from training.checkpoint import load_checkpoint
+    from training.data import DatasetError, FileOptions, data_from_meta, leave_one_out, to_sessions
     from training.evaluate import full_rank_eval, popularity_score_fn, popularity_scores, sampled_eval
-    from training.train import load_checkpoint
+    from training.sessions import session_split
 
     if split not in ("valid", "test"):
         _fail("--split must be valid or test")
@@ -372,13 +569,40 @@ def evaluate(
         model, ckpt = load_checkpoint(checkpoint)
     except FileNotFoundError as exc:
         _fail(str(exc))
-    data = _load_data(dataset or ckpt["dataset"], file, data_dir, cache_dir)
+    meta = ckpt.get("data_meta") or {}
+    try:
+        if file or dataset:
+            source = meta.get("source") or {}
+            opts = FileOptions.from_dict(source["options"]) if source.get("kind") == "files" else None
+            data = _load_data(dataset or "", file, data_dir, cache_dir, options=opts)
+            if meta.get("sessions"):
+                p = meta["sessions"]
+                data = to_sessions(data, p["rule"], p["gap_seconds"], p["max_len"], p["min_len"])
+        else:
+            data = data_from_meta(meta, ckpt["dataset"], data_dir, cache_dir)
+    except DatasetError as exc:
+        _fail(str(exc))
     if data.fingerprint() != ckpt["data_fingerprint"]:
-        _fail(f"dataset {data.name!r} is not the data this checkpoint was trained on (fingerprint differs)")
-    s = leave_one_out(data)
+        _fail(
+            f"dataset {data.name!r} is not the data this checkpoint was trained on (fingerprint differs: "
+            f"the file changed, or other options)"
+        )
+    protocol = meta.get("split") or {}
+    sessions_protocol = protocol.get("protocol") == "sessions"
+    if sessions_protocol:
+        s = session_split(data, test_frac=protocol["test_frac"], valid_frac=protocol["valid_frac"])
+        include_history = True  # the session protocol ranks seen items too (as in training)
+    else:
+        s = leave_one_out(data)
     hists, targets = (s.valid_hist, s.valid_target) if split == "valid" else (s.test_hist, s.test_target)
     t = time.perf_counter()
-    out: dict[str, Any] = {"split": split, "model": ckpt["model"], "dataset": data.name}
+    out: dict[str, Any] = {
+        "split": split,
+        "protocol": "sessions" if sessions_protocol else "leave-one-out",
+        "queries": len(targets),
+        "model": ckpt["model"],
+        "dataset": data.name,
+    }
     out["full"] = full_rank_eval(
         model.score, hists, targets, data.num_items, model.max_len, exclude_history=not include_history
     )
@@ -411,9 +635,9 @@ def export(
     data_dir: DataDirOpt = None,
 ) -> None:
     """Write the artifact bundle: ONNX + TorchScript, item vectors, ids, popularity, manifest."""
+    from training.checkpoint import load_checkpoint
     from training.data import DatasetError, item_text
     from training.export import ExportError, export_bundle
-    from training.train import load_checkpoint
 
     try:
         _, ckpt = load_checkpoint(checkpoint)
@@ -422,7 +646,7 @@ def export(
     text = None
     if with_text:
         try:
-            text = item_text(ckpt["dataset"], data_dir)
+            text = item_text(ckpt["dataset"], data_dir, meta=ckpt.get("data_meta"))
         except DatasetError:
             text = None  # datasets without text (or generic files) export without it
     try:

@@ -1,6 +1,7 @@
 """Next-item-in-session evaluation split (the GRU4Rec papers' protocol).
 
-Sessions (training/data/preprocess.py: to_sessions) are ordered by start time; the newest
+Sessions (training/data/preprocess.py: to_sessions) are ordered by start time (without
+timestamps: by first appearance in the file, the order to_sessions gives them); the newest
 `test_frac` of them are test sessions, the `valid_frac` before those validation sessions, the
 rest training sessions. As in the papers, items of validation/test sessions that never occur in
 training are removed, and sessions left with fewer than 2 events are dropped. Every event after
@@ -26,13 +27,14 @@ def _queries(sessions: list[np.ndarray]) -> tuple[list[np.ndarray], np.ndarray]:
 
 
 def session_split(sessions: SeqData, test_frac: float = 0.1, valid_frac: float = 0.1) -> Split:
-    if sessions.timestamps is None:
-        raise ValueError(f"{sessions.name}: a time-ordered session split needs timestamps")
     if not (0 < test_frac < 1 and 0 <= valid_frac < 1 and test_frac + valid_frac < 1):
         raise ValueError("need 0 < test_frac, 0 <= valid_frac and test_frac + valid_frac < 1")
     n = sessions.num_users
-    starts = sessions.timestamps[sessions.offsets[:-1]]  # (S,) start time of each session
-    order = np.argsort(starts, kind="stable")
+    if sessions.timestamps is not None:
+        starts = sessions.timestamps[sessions.offsets[:-1]]  # (S,) start time of each session
+        order = np.argsort(starts, kind="stable")
+    else:
+        order = np.arange(n)
     n_test = max(1, round(test_frac * n))
     n_valid = round(valid_frac * n)
     train_idx = order[: n - n_test - n_valid]
@@ -55,3 +57,19 @@ def session_split(sessions: SeqData, test_frac: float = 0.1, valid_frac: float =
     vh, vt = _queries(keep(valid_idx))
     th, tt = _queries(keep(test_idx))
     return Split(train, vh, vt, th, tt, sessions.num_items)
+
+
+def session_protocol(
+    data: SeqData, rule: str, gap_seconds: int = 1800, test_frac: float = 0.1, valid_frac: float | None = None
+) -> tuple[SeqData, Split]:
+    """The data cut into sessions and its next-item-in-session split, with both recorded in
+    `meta` so that a checkpoint trained on it can rebuild the same split (`seqrec evaluate`).
+
+    rule: column (the log's session column), gap, or largest-gap (CLI names).
+    """
+    from training.data.preprocess import to_sessions
+
+    valid_frac = test_frac if valid_frac is None else valid_frac
+    sessions = to_sessions(data, {"largest-gap": "largest"}.get(rule, rule), gap_seconds=gap_seconds)
+    sessions.meta["split"] = {"protocol": "sessions", "rule": rule, "test_frac": test_frac, "valid_frac": valid_frac}
+    return sessions, session_split(sessions, test_frac=test_frac, valid_frac=valid_frac)

@@ -17,25 +17,14 @@ import numpy as np
 import torch
 
 from models.text_encoder import SentenceEncoder, load_sentence_encoder, resolve_encoder_dir
+
+# Re-exported: the service-side text composition lives beside the items-file reader.
+from training.data.items import TEXT_FIELDS as TEXT_FIELDS
+from training.data.items import compose_item_text as compose_item_text
 from training.data.preprocess import SeqData
 from training.data.registry import default_cache_dir
 
 MAX_TOKENS = 128  # item texts are short (Office: median 93 chars); longer ones are truncated
-# How the service builds a new item's text from POST /items fields: the same shape as the
-# Office training text (title, category, brand joined by spaces).
-TEXT_FIELDS = ("title", "categories", "brand", "description")
-
-
-def compose_item_text(fields: dict[str, object]) -> str:
-    """title + categories + brand + description, space-joined (lists joined by spaces)."""
-    parts: list[str] = []
-    for key in TEXT_FIELDS:
-        v = fields.get(key)
-        if isinstance(v, list | tuple):
-            v = " ".join(str(x) for x in v if x)
-        if v:
-            parts.append(str(v).strip())
-    return " ".join(parts)
 
 
 def load_tokenizer(encoder_dir: Path, max_tokens: int = MAX_TOKENS):
@@ -127,16 +116,40 @@ def item_text_embeddings(
 
 
 def dataset_text(
-    data: SeqData, items_file: Path | None = None, data_dir: Path | None = None, name: str | None = None
+    data: SeqData,
+    items_file: Path | None = None,
+    data_dir: Path | None = None,
+    name: str | None = None,
+    allow_missing: bool = False,
 ) -> dict[str, str]:
-    """Item text for a prepared dataset: the named dataset's reader (`name` overrides the
-    dataset's own name, for derived splits), or a generic items file."""
+    """Item text for a prepared dataset: an explicit items file, else the items file its recipe
+    names, else the named dataset's reader (`name` overrides the dataset's own name, for derived
+    splits). Refuses text that covers under half the catalogue unless `allow_missing`, and says
+    on stderr how many items got text."""
+    import sys
+
     from training.data import DatasetError, item_text
+    from training.data.files import FileOptions
+    from training.data.items import MIN_TEXT_FRACTION, check_text_coverage
     from training.data.readers import read_item_text_generic
 
+    source = data.meta.get("source") or {}
+    min_fraction = MIN_TEXT_FRACTION
     if items_file is not None:
-        return read_item_text_generic(Path(items_file))
-    try:
-        return item_text(name or data.name, data_dir)
-    except DatasetError as exc:
-        raise DatasetError(f"{exc}; UniSRec needs item text: pass an items file (--set task.items_file=PATH)") from None
+        text = read_item_text_generic(Path(items_file))
+        where = Path(items_file).name
+    else:
+        try:
+            text = item_text(name or data.name.split("-sessions-")[0], data_dir, None if name else data.meta)
+        except DatasetError as exc:
+            raise DatasetError(f"UniSRec needs item text: {exc} (or pass --set task.items_file=PATH)") from None
+        if source.get("kind") == "files":
+            opts = FileOptions.from_dict(source["options"])
+            where = Path(opts.items_file or "").name
+            allow_missing = allow_missing or opts.allow_missing_text
+            min_fraction = opts.min_text_fraction
+        else:
+            where = f"dataset {name or data.name}"
+    cov = check_text_coverage(data.item_ids, text, where, min_fraction, allow_missing)
+    print(cov.summary(where), file=sys.stderr, flush=True)
+    return text

@@ -71,7 +71,13 @@ def setup_unisrec(model: SeqRecModel, data: SeqData, tc: TrainConfig, x: Contras
     with torch.no_grad():
         model.text_emb.copy_(torch.as_tensor(table))
     if x.init:
-        load_pretrained(model, x.init)
+        loaded = load_pretrained(model, x.init)
+        print(
+            f"init: {len(loaded)} pre-trained tensors (MoE adaptor + transformer) from {x.init}; "
+            f"item tables come from this catalogue's text",
+            file=sys.stderr,
+            flush=True,
+        )
     if model.cfg.text_skip:
         # Fitted on the items the training data holds: a held-out (cold) item's text is not
         # known at training time.
@@ -122,7 +128,7 @@ def pretrain(
     progress_every: int = 50,
 ) -> Path:
     """Pre-train adaptor + transformer over the union of several text domains; writes out/pretrained.pt."""
-    from training.data import prepare
+    from training.data import load_dataset
 
     torch.manual_seed(pc.seed)
     rng = np.random.default_rng(pc.seed)
@@ -132,7 +138,7 @@ def pretrain(
     stats = []
     cfg_kw = {**(model_overrides or {})}
     for name in pc.datasets:
-        data = prepare(name, data_dir, cache_dir)
+        data = load_dataset(name, data_dir, cache_dir)
         table = item_text_embeddings(data, dataset_text(data, None, data_dir), cfg_kw.get("text_encoder") or None)
         tables.append(table[1:])
         # Training part of each leave-one-out split only: pre-training never sees any held-out item.

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import time
 
-from fastapi import APIRouter, HTTPException, status
+from fastapi import APIRouter, HTTPException
 
 from app.deps import ApiKey, State
+from app.errors import invalid, unavailable
 from app.ratelimit import WriteLimit
 from app.schemas import EventsIn, EventsOut, write_responses
 from app.stores import Event, StoreUnavailable
@@ -21,13 +22,23 @@ router = APIRouter(tags=["events"])
     responses=write_responses("Store unreachable: nothing was stored, retry (idempotent)"),
 )
 async def post_events(body: EventsIn, state: State) -> EventsOut:
-    """Append item events to user histories. Replays (same event_id) are no-ops; unknown items are kept."""
+    """Append item events to user histories. Replays (same event_id) are no-ops; unknown items are kept.
+    Each event is counted once: `accepted` (stored), `duplicates` (already stored) or `too_old`
+    (older than the user's kept window). Events timed more than SEQREC_MAX_CLOCK_SKEW_S ahead of
+    the server clock are refused (422, naming the event)."""
     if len(body.events) > state.settings.max_batch:
         raise HTTPException(
             413,
             f"batch of {len(body.events)} events exceeds the limit of {state.settings.max_batch}",
         )
     now = time.time()
+    skew = state.settings.max_clock_skew_s
+    if skew:
+        for pos, e in enumerate(body.events):
+            if e.timestamp is not None and e.timestamp > now + skew:
+                # A far-future event would stay the user's newest forever: refuse the batch, store nothing.
+                msg = f"timestamp is more than {skew:g} s ahead of the server clock (SEQREC_MAX_CLOCK_SKEW_S)"
+                raise invalid(("body", "events", pos, "timestamp"), msg)
     events = []
     for pos, e in enumerate(body.events):
         # Untimed events get "now", spaced by 1 µs in batch order so they keep the order they were sent in.
@@ -38,18 +49,19 @@ async def post_events(body: EventsIn, state: State) -> EventsOut:
         result = await state.store.append(events)
     except StoreUnavailable as exc:
         state.metrics.store_errors.labels("append").inc()
-        raise HTTPException(
-            status.HTTP_503_SERVICE_UNAVAILABLE,
-            f"event store unavailable, no event of this batch is acknowledged; retry: {exc}",
-            headers={"Retry-After": "1"},
-        ) from exc
+        raise unavailable("event store", exc, "no event of this batch is acknowledged") from exc
     bundle = state.registry.get(None)
     known = bundle.index_of
     unknown = sum(1 for e in events if e.item_id not in known)
     m = state.metrics.events
     m.labels("accepted").inc(result.accepted)
     m.labels("duplicate").inc(result.duplicates)
+    m.labels("too_old").inc(result.too_old)
     m.labels("unknown_item").inc(unknown)
     return EventsOut(
-        accepted=result.accepted, duplicates=result.duplicates, unknown_to_model=unknown, model=bundle.name
+        accepted=result.accepted,
+        duplicates=result.duplicates,
+        too_old=result.too_old,
+        unknown_to_model=unknown,
+        model=bundle.name,
     )

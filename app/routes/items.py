@@ -1,16 +1,18 @@
-"""POST /items: register items known only by text; GET /items/{item_id}: what was registered."""
+"""POST /items: register items known only by text; GET / DELETE /items/{item_id}."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, HTTPException, status
+from fastapi import APIRouter, HTTPException
 
 from app.deps import ApiKey, State
-from app.items import ingest
+from app.errors import unavailable
+from app.items import add_encoded, encode, remove
 from app.ratelimit import WriteLimit
 from app.schemas import (
     ErrorOut,
     IdPath,
     ItemAdded,
+    ItemDeleted,
     ItemsIn,
     ItemsOut,
     RegisteredItem,
@@ -20,6 +22,7 @@ from app.stores import StoreUnavailable
 
 router = APIRouter(tags=["items"])
 MAX_ITEMS = 100  # a batch is encoded synchronously (text encoder): keep one request's work bounded
+_UNKNOWN = {404: {"model": ErrorOut, "description": "No such registered item"}}
 
 
 @router.post(
@@ -34,23 +37,23 @@ async def post_items(body: ItemsIn, state: State) -> ItemsOut:
     if len(body.items) > MAX_ITEMS:
         raise HTTPException(413, f"batch of {len(body.items)} items exceeds the limit of {MAX_ITEMS}")
     items = list({it.item_id: it.model_dump(exclude_none=True) for it in body.items}.values())
+    reg = state.registry
+    # Encoded here, once: the vectors are stored with the items, so the other processes (and
+    # later reloads) read them instead of running the text encoder again.
+    ready, fresh = await encode(reg, items, state.items)
     try:
-        await state.items.put(items)
+        await state.items.put(items, fresh)
     except StoreUnavailable as exc:
         state.metrics.store_errors.labels("items").inc()
-        raise HTTPException(
-            status.HTTP_503_SERVICE_UNAVAILABLE,
-            f"item registry unavailable, nothing registered; retry: {exc}",
-            headers={"Retry-After": "1"},
-        ) from exc
-    held = await ingest(state.registry, items)
+        raise unavailable("item registry", exc, "nothing registered") from exc
+    held = add_encoded(reg, items, ready)
     return ItemsOut(registered=len(items), items=[ItemAdded(item_id=i, models=m) for i, m in held.items()])
 
 
 @router.get(
     "/items/{item_id}",
     response_model=RegisteredItem,
-    responses={404: {"model": ErrorOut, "description": "No such registered item"}},
+    responses={**_UNKNOWN, 503: {"model": ErrorOut, "description": "Registry unreachable, retry (Retry-After)"}},
 )
 async def get_item(state: State, item_id: IdPath) -> RegisteredItem:
     """An item registered with POST /items, and the models in this process that hold it."""
@@ -58,8 +61,36 @@ async def get_item(state: State, item_id: IdPath) -> RegisteredItem:
         item = await state.items.get(item_id)
     except StoreUnavailable as exc:
         state.metrics.store_errors.labels("items").inc()
-        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, f"item registry unavailable: {exc}") from exc
+        raise unavailable("item registry", exc) from exc
     if item is None:
-        raise HTTPException(404, f"item {item_id!r} is not registered")
+        raise HTTPException(404, "no registered item has this id")
     models = [b.name for b in state.registry.bundles.values() if item_id in b.index_of]
     return RegisteredItem(**item, models=models)
+
+
+@router.delete(
+    "/items/{item_id}",
+    response_model=ItemDeleted,
+    dependencies=[ApiKey, WriteLimit],
+    responses={
+        **_UNKNOWN,
+        **{
+            code: v
+            for code, v in write_responses("Registry unreachable: nothing was deleted, retry (idempotent)").items()
+            if code != 413  # no body to limit
+        },
+    },
+)
+async def delete_item(state: State, item_id: IdPath) -> ItemDeleted:
+    """Unregister an item added with POST /items: no API process recommends it any more (the removal
+    is announced to every process, like a registration); histories that hold it keep the event,
+    models ignore it. Catalogue items of a bundle cannot be deleted (404)."""
+    keys = [b.encoding_key for b in state.registry.bundles.values() if b.takes_text]
+    try:
+        existed = await state.items.delete(item_id, keys)
+    except StoreUnavailable as exc:
+        state.metrics.store_errors.labels("items").inc()
+        raise unavailable("item registry", exc, "nothing deleted") from exc
+    if not existed:
+        raise HTTPException(404, "no registered item has this id")
+    return ItemDeleted(item_id=item_id, models=remove(state.registry, [item_id]))

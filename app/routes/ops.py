@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 
@@ -13,9 +12,12 @@ from prometheus_client.multiprocess import MultiProcessCollector
 
 from app.bundle import BundleError
 from app.deps import ApiKey, State
-from app.items import swap_in
+from app.errors import unavailable
+from app.fleet import load_spec, reach, spec_of
+from app.items import catch_up, swap_in
 from app.registry import Registry
 from app.schemas import BundleOut, ErrorOut, Health, Ready, ReloadIn, ReloadOut
+from app.stores import StoreUnavailable
 
 router = APIRouter(tags=["operations"])
 log = logging.getLogger("seqrec.app")
@@ -65,23 +67,40 @@ async def metrics(state: State) -> Response:
     responses={
         401: {"model": ErrorOut, "description": "API key required"},
         422: {"model": ErrorOut, "description": "Bundle rejected; the previous bundles keep serving"},
+        503: {"model": ErrorOut, "description": "Configuration store unreachable: nothing changed, retry"},
     },
 )
 async def reload(state: State, body: ReloadIn | None = None) -> ReloadOut:
-    """Load bundles (validated: manifest, checksums, a test inference) and swap them in atomically."""
+    """Load bundles (validated: manifest, checksums, a test inference), swap them in atomically, and
+    make every API process serve them: with Redis the configuration is stored and announced to all
+    workers and replicas on the same Redis and key prefix (and loaded by processes started later);
+    the answer says which processes applied it within SEQREC_RELOAD_ACK_TIMEOUT_S."""
     body = body or ReloadIn()
-    paths = body.bundles or [str(p) for p in state.settings.bundles]
-    default = body.default_model if body.default_model is not None else state.settings.default_model
+    items = state.items
+    current = items.spec or spec_of([str(p) for p in state.settings.bundles], state.settings.default_model)
+    spec = spec_of(
+        body.bundles or current["bundles"],
+        body.default_model if body.default_model is not None else current.get("default_model"),
+    )
     async with state.reload_lock:
         try:
             # Off the event loop: hashing and index building take a while, requests keep flowing.
-            reg = await asyncio.to_thread(Registry.load, paths, default, state.settings.ann_threshold)
+            reg = await load_spec(spec, state.settings.ann_threshold)
         except BundleError as exc:
             state.metrics.reloads.labels("rejected").inc()
             log.warning("bundle reload rejected: %s", exc)
             raise HTTPException(422, f"bundle rejected, previous bundles keep serving: {exc}") from exc
-        # Registered items are re-encoded by the new bundles before they serve.
-        await swap_in(state.items, reg, state.install)
+        try:
+            # Registered items reach the new bundles (their cached vectors, encoding only what is
+            # missing) before the configuration is announced, so the other processes find them cached.
+            await catch_up(items, reg)
+            generation = await items.publish_config(spec)
+        except StoreUnavailable as exc:
+            raise unavailable("configuration store", exc, "nothing changed") from exc
+        await swap_in(items, reg, state.install)
+        items.generation, items.spec = generation, spec
+    await items.ack(generation, "ok")
     state.metrics.reloads.labels("ok").inc()
-    log.info("bundles reloaded: %s", ", ".join(reg.bundles))
-    return ReloadOut(reloaded=True, default_model=reg.default, bundles=_bundles(reg))
+    log.info("bundles reloaded (configuration %d): %s", generation, ", ".join(reg.bundles))
+    reached = await reach(items, generation, state.settings.reload_ack_timeout_s)
+    return ReloadOut(reloaded=True, default_model=reg.default, bundles=_bundles(reg), reached=reached)

@@ -5,6 +5,12 @@
 - An event is identified by (user_id, event_id, item_id); storing the same one again
   changes nothing and is counted as a duplicate. Without an explicit event_id the event
   time stands in for it, so an exact replay of a timestamped event is also a no-op.
+- Every event of a batch is counted exactly once, by what happened to it:
+  `accepted`: newly stored and still in the kept window after the write;
+  `duplicates`: already stored before (or an earlier copy in the same batch): nothing changed;
+  `too_old`: not stored before, but older than all `max_history` events kept, so trimmed at once.
+  A replay of an event that has since been trimmed is `too_old`, not a duplicate: it is no
+  longer stored, so nothing can recognise it. The store computes this atomically per user.
 - A user's history expires `ttl_s` seconds after the last event written for them.
 - `append` stores the whole batch or raises StoreUnavailable: never a silent partial loss.
 """
@@ -33,8 +39,9 @@ class Event:
 
 @dataclass(frozen=True, slots=True)
 class AppendResult:
-    accepted: int
-    duplicates: int
+    accepted: int  # newly stored, still kept after trimming
+    duplicates: int  # already stored (or repeated within the batch): nothing changed
+    too_old: int = 0  # older than the kept window: trimmed at once, not stored
 
 
 def member(ev: Event) -> str:

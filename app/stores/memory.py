@@ -40,7 +40,7 @@ class MemoryStore:
 
     async def append(self, events: list[Event]) -> AppendResult:
         now = self._clock()
-        added = 0
+        added = too_old = 0
         by_user: dict[str, list[Event]] = defaultdict(list)
         for ev in events:
             by_user[ev.user_id].append(ev)
@@ -48,22 +48,26 @@ class MemoryStore:
             self._expire(user, now)
             hist = self._hist.setdefault(user, [])
             seen = self._members.setdefault(user, set())
+            fresh: list[str] = []
             for ev in evs:
                 m = member(ev)
                 if m in seen:
-                    continue
+                    continue  # stored before, or an earlier copy in this batch
                 seen.add(m)
                 bisect.insort(hist, (ev.timestamp, m))
-                added += 1
+                fresh.append(m)
             if len(hist) > self.max_history:
                 for _, m in hist[: len(hist) - self.max_history]:
                     seen.discard(m)
                 del hist[: len(hist) - self.max_history]
+            kept = sum(1 for m in fresh if m in seen)  # what survived the trim, like the Redis script
+            added += kept
+            too_old += len(fresh) - kept
             self._touched[user] = now
         self._writes += 1
         if self._writes % 1000 == 0:
             self._sweep(now)
-        return AppendResult(accepted=added, duplicates=len(events) - added)
+        return AppendResult(accepted=added, duplicates=len(events) - added - too_old, too_old=too_old)
 
     async def history(self, user_id: str, n: int | None = None) -> list[str]:
         self._expire(user_id, self._clock())

@@ -2,7 +2,10 @@
 
 Why a sorted set: ZADD NX gives idempotent replays (same member -> no-op, score kept) and
 late events land at their time position for free; ZREMRANGEBYRANK keeps the last N.
-A batch is written in one pipeline (one round trip): per user ZADD NX, trim, EXPIRE.
+A batch is written in one pipeline (one round trip) of one script call per user: ZADD NX
+member by member, trim, EXPIRE, then check which added members survived the trim. A script
+runs atomically, so the counts (accepted / duplicates / too_old) say exactly what that write
+did even with concurrent writers to the same user.
 Timeouts are short and retries off, so a down Redis costs milliseconds, not seconds: a
 refused connection fails at once, a hung one after `timeout_s` (reads) / `write_timeout_s`.
 """
@@ -20,6 +23,28 @@ from redis.exceptions import RedisError
 from app.stores.base import AppendResult, Event, StoreUnavailable, items_of, member
 
 _ERRORS = (RedisError, OSError, asyncio.TimeoutError)
+
+# KEYS[1] = history; ARGV = max_history, ttl_s, then score, member pairs (distinct members).
+# Returns {accepted, duplicates, too_old}.
+APPEND_LUA = """
+local key = KEYS[1]
+local added = {}
+local dup = 0
+for i = 3, #ARGV, 2 do
+  if redis.call('ZADD', key, 'NX', ARGV[i], ARGV[i + 1]) == 1 then
+    added[#added + 1] = ARGV[i + 1]
+  else
+    dup = dup + 1
+  end
+end
+redis.call('ZREMRANGEBYRANK', key, 0, -(tonumber(ARGV[1]) + 1))
+redis.call('EXPIRE', key, ARGV[2])
+local kept = 0
+for _, m in ipairs(added) do
+  if redis.call('ZSCORE', key, m) then kept = kept + 1 end
+end
+return {kept, dup, #added - kept}
+"""
 
 
 class RedisStore:
@@ -61,16 +86,20 @@ class RedisStore:
             by_user[ev.user_id].setdefault(member(ev), ev.timestamp)  # first copy in a batch wins, like NX
         pipe = self.redis.pipeline(transaction=False)
         for user, mapping in by_user.items():
-            key = self.key(user)
-            pipe.zadd(key, mapping, nx=True)
-            pipe.zremrangebyrank(key, 0, -(self.max_history + 1))
-            pipe.expire(key, self.ttl_s)
+            args: list[str | int] = [self.max_history, self.ttl_s]
+            for m, ts in mapping.items():
+                args += [repr(float(ts)), m]
+            # EVAL, not EVALSHA: no SCRIPT EXISTS round trip per batch and nothing to reload after a
+            # Redis restart; Redis caches the compiled script by its digest anyway.
+            pipe.eval(APPEND_LUA, 1, self.key(user), *args)
         try:
             res = await pipe.execute(raise_on_error=True)
         except _ERRORS as exc:
             raise StoreUnavailable(f"redis: {type(exc).__name__}: {exc}") from exc
-        added = sum(int(x) for x in res[0::3])
-        return AppendResult(accepted=added, duplicates=len(events) - added)
+        accepted = sum(int(r[0]) for r in res)
+        too_old = sum(int(r[2]) for r in res)
+        # Copies repeated inside the batch never reach the script: they are duplicates too.
+        return AppendResult(accepted=accepted, duplicates=len(events) - accepted - too_old, too_old=too_old)
 
     async def history(self, user_id: str, n: int | None = None) -> list[str]:
         n = self.max_history if n is None else n

@@ -43,7 +43,7 @@ def test_events_then_recommend_from_model(client: TestClient) -> None:
     evs.append({"user_id": "alice", "item_id": "future-item", "timestamp": 2000})
     r = client.post("/events", json={"events": evs}, headers=KEY)
     assert r.status_code == 200, r.text
-    assert r.json() == {"accepted": 4, "duplicates": 0, "unknown_to_model": 1, "model": "tiny-sasrec"}
+    assert r.json() == {"accepted": 4, "duplicates": 0, "too_old": 0, "unknown_to_model": 1, "model": "tiny-sasrec"}
     r = client.post("/events", json={"events": evs[:2]}, headers=KEY)
     assert r.json()["duplicates"] == 2 and r.json()["accepted"] == 0
     r = client.get("/recommend/alice", params={"k": 7})
@@ -79,8 +79,10 @@ def test_bad_query_is_422(client: TestClient, path: str, field: str) -> None:
 
 
 def test_unknown_model_is_422(client: TestClient) -> None:
-    r = client.get("/recommend/u?model=gpt")
-    assert r.status_code == 422 and "unknown model 'gpt'" in r.json()["detail"]
+    r = client.get("/recommend/u", params={"model": "<script>alert(1)</script>"})
+    # The valid names are listed; the input is not echoed back.
+    assert r.status_code == 422 and r.json()["detail"] == "unknown model; serving: sasrec, tiny-sasrec"
+    assert "script" not in r.text
     assert client.get("/recommend/u?model=sasrec").status_code == 200  # by kind
     assert client.get("/recommend/u?model=tiny-sasrec").status_code == 200  # by bundle name
 
@@ -88,10 +90,52 @@ def test_unknown_model_is_422(client: TestClient) -> None:
 def test_bad_events_are_422_naming_the_field(client: TestClient) -> None:
     r = client.post("/events", json={"events": [{"user_id": "u", "item_id": "ok"}, {"user_id": "u"}]}, headers=KEY)
     assert r.status_code == 422 and r.json()["detail"].startswith("body.events.1.item_id")
-    r = client.post("/events", content=b"{not json", headers={**KEY, "Content-Type": "application/json"})
-    assert r.status_code == 422
     r = client.post("/events", json={"events": []}, headers=KEY)
     assert r.status_code == 422
+
+
+@pytest.mark.parametrize("raw", [b'{"events":[', b"hello world", b"{not json", b"\xff\xfe\x00"])
+def test_malformed_json_is_400_as_documented(client: TestClient, raw: bytes) -> None:
+    r = client.post("/events", content=raw, headers={**KEY, "Content-Type": "application/json"})
+    assert r.status_code == 400, r.text
+    assert "not valid JSON" in r.json()["detail"] or "parsing the body" in r.json()["detail"]
+    spec = client.get("/openapi.json").json()
+    assert "400" in spec["paths"]["/events"]["post"]["responses"]
+
+
+def test_counts_under_trimming_say_what_happened(bundle_path: Path, key_prefix: str, redis_url: str) -> None:
+    """41 events, 40 kept: the oldest is too old, not accepted; its replay is neither accepted nor
+    a duplicate (the store no longer holds it); a full replay is 40 duplicates + 1 too old."""
+    with make_client(bundle_path, redis_url=redis_url, key_prefix=key_prefix, max_history=40) as c:
+        evs = [
+            {"user_id": "trim", "item_id": "50", "timestamp": 1_700_000_000 + k, "event_id": f"p{k}"} for k in range(41)
+        ]
+        r = c.post("/events", json={"events": evs}, headers=KEY).json()
+        assert (r["accepted"], r["duplicates"], r["too_old"]) == (40, 0, 1)
+        r = c.post("/events", json={"events": evs[:1]}, headers=KEY).json()
+        assert (r["accepted"], r["duplicates"], r["too_old"]) == (0, 0, 1)
+        r = c.post("/events", json={"events": evs}, headers=KEY).json()
+        assert (r["accepted"], r["duplicates"], r["too_old"]) == (0, 40, 1)
+        assert "too_old" in c.get("/openapi.json").json()["components"]["schemas"]["EventsOut"]["properties"]
+
+
+def test_events_from_the_far_future_are_refused(client: TestClient) -> None:
+    now = time.time()
+    ok = {"user_id": "clock", "item_id": "i", "timestamp": now + 3600}
+    far = {"user_id": "clock", "item_id": "i", "timestamp": "3000-01-01T00:00:00Z"}
+    r = client.post("/events", json={"events": [ok, far]}, headers=KEY)
+    assert r.status_code == 422 and r.json()["detail"].startswith("body.events.1.timestamp: ")
+    assert client.portal.call(client.app.state.seqrec.store.history, "clock") == []  # nothing stored
+    assert client.post("/events", json={"events": [ok]}, headers=KEY).status_code == 200
+    spec = client.get("/openapi.json").json()["components"]["schemas"]["EventIn"]["properties"]["timestamp"]
+    number = next(s for s in spec["anyOf"] if s.get("type") == "number")
+    assert (number["minimum"], number["exclusiveMaximum"]) == (0, 1e11)
+
+
+def test_clock_skew_limit_can_be_turned_off(bundle_path: Path) -> None:
+    with make_client(bundle_path, max_clock_skew_s=0) as c:
+        far = {"user_id": "u", "item_id": "i", "timestamp": "3000-01-01T00:00:00Z"}
+        assert c.post("/events", json={"events": [far]}, headers=KEY).status_code == 200
 
 
 def test_limits_are_413(client: TestClient) -> None:
@@ -127,6 +171,11 @@ def test_health_ready_metrics_docs(client: TestClient) -> None:
 def test_reload_swaps_good_and_rejects_broken(client: TestClient, bundle_path: Path, tmp_path: Path) -> None:
     r = client.post("/admin/reload", headers=KEY)
     assert r.status_code == 200 and r.json()["default_model"] == "tiny-sasrec"
+    reached = r.json()["reached"]
+    store = client.app.state.seqrec.store.kind
+    # In process there is one process, and the answer says so; with Redis this process is the only live one.
+    assert reached["scope"] == ("process" if store == "memory" else "redis") and reached["complete"]
+    assert reached["applied"] == [client.app.state.seqrec.items.worker] and not reached["pending"]
     broken = tmp_path / "broken"
     shutil.copytree(bundle_path, broken)
     (broken / "model.onnx").write_bytes(b"garbage")
@@ -140,7 +189,12 @@ def test_redis_down_503_on_write_and_fast_popularity_on_read(bundle_path: Path) 
     with make_client(bundle_path, redis_url=f"redis://127.0.0.1:{free_port()}/0", redis_timeout_s=0.1) as c:
         r = c.post("/events", json={"events": [{"user_id": "u", "item_id": "i"}]}, headers=KEY)
         assert r.status_code == 503 and r.headers["Retry-After"] == "1"
-        assert "no event of this batch is acknowledged" in r.json()["detail"]
+        detail = r.json()["detail"]
+        assert detail == "event store unavailable; no event of this batch is acknowledged; retry after 1 s"
+        for leak in ("127.0.0.1", "redis", "Error", "Connection"):  # no address, no exception text
+            assert leak not in r.text
+        r = c.post("/admin/reload", headers=KEY)
+        assert r.status_code == 503 and "127.0.0.1" not in r.text and r.headers["Retry-After"] == "1"
         body = c.get("/recommend/u?k=5").json()
         assert body["source"] == "popularity" and len(body["items"]) == 5
         assert c.get("/readyz").status_code == 503
@@ -184,3 +238,35 @@ async def test_shutdown_wait_is_bounded_even_when_a_task_swallows_its_cancellati
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
     assert task.cancelled()
+
+
+def test_reload_reports_a_process_that_cannot_apply_it(
+    bundle_path: Path, redis_url: str, key_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two app instances on one Redis: when one cannot load the announced configuration (a path
+    missing on that replica), it keeps serving and the reload answer names it under `rejected`."""
+    import app.fleet
+    from app.bundle import BundleError
+
+    def settings() -> Settings:
+        return Settings(
+            bundles=[bundle_path], api_key="k3y", redis_url=redis_url, key_prefix=key_prefix, reload_ack_timeout_s=10
+        )
+
+    with TestClient(create_app(settings())) as a, TestClient(create_app(settings())) as b:
+        before = b.app.state.seqrec.registry
+
+        async def missing_here(spec: dict, ann: int):
+            raise BundleError("/bundles/x is not a directory")
+
+        # Only the follower path (how other processes apply a reload) fails; A loads it itself.
+        monkeypatch.setattr(app.fleet, "load_spec", missing_here)
+        r = a.post("/admin/reload", headers=KEY)
+        assert r.status_code == 200, r.text
+        reached = r.json()["reached"]
+        worker_b = b.app.state.seqrec.items.worker
+        assert reached["applied"] == [a.app.state.seqrec.items.worker]
+        assert reached["rejected"] == {worker_b: "rejected: /bundles/x is not a directory"}
+        assert not reached["complete"] and reached["live"] == 2
+        assert b.app.state.seqrec.registry is before  # B keeps serving what it had
+        assert b.get("/recommend/u").status_code == 200

@@ -275,5 +275,138 @@ def test_registry_down_is_503_and_nothing_is_added(unisrec_bundle: Path) -> None
     with TestClient(create_app(settings)) as c:  # starting must not need the registry
         r = c.post("/items", json={"items": [{"item_id": "d1", "title": "t"}]}, headers=KEY)
         assert r.status_code == 503 and r.headers["retry-after"] == "1"
-        assert c.get("/items/d1").status_code == 503
+        assert r.json()["detail"] == "item registry unavailable; nothing registered; retry after 1 s"
+        r = c.get("/items/d1")
+        assert r.status_code == 503 and r.headers["retry-after"] == "1"
+        for leak in ("127.0.0.1", dead.rsplit(":", 1)[1].split("/")[0], "Error", "redis"):
+            assert leak not in r.text  # the cause is logged, not told
+        assert c.delete("/items/d1", headers=KEY).status_code == 503
         assert "d1" not in c.app.state.seqrec.registry.get(None).index_of
+        spec = c.get("/openapi.json").json()["paths"]["/items/{item_id}"]
+        assert "503" in spec["get"]["responses"] and {"401", "404", "503"} <= set(spec["delete"]["responses"])
+
+
+# --------------------------------------------------------------------------- delete, encode once
+
+
+class EncodeCounter:
+    """Counts the item texts a TextBundle encodes (the load-time probe excluded)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        from app.text_bundle import TextBundle
+
+        self.texts = 0
+        real = TextBundle.encode_texts
+
+        def counting(bundle: TextBundle, texts: list[str]) -> np.ndarray:
+            if list(texts) != ["probe"]:
+                self.texts += len(texts)
+            return real(bundle, texts)
+
+        monkeypatch.setattr(TextBundle, "encode_texts", counting)
+
+
+def _top(c: TestClient, user: str, k: int = 10) -> list[str]:
+    return [x["item_id"] for x in c.get(f"/recommend/{user}", params={"model": "unisrec", "k": k}).json()["items"]]
+
+
+def test_delete_item_stops_serving_it(client: TestClient, unisrec_bundle: Path) -> None:
+    texts = _texts(unisrec_bundle)
+    catalogue = json.loads((unisrec_bundle / "item_ids.json").read_text())
+    _events(client, "d1", catalogue[:6])
+    twin = _top(client, "d1", 1)[0]
+    assert client.post("/items", json={"items": [{"item_id": "gone-1", "title": texts[twin]}]}, headers=KEY).is_success
+    assert "gone-1" in _top(client, "d1", 2)
+    _events(client, "d2", [*catalogue[:3], "gone-1"])
+    assert client.get("/recommend/d2", params={"model": "unisrec"}).json()["history_length"] == 4
+    assert client.delete("/items/gone-1").status_code == 401
+    r = client.delete("/items/gone-1", headers=KEY)
+    assert r.status_code == 200 and r.json() == {"item_id": "gone-1", "models": ["tiny-unisrec"]}
+    assert client.get("/items/gone-1").status_code == 404
+    assert "gone-1" not in _top(client, "d1", 50)
+    # Its events stay stored; the model just no longer knows the item.
+    assert client.get("/recommend/d2", params={"model": "unisrec"}).json()["history_length"] == 3
+    assert client.delete("/items/gone-1", headers=KEY).status_code == 404
+    assert client.delete(f"/items/{catalogue[0]}", headers=KEY).status_code == 404  # catalogue items stay
+    assert catalogue[0] in client.app.state.seqrec.registry.get("unisrec").index_of
+    # Registered again, it is served again.
+    assert client.post("/items", json={"items": [{"item_id": "gone-1", "title": texts[twin]}]}, headers=KEY).is_success
+    assert "gone-1" in _top(client, "d1", 2)
+    # A reload does not bring a deleted item back.
+    assert client.delete("/items/gone-1", headers=KEY).status_code == 200
+    assert client.post("/admin/reload", headers=KEY).status_code == 200
+    assert "gone-1" not in _top(client, "d1", 50)
+
+
+def test_reload_does_not_re_encode_registered_items(
+    client: TestClient, unisrec_bundle: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    count = EncodeCounter(monkeypatch)
+    items = [{"item_id": f"once-{n}", "title": f"a registered item number {n}"} for n in range(30)]
+    assert client.post("/items", json={"items": items}, headers=KEY).status_code == 200
+    assert count.texts == 30  # encoded once, when registered
+    for _ in range(2):
+        assert client.post("/admin/reload", headers=KEY).status_code == 200
+    assert count.texts == 30  # reloads of the same bundle version read the vectors back
+    assert client.get("/items/once-7").json()["models"] == ["tiny-unisrec"]
+    # A changed text is a new vector, at once (not served stale), and reloads reuse that one.
+    changed = {"item_id": "once-7", "title": "a completely different text"}
+    assert client.post("/items", json={"items": [changed]}, headers=KEY).status_code == 200
+    assert count.texts == 31
+    assert client.post("/admin/reload", headers=KEY).status_code == 200
+    assert count.texts == 31
+    bundle = client.app.state.seqrec.registry.get("unisrec")
+    want = bundle.encode_texts([bundle.item_text(changed)])[0]
+    np.testing.assert_allclose(bundle._vecs[bundle.index_of["once-7"]], want, atol=1e-6)
+
+
+def test_item_encoded_once_across_processes_and_deleted_everywhere(
+    unisrec_bundle: Path, redis_url: str, key_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two app instances on one Redis (what two workers are): the one that receives POST /items
+    encodes; the other, and both reloads, read the shared vectors. A delete on one reaches the other."""
+    from app.main import create_app
+    from app.settings import Settings
+
+    def settings() -> Settings:
+        return Settings(
+            bundles=[unisrec_bundle], api_key="items-key", access_log=False, redis_url=redis_url, key_prefix=key_prefix
+        )
+
+    count = EncodeCounter(monkeypatch)
+    with TestClient(create_app(settings())) as a, TestClient(create_app(settings())) as b:
+        for c in (a, b):
+            assert client_subscribed(c)
+        items = [{"item_id": f"shared-{n}", "title": f"shared item {n}"} for n in range(20)]
+        assert a.post("/items", json={"items": items}, headers=KEY).status_code == 200
+        wait_until(lambda: b.get("/items/shared-19").json()["models"] == ["tiny-unisrec"])
+        assert count.texts == 20  # encoded by A only; B added A's vectors
+        va = a.app.state.seqrec.registry.get(None)
+        vb = b.app.state.seqrec.registry.get(None)
+        np.testing.assert_array_equal(va._vecs[va.index_of["shared-3"]], vb._vecs[vb.index_of["shared-3"]])
+        assert b.post("/admin/reload", headers=KEY).status_code == 200
+        wait_until(lambda: a.app.state.seqrec.items.generation == b.app.state.seqrec.items.generation)
+        assert count.texts == 20  # neither reload encoded anything
+        assert a.delete("/items/shared-3", headers=KEY).status_code == 200
+        wait_until(lambda: "shared-3" not in b.app.state.seqrec.registry.get(None).index_of)
+        assert b.get("/items/shared-3").status_code == 404
+    # A process started later catches up from the shared vectors too.
+    with TestClient(create_app(settings())) as c:
+        held = c.app.state.seqrec.registry.get(None).index_of
+        assert "shared-4" in held and "shared-3" not in held
+    assert count.texts == 20
+
+
+def client_subscribed(c: TestClient) -> bool:
+    items = c.app.state.seqrec.items
+    wait_until(lambda: items.subscribed.is_set())
+    return True
+
+
+def wait_until(pred, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return
+        time.sleep(0.02)
+    raise AssertionError("condition not reached in time")

@@ -61,3 +61,54 @@ def test_settings_need_a_bundle(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("SEQREC_BUNDLES", raising=False)
     with pytest.raises(ValidationError, match="SEQREC_BUNDLES"):
         Settings()
+
+
+@pytest.mark.parametrize(
+    "uid",
+    [
+        "a/b",
+        "/",
+        "b-x/../../etc/passwd",
+        " ",
+        "   ",
+        " lead",
+        "trail ",
+        "\u3000wide",
+        "a\u200bb",
+        "\u200b",
+        "a\u202eb",
+        "a\u2066b\u2069",
+        "\ufeffbom",
+        "a\ufffdb",
+        "a\u2028b",
+        "tag\U000e0041",
+    ],
+)
+def test_unreadable_ids_are_refused(uid: str) -> None:
+    """Ids that no GET route could address (`/`), invisible ones (Cf: zero-width, bidi), ones only
+    whitespace tells apart, and U+FFFD (what %FF in a URL decodes to) are refused on write."""
+    with pytest.raises(ValidationError) as err:
+        EventIn(user_id=uid, item_id="i")
+    msg = err.value.errors()[0]["msg"]
+    assert len(uid.strip()) < 2 or uid not in msg  # the message names the rule, not the input
+
+
+def test_forbidden_set_covers_every_format_character() -> None:
+    import sys
+    import unicodedata
+
+    from app.schemas import check_id
+
+    for cp in range(sys.maxunicode + 1):
+        c = chr(cp)
+        if unicodedata.category(c) in ("Cf", "Cc", "Zl", "Zp"):
+            with pytest.raises(ValueError):
+                check_id(f"a{c}b")
+    assert check_id("a b") == "a b" and check_id("用户-😀") == "用户-😀" and check_id("x" * 128)
+
+
+def test_timestamp_bounds_are_in_the_schema() -> None:
+    schema = EventIn.model_json_schema()
+    number = next(s for s in schema["properties"]["timestamp"]["anyOf"] if s.get("type") == "number")
+    assert number["minimum"] == 0 and number["exclusiveMaximum"] == 1e11
+    assert "pattern" in schema["properties"]["user_id"]

@@ -109,3 +109,23 @@ async def test_hung_redis_read_is_cut_short() -> None:
         assert time.perf_counter() - t < 3  # bounded by the read timeout, far below the write timeout
         s.pool.reset()  # drop the stuck connections without a QUIT round trip
         s.raw_pool.reset()
+
+
+async def test_counts_say_what_happened_under_trimming(store: EventStore) -> None:
+    """accepted + duplicates + too_old = the batch; an event older than the kept window is neither
+    accepted nor a duplicate, also when it is a replay of an event trimmed since."""
+    r = await store.append([ev("u", f"p{t}", 100 + t, f"p{t}") for t in range(N + 1)])
+    # All N + 1 were new; the oldest fell off the window in the same write.
+    assert (r.accepted, r.duplicates, r.too_old) == (N, 0, 1)
+    kept = await store.history("u")
+    again = await store.append([ev("u", "p0", 100, "p0")])  # replay of the trimmed event
+    assert (again.accepted, again.duplicates, again.too_old) == (0, 0, 1)
+    assert await store.history("u") == kept
+    replay = await store.append([ev("u", f"p{t}", 100 + t, f"p{t}") for t in range(N + 1)])
+    assert (replay.accepted, replay.duplicates, replay.too_old) == (0, N, 1)
+    mixed = await store.append(
+        [ev("u", "new", 200, "n1"), ev("u", "new", 200, "n1"), ev("u", "old", 1, "o1"), ev("u", "p3", 103, "p3")]
+    )
+    # n1 is new (its second copy a duplicate), o1 too old, p3 already stored.
+    assert (mixed.accepted, mixed.duplicates, mixed.too_old) == (1, 2, 1)
+    assert await store.history("u") == ["p2", "p3", "p4", "p5", "new"]

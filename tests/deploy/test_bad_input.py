@@ -70,8 +70,34 @@ def test_oversized_batch_is_413(client: TestClient) -> None:
         ev(item_id="line\nbreak"),
         ev(item_id="del\x7f"),
         ev(event_id="c1\x85"),
+        ev(user_id="b-x/../../etc/passwd"),
+        ev(item_id="bi-x/x"),
+        ev(user_id="/"),
+        ev(user_id="   "),
+        ev(user_id=" padded "),
+        ev(user_id="zero\u200bwidth"),
+        ev(item_id="bidi\u202eid"),
+        ev(user_id="\ufffd"),
     ],
-    ids=["long-user", "long-item", "long-event", "empty", "nul", "unit-sep", "newline", "del", "c1"],
+    ids=[
+        "long-user",
+        "long-item",
+        "long-event",
+        "empty",
+        "nul",
+        "unit-sep",
+        "newline",
+        "del",
+        "c1",
+        "slash-traversal",
+        "slash-item",
+        "slash-only",
+        "whitespace-only",
+        "edge-whitespace",
+        "zero-width",
+        "bidi",
+        "replacement-char",
+    ],
 )
 def test_bad_ids_are_422(client: TestClient, bad: dict) -> None:
     r = post(client, {"events": [bad]})
@@ -81,7 +107,20 @@ def test_bad_ids_are_422(client: TestClient, bad: dict) -> None:
 
 @pytest.mark.parametrize(
     "path",
-    ["/recommend/" + "u" * 129, "/recommend/a%00b", "/recommend/a%1Fb", "/ui/history/" + "u" * 129, "/ui/history/%0A"],
+    [
+        "/recommend/" + "u" * 129,
+        "/recommend/a%00b",
+        "/recommend/a%1Fb",
+        "/ui/history/" + "u" * 129,
+        "/ui/history/%0A",
+        "/recommend/b-x%2F..%2F..%2Fetc%2Fpasswd",  # '/' can never be in an id: 422, not 404
+        "/items/bi-x%2Fx",
+        "/items/%2F",  # not 405
+        "/recommend/%FF",  # undecodable bytes would become U+FFFD: refused, not merged into one user
+        "/recommend/a%C3",
+        "/recommend/%20%20",
+        "/recommend/zero%E2%80%8Bwidth",
+    ],
 )
 def test_bad_ids_in_paths_are_422(client: TestClient, path: str) -> None:
     assert client.get(path).status_code == 422
@@ -125,10 +164,12 @@ def test_wrong_types_are_422(client: TestClient, payload: object) -> None:
     assert isinstance(body["detail"], str) and isinstance(body["errors"], list)
 
 
-def test_not_json_is_4xx(client: TestClient) -> None:
-    for raw in (b"{not json", b"\xff\xfe\x00", b""):
+def test_not_json_is_400(client: TestClient) -> None:
+    for raw in (b"{not json", b'{"events":[', b"hello world", b"\xff\xfe\x00"):
         r = client.post("/events", content=raw, headers={**H, "Content-Type": "application/json"})
-        assert r.status_code in (400, 422), (raw, r.status_code)
+        assert r.status_code == 400, (raw, r.status_code)
+    # No body at all is a missing field (422), like any other required field.
+    assert client.post("/events", content=b"", headers={**H, "Content-Type": "application/json"}).status_code == 422
 
 
 @pytest.mark.parametrize(
@@ -141,20 +182,18 @@ def test_unknown_fields_are_422(client: TestClient, payload: dict) -> None:
     assert client.post("/admin/reload", json={"bundle": "x"}, headers=H).status_code == 422
 
 
-@pytest.mark.parametrize("uid", ["用户-😀", "Ünïcödé", "עברית", "a b", "emoji🧪/slash", "x" * 128])
+@pytest.mark.parametrize("uid", ["用户-😀", "Ünïcödé", "עברית", "a b", "emoji🧪\\backslash", "x" * 128])
 def test_unicode_ids_round_trip(client: TestClient, uid: str) -> None:
     items = client.app.state.seqrec.registry.get(None).item_ids[:3]
     r = post(client, {"events": [ev(user_id=uid, item_id=i, timestamp=1000 + n) for n, i in enumerate(items)]})
     r2 = post(client, {"events": [ev(user_id=uid, item_id="ñew-ítem-✓", timestamp=2000)]})
     assert r.status_code == 200 and r2.json()["unknown_to_model"] == 1
     rec = client.get(f"/recommend/{quote(uid, safe='')}", params={"k": 5})
-    if "/" in uid:
-        assert rec.status_code == 404  # a path segment cannot hold "/" even encoded; posting works
-    else:
-        assert rec.status_code == 200, rec.text
-        assert rec.json()["user_id"] == uid and rec.json()["history_length"] == 3
-        hist = client.get(f"/ui/history/{quote(uid, safe='')}").json()
-        assert [x["item_id"] for x in hist["items"]] == [*items, "ñew-ítem-✓"]
+    # Every id accepted on write is readable in every route.
+    assert rec.status_code == 200, rec.text
+    assert rec.json()["user_id"] == uid and rec.json()["history_length"] == 3
+    hist = client.get(f"/ui/history/{quote(uid, safe='')}").json()
+    assert [x["item_id"] for x in hist["items"]] == [*items, "ñew-ítem-✓"]
 
 
 @pytest.mark.parametrize("k", ["-1", "0", "1001", "1000000", "99999999999999999999999", "abc", "1.5", "1e3", ""])
@@ -210,3 +249,9 @@ def test_token_buckets_are_per_caller() -> None:
     assert b.take("b", now=0.0) == 0.0  # another key has its own budget
     assert b.take("a", now=1.0) == 0.0  # refilled at the rate
     assert b.take("a", now=1.0) > 0
+
+
+def test_405_lists_every_method_of_the_path(client: TestClient) -> None:
+    # GET and DELETE /items/{item_id} are two routes; Allow must name both.
+    r = client.options("/items/x")
+    assert r.status_code == 405 and r.headers["allow"] == "DELETE, GET"

@@ -124,5 +124,5 @@ def test_generic_file_with_iso_timestamps(tmp_path: Path) -> None:
     assert data.timestamps is not None and np.all(np.diff(data.times(0)) > 0)
     bad = tmp_path / "bad.csv"
     bad.write_text("user_id,item\nu1,i1\n")
-    with pytest.raises(DatasetError, match="missing column"):
+    with pytest.raises(DatasetError, match=r"missing item column 'item_id'"):
         prepare_file(bad, cache_dir=tmp_path / "cache")

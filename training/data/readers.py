@@ -24,7 +24,10 @@ class DatasetError(ValueError):
 class Interactions:
     users: np.ndarray  # (n,) str (object) external user ids
     items: np.ndarray  # (n,) str (object) external item ids
-    timestamps: np.ndarray | None  # (n,) int64 epoch seconds, or None: order is file order
+    # (n,) epoch seconds: int64, or float64 when fractional (ordering uses the fraction); None:
+    # order is file order
+    timestamps: np.ndarray | None
+    sessions: np.ndarray | None = None  # (n,) str (object) session ids, or None
 
     def __len__(self) -> int:
         return len(self.users)
@@ -120,48 +123,12 @@ def read_office(folder: Path) -> Interactions:
 
 
 def read_generic(
-    path: Path, user_col: str = "user_id", item_col: str = "item_id", time_col: str | None = "timestamp"
+    path: Path, user_col: str = "user_id", item_col: str = "item_id", time_col: str | None = None
 ) -> Interactions:
-    """CSV/TSV/Parquet with user, item and (optional) timestamp columns.
+    """CSV/TSV/Parquet with user, item and (optional) time columns: see training/data/files.py."""
+    from training.data.files import FileOptions, read_files
 
-    Timestamps may be integers (epoch seconds) or ISO-8601 strings.
-    """
-    import polars as pl
-
-    if not path.is_file():
-        raise DatasetError(f"{path}: file not found")
-    try:
-        if path.suffix == ".parquet":
-            df = pl.read_parquet(path)
-        else:
-            sep = "\t" if path.suffix in (".tsv", ".tab") else ","
-            df = pl.read_csv(path, separator=sep, infer_schema_length=10000)
-    except Exception as exc:  # polars raises many error types; all mean "can't parse"
-        raise DatasetError(f"{path}: cannot parse: {exc}") from None
-    for col in (user_col, item_col) + ((time_col,) if time_col else ()):
-        if col not in df.columns:
-            raise DatasetError(f"{path}: missing column {col!r} (has {df.columns})")
-    null_rows = df.select(pl.any_horizontal(pl.col(user_col).is_null(), pl.col(item_col).is_null()))
-    bad = np.flatnonzero(null_rows.to_series().to_numpy())
-    if len(bad):
-        raise DatasetError(f"{path}:{bad[0] + 2}: empty user or item id")
-    ts = None
-    if time_col:
-        col = df[time_col]
-        if col.dtype == pl.String:
-            try:
-                col = col.str.to_datetime(time_zone="UTC").dt.epoch("s")
-            except Exception as exc:
-                raise DatasetError(f"{path}: column {time_col!r} is not ISO-8601: {exc}") from None
-        if col.null_count():
-            bad_row = int(np.flatnonzero(col.is_null().to_numpy())[0])
-            raise DatasetError(f"{path}:{bad_row + 2}: missing timestamp")
-        ts = col.cast(pl.Int64).to_numpy()
-    return Interactions(
-        df[user_col].cast(pl.String).to_numpy().astype(object),
-        df[item_col].cast(pl.String).to_numpy().astype(object),
-        ts,
-    )
+    return read_files([path], FileOptions(user_col=user_col, item_col=item_col, time_col=time_col)).inter
 
 
 # --------------------------------------------------------------------------- item text
@@ -221,23 +188,34 @@ def read_item_text_office(folder: Path) -> dict[str, str]:
     return out
 
 
-def read_item_text_generic(path: Path, id_col: str = "item_id") -> dict[str, str]:
-    """Items file (CSV/TSV/Parquet): an id column and any text columns, joined as `col: value`."""
+def read_item_text_generic(
+    path: Path, id_col: str | None = None, sep: str | None = None, default_ids: tuple[str, ...] = ("item_id",)
+) -> dict[str, str]:
+    """Items file (CSV/TSV/Parquet, separator sniffed): an id column and text columns.
+
+    An item's text is built as the service builds a new item's text (training/data/items.py,
+    `compose_item_text`): the non-empty `title`, `categories`, `brand`, `description` values in
+    that order, joined by spaces. A file with none of those columns uses all its other text
+    columns, in file order, joined by spaces. `id_col` None: the first of `default_ids` present.
+    """
     import polars as pl
 
-    if not path.is_file():
-        raise DatasetError(f"{path}: file not found")
-    if path.suffix == ".parquet":
-        df = pl.read_parquet(path)
-    else:
-        df = pl.read_csv(path, separator="\t" if path.suffix in (".tsv", ".tab") else ",")
+    from training.data.files import _read_frame
+    from training.data.items import TEXT_FIELDS
+
+    df = _read_frame(Path(path), sep)
+    id_col = id_col or next((c for c in default_ids if c in df.columns), default_ids[0])
     if id_col not in df.columns:
-        raise DatasetError(f"{path}: missing column {id_col!r}")
-    text_cols = [c for c in df.columns if c != id_col and df[c].dtype == pl.String]
+        raise DatasetError(f"{path}: no item id column {id_col!r} (columns: {df.columns}); name it with --items-id-col")
+    others = [c for c in df.columns if c != id_col and df[c].dtype == pl.String]
+    text_cols = [c for c in TEXT_FIELDS if c in others] or others
+    if not text_cols:
+        raise DatasetError(f"{path}: no text columns besides {id_col!r} (columns: {df.columns})")
     out: dict[str, str] = {}
-    for row in df.iter_rows(named=True):
-        parts = [str(row[c]) for c in text_cols if row[c]]
-        out[str(row[id_col])] = ". ".join(parts)
+    for row in df.select([id_col, *text_cols]).iter_rows():
+        parts = [str(v).strip() for v in row[1:] if v is not None and str(v).strip()]
+        if row[0] is not None:
+            out[str(row[0])] = " ".join(parts)
     return out
 
 

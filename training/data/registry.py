@@ -2,21 +2,23 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from training.data import readers
-from training.data.preprocess import SeqData, build_sequences
+from training.data.files import FileOptions, read_files, recipe_key
+from training.data.items import check_text_coverage
+from training.data.preprocess import SeqData, _counts, build_sequences
 from training.data.readers import DatasetError, Interactions
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: meta (source, filter report, notes) and session columns
 
 
 @dataclass(frozen=True)
@@ -118,7 +120,13 @@ def _cache_path(cache_dir: Path, name: str) -> Path:
 
 def save_seqdata(data: SeqData, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"name": data.name, "user_ids": data.user_ids, "item_ids": data.item_ids}
+    meta = {
+        "name": data.name,
+        "user_ids": data.user_ids,
+        "item_ids": data.item_ids,
+        "session_ids": data.session_ids,
+        "meta": data.meta,
+    }
     arrays: dict[str, np.ndarray] = {
         "offsets": data.offsets,
         "items": data.items,
@@ -126,6 +134,8 @@ def save_seqdata(data: SeqData, path: Path) -> None:
     }
     if data.timestamps is not None:
         arrays["timestamps"] = data.timestamps
+    if data.sessions is not None:
+        arrays["sessions"] = data.sessions
     # Write-then-rename so an interrupted prepare never leaves a half cache behind.
     with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".npz", delete=False) as tmp:
         np.savez(tmp, **arrays)  # type: ignore[arg-type]
@@ -142,12 +152,18 @@ def load_seqdata(path: Path) -> SeqData:
             offsets=z["offsets"],
             items=z["items"],
             timestamps=z.get("timestamps", None),
+            sessions=z.get("sessions", None),
+            session_ids=meta.get("session_ids"),
+            meta=meta.get("meta") or {},
         )
 
 
 def resolve_spec(name: str) -> DatasetSpec:
     if name not in DATASETS:
-        raise DatasetError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)} (or pass --file)")
+        raise DatasetError(
+            f"unknown dataset {name!r}; known: {', '.join(DATASETS)}, or a name given to "
+            f"`seqrec prepare --file FILE --name NAME` (or pass --file)"
+        )
     return DATASETS[name]
 
 
@@ -173,9 +189,75 @@ def prepare(name: str, data_dir: Path | None = None, cache_dir: Path | None = No
 
         download(name, data_dir)
     check_files(spec, data_dir)
-    data = build_sequences(spec.read(data_dir), name, spec.k_user, spec.k_item, spec.min_len)
+    inter = spec.read(data_dir)
+    report: list[dict[str, Any]] = [{"step": "read", "after": _counts(inter.users, inter.items)}]
+    data = build_sequences(inter, name, spec.k_user, spec.k_item, spec.min_len, report=report)
+    data.meta = {"source": {"kind": "dataset", "name": name}, "report": report, "notes": []}
     save_seqdata(data, path)
     return data
+
+
+def _recipe_path(cache_dir: Path, name: str) -> Path:
+    return cache_dir / f"{name}.recipe.json"
+
+
+def prepare_files(
+    paths: Sequence[Path],
+    opts: FileOptions | None = None,
+    name: str | None = None,
+    cache_dir: Path | None = None,
+    force: bool = False,
+) -> SeqData:
+    """One or more interaction files (see training/data/files.py), filtered and cached.
+
+    The cache key is every file's content and every option, so changing either rebuilds. The
+    recipe (absolute paths + options) is kept beside the cache under the dataset's name, and
+    in `meta["source"]`, so `--dataset NAME` and checkpoints find the data again.
+    """
+    opts = opts or FileOptions()
+    paths = [Path(p) for p in paths]
+    for p in paths:
+        if not p.is_file():
+            raise DatasetError(f"{p}: file not found")
+    key = recipe_key(paths, opts)
+    name = name or f"{paths[0].name.split('.')[0]}-{key}"
+    cache_dir = cache_dir or default_cache_dir()
+    cache = _cache_path(cache_dir, name)
+    recipe = {"kind": "files", "files": [str(p.resolve()) for p in paths], "options": opts.to_dict(), "key": key}
+    if cache.is_file() and not force:
+        data = load_seqdata(cache)
+        if data.meta.get("source", {}).get("key") == key:
+            return data
+    res = read_files(paths, opts)
+    inter = res.inter
+    counts = _counts(inter.users, inter.items, inter.sessions)
+    report: list[dict[str, Any]] = [{"step": "read", "after": {**counts, "rows": res.rows_read}}]
+    if res.duplicates:
+        report.append(
+            {
+                "step": "duplicate events",
+                "before": {"rows": res.rows_read},
+                "after": counts,
+            }
+        )
+    data = build_sequences(inter, name, opts.user_core, opts.item_core, opts.min_len, report=report)
+    data.meta = {"source": recipe, "report": report, "notes": res.notes}
+    if opts.items_file:
+        text = _read_items(opts)
+        cov = check_text_coverage(data.item_ids, text, opts.items_file, opts.min_text_fraction, opts.allow_missing_text)
+        data.meta["notes"].append(cov.summary(Path(opts.items_file).name))
+        if cov.unmatched:
+            data.meta["notes"].append(f"items without text, e.g. {', '.join(repr(i) for i in cov.unmatched[:3])}")
+    save_seqdata(data, cache)
+    _recipe_path(cache_dir, name).write_text(json.dumps(recipe, indent=2))
+    return data
+
+
+def _read_items(opts: FileOptions) -> dict[str, str]:
+    """The items file of a recipe; its id column: --items-id-col, else the log's item column name, else item_id."""
+    assert opts.items_file
+    ids = tuple(dict.fromkeys(c for c in (opts.item_col, "item_id") if c))
+    return readers.read_item_text_generic(Path(opts.items_file), opts.items_id_col, default_ids=ids)
 
 
 def prepare_file(
@@ -185,26 +267,77 @@ def prepare_file(
     k_core: int = 5,
     user_col: str = "user_id",
     item_col: str = "item_id",
-    time_col: str | None = "timestamp",
+    time_col: str | None = None,
     force: bool = False,
+    **options: Any,
 ) -> SeqData:
-    """A generic interactions file (CSV/TSV/Parquet), cached under a name derived from its content."""
-    if not path.is_file():
-        raise DatasetError(f"{path}: file not found")
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
-    name = name or f"{path.stem}-{digest}"
-    cache = _cache_path(cache_dir or default_cache_dir(), name)
-    if cache.is_file() and not force:
-        return load_seqdata(cache)
-    inter = readers.read_generic(path, user_col, item_col, time_col)
-    data = build_sequences(inter, name, k_core, k_core, 3)
-    save_seqdata(data, cache)
+    """One interactions file: `prepare_files([path], FileOptions(...))` with the classic arguments.
+
+    `k_core` sets both user and item core unless `user_core` / `item_core` are given; every
+    other `FileOptions` field may be passed by name. All of them are part of the cache key.
+    """
+    opts = FileOptions(
+        user_col=user_col,
+        item_col=item_col,
+        time_col=time_col,
+        **{"user_core": k_core, "item_core": k_core, **options},
+    )
+    return prepare_files([path], opts, name, cache_dir, force)
+
+
+def load_dataset(
+    name: str, data_dir: Path | None = None, cache_dir: Path | None = None, force: bool = False
+) -> SeqData:
+    """A named dataset, or one prepared from files under that name (its recipe in the cache)."""
+    if name in DATASETS:
+        return prepare(name, data_dir, cache_dir, force)
+    recipe = _recipe_path(cache_dir or default_cache_dir(), name)
+    if recipe.is_file():
+        return data_from_source(json.loads(recipe.read_text()), name, data_dir, cache_dir, force)
+    resolve_spec(name)  # raises the "unknown dataset" message
+    raise AssertionError
+
+
+def data_from_source(
+    source: dict[str, Any], name: str, data_dir: Path | None = None, cache_dir: Path | None = None, force: bool = False
+) -> SeqData:
+    if source.get("kind") == "files":
+        missing = [f for f in source["files"] if not Path(f).is_file()]
+        if missing:
+            raise DatasetError(f"dataset {name!r} was prepared from {missing[0]}, which is gone; pass --file")
+        return prepare_files(
+            [Path(f) for f in source["files"]], FileOptions.from_dict(source["options"]), name, cache_dir, force
+        )
+    return prepare(source.get("name", name), data_dir, cache_dir, force)
+
+
+def data_from_meta(meta: dict[str, Any], name: str, data_dir: Path | None = None, cache_dir: Path | None = None):
+    """Rebuild the data a checkpoint was trained on from its recorded meta (source + sessions)."""
+    from training.data.preprocess import to_sessions
+
+    base_name = name.split("-sessions-")[0] if meta.get("sessions") else name
+    if meta.get("source"):
+        data = data_from_source(meta["source"], base_name, data_dir, cache_dir)
+    else:  # a checkpoint from before data meta was recorded
+        data = load_dataset(base_name, data_dir, cache_dir)
+    if meta.get("sessions"):
+        p = meta["sessions"]
+        data = to_sessions(data, p["rule"], p["gap_seconds"], p["max_len"], p["min_len"])
     return data
 
 
-def item_text(name: str, data_dir: Path | None = None) -> dict[str, str]:
-    """External item id -> descriptive text, for datasets that have it."""
-    spec = resolve_spec(name)
+def item_text(name: str, data_dir: Path | None = None, meta: dict[str, Any] | None = None) -> dict[str, str]:
+    """External item id -> descriptive text, for datasets that have it (or an items file in `meta`)."""
+    source = (meta or {}).get("source") or {}
+    if source.get("kind") == "files":
+        opts = FileOptions.from_dict(source["options"])
+        if not opts.items_file:
+            raise DatasetError(
+                f"dataset {name!r} was prepared from {', '.join(Path(f).name for f in source['files'])} "
+                f"without item text; prepare it with --items-file ITEMS (an id column + text columns)"
+            )
+        return _read_items(opts)
+    spec = resolve_spec(source.get("name") or name)
     if spec.read_text is None:
         raise DatasetError(f"dataset {name!r} has no item text")
     return spec.read_text(data_dir or readers.default_data_dir())
