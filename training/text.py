@@ -129,9 +129,8 @@ def dataset_text(
     import sys
 
     from training.data import DatasetError, item_text
-    from training.data.files import FileOptions
+    from training.data.files import FileOptions, read_item_text_generic
     from training.data.items import MIN_TEXT_FRACTION, check_text_coverage
-    from training.data.readers import read_item_text_generic
 
     source = data.meta.get("source") or {}
     min_fraction = MIN_TEXT_FRACTION

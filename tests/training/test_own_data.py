@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from tests.training.test_unisrec_train import tiny_bert  # noqa: F401  (fixture)
 from training.cli import app
 from training.data import DatasetError, prepare_file, to_sessions
-from training.data.readers import read_item_text_generic
+from training.data.files import read_item_text_generic
 
 runner = CliRunner()
 # The shop log's own column names, mapped on the command line.

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from training.data import readers
-from training.data.files import FileOptions, read_files, recipe_key
+from training.data.files import FileOptions, read_files, read_item_text_generic, recipe_key
 from training.data.items import check_text_coverage
 from training.data.preprocess import SeqData, _counts, build_sequences
 from training.data.readers import DatasetError, Interactions
@@ -257,7 +257,7 @@ def _read_items(opts: FileOptions) -> dict[str, str]:
     """The items file of a recipe; its id column: --items-id-col, else the log's item column name, else item_id."""
     assert opts.items_file
     ids = tuple(dict.fromkeys(c for c in (opts.item_col, "item_id") if c))
-    return readers.read_item_text_generic(Path(opts.items_file), opts.items_id_col, default_ids=ids)
+    return read_item_text_generic(Path(opts.items_file), opts.items_id_col, default_ids=ids)
 
 
 def prepare_file(
