@@ -41,7 +41,7 @@ from benchmarks.machine import machine_info  # noqa: E402
 from benchmarks.serve_load import Conn  # noqa: E402
 
 API_KEY = "replay-key"
-SASREC = ["--set", "num_heads=1", "--max-len", "50", "--dim", "64", "--num-layers", "2", "--dropout", "0.2"]
+SASREC = ["--set", "model.num_heads=1", "--max-len", "50", "--dim", "64", "--num-layers", "2", "--dropout", "0.2"]
 
 
 def read_events(dataset: str, data_dir: Path) -> pl.DataFrame:

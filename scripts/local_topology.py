@@ -296,8 +296,10 @@ def live_loop(topo: Topology, dataset: str, train_args: str, users: int, results
             base = (a, b)[n % 2]
             _, rec = http_json("GET", f"{base}/recommend/{user}?k=10")
             variants[rec["variant"]] = variants.get(rec["variant"], 0) + 1
-            ev = {"user_id": user, "item_id": item, "timestamp": 2e9 + n, "event_id": f"next-{rec['variant']}"}
-            http_json("POST", f"{(b, a)[n % 2]}/events", {"events": [ev]}, key)
+            ev = {"user_id": user, "item_id": item, "timestamp": time.time(), "event_id": f"next-{rec['variant']}"}
+            status, out = http_json("POST", f"{(b, a)[n % 2]}/events", {"events": [ev]}, key)
+            if status != 200:
+                raise SystemExit(f"POST /events: {status} {out}")
         return variants
 
     before = scored_round(last)
