@@ -36,6 +36,7 @@ from app.routes import events, items, ops, recommend, ui  # noqa: E402
 from app.settings import Settings  # noqa: E402
 from app.state import AppState  # noqa: E402
 from app.stores import EventStore, MemoryStore, RedisStore  # noqa: E402
+from app.userstate import UserCache  # noqa: E402
 from app.watch import watch_bundles  # noqa: E402
 
 log = logging.getLogger("seqrec.app")
@@ -97,6 +98,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         state = AppState(
             settings=settings, registry=registry, store=store, metrics=metrics, write_limiter=limiter, items=item_reg
         )
+        ttl = min(settings.user_cache_ttl_s, settings.history_ttl_s)
+        state.user_cache = UserCache(store, settings.user_cache, ttl, metrics.registry)
         # Items registered before this process started (by any process) are served from the start;
         # the follower then applies everything announced later.
         await catch_up(item_reg, registry)

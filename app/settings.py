@@ -44,6 +44,12 @@ class Settings(BaseSettings):
         ge=0,
         description="Catalogues this large use the HNSW index (IVF from 200,000 items), smaller ones BLAS.",
     )
+    user_cache: bool = Field(
+        True, description="Reuse a user's vector while the history it encodes is unchanged (docs/user-state.md)."
+    )
+    user_cache_ttl_s: int = Field(
+        86400, ge=1, description="A cached user vector expires this long after it was stored."
+    )
     access_log: bool = Field(True, description="Write one JSON line per request to the `seqrec.access` logger.")
     write_rate_per_s: float = Field(
         0, ge=0, description="Write requests (POST /events) per second per API key and process; 0 = unlimited (429)."

@@ -14,6 +14,7 @@ from app.stores import EventStore
 
 if TYPE_CHECKING:
     from app.ratelimit import TokenBuckets
+    from app.userstate import UserCache
 
 
 @dataclass
@@ -25,6 +26,7 @@ class AppState:
     reload_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     write_limiter: TokenBuckets | None = None
     items: ItemRegistry = field(default_factory=MemoryItems)  # registered by POST /items
+    user_cache: UserCache | None = None  # None: every read encodes the history (app/userstate.py)
 
     def install(self, registry: Registry) -> None:
         self.registry = registry
