@@ -125,6 +125,9 @@ class MemoryBackend:
         return history, hit[1]
 
     async def write(self, user_id: str, field: str, blob: bytes) -> None:
+        self.put(user_id, field, blob)
+
+    def put(self, user_id: str, field: str, blob: bytes) -> None:
         key = (user_id, field)
         self._entries[key] = (time.monotonic(), blob)
         self._entries.move_to_end(key)
@@ -162,6 +165,9 @@ class UserCache:
             return np.frombuffer(entry, dtype=np.float32, offset=DIGEST_BYTES).reshape(1, bundle.dim)
         self.lookups.labels("miss").inc()
         vec = np.ascontiguousarray(bundle.user_vectors([seen]), dtype=np.float32)
+        if isinstance(self.backend, MemoryBackend):  # nothing to wait for: stored before the answer leaves
+            self.backend.put(user_id, bundle.name, digest + vec.tobytes())
+            return vec
         task = asyncio.get_running_loop().create_task(self._store(user_id, bundle.name, digest + vec.tobytes()))
         self._writes.add(task)
         task.add_done_callback(self._writes.discard)
