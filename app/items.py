@@ -43,13 +43,13 @@ from typing import Any, Protocol
 
 import numpy as np
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from app.registry import Registry
 from app.stores import StoreUnavailable
 
 log = logging.getLogger("seqrec.app")
-_ERRORS = (RedisError, OSError, asyncio.TimeoutError)
+_ERRORS = (RedisError, RedisClusterException, OSError, asyncio.TimeoutError)
 LIVE_S = 10.0  # a process that has not heartbeaten for this long is not counted as live
 ACK_TTL_S = 86400
 ENCODE_BATCH = 256
@@ -206,6 +206,19 @@ class RedisItems:
         self.generation = 0
         self.spec: dict[str, Any] = {}
 
+    def _announce(self, pipe: Any, data: str) -> None:
+        pipe.publish(self.channel, data)
+
+    # The subscription, in three steps a Redis Cluster does differently (app/cluster_items.py).
+    async def _subscriber(self) -> Redis:
+        return Redis.from_url(self.url, decode_responses=True, socket_connect_timeout=self.timeout_s)
+
+    async def _subscribe(self, pubsub: Any) -> None:
+        await pubsub.subscribe(self.channel)
+
+    def _data(self, pubsub: Any, msg: dict[str, Any] | None) -> str | None:
+        return msg["data"] if msg is not None and msg.get("type") == "message" else None
+
     def _vec_key(self, key: str) -> str:
         return f"{self.prefix}itemvec:{key}"
 
@@ -221,7 +234,7 @@ class RedisItems:
         for key, entries in encoded.items():
             if entries:
                 pipe.hset(self._vec_key(key), mapping={i: _pack(th, v) for i, (th, v) in entries.items()})
-        pipe.publish(self.channel, json.dumps({"items": items}))
+        self._announce(pipe, json.dumps({"items": items}))
         await self._run(pipe)
 
     async def delete(self, item_id: str, keys: list[str]) -> bool:
@@ -229,7 +242,7 @@ class RedisItems:
         pipe.hdel(self.key, item_id)
         for key in keys:
             pipe.hdel(self._vec_key(key), item_id)
-        pipe.publish(self.channel, json.dumps({"deleted": [item_id]}))
+        self._announce(pipe, json.dumps({"deleted": [item_id]}))
         res = await self._run(pipe)
         return bool(res[0])
 
@@ -320,10 +333,12 @@ class RedisItems:
         """Subscribe (own connection, no read timeout: it idles between announcements); after
         each (re)subscription, yield a resync so the follower catches up with everything."""
         while True:
-            client = Redis.from_url(self.url, decode_responses=True, socket_connect_timeout=self.timeout_s)
-            pubsub = client.pubsub(ignore_subscribe_messages=True)
+            client: Any = None
+            pubsub: Any = None
             try:
-                await pubsub.subscribe(self.channel)
+                client = await self._subscriber()
+                pubsub = client.pubsub(ignore_subscribe_messages=True)
+                await self._subscribe(pubsub)
                 self.subscribed.set()
                 yield Announcement(resync=True)
                 while True:
@@ -332,8 +347,9 @@ class RedisItems:
                     if task is not None and task.cancelling():
                         # redis-py's timed read can swallow a cancellation: honour it here.
                         raise asyncio.CancelledError
-                    if msg is not None and msg.get("type") == "message":
-                        yield _parse(msg["data"])
+                    data = self._data(pubsub, msg)
+                    if data is not None:
+                        yield _parse(data)
             except (*_ERRORS, StoreUnavailable) as exc:
                 task = asyncio.current_task()
                 if task is not None and task.cancelling():
@@ -343,8 +359,10 @@ class RedisItems:
                 log.warning("announcements: %s; resubscribing in 1 s", exc)
                 await asyncio.sleep(1.0)
             finally:
-                await pubsub.aclose()
-                await client.aclose()
+                if pubsub is not None:
+                    await pubsub.aclose()
+                if client is not None:
+                    await client.aclose()
 
     async def close(self) -> None:
         try:

@@ -13,6 +13,7 @@ import logging
 import os
 from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
+from typing import Any
 
 # One BLAS thread per worker process: parallelism comes from workers, not oversubscription.
 for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
@@ -35,7 +36,7 @@ from app.ratelimit import TokenBuckets  # noqa: E402
 from app.routes import events, items, ops, recommend, ui  # noqa: E402
 from app.settings import Settings  # noqa: E402
 from app.state import AppState  # noqa: E402
-from app.stores import EventStore, MemoryStore, RedisStore  # noqa: E402
+from app.stores import ClusterStore, EventStore, MemoryStore, RedisStore, is_cluster_url  # noqa: E402
 from app.userstate import UserCache  # noqa: E402
 from app.watch import watch_bundles  # noqa: E402
 
@@ -44,20 +45,26 @@ log = logging.getLogger("seqrec.app")
 
 def make_store(settings: Settings) -> EventStore:
     if settings.redis_url:
-        return RedisStore(
-            settings.redis_url,
-            settings.max_history,
-            settings.history_ttl_s,
-            prefix=settings.key_prefix,
-            timeout_s=settings.redis_timeout_s,
-            pool_size=settings.redis_pool_size,
-            write_timeout_s=settings.redis_write_timeout_s,
-        )
+        url, n, ttl = settings.redis_url, settings.max_history, settings.history_ttl_s
+        opts: dict[str, Any] = {
+            "prefix": settings.key_prefix,
+            "timeout_s": settings.redis_timeout_s,
+            "pool_size": settings.redis_pool_size,
+            "write_timeout_s": settings.redis_write_timeout_s,
+        }
+        if settings.redis_cluster or is_cluster_url(url):
+            wait, wait_ms = settings.redis_wait_replicas, settings.redis_wait_timeout_ms
+            return ClusterStore(url, n, ttl, wait_replicas=wait, wait_timeout_ms=wait_ms, **opts)
+        return RedisStore(url, n, ttl, **opts)
     log.warning("no SEQREC_REDIS_URL: using the in-process store (single process, not durable)")
     return MemoryStore(settings.max_history, settings.history_ttl_s)
 
 
 def make_items(settings: Settings, store: EventStore) -> ItemRegistry:
+    if isinstance(store, ClusterStore) and settings.redis_url:
+        from app.cluster_items import ClusterItems
+
+        return ClusterItems(store, settings.redis_url, settings.key_prefix, settings.redis_timeout_s)
     if isinstance(store, RedisStore) and settings.redis_url:
         return RedisItems(store.redis, settings.redis_url, settings.key_prefix, settings.redis_timeout_s)
     return MemoryItems()

@@ -31,6 +31,19 @@ class Settings(BaseSettings):
     redis_write_timeout_s: float = Field(
         2.0, gt=0, le=30, description="Timeout of one event-batch write; past it the batch is reported not stored."
     )
+    redis_cluster: bool = Field(
+        False,
+        description="SEQREC_REDIS_URL names Redis Cluster nodes (host:port,...); implied by a redis+cluster:// URL.",
+    )
+    redis_wait_replicas: int = Field(
+        0,
+        ge=0,
+        le=16,
+        description="Redis Cluster: replicas that must hold an event batch before it is acknowledged (WAIT); 0 = off.",
+    )
+    redis_wait_timeout_ms: int = Field(
+        100, ge=1, le=60_000, description="Redis Cluster: longest WAIT for those replicas; past it, 503 (retry)."
+    )
     redis_pool_size: int = Field(64, ge=1, le=10_000, description="Max connections in the Redis pool.")
     key_prefix: str = Field("seqrec:", max_length=64, description="Prefix of every Redis key the service writes.")
     max_history: int = Field(200, ge=1, le=10_000, description="Events kept per user (the last N by event time).")

@@ -8,8 +8,9 @@ its digest equals the digest of what it would encode now. So a vector computed f
 history, by another bundle version, or by another process is never served: any acknowledged
 write changes the history a read fetches, hence the digest, hence forces a recompute.
 
-- Redis: a hash `{prefix}v:{user}` (field = bundle name) next to the history `{prefix}h:{user}`,
-  expiring `ttl_s` after its last write. In process (memory store): a bounded LRU dict.
+- Redis: a hash `{prefix}v:{user}` (field = bundle name) next to the history `{prefix}h:{user}`
+  (on a Redis Cluster with the same `{user}` hash tag, so in the history's slot), expiring `ttl_s`
+  after its last write. In process (memory store): a bounded LRU dict.
 - Written after the answer is computed, in a background task: a cache write that fails (Redis
   down, timeout) is counted and forgotten, never fails the request.
 - Items registered online (POST /items) get process-local indices, so a history holding one is
@@ -29,9 +30,10 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter
-from redis.exceptions import RedisError
+from redis.asyncio import Redis
+from redis.exceptions import RedisClusterException, RedisError
 
-from app.stores import EventStore, RedisStore, StoreUnavailable
+from app.stores import ClusterStore, EventStore, RedisStore, StoreUnavailable
 from app.stores.base import items_of
 
 if TYPE_CHECKING:
@@ -40,7 +42,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("seqrec.userstate")
 
 DIGEST_BYTES = 16
-_ERRORS = (RedisError, OSError, asyncio.TimeoutError)
+_ERRORS = (RedisError, RedisClusterException, OSError, asyncio.TimeoutError)
 _tags: weakref.WeakKeyDictionary[Bundle, bytes] = weakref.WeakKeyDictionary()
 
 
@@ -78,33 +80,48 @@ class CacheBackend(Protocol):
 
 
 class RedisBackend:
-    """History and entry in one pipelined round trip; the entry's failure alone is only a miss."""
+    """History and entry in one pipelined round trip; the entry's failure alone is only a miss.
 
-    def __init__(self, store: RedisStore, ttl_s: int) -> None:
+    Single Redis: the entry is `{prefix}v:{user}` next to `{prefix}h:{user}`. Redis Cluster: the
+    store's per-user key `{prefix}v:{{user}}`, in the history's slot, so both go to one master in
+    one pipeline.
+    """
+
+    def __init__(self, store: RedisStore | ClusterStore, ttl_s: int) -> None:
         self.store = store
         self.ttl_s = ttl_s
 
     def key(self, user_id: str) -> str:
+        if isinstance(self.store, ClusterStore):
+            return self.store.user_key("v", user_id)
         return f"{self.store.prefix}v:{user_id}"
 
+    async def _client(self, user_id: str) -> Redis:
+        if isinstance(self.store, ClusterStore):
+            await self.store._topology()  # the store's own slot map: the master that holds this user
+            return self.store._client(self.store._master(user_id), raw=True)
+        return self.store.raw
+
     async def read(self, user_id: str, n: int, field: str) -> tuple[list[str], bytes | None]:
-        pipe = self.store.raw.pipeline(transaction=False)
-        pipe.zrange(self.store.key(user_id), -n, -1)
-        pipe.hget(self.key(user_id), field)
         try:
             async with asyncio.timeout(self.store.read_timeout_s):
+                pipe = (await self._client(user_id)).pipeline(transaction=False)
+                pipe.zrange(self.store.key(user_id), -n, -1)
+                pipe.hget(self.key(user_id), field)
                 members, blob = await pipe.execute(raise_on_error=False)
         except _ERRORS as exc:
+            if isinstance(self.store, ClusterStore):
+                self.store._stale = True  # as the store's own read does: reload the map next time
             raise StoreUnavailable(f"redis: {type(exc).__name__}: {exc}") from exc
         if isinstance(members, Exception):
             raise StoreUnavailable(f"redis: {type(members).__name__}: {members}")
         return items_of(members), blob if isinstance(blob, bytes) else None
 
     async def write(self, user_id: str, field: str, blob: bytes) -> None:
-        pipe = self.store.raw.pipeline(transaction=False)
-        pipe.hset(self.key(user_id), field, blob)
-        pipe.expire(self.key(user_id), self.ttl_s)
         async with asyncio.timeout(self.store.read_timeout_s):
+            pipe = (await self._client(user_id)).pipeline(transaction=False)
+            pipe.hset(self.key(user_id), field, blob)
+            pipe.expire(self.key(user_id), self.ttl_s)
             await pipe.execute(raise_on_error=True)
 
 
@@ -142,7 +159,7 @@ class UserCache:
         self.store = store
         self.enabled = enabled
         self.backend: CacheBackend = (
-            RedisBackend(store, ttl_s) if isinstance(store, RedisStore) else MemoryBackend(store, ttl_s)
+            RedisBackend(store, ttl_s) if isinstance(store, RedisStore | ClusterStore) else MemoryBackend(store, ttl_s)
         )
         self.lookups = Counter(
             "seqrec_user_cache_total", "User-vector cache lookups by outcome", ["outcome"], registry=registry

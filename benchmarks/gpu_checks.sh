@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The GPU targets of issues 2 and 4 as one prepared device run (a lent H100/H200 gives a session
-# 15 minutes of device time, so nothing here is tuned on the device: every recipe is the CPU one).
+# The GPU checks as one prepared script for a short GPU run (an H100/H200 for about 15 minutes),
+# so nothing here is tuned on the GPU: every recipe is the CPU one.
 #
 #   sasrec    SASRec ML-1M recipe to early stop (2-min cap): the time to validation NDCG@10 0.18
 #             (target: under 60 s of training), per-epoch time, wall time to the best epoch, test.
@@ -13,7 +13,7 @@
 # Usage, from the repository root (the prepared datasets travel as .seqrec_cache; the device
 # machine cannot reach ../shared/data):
 #   seqrec prepare ml-1m                       # here, once, if .seqrec_cache lacks it
-#   device run: bash benchmarks/gpu_checks.sh sasrec gru4rec bert4rec    (carry .seqrec_cache)
+#   on the GPU machine: bash benchmarks/gpu_checks.sh sasrec gru4rec bert4rec    (copy .seqrec_cache along)
 # Results land in $OUT/results and logs in $OUT/logs (benchmarks/results and logs/ when OUT is unset).
 # A dry run on a CPU checks the script itself: GPU_CHECKS_DRY_RUN=1 (300 users, 1 epoch each).
 set -uo pipefail
@@ -45,7 +45,7 @@ else
 fi
 mkdir -p "$DEST" "$LOGS" "$RUNS"
 if ! compgen -G "$SEQREC_CACHE_DIR/ml-1m.v*.npz" >/dev/null; then
-    echo "gpu_checks: no prepared ml-1m in $SEQREC_CACHE_DIR: run 'seqrec prepare ml-1m' and carry .seqrec_cache" >&2
+    echo "gpu_checks: no prepared ml-1m in $SEQREC_CACHE_DIR: run 'seqrec prepare ml-1m' and copy .seqrec_cache along" >&2
     exit 2
 fi
 

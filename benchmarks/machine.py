@@ -8,7 +8,7 @@ import platform
 from pathlib import Path
 
 # The vector extensions that decide CPU training speed here: the same "AMD EPYC" model name
-# has come with AVX512-BF16 on one session's machine and AVX2 only on another, and epochs ran
+# has come with AVX512-BF16 on one day's machine and AVX2 only on another, and epochs ran
 # ~2.5x slower on the latter.
 SIMD_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile", "amx_bf16")
 

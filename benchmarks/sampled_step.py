@@ -1,5 +1,5 @@
 """Training-step time of the sampled-softmax recipes on a large catalogue, before and after
-session 21's two changes, on the same real batches.
+two changes (docs/results/training-speed.md), on the same real batches.
 
 before: the textbook sampled softmax (a (T, K) comparison to mask negatives equal to the
         positive, the (T, 1 + K) concatenation of positive and negative logits, F.cross_entropy;

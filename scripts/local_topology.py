@@ -2,6 +2,7 @@
 
     python scripts/local_topology.py                                   # ML-1M, quick training
     python scripts/local_topology.py --dataset ml-100k --train-args "--epochs 1 --max-users 300"
+    python scripts/local_topology.py --cluster ...                     # the compose profile `cluster`
 
 1. redis-server with the compose config file (docker/redis.conf: AOF, appendfsync always,
    noeviction), on a free loopback port, its data in the work directory;
@@ -13,6 +14,9 @@
 4. the drive: both ready on the same bundle; events written through one API are seen by the
    other; the training job runs again and both APIs switch to the new bundle without a
    restart (same PIDs); optionally the mixed load benchmark (--bench SECONDS).
+With --cluster, step 1 is the compose profile `cluster` instead: a Redis Cluster of 3 masters and
+3 replicas (scripts/local_cluster.py, each node on docker/redis-cluster.conf) and the APIs take its
+redis+cluster:// URL.
 Everything binds to 127.0.0.1 and is stopped at the end (SIGTERM, then SIGKILL).
 """
 
@@ -31,6 +35,9 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from scripts.local_cluster import ClusterProcs
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCKER = ROOT / "docker"
@@ -78,9 +85,12 @@ class Topology:
     api_ports: list[int] = field(default_factory=list)
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
     api_env: dict[str, str] = field(default_factory=dict)
+    cluster: ClusterProcs | None = None  # set: a Redis Cluster instead of one redis-server
 
     @property
     def redis_url(self) -> str:
+        if self.cluster is not None:
+            return self.cluster.url
         return f"redis://127.0.0.1:{self.redis_port}/0"
 
     @property
@@ -95,6 +105,9 @@ class Topology:
         return [f"http://127.0.0.1:{p}" for p in self.api_ports]
 
     def start_redis(self) -> None:
+        if self.cluster is not None:
+            self.cluster.start()
+            return
         data = self.workdir / "redis"
         data.mkdir(parents=True, exist_ok=True)
         exe = shutil.which("redis-server")
@@ -170,6 +183,8 @@ class Topology:
                     p.kill()
                     p.wait()
             del self.procs[name]
+        if self.cluster is not None:
+            self.cluster.stop()
 
     def _ready(self, base: str) -> bool:
         try:
@@ -251,16 +266,22 @@ def main() -> None:
     ap.add_argument("--no-retrain", action="store_true", help="Skip the second training run.")
     ap.add_argument("--bench", type=float, default=0, help="Then run the mixed load for this many seconds.")
     ap.add_argument("--bench-out", type=Path, default=ROOT / "benchmarks/results/mixed_load")
+    ap.add_argument("--cluster", action="store_true", help="A 3-master, 3-replica Redis Cluster instead of one Redis.")
     ap.add_argument("--workdir", type=Path, default=None, help="Keep everything here (default: a temp dir, removed).")
     args = ap.parse_args()
 
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="seqrec-topology-"))
     workdir.mkdir(parents=True, exist_ok=True)
+    if args.cluster and args.bench:
+        ap.error("--bench drives one Redis; for the cluster run benchmarks/cluster_load.py")
     topo = Topology(workdir, workers_per_api=args.workers_per_api)
+    if args.cluster:
+        topo.cluster = ClusterProcs(workdir / "cluster", node_timeout_ms=5000, conf=DOCKER / "redis-cluster.conf")
     results: dict = {"workdir": str(workdir), "checks": []}
     try:
         topo.start_redis()
-        print(f"redis-server (compose config) on {topo.redis_port}", flush=True)
+        where = f"Redis Cluster {topo.cluster.ports}" if topo.cluster else f"redis-server on {topo.redis_port}"
+        print(f"{where} (compose config)", flush=True)
         topo.train(args.dataset, args.train_args)
         topo.write_api_env()
         topo.start_apis()

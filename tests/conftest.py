@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.redis_cluster import redis_cluster  # noqa: F401  (session fixture: a local Redis Cluster)
 from training.data.readers import default_data_dir
 
 

@@ -657,7 +657,7 @@ def serve(
     api_key: Annotated[str | None, typer.Option(help="Require X-API-Key on writes (default: $SEQREC_API_KEY).")] = None,
     examples: Annotated[bool, typer.Option(help="Print two curl commands that work against this server.")] = False,
 ) -> None:
-    """Run the online service (uvicorn). Every other setting comes from SEQREC_* variables (see README)."""
+    """Run the online service (uvicorn). Every other setting comes from SEQREC_* variables (see docs/deploy.md)."""
     import os
 
     try:

@@ -10,7 +10,7 @@ from app.deps import ApiKey, State
 from app.errors import invalid, unavailable
 from app.ratelimit import WriteLimit
 from app.schemas import EventsIn, EventsOut, write_responses
-from app.stores import Event, StoreUnavailable
+from app.stores import Event, PartialAppend, StoreUnavailable
 
 router = APIRouter(tags=["events"])
 
@@ -19,7 +19,10 @@ router = APIRouter(tags=["events"])
     "/events",
     response_model=EventsOut,
     dependencies=[ApiKey, WriteLimit],
-    responses=write_responses("Store unreachable: nothing was stored, retry (idempotent)"),
+    responses=write_responses(
+        "Store unreachable: nothing acknowledged. Nothing was stored, or on a Redis Cluster with a master down"
+        " only part (the body says how many events are not); resend the batch (idempotent by event_id)"
+    ),
 )
 async def post_events(body: EventsIn, state: State) -> EventsOut:
     """Append item events to user histories. Replays (same event_id) are no-ops; unknown items are kept.
@@ -47,6 +50,12 @@ async def post_events(body: EventsIn, state: State) -> EventsOut:
         events.append(Event(e.user_id, e.item_id, ts, e.event_id if e.event_id is not None else f"t{ts:.6f}"))
     try:
         result = await state.store.append(events)
+    except PartialAppend as exc:
+        # A Redis Cluster stored part of the batch (on the masters that answered): say so, ack nothing.
+        state.metrics.store_errors.labels("append").inc()
+        state.metrics.events.labels("accepted").inc(exc.stored.accepted)
+        told = f"{exc.failed_events} of {len(events)} events ({len(exc.failed_users)} users) are not stored"
+        raise unavailable("event store (part of the cluster)", exc, f"{told}; resend the batch (idempotent)") from exc
     except StoreUnavailable as exc:
         state.metrics.store_errors.labels("append").inc()
         raise unavailable("event store", exc, "no event of this batch is acknowledged") from exc

@@ -1,4 +1,5 @@
-"""One contract, two stores: the in-process store and Redis (a real, private redis-server)."""
+"""One contract, three stores: the in-process store, Redis (a real, private redis-server) and a
+Redis Cluster (six real redis-server processes, tests/redis_cluster.py)."""
 
 from __future__ import annotations
 
@@ -7,16 +8,19 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from app.stores import Event, EventStore, MemoryStore, RedisStore, StoreUnavailable
+from app.stores import ClusterStore, Event, EventStore, MemoryStore, RedisStore, StoreUnavailable
 
 N = 5
 pytestmark = pytest.mark.anyio  # anyio's pytest plugin (installed with starlette) runs the async tests
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "cluster"])
 async def store(request: pytest.FixtureRequest, key_prefix: str) -> AsyncIterator[EventStore]:
     if request.param == "memory":
         s: EventStore = MemoryStore(max_history=N, ttl_s=1)
+    elif request.param == "cluster":
+        url = request.getfixturevalue("redis_cluster").url
+        s = ClusterStore(url, max_history=N, ttl_s=1, prefix=key_prefix, timeout_s=1.0)
     else:
         url = request.getfixturevalue("redis_url")
         s = RedisStore(url, max_history=N, ttl_s=1, prefix=key_prefix, timeout_s=1.0)

@@ -1,4 +1,4 @@
-"""The prepared device script fails early and clearly, before any device time is spent training."""
+"""The prepared GPU script fails early and clearly, before any GPU time is spent training."""
 
 import os
 import subprocess

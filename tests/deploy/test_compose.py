@@ -2,7 +2,7 @@
 
 - docker-compose.yml validates against the Compose specification's JSON schema (the copy
   check-jsonschema ships as `vendor.compose-spec`), and a broken copy is rejected;
-- the topology the issue asks for is there (AOF volume, health checks, noeviction, read-only
+- the intended topology is there (AOF volume, health checks, noeviction, read-only
   bundles, env-file API key, train profile);
 - both Dockerfiles pass hadolint and the serving image's structural promises hold;
 - the shell scripts parse.

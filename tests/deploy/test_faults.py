@@ -1,6 +1,6 @@
 """Fault scenarios against real processes: redis-server (compose config) and uvicorn API servers.
 
-Each scenario is the row of the README's fault table it proves:
+Each scenario is the row of the fault table in docs/deploy.md it proves:
 - Redis stopped under load: recommend answers from popularity, flagged; events 503 + Retry-After;
   every request returns promptly (bounded client timeouts: nothing hangs);
 - Redis frozen (SIGSTOP): the same, through the short Redis timeouts;

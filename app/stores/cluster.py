@@ -1,0 +1,317 @@
+"""Redis Cluster store: the same contract as RedisStore (one sorted set per user, the same Lua
+append), spread over the masters of a cluster by hash slot.
+
+Keys. Every key of one user carries the hash tag `{user}`: `{prefix}h:{user}` (history) and any
+other per-user key (`user_key(kind, user)` -> `{prefix}{kind}:{user}`), so one user's keys live in
+one slot, on one master, and a script or MULTI over them is legal. A `}` (or `%`) in a user id
+is written as `%7D` (`%25`) inside the tag, so the tag is the whole id, never empty and never cut
+short; `user_of_key` reverses it.
+The single-Redis store keeps its untagged keys (`{prefix}h:` + user, no braces) so that existing
+data stays readable; scripts/migrate_histories.py copies histories between the two shapes.
+
+Writes. A batch is grouped by the master that owns each user's slot and written as one pipeline
+per master, all masters at once. Each pipeline runs on one connection, so an optional `WAIT n t`
+at its end asks exactly for that connection's writes to reach `n` replicas. The outcome is per
+master: when every master confirmed, the batch is acknowledged; when none did, StoreUnavailable
+(nothing of the batch is acknowledged); when some did, PartialAppend says which users' events
+are stored and which are not. Retrying the whole batch is safe: events are idempotent by event
+id, so the stored ones count as duplicates the second time.
+
+Topology. A connection error or a MOVED/CLUSTERDOWN answer marks the slot map stale; the next
+write reloads it (at most every `refresh_s`), so after a failover writes reach the promoted
+replica without a restart. Meanwhile the dead master's users are answered 503, never acknowledged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from redis.asyncio import Redis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.crc import key_slot
+from redis.exceptions import RedisClusterException, RedisError, SlotNotCoveredError
+
+from app.stores.base import AppendResult, Event, StoreUnavailable, items_of, member
+from app.stores.redis import APPEND_LUA
+
+log = logging.getLogger("seqrec.app")
+_ERRORS = (RedisError, RedisClusterException, OSError, asyncio.TimeoutError)
+CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
+# Answers that mean "the slot map this process holds is out of date" (resharding, failover).
+_STALE = ("MOVED", "ASK", "CLUSTERDOWN", "TRYAGAIN")
+
+
+def is_cluster_url(url: str) -> bool:
+    return urlsplit(url).scheme in CLUSTER_SCHEMES
+
+
+def startup_nodes(url: str) -> tuple[list[tuple[str, int]], dict[str, Any]]:
+    """`redis+cluster://[user:pass@]host:port[,host:port...]` (or a plain redis:// URL with a
+    comma-separated host list) -> startup nodes and client options (password, TLS)."""
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    opts: dict[str, Any] = {}
+    if "@" in netloc:
+        auth, netloc = netloc.rsplit("@", 1)
+        user, _, password = auth.partition(":")
+        if user:
+            opts["username"] = unquote(user)
+        if password:
+            opts["password"] = unquote(password)
+    if parts.scheme.startswith("rediss"):
+        opts["ssl"] = True
+    if parts.path not in ("", "/", "/0"):
+        raise ValueError("a Redis Cluster has only database 0: drop the /db part of the URL")
+    nodes = []
+    for hp in netloc.split(","):
+        host, _, port = hp.strip().rpartition(":")
+        if not host:
+            host, port = port, "6379"
+        nodes.append((host.strip("[]"), int(port)))
+    if not nodes:
+        raise ValueError("a Redis Cluster URL needs at least one host:port")
+    return nodes, opts
+
+
+def tag(user_id: str) -> str:
+    """The hash tag of a user: the whole id, with `%` and `}` escaped so the tag ends where the id does."""
+    return "{" + user_id.replace("%", "%25").replace("}", "%7D") + "}"
+
+
+def user_of_tag(tagged: str) -> str:
+    return tagged[1:-1].replace("%7D", "}").replace("%25", "%")
+
+
+class PartialAppend(StoreUnavailable):
+    """Some masters stored their part of a batch, others did not (or not on enough replicas)."""
+
+    def __init__(
+        self, stored: AppendResult, stored_events: int, failed_users: list[str], failed_events: int, cause: str
+    ) -> None:
+        super().__init__(cause)
+        self.stored = stored  # what the confirmed part did
+        self.stored_events = stored_events
+        self.failed_users = failed_users
+        self.failed_events = failed_events
+
+
+@dataclass
+class _NodeWrite:
+    users: list[str]
+    events: int
+    result: list[Any] = field(default_factory=list)
+    error: str | None = None
+
+
+class ClusterStore:
+    kind = "redis-cluster"
+
+    def __init__(
+        self,
+        url: str,
+        max_history: int,
+        ttl_s: int,
+        prefix: str = "seqrec:",
+        timeout_s: float = 0.25,
+        pool_size: int = 64,
+        write_timeout_s: float = 2.0,
+        wait_replicas: int = 0,
+        wait_timeout_ms: int = 100,
+        refresh_s: float = 0.2,
+    ) -> None:
+        if "{" in prefix or "}" in prefix:
+            # A tag in the prefix would put every key of every user into one slot.
+            raise ValueError("SEQREC_KEY_PREFIX may not contain '{' or '}' on a Redis Cluster")
+        self.max_history = max_history
+        self.ttl_s = ttl_s
+        self.prefix = prefix
+        self.read_timeout_s = timeout_s
+        self.wait_replicas = wait_replicas
+        self.wait_timeout_ms = wait_timeout_ms
+        self.refresh_s = refresh_s
+        nodes, auth = startup_nodes(url)
+        self._opts: dict[str, Any] = {
+            "socket_timeout": max(timeout_s, write_timeout_s + wait_timeout_ms / 1000),
+            "socket_connect_timeout": timeout_s,
+            "retry": Retry(NoBackoff(), 0),
+            **auth,
+        }
+        cluster_opts = {
+            **self._opts,
+            "startup_nodes": [ClusterNode(h, p) for h, p in nodes],
+            "max_connections": pool_size,
+            # Serve the slots that have a master while another master is down (its users get 503 / popularity).
+            "require_full_coverage": False,
+        }
+        # The cluster client holds the slot map (and serves the item registry); events go through plain
+        # clients of each master, so a batch is one pipeline per master and WAIT sees its writes.
+        self.redis = RedisCluster(decode_responses=True, **cluster_opts)
+        self.pool_size = pool_size
+        self._nodes: dict[str, Redis] = {}  # "host:port" -> a client of that master
+        # History reads take raw bytes, as in RedisStore (one decode per history, not per member).
+        self._raw: dict[str, Redis] = {}
+        self._stale = True
+        self._refreshed = 0.0
+        self._refreshed_once = False
+        self._lock = asyncio.Lock()
+
+    # ------------------------------------------------------------------ keys
+    def key(self, user_id: str) -> str:
+        return f"{self.prefix}h:{tag(user_id)}"
+
+    def user_key(self, kind: str, user_id: str) -> str:
+        """`{prefix}{kind}:{user}`: any per-user key, in the user's slot."""
+        return f"{self.prefix}{kind}:{tag(user_id)}"
+
+    def user_of_key(self, key: str) -> str:
+        return user_of_tag(key[len(self.prefix) + 2 :])
+
+    # ------------------------------------------------------------------ topology
+    async def _topology(self) -> None:
+        """(Re)load the slot map when it is stale, at most every `refresh_s`."""
+        if not self._stale:
+            return
+        async with self._lock:
+            if not self._stale or (self._refreshed_once and time.monotonic() - self._refreshed < self.refresh_s):
+                return
+            self._refreshed = time.monotonic()
+            try:
+                async with asyncio.timeout(max(1.0, self.read_timeout_s * 4)):
+                    if self._refreshed_once:
+                        await self.redis.nodes_manager.initialize()  # a fresh CLUSTER SLOTS, not the cached map
+                    else:
+                        await self.redis.initialize()
+            except _ERRORS as exc:
+                if not self._refreshed_once:
+                    raise StoreUnavailable(
+                        f"redis cluster: cannot load the slot map: {type(exc).__name__}: {exc}"
+                    ) from exc
+                # Keep the map held so far: the masters that still answer keep taking their users' writes.
+                log.warning("redis cluster: cannot reload the slot map: %s: %s", type(exc).__name__, exc)
+                return
+            self._refreshed_once = True
+
+    def _master(self, user_id: str) -> str:
+        slot = key_slot(self.key(user_id).encode())
+        try:
+            return self.redis.nodes_manager.get_node_from_slot(slot).name
+        except (KeyError, IndexError) as exc:  # no map loaded yet, or the slot has no master
+            raise SlotNotCoveredError(f"no master known for slot {slot}") from exc
+
+    def _client(self, name: str, raw: bool = False) -> Redis:
+        clients = self._raw if raw else self._nodes
+        c = clients.get(name)
+        if c is None:
+            host, _, port = name.rpartition(":")
+            c = Redis(host=host, port=int(port), decode_responses=not raw, max_connections=self.pool_size, **self._opts)
+            clients[name] = c
+        return c
+
+    # ------------------------------------------------------------------ writes
+    async def _write(self, name: str, part: _NodeWrite, batches: dict[str, dict[str, float]]) -> None:
+        if name == "-":
+            part.error = "no master serves these users' slots"
+            return
+        pipe = self._client(name).pipeline(transaction=False)
+        for user in part.users:
+            args: list[str | int] = [self.max_history, self.ttl_s]
+            for m, ts in batches[user].items():
+                args += [repr(float(ts)), m]
+            pipe.eval(APPEND_LUA, 1, self.key(user), *args)
+        if self.wait_replicas:
+            pipe.execute_command("WAIT", self.wait_replicas, self.wait_timeout_ms)
+        try:
+            res = await pipe.execute(raise_on_error=False)
+        except _ERRORS as exc:
+            self._stale = True  # a dead master: its replica may be promoted by the next write
+            part.error = f"{name}: {type(exc).__name__}: {exc}"
+            return
+        errors = [r for r in res if isinstance(r, Exception)]
+        if errors:
+            if any(str(e).startswith(_STALE) for e in errors):
+                self._stale = True
+            part.error = f"{name}: {type(errors[0]).__name__}: {errors[0]}"
+            return
+        if self.wait_replicas:
+            acked = int(res[-1])
+            res = res[:-1]
+            if acked < self.wait_replicas:
+                # On the master only: a failover now could lose it, so it is not acknowledged.
+                part.error = f"{name}: WAIT: {acked} of {self.wait_replicas} replicas within {self.wait_timeout_ms} ms"
+                return
+        part.result = res
+
+    async def append(self, events: list[Event]) -> AppendResult:
+        batches: dict[str, dict[str, float]] = defaultdict(dict)
+        counts: dict[str, int] = defaultdict(int)
+        for ev in events:
+            batches[ev.user_id].setdefault(member(ev), ev.timestamp)  # first copy in a batch wins, like NX
+            counts[ev.user_id] += 1
+        await self._topology()
+        parts: dict[str, _NodeWrite] = {}
+        for user in batches:
+            try:
+                owner = self._master(user)
+            except RedisClusterException:  # a slot without a master (failover under way): those users fail
+                self._stale = True
+                owner = "-"
+            part = parts.setdefault(owner, _NodeWrite([], 0))
+            part.users.append(user)
+            part.events += counts[user]
+        await asyncio.gather(*(self._write(name, part, batches) for name, part in parts.items()))
+        ok = [p for p in parts.values() if p.error is None]
+        failed = [p for p in parts.values() if p.error is not None]
+        res = [r for p in ok for r in p.result]
+        accepted = sum(int(r[0]) for r in res)
+        too_old = sum(int(r[2]) for r in res)
+        stored_events = sum(p.events for p in ok)
+        # Copies repeated inside the batch never reach the script: they are duplicates too.
+        result = AppendResult(accepted=accepted, duplicates=stored_events - accepted - too_old, too_old=too_old)
+        if not failed:
+            return result
+        cause = "redis cluster: " + "; ".join(str(p.error) for p in failed)
+        if not ok:
+            raise StoreUnavailable(cause)
+        users = [u for p in failed for u in p.users]
+        raise PartialAppend(result, stored_events, users, sum(p.events for p in failed), cause)
+
+    # ------------------------------------------------------------------ reads
+    async def history(self, user_id: str, n: int | None = None) -> list[str]:
+        n = self.max_history if n is None else n
+        try:
+            async with asyncio.timeout(self.read_timeout_s):
+                await self._topology()
+                members = await self._client(self._master(user_id), raw=True).zrange(self.key(user_id), -n, -1)
+        except _ERRORS as exc:
+            self._stale = True  # a dead master or a moved slot: reload the map before the next command
+            raise StoreUnavailable(f"redis cluster: {type(exc).__name__}: {exc}") from exc
+        return items_of(members)
+
+    async def ping(self) -> bool:
+        """Ready when some master answers: a down master costs its users (503 / popularity), and
+        readiness failing on every API process would cost all users instead."""
+        try:
+            async with asyncio.timeout(self.read_timeout_s * 4):
+                await self._topology()
+                for node in self.redis.get_primaries():
+                    try:
+                        if await self._client(node.name).ping():
+                            return True
+                    except _ERRORS:
+                        self._stale = True
+        except (*_ERRORS, StoreUnavailable):
+            pass
+        return False
+
+    async def close(self) -> None:
+        for c in [*self._nodes.values(), *self._raw.values()]:
+            await c.aclose()
+        await self.redis.aclose()
