@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -24,6 +25,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -115,80 +117,92 @@ async def drop_entries(url: str) -> int:
     return len(keys)
 
 
+def stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=15)
+        return
+    proc.kill()
+
+
+@contextlib.contextmanager
+def private_redis() -> Iterator[str]:
+    """A throwaway redis-server (no persistence) on a free port."""
+    exe = shutil.which("redis-server")
+    if not exe:
+        sys.exit("redis-server not found")
+    port = free_port()
+    proc = subprocess.Popen(
+        [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"], stdout=subprocess.DEVNULL
+    )
+    try:
+        wait_port(port)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        stop(proc)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bundle", type=Path, required=True)
+    ap.add_argument("--conns", type=int, default=16, help="closed-loop connections")
+    ap.add_argument("--seconds", type=float, default=8, help="length of each measuring window")
+    ap.add_argument("--repeats", type=int, default=2, help="windows per mix and side")
     ap.add_argument("--users", type=int, default=3000)
-    ap.add_argument("--history", type=int, default=200)
-    ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--conns", type=int, default=16)
-    ap.add_argument("--seconds", type=float, default=8)
-    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--history", type=int, default=200, help="events per user written up front")
+    ap.add_argument("--workers", type=int, default=2, help="uvicorn workers per server")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/user_cache.json"))
     args = ap.parse_args()
-    try:
+    with contextlib.suppress(ImportError):  # the server's own loop; the load generator's too
         import uvloop
 
         uvloop.install()
-    except ImportError:
-        pass
-    redis_exe = shutil.which("redis-server")
-    if not redis_exe:
-        sys.exit("redis-server not found")
-    rport, on_port, off_port = free_port(), free_port(), free_port()
-    url = f"redis://127.0.0.1:{rport}/0"
+    on_port, off_port = free_port(), free_port()
     procs: list[subprocess.Popen] = []
     results: dict[str, list[dict]] = {}
-    try:
-        procs.append(
-            subprocess.Popen(
-                [redis_exe, "--port", str(rport), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-                stdout=subprocess.DEVNULL,
-            )
-        )
-        wait_port(rport)
-        servers = {
-            "on": start_server(args.bundle, on_port, url, args.workers, True, Path(f"/tmp/seqrec-uc-on-{on_port}.log")),
-            "off": start_server(
-                args.bundle, off_port, url, args.workers, False, Path(f"/tmp/seqrec-uc-off-{off_port}.log")
-            ),
-        }
-        procs += servers.values()
-        ports = {"on": on_port, "off": off_port}
-        for p in ports.values():
-            wait_port(p)
-        time.sleep(3)  # every worker loads the bundle
-        items = json.loads((args.bundle / "item_ids.json").read_text())
-        users = [f"bench-u{i}" for i in range(args.users)]
-        ev = asyncio.run(post_events(on_port, users, items, args.history, 4, API_KEY))
-        print("events", ev, flush=True)
+    with private_redis() as url:
+        try:
+            servers = {
+                "on": start_server(
+                    args.bundle, on_port, url, args.workers, True, Path(f"/tmp/seqrec-uc-on-{on_port}.log")
+                ),
+                "off": start_server(
+                    args.bundle, off_port, url, args.workers, False, Path(f"/tmp/seqrec-uc-off-{off_port}.log")
+                ),
+            }
+            procs += servers.values()
+            ports = {"on": on_port, "off": off_port}
+            for p in ports.values():
+                wait_port(p)
+            time.sleep(3)  # every worker loads the bundle
+            items = json.loads((args.bundle / "item_ids.json").read_text())
+            users = [f"bench-u{i}" for i in range(args.users)]
+            ev = asyncio.run(post_events(on_port, users, items, args.history, 4, API_KEY))
+            print("events", ev, flush=True)
 
-        def measured(side: str, frac: float, seed: int) -> dict:
-            pid = servers[side].pid
-            c0, l0 = tree_cpu(pid), own_cpu()
-            r = asyncio.run(mixed_load(ports[side], users, items, frac, args.conns, args.seconds, seed))
-            n = (r["reads_per_s"] + r["writes_per_s"]) * args.seconds
-            r["server_cpu_ms_per_request"] = round((tree_cpu(pid) - c0) / max(n, 1) * 1e3, 3)
-            r["load_generator_cpu_s"] = round(own_cpu() - l0, 1)
-            return r
+            def measured(side: str, frac: float, seed: int) -> dict:
+                pid = servers[side].pid
+                c0, l0 = tree_cpu(pid), own_cpu()
+                r = asyncio.run(mixed_load(ports[side], users, items, frac, args.conns, args.seconds, seed))
+                n = (r["reads_per_s"] + r["writes_per_s"]) * args.seconds
+                r["server_cpu_ms_per_request"] = round((tree_cpu(pid) - c0) / max(n, 1) * 1e3, 3)
+                r["load_generator_cpu_s"] = round(own_cpu() - l0, 1)
+                return r
 
-        asyncio.run(drop_entries(url))
-        results["cold_reads_only_cache_on"] = [measured("on", 0.0, 0)]
-        print("cold", results["cold_reads_only_cache_on"], flush=True)
-        for mix, frac in MIXES.items():
-            for rep in range(args.repeats):
-                order = ("off", "on") if rep % 2 == 0 else ("on", "off")  # alternate: neither side always goes first
-                for side in order:
-                    r = measured(side, frac, rep + 1)
-                    results.setdefault(f"{mix}_cache_{side}", []).append(r)
-                    print(mix, side, r, flush=True)
-    finally:
-        for p in reversed(procs):
-            p.terminate()
-            try:
-                p.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                p.kill()
+            asyncio.run(drop_entries(url))
+            results["cold_reads_only_cache_on"] = [measured("on", 0.0, 0)]
+            print("cold", results["cold_reads_only_cache_on"], flush=True)
+            for mix, frac in MIXES.items():
+                for rep in range(args.repeats):
+                    # Alternate: neither side always goes first.
+                    order = ("off", "on") if rep % 2 == 0 else ("on", "off")
+                    for side in order:
+                        r = measured(side, frac, rep + 1)
+                        results.setdefault(f"{mix}_cache_{side}", []).append(r)
+                        print(mix, side, r, flush=True)
+        finally:
+            for p in procs:
+                stop(p)
 
     def med(key: str, field: str) -> float:
         return float(np.median([r[field] for r in results[key]]))
