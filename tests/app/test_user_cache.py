@@ -16,6 +16,7 @@ from fastapi.testclient import TestClient
 from app.main import create_app
 from app.settings import Settings
 from app.userstate import history_digest
+from tests.app.test_items import unisrec_bundle  # noqa: F401 - the tiny UniSRec bundle fixture
 
 KEY = {"X-API-Key": "k"}
 TINY = {
@@ -82,34 +83,58 @@ def two_apps(ml1m_bundles: dict[str, Path], redis_url: str, key_prefix: str) -> 
         yield on, off
 
 
-@pytest.mark.parametrize("kind", list(TINY))
-def test_cached_answer_equals_full_recompute_on_1000_real_histories(kind: str, ml1m, two_apps) -> None:
-    on, off = two_apps
+def _check_parity(on: TestClient, off: TestClient, kind: str, events: list[dict], users: list[str]) -> None:
     cache = on.app.state.seqrec.user_cache
-    _post(on, _events(ml1m, range(USERS)))
-    first = {}
-    for u in range(USERS):
-        first[u] = on.get(f"/recommend/u{u}", params={"model": kind, "k": 20}).json()
+    _post(on, events)
+    first = {u: on.get(f"/recommend/{u}", params={"model": kind, "k": 20}).json() for u in users}
     on.portal.call(cache.drain)  # every miss's entry is stored
     hits0 = _hits(on)
-    for u in range(USERS):
-        cached = on.get(f"/recommend/u{u}", params={"model": kind, "k": 20}).json()
-        full = off.get(f"/recommend/u{u}", params={"model": kind, "k": 20}).json()
+    for u in users:
+        cached = on.get(f"/recommend/{u}", params={"model": kind, "k": 20}).json()
+        full = off.get(f"/recommend/{u}", params={"model": kind, "k": 20}).json()
         assert cached["source"] == "model"
         _same(cached, full)
         _same(cached, first[u])
-    assert _hits(on) - hits0 == USERS  # the second reads really came from the cache
+    assert _hits(on) - hits0 == len(users)  # the second reads really came from the cache
 
     # A new event changes the history: the next read recomputes and matches the cache-off app.
     bundle = on.app.state.seqrec.registry.get(kind)
-    new = [{"user_id": f"u{u}", "item_id": bundle.item_ids[u % 50], "timestamp": 5000} for u in range(200)]
-    _post(off, new)  # written by the other process: the cache must still see it
+    new = [{"user_id": u, "item_id": bundle.item_ids[n % 50], "timestamp": 5000} for n, u in enumerate(users[:200])]
+    _post(off, new)  # written through the other app: the cache must still see it
     hits1 = _hits(on)
-    for u in range(200):
-        after = on.get(f"/recommend/u{u}", params={"model": kind, "k": 20}).json()
-        _same(after, off.get(f"/recommend/u{u}", params={"model": kind, "k": 20}).json())
+    for u in users[:200]:
+        after = on.get(f"/recommend/{u}", params={"model": kind, "k": 20}).json()
+        _same(after, off.get(f"/recommend/{u}", params={"model": kind, "k": 20}).json())
         assert after["history_length"] == min(first[u]["history_length"] + 1, HISTORY)  # the new event is in
     assert _hits(on) == hits1  # none of them was served from the stale entry
+
+
+@pytest.mark.parametrize("kind", list(TINY))
+def test_cached_answer_equals_full_recompute_on_1000_real_histories(kind: str, ml1m, two_apps) -> None:
+    _check_parity(*two_apps, kind, _events(ml1m, range(USERS)), [f"u{u}" for u in range(USERS)])
+
+
+def test_unisrec_cached_answer_equals_full_recompute_on_1000_real_histories(
+    ml100k, request: pytest.FixtureRequest, redis_url: str, key_prefix: str
+) -> None:
+    """ML-100K has 943 users: their histories, plus 57 of them without their last event."""
+    bundle = request.getfixturevalue("unisrec_bundle")  # the tiny UniSRec bundle of tests/app/test_items.py
+    common = {"bundles": [bundle], "api_key": "k", "redis_url": redis_url, "key_prefix": key_prefix}
+    events = _events(ml100k, range(ml100k.num_users))
+    users = [f"u{u}" for u in range(ml100k.num_users)]
+    for u in range(USERS - ml100k.num_users):
+        seq = ml100k.sequence(u)[:-1][-HISTORY:]
+        events += [
+            {"user_id": f"p{u}", "item_id": ml100k.item_ids[i - 1], "timestamp": 1000 + n, "event_id": f"e{n}"}
+            for n, i in enumerate(seq.tolist())
+        ]
+        users.append(f"p{u}")
+    assert len(users) == USERS
+    with (
+        TestClient(create_app(Settings(**common, user_cache=True))) as on,
+        TestClient(create_app(Settings(**common, user_cache=False))) as off,
+    ):
+        _check_parity(on, off, "unisrec", events, users)
 
 
 def test_digest_covers_what_is_encoded_and_the_bundle(ml1m_bundles: dict[str, Path]) -> None:
