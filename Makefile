@@ -28,12 +28,13 @@ browser:
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium chromium-driver; \
 	fi
 
-# Prepare ML-1M, train SASRec briefly, evaluate, export, then serve it on 127.0.0.1:8000 (prints two curl examples).
+# Prepare ML-1M (fetched when absent: seqrec download ml-1m), train recipes/demo-ml-1m.toml (~2 min),
+# evaluate, export, then serve it on 127.0.0.1:8000 (prints two curl examples).
 demo: setup
-	$(VENV)/bin/seqrec demo --dataset ml-1m --epochs 3
+	$(VENV)/bin/seqrec demo --recipe recipes/demo-ml-1m.toml
 
 bench-sasrec: setup
-	$(PY) benchmarks/train_quality.py --model sasrec --dataset ml-1m
+	$(PY) benchmarks/train_quality.py --recipe recipes/sasrec-ml-1m.toml
 
 # Serve an existing bundle: make serve BUNDLE=artifacts/demo-sasrec
 BUNDLE ?= artifacts/demo-sasrec

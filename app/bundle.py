@@ -18,8 +18,10 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from app.diversity import Clusters, load_clusters
 from app.index import TopKIndex, build_index
 from app.schemas import BundleOut
+from app.similar import OUTPUT_SPACE, ItemSpace, load_spaces
 
 SUPPORTED_FORMATS = {1}
 # What the ONNX graph takes. A bundle whose manifest also declares a `text` section (UniSRec:
@@ -86,6 +88,17 @@ class Bundle:
         self.popular: np.ndarray = np.argsort(-pop, kind="stable").astype(np.int64) + 1
         self.popularity_score: np.ndarray = pop.astype(np.float32)
         self.index: TopKIndex = build_index(np.arange(1, n + 1, dtype=np.int64), table, ann_threshold)
+        # Vectors by model index (row 0 = padding), over-allocated so online adds are O(1) per item:
+        # what explanations score and what the text path (TextBundle) encodes histories from.
+        self._vecs = np.zeros((max(16, 2 * (n + 1)), dim), np.float32)
+        self._vecs[1 : n + 1] = table
+        self._rows = n + 1
+        # Cosine spaces for similar items and diversity; clusters for max_per_cluster (app/diversity.py).
+        files = manifest["files"]
+        self.spaces: dict[str, ItemSpace] = load_spaces(path, manifest.get("item_spaces"), files, table, ann_threshold)
+        every = np.arange(1, n + 1, dtype=np.int64)
+        unit = self.spaces[OUTPUT_SPACE].unit(every)
+        self.clusters: Clusters | None = load_clusters(path, manifest.get("clusters"), files, unit)
         self._check_runs()
 
     @classmethod
@@ -183,9 +196,23 @@ class Bundle:
         start = len(self.item_ids) + 1
         idx = np.arange(start, start + len(ids), dtype=np.int64)
         self.index.add(idx, vectors)
+        need = self._rows + len(ids)
+        if need > len(self._vecs):
+            grown = np.zeros((2 * need, self.dim), np.float32)
+            grown[: self._rows] = self._vecs[: self._rows]
+            self._vecs = grown
+        self._vecs[self._rows : need] = vectors
+        self._rows = need
+        self.spaces[OUTPUT_SPACE].add(idx, vectors)
+        if self.clusters is not None:
+            self.clusters.add(self.spaces[OUTPUT_SPACE].unit(idx))
         self.item_ids.extend(ids)
         self.index_of.update({item: int(i) for item, i in zip(ids, idx, strict=True)})
         return idx
+
+    def vectors(self, labels: np.ndarray) -> np.ndarray:
+        """(m,) model indices -> (m, D) item vectors (score = <user_vec, vector>)."""
+        return self._vecs[labels]
 
     def external(self, indices: np.ndarray) -> list[str]:
         ids = self.item_ids

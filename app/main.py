@@ -33,7 +33,7 @@ from app.metrics import Metrics  # noqa: E402
 from app.middleware import BodyLimit, EncodedSlash, Observe  # noqa: E402
 from app.openapi import document_validation_errors  # noqa: E402
 from app.ratelimit import TokenBuckets  # noqa: E402
-from app.routes import events, items, ops, recommend, ui  # noqa: E402
+from app.routes import events, items, ops, recommend, similar, ui  # noqa: E402
 from app.settings import Settings  # noqa: E402
 from app.state import AppState  # noqa: E402
 from app.stores import ClusterStore, EventStore, MemoryStore, RedisStore, is_cluster_url  # noqa: E402
@@ -131,7 +131,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         summary="Real-time sequential recommendations: events in, next items out.",
         lifespan=lifespan,
     )
-    routers = [events.router, items.router, recommend.router, ops.router, ui.router]
+    routers = [events.router, items.router, recommend.router, similar.router, ops.router, ui.router]
     for router in routers:
         app.include_router(router)
 

@@ -133,9 +133,19 @@ class EventsOut(BaseModel):
     model: str = Field(description="Bundle the unknown count refers to.")
 
 
+class Because(BaseModel):
+    item_id: str = Field(description="The item of one history event.")
+    age: int = Field(description="0 = the newest event of the history, 1 = the one before, ...")
+    contribution: float = Field(description="score(item | history) - score(item | history without this event).")
+    weight: float = Field(description="contribution / the sum of the positive contributions of the N newest events.")
+
+
 class ScoredItem(BaseModel):
     item_id: str
     score: float
+    because: list[Because] | None = Field(
+        None, description="With explain=true: the history events that raised this score most (docs/explanations.md)."
+    )
 
 
 class RecommendOut(BaseModel):

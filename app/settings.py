@@ -63,6 +63,9 @@ class Settings(BaseSettings):
     user_cache_ttl_s: int = Field(
         86400, ge=1, description="A cached user vector expires this long after it was stored."
     )
+    explain_n: int = Field(
+        50, ge=1, le=1000, description="explain=true ablates this many newest history events (one batched call)."
+    )
     access_log: bool = Field(True, description="Write one JSON line per request to the `seqrec.access` logger.")
     write_rate_per_s: float = Field(
         0, ge=0, description="Write requests (POST /events) per second per API key and process; 0 = unlimited (429)."

@@ -27,6 +27,7 @@ import numpy as np
 
 from app.bundle import Bundle, BundleError, _session
 from app.index import TopKIndex
+from app.similar import OUTPUT_SPACE
 
 
 class WithoutRemoved:
@@ -100,6 +101,9 @@ class TextBundle(Bundle):
             raise BundleError("text section: text_encoder and seq_encoder must each declare two inputs")
         super().__init__(path, manifest, ann_threshold)
         self.index = WithoutRemoved(self.index)
+        # Similar items must not return removed items either.
+        space = self.spaces[OUTPUT_SPACE]
+        space.index = WithoutRemoved(space.index)
         # Items added at serving time (the only ones that can be removed) -> hash of the text they were
         # encoded from (set by app/items.py), so a re-registered item with a new text is re-encoded.
         self.online: dict[str, str] = {}
@@ -118,18 +122,14 @@ class TextBundle(Bundle):
         for i in gone:
             del self.online[i]
         if labels:
-            idx = self.index
-            assert isinstance(idx, WithoutRemoved)
-            idx.removed = np.concatenate([idx.removed, np.asarray(labels, np.int64)])
+            for idx in (self.index, self.spaces[OUTPUT_SPACE].index):
+                assert isinstance(idx, WithoutRemoved)
+                idx.removed = np.concatenate([idx.removed, np.asarray(labels, np.int64)])
         return gone
 
     def _check_runs(self) -> None:
-        # Vector table indexed like the model: row 0 = padding (zeros), row r = item index r.
-        table = np.load(self.path / "item_vectors.npy", allow_pickle=False)
-        n = len(table)
-        self._vecs = np.zeros((max(16, 2 * (n + 1)), self.dim), np.float32)  # over-allocated: O(1) adds
-        self._vecs[1 : n + 1] = table
-        self._rows = n + 1
+        # self._vecs (Bundle): row 0 = padding (zeros), row r = item index r, grown by add_items.
+        n = self._rows - 1
         super()._check_runs()
         # The seq-encoder path must agree with model.onnx on catalogue histories.
         probe = np.arange(1, min(n, self.max_len) + 1, dtype=np.int64)
@@ -169,14 +169,6 @@ class TextBundle(Bundle):
         return vec.astype(np.float32)
 
     def add_items(self, ids: Sequence[str], vectors: np.ndarray) -> np.ndarray:
-        vectors = np.asarray(vectors, dtype=np.float32).reshape(len(ids), self.dim)
-        idx = super().add_items(ids, vectors)
+        idx = super().add_items(ids, vectors)  # grows self._vecs, the index and the item spaces
         self.online.update(dict.fromkeys(ids, ""))
-        need = self._rows + len(ids)
-        if need > len(self._vecs):
-            grown = np.zeros((2 * need, self.dim), np.float32)
-            grown[: self._rows] = self._vecs[: self._rows]
-            self._vecs = grown
-        self._vecs[self._rows : need] = vectors
-        self._rows = need
         return idx

@@ -82,12 +82,17 @@ class BERT4Rec(SeqRecModel):
 
     def encode(self, item_seq: torch.Tensor) -> torch.Tensor:
         """(B, L) left-padded, may hold [mask] tokens, L <= max_len -> (B, L, D): h^L at every position."""
+        return self.hidden_states(item_seq)[-1]
+
+    def hidden_states(self, item_seq: torch.Tensor) -> list[torch.Tensor]:
+        """[h^0, h^1, ..., h^L], each (B, L, D): the embedding output, then every block's output."""
         pos = position_ids(item_seq, self.cfg.positions, self.max_len)  # (B, L) or (1, L)
         x = self.emb_drop(self.emb_ln(self.item_emb(item_seq) + self.pos_emb(pos)))  # (B, L, D)
         mask = attention_mask(item_seq, causal=False)  # (B, 1, L, L): bidirectional, padding keys hidden
+        states = [x]
         for block in self.blocks:
-            x = block(x, mask)
-        return x
+            states.append(block(states[-1], mask))
+        return states
 
     def project(self, h: torch.Tensor) -> torch.Tensor:
         """(..., D) -> (..., D): GELU(h W^P + b^P), the projection of eq. 7 (then LayerNorm if head_norm)."""

@@ -3,11 +3,15 @@
 bundle/
   manifest.json      format version, model, hyper-parameters, metrics, fingerprints, sha256 of files
   model.onnx         item_seq int64 [batch, len] (0 = padding) -> user_vec float32 [batch, dim]
-  model.ts           the same as TorchScript
+  model.ts           the same as TorchScript (torch.jit is deprecated in torch 2.13: see model.pt2)
+  model.pt2          the same as a torch.export program, on item_seq left-padded to exactly max_len
+                     (batch dynamic); torch.export.load(path).module() runs it (docs/recipes.md)
   item_vectors.npy   float32 [num_items, dim]: row r is item index r + 1 (padding row dropped)
   item_ids.json      external id of each row
   popularity.npy     float32 [num_items]: training counts, the fallback ranking
   item_text.json     optional: external id -> text (titles for the demo page)
+  clusters.npy       int32 [num_items]: k-means cluster of each item (diversity, training/clusters.py)
+  item_vectors_layers4.npy  optional (layer_vectors=True, BERT4Rec): a second space for similar items
 
 The bundle is written into a temporary sibling directory and renamed into place, so a
 reader never sees half a bundle. Export fails, and writes nothing, when ONNX Runtime or
@@ -30,17 +34,15 @@ import numpy as np
 import torch
 
 from models.layers import SeqRecModel
-from training.train import load_checkpoint
+from training.checkpoint import load_checkpoint
+from training.clusters import write_clusters, write_layer_vectors
+from training.errors import ExportError
 
 BUNDLE_FORMAT = 1
 ONNX_OPSET = 17
 INPUT_NAME = "item_seq"
 OUTPUT_NAME = "user_vec"
 PARITY_TOL = 1e-4
-
-
-class ExportError(RuntimeError):
-    pass
 
 
 def sha256_file(path: Path) -> str:
@@ -80,6 +82,33 @@ def export_torchscript(model: SeqRecModel, path: Path, example: torch.Tensor) ->
     ts.save(str(path))
 
 
+def export_program(model: SeqRecModel, path: Path) -> float | None:
+    """The model as a torch.export program (`.pt2`), the successor of TorchScript; returns the
+    max |program - eager| on padded probes, or None (and no file) where torch.export cannot
+    capture the model. The length is fixed at max_len: the models' truncation and padding
+    branches specialise a dynamic length, so callers left-pad (0) or cut to max_len first."""
+    from torch.export import Dim
+
+    from training.batching import pad_left
+
+    probes = [h[-model.max_len :] for h in random_histories(model.num_items, model.max_len)]
+    x = torch.as_tensor(pad_left(probes, model.max_len))  # (B, max_len), newest last
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            program = torch.export.export(model, (x[:2],), dynamic_shapes=({0: Dim.DYNAMIC},))
+        torch.export.save(program, str(path))
+        loaded = torch.export.load(str(path)).module()
+        with torch.no_grad():
+            worst = max(float((loaded(x[:n]) - model(x[:n])).abs().max()) for n in (len(x), 1))
+    except Exception as exc:  # torch.export is optional in a bundle: ONNX and TorchScript remain
+        reason = f"{type(exc).__name__}: {exc}"
+        warnings.warn(f"no model.pt2: torch.export could not capture the model ({reason})", stacklevel=2)
+        path.unlink(missing_ok=True)
+        return None
+    return worst
+
+
 def check_parity(model: SeqRecModel, onnx_path: Path, ts_path: Path, num_items: int) -> dict[str, float]:
     """Max |ONNX - eager| and |TorchScript - eager| over padded, length-1 and over-long inputs."""
     import onnxruntime as ort
@@ -108,8 +137,12 @@ def export_bundle(
     name: str | None = None,
     item_text: dict[str, str] | None = None,
     metrics: dict[str, Any] | None = None,
+    layer_vectors: bool = False,
 ) -> Path:
-    """Write a verified bundle under out_root; returns its path."""
+    """Write a verified bundle under out_root; returns its path.
+
+    layer_vectors: also write the four-layer item representation (models with a bidirectional
+    encoder only; ExportError otherwise)."""
     model, ckpt = load_checkpoint(checkpoint, "cpu")
     model.eval()
     kind = ckpt["model"]
@@ -130,6 +163,9 @@ def export_bundle(
         export_onnx(model, tmp / "model.onnx", example)
         export_torchscript(model, tmp / "model.ts", example)
         parity = check_parity(model, tmp / "model.onnx", tmp / "model.ts", num_items)
+        program_diff = export_program(model, tmp / "model.pt2")
+        if program_diff is not None:
+            parity["torch_export"] = program_diff
         if max(parity.values()) > PARITY_TOL:
             raise ExportError(f"exported graphs disagree with eager PyTorch: {parity}")
 
@@ -147,6 +183,12 @@ def export_bundle(
         if spec.export_extra is not None:
             # Model-specific graphs (e.g. UniSRec: text encoder, adaptor, sequence encoder).
             extra_manifest = spec.export_extra(model, tmp, ckpt)
+        extra_manifest["clusters"] = write_clusters(tmp, table)
+        if layer_vectors:
+            try:
+                extra_manifest["item_spaces"] = write_layer_vectors(tmp, model)
+            except ValueError as exc:
+                raise ExportError(f"layer_vectors: {exc}") from exc
         if item_text:
             (tmp / "item_text.json").write_text(json.dumps({i: item_text[i] for i in item_ids if i in item_text}))
 

@@ -6,9 +6,11 @@ import json
 import time
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Query, Response
+from fastapi import APIRouter, Depends, HTTPException, Query, Response
 
 from app.deps import State
+from app.diversity import ListShape, list_shape
+from app.explain import explain as explain_items
 from app.registry import UnknownModel
 from app.schemas import MAX_ID_LENGTH, ErrorOut, IdPath, RecommendOut
 from app.stores import StoreUnavailable
@@ -29,6 +31,8 @@ async def recommend(
         str | None, Query(max_length=MAX_ID_LENGTH, description="Bundle name or model kind (default model if omitted).")
     ] = None,
     exclude_seen: Annotated[bool, Query(description="Drop items already in the user's history.")] = True,
+    explain: Annotated[bool, Query(description="Add each item's most contributing history events.")] = False,
+    shape: Annotated[ListShape, Depends(list_shape)] = ListShape(),
 ) -> Response:
     """Top-k next items for a user. Falls back to popularity when there is no usable history or the store is down."""
     if k > state.settings.max_k:
@@ -37,6 +41,7 @@ async def recommend(
         bundle = state.registry.get(model)
     except UnknownModel as exc:
         raise HTTPException(422, str(exc)) from exc
+    want = shape.pool(bundle, k)  # more candidates when the list is re-ranked
     metrics = state.metrics
     reason = None
     t0 = time.perf_counter()
@@ -55,7 +60,7 @@ async def recommend(
     if len(seen) == 0:
         reason = reason or "no_history"
         metrics.fallbacks.labels(reason).inc()
-        labels = bundle.popular[:k]  # nothing the model knows was seen, so nothing to exclude
+        labels = bundle.popular[:want]  # nothing the model knows was seen, so nothing to exclude
         scores = bundle.popularity_score[labels - 1]
         source = "popularity"
     else:
@@ -63,7 +68,7 @@ async def recommend(
         # (1, D); the cached vector only when it was computed from exactly this history and bundle
         user = bundle.user_vectors([seen]) if cache is None else cache.user_vector(user_id, bundle, seen, entry)
         t2 = time.perf_counter()
-        labels, scores = bundle.index.search(user, k, [seen] if exclude_seen else None)
+        labels, scores = bundle.index.search(user, want, [seen] if exclude_seen else None)
         labels, scores = labels[0], scores[0]
         t3 = time.perf_counter()
         metrics.inference.labels(bundle.name).observe(t2 - t1)
@@ -71,6 +76,7 @@ async def recommend(
         ok = labels > 0
         labels, scores = labels[ok], scores[ok]
         source = "model"
+    labels, scores = shape.rerank(bundle, labels, scores, k)
     ids = bundle.external(labels)
     # Serialised here rather than by FastAPI: re-validating the RecommendOut that this code builds
     # costs more CPU than the top-k itself. The route's response_model stays the documented
@@ -85,4 +91,8 @@ async def recommend(
         "history_length": len(seen),
         "fallback": reason if source == "popularity" else None,
     }
+    if explain:  # popularity answers have no history to explain: empty lists
+        why = explain_items(bundle, seen, labels, state.settings.explain_n) if source == "model" else None
+        for n, item in enumerate(body["items"]):
+            item["because"] = why[n] if why else []
     return Response(json.dumps(body, separators=(",", ":")).encode(), media_type="application/json")

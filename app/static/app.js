@@ -105,10 +105,11 @@ async function showRecommendations(u) {
   const k = Math.max(1, Math.min(100, parseInt($("k").value, 10) || 10));
   const results = await Promise.all(
     state.bundles.map((b) =>
-      api(`/recommend/${encodeURIComponent(u)}?k=${k}&model=${encodeURIComponent(b.name)}`).then((r) => [b, r])
+      api(`/recommend/${encodeURIComponent(u)}?k=${k}&model=${encodeURIComponent(b.name)}&explain=true`).then((r) => [b, r])
     )
   );
-  const allIds = results.flatMap(([, r]) => (r.body && r.body.items ? r.body.items.map((x) => x.item_id) : []));
+  const allIds = results.flatMap(([, r]) =>
+    r.body && r.body.items ? r.body.items.flatMap((x) => [x.item_id, ...(x.because || []).map((e) => e.item_id)]) : []);
   const titles = await titlesFor([...new Set(allIds)].slice(0, 200));
   const box = $("models");
   box.replaceChildren();
@@ -141,6 +142,14 @@ async function showRecommendations(u) {
       const li = document.createElement("li");
       if (before.size && !before.has(it.item_id)) li.className = "changed";
       itemLine(li, it.item_id, titles[it.item_id], it.score);
+      if (it.because && it.because.length) {
+        // The history events whose removal would lower this score most (GET /recommend?explain=true).
+        const why = document.createElement("div");
+        why.className = "because";
+        why.textContent = "because you interacted with " +
+          it.because.map((e) => `${titles[e.item_id] || e.item_id} (${Math.round(100 * e.weight)}%)`).join(", ");
+        li.append(why);
+      }
       ol.append(li);
     }
     state.previous[b.name + "\u0000" + u] = r.body.items.map((x) => x.item_id);

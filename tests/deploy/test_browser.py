@@ -108,6 +108,7 @@ def test_demo_page(server: ApiProc, browser, tmp_path: Path) -> None:
     assert "Star" in history[0]
     assert "event stored" in browser.find_element(By.ID, "message").text
     assert texts(".model li.changed"), "changed recommendations are highlighted"
+    assert any(t.startswith("because you interacted with ") for t in texts(".model li .because"))
 
     # Server-side truth: the page showed what the API serves.
     api_rec = httpx.get(f"{server.base}/recommend/browser-user", params={"k": 10, "model": "sasrec-a"}).json()

@@ -1,0 +1,346 @@
+"""Explanations, similar items and diversified lists, for every model kind, on real data.
+
+Faithfulness is checked against the model itself (the bundle's TorchScript graph, not the ONNX
+path the service uses): removing an item's top-attributed history event must lower that item's
+score more than removing another, random event of the explained window.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from fastapi.testclient import TestClient
+
+from app.bundle import Bundle
+from app.diversity import POOL_MIN, rerank
+from app.explain import contributions, explain
+from app.main import create_app
+from app.settings import Settings
+from tests.app.test_all_models_served import TINY
+from tests.app.test_items import unisrec_bundle  # noqa: F401 (a session fixture, shared)
+from training.export import ExportError, export_bundle
+from training.train import train
+
+KEY = {"X-API-Key": "k"}
+KINDS = ["sasrec", "bert4rec", "gru4rec", "unisrec"]
+
+
+@pytest.fixture(scope="module")
+def kind_bundles(
+    ml100k,
+    bundle_path: Path,
+    unisrec_bundle: Path,  # noqa: F811
+    tmp_path_factory: pytest.TempPathFactory,
+) -> dict[str, Path]:
+    out = {"sasrec": bundle_path, "unisrec": unisrec_bundle}
+    art = tmp_path_factory.mktemp("explain-art")
+    for kind, (model_over, train_over) in TINY.items():
+        run = tmp_path_factory.mktemp(f"explain-{kind}")
+        train(kind, ml100k, run, model_overrides=model_over, train_overrides=train_over, progress=False)
+        out[kind] = export_bundle(run / "best.pt", art, name=f"ex-{kind}", layer_vectors=kind == "bert4rec")
+    return out
+
+
+def _histories(data, b: Bundle, users: int, max_len: int = 60) -> list[np.ndarray]:
+    """Real ML-100K histories (model indices), every 31st user, at most max_len events."""
+    out = []
+    for u in range(0, data.num_users, 31)[:users]:
+        hist = b.encode([data.item_ids[i - 1] for i in data.sequence(u)])[-max_len:]
+        if len(hist) >= 5:
+            out.append(hist)
+    return out
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_removing_the_top_event_lowers_the_score_more_than_a_random_one(kind: str, kind_bundles, ml100k) -> None:
+    path = kind_bundles[kind]
+    b = Bundle.load(path)
+    ts = torch.jit.load(str(path / "model.ts"))
+    table = np.load(path / "item_vectors.npy").astype(np.float64)
+
+    def score(hist: np.ndarray, item: int) -> float:  # the model's own score, TorchScript
+        with torch.no_grad():
+            u = ts(torch.as_tensor(hist[-b.max_len :][None].astype(np.int64))).double().numpy()[0]
+        return float(table[item - 1] @ u)
+
+    rng = np.random.default_rng(0)
+    wins = pairs = 0
+    for hist in _histories(ml100k, b, 20):
+        labels, _ = b.index.search(b.user_vectors([hist]), 5, [hist])
+        contrib = contributions(b, hist, labels[0], 50)
+        n = len(contrib)
+        assert n == min(len(hist), 50, b.max_len)
+        for c, item in enumerate(labels[0].tolist()):
+            top = int(np.argmax(contrib[:, c]))
+            other = int(rng.choice([a for a in range(n) if a != top]))
+            last = len(hist) - 1
+            drop_top = score(np.delete(hist, last - top), item)
+            drop_other = score(np.delete(hist, last - other), item)
+            wins += drop_top < drop_other
+            pairs += 1
+    assert pairs >= 50
+    assert wins / pairs >= 0.9, f"{kind}: top event wins {wins}/{pairs}"
+
+
+def test_explain_reports_weighted_history_events(kind_bundles) -> None:
+    path = kind_bundles["sasrec"]
+    with TestClient(create_app(Settings(bundles=[path], api_key="k", access_log=False))) as c:
+        b = c.app.state.seqrec.registry.get(None)
+        history = b.item_ids[10:40]
+        events = [{"user_id": "ex", "item_id": i, "timestamp": 100 + n} for n, i in enumerate(history)]
+        assert c.post("/events", json={"events": events}, headers=KEY).status_code == 200
+        plain = c.get("/recommend/ex", params={"k": 8}).json()
+        r = c.get("/recommend/ex", params={"k": 8, "explain": "true"})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert all("because" not in it for it in plain["items"])
+        assert [it["item_id"] for it in body["items"]] == [it["item_id"] for it in plain["items"]]
+        seen = b.encode(history)
+        contrib = contributions(b, seen, b.encode([it["item_id"] for it in body["items"]]), 50)
+        for col, it in zip(contrib.T, body["items"], strict=True):
+            because = it["because"]
+            assert 1 <= len(because) <= 3
+            ages = [e["age"] for e in because]
+            assert [e["item_id"] for e in because] == [history[-1 - a] for a in ages]
+            assert ages[0] == int(np.argmax(col))
+            assert all(e["contribution"] > 0 for e in because)
+            assert [e["contribution"] for e in because] == sorted((e["contribution"] for e in because), reverse=True)
+            total = col[col > 0].sum()
+            np.testing.assert_allclose([e["weight"] for e in because], col[ages] / total, rtol=1e-5)
+            assert sum(e["weight"] for e in because) <= 1 + 1e-6
+        # No history: the popularity answer, with empty explanations rather than an error.
+        cold = c.get("/recommend/nobody", params={"k": 5, "explain": "true"}).json()
+        assert cold["source"] == "popularity" and [it["because"] for it in cold["items"]] == [[]] * 5
+
+
+def test_explain_is_one_batched_encoder_call(kind_bundles, ml100k) -> None:
+    b = Bundle.load(kind_bundles["gru4rec"])
+    calls: list[int] = []
+    real = b.user_vectors
+
+    def counting(hists):  # type: ignore[no-untyped-def]
+        calls.append(len(hists))
+        return real(hists)
+
+    b.user_vectors = counting  # type: ignore[method-assign]
+    hist = _histories(ml100k, b, 1, max_len=80)[0]
+    why = explain(b, hist, np.array([1, 2, 3]), n_max=50)
+    assert calls == [min(50, len(hist)) + 1] and len(why) == 3
+
+
+def _exact_cosine(table: np.ndarray, row: int, k: int) -> list[int]:
+    unit = table / np.linalg.norm(table, axis=1, keepdims=True)
+    sims = unit @ unit[row]
+    sims[row] = -np.inf
+    return np.argsort(-sims, kind="stable")[:k].tolist()
+
+
+@pytest.fixture(scope="module")
+def ml1m_bundle(ml1m, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run = tmp_path_factory.mktemp("ml1m-sim-run")
+    train(
+        "sasrec",
+        ml1m,
+        run,
+        model_overrides={"max_len": 30, "dim": 16, "num_layers": 1},
+        train_overrides={"epochs": 1, "batch_size": 128, "max_users": 400},
+        progress=False,
+    )
+    return export_bundle(run / "best.pt", tmp_path_factory.mktemp("ml1m-sim"), name="ml1m-sim")
+
+
+def test_similar_items_equal_an_exact_search_on_ml1m(ml1m_bundle: Path) -> None:
+    table = np.load(ml1m_bundle / "item_vectors.npy")
+    ids = json.loads((ml1m_bundle / "item_ids.json").read_text())
+    assert len(ids) == 3416
+    with TestClient(create_app(Settings(bundles=[ml1m_bundle], access_log=False))) as c:
+        for row in (0, 17, 500, 3415):
+            r = c.get(f"/items/{ids[row]}/similar", params={"k": 10})
+            assert r.status_code == 200, r.text
+            got = [x["item_id"] for x in r.json()["items"]]
+            assert ids[row] not in got
+            assert got == [ids[j] for j in _exact_cosine(table, row, 10)]
+            scores = [x["score"] for x in r.json()["items"]]
+            assert scores == sorted(scores, reverse=True) and -1 <= scores[-1] <= scores[0] <= 1
+        r = c.get("/items/no-such-item/similar")
+        assert r.status_code == 404 and "no-such-item" in r.json()["detail"]
+        for bad in ({"k": 0}, {"k": 1001}, {"k": "x"}):
+            r = c.get(f"/items/{ids[0]}/similar", params=bad)
+            assert r.status_code == 422 and r.json()["detail"].startswith("query.k"), r.text
+        r = c.get(f"/items/{ids[0]}/similar", params={"space": "layers4"})
+        assert r.status_code == 422 and "space" in r.json()["detail"]
+        assert "/items/{item_id}/similar" in c.get("/openapi.json").json()["paths"]
+    # The approximate index (HNSW) path: never the item itself, and here the same neighbours.
+    hnsw = Bundle.load(ml1m_bundle, ann_threshold=0)
+    labels, _ = hnsw.spaces["output"].neighbours(18, 10)
+    assert 18 not in labels.tolist()
+    assert len(set(labels.tolist()) & {j + 1 for j in _exact_cosine(table, 17, 10)}) >= 9
+
+
+def test_layer_vectors_space_for_bert4rec(kind_bundles) -> None:
+    path = kind_bundles["bert4rec"]
+    manifest = json.loads((path / "manifest.json").read_text())
+    space = manifest["item_spaces"]["layers4"]
+    vecs = np.load(path / space["file"])
+    d = manifest["model_config"]["dim"]
+    layers = min(4, manifest["model_config"]["num_layers"] + 1)
+    assert vecs.shape == (manifest["num_items"], layers * d) and space["dim"] == layers * d
+    with TestClient(create_app(Settings(bundles=[path], access_log=False))) as c:
+        item = c.app.state.seqrec.registry.get(None).item_ids[7]
+        r = c.get(f"/items/{item}/similar", params={"k": 5, "space": "layers4"})
+        assert r.status_code == 200 and r.json()["space"] == "layers4"
+        assert [x["item_id"] for x in r.json()["items"]] == [
+            c.app.state.seqrec.registry.get(None).item_ids[j] for j in _exact_cosine(vecs, 7, 5)
+        ]
+
+
+def test_similar_items_of_an_item_posted_a_second_ago(unisrec_bundle: Path) -> None:  # noqa: F811
+    texts = json.loads((unisrec_bundle / "item_text.json").read_text())
+    catalogue = json.loads((unisrec_bundle / "item_ids.json").read_text())
+    twin = next(i for i in catalogue if list(texts.values()).count(texts[i]) == 1)
+    with TestClient(create_app(Settings(bundles=[unisrec_bundle], api_key="k", access_log=False))) as c:
+        assert c.get("/items/fresh-1/similar").status_code == 404
+        item = {"item_id": "fresh-1", "title": texts[twin]}
+        assert c.post("/items", json={"items": [item]}, headers=KEY).status_code == 200
+        r = c.get("/items/fresh-1/similar", params={"k": 5})
+        assert r.status_code == 200, r.text
+        got = [x["item_id"] for x in r.json()["items"]]
+        assert got[0] == twin and "fresh-1" not in got  # same text: the nearest item
+        # ... and the online index holds it for every other item's neighbours too.
+        b = c.app.state.seqrec.registry.get(None)
+        labels, _ = b.spaces["output"].neighbours(b.index_of[twin], len(b.item_ids))
+        assert b.index_of["fresh-1"] in labels.tolist() and b.index_of[twin] not in labels.tolist()
+        fresh = b.index_of["fresh-1"]
+        # Deleted: no longer anyone's neighbour, and its own similar items are a 404.
+        assert c.delete("/items/fresh-1", headers=KEY).status_code == 200
+        assert c.get("/items/fresh-1/similar").status_code == 404
+        labels, _ = b.spaces["output"].neighbours(b.index_of[twin], len(b.item_ids))
+        assert fresh not in labels.tolist()
+
+
+def _ild(unit: np.ndarray) -> float:
+    sims = unit @ unit.T
+    n = len(unit)
+    return float((1 - sims)[~np.eye(n, dtype=bool)].mean())
+
+
+def test_diversified_lists_are_deterministic_and_follow_the_rule(kind_bundles, tmp_path: Path) -> None:
+    path = kind_bundles["sasrec"]
+    clusters = np.load(path / "clusters.npy")
+    with TestClient(create_app(Settings(bundles=[path], api_key="k", access_log=False))) as c:
+        b = c.app.state.seqrec.registry.get(None)
+        history = b.item_ids[50:70]
+        events = [{"user_id": "dv", "item_id": i, "timestamp": 100 + n} for n, i in enumerate(history)]
+        assert c.post("/events", json={"events": events}, headers=KEY).status_code == 200
+
+        def get(**params: object) -> list[str]:
+            r = c.get("/recommend/dv", params={"k": 10, **params})
+            assert r.status_code == 200, r.text
+            return [x["item_id"] for x in r.json()["items"]]
+
+        plain = get()
+        assert get(diversify=1.0) == plain
+        for cap in (1, 2):
+            got = get(max_per_cluster=cap)
+            assert got == get(max_per_cluster=cap) and len(got) == 10
+            assert np.bincount(clusters[b.encode(got) - 1]).max() <= cap
+        mmr = get(diversify=0.3)
+        assert mmr == get(diversify=0.3) and mmr[0] == plain[0] and len(set(mmr)) == 10
+        # The MMR rule, re-derived step by step from the candidate pool.
+        seen = b.encode(history)
+        cand, scores = b.index.search(b.user_vectors([seen]), POOL_MIN, [seen])
+        unit = b.spaces["output"].unit(cand[0])
+        rel = (scores[0] - scores[0].min()) / (scores[0].max() - scores[0].min())
+        picked: list[int] = []
+        for item in mmr:
+            pos = list(cand[0]).index(b.index_of[item])
+            value = 0.3 * rel - 0.7 * (np.max(unit @ unit[picked].T, axis=1) if picked else 0)
+            value[picked] = -np.inf
+            assert value[pos] >= value.max() - 1e-9
+            picked.append(pos)
+        assert _ild(b.spaces["output"].unit(b.encode(mmr))) > _ild(b.spaces["output"].unit(b.encode(plain)))
+        both = get(diversify=0.5, max_per_cluster=1)
+        assert np.bincount(clusters[b.encode(both) - 1]).max() == 1
+        # Bounds name the parameter.
+        for bad in ({"diversify": 1.5}, {"diversify": -0.1}, {"diversify": "mmr"}, {"max_per_cluster": 0}):
+            r = c.get("/recommend/dv", params=bad)
+            assert r.status_code == 422 and r.json()["detail"].startswith(f"query.{next(iter(bad))}"), r.text
+        # The popularity answer is re-ranked alike.
+        cold = c.get("/recommend/cold", params={"k": 10, "max_per_cluster": 1}).json()
+        assert cold["source"] == "popularity"
+        assert np.bincount(clusters[b.encode([x["item_id"] for x in cold["items"]]) - 1]).max() == 1
+    # A bundle exported without clusters: MMR still works, max_per_cluster is refused by name.
+    old = tmp_path / "no-clusters"
+    shutil.copytree(path, old)
+    manifest = json.loads((old / "manifest.json").read_text())
+    del manifest["clusters"], manifest["files"]["clusters.npy"]
+    (old / "clusters.npy").unlink()
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    with TestClient(create_app(Settings(bundles=[old], access_log=False))) as c:
+        assert c.get("/recommend/x", params={"diversify": 0.5}).status_code == 200
+        r = c.get("/recommend/x", params={"max_per_cluster": 2})
+        assert r.status_code == 422 and "max_per_cluster" in r.json()["detail"] and "clusters" in r.json()["detail"]
+
+
+def test_rerank_ties_and_short_pools() -> None:
+    scores = np.array([3.0, 3.0, 2.0, 1.0], np.float32)
+    unit = np.eye(4, dtype=np.float32)
+    assert rerank(scores, unit, None, 4, 0.5, None).tolist() == [0, 1, 2, 3]
+    # Two clusters, at most one each: the list stops at two rather than breaking the cap.
+    assert rerank(scores, None, np.array([0, 0, 1, 1]), 4, 1.0, 1).tolist() == [0, 2]
+
+
+def test_export_writes_clusters(kind_bundles) -> None:
+    for kind in KINDS:
+        path = kind_bundles[kind]
+        manifest = json.loads((path / "manifest.json").read_text())
+        assign = np.load(path / "clusters.npy")
+        assert assign.dtype == np.int32 and assign.shape == (manifest["num_items"],)
+        assert assign.max() + 1 == manifest["clusters"]["num_clusters"] and len(np.unique(assign)) > 1
+        assert "clusters.npy" in manifest["files"]
+
+
+def test_layer_vectors_need_a_bidirectional_encoder(tiny_run: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from training.cli import app as cli
+
+    with pytest.raises(ExportError, match="layer_vectors"):
+        export_bundle(tiny_run / "best.pt", tmp_path, name="no-layers", layer_vectors=True)
+    assert not (tmp_path / "no-layers").exists()
+    args = ["export", str(tiny_run / "best.pt"), "--out", str(tmp_path), "--name", "x", "--layer-vectors"]
+    r = CliRunner().invoke(cli, args)
+    assert r.exit_code != 0 and "layer_vectors" in r.output and not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("ann_threshold", [0, 10**9])  # HNSW, exact
+def test_item_space_grows_online(ann_threshold: int) -> None:
+    from app.similar import ItemSpace, unit_rows
+
+    v = np.random.default_rng(0).normal(size=(300, 8)).astype(np.float32)
+    space = ItemSpace("output", v[:200], ann_threshold)
+    for start in range(200, 300, 25):  # several adds: the lookup table grows
+        space.add(np.arange(start + 1, start + 26), v[start : start + 25])
+    assert len(space) == 300 and space.has(300) and not space.has(301)
+    np.testing.assert_allclose(space.unit(np.arange(1, 301)), unit_rows(v), atol=1e-6)
+    labels, _ = space.neighbours(250, 5)
+    assert labels.tolist() == [j + 1 for j in _exact_cosine(v, 249, 5)]
+
+
+def test_items_added_online_join_the_nearest_cluster() -> None:
+    from app.diversity import Clusters
+    from app.similar import unit_rows
+
+    rng = np.random.default_rng(1)
+    centres = unit_rows(rng.normal(size=(3, 6)))
+    assign = np.repeat(np.arange(3), 20)
+    unit = unit_rows(centres[assign] + 0.05 * rng.normal(size=(60, 6)))
+    clusters = Clusters(assign, unit)
+    assert clusters.count == 3 and clusters.of(np.array([1, 21, 41])).tolist() == [0, 1, 2]
+    clusters.add(unit_rows(centres[[2, 0]] + 0.01))
+    assert clusters.of(np.array([61, 62])).tolist() == [2, 0]
