@@ -38,6 +38,7 @@ from app.routes import events, items, ops, recommend, similar, stats, ui  # noqa
 from app.settings import Settings  # noqa: E402
 from app.state import AppState  # noqa: E402
 from app.stores import ClusterStore, EventStore, MemoryStore, RedisStore, is_cluster_url  # noqa: E402
+from app.userstate import UserCache  # noqa: E402
 from app.watch import watch_bundles  # noqa: E402
 
 log = logging.getLogger("seqrec.app")
@@ -115,6 +116,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             bundles=lambda: state.registry.bundles,
             experiment=item_reg.spec.get("experiment", settings.experiment),
         )
+        ttl = min(settings.user_cache_ttl_s, settings.history_ttl_s)
+        state.user_cache = UserCache(store, settings.user_cache, ttl, metrics.registry)
         # Items registered before this process started (by any process) are served from the start;
         # the follower then applies everything announced later.
         await catch_up(item_reg, registry)

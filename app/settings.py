@@ -57,6 +57,12 @@ class Settings(BaseSettings):
         ge=0,
         description="Catalogues this large use the HNSW index (IVF from 200,000 items), smaller ones BLAS.",
     )
+    user_cache: bool = Field(
+        True, description="Reuse a user's vector while the history it encodes is unchanged (docs/user-state.md)."
+    )
+    user_cache_ttl_s: int = Field(
+        86400, ge=1, description="A cached user vector expires this long after it was stored."
+    )
     explain_n: int = Field(
         50, ge=1, le=1000, description="explain=true ablates this many newest history events (one batched call)."
     )

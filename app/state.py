@@ -15,6 +15,7 @@ from app.stores import EventStore
 if TYPE_CHECKING:
     from app.online import Live
     from app.ratelimit import TokenBuckets
+    from app.userstate import UserCache
 
 
 @dataclass
@@ -27,6 +28,7 @@ class AppState:
     write_limiter: TokenBuckets | None = None
     items: ItemRegistry = field(default_factory=MemoryItems)  # registered by POST /items
     live: Live | None = None  # online evaluation + A/B split (app/online.py)
+    user_cache: UserCache | None = None  # None: every read encodes the history (app/userstate.py)
 
     def install(self, registry: Registry) -> None:
         self.registry = registry

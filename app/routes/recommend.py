@@ -50,8 +50,13 @@ async def recommend(
     metrics = state.metrics
     reason = None
     t0 = time.perf_counter()
+    cache = state.user_cache
+    entry = None
     try:
-        history = await state.store.history(user_id, state.settings.max_history)
+        if cache is None:
+            history = await state.store.history(user_id, state.settings.max_history)
+        else:
+            history, entry = await cache.read(user_id, state.settings.max_history, bundle)
     except StoreUnavailable:
         metrics.store_errors.labels("history").inc()
         history, reason = [], "store_unavailable"
@@ -65,7 +70,8 @@ async def recommend(
         source = "popularity"
     else:
         t1 = time.perf_counter()
-        user = bundle.user_vectors([seen])  # (1, D)
+        # (1, D); the cached vector only when it was computed from exactly this history and bundle
+        user = bundle.user_vectors([seen]) if cache is None else cache.user_vector(user_id, bundle, seen, entry)
         t2 = time.perf_counter()
         labels, scores = bundle.index.search(user, want, [seen] if exclude_seen else None)
         labels, scores = labels[0], scores[0]
