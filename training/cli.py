@@ -698,7 +698,12 @@ def _print_examples(settings: Any, host: str, port: int) -> None:
 
 @app.command()
 def snapshot(
-    redis_url: Annotated[str, typer.Option(help="Redis URL of the event store (redis://host:port/db).")],
+    redis_url: Annotated[
+        str,
+        typer.Option(
+            help="Redis URL of the event store: redis://host:port/db, or redis+cluster://host:port,... for a cluster."
+        ),
+    ],
     out: Annotated[Path, typer.Option(help="Output file: Parquet, or CSV when the name ends in .csv.")] = Path(
         "events.parquet"
     ),

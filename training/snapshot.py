@@ -150,6 +150,8 @@ def snapshot(
     try:
         bar = tqdm(desc="snapshot", unit=" users", disable=not progress if progress is not None else None)
         try:
+            if user_of is None and hasattr(client, "get_primaries"):
+                user_of = cluster_user  # the cluster store hash-tags every user's keys
             for user, members in iter_histories(masters(client), prefix, scan_count, user_of):
                 spool.add(user, members)
                 users += 1
@@ -173,16 +175,58 @@ def snapshot(
     return SnapshotResult(out, users, spool.rows, time.perf_counter() - t0)
 
 
-def connect(url: str, timeout_s: float = 5.0) -> Any:
-    """A sync client for `url` that fails fast: unreachable -> SnapshotError, not a long hang."""
-    import redis
+CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
 
-    client = redis.Redis.from_url(
-        url, decode_responses=False, socket_timeout=timeout_s, socket_connect_timeout=timeout_s
+
+def cluster_user(tagged: str) -> str:
+    """The user id inside a cluster key's hash tag `{id}` (the service writes `%` as %25 and `}` as %7D
+    there, so the tag is the whole id); tests/live checks this against the service's own store."""
+    if not (tagged.startswith("{") and tagged.endswith("}")):
+        raise SnapshotError(f"history key part {tagged!r} is not a hash tag: is this a Redis Cluster store?")
+    return tagged[1:-1].replace("%7D", "}").replace("%25", "%")
+
+
+def _cluster_client(url: str, timeout_s: float) -> Any:
+    """`redis+cluster://[user:pass@]host:port[,host:port...]` -> a sync RedisCluster."""
+    from urllib.parse import unquote, urlsplit
+
+    from redis.cluster import ClusterNode, RedisCluster
+
+    parts = urlsplit(url)
+    auth, _, hosts = parts.netloc.rpartition("@")
+    user, _, password = auth.partition(":")
+    nodes = []
+    for hp in hosts.split(","):
+        host, _, port = hp.strip().rpartition(":")
+        nodes.append(ClusterNode(host.strip("[]") or "127.0.0.1", int(port or 6379)))
+    return RedisCluster(
+        startup_nodes=nodes,
+        username=unquote(user) or None,
+        password=unquote(password) or None,
+        ssl=parts.scheme.startswith("rediss"),
+        decode_responses=False,
+        socket_timeout=timeout_s,
+        socket_connect_timeout=timeout_s,
     )
+
+
+def connect(url: str, timeout_s: float = 5.0) -> Any:
+    """A sync client for `url` that fails fast: unreachable -> SnapshotError, not a long hang.
+
+    A `redis+cluster://host:port,...` URL gives a cluster client: `snapshot` then scans every primary
+    and reads user ids out of the keys' hash tags, as the service's cluster store writes them."""
+    import redis
+    from redis.exceptions import RedisClusterException
+
     try:
+        if url.split("://", 1)[0] in CLUSTER_SCHEMES:
+            client = _cluster_client(url, timeout_s)
+        else:
+            client = redis.Redis.from_url(
+                url, decode_responses=False, socket_timeout=timeout_s, socket_connect_timeout=timeout_s
+            )
         client.ping()
-    except _redis_errors() as exc:
+    except (*_redis_errors(), RedisClusterException, ValueError) as exc:
         raise SnapshotError(f"cannot reach redis at {_safe_url(url)}: {type(exc).__name__}: {exc}") from exc
     return client
 
@@ -192,6 +236,5 @@ def _safe_url(url: str) -> str:
     from urllib.parse import urlsplit
 
     parts = urlsplit(url)
-    host = parts.hostname or ""
-    port = f":{parts.port}" if parts.port else ""
-    return f"{parts.scheme}://{host}{port}{parts.path}"
+    hosts = parts.netloc.rpartition("@")[2]  # host:port, or a cluster's comma-separated list
+    return f"{parts.scheme}://{hosts}{parts.path}"

@@ -6,6 +6,7 @@ import asyncio
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 import pytest
@@ -148,3 +149,36 @@ def test_snapshot_event_ids_are_per_user_when_prepared(tmp_path: Path) -> None:
     pl.DataFrame(rows).write_parquet(snap)
     data = prepare_files([snap], None, cache_dir=tmp_path / "cache")
     assert data.num_interactions == len(rows)
+
+
+def test_snapshot_of_a_redis_cluster_reads_every_master(redis_cluster: Any, tmp_path: Path) -> None:
+    """The cluster store hash-tags each user's keys ({user}, with } and % escaped) across three masters:
+    the snapshot scans every primary and gives back exactly the ids and histories that were written."""
+    from app.stores.cluster import ClusterStore
+
+    prefix = "snapc:"
+    events = [
+        *EVENTS,
+        Event("a}b%7D{c", "i9", 9.0, "e9"),
+        *(Event(f"user-{n}", "i1", float(n), "e") for n in range(60)),
+    ]
+
+    async def go() -> None:
+        store = ClusterStore(redis_cluster.url, max_history=50, ttl_s=3600, prefix=prefix, timeout_s=2.0)
+        for ev in events:
+            await store.append([ev])
+        await store.close()
+
+    asyncio.run(go())
+    out = tmp_path / "cluster.parquet"
+    res = snapshot(connect(redis_cluster.url), out, prefix=prefix, chunk_rows=7, scan_count=5)
+    got = _histories(pl.read_parquet(out))
+    assert {u: got[u] for u in EXPECTED} == EXPECTED
+    assert got["a}b%7D{c"] == [("i9", 9.0, "e9")]
+    assert (res.users, res.events) == (3 + 1 + 60, 7 + 1 + 60)
+
+
+def test_unreachable_cluster_is_a_clear_error(tmp_path: Path) -> None:
+    port = free_port()
+    with pytest.raises(SnapshotError, match=rf"cannot reach redis at redis\+cluster://127\.0\.0\.1:{port}"):
+        connect(f"redis+cluster://:secret@127.0.0.1:{port}", timeout_s=0.5)
