@@ -30,12 +30,13 @@ browser:
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium chromium-driver; \
 	fi
 
-# Prepare ML-1M, train SASRec briefly, evaluate, export, then serve it on 127.0.0.1:8000 (prints two curl examples).
+# Prepare ML-1M (fetched when absent: seqrec download ml-1m), train recipes/demo-ml-1m.toml (~2 min),
+# evaluate, export, then serve it on 127.0.0.1:8000 (prints two curl examples).
 demo: setup
-	$(VENV)/bin/seqrec demo --dataset ml-1m --epochs 3
+	$(VENV)/bin/seqrec demo --recipe recipes/demo-ml-1m.toml
 
 bench-sasrec: setup
-	$(PY) benchmarks/train_quality.py --model sasrec --dataset ml-1m
+	$(PY) benchmarks/train_quality.py --recipe recipes/sasrec-ml-1m.toml
 
 # Serve an existing bundle: make serve BUNDLE=artifacts/demo-sasrec
 BUNDLE ?= artifacts/demo-sasrec
@@ -50,6 +51,8 @@ $(BENCH_BUNDLE): | setup
 
 bench-serve: setup $(BENCH_BUNDLE)
 	$(PY) benchmarks/serve_load.py --bundle $(BENCH_BUNDLE) --users 3000 --seconds 15 --workers 2 --conns 1 8 16 32 --out benchmarks/results/serve
+	$(PY) benchmarks/user_cache.py --bundle $(BENCH_BUNDLE) --out benchmarks/results/user_cache.json
+	$(PY) benchmarks/request_path.py --bundle $(BENCH_BUNDLE) --out benchmarks/results/request_path.json
 
 bench-ann: setup $(BENCH_BUNDLE)
 	$(VENV)/bin/pip install -q --disable-pip-version-check -e '.[bench]'

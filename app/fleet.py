@@ -13,7 +13,9 @@ import logging
 from typing import Any
 
 from app.bundle import BundleError
+from app.experiment import ExperimentError
 from app.items import ItemRegistry, catch_up, ingest, remove, swap_in
+from app.online import next_experiment
 from app.registry import Registry
 from app.schemas import ReloadReach
 from app.state import AppState
@@ -70,7 +72,8 @@ async def apply_config(state: AppState, generation: int | None) -> None:
         gen, spec = stored
         try:
             reg = await load_spec(spec, state.settings.ann_threshold)
-        except BundleError as exc:
+            experiment = next_experiment(state.live, spec.get("experiment"), reg, state.settings.experiment_salt)
+        except (BundleError, ExperimentError) as exc:
             items.generation = gen  # not retried until a newer one comes
             state.metrics.reloads.labels("rejected").inc()
             log.warning("configuration %d refused here, previous bundles keep serving: %s", gen, exc)
@@ -78,6 +81,8 @@ async def apply_config(state: AppState, generation: int | None) -> None:
             return
         await swap_in(items, reg, state.install)
         items.generation, items.spec = gen, spec
+        if state.live is not None:
+            state.live.experiment = experiment
     state.metrics.reloads.labels("ok").inc()
     log.info("configuration %d applied: %s (default %s)", gen, ", ".join(reg.bundles), reg.default)
     await items.ack(gen, "ok")

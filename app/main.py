@@ -31,12 +31,14 @@ from app.items import ItemRegistry, MemoryItems, RedisItems, catch_up  # noqa: E
 from app.logging import configure_logging  # noqa: E402
 from app.metrics import Metrics  # noqa: E402
 from app.middleware import BodyLimit, EncodedSlash, Observe  # noqa: E402
+from app.online import make_live  # noqa: E402
 from app.openapi import document_validation_errors  # noqa: E402
 from app.ratelimit import TokenBuckets  # noqa: E402
-from app.routes import events, items, ops, recommend, similar, ui  # noqa: E402
+from app.routes import events, items, ops, recommend, similar, stats, ui  # noqa: E402
 from app.settings import Settings  # noqa: E402
 from app.state import AppState  # noqa: E402
 from app.stores import ClusterStore, EventStore, MemoryStore, RedisStore, is_cluster_url  # noqa: E402
+from app.userstate import UserCache  # noqa: E402
 from app.watch import watch_bundles  # noqa: E402
 
 log = logging.getLogger("seqrec.app")
@@ -104,6 +106,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         state = AppState(
             settings=settings, registry=registry, store=store, metrics=metrics, write_limiter=limiter, items=item_reg
         )
+        # Raises on a bad SEQREC_EXPERIMENT; served lists are kept per bundle of the current registry.
+        # (A reload's experiment, stored with its configuration, wins over the settings' as its bundles do.)
+        state.live = make_live(
+            settings,
+            store,
+            registry,
+            metrics,
+            bundles=lambda: state.registry.bundles,
+            experiment=item_reg.spec.get("experiment", settings.experiment),
+        )
+        ttl = min(settings.user_cache_ttl_s, settings.history_ttl_s)
+        state.user_cache = UserCache(store, settings.user_cache, ttl, metrics.registry)
         # Items registered before this process started (by any process) are served from the start;
         # the follower then applies everything announced later.
         await catch_up(item_reg, registry)
@@ -120,6 +134,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             # Let the subscriber close its connection before the loop goes away, but never wait
             # forever: a hung shutdown outlives the orchestrator's grace period and gets killed.
             await bounded(tasks, "background tasks", settings.shutdown_timeout_s)
+            if state.live is not None:  # the last counters, before the pool they use closes
+                await bounded([state.live.close()], "online tracking", settings.shutdown_timeout_s)
             await bounded([item_reg.close(), store.close()], "connection pools", settings.shutdown_timeout_s)
 
     app = FastAPI(
@@ -128,7 +144,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         summary="Real-time sequential recommendations: events in, next items out.",
         lifespan=lifespan,
     )
-    routers = [events.router, items.router, recommend.router, similar.router, ops.router, ui.router]
+    routers = [events.router, items.router, recommend.router, similar.router, ops.router, stats.router, ui.router]
     for router in routers:
         app.include_router(router)
 

@@ -177,6 +177,11 @@ class RecommendOut(BaseModel):
     fallback: Literal["no_history", "store_unavailable"] | None = Field(
         None, description="Why popularity answered: no usable history, or the event store is unreachable (degraded)."
     )
+    variant: str | None = Field(
+        None,
+        description="Experiment variant that served: a SEQREC_EXPERIMENT name, `explicit` when `model` was given, "
+        "`default` outside an experiment.",
+    )
 
 
 class Health(BaseModel):
@@ -213,6 +218,11 @@ class ReloadIn(BaseModel):
         description="Bundle directories to serve instead (default: reload the configured ones).",
     )
     default_model: str | None = None
+    experiment: str | None = Field(
+        None,
+        description="New A/B split `name=bundle:weight,...` (empty string: none). Omitted: the current one, "
+        "checked against the new bundles.",
+    )
 
 
 class ReloadReach(BaseModel):
@@ -235,6 +245,7 @@ class ReloadReach(BaseModel):
 class ReloadOut(BaseModel):
     reloaded: bool
     default_model: str
+    experiment: str | None = None
     bundles: list[BundleOut]
     reached: ReloadReach
 

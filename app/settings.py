@@ -57,6 +57,12 @@ class Settings(BaseSettings):
         ge=0,
         description="Catalogues this large use the HNSW index (IVF from 200,000 items), smaller ones BLAS.",
     )
+    user_cache: bool = Field(
+        True, description="Reuse a user's vector while the history it encodes is unchanged (docs/user-state.md)."
+    )
+    user_cache_ttl_s: int = Field(
+        86400, ge=1, description="A cached user vector expires this long after it was stored."
+    )
     explain_n: int = Field(
         50, ge=1, le=1000, description="explain=true ablates this many newest history events (one batched call)."
     )
@@ -67,6 +73,21 @@ class Settings(BaseSettings):
     write_burst: int = Field(100, ge=1, description="Write requests a key may send at once above the rate.")
     bundle_poll_s: float = Field(
         0, ge=0, description="Poll the bundle paths this often and load a changed bundle without restart; 0 = off."
+    )
+    experiment: str | None = Field(
+        None,
+        description="A/B split `name=bundle:weight,...` (weights in percent, summing to 100); unset = no experiment.",
+    )
+    experiment_salt: str = Field("seqrec", max_length=128, description="Salt of the user -> variant hash.")
+    online_tracking: bool = Field(True, description="Remember served lists and score them against next events.")
+    online_k: int = Field(10, ge=1, le=100, description="Cut-off of online hit@k / NDCG@k (lists kept this long).")
+    online_ttl_s: int = Field(3600, ge=1, description="A served list counts for the user's next event this long.")
+    online_batch_ms: float = Field(
+        0,
+        ge=0,
+        le=100,
+        description="Write the served lists of this many ms in one pipeline (less CPU); an event reaching another "
+        "process within that time after its answer is then counted unserved. 0 = the answers of one loop turn.",
     )
     max_clock_skew_s: float = Field(
         86400,

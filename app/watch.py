@@ -17,7 +17,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from app.bundle import BundleError
+from app.experiment import ExperimentError
 from app.items import swap_in
+from app.online import next_experiment
 from app.registry import Registry
 from app.state import AppState
 
@@ -69,11 +71,13 @@ async def watch_bundles(state: AppState, interval_s: float) -> None:
             last = sig
             async with state.reload_lock:
                 reg = await asyncio.to_thread(Registry.load, paths, default, state.settings.ann_threshold)
+                # The running experiment must still find its bundles (raises ExperimentError if not).
+                next_experiment(state.live, None, reg, state.settings.experiment_salt)
                 # Registered items are re-encoded by the new bundles before they serve.
                 await swap_in(state.items, reg, state.install)
             state.metrics.reloads.labels("ok").inc()
             log.info("new bundles picked up: %s", ", ".join(f"{b.name} {b.version}" for b in reg.bundles.values()))
-        except BundleError as exc:
+        except (BundleError, ExperimentError) as exc:
             state.metrics.reloads.labels("rejected").inc()
             log.warning("new bundle refused, previous bundles keep serving: %s", exc)
         except Exception:  # the watcher must never die silently

@@ -90,14 +90,14 @@ def training_case(case: dict[str, Any]) -> tuple[Any, Any, Any, Any, Any]:
 
     from training.data import leave_one_out, prepare
     from training.evaluate import popularity_scores
-    from training.zoo import build_model, get_spec
+    from training.zoo import build_model, get_spec, resolve
 
     spec = get_spec(case["model"])
     data = prepare(case["dataset"])
     split = leave_one_out(data)
-    tc = spec.train_defaults.updated(**{k: v for k, v in case["train"].items() if k != "extra"})
-    tc = tc.updated(extra={**tc.extra, **case["train"].get("extra", {})})
+    # case["train"] may hold the task options under "extra" (read by resolve) or case["task"]
+    model_over, tc, task_cfg = resolve(case["model"], case["model_overrides"], case["train"], case.get("task"))
     torch.manual_seed(0)
-    model = build_model(case["model"], data.num_items, case["model_overrides"])
-    task = spec.make_task(model.cfg, tc, popularity_scores(split.train, data.num_items))
+    model = build_model(case["model"], data.num_items, model_over)
+    task = spec.make_task(model.cfg, tc, task_cfg, popularity_scores(split.train, data.num_items))
     return data, split, tc, model, task

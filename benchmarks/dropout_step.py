@@ -29,7 +29,7 @@ import torch
 from benchmarks.common import step_benchmark_main, training_case
 from benchmarks.sampled_step import CASES as SAMPLED_CASES
 from models import layers
-from training.train import adamw
+from training.optim import adamw
 
 CASES: dict[str, dict[str, Any]] = {
     "sasrec-ml-1m-recipe": {

@@ -2,13 +2,13 @@
 # The GPU checks as one prepared script for a short GPU run (an H100/H200 for about 15 minutes),
 # so nothing here is tuned on the GPU: every recipe is the CPU one.
 #
-#   sasrec    SASRec ML-1M recipe to early stop (2-min cap): the time to validation NDCG@10 0.18
-#             (target: under 60 s of training), per-epoch time, wall time to the best epoch, test.
-#   bert4rec  BERT4Rec ML-1M recipe with its lr decay fitted to a 4.5-min budget (target: the
+#   sasrec    recipes/sasrec-ml-1m.toml with 2 blocks, to early stop (2-min cap): the time to validation
+#             NDCG@10 0.18 (target: under 60 s of training), per-epoch time, wall time to the best epoch, test.
+#   bert4rec  recipes/bert4rec-ml-1m.toml with its lr decay fitted to a 4.5-min budget (target: the
 #             best epoch inside 5 minutes), per-epoch time, test.
-#   gru4rec   GRU4Rec ML-1M full-softmax recipe, 1.5-min cap: per-epoch time.
-#   sasrec4   (not in the default set) the four-block SASRec recipe, 3-min cap: the quality
-#             recipe's GPU time to its best epoch; a second call, as the three above fill one.
+#   gru4rec   recipes/gru4rec-ml-1m.toml (full softmax), 1.5-min cap: per-epoch time.
+#   sasrec4   (not in the default set) recipes/sasrec-ml-1m.toml as it is (4 blocks), 3-min cap: the
+#             quality recipe's GPU time to its best epoch; a second call, as the three above fill one.
 #
 # Usage, from the repository root (the prepared datasets travel as .seqrec_cache; the device
 # machine cannot reach ../shared/data):
@@ -32,10 +32,10 @@ if [[ $DRY == 1 ]]; then
     DEST=$scratch/results
     LOGS=$scratch/logs
     RUNS=$scratch/runs
-    EXTRA=(--train max_users=300 --train epochs=1 --train device=cpu --train num_threads=1)
+    EXTRA=(--set train.max_users=300 --set train.epochs=1 --set train.device=cpu --set train.num_threads=1)
     TAG=dryrun
 else
-    EXTRA=()
+    EXTRA=(--set train.num_threads=none)  # the recipes' CPU thread counts do not apply
     TAG=gpu
     if ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
         echo "gpu_checks: torch sees no CUDA device here (GPU_CHECKS_DRY_RUN=1 checks the script on a CPU)" >&2
@@ -63,33 +63,24 @@ run() {  # run NAME ARGS...: one train_quality run, its log kept, a failure repo
     fi
 }
 
-# The SASRec ML-1M recipe (README, "The user's own items are not negatives"); the parts add depth and budgets.
-SASREC=(--model sasrec --dataset ml-1m --set positions=absolute --set init_std=0.02 --set dropout=0.1
-    --train lr=0.001 --train eval_every=1 --train patience=10 --train epochs=200 --train seed=42
-    --train extra.exclude_seen=true)
-
 failed=0
 parts=${*:-sasrec bert4rec gru4rec}
 for part in $parts; do
     case $part in
     sasrec)
-        run sasrec-ml-1m "${SASREC[@]}" --train max_minutes=2 --target-ndcg 0.18 \
-            --tag "$TAG-recipe-exclude-seen-seed42"
+        run sasrec-ml-1m --recipe recipes/sasrec-ml-1m.toml --set model.num_layers=2 --set train.max_minutes=2 \
+            --target-ndcg 0.18 --tag "$TAG-recipe-exclude-seen-seed42"
         ;;
     sasrec4)
-        run sasrec4-ml-1m "${SASREC[@]}" --set num_layers=4 --train max_minutes=3 --target-ndcg 0.18 \
+        run sasrec4-ml-1m --recipe recipes/sasrec-ml-1m.toml --set train.max_minutes=3 --target-ndcg 0.18 \
             --target-ndcg 0.2 --tag "$TAG-recipe-exclude-seen-4layers-seed42"
         ;;
     bert4rec)
-        run bert4rec-ml-1m --model bert4rec --dataset ml-1m --train bucket=true --train batch_size=32 \
-            --train lr=0.001 --train eval_every=2 --train patience=100 --train max_minutes=4.5 --train epochs=400 \
-            --train extra.exclude_seen=true --train ema=0.999 --train lr_schedule=wsd --train decay_fraction=0.2 \
+        run bert4rec-ml-1m --recipe recipes/bert4rec-ml-1m.toml --set train.max_minutes=4.5 \
             --target-ndcg 0.165 --tag "$TAG-bucket-b32-exclude-seen-ema0.999-wsd0.2-4.5min"
         ;;
     gru4rec)
-        run gru4rec-ml-1m --model gru4rec --dataset ml-1m --set dropout=0.2 --train lr=0.003 \
-            --train extra.parallel=padded --train extra.n_extra_negatives=-1 --train bucket=true --train epochs=100 \
-            --train eval_every=2 --train patience=3 --train max_minutes=1.5 --target-ndcg 0.16 \
+        run gru4rec-ml-1m --recipe recipes/gru4rec-ml-1m.toml --set train.max_minutes=1.5 --target-ndcg 0.16 \
             --tag "$TAG-fullce-1.5min"
         ;;
     *)

@@ -7,7 +7,7 @@ before: the textbook sampled softmax (a (T, K) comparison to mask negatives equa
         torch's default multi-tensor AdamW (~10 passes over every parameter tensor);
 after:  training.losses.sampled_softmax (log-sum-exp of the positive and the negatives without
         the concatenation, collisions by binary search, -log q and b^O added inside the GEMM for
-        the sampled rows only) and fused AdamW (training.train.adamw).
+        the sampled rows only) and fused AdamW (training.optim.adamw).
 
 Two copies of one model, each with its own optimiser, take the same batches alternately with
 the same negatives and dropout masks, so a busy machine slows both alike and their losses must
@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 from benchmarks.common import step_benchmark_main, training_case
 from training import losses
-from training.train import adamw
+from training.optim import adamw
 
 SAMPLED = losses.sampled_softmax
 

@@ -3,7 +3,10 @@
 Writes benchmarks/results/train-<model>-<dataset>-<device>[-tag].json with per-epoch times,
 wall time to the best epoch, and full-ranking validation/test metrics of the best epoch.
 
-    python benchmarks/train_quality.py --model sasrec --dataset ml-1m [--set key=value ...]
+Takes the recipe files and the --set grammar of `seqrec train` (training/config.py):
+
+    python benchmarks/train_quality.py --recipe recipes/sasrec-ml-1m.toml [--set train.max_minutes=30 ...]
+    python benchmarks/train_quality.py --model sasrec --dataset ml-1m --set task.exclude_seen=true
 """
 
 from __future__ import annotations
@@ -18,20 +21,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import RESULTS, write_result
-from training.data import (
-    leave_one_out,
-    prepare,
-)
+from training.config import ConfigError, Recipe, merge_tables, parse_overrides, split_model_table
+from training.data import leave_one_out, prepare, prepare_file
 from training.evaluate import full_rank_eval, popularity_score_fn, popularity_scores
 from training.train import train
-from training.zoo import get_spec
-
-
-def parse_value(raw: str):
-    try:
-        return json.loads(raw)
-    except json.JSONDecodeError:
-        return raw
+from training.zoo import resolve
 
 
 def time_to_target(rows: list[dict], target: float) -> dict | None:
@@ -55,10 +49,16 @@ def time_to_target(rows: list[dict], target: float) -> dict | None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="sasrec")
-    ap.add_argument("--dataset", default="ml-1m")
-    ap.add_argument("--set", action="append", default=[], help="model option key=value")
-    ap.add_argument("--train", action="append", default=[], help="train option key=value (extra.* for task knobs)")
+    ap.add_argument("--recipe", type=Path, default=None, help="a recipe file (recipes/*.toml)")
+    ap.add_argument("--model", default=None, help="model (default: the recipe's, else sasrec)")
+    ap.add_argument("--dataset", default=None, help="named dataset (default: the recipe's, else ml-1m)")
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="TABLE.KEY=VALUE",
+        help="override one option (model., train. or task.), as `seqrec train --set`",
+    )
     ap.add_argument("--tag", default="", help="suffix for the result file name")
     ap.add_argument(
         "--target-ndcg",
@@ -73,21 +73,25 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=None, help="run directory (default runs/bench-...)")
     args = ap.parse_args()
 
-    model_over = {k: parse_value(v) for k, v in (s.split("=", 1) for s in args.set)}
-    train_over: dict = {}
-    extra: dict = {}
-    for k, v in (s.split("=", 1) for s in args.train):
-        if k.startswith("extra."):
-            extra[k[6:]] = parse_value(v)
-        else:
-            train_over[k] = parse_value(v)
-    if extra:
-        train_over["extra"] = {**get_spec(args.model).train_defaults.extra, **extra}
-    data = prepare(args.dataset)
+    try:
+        rec = Recipe.load(args.recipe) if args.recipe else None
+        cli = {"model": {"name": args.model} if args.model else {}, "train": {}, "task": {}}
+        tables = merge_tables(rec.tables if rec else {}, cli, parse_overrides(args.set))
+        model_name, model_table = split_model_table(tables["model"])
+        model_name = model_name or "sasrec"
+        model_over, tc, task_cfg = resolve(model_name, model_table, tables["train"], tables["task"])
+    except ConfigError as exc:
+        ap.error(str(exc))
+    if args.dataset is None and rec is not None and rec.file:
+        data = prepare_file(Path(rec.file))
+    else:
+        data = prepare(args.dataset or (rec.dataset if rec else None) or "ml-1m")
+    args.model, args.dataset = model_name, data.name
+    train_over = dict(tables["train"])
     tag = f"-{args.tag}" if args.tag else ""
     run_dir = args.out or Path("runs") / f"bench-{args.model}-{args.dataset}{tag}"
     t0 = time.perf_counter()
-    res = train(args.model, data, run_dir, model_over, train_over, progress=False)
+    res = train(args.model, data, run_dir, model_over, tc.to_dict(), progress=False, task_overrides=task_cfg.to_dict())
     wall = time.perf_counter() - t0
     final = json.loads((run_dir / "final.json").read_text())
     rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -103,8 +107,10 @@ def main() -> None:
         {
             "model": args.model,
             "dataset": data.stats(),
+            "recipe": str(args.recipe) if args.recipe else None,
             "model_overrides": model_over,
             "train_overrides": train_over,
+            "task_overrides": tables["task"],
             "config": json.loads((run_dir / "config.json").read_text()),
             "best_epoch": res.best_epoch,
             "epochs_run": len(rows),
@@ -127,7 +133,7 @@ def main() -> None:
                         "elapsed_seconds",
                         "valid_ndcg@10",
                         "valid_hr@10",
-                        "raw_valid_ndcg@10",  # the un-averaged weights, with --train ema
+                        "raw_valid_ndcg@10",  # the un-averaged weights, with train.ema
                     )
                 }
                 for r in rows

@@ -9,7 +9,12 @@
    by the serving image's entrypoint, sharing that Redis and the bundle directory;
 4. the drive: both ready on the same bundle; events written through one API are seen by the
    other; the training job runs again and both APIs switch to the new bundle without a
-   restart (same PIDs); optionally the mixed load benchmark (--bench SECONDS).
+   restart (same PIDs); optionally the mixed load benchmark (--bench SECONDS);
+5. with --live, the live loop: real traffic (the dataset's own timed events of `--live-users`
+   users) through the APIs, each recommendation scored by the user's next event; the job then
+   snapshots Redis, warm-starts from the served bundle, publishes the result as the treatment
+   of an experiment on both APIs; the split answers with both variants and GET /stats/online
+   shows per-variant online metrics.
 With --cluster, step 1 is the compose profile `cluster` instead: a Redis Cluster of 3 masters and
 3 replicas (scripts/local_cluster.py, each node on docker/redis-cluster.conf) and the APIs take its
 redis+cluster:// URL.
@@ -95,12 +100,79 @@ def drive(topo: Topology, dataset: str, train_args: str, retrain: bool, results:
         results["releases"] = releases
 
 
+def live_loop(topo: Topology, dataset: str, train_args: str, users: int, results: dict) -> None:
+    """Traffic in, snapshot, warm-start retrain, publish as treatment, per-variant online metrics."""
+    sys.path.insert(0, str(ROOT))
+    from training.data import prepare
+
+    a, b = topo.bases()
+    key = {"X-API-Key": topo.api_key}
+    data = prepare(dataset)
+    control = (topo.bundle_root / "sasrec").resolve()
+    # The dataset's own events of the first `users` users, with their times, as live traffic;
+    # the last event of each user is held back for the scored round below.
+    events, last = [], {}
+    for u in range(min(users, data.num_users)):
+        seq, ts = data.sequence(u), data.times(u)
+        times = ts if ts is not None else range(len(seq))
+        for n, (i, t) in enumerate(zip(seq[:-1], times[:-1], strict=True)):
+            ev = {"user_id": f"live-{data.user_ids[u]}", "item_id": data.item_ids[i - 1], "timestamp": float(t)}
+            events.append({**ev, "event_id": f"e{n}"})
+        last[f"live-{data.user_ids[u]}"] = data.item_ids[seq[-1] - 1]
+    for i in range(0, len(events), 500):
+        status, _ = http_json("POST", f"{(a, b)[i // 500 % 2]}/events", {"events": events[i : i + 500]}, key)
+        if status != 200:
+            raise SystemExit(f"POST /events: {status}")
+
+    def scored_round(nxt: dict[str, str]) -> dict[str, int]:
+        variants: dict[str, int] = {}
+        for n, (user, item) in enumerate(nxt.items()):
+            base = (a, b)[n % 2]
+            _, rec = http_json("GET", f"{base}/recommend/{user}?k=10")
+            variants[rec["variant"]] = variants.get(rec["variant"], 0) + 1
+            ev = {"user_id": user, "item_id": item, "timestamp": time.time(), "event_id": f"next-{rec['variant']}"}
+            status, out = http_json("POST", f"{(b, a)[n % 2]}/events", {"events": [ev]}, key)
+            if status != 200:
+                raise SystemExit(f"POST /events: {status} {out}")
+        return variants
+
+    before = scored_round(last)
+    check(before == {"default": len(last)}, "live traffic served by the default bundle", results)
+    t = time.monotonic()
+    treatment = topo.train(
+        dataset,
+        train_args,
+        REDIS_URL=topo.redis_url,
+        PUBLISH="treatment",
+        RELOAD_URLS=f"{a} {b}",
+        SEQREC_API_KEY=topo.api_key,
+    )
+    results["live_retrain_seconds"] = round(time.monotonic() - t, 1)
+    results["treatment"] = treatment.name
+    ready = [http_json("GET", f"{base}/readyz")[1] for base in (a, b)]
+    names = [sorted(x["name"] for x in r["bundles"]) for r in ready]
+    check(
+        all(n == sorted([control.name, treatment.name]) for n in names), "both APIs serve control + treatment", results
+    )
+    # The next events of the same users, now split between the variants.
+    after = scored_round({u: it for u, it in zip(last, reversed(list(last.values())), strict=True)})
+    check(set(after) == {"control", "treatment"}, "the experiment splits users between both bundles", results)
+    time.sleep(1.5)  # tracking runs in the background; counters are flushed every second
+    _, stats = http_json("GET", f"{a}/stats/online?minutes=60")
+    rows = {r["variant"]: r for r in stats["variants"]}
+    results["online"] = stats
+    ok = all(rows.get(v, {}).get("scored", 0) > 0 for v in ("default", "control", "treatment"))
+    check(ok, "GET /stats/online scores default, control and treatment", results)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dataset", default="ml-1m")
     ap.add_argument("--train-args", default="--epochs 1 --max-users 1500")
     ap.add_argument("--workers-per-api", type=int, default=1)
     ap.add_argument("--no-retrain", action="store_true", help="Skip the second training run.")
+    ap.add_argument("--live", action="store_true", help="Then close the live loop (snapshot, warm start, A/B).")
+    ap.add_argument("--live-users", type=int, default=300, help="Users whose events are replayed for --live.")
     ap.add_argument("--bench", type=float, default=0, help="Then run the mixed load for this many seconds.")
     ap.add_argument("--bench-out", type=Path, default=ROOT / "benchmarks/results/mixed_load")
     ap.add_argument("--cluster", action="store_true", help="A 3-master, 3-replica Redis Cluster instead of one Redis.")
@@ -127,6 +199,8 @@ def main() -> None:
         topo.start_apis()
         print(f"APIs on {topo.api_ports}", flush=True)
         drive(topo, args.dataset, args.train_args, not args.no_retrain, results)
+        if args.live:
+            live_loop(topo, args.dataset, args.train_args, args.live_users, results)
         if args.bench:
             run_and_report(topo, args.bench, args.bench_out, " ".join(["python", *sys.argv]))
     finally:

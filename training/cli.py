@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import sys
 import time
+import typing
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -173,18 +175,47 @@ def _check_eval(data: Any, split: Any, max_users: int | None, minimum: int) -> N
         _fail(str(exc))
 
 
-def _parse_sets(pairs: list[str]) -> dict[str, Any]:
-    """`key=value` pairs; values parsed as JSON when they can be (numbers, true/false, null)."""
-    out: dict[str, Any] = {}
-    for pair in pairs:
-        if "=" not in pair:
-            _fail(f"--set expects key=value, got {pair!r}")
-        key, raw = pair.split("=", 1)
-        try:
-            out[key.strip()] = json.loads(raw)
-        except json.JSONDecodeError:
-            out[key.strip()] = raw
-    return out
+def _overrides(pairs: list[str] | None) -> dict[str, dict[str, Any]]:
+    from training.config import ConfigError, parse_overrides
+
+    try:
+        return parse_overrides(pairs or [])
+    except ConfigError as exc:
+        _fail(str(exc))
+        raise  # unreachable: _fail exits
+
+
+def _train_flag(f: Any, hint: Any) -> inspect.Parameter:
+    """A `--name` option for one TrainConfig field: same type, its help, None = not given."""
+    base = next((a for a in typing.get_args(hint) if a is not type(None)), hint)
+    default = f.default
+    shown = "none" if default is None else str(default).lower() if isinstance(default, bool) else default
+    flag = f"--{f.name.replace('_', '-')}"
+    opt = typer.Option(
+        flag if base is not bool else f"{flag}/--no-{flag[2:]}",
+        help=f"{f.metadata['help']} (train.{f.name}; default {shown}; per model: seqrec options)",
+        show_default=False,
+    )
+    return inspect.Parameter(
+        f.name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[base | None, opt]
+    )
+
+
+def _with_train_flags(func: Any) -> Any:
+    """Give `func` (which takes **flags) one CLI option per TrainConfig field: the flags are built
+    from the dataclass, so a new option, its type and its help are declared once."""
+    from dataclasses import fields
+
+    from training.config import TrainConfig
+
+    hints = typing.get_type_hints(TrainConfig)
+    sig = inspect.signature(func, eval_str=True)
+    own = [p for p in sig.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
+    taken = {p.name for p in own}
+    extra = [_train_flag(f, hints[f.name]) for f in fields(TrainConfig) if f.name not in taken]
+    func.__signature__ = sig.replace(parameters=[*own, *extra])
+    func.__annotations__ = {**{p.name: p.annotation for p in own}, **{p.name: p.annotation for p in extra}}
+    return func
 
 
 @app.command()
@@ -251,80 +282,57 @@ def prepare(
 
 
 @app.command()
+def download(
+    dataset: Annotated[str, typer.Argument(help="Dataset name: ml-1m, ml-1m-ratings, ml-100k, beauty, office.")],
+    data_dir: DataDirOpt = None,
+    force: Annotated[bool, typer.Option(help="Fetch again even when verified files are there.")] = False,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar per file.")] = True,
+) -> None:
+    """Fetch a public dataset into the data dir, verified against pinned checksums (docs/recipes.md)."""
+    from training.data import DatasetError
+    from training.data.download import download as fetch_dataset
+    from training.data.readers import default_data_dir
+
+    target = data_dir or default_data_dir()
+    try:
+        files = fetch_dataset(dataset, target, progress=progress, force=force)
+    except DatasetError as exc:
+        _fail(str(exc))
+    typer.echo(json.dumps({"dataset": dataset, "data_dir": str(target), "files": [str(f) for f in files]}))
+
+
+@app.command()
+@_with_train_flags
 def train(
-    model: Annotated[
-        str, typer.Option(help="Model: sasrec, bert4rec, gru4rec, unisrec (see training/zoo.py).")
-    ] = "sasrec",
-    dataset: Annotated[
-        str, typer.Option(help="Named dataset, or a name given to `seqrec prepare --file ... --name NAME`.")
-    ] = "ml-1m",
-    file: FileOpt = None,
-    out: Annotated[Path | None, typer.Option(help="Run directory (default runs/<model>-<dataset>-<time>).")] = None,
-    epochs: Annotated[int | None, typer.Option(help="Maximum epochs (model default when omitted).")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Sequences per batch.")] = None,
-    lr: Annotated[float | None, typer.Option(help="AdamW learning rate.")] = None,
-    weight_decay: Annotated[float | None, typer.Option(help="AdamW weight decay.")] = None,
-    loss: Annotated[
-        str | None,
-        typer.Option(
-            help="Loss: ce (full softmax), bce (sampled negatives), sampled (sampled softmax); "
-            "gru4rec also bpr-max, top1-max."
-        ),
+    recipe: Annotated[
+        Path | None,
+        typer.Option(help="A recipe file (recipes/*.toml): its model (with name), train and task tables, its dataset."),
     ] = None,
-    num_negatives: Annotated[
-        int | None, typer.Option(help="Negatives per positive (bce) or per batch (sampled).")
-    ] = None,
-    patience: Annotated[
-        int | None, typer.Option(help="Evaluations without validation NDCG@10 gain before stopping.")
-    ] = None,
-    eval_every: Annotated[int | None, typer.Option(help="Evaluate on validation every N epochs.")] = None,
-    max_minutes: Annotated[
-        float | None, typer.Option(help="Stop after the epoch that crosses this wall-clock budget.")
-    ] = None,
-    max_users: Annotated[int | None, typer.Option(help="Use only the first N users (quick experiments).")] = None,
-    seed: Annotated[int | None, typer.Option(help="Random seed (data order, init, sampling).")] = None,
-    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N.")] = None,
-    lr_schedule: Annotated[
-        str | None,
-        typer.Option(
-            help="constant; cosine: linear warm-up, then cosine decay to 0 at --epochs, or where "
-            "--max-minutes will stop training if that comes first (estimated from the pace so far); "
-            "wsd: warm-up, the peak lr held, then a linear decay to 0 over the last --decay-fraction "
-            "of the run (same end)."
-        ),
-    ] = None,
-    decay_fraction: Annotated[
-        float | None, typer.Option(help="wsd only: the final fraction of the run over which the lr decays to 0.")
-    ] = None,
-    warmup_epochs: Annotated[float | None, typer.Option(help="Epochs of linear learning-rate warm-up.")] = None,
-    bucket: Annotated[
-        bool | None,
-        typer.Option(help="Length-bucketed batches: rows of similar length together, less padding, faster epochs."),
-    ] = None,
-    amp_cpu: Annotated[
-        bool | None,
-        typer.Option(help="bf16 autocast on CPU too (faster where the CPU has AVX512-BF16/AMX; CUDA always uses it)."),
-    ] = None,
-    ema: Annotated[
-        float | None,
-        typer.Option(
-            help="Decay of an exponential moving average of the weights (e.g. 0.995; 0 = off). Validation, "
-            "early stopping, the checkpoint and export use the average; horizon ~ 1/(1-decay) steps."
-        ),
-    ] = None,
-    max_len: Annotated[int | None, typer.Option(help="Maximum history length the model reads.")] = None,
-    dim: Annotated[int | None, typer.Option(help="Hidden size / embedding dimension.")] = None,
-    num_layers: Annotated[int | None, typer.Option(help="Number of transformer / GRU layers.")] = None,
-    dropout: Annotated[float | None, typer.Option(help="Dropout rate.")] = None,
     set_: Annotated[
         list[str] | None,
         typer.Option(
             "--set",
-            help="Any other model option as key=value "
-            "(e.g. --set num_heads=2 --set norm_first=false); "
-            "train options as train.key=value.",
+            help="Override one option: TABLE.KEY=VALUE with TABLE model, train or task (e.g. --set train.lr=0.002 "
+            "--set model.num_layers=4 --set task.mask_prob=0.3); repeatable; wins over the recipe and the flags. "
+            "`seqrec options` lists every key.",
         ),
     ] = None,
+    model: Annotated[
+        str | None, typer.Option(help="Model: sasrec, bert4rec, gru4rec, unisrec (default: the recipe's, else sasrec).")
+    ] = None,
+    dataset: Annotated[
+        str | None,
+        typer.Option(
+            help="Named dataset, or a name given to `seqrec prepare --file ... --name NAME` "
+            "(default: the recipe's, else ml-1m)."
+        ),
+    ] = None,
+    file: FileOpt = None,
+    out: Annotated[Path | None, typer.Option(help="Run directory (default runs/<model>-<dataset>-<time>).")] = None,
+    max_len: Annotated[int | None, typer.Option(help="model.max_len: the history length the model reads.")] = None,
+    dim: Annotated[int | None, typer.Option(help="model.dim: hidden size / embedding dimension.")] = None,
+    num_layers: Annotated[int | None, typer.Option(help="model.num_layers: transformer blocks / GRU layers.")] = None,
+    dropout: Annotated[float | None, typer.Option(help="model.dropout: dropout rate.")] = None,
     sessions: Annotated[
         str | None,
         typer.Option(
@@ -341,61 +349,71 @@ def train(
     ] = 10,
     init: Annotated[
         Path | None,
-        typer.Option(help="UniSRec: start from a `seqrec pretrain` checkpoint (adaptor + transformer)."),
+        typer.Option(
+            help="Warm start from a previous bundle directory or best.pt (any model: item rows matched by id, "
+            "new items at the mean row, the source's architecture unless overridden); task.init: UniSRec also "
+            "takes a `seqrec pretrain` checkpoint (adaptor + transformer)."
+        ),
     ] = None,
     data_dir: DataDirOpt = None,
     cache_dir: CacheDirOpt = None,
     progress: Annotated[bool | None, typer.Option(help="Show progress bars (default: only on a terminal).")] = None,
+    **flags: Any,
 ) -> None:
-    """Train a model with early stopping on validation NDCG@10; writes checkpoint, metrics and a learning curve."""
-    from training.train import train as run_train
-    from training.zoo import MODELS
+    """Train a model with early stopping on validation NDCG@10; writes checkpoint, metrics and a learning curve.
 
-    if model not in MODELS:
-        _fail(f"unknown model {model!r}; known: {', '.join(MODELS)}")
-    data = _load_data(dataset, file, data_dir, cache_dir)
-    sets = _parse_sets(set_ or [])
-    model_over = {k: v for k, v in sets.items() if not k.startswith("train.")}
-    model_over.update(
+    Options come, lowest first, from the model's defaults, the --recipe file, the flags, then --set.
+    """
+    from training.config import ConfigError, Recipe, merge_tables, split_model_table
+    from training.train import train as run_train
+    from training.zoo import resolve
+
+    layers: list[dict[str, dict[str, Any]]] = []
+    rec = None
+    if recipe is not None:
+        try:
+            rec = Recipe.load(recipe)
+        except ConfigError as exc:
+            _fail(str(exc))
+        layers.append(rec.tables)
+    warm_from = None
+    if init is not None:
+        from training.warm_start import WarmStartError, is_warm_start_source, load_source
+
+        if is_warm_start_source(init):
+            # A bundle or checkpoint to warm-start from: its architecture (and kind) unless overridden.
+            warm_from = init
+            try:
+                src = load_source(init)
+            except WarmStartError as exc:
+                _fail(str(exc))
+            cfg = {k: v for k, v in src.model_config.items() if k != "num_items"}
+            layers.append({"model": {"name": src.kind, **cfg}, "train": {}, "task": {}})
+        elif not init.exists():
+            _fail(f"{init}: not found (neither a bundle directory nor a checkpoint file)")
+    flag_model = {"max_len": max_len, "dim": dim, "num_layers": num_layers, "dropout": dropout}
+    layers.append(
         {
-            k: v
-            for k, v in {"max_len": max_len, "dim": dim, "num_layers": num_layers, "dropout": dropout}.items()
-            if v is not None
+            "model": {k: v for k, v in flag_model.items() if v is not None} | ({"name": model} if model else {}),
+            "train": {k: v for k, v in flags.items() if v is not None},
+            "task": {"init": str(init)} if init is not None and warm_from is None else {},
         }
     )
-    extra = {k[6:]: v for k, v in sets.items() if k.startswith("train.")}
-    if init is not None:
-        if not init.is_file():
-            _fail(f"{init}: pre-trained checkpoint not found")
-        extra["init"] = str(init)
-    train_over: dict[str, Any] = {
-        "epochs": epochs,
-        "batch_size": batch_size,
-        "lr": lr,
-        "weight_decay": weight_decay,
-        "loss": loss,
-        "num_negatives": num_negatives,
-        "patience": patience,
-        "eval_every": eval_every,
-        "max_minutes": max_minutes,
-        "max_users": max_users,
-        "seed": seed,
-        "device": device,
-        "lr_schedule": lr_schedule,
-        "warmup_epochs": warmup_epochs,
-        "decay_fraction": decay_fraction,
-        "bucket": bucket,
-        "amp_cpu": amp_cpu,
-        "ema": ema,
-    }
-    from training.config import TrainConfig
-
-    known_train = set(TrainConfig.__dataclass_fields__)
-    for k in list(extra):
-        if k in known_train:
-            train_over[k] = extra.pop(k)
-    if extra:
-        train_over["extra"] = {**MODELS[model].train_defaults.extra, **extra}
+    layers.append(_overrides(set_))
+    tables = merge_tables(*layers)
+    name, model_over = split_model_table(tables["model"])
+    name = name or "sasrec"
+    try:
+        model_over, tc, task_cfg = resolve(name, model_over, tables["train"], tables["task"])
+    except ConfigError as exc:
+        _fail(str(exc))
+    init_path = getattr(task_cfg, "init", None)
+    if init_path is not None and not Path(init_path).is_file():
+        _fail(f"{init_path}: pre-trained checkpoint not found")
+    if file is None and dataset is None and rec is not None and rec.file:
+        file = Path(rec.file)
+    dataset = dataset or (rec.dataset if rec is not None else None) or "ml-1m"
+    data = _load_data(dataset, file, data_dir, cache_dir)
     split = None
     if sessions is not None:
         from training.data import DatasetError
@@ -407,11 +425,20 @@ def train(
             data, split = session_protocol(data, sessions, session_gap, session_test_frac)
         except DatasetError as exc:
             _fail(str(exc))
-    _check_eval(data, split, max_users, min_eval_queries)
-    run_dir = out or Path("runs") / f"{model}-{data.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    _check_eval(data, split, tc.max_users, min_eval_queries)
+    run_dir = out or Path("runs") / f"{name}-{data.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     try:
         result = run_train(
-            model, data, run_dir, model_over, train_over, progress=progress, split=split, exclude_history=split is None
+            name,
+            data,
+            run_dir,
+            model_over,
+            tc.to_dict(),
+            progress=progress,
+            split=split,
+            exclude_history=split is None,
+            task_overrides=task_cfg.to_dict(),
+            init=warm_from,
         )
     except ValueError as exc:
         _fail(str(exc))
@@ -436,6 +463,20 @@ def train(
             }
         )
     )
+
+
+@app.command()
+def options(
+    model: Annotated[str | None, typer.Option(help="Show this model's defaults (default: every model).")] = None,
+    markdown: Annotated[bool, typer.Option(help="Print Markdown tables (as in docs/recipes.md).")] = False,
+) -> None:
+    """Every option a recipe or --set can name: [model], [train] and [task] keys, types, defaults, help."""
+    from training.options_doc import options_markdown, options_text
+
+    try:
+        typer.echo(options_markdown(model) if markdown else options_text(model))
+    except ValueError as exc:
+        _fail(str(exc))
 
 
 @app.command()
@@ -466,7 +507,10 @@ def pretrain(
     seed: Annotated[int, typer.Option(help="Random seed.")] = 42,
     set_: Annotated[
         list[str] | None,
-        typer.Option("--set", help="UniSRec model options as key=value (dim, num_layers, max_len, text_encoder...)."),
+        typer.Option(
+            "--set",
+            help="UniSRec model options as model.KEY=VALUE (model.dim, model.num_layers, model.text_encoder...).",
+        ),
     ] = None,
     data_dir: DataDirOpt = None,
     cache_dir: CacheDirOpt = None,
@@ -487,10 +531,17 @@ def pretrain(
     if not names:
         _fail("nothing to pre-train on: give --datasets or --file")
     pc = PretrainConfig(names, epochs, batch_size, lr, lam, item_drop, word_drop, max_minutes, seed)
-    from training.zoo import MODELS
+    from training.config import ConfigError, check_fields
+    from training.zoo import get_spec
 
-    overrides = {**MODELS["unisrec"].model_defaults, **_parse_sets(set_ or [])}
-    overrides.pop("mode", None)
+    sets = _overrides(set_)
+    if sets["train"] or sets["task"]:
+        _fail("pretrain --set takes model.KEY=VALUE only (the pre-training options are flags)")
+    try:
+        overrides = check_fields(get_spec("unisrec").config_cls, sets["model"], "model")
+    except ConfigError as exc:
+        _fail(str(exc))
+    overrides.pop("mode", None)  # pre-training reads text only (inductive)
     try:
         path = run_pretrain(pc, out, overrides, data_dir, cache_dir)
     except (DatasetError, ValueError) as exc:
@@ -527,10 +578,10 @@ def evaluate(
 ) -> None:
     """Full-ranking HR/NDCG/MRR@{1,5,10,20} on the split the checkpoint was trained with
     (leave-one-out, or next-item-in-session when trained with --sessions)."""
+    from training.checkpoint import load_checkpoint
     from training.data import DatasetError, FileOptions, data_from_meta, leave_one_out, to_sessions
     from training.evaluate import full_rank_eval, popularity_score_fn, popularity_scores, sampled_eval
     from training.sessions import session_split
-    from training.train import load_checkpoint
 
     if split not in ("valid", "test"):
         _fail("--split must be valid or test")
@@ -607,9 +658,9 @@ def export(
     data_dir: DataDirOpt = None,
 ) -> None:
     """Write the artifact bundle: ONNX + TorchScript, item vectors, ids, popularity, manifest."""
+    from training.checkpoint import load_checkpoint
     from training.data import DatasetError, item_text
     from training.export import ExportError, export_bundle
-    from training.train import load_checkpoint
 
     try:
         _, ckpt = load_checkpoint(checkpoint)
@@ -643,6 +694,40 @@ def _print_examples(settings: Any, host: str, port: int) -> None:
     typer.echo(f"  curl -s -X POST {base}/events -H 'Content-Type: application/json'{key} -d '{body}'")
     typer.echo(f"  curl -s '{base}/recommend/demo-user?k=5'")
     typer.echo(f"\nOpenAPI docs: {base}/docs   (Ctrl-C stops the server)\n")
+
+
+@app.command()
+def snapshot(
+    redis_url: Annotated[
+        str,
+        typer.Option(
+            help="Redis URL of the event store: redis://host:port/db, or redis+cluster://host:port,... for a cluster."
+        ),
+    ],
+    out: Annotated[Path, typer.Option(help="Output file: Parquet, or CSV when the name ends in .csv.")] = Path(
+        "events.parquet"
+    ),
+    prefix: Annotated[str, typer.Option(help="Key prefix the service writes (SEQREC_KEY_PREFIX).")] = "seqrec:",
+    progress: Annotated[bool | None, typer.Option(help="Show a progress bar (default: only on a terminal).")] = None,
+) -> None:
+    """Stream every user's history out of Redis into user_id, item_id, timestamp, event_id rows."""
+    from training.snapshot import SnapshotError, connect
+    from training.snapshot import snapshot as run_snapshot
+
+    try:
+        result = run_snapshot(connect(redis_url), out, prefix=prefix, progress=progress)
+    except SnapshotError as exc:
+        _fail(str(exc), code=1)
+    typer.echo(
+        json.dumps(
+            {
+                "out": str(result.path),
+                "users": result.users,
+                "events": result.events,
+                "seconds": round(result.seconds, 2),
+            }
+        )
+    )
 
 
 @app.command()
@@ -684,9 +769,16 @@ def serve(
         # /metrics must add up every worker, not show whichever one answered the scrape.
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="seqrec-metrics-")
     try:
-        Settings()
+        settings = Settings()
     except Exception as exc:  # pydantic ValidationError: report it plainly instead of a traceback
         _fail(f"invalid settings: {exc}")
+    if settings.experiment:
+        from app.experiment import Experiment, ExperimentError
+
+        try:  # the syntax here; the bundle names once the bundles are loaded (at start-up)
+            Experiment.parse(settings.experiment, settings.experiment_salt)
+        except ExperimentError as exc:
+            _fail(f"SEQREC_EXPERIMENT: {exc}")
     if examples:
         _print_examples(Settings(), host, port)
     uvicorn.run(
@@ -702,24 +794,49 @@ def serve(
 
 @app.command()
 def demo(
-    dataset: Annotated[str, typer.Option(help="Named dataset to prepare and train on.")] = "ml-1m",
-    epochs: Annotated[int, typer.Option(help="Training epochs (a brief run: the demo is about the pipeline).")] = 3,
+    recipe: Annotated[Path, typer.Option(help="The recipe of the demo model (run from the repository root).")] = Path(
+        "recipes/demo-ml-1m.toml"
+    ),
+    dataset: Annotated[str | None, typer.Option(help="Named dataset (default: the recipe's).")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Override the recipe's epoch limit.")] = None,
     out: Annotated[Path, typer.Option(help="Run directory of the demo model.")] = Path("runs/demo-sasrec"),
     artifacts: Annotated[Path, typer.Option(help="Folder that receives the demo bundle.")] = Path("artifacts"),
     port: Annotated[int, typer.Option(help="Port of the demo server on 127.0.0.1.")] = 8000,
     data_dir: DataDirOpt = None,
     cache_dir: CacheDirOpt = None,
 ) -> None:
-    """The whole pipeline in one command: prepare, train SASRec briefly, evaluate, export, serve."""
+    """The whole pipeline in one command: prepare, train the demo recipe (~2 min), evaluate, export, serve."""
     import shutil
 
+    from training.config import ConfigError, Recipe
+    from training.data import DatasetError
+    from training.data import prepare as prepare_data
+    from training.data.readers import default_data_dir
+
+    try:
+        rec = Recipe.load(recipe)
+    except ConfigError as exc:
+        _fail(f"{exc} (run `make demo` from the repository root, or pass --recipe)")
+    name = dataset or rec.dataset or "ml-1m"
+    where = data_dir or default_data_dir()
+    try:
+        # ML-1M is fetched from its public addresses when its folder is missing (seqrec download).
+        prepare_data(name, data_dir, cache_dir)
+    except DatasetError as exc:
+        _fail(
+            f"{exc}\n\nThe demo needs {name} under {where}. Either fetch it (internet: GroupLens and GitHub):\n"
+            f"    seqrec download {name} --data-dir data\n"
+            "or point --data-dir (or SEQREC_DATA_DIR) at a folder that holds it "
+            "(e.g. ml-1m/ml-1m.sasrec.txt); then run `make demo` again."
+        )
     # The commands are plain functions with real defaults: the demo is the documented CLI, chained.
-    prepare(dataset=dataset, data_dir=data_dir, cache_dir=cache_dir)
-    train(model="sasrec", dataset=dataset, out=out, epochs=epochs, data_dir=data_dir, cache_dir=cache_dir)
+    prepare(dataset=name, data_dir=data_dir, cache_dir=cache_dir)
+    train(recipe=recipe, dataset=name, out=out, data_dir=data_dir, cache_dir=cache_dir, epochs=epochs)
     evaluate(out / "best.pt", popularity_baseline=True, data_dir=data_dir, cache_dir=cache_dir)
-    shutil.rmtree(artifacts / "demo-sasrec", ignore_errors=True)
-    export(out / "best.pt", out=artifacts, name="demo-sasrec", data_dir=data_dir)
-    serve(bundle=[artifacts / "demo-sasrec"], port=port, examples=True)
+    bundle_name = f"demo-{rec.model or 'sasrec'}"
+    shutil.rmtree(artifacts / bundle_name, ignore_errors=True)
+    export(out / "best.pt", out=artifacts, name=bundle_name, data_dir=data_dir)
+    serve(bundle=[artifacts / bundle_name], port=port, examples=True)
 
 
 def main() -> None:

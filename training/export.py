@@ -4,7 +4,9 @@ bundle/
   manifest.json      app.manifest.Manifest: format version, model, hyper-parameters, metrics,
                      fingerprints, sha256 of files (the schema the service validates on load)
   model.onnx         item_seq int64 [batch, len] (0 = padding) -> user_vec float32 [batch, dim]
-  model.ts           the same as TorchScript
+  model.ts           the same as TorchScript (torch.jit is deprecated in torch 2.13: see model.pt2)
+  model.pt2          the same as a torch.export program, on item_seq left-padded to exactly max_len
+                     (batch dynamic); torch.export.load(path).module() runs it (docs/recipes.md)
   item_vectors.npy   float32 [num_items, dim]: row r is item index r + 1 (padding row dropped)
   item_ids.json      external id of each row
   popularity.npy     float32 [num_items]: training counts, the fallback ranking
@@ -35,18 +37,15 @@ from pydantic import ValidationError
 
 from app.manifest import FORMAT_VERSION, Manifest, OnnxSpec
 from models.layers import SeqRecModel
+from training.checkpoint import load_checkpoint
 from training.clusters import write_clusters, write_layer_vectors
-from training.train import load_checkpoint
+from training.errors import ExportError
 
 BUNDLE_FORMAT = FORMAT_VERSION
 ONNX_OPSET = 17
 INPUT_NAME = "item_seq"
 OUTPUT_NAME = "user_vec"
 PARITY_TOL = 1e-4
-
-
-class ExportError(RuntimeError):
-    pass
 
 
 def sha256_file(path: Path) -> str:
@@ -84,6 +83,33 @@ def export_torchscript(model: SeqRecModel, path: Path, example: torch.Tensor) ->
         warnings.simplefilter("ignore")
         ts = torch.jit.trace(model, (example,), check_trace=False)
     ts.save(str(path))
+
+
+def export_program(model: SeqRecModel, path: Path) -> float | None:
+    """The model as a torch.export program (`.pt2`), the successor of TorchScript; returns the
+    max |program - eager| on padded probes, or None (and no file) where torch.export cannot
+    capture the model. The length is fixed at max_len: the models' truncation and padding
+    branches specialise a dynamic length, so callers left-pad (0) or cut to max_len first."""
+    from torch.export import Dim
+
+    from training.batching import pad_left
+
+    probes = [h[-model.max_len :] for h in random_histories(model.num_items, model.max_len)]
+    x = torch.as_tensor(pad_left(probes, model.max_len))  # (B, max_len), newest last
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            program = torch.export.export(model, (x[:2],), dynamic_shapes=({0: Dim.DYNAMIC},))
+        torch.export.save(program, str(path))
+        loaded = torch.export.load(str(path)).module()
+        with torch.no_grad():
+            worst = max(float((loaded(x[:n]) - model(x[:n])).abs().max()) for n in (len(x), 1))
+    except Exception as exc:  # torch.export is optional in a bundle: ONNX and TorchScript remain
+        reason = f"{type(exc).__name__}: {exc}"
+        warnings.warn(f"no model.pt2: torch.export could not capture the model ({reason})", stacklevel=2)
+        path.unlink(missing_ok=True)
+        return None
+    return worst
 
 
 def check_parity(model: SeqRecModel, onnx_path: Path, ts_path: Path, num_items: int) -> dict[str, float]:
@@ -140,6 +166,9 @@ def export_bundle(
         export_onnx(model, tmp / "model.onnx", example)
         export_torchscript(model, tmp / "model.ts", example)
         parity = check_parity(model, tmp / "model.onnx", tmp / "model.ts", num_items)
+        program_diff = export_program(model, tmp / "model.pt2")
+        if program_diff is not None:
+            parity["torch_export"] = program_diff
         if max(parity.values()) > PARITY_TOL:
             raise ExportError(f"exported graphs disagree with eager PyTorch: {parity}")
 

@@ -84,7 +84,7 @@ def row_items(num_rows: int, *parts: torch.Tensor) -> torch.Tensor:
 def check_exclude_seen(exclude_seen: bool, loss_name: str) -> None:
     """exclude_seen masks the full softmax; fail loudly rather than ignore it with another loss."""
     if exclude_seen and loss_name != "ce":
-        raise ValueError(f"train.exclude_seen works with loss ce only, not {loss_name!r}")
+        raise ValueError(f"task.exclude_seen works with loss ce only, not {loss_name!r}")
 
 
 class Task:

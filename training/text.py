@@ -129,9 +129,8 @@ def dataset_text(
     import sys
 
     from training.data import DatasetError, item_text
-    from training.data.files import FileOptions
+    from training.data.files import FileOptions, read_item_text_generic
     from training.data.items import MIN_TEXT_FRACTION, check_text_coverage
-    from training.data.readers import read_item_text_generic
 
     source = data.meta.get("source") or {}
     min_fraction = MIN_TEXT_FRACTION
@@ -142,7 +141,7 @@ def dataset_text(
         try:
             text = item_text(name or data.name.split("-sessions-")[0], data_dir, None if name else data.meta)
         except DatasetError as exc:
-            raise DatasetError(f"UniSRec needs item text: {exc} (or pass --set train.items_file=PATH)") from None
+            raise DatasetError(f"UniSRec needs item text: {exc} (or pass --set task.items_file=PATH)") from None
         if source.get("kind") == "files":
             opts = FileOptions.from_dict(source["options"])
             where = Path(opts.items_file or "").name

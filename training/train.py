@@ -1,4 +1,7 @@
-"""The shared training loop: AdamW, clipping, early stopping on validation NDCG@10.
+"""The shared training loop: batches, AdamW steps, clipping, early stopping on validation NDCG@10.
+
+The optimiser, weight average and learning-rate policy are in training/optim.py, checkpoint
+IO in training/checkpoint.py, the options in training/config.py.
 
 Writes into the run directory:
   best.pt              best checkpoint (weights, configs, item ids, popularity)
@@ -15,7 +18,6 @@ users, rank 0 evaluates and writes.
 from __future__ import annotations
 
 import json
-import math
 import os
 import random
 import signal
@@ -32,10 +34,22 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from models.layers import SeqRecModel
+from training.checkpoint import load_checkpoint, save_checkpoint
 from training.config import TrainConfig
 from training.data.preprocess import SeqData, Split, leave_one_out
 from training.evaluate import full_rank_eval, popularity_scores
-from training.zoo import build_model, get_spec
+from training.optim import LrFactor, adamw, budget_last_epoch, lr_scheduler, weight_average
+from training.zoo import build_model, get_spec, resolve
+
+__all__ = [  # the names callers import from here (the loop's helpers live in optim / checkpoint)
+    "TrainResult",
+    "budget_last_epoch",
+    "load_checkpoint",
+    "lr_scheduler",
+    "save_checkpoint",
+    "subset_split",
+    "train",
+]
 
 # Seconds between learning-curve redraws (see the epoch loop).
 PLOT_EVERY_S = 10.0
@@ -129,65 +143,6 @@ class StopRequest:
         print(f"{self.signal}: stopping after this epoch (send again to abort)", file=sys.stderr, flush=True)
 
 
-class LrFactor:
-    """Per-step learning-rate factor: linear warm-up, then constant, cosine decay to 0, or
-    "wsd": constant, then a linear decay to 0 over the final `decay_fraction` of the steps
-    (warm-up-stable-decay: the peak lr for most of the run, annealed only at its end).
-
-    The decay ends at `tc.epochs`, or earlier when the wall-clock budget (`tc.max_minutes`) will
-    stop training first: `end_at_epoch` moves the end once the epoch rate is known, so a budgeted
-    run anneals instead of stopping at its peak learning rate.
-    """
-
-    def __init__(self, tc: TrainConfig, steps_per_epoch: int) -> None:
-        if tc.lr_schedule not in ("constant", "cosine", "wsd"):
-            raise ValueError(f"unknown lr_schedule {tc.lr_schedule!r}: choose constant, cosine or wsd")
-        if not 0 < tc.decay_fraction <= 1:
-            raise ValueError(f"decay_fraction must be in (0, 1], got {tc.decay_fraction}")
-        self.schedule = tc.lr_schedule
-        self.decay_fraction = tc.decay_fraction
-        self.steps_per_epoch = max(steps_per_epoch, 1)
-        self.warmup = max(int(tc.warmup_epochs * steps_per_epoch), 0)
-        self.planned = max(tc.epochs * steps_per_epoch, self.warmup + 1)
-        self.total = self.planned
-
-    def end_at_epoch(self, epoch: int) -> None:
-        """Decay to 0 at the end of `epoch` instead (re-estimated every epoch, so either way;
-        never past `tc.epochs`, never inside the warm-up)."""
-        self.total = min(self.planned, max(epoch * self.steps_per_epoch, self.warmup + 1))
-
-    def finished(self, step: int) -> bool:
-        """A decaying schedule whose lr is 0 from `step` on: more steps cannot change the weights."""
-        return self.schedule != "constant" and step >= self.total  # total > warmup by construction
-
-    def __call__(self, step: int) -> float:
-        if step < self.warmup:
-            return (step + 1) / self.warmup
-        if self.schedule == "constant":
-            return 1.0
-        span = self.total - self.warmup
-        t = min(step - self.warmup, span)
-        if self.schedule == "cosine":
-            return 0.5 * (1.0 + math.cos(math.pi * t / span))
-        return min(1.0, (span - t) / max(self.decay_fraction * span, 1.0))  # wsd
-
-
-def budget_last_epoch(elapsed_s: float, epochs_done: int, max_minutes: float) -> int:
-    """The epoch a `max_minutes` budget will stop after, at the pace so far (evaluations included).
-
-    Training stops after the epoch that crosses the budget, hence the ceiling.
-    """
-    per_epoch = elapsed_s / max(epochs_done, 1)
-    return max(math.ceil(max_minutes * 60 / max(per_epoch, 1e-9)), epochs_done + 1)
-
-
-def lr_scheduler(
-    opt: torch.optim.Optimizer, tc: TrainConfig, steps_per_epoch: int
-) -> torch.optim.lr_scheduler.LambdaLR:
-    """LambdaLR over an `LrFactor` (reachable as `.lr_lambdas[0]` to move the cosine's end)."""
-    return torch.optim.lr_scheduler.LambdaLR(opt, LrFactor(tc, steps_per_epoch))
-
-
 def evaluate_model(
     model: SeqRecModel,
     hists: list[np.ndarray],
@@ -220,11 +175,19 @@ def train(
     progress: bool | None = None,
     split: Split | None = None,
     exclude_history: bool = True,
+    task_overrides: dict[str, Any] | None = None,
+    init: Path | None = None,
 ) -> TrainResult:
-    """`split` replaces the leave-one-out split (e.g. next-item-in-session, training/sessions.py);
-    `exclude_history=False` ranks already-seen items too (the session-based protocol)."""
+    """Train `model_name` on `data` into `run_dir`.
+
+    The overrides are the [model], [train] and [task] tables of a recipe (training/config.py),
+    checked against the dataclasses. `split` replaces the leave-one-out split (e.g.
+    next-item-in-session, training/sessions.py); `exclude_history=False` ranks already-seen
+    items too (the session-based protocol); `init` warm-starts from a bundle or checkpoint
+    (training/warm_start.py).
+    """
     spec = get_spec(model_name)
-    tc = spec.train_defaults.updated(**(train_overrides or {}))
+    model_overrides, tc, task_cfg = resolve(model_name, model_overrides, train_overrides, task_overrides)
     rank, world = _ddp()
     device = resolve_device(tc.device)
     if world > 1 and device.type == "cuda":
@@ -237,11 +200,21 @@ def train(
     split_given = split is not None
     split = subset_split(split if split is not None else leave_one_out(data), tc.max_users)
     popularity = popularity_scores(split.train, data.num_items)
+    warm = None
+    if init is not None:
+        from training import warm_start
+
+        source = warm_start.load_source(init)  # the source's architecture unless overridden
+        model_overrides = warm_start.model_overrides(source, model_name, model_overrides)
     model = build_model(model_name, data.num_items, model_overrides)
     if spec.setup is not None:
-        spec.setup(model, data, tc)
+        spec.setup(model, data, tc, task_cfg)
+    if init is not None:
+        warm = warm_start.apply(model, model_name, source, data.item_ids).summary()
+        if rank == 0:
+            print(warm, file=sys.stderr, flush=True)
     model = model.to(device)
-    task = spec.make_task(model.cfg, tc, popularity)  # type: ignore[attr-defined]
+    task = spec.make_task(model.cfg, tc, task_cfg, popularity)  # type: ignore[attr-defined]
     net: torch.nn.Module = TaskLoss(model, task)
     if world > 1:
         net = torch.nn.parallel.DistributedDataParallel(net)
@@ -269,7 +242,8 @@ def train(
                 {
                     "model": model_name,
                     "model_config": model.cfg.to_dict(),
-                    "train_config": tc.to_dict(),  # type: ignore[attr-defined]
+                    "train_config": tc.to_dict(),
+                    "task_config": task_cfg.to_dict(),
                     "dataset": data.stats(),
                     "data_fingerprint": data.fingerprint(),
                 },
@@ -331,7 +305,7 @@ def train(
                     row.update({"raw_valid_ndcg@10": raw["ndcg@10"], "raw_valid_hr@10": raw["hr@10"]})
                 if valid["ndcg@10"] > best:
                     best, best_epoch, bad_evals = valid["ndcg@10"], epoch, 0
-                    save_checkpoint(run_dir / "best.pt", model_name, kept, tc, data, popularity, epoch, valid)
+                    save_checkpoint(run_dir / "best.pt", model_name, kept, tc, task_cfg, data, popularity, epoch, valid)
                 else:
                     bad_evals += 1
                     if bad_evals >= tc.patience:
@@ -386,29 +360,11 @@ def train(
         "stop_reason": stop_reason,
         "protocol": "leave-one-out" if split_given is False else "custom split",
         "exclude_history": exclude_history,
+        "warm_start": warm,
     }
     (run_dir / "final.json").write_text(json.dumps(final, indent=2))
     _ddp_finish(world)
     return TrainResult(run_dir, best_epoch, valid, test, seconds, stop_reason)
-
-
-def adamw(params: list[torch.nn.Parameter], **kwargs: Any) -> torch.optim.AdamW:
-    """AdamW, fused (one kernel per tensor instead of ~10 passes over it) wherever torch has the
-    fused kernel: with a large item table the optimiser step is memory-bound, and on Beauty's
-    54k x 64 table the fused step is ~5x faster on one CPU core (benchmarks/sampled_step.py)."""
-    fused = all(p.device.type in ("cpu", "cuda") and p.dtype.is_floating_point for p in params)
-    return torch.optim.AdamW(params, fused=fused, **kwargs)
-
-
-def weight_average(model: SeqRecModel, decay: float) -> torch.optim.swa_utils.AveragedModel | None:
-    """An exponential moving average of `model`'s weights (buffers too), or None when decay is 0."""
-    if not decay:
-        return None
-    if not 0.0 < decay < 1.0:
-        raise ValueError(f"ema must be in [0, 1), got {decay}")
-    return torch.optim.swa_utils.AveragedModel(
-        model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(decay), use_buffers=True
-    )
 
 
 class TaskLoss(torch.nn.Module):
@@ -421,49 +377,6 @@ class TaskLoss(torch.nn.Module):
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.task.loss(self.model, batch)
-
-
-def save_checkpoint(
-    path: Path,
-    model_name: str,
-    model: SeqRecModel,
-    tc: TrainConfig,
-    data: SeqData,
-    popularity: np.ndarray,
-    epoch: int,
-    valid: dict[str, float],
-) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save(
-        {
-            "format": 1,
-            "model": model_name,
-            "model_config": model.cfg.to_dict(),  # type: ignore[attr-defined]
-            "train_config": tc.to_dict(),
-            "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-            "dataset": data.name,
-            "data_fingerprint": data.fingerprint(),
-            "data_meta": data.meta,  # source files + options, sessions, split: `evaluate` rebuilds from it
-            "item_ids": data.item_ids,
-            "popularity": popularity,
-            "epoch": epoch,
-            "valid": valid,
-        },
-        tmp,
-    )
-    os.replace(tmp, path)
-
-
-def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> tuple[SeqRecModel, dict[str, Any]]:
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"{path}: checkpoint not found")
-    ckpt = torch.load(path, map_location=device, weights_only=False)
-    cfg = dict(ckpt["model_config"])
-    num_items = cfg.pop("num_items")
-    model = build_model(ckpt["model"], num_items, cfg)
-    model.load_state_dict(ckpt["state_dict"])
-    model.to(device).eval()
-    return model, ckpt
 
 
 def plot_learning_curve(history: list[dict[str, Any]], path: Path) -> None:

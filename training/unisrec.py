@@ -29,10 +29,11 @@ from torch import nn
 from models.layers import SeqRecModel
 from models.unisrec import UniSRec, UniSRecConfig
 from training.batching import pad_left
-from training.config import TrainConfig
+from training.config import ContrastiveConfig, TrainConfig
 from training.data.preprocess import SeqData, leave_one_out
+from training.errors import ExportError
+from training.optim import adamw
 from training.text import MAX_TOKENS, TEXT_FIELDS, TextEmbedder, dataset_text, item_text_embeddings
-from training.train import adamw
 
 ONNX_OPSET = 17
 # Parameters a pre-trained checkpoint hands to fine-tuning: all but the per-catalogue tables.
@@ -60,20 +61,19 @@ def load_pretrained(model: UniSRec, path: str | Path) -> list[str]:
     return sorted(src)
 
 
-def setup_unisrec(model: SeqRecModel, data: SeqData, tc: TrainConfig) -> None:
-    """Fill the text-embedding table from the dataset's item text, load --init, freeze on request."""
+def setup_unisrec(model: SeqRecModel, data: SeqData, tc: TrainConfig, x: ContrastiveConfig) -> None:
+    """Fill the text-embedding table from the dataset's item text, load task.init, freeze on request."""
     assert isinstance(model, UniSRec)
-    items_file = tc.extra.get("items_file")
-    text = dataset_text(data, Path(items_file) if items_file else None, name=tc.extra.get("text_from"))
+    text = dataset_text(data, Path(x.items_file) if x.items_file else None, name=x.text_from)
     table = item_text_embeddings(data, text, model.cfg.text_encoder or None)
     if table.shape != tuple(model.text_emb.shape):
         raise ValueError(f"text embeddings {table.shape} do not fit the model {tuple(model.text_emb.shape)}")
     with torch.no_grad():
         model.text_emb.copy_(torch.as_tensor(table))
-    if tc.extra.get("init"):
-        loaded = load_pretrained(model, tc.extra["init"])
+    if x.init:
+        loaded = load_pretrained(model, x.init)
         print(
-            f"init: {len(loaded)} pre-trained tensors (MoE adaptor + transformer) from {tc.extra['init']}; "
+            f"init: {len(loaded)} pre-trained tensors (MoE adaptor + transformer) from {x.init}; "
             f"item tables come from this catalogue's text",
             file=sys.stderr,
             flush=True,
@@ -308,8 +308,6 @@ def export_unisrec_extra(model: SeqRecModel, out: Path, ckpt: dict[str, Any]) ->
     model.eval()
     parity, end_to_end = unisrec_parity(model, embedder, out)
     if max(parity.values()) > 1e-4 or end_to_end > NEW_ITEM_END_TO_END_TOL:
-        from training.export import ExportError
-
         raise ExportError(f"UniSRec graphs disagree with eager PyTorch: {parity}, new item end to end {end_to_end}")
     return {
         "text": {

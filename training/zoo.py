@@ -1,11 +1,13 @@
-"""The model registry: every trainable model, its config, its task and its defaults.
+"""The model registry: every trainable model, its config, its task and its training defaults.
 
 Adding a model = one entry here; the CLI, trainer, evaluator and exporter use nothing else.
+Model defaults live in the model's own dataclass (models/*.py) and nowhere else; per-model
+training defaults (e.g. BERT4Rec's batch 32) are the spec's `train_defaults`; task defaults are
+the task config dataclass's (training/config.py).
 """
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,13 +22,24 @@ from models.layers import SeqRecModel
 from models.sasrec import SASRec, SASRecConfig
 from models.unisrec import UniSRec, UniSRecConfig
 from training.cloze import ClozeTask
-from training.config import TrainConfig
+from training.config import (
+    ClozeConfig,
+    ConfigError,
+    ContrastiveConfig,
+    NegativesConfig,
+    NextItemConfig,
+    SessionTaskConfig,
+    TaskConfig,
+    TrainConfig,
+    check_fields,
+    option_fields,
+)
 from training.gru4rec_tasks import PaddedNextItemTask, SessionParallelTask
 from training.tasks import ContrastiveNextItemTask, NextItemTask, Task
 
-# (model, prepared dataset, train config) -> None: fills dataset-dependent state before training
-# (e.g. UniSRec's item text embeddings, a pre-trained initialisation).
-SetupFn = Callable[[SeqRecModel, Any, TrainConfig], None]
+# (model, prepared dataset, train config, task config) -> None: fills dataset-dependent state
+# before training (e.g. UniSRec's item text embeddings, a pre-trained initialisation).
+SetupFn = Callable[[SeqRecModel, Any, TrainConfig, Any], None]
 # (model, bundle temp dir, checkpoint) -> extra manifest entries; writes extra bundle files.
 ExportExtraFn = Callable[[SeqRecModel, Path, dict[str, Any]], dict[str, Any]]
 
@@ -36,29 +49,30 @@ class ModelSpec:
     name: str
     config_cls: type
     model_cls: Callable[[Any], SeqRecModel]
-    make_task: Callable[[Any, TrainConfig, np.ndarray], Task]  # (model config, train config, popularity)
-    model_defaults: dict[str, Any] = field(default_factory=dict)
+    # (model config, train config, task config, popularity) -> the task
+    make_task: Callable[[Any, TrainConfig, Any, np.ndarray], Task]
+    task_config_cls: type[TaskConfig] = TaskConfig
     train_defaults: TrainConfig = field(default_factory=TrainConfig)
     setup: SetupFn | None = None
     export_extra: ExportExtraFn | None = None
 
 
-def negative_weights(extra: dict[str, Any], popularity: np.ndarray) -> torch.Tensor | None:
+def negative_weights(x: NegativesConfig, popularity: np.ndarray) -> torch.Tensor | None:
     """Sampled-softmax negatives drawn ~ supp^alpha (None = uniform), as GRU4Rec's extra negatives.
 
-    train.neg_alpha sets alpha (0 uniform, 1 popularity); train.pop_negatives=true means alpha 1.
-    train.neg_uniform=u in [0, 1) draws from the mixture u * uniform + (1 - u) * supp^alpha: the
+    task.neg_alpha sets alpha (0 uniform, 1 popularity); task.pop_negatives=true means alpha 1.
+    task.neg_uniform=u in [0, 1) draws from the mixture u * uniform + (1 - u) * supp^alpha: the
     logQ correction then uses the mixture's q, which is at least u / N for every item. Why: with
     alpha > 0 alone, BERT4Rec on Beauty collapses (alpha 1 and 0.5 both) as rare items, almost
     never drawn, keep inflating the shared input/output table; the uniform share pushes each of
     them down every few steps while the rest of the draw still brings the hard, popular ones.
     """
-    alpha = float(extra.get("neg_alpha", 1.0 if extra.get("pop_negatives") else 0.0))
+    alpha = x.neg_alpha if x.neg_alpha is not None else (1.0 if x.pop_negatives else 0.0)
     if alpha < 0:
-        raise ValueError(f"train.neg_alpha must be >= 0, got {alpha}")
-    u = float(extra.get("neg_uniform", 0.0))
+        raise ConfigError(f"task.neg_alpha must be >= 0, got {alpha}")
+    u = x.neg_uniform
     if not 0.0 <= u < 1.0:
-        raise ValueError(f"train.neg_uniform must be in [0, 1), got {u}")
+        raise ConfigError(f"task.neg_uniform must be in [0, 1), got {u}")
     if alpha == 0:
         return None  # uniform already; a mixture with uniform is uniform
     w = torch.as_tensor(popularity, dtype=torch.float64) ** alpha  # (N+1,), w[0] = 0 (padding)
@@ -69,67 +83,63 @@ def negative_weights(extra: dict[str, Any], popularity: np.ndarray) -> torch.Ten
     return q.float()
 
 
-def _sasrec_task(cfg: SASRecConfig, tc: TrainConfig, popularity: np.ndarray) -> Task:
-    pop = negative_weights(tc.extra, popularity)
+def _sasrec_task(cfg: SASRecConfig, tc: TrainConfig, x: NextItemConfig, popularity: np.ndarray) -> Task:
     return NextItemTask(
         cfg.max_len,
         tc.loss,
         tc.num_negatives,
-        pop,
+        negative_weights(x, popularity),
         bucket=tc.bucket,
         newest_prob=tc.newest_prob,
-        logq=str(tc.extra.get("logq", "negatives")),
-        exclude_seen=bool(tc.extra.get("exclude_seen", False)),
+        logq=x.logq,
+        exclude_seen=x.exclude_seen,
     )
 
 
-def _bert4rec_task(cfg: BERT4RecConfig, tc: TrainConfig, popularity: np.ndarray) -> Task:
-    x = tc.extra
+def _bert4rec_task(cfg: BERT4RecConfig, tc: TrainConfig, x: ClozeConfig, popularity: np.ndarray) -> Task:
     return ClozeTask(
         cfg.max_len,
         mask_token=cfg.num_items + 1,
-        mask_prob=float(x.get("mask_prob", 0.2)),
-        last_item_ratio=float(x.get("last_item_ratio", 0.1)),
-        prefix_ratio=float(x.get("prefix_ratio", 0.0)),
+        mask_prob=x.mask_prob,
+        last_item_ratio=x.last_item_ratio,
+        prefix_ratio=x.prefix_ratio,
         loss_name=tc.loss,
         num_negatives=tc.num_negatives,
         popularity=negative_weights(x, popularity),
-        logq=str(x.get("logq", "negatives")),
+        logq=x.logq,
         bucket=tc.bucket,
         newest_prob=tc.newest_prob,
-        exclude_seen=bool(x.get("exclude_seen", False)),
+        exclude_seen=x.exclude_seen,
     )
 
 
-def _gru4rec_task(cfg: GRU4RecConfig, tc: TrainConfig, popularity: np.ndarray) -> Task:
-    """train.parallel=session (session-parallel, the paper) | padded (whole sequences, full BPTT)."""
-    x = tc.extra
+def _gru4rec_task(cfg: GRU4RecConfig, tc: TrainConfig, x: SessionTaskConfig, popularity: np.ndarray) -> Task:
+    """task.parallel=session (session-parallel, the paper) | padded (whole sequences, full BPTT)."""
     neg = {
         "loss_name": tc.loss,
-        "n_extra": int(x.get("n_extra_negatives", tc.num_negatives)),
-        "alpha": float(x.get("alpha", 0.5)),
-        "bpreg": float(x.get("bpreg", 1.0)),
-        "final_act": str(x.get("final_act", "linear")),
+        "n_extra": x.n_extra_negatives if x.n_extra_negatives is not None else tc.num_negatives,
+        "alpha": x.alpha,
+        "bpreg": x.bpreg,
+        "final_act": x.final_act,
         "popularity": torch.as_tensor(popularity, dtype=torch.float),
     }
-    mode = x.get("parallel", "session")
-    if mode == "session":
+    if x.parallel == "session":
         return SessionParallelTask(**neg)
-    if mode == "padded":
+    if x.parallel == "padded":
         return PaddedNextItemTask(**neg, max_len=cfg.max_len, bucket=tc.bucket)
-    raise ValueError(f"gru4rec: train.parallel must be session or padded, got {mode!r}")
+    raise ConfigError(f"gru4rec: task.parallel must be session or padded, got {x.parallel!r}")
 
 
-def _unisrec_task(cfg: UniSRecConfig, tc: TrainConfig, popularity: np.ndarray) -> Task:
+def _unisrec_task(cfg: UniSRecConfig, tc: TrainConfig, x: ContrastiveConfig, popularity: np.ndarray) -> Task:
     return ContrastiveNextItemTask(
         cfg.max_len, temperature=cfg.temperature, candidates=torch.as_tensor(popularity > 0), bucket=tc.bucket
     )
 
 
-def _unisrec_setup(model: SeqRecModel, data: Any, tc: TrainConfig) -> None:
+def _unisrec_setup(model: SeqRecModel, data: Any, tc: TrainConfig, x: ContrastiveConfig) -> None:
     from training.unisrec import setup_unisrec  # imports the text stack only when UniSRec is used
 
-    setup_unisrec(model, data, tc)
+    setup_unisrec(model, data, tc, x)
 
 
 def _unisrec_export(model: SeqRecModel, out: Path, ckpt: dict[str, Any]) -> dict[str, Any]:
@@ -144,21 +154,21 @@ MODELS: dict[str, ModelSpec] = {
         SASRecConfig,
         SASRec,
         _sasrec_task,
-        model_defaults={"max_len": 200, "dim": 64, "num_layers": 2, "num_heads": 1, "dropout": 0.2},
+        NextItemConfig,
         train_defaults=TrainConfig(epochs=200, batch_size=128, lr=1e-3, loss="ce", patience=10),
     ),
     # Sun et al. 2019 (ML-1M): d=64, 2 layers, 2 heads, dropout 0.1, N=200, rho=0.2, batch 256,
     # Adam lr 1e-4 for 400k steps. Ours: lr 1e-3, batch 32, length-bucketed batches. BERT4Rec is
     # step-starved (ML-1M has 6,040 users: 47 steps an epoch at batch 128), and bucketing cuts
     # the padded cells of an epoch 1.8x; on one CPU thread this reaches validation NDCG@10 0.129
-    # in 49 min where batch 128 / lr 2e-3 unbucketed needed 94 min (README). lr 2e-3 at batch 64
-    # stalls on the early plateau (0.020 after 8 epochs vs 0.039 at lr 1e-3, batch 32).
+    # in 49 min where batch 128 / lr 2e-3 unbucketed needed 94 min (docs/results). lr 2e-3 at
+    # batch 64 stalls on the early plateau (0.020 after 8 epochs vs 0.039 at lr 1e-3, batch 32).
     "bert4rec": ModelSpec(
         "bert4rec",
         BERT4RecConfig,
         BERT4Rec,
         _bert4rec_task,
-        model_defaults={"max_len": 200, "dim": 64, "num_layers": 2, "num_heads": 2, "dropout": 0.1},
+        ClozeConfig,
         train_defaults=TrainConfig(
             epochs=400,
             batch_size=32,
@@ -168,7 +178,6 @@ MODELS: dict[str, ModelSpec] = {
             loss="ce",
             patience=20,
             grad_clip=5.0,
-            extra={"mask_prob": 0.2, "last_item_ratio": 0.1},
         ),
     ),
     # GRU4Rec with the shared ("constrained") embedding, cross-entropy over the mini-batch's
@@ -178,34 +187,17 @@ MODELS: dict[str, ModelSpec] = {
         GRU4RecConfig,
         GRU4Rec,
         _gru4rec_task,
-        model_defaults={"max_len": 200, "dim": 128, "num_layers": 1, "embedding": "shared"},
-        train_defaults=TrainConfig(
-            epochs=100,
-            batch_size=128,
-            lr=1e-3,
-            loss="ce",
-            num_negatives=2048,
-            patience=5,
-            extra={"parallel": "session", "alpha": 0.5, "bpreg": 1.0, "final_act": "linear"},
-        ),
+        SessionTaskConfig,
+        train_defaults=TrainConfig(epochs=100, batch_size=128, lr=1e-3, loss="ce", num_negatives=2048, patience=5),
     ),
-    # Item vectors from text (PLM -> whitening MoE adaptor); mode=inductive|transductive;
-    # train.init=PRETRAINED loads a `seqrec pretrain` checkpoint; train.items_file= for generic data.
+    # Item vectors from text (PLM -> whitening MoE adaptor); model.mode=inductive|transductive;
+    # task.init=PRETRAINED loads a `seqrec pretrain` checkpoint; task.items_file= for generic data.
     "unisrec": ModelSpec(
         "unisrec",
         UniSRecConfig,
         UniSRec,
         _unisrec_task,
-        # new_item_head 3: the beta that cold validation chose on Office (both seeds); 0 turns the
-        # head off (item rows stay D-wide, the paper's scoring).
-        model_defaults={
-            "max_len": 50,
-            "dim": 64,
-            "num_layers": 2,
-            "num_heads": 2,
-            "dropout": 0.5,
-            "new_item_head": 3.0,
-        },
+        ContrastiveConfig,
         train_defaults=TrainConfig(epochs=200, batch_size=128, lr=1e-3, loss="ce", patience=10),
         setup=_unisrec_setup,
         export_extra=_unisrec_export,
@@ -215,15 +207,46 @@ MODELS: dict[str, ModelSpec] = {
 
 def get_spec(name: str) -> ModelSpec:
     if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; known: {', '.join(MODELS)}")
+        raise ConfigError(f"unknown model {name!r}; known: {', '.join(MODELS)}")
     return MODELS[name]
 
 
-def build_model(name: str, num_items: int, overrides: dict[str, Any] | None = None) -> SeqRecModel:
+def model_config(name: str, num_items: int, overrides: dict[str, Any] | None = None) -> Any:
+    """The model's config dataclass: its own defaults, then `overrides` (checked: unknown keys
+    and wrong types are a ConfigError listing the valid options)."""
     spec = get_spec(name)
-    params = {**spec.model_defaults, **(overrides or {})}
-    known = {f.name for f in dataclasses.fields(spec.config_cls)}
-    unknown = set(params) - known
-    if unknown:
-        raise ValueError(f"{name}: unknown model option(s) {', '.join(sorted(unknown))}; known: {sorted(known)}")
-    return spec.model_cls(spec.config_cls(num_items=num_items, **params))
+    return spec.config_cls(num_items=num_items, **check_fields(spec.config_cls, dict(overrides or {}), "model"))
+
+
+def build_model(name: str, num_items: int, overrides: dict[str, Any] | None = None) -> SeqRecModel:
+    return get_spec(name).model_cls(model_config(name, num_items, overrides))
+
+
+def resolve(
+    name: str,
+    model_overrides: dict[str, Any] | None = None,
+    train_overrides: dict[str, Any] | None = None,
+    task_overrides: dict[str, Any] | None = None,
+) -> tuple[dict[str, Any], TrainConfig, TaskConfig]:
+    """A run's (model options, TrainConfig, task config) from the three override tables, each
+    checked against its dataclass (ConfigError on an unknown key or a wrong type).
+
+    `train_overrides["extra"]`, the untyped task dict of older callers and checkpoints, is read
+    as task options.
+    """
+    spec = get_spec(name)
+    train_over = dict(train_overrides or {})
+    legacy = train_over.pop("extra", None) or {}
+    tables = {"model": dict(model_overrides or {}), "train": train_over, "task": {**legacy, **(task_overrides or {})}}
+    classes = {"model": spec.config_cls, "train": TrainConfig, "task": spec.task_config_cls}
+    owners = {s: {f.name for f in option_fields(c)} for s, c in classes.items()}
+    for section, values in tables.items():
+        for key in values:
+            if key not in owners[section]:
+                home = [s for s in owners if key in owners[s]]
+                if home:  # a key in the wrong table: say where it belongs
+                    raise ConfigError(f"{section}.{key} is a {home[0]} option of {name}: use {home[0]}.{key}")
+    model_over = check_fields(spec.config_cls, tables["model"], "model")
+    tc = spec.train_defaults.updated(**train_over)
+    task = spec.task_config_cls(**check_fields(spec.task_config_cls, tables["task"], "task"))
+    return model_over, tc, task

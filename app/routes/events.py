@@ -58,6 +58,8 @@ async def post_events(body: EventsIn, state: State) -> EventsOut:
     except StoreUnavailable as exc:
         state.metrics.store_errors.labels("append").inc()
         raise unavailable("event store", exc, "no event of this batch is acknowledged") from exc
+    if state.live is not None:  # scored in the background against what each user was served
+        state.live.observe((e.user_id, e.item_id, e.timestamp) for e in events)
     bundle = state.registry.get(None)
     known = bundle.index_of
     unknown = sum(1 for e in events if e.item_id not in known)

@@ -13,8 +13,10 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from app.bundle import BundleError
 from app.deps import ApiKey, State
 from app.errors import unavailable
+from app.experiment import ExperimentError
 from app.fleet import load_spec, reach, spec_of
 from app.items import catch_up, swap_in
+from app.online import next_experiment
 from app.registry import Registry
 from app.schemas import BundleOut, ErrorOut, Health, Ready, ReloadIn, ReloadOut
 from app.stores import StoreUnavailable
@@ -82,6 +84,9 @@ async def reload(state: State, body: ReloadIn | None = None) -> ReloadOut:
         body.bundles or current["bundles"],
         body.default_model if body.default_model is not None else current.get("default_model"),
     )
+    # The A/B split travels with the configuration, so every process applies it too.
+    running = state.live.experiment.spec if state.live is not None and state.live.experiment else None
+    spec["experiment"] = body.experiment if body.experiment is not None else current.get("experiment", running)
     async with state.reload_lock:
         try:
             # Off the event loop: hashing and index building take a while, requests keep flowing.
@@ -91,6 +96,11 @@ async def reload(state: State, body: ReloadIn | None = None) -> ReloadOut:
             log.warning("bundle reload rejected: %s", exc)
             raise HTTPException(422, f"bundle rejected, previous bundles keep serving: {exc}") from exc
         try:
+            experiment = next_experiment(state.live, spec["experiment"] or "", reg, state.settings.experiment_salt)
+        except ExperimentError as exc:
+            state.metrics.reloads.labels("rejected").inc()
+            raise HTTPException(422, f"experiment rejected, the previous configuration keeps serving: {exc}") from exc
+        try:
             # Registered items reach the new bundles (their cached vectors, encoding only what is
             # missing) before the configuration is announced, so the other processes find them cached.
             await catch_up(items, reg)
@@ -99,8 +109,16 @@ async def reload(state: State, body: ReloadIn | None = None) -> ReloadOut:
             raise unavailable("configuration store", exc, "nothing changed") from exc
         await swap_in(items, reg, state.install)
         items.generation, items.spec = generation, spec
+        if state.live is not None:
+            state.live.experiment = experiment
     await items.ack(generation, "ok")
     state.metrics.reloads.labels("ok").inc()
     log.info("bundles reloaded (configuration %d): %s", generation, ", ".join(reg.bundles))
     reached = await reach(items, generation, state.settings.reload_ack_timeout_s)
-    return ReloadOut(reloaded=True, default_model=reg.default, bundles=_bundles(reg), reached=reached)
+    return ReloadOut(
+        reloaded=True,
+        default_model=reg.default,
+        bundles=_bundles(reg),
+        reached=reached,
+        experiment=experiment.spec if experiment is not None else None,
+    )

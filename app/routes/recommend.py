@@ -37,6 +37,11 @@ async def recommend(
     """Top-k next items for a user. Falls back to popularity when there is no usable history or the store is down."""
     if k > state.settings.max_k:
         raise HTTPException(422, f"k must be at most {state.settings.max_k}")
+    live = state.live
+    variant = "explicit" if model is not None else "default"
+    if model is None and live is not None and live.experiment is not None:
+        assigned = live.experiment.assign(user_id)
+        model, variant = assigned.bundle, assigned.name
     try:
         bundle = state.registry.get(model)
     except UnknownModel as exc:
@@ -45,8 +50,13 @@ async def recommend(
     metrics = state.metrics
     reason = None
     t0 = time.perf_counter()
+    cache = state.user_cache
+    entry = None
     try:
-        history = await state.store.history(user_id, state.settings.max_history)
+        if cache is None:
+            history = await state.store.history(user_id, state.settings.max_history)
+        else:
+            history, entry = await cache.read(user_id, state.settings.max_history, bundle)
     except StoreUnavailable:
         metrics.store_errors.labels("history").inc()
         history, reason = [], "store_unavailable"
@@ -60,7 +70,8 @@ async def recommend(
         source = "popularity"
     else:
         t1 = time.perf_counter()
-        user = bundle.user_vectors([seen])  # (1, D)
+        # (1, D); the cached vector only when it was computed from exactly this history and bundle
+        user = bundle.user_vectors([seen]) if cache is None else cache.user_vector(user_id, bundle, seen, entry)
         t2 = time.perf_counter()
         labels, scores = bundle.index.search(user, want, [seen] if exclude_seen else None)
         labels, scores = labels[0], scores[0]
@@ -84,9 +95,12 @@ async def recommend(
         "source": source,
         "history_length": len(seen),
         "fallback": reason if source == "popularity" else None,
+        "variant": variant,
     }
     if explain:  # popularity answers have no history to explain: empty lists
         why = explain_items(bundle, seen, labels, state.settings.explain_n) if source == "model" else None
         for n, item in enumerate(body["items"]):
             item["because"] = why[n] if why else []
+    if live is not None:
+        live.served(user_id, bundle.name, variant, ids)  # in the background: never delays the answer
     return Response(json.dumps(body, separators=(",", ":")).encode(), media_type="application/json")

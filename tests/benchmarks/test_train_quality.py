@@ -17,3 +17,18 @@ def test_time_to_target_counts_training_seconds_up_to_the_first_epoch_that_reach
 def test_time_to_target_is_none_when_never_reached() -> None:
     assert time_to_target(ROWS, 0.181) is None
     assert time_to_target([], 0.1) is None
+
+
+def test_the_benchmark_shares_the_cli_override_grammar() -> None:
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "train_quality.py"
+    for args, msg in (
+        (["--set", "train.mask_prb=1"], "valid: amp"),
+        (["--set", "lr=1"], "TABLE.KEY=VALUE"),
+        (["--recipe", "recipes/no-such.toml"], "recipe not found"),
+    ):
+        r = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, check=False)
+        assert r.returncode == 2 and msg in r.stderr, r.stderr

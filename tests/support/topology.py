@@ -88,7 +88,7 @@ class Topology:
         assert redis.proc is not None
         self.procs["redis"] = redis.proc
 
-    def train(self, dataset: str, train_args: str, model: str = "sasrec") -> Path:
+    def train(self, dataset: str, train_args: str, model: str = "sasrec", **job_env: str) -> Path:
         """Run docker/train-job.sh (the compose `train` service's command) against the local dirs."""
         env = {
             **os.environ,
@@ -99,10 +99,13 @@ class Topology:
             "BUNDLE_ROOT": str(self.bundle_root),
             "RUN_DIR": str(self.workdir / "runs"),
             "SEQREC": f"{sys.executable} -m training.cli",
+            "PYTHON": sys.executable,
+            **job_env,
         }
         env.setdefault("SEQREC_CACHE_DIR", str(self.workdir / "cache"))
         subprocess.run(["sh", str(DOCKER / "train-job.sh")], cwd=ROOT, env=env, check=True)
-        return (self.bundle_root / model).resolve()
+        target = f"{model}-treatment" if job_env.get("PUBLISH") == "treatment" else model
+        return (self.bundle_root / target).resolve()
 
     def write_api_env(self) -> Path:
         """api.env from the example, with a fresh random key (what a deployer does by hand)."""

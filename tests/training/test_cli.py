@@ -44,3 +44,10 @@ def test_prepare_prints_stats(data_dir: Path, tmp_path: Path) -> None:
     r = runner.invoke(app, ["prepare", "ml-100k", "--data-dir", str(data_dir), "--cache-dir", str(tmp_path)])
     assert r.exit_code == 0, r.output
     assert '"users": 943' in r.output
+
+
+def test_demo_without_the_data_says_what_to_run(tmp_path: Path) -> None:
+    (tmp_path / "data" / "ml-1m").mkdir(parents=True)  # present but empty: nothing is downloaded
+    r = runner.invoke(app, ["demo", "--data-dir", str(tmp_path / "data"), "--cache-dir", str(tmp_path / "c")])
+    assert r.exit_code == 2
+    assert "seqrec download ml-1m" in r.output and "SEQREC_DATA_DIR" in r.output

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from tests.training.test_unisrec_train import tiny_bert  # noqa: F401  (fixture)
 from training.cli import app
 from training.data import DatasetError, prepare_file, to_sessions
-from training.data.readers import read_item_text_generic
+from training.data.files import read_item_text_generic
 
 runner = CliRunner()
 # The shop log's own column names, mapped on the command line.
@@ -188,7 +188,7 @@ def test_session_column_trains_and_evaluates_with_popularity_baseline(tmp_path: 
             "--cache-dir",
             cache,
             "--set",
-            "train.parallel=padded",
+            "task.parallel=padded",
         ],
     )
     assert r.exit_code == 0, r.output
@@ -328,15 +328,15 @@ def test_pretrain_takes_files_and_init_says_what_it_loaded(tmp_path: Path, tiny_
     cache = str(tmp_path / "cache")
     enc = [
         "--set",
-        "dim=16",
+        "model.dim=16",
         "--set",
-        "max_len=20",
+        "model.max_len=20",
         "--set",
-        "num_heads=2",
+        "model.num_heads=2",
         "--set",
-        "text_dim=32",
+        "model.text_dim=32",
         "--set",
-        f"text_encoder={tiny_bert}",
+        f"model.text_encoder={tiny_bert}",
     ]
     r = runner.invoke(
         app,

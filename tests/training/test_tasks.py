@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from training.config import TrainConfig
+from training.config import NextItemConfig, TrainConfig
+from training.optim import budget_last_epoch, lr_scheduler
 from training.tasks import batch_order, shifted_batches
-from training.train import budget_last_epoch, lr_scheduler
 from training.zoo import negative_weights
 
 CPU = torch.device("cpu")
@@ -85,24 +85,29 @@ def test_wsd_schedule_holds_the_peak_then_decays_linearly_to_zero_by_the_budget_
 
 def test_negative_weights_are_support_to_the_alpha() -> None:
     pop = np.array([0.0, 1.0, 4.0, 100.0])
-    assert negative_weights({}, pop) is None  # uniform by default
-    assert negative_weights({"neg_alpha": 0}, pop) is None
-    assert negative_weights({"pop_negatives": True}, pop).tolist() == [0.0, 1.0, 4.0, 100.0]
-    assert negative_weights({"pop_negatives": True, "neg_alpha": 0.5}, pop).tolist() == [0.0, 1.0, 2.0, 10.0]
+    assert negative_weights(NextItemConfig(), pop) is None  # uniform by default
+    assert negative_weights(NextItemConfig(neg_alpha=0), pop) is None
+    assert negative_weights(NextItemConfig(pop_negatives=True), pop).tolist() == [0.0, 1.0, 4.0, 100.0]
+    assert negative_weights(NextItemConfig(pop_negatives=True, neg_alpha=0.5), pop).tolist() == [
+        0.0,
+        1.0,
+        2.0,
+        10.0,
+    ]
     with pytest.raises(ValueError, match="neg_alpha"):
-        negative_weights({"neg_alpha": -1}, pop)
+        negative_weights(NextItemConfig(neg_alpha=-1), pop)
 
 
 def test_negative_weights_mix_a_uniform_share() -> None:
     pop = np.array([0.0, 1.0, 4.0, 95.0])  # supp; row 0 = padding
-    q = negative_weights({"neg_alpha": 1, "neg_uniform": 0.4}, pop)
+    q = negative_weights(NextItemConfig(neg_alpha=1, neg_uniform=0.4), pop)
     # 0.4 / 3 per item + 0.6 * supp / 100; padding never drawn
     assert q.tolist() == pytest.approx([0.0, 0.4 / 3 + 0.006, 0.4 / 3 + 0.024, 0.4 / 3 + 0.57])
     assert float(q.sum()) == pytest.approx(1.0)
-    assert negative_weights({"neg_uniform": 0.4}, pop) is None  # alpha 0: uniform either way
+    assert negative_weights(NextItemConfig(neg_uniform=0.4), pop) is None  # alpha 0: uniform either way
     for bad in (-0.1, 1.0):
         with pytest.raises(ValueError, match="neg_uniform"):
-            negative_weights({"neg_alpha": 1, "neg_uniform": bad}, pop)
+            negative_weights(NextItemConfig(neg_alpha=1, neg_uniform=bad), pop)
 
 
 def test_cosine_ends_where_the_wall_clock_budget_will_stop_training() -> None:

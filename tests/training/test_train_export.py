@@ -11,6 +11,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
+import training.optim
 import training.train
 from training.batching import pad_left
 from training.data import leave_one_out
@@ -144,6 +145,18 @@ def test_onnx_and_torchscript_match_eager(bundle: Path, trained, ml100k) -> None
             assert np.abs(ts(torch.as_tensor(arr)).numpy() - ref).max() <= 1e-4
 
 
+def test_the_torch_export_program_matches_eager(bundle: Path, trained, ml100k) -> None:
+    """model.pt2, TorchScript's successor, runs without torch.jit on max_len-padded histories."""
+    m = json.loads((bundle / "manifest.json").read_text())
+    assert "model.pt2" in m["files"] and m["parity_max_abs_diff"]["torch_export"] <= 1e-4
+    model, _ = load_checkpoint(trained.run_dir / "best.pt")
+    program = torch.export.load(str(bundle / "model.pt2")).module()
+    arr = pad_left([h[-50:] for h in random_histories(ml100k.num_items, 50, seed=3)], 50)  # (B, max_len)
+    with torch.no_grad():
+        got, ref = program(torch.as_tensor(arr)), model(torch.as_tensor(arr))
+    assert got.shape == ref.shape and float((got - ref).abs().max()) <= 1e-4
+
+
 def test_bundle_top10_equals_model_top10(bundle: Path, trained, ml100k) -> None:
     model, _ = load_checkpoint(trained.run_dir / "best.pt")
     sess = ort.InferenceSession(str(bundle / "model.onnx"), providers=["CPUExecutionProvider"])
@@ -175,7 +188,7 @@ def test_absolute_positions_export_with_parity(model_name: str, tmp_path: Path) 
 
 def test_weight_average_is_an_exponential_moving_average() -> None:
     model = build_model("sasrec", 30, {"max_len": 8, "dim": 8, "num_layers": 1})
-    ema = training.train.weight_average(model, 0.9)
+    ema = training.optim.weight_average(model, 0.9)
     w = model.item_emb.weight
     first = w.detach().clone()
     ema.update_parameters(model)  # the first update copies the weights
@@ -184,9 +197,9 @@ def test_weight_average_is_an_exponential_moving_average() -> None:
     ema.update_parameters(model)
     expected = 0.9 * first + 0.1 * (first + 1.0)
     assert torch.allclose(ema.module.item_emb.weight, expected, atol=1e-6)
-    assert training.train.weight_average(model, 0.0) is None
+    assert training.optim.weight_average(model, 0.0) is None
     with pytest.raises(ValueError, match="ema"):
-        training.train.weight_average(model, 1.0)
+        training.optim.weight_average(model, 1.0)
 
 
 def test_ema_run_selects_and_keeps_the_averaged_weights(ml100k, tmp_path: Path) -> None:

@@ -118,7 +118,7 @@ def test_pretrain_then_init_loads_weights_and_freeze(ml100k, tiny_bert: Path, tm
     with pytest.raises(ValueError, match="do not fit"):
         load_pretrained(wrong, ckpt)
 
-    from training.config import TrainConfig
+    from training.config import ContrastiveConfig, TrainConfig
     from training.unisrec import setup_unisrec
 
     frozen = UniSRec(
@@ -131,7 +131,7 @@ def test_pretrain_then_init_loads_weights_and_freeze(ml100k, tiny_bert: Path, tm
             text_encoder=str(tiny_bert),
         )
     )
-    setup_unisrec(frozen, ml100k, TrainConfig())
+    setup_unisrec(frozen, ml100k, TrainConfig(), ContrastiveConfig())
     assert not any(p.requires_grad for p in frozen.sequence_params())
     assert all(p.requires_grad for p in frozen.adaptor.parameters())
 
@@ -230,7 +230,7 @@ def test_items_without_training_interactions_are_not_negatives() -> None:
     from training.tasks import ContrastiveNextItemTask
 
     torch.manual_seed(0)
-    m = UniSRec(UniSRecConfig(num_items=6, max_len=4, dim=8, num_heads=2, text_dim=5)).eval()
+    m = UniSRec(UniSRecConfig(num_items=6, max_len=4, dim=8, num_heads=2, text_dim=5, new_item_head=0.0)).eval()
     with torch.no_grad():
         m.text_emb[1:] = torch.randn(6, 5)
     batch = {"item_seq": torch.tensor([[0, 1, 2]]), "target": torch.tensor([[0, 2, 3]])}

@@ -338,7 +338,13 @@ def read_one(path: Path, opts: FileOptions) -> tuple[Any, dict[str, str | None],
         (df[session].cast(pl.String) if session else pl.Series("session", [None] * df.height, pl.String)).alias(
             "session"
         ),
-        (df[event].cast(pl.String) if event else pl.Series("eid", [None] * df.height, pl.String)).alias("eid"),
+        # Event ids are scoped by user, as in the event store (an event is user + event id there):
+        # two users' "e1" are two events.
+        (
+            pl.concat_str([out["user"], df[event].cast(pl.String)], separator="\x1f")
+            if event
+            else pl.Series("eid", [None] * df.height, pl.String)
+        ).alias("eid"),
     )
     roles = {"user": user, "item": item, "time": time, "session": session, "event": event}
     return out, roles, notes
@@ -416,3 +422,33 @@ def read_files(paths: Sequence[Path], opts: FileOptions = FileOptions()) -> Read
         sessions=sessions,
     )
     return ReadResult(inter, notes, rows_read, dups)
+
+
+def read_item_text_generic(
+    path: Path, id_col: str | None = None, sep: str | None = None, default_ids: tuple[str, ...] = ("item_id",)
+) -> dict[str, str]:
+    """Items file (CSV/TSV/Parquet, separator sniffed): an id column and text columns.
+
+    An item's text is built as the service builds a new item's text (training/data/items.py,
+    `compose_item_text`): the non-empty `title`, `categories`, `brand`, `description` values in
+    that order, joined by spaces. A file with none of those columns uses all its other text
+    columns, in file order, joined by spaces. `id_col` None: the first of `default_ids` present.
+    """
+    import polars as pl
+
+    from training.data.items import TEXT_FIELDS
+
+    df = _read_frame(Path(path), sep)
+    id_col = id_col or next((c for c in default_ids if c in df.columns), default_ids[0])
+    if id_col not in df.columns:
+        raise DatasetError(f"{path}: no item id column {id_col!r} (columns: {df.columns}); name it with --items-id-col")
+    others = [c for c in df.columns if c != id_col and df[c].dtype == pl.String]
+    text_cols = [c for c in TEXT_FIELDS if c in others] or others
+    if not text_cols:
+        raise DatasetError(f"{path}: no text columns besides {id_col!r} (columns: {df.columns})")
+    out: dict[str, str] = {}
+    for row in df.select([id_col, *text_cols]).iter_rows():
+        parts = [str(v).strip() for v in row[1:] if v is not None and str(v).strip()]
+        if row[0] is not None:
+            out[str(row[0])] = " ".join(parts)
+    return out

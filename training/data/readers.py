@@ -122,15 +122,6 @@ def read_office(folder: Path) -> Interactions:
     return Interactions(np.array(users, dtype=object), np.array(items, dtype=object), np.array(ts, np.int64))
 
 
-def read_generic(
-    path: Path, user_col: str = "user_id", item_col: str = "item_id", time_col: str | None = None
-) -> Interactions:
-    """CSV/TSV/Parquet with user, item and (optional) time columns: see training/data/files.py."""
-    from training.data.files import FileOptions, read_files
-
-    return read_files([path], FileOptions(user_col=user_col, item_col=item_col, time_col=time_col)).inter
-
-
 # --------------------------------------------------------------------------- item text
 
 
@@ -185,37 +176,6 @@ def read_item_text_office(folder: Path) -> dict[str, str]:
                 raise DatasetError(f"{path}:{lineno}: expected 'ASIN<TAB>text'")
             if parts[0] in asin_to_id:
                 out[asin_to_id[parts[0]]] = parts[1]
-    return out
-
-
-def read_item_text_generic(
-    path: Path, id_col: str | None = None, sep: str | None = None, default_ids: tuple[str, ...] = ("item_id",)
-) -> dict[str, str]:
-    """Items file (CSV/TSV/Parquet, separator sniffed): an id column and text columns.
-
-    An item's text is built as the service builds a new item's text (training/data/items.py,
-    `compose_item_text`): the non-empty `title`, `categories`, `brand`, `description` values in
-    that order, joined by spaces. A file with none of those columns uses all its other text
-    columns, in file order, joined by spaces. `id_col` None: the first of `default_ids` present.
-    """
-    import polars as pl
-
-    from training.data.files import _read_frame
-    from training.data.items import TEXT_FIELDS
-
-    df = _read_frame(Path(path), sep)
-    id_col = id_col or next((c for c in default_ids if c in df.columns), default_ids[0])
-    if id_col not in df.columns:
-        raise DatasetError(f"{path}: no item id column {id_col!r} (columns: {df.columns}); name it with --items-id-col")
-    others = [c for c in df.columns if c != id_col and df[c].dtype == pl.String]
-    text_cols = [c for c in TEXT_FIELDS if c in others] or others
-    if not text_cols:
-        raise DatasetError(f"{path}: no text columns besides {id_col!r} (columns: {df.columns})")
-    out: dict[str, str] = {}
-    for row in df.select([id_col, *text_cols]).iter_rows():
-        parts = [str(v).strip() for v in row[1:] if v is not None and str(v).strip()]
-        if row[0] is not None:
-            out[str(row[0])] = " ".join(parts)
     return out
 
 

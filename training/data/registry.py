@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import shutil
 import tempfile
-import urllib.request
-import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from training.data import readers
-from training.data.files import FileOptions, read_files, recipe_key
+from training.data.files import FileOptions, read_files, read_item_text_generic, recipe_key
 from training.data.items import check_text_coverage
 from training.data.preprocess import SeqData, _counts, build_sequences
 from training.data.readers import DatasetError, Interactions
@@ -113,10 +109,6 @@ DATASETS: dict[str, DatasetSpec] = {
     ]
 }
 
-# The official GroupLens archive, for machines with internet and no local copy.
-ML1M_URL = "https://files.grouplens.org/datasets/movielens/ml-1m.zip"
-ML1M_ZIP_MD5 = "c4d9eecfca2ab87c1945afe126590906"
-
 
 def default_cache_dir() -> Path:
     return Path(os.environ.get("SEQREC_CACHE_DIR", ".seqrec_cache"))
@@ -180,7 +172,7 @@ def check_files(spec: DatasetSpec, data_dir: Path) -> None:
     if missing:
         raise DatasetError(
             f"dataset {spec.name!r}: missing {', '.join(str(data_dir / m) for m in missing)} "
-            f"(set --data-dir or SEQREC_DATA_DIR)"
+            f"(set --data-dir or SEQREC_DATA_DIR, or fetch it: seqrec download {spec.name})"
         )
 
 
@@ -193,7 +185,9 @@ def prepare(name: str, data_dir: Path | None = None, cache_dir: Path | None = No
     if path.is_file() and not force:
         return load_seqdata(path)
     if name.startswith("ml-1m") and not (data_dir / "ml-1m").is_dir():
-        download_ml1m(data_dir)
+        from training.data.download import download  # the only dataset fetched without asking, as before
+
+        download(name, data_dir)
     check_files(spec, data_dir)
     inter = spec.read(data_dir)
     report: list[dict[str, Any]] = [{"step": "read", "after": _counts(inter.users, inter.items)}]
@@ -263,7 +257,7 @@ def _read_items(opts: FileOptions) -> dict[str, str]:
     """The items file of a recipe; its id column: --items-id-col, else the log's item column name, else item_id."""
     assert opts.items_file
     ids = tuple(dict.fromkeys(c for c in (opts.item_col, "item_id") if c))
-    return readers.read_item_text_generic(Path(opts.items_file), opts.items_id_col, default_ids=ids)
+    return read_item_text_generic(Path(opts.items_file), opts.items_id_col, default_ids=ids)
 
 
 def prepare_file(
@@ -347,22 +341,3 @@ def item_text(name: str, data_dir: Path | None = None, meta: dict[str, Any] | No
     if spec.read_text is None:
         raise DatasetError(f"dataset {name!r} has no item text")
     return spec.read_text(data_dir or readers.default_data_dir())
-
-
-def download_ml1m(data_dir: Path) -> None:
-    """Fetch the official GroupLens ML-1M archive, verify its checksum, unpack ratings.dat."""
-    target = data_dir / "ml-1m"
-    target.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory() as tmp:
-        zpath = Path(tmp) / "ml-1m.zip"
-        try:
-            urllib.request.urlretrieve(ML1M_URL, zpath)
-        except OSError as exc:
-            raise DatasetError(f"cannot download {ML1M_URL}: {exc}") from None
-        md5 = hashlib.md5(zpath.read_bytes()).hexdigest()
-        if md5 != ML1M_ZIP_MD5:
-            raise DatasetError(f"{ML1M_URL}: checksum mismatch (md5 {md5}, expected {ML1M_ZIP_MD5})")
-        with zipfile.ZipFile(zpath) as zf:
-            for member in ("ratings.dat", "movies.dat", "users.dat"):
-                with zf.open(f"ml-1m/{member}") as src, (target / member).open("wb") as dst:
-                    shutil.copyfileobj(src, dst)

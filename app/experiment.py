@@ -1,0 +1,102 @@
+"""A/B traffic split: every user is assigned to one variant (a bundle) by a salted hash of the user id.
+
+    SEQREC_EXPERIMENT="control=sasrec-v1:50,treatment=sasrec-v2:50"   SEQREC_EXPERIMENT_SALT=2026-12
+
+The hash is BLAKE2b of `salt \\x00 user_id`, so the assignment is the same in every process
+and replica, stable while the experiment runs, and reshuffled only when the salt changes.
+Weights are percentages: positive, summing to 100. Requests that name `?model=` explicitly
+bypass the split (they are counted apart, as the `explicit` variant).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+from dataclasses import dataclass
+
+from app.registry import Registry, UnknownModel
+
+# Variant names become Prometheus label values and JSON keys: keep them plain.
+NAME = re.compile(r"^[A-Za-z0-9_.-]{1,32}$")
+RESERVED = {"default", "explicit"}  # what the service calls traffic outside an experiment
+
+
+class ExperimentError(ValueError):
+    """The experiment specification is invalid; the message names what is wrong."""
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    bundle: str  # bundle name or model kind, as `?model=` accepts
+    weight: float  # percent
+
+
+@dataclass(frozen=True)
+class Experiment:
+    variants: tuple[Variant, ...]
+    salt: str
+    spec: str
+
+    @classmethod
+    def parse(cls, spec: str, salt: str = "") -> Experiment:
+        variants: list[Variant] = []
+        for part in (p.strip() for p in spec.split(",")):
+            if not part:
+                continue
+            name, eq, rest = part.partition("=")
+            bundle, colon, weight_s = rest.rpartition(":")
+            name, bundle = name.strip(), bundle.strip()
+            if not eq or not colon or not name or not bundle:
+                raise ExperimentError(f"variant {part!r}: expected name=bundle:weight")
+            if not NAME.match(name):
+                raise ExperimentError(f"variant name {name!r}: use 1-32 letters, digits, '_', '.' or '-'")
+            if name in RESERVED:
+                raise ExperimentError(f"variant name {name!r} is reserved")
+            try:
+                weight = float(weight_s)
+            except ValueError:
+                raise ExperimentError(f"variant {name!r}: weight {weight_s!r} is not a number") from None
+            if not math.isfinite(weight) or weight <= 0:
+                raise ExperimentError(f"variant {name!r}: weight must be positive, got {weight_s}")
+            if any(v.name == name for v in variants):
+                raise ExperimentError(f"duplicate variant name {name!r}")
+            variants.append(Variant(name, bundle, weight))
+        if len(variants) < 1:
+            raise ExperimentError("an experiment needs at least one variant: name=bundle:weight,...")
+        total = sum(v.weight for v in variants)
+        if abs(total - 100.0) > 1e-6:
+            raise ExperimentError(f"variant weights sum to {total:g}, they must sum to 100")
+        return cls(tuple(variants), salt, spec)
+
+    def check(self, registry: Registry) -> None:
+        """Every variant's bundle must be served by `registry`."""
+        for v in self.variants:
+            try:
+                registry.get(v.bundle)
+            except UnknownModel as exc:
+                # The name comes from the operator's configuration, not a request: safe to repeat.
+                raise ExperimentError(f"variant {v.name!r}: bundle {v.bundle!r} is not served ({exc})") from None
+
+    def bucket(self, user_id: str) -> float:
+        """The user's point in [0, 100): uniform over users, deterministic everywhere."""
+        h = hashlib.blake2b(f"{self.salt}\x00{user_id}".encode(), digest_size=8).digest()
+        return int.from_bytes(h, "big") / 2**64 * 100.0
+
+    def assign(self, user_id: str) -> Variant:
+        x, acc = self.bucket(user_id), 0.0
+        for v in self.variants:
+            acc += v.weight
+            if x < acc:
+                return v
+        return self.variants[-1]  # float rounding at the very top of the range
+
+
+def load_experiment(spec: str | None, salt: str, registry: Registry) -> Experiment | None:
+    """Parse and check against the served bundles; None/empty = no experiment."""
+    if spec is None or not spec.strip():
+        return None
+    exp = Experiment.parse(spec, salt)
+    exp.check(registry)
+    return exp

@@ -1,0 +1,535 @@
+"""Online evaluation: score what was served against what the user did next.
+
+Every answer of GET /recommend is remembered per user and bundle (the top `k` ids, with the
+variant that served it, for `ttl_s`). When the user's next event arrives (POST /events), each
+list remembered for that user is scored against the event's item and then forgotten:
+
+    rank r = the item's 1-based position in the list (none when absent)
+    hit@k = [r <= k]      reciprocal rank = 1/r (0 when absent)      NDCG@k = 1/log2(r + 1)
+
+An event with no list remembered for its user counts as `unserved`, not as a miss. Only the
+user's first event of a batch (by time) is scored: it is the one the list was a prediction
+for. Catalogue coverage is the number of distinct items served over the window divided by the
+catalogue size, per bundle and variant.
+
+Where it lives: with Redis, next to the history (`{prefix}s:{user}:{bundle}` the list, in
+the user's slot on a cluster; `{prefix}o:{minute}` a hash of counters per minute;
+`{prefix}o:c:{<bundle>|<variant>}:{minute}` a HyperLogLog of served items, hash-tagged by group
+so a window's union is one PFCOUNT), so every worker and replica adds to the same numbers and
+`GET /stats/online` reads them over any window; in process for the in-process store. Every
+command touches one key, or keys of one hash tag, so the same code runs on a Redis Cluster.
+
+Tracking never delays or fails a request: it runs in background tasks, a failing or slow
+Redis skips it (counted in `seqrec_online_skipped_total`), and at most `max_inflight`
+tracking tasks run at once (more are skipped too).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import time
+from collections import OrderedDict, defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from prometheus_client import CollectorRegistry, Counter
+
+from app.experiment import Experiment
+
+log = logging.getLogger("seqrec.app")
+
+MINUTE = 60
+COUNTER_TTL_S = 25 * 3600  # a day of minute buckets is kept, plus slack
+FIELDS = ("served", "scored", "hits", "rr", "ndcg")
+
+
+@dataclass(frozen=True, slots=True)
+class Served:
+    bundle: str
+    variant: str
+    items: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Score:
+    rank: int | None
+    hit: float
+    rr: float
+    ndcg: float
+
+
+def score(items: Sequence[str], target: str, k: int) -> Score:
+    """hit@k, reciprocal rank and NDCG@k of one served list against the next item."""
+    try:
+        r = list(items).index(target) + 1
+    except ValueError:
+        return Score(None, 0.0, 0.0, 0.0)
+    if r > k:
+        return Score(r, 0.0, 1.0 / r, 0.0)
+    return Score(r, 1.0, 1.0 / r, 1.0 / math.log2(r + 1))
+
+
+class Ledger(Protocol):
+    """Where served lists and per-minute counters live (Redis or this process)."""
+
+    async def remember(self, batch: Sequence[tuple[str, Served]]) -> None:
+        """Keep each user's served list (per bundle) for the TTL."""
+        ...
+
+    async def take(self, users: Sequence[str], bundles: Sequence[str]) -> dict[str, list[Served]]:
+        """The lists these bundles served these users, forgotten in the same step (scored once)."""
+        ...
+
+    async def add(self, counts: Counts, items: Items) -> None:
+        """Add per-minute counters and served item ids (coverage) from this process."""
+        ...
+
+    async def window(self, minutes: Sequence[int]) -> tuple[dict[str, float], dict[str, int]]:
+        """Summed counters, and distinct items served per `bundle|variant`, over these minutes."""
+        ...
+
+
+Counts = dict[int, dict[str, float]]  # minute -> counter name -> value
+Items = dict[tuple[int, str], set[str]]  # (minute, "bundle|variant") -> item ids served
+
+
+def _key(bundle: str, variant: str, what: str) -> str:
+    return f"{bundle}|{variant}|{what}"
+
+
+class MemoryLedger:
+    """In-process ledger for the in-process store: bounded, expiring, single process."""
+
+    def __init__(self, ttl_s: float, max_users: int = 100_000, clock: Callable[[], float] = time.monotonic) -> None:
+        self.ttl_s, self.max_users, self._clock = ttl_s, max_users, clock
+        self._lists: OrderedDict[str, dict[str, tuple[float, Served]]] = OrderedDict()
+        self._counts: dict[int, dict[str, float]] = defaultdict(lambda: defaultdict(float))
+        self._items: dict[int, dict[str, set[str]]] = defaultdict(lambda: defaultdict(set))
+        self._swept = 0  # the minute old buckets were last dropped at
+
+    async def remember(self, batch: Sequence[tuple[str, Served]]) -> None:
+        now = self._clock()
+        for user, entry in batch:
+            lists = self._lists.pop(user, {})
+            lists[entry.bundle] = (now, entry)
+            self._lists[user] = lists  # most recent last
+        while len(self._lists) > self.max_users:
+            self._lists.popitem(last=False)
+
+    async def take(self, users: Sequence[str], bundles: Sequence[str]) -> dict[str, list[Served]]:
+        now, out = self._clock(), {}
+        for u in users:
+            lists = self._lists.pop(u, None)
+            if lists:
+                out[u] = [s for t, s in lists.values() if now - t < self.ttl_s]
+        return out
+
+    async def add(self, counts: Counts, items: Items) -> None:
+        for minute, c in counts.items():
+            bucket = self._counts[minute]
+            for k, v in c.items():
+                bucket[k] += v
+        for (minute, group), ids in items.items():
+            self._items[minute][group] |= ids
+        newest = max([*counts, *(m for m, _ in items)], default=self._swept)
+        if newest != self._swept:  # drop buckets older than a day, once a minute
+            self._swept = newest
+            for old in [m for m in self._counts if m < newest - COUNTER_TTL_S // MINUTE]:
+                self._counts.pop(old, None)
+                self._items.pop(old, None)
+
+    async def window(self, minutes: Sequence[int]) -> tuple[dict[str, float], dict[str, int]]:
+        total: dict[str, float] = defaultdict(float)
+        items: dict[str, set[str]] = defaultdict(set)
+        for m in minutes:
+            for k, v in self._counts.get(m, {}).items():
+                total[k] += v
+            for k, s in self._items.get(m, {}).items():
+                items[k] |= s
+        return dict(total), {k: len(s) for k, s in items.items()}
+
+
+class RedisLedger:
+    """Redis ledger: shared by every process. A served list is one string key per user and
+    bundle, written with SET ... EX (one plain command: the whole per-answer cost) and taken
+    with GETDEL (atomic, so two workers never score the same list twice; one key per command,
+    so a Redis Cluster serves it too)."""
+
+    def __init__(
+        self,
+        redis: Any,
+        prefix: str,
+        ttl_s: int,
+        timeout_s: float,
+        lists_key: Callable[[str], str] | None = None,
+    ) -> None:
+        self.redis, self.prefix, self.ttl_s, self.timeout_s = redis, prefix, ttl_s, timeout_s
+        self._user = lists_key or (lambda user: f"{prefix}s:{user}")
+
+    def _list(self, user: str, bundle: str) -> str:
+        return f"{self._user(user)}:{bundle}"
+
+    def _counts(self, minute: int) -> str:
+        return f"{self.prefix}o:{minute}"
+
+    def _hll(self, minute: int, group: str) -> str:
+        tag = group.replace("{", "(").replace("}", ")")
+        return f"{self.prefix}o:c:{{{tag}}}:{minute}"
+
+    @staticmethod
+    def _value(e: Served) -> str:
+        return json.dumps([e.variant, list(e.items)], separators=(",", ":"))
+
+    async def remember(self, batch: Sequence[tuple[str, Served]]) -> None:
+        async with asyncio.timeout(self.timeout_s):
+            if len(batch) == 1:  # the common case when not loaded: no pipeline object to build
+                user, e = batch[0]
+                await self.redis.set(self._list(user, e.bundle), self._value(e), ex=self.ttl_s)
+                return
+            pipe = self.redis.pipeline(transaction=False)
+            for user, e in batch:
+                pipe.set(self._list(user, e.bundle), self._value(e), ex=self.ttl_s)
+            await pipe.execute()
+
+    async def take(self, users: Sequence[str], bundles: Sequence[str]) -> dict[str, list[Served]]:
+        pairs = [(u, b) for u in users for b in bundles]
+        if not pairs:
+            return {}
+        pipe = self.redis.pipeline(transaction=False)
+        for u, b in pairs:
+            pipe.getdel(self._list(u, b))
+        async with asyncio.timeout(self.timeout_s):
+            res = await pipe.execute()
+        out: dict[str, list[Served]] = {}
+        for (u, b), raw in zip(pairs, res, strict=True):
+            if raw:
+                variant, items = json.loads(raw)
+                out.setdefault(u, []).append(Served(b, variant, tuple(items)))
+        return out
+
+    async def add(self, counts: Counts, items: Items) -> None:
+        pipe = self.redis.pipeline(transaction=False)
+        for minute, c in counts.items():
+            key = self._counts(minute)
+            for k, v in c.items():
+                pipe.hincrbyfloat(key, k, v)
+            pipe.expire(key, COUNTER_TTL_S)
+        for (minute, group), ids in items.items():
+            if ids:
+                hll = self._hll(minute, group)
+                pipe.pfadd(hll, *ids)
+                pipe.expire(hll, COUNTER_TTL_S)
+        async with asyncio.timeout(self.timeout_s):
+            await pipe.execute()
+
+    async def window(self, minutes: Sequence[int]) -> tuple[dict[str, float], dict[str, int]]:
+        pipe = self.redis.pipeline(transaction=False)
+        for m in minutes:
+            pipe.hgetall(self._counts(m))
+        async with asyncio.timeout(self.timeout_s):
+            buckets = await pipe.execute()
+        total: dict[str, float] = defaultdict(float)
+        for b in buckets:
+            for k, v in b.items():
+                total[k] += float(v)
+        groups = sorted({k.rsplit("|", 1)[0] for k in total if k.endswith("|served")})
+        pipe = self.redis.pipeline(transaction=False)
+        for g in groups:
+            pipe.pfcount(*[self._hll(m, g) for m in minutes])  # union over the window
+        async with asyncio.timeout(self.timeout_s):
+            distinct = await pipe.execute() if groups else []
+        return dict(total), dict(zip(groups, (int(d) for d in distinct), strict=True))
+
+
+class OnlineMetrics:
+    """`seqrec_online_*` Prometheus series. Labels: bundle and variant only, never users or items."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        r = registry
+        self.served = Counter("seqrec_online_served_total", "Lists remembered", ["bundle", "variant"], registry=r)
+        self.events = Counter(
+            "seqrec_online_events_total", "Events by online outcome (scored, unserved)", ["outcome"], registry=r
+        )
+        self.scored = Counter(
+            "seqrec_online_scored_total", "Served lists scored by a next event", ["bundle", "variant"], registry=r
+        )
+        self.hits = Counter(
+            "seqrec_online_hits_total", "Next items within the top k", ["bundle", "variant"], registry=r
+        )
+        self.rr = Counter(
+            "seqrec_online_reciprocal_rank_total", "Sum of reciprocal ranks", ["bundle", "variant"], registry=r
+        )
+        self.ndcg = Counter("seqrec_online_ndcg_total", "Sum of NDCG@k", ["bundle", "variant"], registry=r)
+        self.skipped = Counter(
+            "seqrec_online_skipped_total", "Tracking skipped (store error, overload)", ["op"], registry=r
+        )
+
+
+@dataclass
+class Live:
+    """Online tracking + the current experiment; one per process, held by AppState.
+
+    Per answer, the only store work is one single-key command (the user's list), and the
+    answers of one loop turn (or of `write_delay_s`, SEQREC_ONLINE_BATCH_MS) share one pipeline;
+    counters and coverage accumulate in process and are flushed every `flush_s` (so
+    GET /stats/online lags by at most that)."""
+
+    ledger: Ledger
+    metrics: OnlineMetrics
+    k: int = 10
+    experiment: Experiment | None = None
+    tracking: bool = True
+    max_inflight: int = 1000
+    flush_s: float = 1.0
+    write_delay_s: float = 0.0
+    clock: Callable[[], float] = time.time
+    bundles: Callable[[], Iterable[str]] = tuple  # names of the bundles now served (lists are per bundle)
+    _tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    _outbox: list[tuple[str, Served]] = field(default_factory=list)
+    _writer: asyncio.Task[None] | None = None
+    # The user's served list still being written, so that the user's next event, when it reaches
+    # this process first, is scored after the write and not counted as unserved.
+    _writing: dict[str, asyncio.Task[None]] = field(default_factory=dict)
+    _counts: Counts = field(default_factory=lambda: defaultdict(lambda: defaultdict(float)))
+    _items: Items = field(default_factory=lambda: defaultdict(set))
+    _flusher: asyncio.Task[None] | None = None
+
+    def _spawn(self, op: str, coro: Any) -> asyncio.Task[None] | None:
+        if len(self._tasks) >= self.max_inflight:
+            coro.close()
+            self.metrics.skipped.labels(op).inc()
+            return None
+        task = asyncio.get_running_loop().create_task(self._guard(op, coro))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        if self._flusher is None:
+            self._flusher = asyncio.get_running_loop().create_task(self._flush_every())
+        return task
+
+    async def _guard(self, op: str, coro: Any) -> None:
+        try:
+            await coro
+        except Exception as exc:  # tracking must never surface: count it and go on
+            self.metrics.skipped.labels(op).inc()
+            log.debug("online tracking %s skipped: %r", op, exc)
+
+    def minute(self) -> int:
+        return int(self.clock() // MINUTE)
+
+    def served(self, user: str, bundle: str, variant: str, items: Sequence[str]) -> None:
+        """Remember a served list (non-blocking)."""
+        if not self.tracking:
+            return
+        entry = Served(bundle, variant, tuple(items[: self.k]))
+        self.metrics.served.labels(bundle, variant).inc()
+        minute, group = self.minute(), f"{bundle}|{variant}"
+        self._counts[minute][f"{group}|served"] += 1
+        self._items[(minute, group)].update(entry.items)
+        if len(self._outbox) >= self.max_inflight:
+            self.metrics.skipped.labels("served").inc()
+            return
+        self._outbox.append((user, entry))
+        if self._writer is None:
+            self._writer = self._spawn("served", self._write_outbox())
+        if self._writer is not None:
+            self._writing[user] = self._writer
+
+    async def _write_outbox(self) -> None:
+        # Answers of this loop turn (or of `write_delay_s`) join the batch: one pipeline for all.
+        # The user's next event, if it reaches this process meanwhile, takes the list from the
+        # queue (observe) or waits for the write in flight (`_writing`).
+        await asyncio.sleep(self.write_delay_s)
+        batch, self._outbox, me = self._outbox, [], self._writer
+        self._writer = None
+        try:
+            await self.ledger.remember(batch)
+        except Exception as exc:
+            self.metrics.skipped.labels("served").inc(len(batch))
+            log.debug("online tracking: %d served lists not kept: %r", len(batch), exc)
+        finally:
+            for user, _ in batch:
+                if self._writing.get(user) is me:
+                    del self._writing[user]
+
+    def observe(self, events: Iterable[tuple[str, str, float]]) -> None:
+        """Score the users' next events (user, item, time) against what they were served (non-blocking)."""
+        if not self.tracking:
+            return
+        first: dict[str, tuple[float, str]] = {}
+        extra = 0
+        for user, item, ts in events:
+            if user not in first:
+                first[user] = (ts, item)
+            else:
+                extra += 1
+                if ts < first[user][0]:
+                    first[user] = (ts, item)
+        if not first:
+            return
+        # Lists of these users not yet sent to the store are taken here, in request order: a
+        # list served after this event (still queued) must not be scored against it.
+        queued: dict[str, dict[str, Served]] = {}
+        if self._outbox:
+            keep = []
+            for user, entry in self._outbox:
+                if user in first:
+                    queued.setdefault(user, {})[entry.bundle] = entry  # the newest per bundle
+                else:
+                    keep.append((user, entry))
+            self._outbox = keep
+        self._spawn("observe", self._observe({u: it for u, (_, it) in first.items()}, extra, queued))
+
+    async def _observe(self, next_item: dict[str, str], extra: int, queued: dict[str, dict[str, Served]]) -> None:
+        writing = {t for u in next_item if (t := self._writing.get(u)) is not None}
+        if writing:
+            await asyncio.wait(writing)
+        stored = await self.ledger.take(list(next_item), list(self.bundles()))
+        lists: dict[str, list[Served]] = {}
+        for user in next_item:
+            by_bundle = {e.bundle: e for e in stored.get(user, [])}
+            by_bundle.update(queued.get(user, {}))  # newer than anything stored for that bundle
+            if by_bundle:
+                lists[user] = list(by_bundle.values())
+        counts = self._counts[self.minute()]
+        m = self.metrics
+        unserved = extra + sum(1 for u in next_item if not lists.get(u))
+        counts["|unserved"] += unserved
+        m.events.labels("unserved").inc(unserved)
+        for user, entries in lists.items():
+            if entries:
+                m.events.labels("scored").inc()
+            for e in entries:
+                s = score(e.items, next_item[user], self.k)
+                for what, v in (("scored", 1.0), ("hits", s.hit), ("rr", s.rr), ("ndcg", s.ndcg)):
+                    counts[_key(e.bundle, e.variant, what)] += v
+                m.scored.labels(e.bundle, e.variant).inc()
+                m.hits.labels(e.bundle, e.variant).inc(s.hit)
+                m.rr.labels(e.bundle, e.variant).inc(s.rr)
+                m.ndcg.labels(e.bundle, e.variant).inc(s.ndcg)
+
+    async def flush(self) -> None:
+        """Send the counters gathered in this process to the ledger (lost, and counted, on error)."""
+        if not self._counts and not self._items:
+            return
+        counts, items = self._counts, self._items
+        self._counts, self._items = defaultdict(lambda: defaultdict(float)), defaultdict(set)
+        try:
+            await self.ledger.add({m: dict(c) for m, c in counts.items()}, dict(items))
+        except Exception as exc:
+            self.metrics.skipped.labels("counts").inc()
+            log.debug("online tracking: counters not flushed: %r", exc)
+
+    async def _flush_every(self) -> None:
+        while True:
+            await asyncio.sleep(self.flush_s)
+            await self.flush()
+
+    async def drain(self) -> None:
+        """Wait for the tracking in flight and flush the counters (tests, shutdown)."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        await self.flush()
+
+    async def close(self) -> None:
+        if self._flusher is not None:
+            self._flusher.cancel()
+            self._flusher = None
+        await self.drain()
+
+    async def window(self, minutes: int) -> tuple[dict[str, float], dict[str, int]]:
+        now = self.minute()
+        return await self.ledger.window(list(range(now - minutes + 1, now + 1)))
+
+
+def summarize(
+    counts: dict[str, float], distinct: dict[str, int], catalogue: Callable[[str], int | None]
+) -> tuple[int, list[dict[str, Any]]]:
+    """(unserved events, one row per bundle and variant) from the window's counters."""
+    groups: dict[tuple[str, str], dict[str, float]] = defaultdict(lambda: dict.fromkeys(FIELDS, 0.0))
+    for key, v in counts.items():
+        parts = key.split("|")
+        if len(parts) == 3 and parts[2] in FIELDS:
+            groups[(parts[0], parts[1])][parts[2]] += v
+    rows = []
+    for (bundle, variant), c in sorted(groups.items()):
+        n = int(c["scored"])
+        size = catalogue(bundle)
+        d = distinct.get(f"{bundle}|{variant}", 0)
+        rows.append(
+            {
+                "bundle": bundle,
+                "variant": variant,
+                "served": int(c["served"]),
+                "scored": n,
+                "hits": round(c["hits"]),
+                "hit_rate": c["hits"] / n if n else None,
+                "mrr": c["rr"] / n if n else None,
+                "ndcg": c["ndcg"] / n if n else None,
+                "distinct_items": d,
+                "coverage": d / size if size else None,
+            }
+        )
+    return int(counts.get("|unserved", 0)), rows
+
+
+def make_live(
+    settings: Any,
+    store: Any,
+    registry: Any,
+    metrics: Any,
+    bundles: Callable[[], Iterable[str]] = tuple,
+    experiment: str | None = None,
+) -> Live | None:
+    """The process's Live from the settings and `experiment` (a spec, None = none); raises ExperimentError
+    (logged) on a bad one."""
+    from app.experiment import ExperimentError, load_experiment
+    from app.stores import RedisStore
+
+    try:
+        split = load_experiment(experiment, settings.experiment_salt, registry)
+    except ExperimentError as exc:
+        log.error("SEQREC_EXPERIMENT refused: %s", exc)
+        raise
+    if not settings.online_tracking:
+        if split is not None:
+            log.warning("SEQREC_ONLINE_TRACKING is off: the experiment splits traffic but nothing is measured")
+        return Live(MemoryLedger(1), OnlineMetrics(metrics.registry), settings.online_k, split, tracking=False)
+    ledger: Ledger
+    client = getattr(store, "redis", None)
+    if client is not None and (isinstance(store, RedisStore) or hasattr(store, "user_key")):
+        # A cluster store names per-user keys in the user's hash slot: the lists go there too.
+        lists_key = (lambda u: store.user_key("s", u)) if hasattr(store, "user_key") else None
+        ledger = RedisLedger(client, settings.key_prefix, settings.online_ttl_s, settings.redis_timeout_s, lists_key)
+    else:
+        if store.kind != "memory":
+            log.warning("online tracking kept in process: the %s store offers no shared client", store.kind)
+        ledger = MemoryLedger(settings.online_ttl_s)
+    live = Live(
+        ledger,
+        OnlineMetrics(metrics.registry),
+        settings.online_k,
+        split,
+        bundles=bundles,
+        write_delay_s=settings.online_batch_ms / 1000,
+    )
+    if split is not None:
+        log.info("experiment: %s (salt %r)", split.spec, split.salt)
+    return live
+
+
+def next_experiment(live: Live | None, spec: str | None, registry: Any, salt: str) -> Experiment | None:
+    """The experiment to install with `registry`: `spec` when given ("" = none), else the current
+    one re-checked against the new bundles. Raises ExperimentError; nothing is changed then."""
+    from app.experiment import load_experiment
+
+    if spec is None:
+        current = live.experiment if live is not None else None
+        if current is None:
+            return None
+        current.check(registry)
+        return current
+    return load_experiment(spec, salt, registry)

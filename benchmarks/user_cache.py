@@ -1,0 +1,250 @@
+"""Cached user vectors on vs off, in the same run, under read:write mixes.
+
+    python benchmarks/user_cache.py --bundle /path/to/sasrec-ml1m --out benchmarks/results/user_cache.json
+
+One private redis-server and two `seqrec serve` instances (each `--workers` uvicorn workers)
+on the same histories (`--users` x `--history` events written once): one with
+SEQREC_USER_CACHE=true, one with false. Each mix (pure reads, 10 reads per write, 1 read per
+write) is measured on both servers in alternation, `--repeats` times, with the same closed-loop
+load (`--conns` keep-alive connections; a write is one POST /events of one new event for a
+random user, a read GET /recommend/{user}?k=10 for a random user). Only one server is loaded at
+a time. A "cold" pure-read window first runs on the cache-on server with every cache entry
+deleted. Reported: read and write requests/s, read latency percentiles, server CPU per request,
+and the on/off ratio of each mix (the result on a shared machine: both sides share conditions).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from benchmarks.machine import machine_info  # noqa: E402
+from benchmarks.serve_load import Conn, free_port, own_cpu, post_events, tree_cpu, wait_port  # noqa: E402
+
+API_KEY = "bench-key"
+PREFIX = "bench:"
+MIXES = {"reads_only": 0.0, "10_reads_per_write": 1 / 11, "1_read_per_write": 0.5}
+
+
+async def mixed_load(
+    port: int, users: list[str], items: list[str], write_frac: float, conns: int, seconds: float, seed: int
+) -> dict:
+    """Closed loop; only requests that start and end inside the window count (after a 1 s warm-up)."""
+    read_lat: list[float] = []
+    writes = errors = 0
+    start = time.perf_counter() + 1.0
+    end = start + seconds
+
+    async def worker(w: int) -> None:
+        nonlocal writes, errors
+        rng = random.Random(seed * 1000 + w)
+        c = await Conn.open(port)
+        n = 0
+        while (t := time.perf_counter()) < end:
+            u = rng.choice(users)
+            if rng.random() < write_frac:
+                n += 1
+                ev = {
+                    "user_id": u,
+                    "item_id": rng.choice(items),
+                    "timestamp": time.time(),
+                    "event_id": f"w{seed}-{w}-{n}",
+                }
+                status, _ = await c.request(
+                    "POST", "/events", json.dumps({"events": [ev]}).encode(), f"X-API-Key: {API_KEY}\r\n"
+                )
+                is_read = False
+            else:
+                status, _ = await c.request("GET", f"/recommend/{u}?k=10")
+                is_read = True
+            done = time.perf_counter()
+            if t < start or done > end:
+                continue
+            if status != 200:
+                errors += 1
+            elif is_read:
+                read_lat.append(done - t)
+            else:
+                writes += 1
+        c.close()
+
+    await asyncio.gather(*(worker(i) for i in range(conns)))
+    ms = np.array(read_lat) * 1e3
+    return {
+        "reads_per_s": round(len(read_lat) / seconds),
+        "writes_per_s": round(writes / seconds),
+        "read_p50_ms": round(float(np.percentile(ms, 50)), 2),
+        "read_p99_ms": round(float(np.percentile(ms, 99)), 2),
+        "errors": errors,
+    }
+
+
+def start_server(bundle: Path, port: int, url: str, workers: int, cache: bool, log: Path) -> subprocess.Popen:
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "SEQREC_KEY_PREFIX": PREFIX,
+        "SEQREC_MAX_HISTORY": "200",
+        "SEQREC_USER_CACHE": str(cache).lower(),
+    }
+    cmd = [sys.executable, "-m", "training.cli", "serve", "--bundle", str(bundle), "--port", str(port)]
+    cmd += ["--workers", str(workers), "--redis-url", url, "--api-key", API_KEY]
+    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
+
+
+async def drop_entries(url: str) -> int:
+    from redis.asyncio import Redis
+
+    r = Redis.from_url(url)
+    keys = [k async for k in r.scan_iter(match=f"{PREFIX}v:*", count=1000)]
+    if keys:
+        await r.delete(*keys)
+    await r.aclose()
+    return len(keys)
+
+
+def stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=15)
+        return
+    proc.kill()
+
+
+@contextlib.contextmanager
+def private_redis() -> Iterator[str]:
+    """A throwaway redis-server (no persistence) on a free port."""
+    exe = shutil.which("redis-server")
+    if not exe:
+        sys.exit("redis-server not found")
+    port = free_port()
+    proc = subprocess.Popen(
+        [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"], stdout=subprocess.DEVNULL
+    )
+    try:
+        wait_port(port)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        stop(proc)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--bundle", type=Path, required=True)
+    ap.add_argument("--conns", type=int, default=16, help="closed-loop connections")
+    ap.add_argument("--seconds", type=float, default=8, help="length of each measuring window")
+    ap.add_argument("--repeats", type=int, default=2, help="windows per mix and side")
+    ap.add_argument("--users", type=int, default=3000)
+    ap.add_argument("--history", type=int, default=200, help="events per user written up front")
+    ap.add_argument("--workers", type=int, default=2, help="uvicorn workers per server")
+    ap.add_argument("--out", type=Path, default=Path("benchmarks/results/user_cache.json"))
+    args = ap.parse_args()
+    with contextlib.suppress(ImportError):  # the server's own loop; the load generator's too
+        import uvloop
+
+        uvloop.install()
+    on_port, off_port = free_port(), free_port()
+    procs: list[subprocess.Popen] = []
+    results: dict[str, list[dict]] = {}
+    with private_redis() as url:
+        try:
+            servers = {
+                "on": start_server(
+                    args.bundle, on_port, url, args.workers, True, Path(f"/tmp/seqrec-uc-on-{on_port}.log")
+                ),
+                "off": start_server(
+                    args.bundle, off_port, url, args.workers, False, Path(f"/tmp/seqrec-uc-off-{off_port}.log")
+                ),
+            }
+            procs += servers.values()
+            ports = {"on": on_port, "off": off_port}
+            for p in ports.values():
+                wait_port(p)
+            time.sleep(3)  # every worker loads the bundle
+            items = json.loads((args.bundle / "item_ids.json").read_text())
+            users = [f"bench-u{i}" for i in range(args.users)]
+            ev = asyncio.run(post_events(on_port, users, items, args.history, 4, API_KEY))
+            print("events", ev, flush=True)
+
+            def measured(side: str, frac: float, seed: int) -> dict:
+                pid = servers[side].pid
+                c0, l0 = tree_cpu(pid), own_cpu()
+                r = asyncio.run(mixed_load(ports[side], users, items, frac, args.conns, args.seconds, seed))
+                n = (r["reads_per_s"] + r["writes_per_s"]) * args.seconds
+                r["server_cpu_ms_per_request"] = round((tree_cpu(pid) - c0) / max(n, 1) * 1e3, 3)
+                r["load_generator_cpu_s"] = round(own_cpu() - l0, 1)
+                return r
+
+            asyncio.run(drop_entries(url))
+            results["cold_reads_only_cache_on"] = [measured("on", 0.0, 0)]
+            print("cold", results["cold_reads_only_cache_on"], flush=True)
+            for mix, frac in MIXES.items():
+                for rep in range(args.repeats):
+                    # Alternate: neither side always goes first.
+                    order = ("off", "on") if rep % 2 == 0 else ("on", "off")
+                    for side in order:
+                        r = measured(side, frac, rep + 1)
+                        results.setdefault(f"{mix}_cache_{side}", []).append(r)
+                        print(mix, side, r, flush=True)
+        finally:
+            for p in procs:
+                stop(p)
+
+    def med(key: str, field: str) -> float:
+        return float(np.median([r[field] for r in results[key]]))
+
+    ratios = {
+        mix: {
+            "reads_per_s_on_over_off": round(
+                med(f"{mix}_cache_on", "reads_per_s") / med(f"{mix}_cache_off", "reads_per_s"), 2
+            ),
+            "read_p99_on_over_off": round(
+                med(f"{mix}_cache_on", "read_p99_ms") / med(f"{mix}_cache_off", "read_p99_ms"), 2
+            ),
+            "cpu_per_request_on_over_off": round(
+                med(f"{mix}_cache_on", "server_cpu_ms_per_request")
+                / med(f"{mix}_cache_off", "server_cpu_ms_per_request"),
+                2,
+            ),
+        }
+        for mix in MIXES
+    }
+    man = json.loads((args.bundle / "manifest.json").read_text())
+    out = {
+        "command": " ".join(["python", *sys.argv]),
+        "date": time.strftime("%Y-%m-%d", time.gmtime()),
+        "machine": machine_info(),
+        "load_average_at_end": os.getloadavg(),
+        "conditions": "load generator, redis-server and both servers on the same machine; one server loaded at a time",
+        "bundle": f"{man['model']} on {man.get('dataset')}: {man['num_items']} items, dim {man['dim']}, "
+        f"max_len {man['max_len']}",
+        "workers": args.workers,
+        "connections": args.conns,
+        "users": args.users,
+        "history": args.history,
+        "seconds_per_window": args.seconds,
+        "events": ev,
+        "runs": results,
+        "ratios_cache_on_over_off": ratios,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(out, indent=2) + "\n")
+    print(json.dumps(ratios, indent=2))
+
+
+if __name__ == "__main__":
+    main()

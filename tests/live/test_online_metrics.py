@@ -1,0 +1,193 @@
+"""Online-metric arithmetic and the variant assignment, without a server."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import subprocess
+import sys
+
+import pytest
+
+from app.experiment import Experiment, ExperimentError
+from app.metrics import Metrics
+from app.online import Live, MemoryLedger, OnlineMetrics, Score, score, summarize
+from tests.support.procs import ROOT
+
+
+def test_score_arithmetic() -> None:
+    items = ["a", "b", "c", "d"]
+    assert score(items, "a", 10) == Score(1, 1.0, 1.0, 1.0)
+    s = score(items, "c", 10)
+    assert (s.rank, s.hit, s.rr) == (3, 1.0, 1 / 3) and s.ndcg == pytest.approx(1 / math.log2(4))
+    assert score(items, "d", 3) == Score(4, 0.0, 0.25, 0.0)  # beyond k: no hit, rank still counts for MRR
+    assert score(items, "z", 10) == Score(None, 0.0, 0.0, 0.0)
+
+
+def test_hand_built_sequence() -> None:
+    """Served lists and events by hand; every number of the summary worked out on paper."""
+
+    async def go() -> tuple[int, list[dict]]:
+        live = Live(MemoryLedger(ttl_s=3600), OnlineMetrics(Metrics().registry), k=3)
+        live.served("u1", "A", "control", ["x", "y", "z", "w"])  # kept: x, y, z (k = 3)
+        live.served("u2", "B", "treatment", ["y", "q", "r"])
+        live.served("u3", "A", "control", ["x", "q", "p"])
+        await live.drain()
+        live.observe([("u1", "y", 10.0), ("u1", "x", 11.0)])  # rank 2; the 2nd u1 event: unserved
+        live.observe([("u2", "r", 12.0)])  # rank 3
+        live.observe([("u3", "nope", 13.0)])  # a miss
+        live.observe([("u4", "x", 14.0)])  # never served: unserved, not a miss
+        live.observe([("u1", "x", 15.0)])  # u1's list was used up by the first event: unserved
+        await live.drain()
+        counts, distinct = await live.window(5)
+        return summarize(counts, distinct, {"A": 10, "B": 4}.get)
+
+    unserved, rows = asyncio.run(go())
+    assert unserved == 3
+    a, b = rows
+    assert (a["bundle"], a["variant"], a["served"], a["scored"], a["hits"]) == ("A", "control", 2, 2, 1)
+    assert a["hit_rate"] == 0.5
+    assert a["mrr"] == pytest.approx((1 / 2 + 0) / 2)
+    assert a["ndcg"] == pytest.approx((1 / math.log2(3)) / 2)
+    assert a["distinct_items"] == 5 and a["coverage"] == 0.5  # x y z q p of 10
+    assert (b["scored"], b["hits"], b["mrr"]) == (1, 1, pytest.approx(1 / 3))
+    assert b["ndcg"] == pytest.approx(0.5) and b["coverage"] == 3 / 4
+
+
+def test_expired_list_is_not_scored() -> None:
+    now = [0.0]
+
+    async def go() -> tuple[int, list[dict]]:
+        live = Live(MemoryLedger(ttl_s=60, clock=lambda: now[0]), OnlineMetrics(Metrics().registry))
+        live.served("u", "A", "default", ["x"])
+        await live.drain()
+        now[0] = 61.0
+        live.observe([("u", "x", 1.0)])
+        await live.drain()
+        return summarize(*(await live.window(5)), lambda _: 1)
+
+    unserved, rows = asyncio.run(go())
+    assert unserved == 1 and rows[0]["scored"] == 0
+
+
+def test_failing_ledger_is_skipped_and_counted() -> None:
+    class Down(MemoryLedger):
+        async def take(self, users):  # type: ignore[no-untyped-def]
+            raise ConnectionError("redis down")
+
+    async def go() -> float:
+        m = OnlineMetrics(Metrics().registry)
+        live = Live(Down(ttl_s=60), m)
+        live.observe([("u", "x", 1.0)])
+        await live.drain()
+        return m.skipped.labels("observe")._value.get()
+
+    assert asyncio.run(go()) == 1
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("a=x:50,b=y:40", "sum to 90"),
+        ("a=x:50,a=y:50", "duplicate variant name 'a'"),
+        ("a=x:0,b=y:100", "must be positive"),
+        ("a=x:-10,b=y:110", "must be positive"),
+        ("a=x:fifty,b=y:50", "not a number"),
+        ("a=x,b=y:50", "expected name=bundle:weight"),
+        ("default=x:100", "reserved"),
+        ("", "at least one variant"),
+    ],
+)
+def test_bad_experiments_are_refused(spec: str, message: str) -> None:
+    with pytest.raises(ExperimentError, match=message):
+        Experiment.parse(spec)
+
+
+def test_assignment_matches_weights_on_100k_ids() -> None:
+    exp = Experiment.parse("control=a:70,treatment=b:20,other=c:10", salt="2026-12")
+    counts = {"control": 0, "treatment": 0, "other": 0}
+    for i in range(100_000):
+        counts[exp.assign(f"user-{i}").name] += 1
+    # Binomial sd at 100k draws is <= 0.16 points; 0.6 points is ~4 sd.
+    assert abs(counts["control"] / 1000 - 70) < 0.6
+    assert abs(counts["treatment"] / 1000 - 20) < 0.6
+    assert abs(counts["other"] / 1000 - 10) < 0.6
+    other_salt = Experiment.parse("control=a:70,treatment=b:20,other=c:10", salt="other")
+    moved = sum(exp.assign(f"user-{i}").name != other_salt.assign(f"user-{i}").name for i in range(2000))
+    assert moved > 500  # a new salt reshuffles
+
+
+def test_assignment_is_the_same_in_another_process() -> None:
+    code = (
+        "from app.experiment import Experiment\n"
+        "e = Experiment.parse('control=a:50,treatment=b:50', salt='s1')\n"
+        "print(''.join(e.assign(f'u{i}').name[0] for i in range(500)))"
+    )
+    runs = {
+        subprocess.run(
+            [sys.executable, "-c", code],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+            env={"PYTHONHASHSEED": s},
+        ).stdout
+        for s in ("1", "2")
+    }
+    here = Experiment.parse("control=a:50,treatment=b:50", salt="s1")
+    assert runs == {"".join(here.assign(f"u{i}").name[0] for i in range(500)) + "\n"}
+
+
+def test_serve_refuses_a_bad_experiment_before_starting(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    env = {"PATH": "/usr/bin:/bin", "SEQREC_EXPERIMENT": "a=x:50,b=y:60"}
+    r = subprocess.run(
+        [sys.executable, "-m", "training.cli", "serve", "--bundle", str(tmp_path)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 2 and "SEQREC_EXPERIMENT: variant weights sum to 110" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+class SlowLedger(MemoryLedger):
+    """A store whose list writes take 20 ms: events can overtake them."""
+
+    async def remember(self, batch):  # type: ignore[no-untyped-def]
+        await asyncio.sleep(0.02)
+        await super().remember(batch)
+
+
+def test_event_right_after_the_answer_waits_for_the_list_write() -> None:
+    """A slow store: the next event arrives while the served list is still being written."""
+
+    async def go() -> tuple[int, list[dict]]:
+        live = Live(SlowLedger(ttl_s=60), OnlineMetrics(Metrics().registry))
+        live.served("u", "A", "default", ["x", "y"])
+        live.observe([("u", "y", 1.0)])  # no drain in between
+        await live.drain()
+        return summarize(*(await live.window(5)), lambda _: 2)
+
+    unserved, rows = asyncio.run(go())
+    assert unserved == 0 and rows[0]["scored"] == 1 and rows[0]["hits"] == 1
+
+
+def test_rapid_answers_and_events_score_each_event_against_the_list_before_it() -> None:
+    """recommend, event, recommend, event, ... faster than the store writes (the replay pattern)."""
+
+    async def go() -> tuple[int, list[dict]]:
+        live = Live(SlowLedger(ttl_s=60), OnlineMetrics(Metrics().registry), k=2)
+        live.served("u", "A", "default", ["x", "y"])
+        live.observe([("u", "y", 1.0)])  # rank 2 in the first list
+        live.served("u", "A", "default", ["z", "w"])  # computed after y: does not hold it
+        live.observe([("u", "z", 2.0)])  # rank 1 in the second list
+        live.observe([("u", "q", 3.0)])  # nothing served since: unserved
+        await live.drain()
+        return summarize(*(await live.window(5)), lambda _: 4)
+
+    unserved, rows = asyncio.run(go())
+    assert unserved == 1
+    assert (rows[0]["served"], rows[0]["scored"], rows[0]["hits"]) == (2, 2, 2)
+    assert rows[0]["mrr"] == pytest.approx((1 / 2 + 1) / 2)

@@ -1,0 +1,184 @@
+"""Snapshot of the event store against a real redis-server: exact histories back, clear failures."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pytest
+import redis
+
+from app.stores import Event, RedisStore
+from tests.support.procs import ROOT, RedisProc, free_port
+from training.snapshot import SnapshotError, connect, snapshot
+
+PREFIX = "snap[1]*:"  # glob characters in the prefix must match themselves only
+
+
+def _write(url: str, events: list[Event], prefix: str = PREFIX) -> None:
+    async def go() -> None:
+        store = RedisStore(url, max_history=50, ttl_s=3600, prefix=prefix)
+        for ev in events:  # one by one: later calls carry late events and duplicates
+            await store.append([ev])
+        await store.close()
+
+    asyncio.run(go())
+
+
+EVENTS = [
+    Event("u1", "i1", 100.0, "e1"),
+    Event("u1", "i2", 200.0, "e2"),
+    Event("u1", "i0", 50.0, "e0"),  # late: lands before e1
+    Event("u1", "i2", 200.0, "e2"),  # duplicate: stored once
+    Event("u1", "i2", 300.0, "e3"),  # same item again, another event: kept
+    Event("ユーザー✓", "アイテム-é", 1.5, "ev-ü"),
+    Event("ユーザー✓", "🎬 42", 2.25, "t2.250000"),
+    Event("u:with:colons", "x", 7.0, "e7"),
+]
+EXPECTED = {
+    "u1": [("i0", 50.0, "e0"), ("i1", 100.0, "e1"), ("i2", 200.0, "e2"), ("i2", 300.0, "e3")],
+    "ユーザー✓": [("アイテム-é", 1.5, "ev-ü"), ("🎬 42", 2.25, "t2.250000")],
+    "u:with:colons": [("x", 7.0, "e7")],
+}
+
+
+def _histories(df: pl.DataFrame) -> dict[str, list[tuple[str, float, str]]]:
+    out: dict[str, list[tuple[str, float, str]]] = {}
+    for row in df.sort(["user_id", "timestamp", "event_id"]).iter_rows(named=True):
+        out.setdefault(row["user_id"], []).append((row["item_id"], row["timestamp"], row["event_id"]))
+    return out
+
+
+@pytest.mark.parametrize("suffix", [".parquet", ".csv"])
+def test_round_trip_exact(redis_proc: RedisProc, tmp_path: Path, suffix: str) -> None:
+    _write(redis_proc.url, EVENTS)
+    _write(redis_proc.url, [Event("other", "zz", 1.0, "e")], prefix="elsewhere:")  # another prefix: not read
+    out = tmp_path / f"events{suffix}"
+    res = snapshot(connect(redis_proc.url), out, prefix=PREFIX, chunk_rows=2, scan_count=1)
+    df = pl.read_parquet(out) if suffix == ".parquet" else pl.read_csv(out, schema_overrides={"timestamp": pl.Float64})
+    assert df.columns == ["user_id", "item_id", "timestamp", "event_id"]
+    assert _histories(df) == EXPECTED
+    assert (res.users, res.events) == (3, 7)
+    assert [p.name for p in tmp_path.iterdir()] == [out.name]  # temp parts cleaned up
+
+
+def test_empty_store_writes_an_empty_file(redis_proc: RedisProc, tmp_path: Path) -> None:
+    out = tmp_path / "none.parquet"
+    res = snapshot(connect(redis_proc.url), out, prefix=PREFIX)
+    assert res.events == 0 and pl.read_parquet(out).height == 0
+
+
+def test_unreachable_redis_exits_nonzero_without_file(tmp_path: Path) -> None:
+    out = tmp_path / "events.parquet"
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    proc = subprocess.run(
+        [sys.executable, "-m", "training.cli", "snapshot", "--redis-url", url, "--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 1
+    assert "cannot reach redis" in proc.stderr and "Traceback" not in proc.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+class _DropsAfter:
+    """A client whose pipelines fail after `n` executions: Redis lost midway through the walk."""
+
+    def __init__(self, client: redis.Redis, n: int) -> None:
+        self.client, self.left = client, n
+
+    def scan(self, **kw: object) -> object:
+        return self.client.scan(**kw)
+
+    def pipeline(self, transaction: bool = False) -> object:
+        pipe = self.client.pipeline(transaction=transaction)
+        outer = self
+        real = pipe.execute
+
+        def execute() -> object:
+            outer.left -= 1
+            if outer.left < 0:
+                raise redis.ConnectionError("Connection closed by server.")
+            return real()
+
+        pipe.execute = execute  # type: ignore[method-assign]
+        return pipe
+
+
+def test_redis_lost_midway_leaves_no_partial_file(redis_proc: RedisProc, tmp_path: Path) -> None:
+    _write(redis_proc.url, EVENTS)
+    out = tmp_path / "events.parquet"
+    out.write_bytes(b"previous snapshot")  # a failed run must not clobber it either
+    with pytest.raises(SnapshotError, match="no file written"):
+        snapshot(_DropsAfter(connect(redis_proc.url), 1), out, prefix=PREFIX, chunk_rows=1, scan_count=1)
+    assert out.read_bytes() == b"previous snapshot"
+    assert [p.name for p in tmp_path.iterdir()] == [out.name]
+
+
+def test_cli_snapshot(redis_proc: RedisProc, tmp_path: Path) -> None:
+    _write(redis_proc.url, EVENTS, prefix="seqrec:")
+    out = tmp_path / "events.parquet"
+    proc = subprocess.run(
+        [sys.executable, "-m", "training.cli", "snapshot", "--redis-url", redis_proc.url, "--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert '"events": 7' in proc.stdout
+    assert _histories(pl.read_parquet(out)) == EXPECTED
+
+
+def test_snapshot_event_ids_are_per_user_when_prepared(tmp_path: Path) -> None:
+    """The store scopes event ids by user: two users' "e1" are two events, not one duplicate."""
+    from training.data import prepare_files
+
+    rows = [
+        {"user_id": f"u{u}", "item_id": f"i{(u + n) % 7}", "timestamp": float(n), "event_id": f"e{n}"}
+        for u in range(8)
+        for n in range(7)
+    ]
+    snap = tmp_path / "events.parquet"
+    pl.DataFrame(rows).write_parquet(snap)
+    data = prepare_files([snap], None, cache_dir=tmp_path / "cache")
+    assert data.num_interactions == len(rows)
+
+
+def test_snapshot_of_a_redis_cluster_reads_every_master(redis_cluster: Any, tmp_path: Path) -> None:
+    """The cluster store hash-tags each user's keys ({user}, with } and % escaped) across three masters:
+    the snapshot scans every primary and gives back exactly the ids and histories that were written."""
+    from app.stores.cluster import ClusterStore
+
+    prefix = "snapc:"
+    events = [
+        *EVENTS,
+        Event("a}b%7D{c", "i9", 9.0, "e9"),
+        *(Event(f"user-{n}", "i1", float(n), "e") for n in range(60)),
+    ]
+
+    async def go() -> None:
+        store = ClusterStore(redis_cluster.url, max_history=50, ttl_s=3600, prefix=prefix, timeout_s=2.0)
+        for ev in events:
+            await store.append([ev])
+        await store.close()
+
+    asyncio.run(go())
+    out = tmp_path / "cluster.parquet"
+    res = snapshot(connect(redis_cluster.url), out, prefix=prefix, chunk_rows=7, scan_count=5)
+    got = _histories(pl.read_parquet(out))
+    assert {u: got[u] for u in EXPECTED} == EXPECTED
+    assert got["a}b%7D{c"] == [("i9", 9.0, "e9")]
+    assert (res.users, res.events) == (3 + 1 + 60, 7 + 1 + 60)
+
+
+def test_unreachable_cluster_is_a_clear_error(tmp_path: Path) -> None:
+    port = free_port()
+    with pytest.raises(SnapshotError, match=rf"cannot reach redis at redis\+cluster://127\.0\.0\.1:{port}"):
+        connect(f"redis+cluster://:secret@127.0.0.1:{port}", timeout_s=0.5)
