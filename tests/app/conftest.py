@@ -12,21 +12,21 @@ from tests.support.procs import RedisProc
 from training.data import SeqData
 
 
-@pytest.fixture(scope="session")
-def tiny_run(synthetic: SeqData, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def _tiny_sasrec(data: SeqData, run: Path) -> Path:
     """A few seconds of training: quality is irrelevant, the bundle format is what the service reads."""
     from training.train import train
 
-    run = tmp_path_factory.mktemp("svc-run")
-    train(
-        "sasrec",
-        synthetic,
-        run,
-        model_overrides={"max_len": 30, "dim": 16, "num_layers": 1},
-        train_overrides={"epochs": 1, "batch_size": 128, "max_users": 300},
-        progress=False,
-    )
+    model = {"max_len": 30, "dim": 16, "num_layers": 1}
+    train("sasrec", data, run, model_overrides=model, train_overrides=TINY_TRAIN, progress=False)
     return run
+
+
+TINY_TRAIN = {"epochs": 1, "batch_size": 128, "max_users": 300}
+
+
+@pytest.fixture(scope="session")
+def tiny_run(synthetic: SeqData, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _tiny_sasrec(synthetic, tmp_path_factory.mktemp("svc-run"))
 
 
 @pytest.fixture(scope="session")
@@ -40,17 +40,8 @@ def bundle_path(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
 def ml100k_bundle_path(ml100k: SeqData, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The same tiny SASRec on ML-100K: for tests that serve it next to another ML-100K bundle."""
     from training.export import export_bundle
-    from training.train import train
 
-    run = tmp_path_factory.mktemp("svc-run-ml100k")
-    train(
-        "sasrec",
-        ml100k,
-        run,
-        model_overrides={"max_len": 30, "dim": 16, "num_layers": 1},
-        train_overrides={"epochs": 1, "batch_size": 128, "max_users": 300},
-        progress=False,
-    )
+    run = _tiny_sasrec(ml100k, tmp_path_factory.mktemp("svc-run-ml100k"))
     return export_bundle(run / "best.pt", tmp_path_factory.mktemp("svc-artifacts-ml100k"), name="tiny-sasrec")
 
 
