@@ -8,7 +8,7 @@ import unicodedata
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import Path
+from fastapi import Path, Query
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, WithJsonSchema, field_validator
 
 MAX_ID_LENGTH = 128
@@ -255,6 +255,13 @@ IdPath = Annotated[
     str,
     Path(min_length=1, max_length=MAX_ID_LENGTH, json_schema_extra=_ID_SCHEMA),
     AfterValidator(check_id),
+]
+
+
+# The list-length and model-choice query parameters of the read routes (recommend, similar items).
+TopK = Annotated[int, Query(ge=1, le=1000, description="How many items.")]
+ModelQuery = Annotated[
+    str | None, Query(max_length=MAX_ID_LENGTH, description="Bundle name or model kind (default model if omitted).")
 ]
 
 

@@ -12,7 +12,7 @@ from app.deps import State
 from app.diversity import ListShape, list_shape
 from app.explain import explain as explain_items
 from app.registry import UnknownModel
-from app.schemas import MAX_ID_LENGTH, ErrorOut, IdPath, RecommendOut
+from app.schemas import ErrorOut, IdPath, ModelQuery, RecommendOut, TopK
 from app.stores import StoreUnavailable
 
 router = APIRouter(tags=["recommend"])
@@ -26,10 +26,8 @@ router = APIRouter(tags=["recommend"])
 async def recommend(
     state: State,
     user_id: IdPath,
-    k: Annotated[int, Query(ge=1, le=1000, description="How many items.")] = 10,
-    model: Annotated[
-        str | None, Query(max_length=MAX_ID_LENGTH, description="Bundle name or model kind (default model if omitted).")
-    ] = None,
+    k: TopK = 10,
+    model: ModelQuery = None,
     exclude_seen: Annotated[bool, Query(description="Drop items already in the user's history.")] = True,
     explain: Annotated[bool, Query(description="Add each item's most contributing history events.")] = False,
     shape: Annotated[ListShape, Depends(list_shape)] = ListShape(),

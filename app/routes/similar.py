@@ -11,7 +11,7 @@ from pydantic import BaseModel, Field
 
 from app.deps import State
 from app.registry import UnknownModel
-from app.schemas import MAX_ID_LENGTH, ErrorOut, IdPath
+from app.schemas import ErrorOut, IdPath, ModelQuery, TopK
 from app.similar import OUTPUT_SPACE
 
 router = APIRouter(tags=["items"])
@@ -57,10 +57,8 @@ class SimilarOut(BaseModel):
 async def similar(
     state: State,
     item_id: IdPath,
-    k: Annotated[int, Query(ge=1, le=1000, description="How many items.")] = 10,
-    model: Annotated[
-        str | None, Query(max_length=MAX_ID_LENGTH, description="Bundle name or model kind (default model if omitted).")
-    ] = None,
+    k: TopK = 10,
+    model: ModelQuery = None,
     space: Annotated[
         str,
         Query(
