@@ -14,9 +14,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.real_data("ml-100k")  # the training job prepares ML-100K itself, in a subprocess
 def test_live_loop_through_the_topology(cache_dir: Path, tmp_path: Path) -> None:
     work = tmp_path / "topology"
     cmd = [sys.executable, "scripts/local_topology.py", "--dataset", "ml-100k", "--no-retrain", "--live"]

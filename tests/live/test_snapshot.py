@@ -92,9 +92,15 @@ class _DropsAfter:
 
     def __init__(self, client: redis.Redis, n: int) -> None:
         self.client, self.left = client, n
+        self.pending: list[bytes] | None = None
 
-    def scan(self, **kw: object) -> object:
-        return self.client.scan(**kw)
+    def scan(self, cursor: int = 0, match: str | None = None, count: int | None = None) -> tuple[int, list[bytes]]:
+        # One key per call, whatever SCAN's COUNT hint does on a small keyspace, so the walk
+        # really has several pipelines and the loss falls between them.
+        if self.pending is None:
+            self.pending = list(self.client.scan_iter(match=match))
+        key = [self.pending.pop(0)] if self.pending else []
+        return (1 if self.pending else 0), key
 
     def pipeline(self, transaction: bool = False) -> object:
         pipe = self.client.pipeline(transaction=transaction)
