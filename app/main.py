@@ -49,7 +49,7 @@ def make_store(settings: Settings) -> EventStore:
         url, n, ttl = settings.redis_url, settings.max_history, settings.history_ttl_s
         opts: dict[str, Any] = {
             "prefix": settings.key_prefix,
-            "timeout_s": settings.redis_timeout_s,
+            "read_timeout_s": settings.redis_timeout_s,
             "pool_size": settings.redis_pool_size,
             "write_timeout_s": settings.redis_write_timeout_s,
         }
@@ -176,7 +176,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return await http_exception_handler(request, exc)
 
     document_validation_errors(app)
-    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, timeout_s=settings.body_timeout_s)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, body_timeout_s=settings.body_timeout_s)
     app.add_middleware(EncodedSlash)
     app.add_middleware(Observe, metrics=metrics, log_requests=settings.access_log)
     return app

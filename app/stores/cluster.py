@@ -120,7 +120,7 @@ class ClusterStore:
         max_history: int,
         ttl_s: int,
         prefix: str = "seqrec:",
-        timeout_s: float = 0.25,
+        read_timeout_s: float = 0.25,
         pool_size: int = 64,
         write_timeout_s: float = 2.0,
         wait_replicas: int = 0,
@@ -133,14 +133,14 @@ class ClusterStore:
         self.max_history = max_history
         self.ttl_s = ttl_s
         self.prefix = prefix
-        self.read_timeout_s = timeout_s
+        self.read_timeout_s = read_timeout_s
         self.wait_replicas = wait_replicas
         self.wait_timeout_ms = wait_timeout_ms
         self.refresh_s = refresh_s
         nodes, auth = startup_nodes(url)
         self._opts: dict[str, Any] = {
-            "socket_timeout": max(timeout_s, write_timeout_s + wait_timeout_ms / 1000),
-            "socket_connect_timeout": timeout_s,
+            "socket_timeout": max(read_timeout_s, write_timeout_s + wait_timeout_ms / 1000),
+            "socket_connect_timeout": read_timeout_s,
             "retry": Retry(NoBackoff(), 0),
             **auth,
         }

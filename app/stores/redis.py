@@ -56,7 +56,7 @@ class RedisStore:
         max_history: int,
         ttl_s: int,
         prefix: str = "seqrec:",
-        timeout_s: float = 0.25,
+        read_timeout_s: float = 0.25,
         pool_size: int = 64,
         write_timeout_s: float = 2.0,
     ) -> None:
@@ -65,8 +65,8 @@ class RedisStore:
         self.prefix = prefix
         opts = {
             "max_connections": pool_size,
-            "socket_timeout": max(timeout_s, write_timeout_s),  # the socket bound is the write timeout ...
-            "socket_connect_timeout": timeout_s,
+            "socket_timeout": max(read_timeout_s, write_timeout_s),  # the socket bound is the write timeout ...
+            "socket_connect_timeout": read_timeout_s,
             "retry": Retry(NoBackoff(), 0),
         }
         self.pool = ConnectionPool.from_url(url, decode_responses=True, **opts)
@@ -75,7 +75,7 @@ class RedisStore:
         # Python, which costs as much as the whole round trip for a 200-event history.
         self.raw_pool = ConnectionPool.from_url(url, decode_responses=False, **opts)
         self.raw = Redis(connection_pool=self.raw_pool)
-        self.read_timeout_s = timeout_s  # ... reads are cut shorter, a recommendation must stay fast
+        self.read_timeout_s = read_timeout_s  # ... reads are cut shorter, a recommendation must stay fast
 
     def key(self, user_id: str) -> str:
         return f"{self.prefix}h:{user_id}"
