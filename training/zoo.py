@@ -18,6 +18,7 @@ import torch
 
 from models.bert4rec import BERT4Rec, BERT4RecConfig
 from models.gru4rec import GRU4Rec, GRU4RecConfig
+from models.hrnn import HRNN, HRNNConfig
 from models.layers import SeqRecModel
 from models.sasrec import SASRec, SASRecConfig
 from models.unisrec import UniSRec, UniSRecConfig
@@ -35,6 +36,7 @@ from training.config import (
     option_fields,
 )
 from training.gru4rec_tasks import PaddedNextItemTask, SessionParallelTask
+from training.hrnn import HRNNTask
 from training.tasks import ContrastiveNextItemTask, NextItemTask, Task
 
 # (model, prepared dataset, train config, task config) -> None: fills dataset-dependent state
@@ -130,6 +132,12 @@ def _gru4rec_task(cfg: GRU4RecConfig, tc: TrainConfig, x: SessionTaskConfig, pop
     raise ConfigError(f"gru4rec: task.parallel must be session or padded, got {x.parallel!r}")
 
 
+def _hrnn_task(cfg: HRNNConfig, tc: TrainConfig, x: TaskConfig, popularity: np.ndarray) -> Task:
+    if tc.loss != "ce":
+        raise ConfigError(f"hrnn trains with train.loss=ce (full softmax) only, got {tc.loss!r}")
+    return HRNNTask(max_len=cfg.max_len, bucket=tc.bucket, newest_prob=tc.newest_prob)
+
+
 def _unisrec_task(cfg: UniSRecConfig, tc: TrainConfig, x: ContrastiveConfig, popularity: np.ndarray) -> Task:
     return ContrastiveNextItemTask(
         cfg.max_len, temperature=cfg.temperature, candidates=torch.as_tensor(popularity > 0), bucket=tc.bucket
@@ -189,6 +197,16 @@ MODELS: dict[str, ModelSpec] = {
         _gru4rec_task,
         SessionTaskConfig,
         train_defaults=TrainConfig(epochs=100, batch_size=128, lr=1e-3, loss="ce", num_negatives=2048, patience=5),
+    ),
+    # Session GRU + user GRU across sessions (Quadrana et al. 2017); reads event times, trained on
+    # padded user sequences with a full softmax (training/hrnn.py).
+    "hrnn": ModelSpec(
+        "hrnn",
+        HRNNConfig,
+        HRNN,
+        _hrnn_task,
+        TaskConfig,
+        train_defaults=TrainConfig(epochs=100, batch_size=128, lr=1e-3, loss="ce", patience=5),
     ),
     # Item vectors from text (PLM -> whitening MoE adaptor); model.mode=inductive|transductive;
     # task.init=PRETRAINED loads a `seqrec pretrain` checkpoint; task.items_file= for generic data.
