@@ -213,6 +213,7 @@ MODELS: dict[str, ModelSpec] = {
         _hrnn_task,
         TaskConfig,
         train_defaults=TrainConfig(epochs=100, batch_size=128, lr=1e-3, loss="ce", patience=5),
+        needs_times=True,
     ),
     # Item vectors from text (PLM -> whitening MoE adaptor); model.mode=inductive|transductive;
     # task.init=PRETRAINED loads a `seqrec pretrain` checkpoint; task.items_file= for generic data.
