@@ -54,7 +54,7 @@ def main() -> None:
 
     data = prepare(args.dataset)
     result: dict = {"dataset": args.dataset, "session_gap_s": args.gap, "note": args.note, "rows": {}}
-    base, split = user_session_protocol(data, args.gap, "user")
+    _, split = user_session_protocol(data, args.gap, "user")
     result["split"] = {
         "training_sequences": len(split.train),
         "validation_queries": len(split.valid_target),

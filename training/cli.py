@@ -427,9 +427,8 @@ def train(
     split = None
     if sessions is not None:
         from training.data import DatasetError
-        from training.sessions import session_protocol
-
         from training.hrnn import HISTORIES, user_session_protocol
+        from training.sessions import session_protocol
 
         if sessions not in ("column", "gap", "largest-gap", "user-gap"):
             _fail("--sessions must be column, gap, largest-gap or user-gap")
