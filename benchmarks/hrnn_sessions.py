@@ -2,8 +2,8 @@
 
 Rows (each a recipe, trained and tested on the split of training/hrnn.py):
   popularity              training counts (no model)
-  gru4rec-session         recipes/hrnn-ml-100k-gru4rec-session.toml, histories = the current session
-  gru4rec-concat          recipes/hrnn-ml-100k-gru4rec-concat.toml, histories = all earlier events
+  gru4rec-session         recipes/gru4rec-ml-100k-user-sessions.toml, histories = the current session
+  gru4rec-concat          recipes/gru4rec-ml-100k-user-sessions-concat.toml, histories = all earlier events
   hrnn                    recipes/hrnn-ml-100k.toml, histories = all earlier events, with times
 
 Every row ranks the same test targets (the split's `history` changes what precedes them only).
@@ -31,8 +31,8 @@ from training.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
 ROWS = {
-    "gru4rec-session": ("recipes/hrnn-ml-100k-gru4rec-session.toml", "session"),
-    "gru4rec-concat": ("recipes/hrnn-ml-100k-gru4rec-concat.toml", "user"),
+    "gru4rec-session": ("recipes/gru4rec-ml-100k-user-sessions.toml", "session"),
+    "gru4rec-concat": ("recipes/gru4rec-ml-100k-user-sessions-concat.toml", "user"),
     "hrnn": ("recipes/hrnn-ml-100k.toml", "user"),
 }
 KEYS = ("hr@10", "ndcg@10", "hr@20", "mrr@20")
@@ -53,7 +53,7 @@ def main() -> None:
     args = ap.parse_args()
 
     data = prepare(args.dataset)
-    result: dict = {"dataset": args.dataset, "session_gap_s": args.gap, "note": args.note, "rows": {}}
+    result: dict = {"dataset": args.dataset, "session_gap_s": args.gap, "note": args.note, "results": {}}
     _, split = user_session_protocol(data, args.gap, "user")
     result["split"] = {
         "training_sequences": len(split.train),
@@ -62,7 +62,7 @@ def main() -> None:
     }
     pop = popularity_score_fn(popularity_scores(split.train, data.num_items))
     test = full_rank_eval(pop, split.test_hist, split.test_target, data.num_items, 200, exclude_history=False)
-    result["rows"]["popularity"] = {"test": _pick(test)}
+    result["results"]["popularity"] = {"test": _pick(test)}
     for row in args.rows:
         recipe_path, history = ROWS[row]
         rec = Recipe.load(ROOT / recipe_path)
@@ -83,7 +83,7 @@ def main() -> None:
             task_overrides=tables["task"],
         )
         epochs = [json.loads(line) for line in (res.run_dir / "metrics.jsonl").read_text().splitlines()]
-        result["rows"][row] = {
+        result["results"][row] = {
             "recipe": recipe_path,
             "command": f"seqrec train --recipe {recipe_path} --sessions user-gap --session-history {history}",
             "overrides": args.set,
@@ -96,7 +96,7 @@ def main() -> None:
             "valid": _pick(res.valid),
             "test": _pick(res.test),
         }
-        print(json.dumps({row: result["rows"][row]}), file=sys.stderr, flush=True)
+        print(json.dumps({row: result["results"][row]}), file=sys.stderr, flush=True)
     path = write_result(f"hrnn-sessions-{args.dataset}", result)
     print(path)
 

@@ -5,7 +5,7 @@ timeline is cut into sessions with `split_by_gap` (a new session after more than
 without an event). For a user with at least three sessions the last one is the test session and
 the one before it the validation session; every event after the first of such a session is one
 query, whose history is everything the user did before it (all earlier sessions and the earlier
-events of this session), with its event times. The user's training sequence is everything before
+events of that session), with its event times. The user's training sequence is everything before
 the validation session. Users with fewer than three sessions are training data only. Ranked
 against the full catalogue, seen items not excluded (the session literature's protocol).
 
