@@ -146,6 +146,10 @@ class SessionTaskConfig(TaskConfig):
     alpha: float = opt(0.5, "Exponent of the extra negatives' sampling distribution.")
     bpreg: float = opt(1.0, "BPR-max score regularisation.")
     final_act: str = opt("linear", "Output activation before the loss: linear, elu-1, tanh, ...")
+    exclude_seen: bool = opt(
+        False,
+        "padded, loss ce, n_extra_negatives=-1 only: the row's own items are not negatives in the full softmax.",
+    )
 
 
 @dataclass

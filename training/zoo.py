@@ -124,9 +124,13 @@ def _gru4rec_task(cfg: GRU4RecConfig, tc: TrainConfig, x: SessionTaskConfig, pop
         "popularity": torch.as_tensor(popularity, dtype=torch.float),
     }
     if x.parallel == "session":
+        if x.exclude_seen:
+            raise ConfigError("gru4rec: task.exclude_seen needs task.parallel=padded (whole user sequences)")
         return SessionParallelTask(**neg)
     if x.parallel == "padded":
-        return PaddedNextItemTask(**neg, max_len=cfg.max_len, bucket=tc.bucket)
+        return PaddedNextItemTask(
+            **neg, max_len=cfg.max_len, bucket=tc.bucket, newest_prob=tc.newest_prob, exclude_seen=x.exclude_seen
+        )
     raise ConfigError(f"gru4rec: task.parallel must be session or padded, got {x.parallel!r}")
 
 
