@@ -16,6 +16,7 @@ import torch
 
 from models.gru4rec import GRU4Rec
 from training import losses
+from training.dwell import dwell_batches
 from training.ranking_losses import LOSSES, ranking_loss
 from training.tasks import Batch, Task, row_items, shifted_batches
 
@@ -140,6 +141,7 @@ class PaddedNextItemTask(_Negatives, Task):
     bucket: bool = False  # length-bucketed batches (training.tasks.batch_order)
     newest_prob: float = 1.0  # training.tasks.shifted_batches: else a random earlier window
     exclude_seen: bool = False
+    dwell: dict | None = None  # training/dwell.py: inputs repeated by dwell time (needs times=)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -150,9 +152,18 @@ class PaddedNextItemTask(_Negatives, Task):
             )
 
     def batches(
-        self, train: Sequence[np.ndarray], batch_size: int, rng: np.random.Generator, device: torch.device
+        self,
+        train: Sequence[np.ndarray],
+        batch_size: int,
+        rng: np.random.Generator,
+        device: torch.device,
+        times: Sequence[np.ndarray] | None = None,
     ) -> Iterator[Batch]:
-        yield from shifted_batches(train, batch_size, rng, device, self.max_len, self.bucket, self.newest_prob)
+        if self.dwell is not None:
+            args = (train, times, batch_size, rng, device, self.max_len, self.bucket, self.newest_prob)
+            yield from dwell_batches(self.dwell, *args)
+        else:
+            yield from shifted_batches(train, batch_size, rng, device, self.max_len, self.bucket, self.newest_prob)
 
     def loss(self, model: GRU4Rec, batch: Batch) -> torch.Tensor:  # type: ignore[override]
         h = model.hidden(batch["item_seq"])  # (B, L, H)
