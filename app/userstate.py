@@ -62,10 +62,18 @@ _steps: weakref.WeakKeyDictionary[Bundle, ort.InferenceSession] = weakref.WeakKe
 
 # The history and the entry in one command: a pipeline of two costs redis-py about as much CPU
 # again as the ZRANGE alone. pcall: an entry of the wrong type is a miss, never a failed read.
+# ARGV = n, with_times (1: the members' scores too, flat).
 READ_LUA = """
 local entry = redis.pcall('GET', KEYS[2])
 if type(entry) == 'table' then entry = false end
-return {redis.call('ZRANGE', KEYS[1], -tonumber(ARGV[1]), -1), entry}
+local n = -tonumber(ARGV[1])
+local h
+if ARGV[2] == '1' then
+  h = redis.call('ZRANGE', KEYS[1], n, -1, 'WITHSCORES')
+else
+  h = redis.call('ZRANGE', KEYS[1], n, -1)
+end
+return {h, entry}
 """
 READ_SHA = hashlib.sha1(READ_LUA.encode()).hexdigest()
 
@@ -85,24 +93,35 @@ def bundle_tag(bundle: Bundle) -> bytes:
     return tag
 
 
-def _digest(bundle: Bundle, seq: np.ndarray) -> bytes:
+def _digest(bundle: Bundle, seq: np.ndarray, times: np.ndarray | None = None) -> bytes:
     h = hashlib.blake2b(bundle_tag(bundle), digest_size=DIGEST_BYTES)
     h.update(np.ascontiguousarray(seq, dtype=np.int64).tobytes())
+    if times is not None:
+        h.update(np.ascontiguousarray(times, dtype=np.int64).tobytes())
     return h.digest()
 
 
-def history_digest(bundle: Bundle, seen: np.ndarray) -> bytes | None:
-    """Digest of what `bundle.user_vectors([seen])` encodes; None when it must not be cached."""
-    seq = seen[-bundle.max_len :]
+def history_digest(bundle: Bundle, seen: np.ndarray, times: np.ndarray | None = None) -> bytes | None:
+    """Digest of what `bundle.user_vectors([seen], [times])` encodes; None when it must not be cached.
+
+    For a bundle that reads event times, the digest covers the whole history and its times (a
+    history transform may read every event), not only the last max_len indices.
+    """
+    if bundle.needs_times:
+        if times is None:
+            return None
+        seq = seen
+    else:
+        seq, times = seen[-bundle.max_len :], None
     if len(seq) and int(seq.max()) > bundle.manifest.num_items:
         return None  # an online-registered item: its index is this process's, see the module doc
-    return _digest(bundle, seq)
+    return _digest(bundle, seq, times)
 
 
 def step_session(bundle: Bundle) -> ort.InferenceSession | None:
     """The bundle's recurrent step graph, when its manifest offers one (loaded once per bundle)."""
     spec = bundle.manifest.incremental
-    if spec is None or spec.kind != "rnn_state" or getattr(bundle, "needs_times", False):
+    if spec is None or spec.kind != "rnn_state" or bundle.needs_times:
         return None  # (a history transform over times re-shapes the whole window: no prefix to advance)
     sess = _steps.get(bundle)
     if sess is None:
@@ -134,9 +153,13 @@ class RnnState:
         return cls(blob[:DIGEST_BYTES], n, state, vec)
 
 
+Read = tuple[list[str], list[float] | None, bytes | None]  # item ids, their times (when asked), entry
+
+
 class CacheBackend(Protocol):
-    async def read(self, user_id: str, n: int, field: str) -> tuple[list[str], bytes | None]:
-        """The user's last n item ids (raises StoreUnavailable like `EventStore.history`) and the entry."""
+    async def read(self, user_id: str, n: int, field: str, with_times: bool = False) -> Read:
+        """The user's last n item ids (raises StoreUnavailable like `EventStore.history`), their
+        times when `with_times`, and the entry."""
         ...
 
     def put(self, user_id: str, field: str, blob: bytes) -> None:
@@ -175,20 +198,24 @@ class RedisBackend:
     async def _write_client(self, user_id: str) -> Redis:
         return await self._client(user_id)  # one seam: tests point the writes at a refusing Redis
 
-    async def read(self, user_id: str, n: int, field: str) -> tuple[list[str], bytes | None]:
+    async def read(self, user_id: str, n: int, field: str, with_times: bool = False) -> Read:
         keys = (self.store.key(user_id), self.key(user_id, field))
+        args = (n, 1 if with_times else 0)
         try:
             async with asyncio.timeout(self.store.read_timeout_s):
                 client = await self._client(user_id)
                 try:
-                    members, blob = await client.evalsha(READ_SHA, 2, *keys, n)
+                    members, blob = await client.evalsha(READ_SHA, 2, *keys, *args)
                 except NoScriptError:  # a restarted or new Redis: EVAL also caches the script
-                    members, blob = await client.eval(READ_LUA, 2, *keys, n)
+                    members, blob = await client.eval(READ_LUA, 2, *keys, *args)
         except _ERRORS as exc:
             if isinstance(self.store, ClusterStore):
                 self.store._stale = True  # as the store's own read does: reload the map next time
             raise StoreUnavailable(f"redis: {type(exc).__name__}: {exc}") from exc
-        return items_of(members), blob if isinstance(blob, bytes) else None
+        entry = blob if isinstance(blob, bytes) else None
+        if with_times:  # a flat member, score, member, score, ... list from the script
+            return items_of(members[0::2]), [float(t) for t in members[1::2]], entry
+        return items_of(members), None, entry
 
     def put(self, user_id: str, field: str, blob: bytes) -> None:
         first = not self._pending
@@ -230,12 +257,16 @@ class MemoryBackend:
         self.max_entries = max_entries
         self._entries: OrderedDict[tuple[str, str], tuple[float, bytes]] = OrderedDict()
 
-    async def read(self, user_id: str, n: int, field: str) -> tuple[list[str], bytes | None]:
-        history = await self.store.history(user_id, n)
+    async def read(self, user_id: str, n: int, field: str, with_times: bool = False) -> Read:
+        times: list[float] | None = None
+        if with_times:
+            history, times = await self.store.history_times(user_id, n)
+        else:
+            history = await self.store.history(user_id, n)
         hit = self._entries.get((user_id, field))
         if hit is None or time.monotonic() - hit[0] >= self.ttl_s:
-            return history, None
-        return history, hit[1]
+            return history, times, None
+        return history, times, hit[1]
 
     def put(self, user_id: str, field: str, blob: bytes) -> None:
         key = (user_id, field)
@@ -266,28 +297,34 @@ class UserCache:
             else MemoryBackend(store, ttl_s)
         )
 
-    async def read(self, user_id: str, n: int, bundle: Bundle) -> tuple[list[str], bytes | None]:
-        """The user's history (StoreUnavailable as from the store) and the cache entry, if any."""
+    async def read(self, user_id: str, n: int, bundle: Bundle) -> Read:
+        """The user's history (StoreUnavailable as from the store), its times when the bundle reads
+        them, and the cache entry, if any."""
+        timed = bundle.needs_times
         if not self.enabled:
-            return await self.store.history(user_id, n), None
-        return await self.backend.read(user_id, n, bundle.name)
+            if timed:
+                history, times = await self.store.history_times(user_id, n)
+                return history, times, None
+            return await self.store.history(user_id, n), None, None
+        return await self.backend.read(user_id, n, bundle.name, timed)
 
-    def user_vector(self, user_id: str, bundle: Bundle, seen: np.ndarray, entry: bytes | None) -> np.ndarray:
-        """(1, D) user vector of `seen`: the entry's when its digest matches, else computed (and stored)."""
-        if not self.enabled:
-            return bundle.user_vectors([seen])
-        window = seen[-bundle.max_len :]
-        if len(window) and int(window.max()) > bundle.manifest.num_items:
-            return bundle.user_vectors([seen])  # an online-registered item: see the module doc
+    def user_vector(
+        self, user_id: str, bundle: Bundle, seen: np.ndarray, entry: bytes | None, times: np.ndarray | None = None
+    ) -> np.ndarray:
+        """(1, D) user vector of `seen` [with its times]: the entry's when its digest matches, else
+        computed (and stored)."""
+        tms = None if times is None else [times]
+        digest = history_digest(bundle, seen, times) if self.enabled else None
+        if digest is None:
+            return bundle.user_vectors([seen], tms)
         step = step_session(bundle) if self.rnn_state else None
         if step is not None:
-            return self._advance(user_id, bundle, step, window, entry)
-        digest = _digest(bundle, window)
+            return self._advance(user_id, bundle, step, seen[-bundle.max_len :], entry)
         if entry is not None and len(entry) == DIGEST_BYTES + 4 * bundle.dim and entry[:DIGEST_BYTES] == digest:
             self.lookups.labels("hit").inc()
             return np.frombuffer(entry, dtype=np.float32, offset=DIGEST_BYTES).reshape(1, bundle.dim)
         self.lookups.labels("miss").inc()
-        vec = np.ascontiguousarray(bundle.user_vectors([seen]), dtype=np.float32)
+        vec = np.ascontiguousarray(bundle.user_vectors([seen], tms), dtype=np.float32)
         self.backend.put(user_id, bundle.name, digest + vec.tobytes())
         return vec
 
