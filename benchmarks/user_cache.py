@@ -39,7 +39,12 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from benchmarks.machine import machine_info  # noqa: E402
-from benchmarks.serve_load import Conn, free_port, own_cpu, post_events, tree_cpu, wait_port  # noqa: E402
+from benchmarks.serve_load import Conn, own_cpu, post_events, tree_cpu  # noqa: E402
+from tests.support.procs import free_port, port_open, wait_for  # noqa: E402
+
+
+def wait_port(port: int, timeout: float = 90) -> None:
+    wait_for(lambda: port_open(port), timeout, f"port {port}")
 
 API_KEY = "bench-key"
 PREFIX = "bench:"
