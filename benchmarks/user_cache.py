@@ -285,6 +285,7 @@ def main() -> None:
         "date": time.strftime("%Y-%m-%d", time.gmtime()),
         "machine": machine_info(),
         "load_average_at_end": os.getloadavg(),
+        "cpu_affinity": sorted(os.sched_getaffinity(0)),  # e.g. [0] under taskset -c 0: all on one core
         "conditions": "load generator, redis-server and both servers on the same machine; one server loaded at a time",
         "bundle": f"{man['model']} on {man.get('dataset')}: {man['num_items']} items, dim {man['dim']}, "
         f"max_len {man['max_len']}",
