@@ -20,6 +20,7 @@ from models.bert4rec import BERT4Rec, BERT4RecConfig
 from models.gru4rec import GRU4Rec, GRU4RecConfig
 from models.layers import SeqRecModel
 from models.sasrec import SASRec, SASRecConfig
+from models.tisasrec import TiSASRec, TiSASRecConfig
 from models.unisrec import UniSRec, UniSRecConfig
 from training.cloze import ClozeTask
 from training.config import (
@@ -83,7 +84,9 @@ def negative_weights(x: NegativesConfig, popularity: np.ndarray) -> torch.Tensor
     return q.float()
 
 
-def _sasrec_task(cfg: SASRecConfig, tc: TrainConfig, x: NextItemConfig, popularity: np.ndarray) -> Task:
+def _sasrec_task(
+    cfg: SASRecConfig | TiSASRecConfig, tc: TrainConfig, x: NextItemConfig, popularity: np.ndarray
+) -> Task:
     return NextItemTask(
         cfg.max_len,
         tc.loss,
@@ -153,6 +156,16 @@ MODELS: dict[str, ModelSpec] = {
         "sasrec",
         SASRecConfig,
         SASRec,
+        _sasrec_task,
+        NextItemConfig,
+        train_defaults=TrainConfig(epochs=200, batch_size=128, lr=1e-3, loss="ce", patience=10),
+    ),
+    # SASRec with clipped, per-user-scaled time intervals in the attention's keys and values
+    # (Li et al. 2020); the same next-item task and loss as SASRec, fed the events' times too.
+    "tisasrec": ModelSpec(
+        "tisasrec",
+        TiSASRecConfig,
+        TiSASRec,
         _sasrec_task,
         NextItemConfig,
         train_defaults=TrainConfig(epochs=200, batch_size=128, lr=1e-3, loss="ce", patience=10),
