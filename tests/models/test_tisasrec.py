@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from models.tisasrec import TiSASRec, TiSASRecConfig, time_intervals
+from models.tisasrec import TiSASRec, TiSASRecConfig, _running_min, time_intervals
 from training.tasks import shifted_batches
 
 
@@ -27,13 +27,13 @@ def test_interval_matrix_equals_the_hand_computed_one() -> None:
     # up to position i (1 before any), then floored and clipped to k.
     items = torch.tensor([[0, 0, 5, 6, 7, 8], [1, 2, 3, 4, 5, 6]])
     times = torch.tensor([[0, 0, 100, 100, 130, 190], [10, 20, 25, 45, 47, 107]])
-    want_1 = [  # r_u: 1, 1, 1, 1, 30, 30
-        [0, 0, 6, 6, 6, 6],  # padding rows: |0 - t_j|, clipped (masked in attention)
-        [0, 0, 6, 6, 6, 6],
+    want_1 = [  # r_u: -, -, 1, 1, 30, 30
+        [6, 6, 6, 6, 6, 6],  # pairs with a padding position are k (masked in attention)
+        [6, 6, 6, 6, 6, 6],
         [6, 6, 0, 0, 6, 6],  # 30 s and 90 s at scale 1 clip to 6
         [6, 6, 0, 0, 6, 6],
-        [4, 4, 1, 1, 0, 2],  # scale 30: 130/30 = 4, 30/30 = 1, 60/30 = 2
-        [6, 6, 3, 3, 2, 0],  # 190/30 = 6.3 -> 6, 90/30 = 3
+        [6, 6, 1, 1, 0, 2],  # scale 30: 30/30 = 1, 60/30 = 2
+        [6, 6, 3, 3, 2, 0],  # 90/30 = 3
     ]
     want_2 = [  # r_u: 1, 10, 5, 5, 2, 2
         [0, 6, 6, 6, 6, 6],
@@ -44,6 +44,10 @@ def test_interval_matrix_equals_the_hand_computed_one() -> None:
         [6, 6, 6, 6, 6, 0],
     ]
     assert time_intervals(items, times, 6).tolist() == [want_1, want_2]
+    # the exported graph's running minimum (no cummin in ONNX) gives the same integers
+    gaps = torch.tensor([[2**31 - 1, 30, 7, 2**31 - 1, 9, 3, 50]])
+    assert _running_min(gaps, exportable=True).tolist() == [[2**31 - 1, 30, 7, 7, 7, 3, 3]]
+    assert torch.equal(_running_min(gaps, exportable=False), _running_min(gaps, exportable=True))
     # the padding slots' times are ignored (the contract pads them with 0; anything else is the same)
     assert torch.equal(time_intervals(items, times + (items == 0) * 777, 6), time_intervals(items, times, 6))
 
@@ -62,7 +66,7 @@ def _reference_attention(att, q_in, kv_in, pos_k, pos_v, int_k, int_v, r, mask) 
     H, dh = att.num_heads, D // att.num_heads
     w_q, w_k, w_v = att.qkv.weight.split([D, D, D])
     b_q, b_k, b_v = att.qkv.bias.split([D, D, D])
-    rk, rv = int_k[r], int_v[r]  # (B, Lq, L, D)
+    rk, rv = int_k[r.long()], int_v[r.long()]  # (B, Lq, L, D)
     keys = (kv_in @ w_k.T + b_k + pos_k)[:, None] + rk  # (B, Lq, L, D)
     vals = (kv_in @ w_v.T + b_v + pos_v)[:, None] + rv  # (B, Lq, L, D)
     q = q_in @ w_q.T + b_q  # (B, Lq, D)
