@@ -35,6 +35,7 @@ from training.config import (
     check_fields,
     option_fields,
 )
+from training.dwell import dwell_spec
 from training.gru4rec_tasks import PaddedNextItemTask, SessionParallelTask
 from training.tasks import ContrastiveNextItemTask, NextItemTask, Task
 
@@ -122,6 +123,14 @@ def _bert4rec_task(cfg: BERT4RecConfig, tc: TrainConfig, x: ClozeConfig, popular
     )
 
 
+def _gru4rec_dwell(cfg: GRU4RecConfig, x: SessionTaskConfig) -> dict[str, Any] | None:
+    """The dwell-repetition history transform (training/dwell.py) when task.dwell_unit_s > 0."""
+    try:
+        return dwell_spec(x.dwell_unit_s, x.dwell_cap_s, x.session_gap_s)
+    except ValueError as exc:
+        raise ConfigError(f"gru4rec: {exc}") from None
+
+
 def _gru4rec_task(cfg: GRU4RecConfig, tc: TrainConfig, x: SessionTaskConfig, popularity: np.ndarray) -> Task:
     """task.parallel=session (session-parallel, the paper) | padded (whole sequences, full BPTT)."""
     neg = {
@@ -133,9 +142,20 @@ def _gru4rec_task(cfg: GRU4RecConfig, tc: TrainConfig, x: SessionTaskConfig, pop
         "popularity": torch.as_tensor(popularity, dtype=torch.float),
     }
     if x.parallel == "session":
+        if x.dwell_unit_s:
+            raise ConfigError("gru4rec: task.dwell_unit_s needs task.parallel=padded (whole user sequences)")
+        if x.exclude_seen:
+            raise ConfigError("gru4rec: task.exclude_seen needs task.parallel=padded (whole user sequences)")
         return SessionParallelTask(**neg)
     if x.parallel == "padded":
-        return PaddedNextItemTask(**neg, max_len=cfg.max_len, bucket=tc.bucket)
+        return PaddedNextItemTask(
+            **neg,
+            max_len=cfg.max_len,
+            bucket=tc.bucket,
+            newest_prob=tc.newest_prob,
+            exclude_seen=x.exclude_seen,
+            dwell=_gru4rec_dwell(cfg, x),
+        )
     raise ConfigError(f"gru4rec: task.parallel must be session or padded, got {x.parallel!r}")
 
 
@@ -209,6 +229,7 @@ MODELS: dict[str, ModelSpec] = {
         _gru4rec_task,
         SessionTaskConfig,
         train_defaults=TrainConfig(epochs=100, batch_size=128, lr=1e-3, loss="ce", num_negatives=2048, patience=5),
+        history_transform=_gru4rec_dwell,  # task.dwell_unit_s > 0: dwell repetition, served alike
     ),
     # Item vectors from text (PLM -> whitening MoE adaptor); model.mode=inductive|transductive;
     # task.init=PRETRAINED loads a `seqrec pretrain` checkpoint; task.items_file= for generic data.
