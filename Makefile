@@ -53,6 +53,7 @@ bench-serve: setup $(BENCH_BUNDLE)
 	$(PY) benchmarks/serve_load.py --bundle $(BENCH_BUNDLE) --users 3000 --seconds 15 --workers 2 --conns 1 8 16 32 --out benchmarks/results/serve
 	$(PY) benchmarks/user_cache.py --bundle $(BENCH_BUNDLE) --out benchmarks/results/user_cache.json
 	$(PY) benchmarks/request_path.py --bundle $(BENCH_BUNDLE) --out benchmarks/results/request_path.json
+	$(PY) benchmarks/online_overhead.py --bundle $(BENCH_BUNDLE) --out benchmarks/results/online_overhead.json
 
 bench-ann: setup $(BENCH_BUNDLE)
 	$(VENV)/bin/pip install -q --disable-pip-version-check -e '.[bench]'
