@@ -435,11 +435,15 @@ class Live:
         writing = {t for u in next_item if (t := self._writing.get(u)) is not None}
         if writing:
             await asyncio.wait(writing)
-        stored = await self.ledger.take(list(next_item), list(self.bundles()))
+        # Only lists served before the event arrived: one served after it (the user asked again
+        # while this event waited) may already be stored, and it stays for the user's next event.
+        stored = await self.ledger.take(list(next_item), list(self.bundles()), [arrived] * len(next_item))
         lists: dict[str, list[Served]] = {}
         for user in next_item:
             by_bundle = {e.bundle: e for e in stored.get(user, [])}
-            by_bundle.update(queued.get(user, {}))  # newer than anything stored for that bundle
+            for b, e in queued.get(user, {}).items():  # per bundle, the list served last before the event
+                if b not in by_bundle or e.at >= by_bundle[b].at:
+                    by_bundle[b] = e
             if by_bundle:
                 lists[user] = list(by_bundle.values())
         missing = [u for u in next_item if u not in lists]

@@ -271,3 +271,32 @@ def test_redis_take_before_leaves_later_lists(redis_proc) -> None:  # type: igno
         await r.aclose()
 
     asyncio.run(go())
+
+
+def test_list_served_within_the_window_after_an_event_is_left_for_the_next_one() -> None:
+    """recommend, event, recommend, event for one user inside one batch window (a user rating
+    several items in a row): the second list is written while the first event waits for the
+    write, and must be left for the second event, not taken by the first."""
+
+    async def go() -> tuple[int, list[dict]]:
+        clock = [100.0]
+
+        def tick() -> float:
+            clock[0] += 0.001
+            return clock[0]
+
+        ledger = SharedSlowLedger(0.0)
+        live = Live(ledger, OnlineMetrics(Metrics().registry), k=2, write_delay_s=0.02, retry_s=0.05, clock=tick)
+        live.bundles = lambda: ["A"]
+        live.served("u", "A", "default", ["x", "y"])
+        live.observe([("u", "x", 1.0)])  # rank 1 in the first list
+        live.served("u", "A", "default", ["z", "w"])  # after the event, same batch window
+        await asyncio.sleep(0.03)  # both lists' writer has run; the first event's take too
+        live.observe([("u", "w", 2.0)])  # rank 2 in the second list
+        await live.drain()
+        return summarize(*(await live.window(5)), lambda _: 4)
+
+    unserved, rows = asyncio.run(go())
+    assert unserved == 0
+    assert (rows[0]["served"], rows[0]["scored"], rows[0]["hits"]) == (2, 2, 2)
+    assert rows[0]["mrr"] == pytest.approx((1 + 1 / 2) / 2)
