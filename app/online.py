@@ -340,8 +340,9 @@ class Live:
     _counts: Counts = field(default_factory=lambda: defaultdict(lambda: defaultdict(float)))
     _items: Items = field(default_factory=lambda: defaultdict(set))
     _flusher: asyncio.Task[None] | None = None
-    # Events (user, item, arrival time) that found no list: looked up again after `retry_s`.
-    _second: list[tuple[str, str, float]] = field(default_factory=list)
+    # Events (user, item, arrival time, loop time due) that found no list: looked up again
+    # `retry_s` after their own first look, by one task for all.
+    _second: list[tuple[str, str, float, float]] = field(default_factory=list)
     _retrier: asyncio.Task[None] | None = None
 
     def _spawn(self, op: str, coro: Any) -> asyncio.Task[None] | None:
@@ -447,9 +448,10 @@ class Live:
             if by_bundle:
                 lists[user] = list(by_bundle.values())
         missing = [u for u in next_item if u not in lists]
-        if missing and self.retry_s > 0 and self.ledger.shared:
+        if missing and self.retry_s > 0 and self.ledger.shared and len(self._second) < 10 * self.max_inflight:
             # Another process may still be writing the list it served before this event.
-            self._second.extend((u, next_item[u], arrived) for u in missing)
+            due = asyncio.get_running_loop().time() + self.retry_s
+            self._second.extend((u, next_item[u], arrived, due) for u in missing)
             if self._retrier is None:
                 self._retrier = self._spawn("observe", self._look_again())
             if self._retrier is not None:
@@ -459,15 +461,25 @@ class Live:
         self._score(next_item, lists, extra + len(missing))
 
     async def _look_again(self) -> None:
-        await asyncio.sleep(self.retry_s)
-        batch, self._second, self._retrier = self._second, [], None
-        first: dict[str, tuple[str, float]] = {}
-        for user, item, arrived in batch:  # one event per user: the earliest (the rest are unserved)
-            first.setdefault(user, (item, arrived))
-        users = list(first)
-        stored = await self.ledger.take(users, list(self.bundles()), [first[u][1] for u in users])
-        unserved = len(batch) - len(users) + sum(1 for u in users if not stored.get(u))
-        self._score({u: first[u][0] for u in users}, stored, unserved)
+        loop = asyncio.get_running_loop()
+        while self._second:
+            await asyncio.sleep(max(0.0, self._second[0][3] - loop.time()))  # the oldest is due first
+            now = loop.time()
+            batch = [x for x in self._second if x[3] <= now]
+            self._second = [x for x in self._second if x[3] > now]
+            first: dict[str, tuple[str, float]] = {}
+            for user, item, arrived, _ in batch:  # one event per user: the earliest (the rest: unserved)
+                first.setdefault(user, (item, arrived))
+            users = list(first)
+            try:
+                stored = await self.ledger.take(users, list(self.bundles()), [first[u][1] for u in users])
+            except Exception as exc:  # like a failed first look: skipped and counted, never raised
+                self.metrics.skipped.labels("observe").inc()
+                log.debug("online tracking: second look skipped: %r", exc)
+                continue
+            unserved = len(batch) - len(users) + sum(1 for u in users if not stored.get(u))
+            self._score({u: first[u][0] for u in users}, stored, unserved)
+        self._retrier = None
 
     def _score(self, next_item: dict[str, str], lists: dict[str, list[Served]], unserved: int) -> None:
         """Count each user's next item against the lists served before it, and `unserved` events."""

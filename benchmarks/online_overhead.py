@@ -72,7 +72,9 @@ def main() -> None:
         runs: dict[str, dict[int, list[dict]]] = {"off": {}, "on": {}}
         for _ in range(args.rounds):
             for c in args.conns:
-                for mode in ("off", "on"):
+                # ABBA order (off, on, on, off, ...): a drift of the shared machine hits both alike
+                order = ("off", "on") if len(runs["off"].get(c, [])) % 2 == 0 else ("on", "off")
+                for mode in order:
                     pid = pids[mode]
                     r = asyncio.run(recommend_load(ports[mode], users, c, args.seconds, lambda pid=pid: tree_cpu(pid)))
                     before, after = r.pop("cpu")
@@ -85,10 +87,13 @@ def main() -> None:
         on = [r["p50_ms"] for r in runs["on"][c]]
         cpu_off = statistics.median(r["server_cpu_ms_per_request"] for r in runs["off"][c])
         cpu_on = statistics.median(r["server_cpu_ms_per_request"] for r in runs["on"][c])
+        paired = [b / a - 1 for a, b in zip(off, on, strict=True)]  # round by round
         summary[str(c)] = {
             "p50_ms_off": statistics.median(off),
             "p50_ms_on": statistics.median(on),
             "p50_overhead": round(statistics.median(on) / statistics.median(off) - 1, 3),
+            "p50_overhead_per_round": [round(x, 3) for x in paired],
+            "p50_overhead_median_of_rounds": round(statistics.median(paired), 3),
             "server_cpu_ms_per_request_off": cpu_off,
             "server_cpu_ms_per_request_on": cpu_on,
             "cpu_overhead": round(cpu_on / cpu_off - 1, 3),
@@ -99,6 +104,7 @@ def main() -> None:
         "date": time.strftime("%Y-%m-%d", time.gmtime()),
         "machine": machine_info(),
         "load_average_at_end": os.getloadavg(),
+        "cpus_used": sorted(os.sched_getaffinity(0)),  # taskset: client, servers and Redis share these
         "bundle": str(args.bundle),
         "online_batch_ms": Settings.model_fields["online_batch_ms"].default if args.batch_ms is None else args.batch_ms,
         "users": args.users,

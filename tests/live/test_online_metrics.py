@@ -300,3 +300,24 @@ def test_list_served_within_the_window_after_an_event_is_left_for_the_next_one()
     assert unserved == 0
     assert (rows[0]["served"], rows[0]["scored"], rows[0]["hits"]) == (2, 2, 2)
     assert rows[0]["mrr"] == pytest.approx((1 + 1 / 2) / 2)
+
+
+def test_each_event_waits_its_own_second_look() -> None:
+    """A miss that joins a second look already pending still waits the full `retry_s` after its
+    own first look (the other process's list lands 30 ms after the answer)."""
+
+    async def go() -> tuple[int, list[dict]]:
+        ledger = SharedSlowLedger(0.0)
+        a = Live(ledger, OnlineMetrics(Metrics().registry), write_delay_s=0.03, retry_s=0.1, bundles=lambda: ["A"])
+        b = Live(ledger, OnlineMetrics(Metrics().registry), write_delay_s=0.03, retry_s=0.1, bundles=lambda: ["A"])
+        b.observe([("nobody", "x", 1.0)])  # never served: starts a second look due in 0.1 s
+        await asyncio.sleep(0.09)
+        a.served("u", "A", "default", ["x", "y"])  # written 30 ms later, after that second look
+        await asyncio.sleep(0.001)
+        b.observe([("u", "y", 2.0)])
+        await asyncio.gather(a.drain(), b.drain())
+        return summarize(*(await b.window(5)), lambda _: 2)
+
+    unserved, rows = asyncio.run(go())
+    assert unserved == 1  # "nobody" only
+    assert (rows[0]["scored"], rows[0]["hits"]) == (1, 1)
