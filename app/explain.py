@@ -27,25 +27,46 @@ if TYPE_CHECKING:
 TOP_EVENTS = 3
 
 
-def contributions(bundle: Bundle, seen: np.ndarray, labels: np.ndarray, n_max: int) -> np.ndarray:
-    """(N, k) score drops: row a = removing the event of age a (0 = newest), column = labels[c]."""
+def contributions(
+    bundle: Bundle, seen: np.ndarray, labels: np.ndarray, n_max: int, times: np.ndarray | None = None
+) -> np.ndarray:
+    """(N, k) score drops: row a = removing the event of age a (0 = newest), column = labels[c].
+
+    `times` (parallel to `seen`) for a bundle that reads event times: an ablation removes the
+    event from both sequences."""
     n = min(len(seen), n_max, bundle.max_len)
     if n == 0 or len(labels) == 0:
         return np.zeros((0, len(labels)), np.float32)
-    # Only the window (plus the one event that slides in when another is removed) affects a score.
-    window = np.asarray(seen[-(bundle.max_len + 1) :], dtype=np.int64)
-    last = len(window) - 1
-    hists = [window[-bundle.max_len :]] + [np.delete(window, last - age) for age in range(n)]
-    users = bundle.user_vectors(hists)  # (N + 1, D), one encoder call
+    if bundle.needs_times:
+        if times is None:
+            raise ValueError(f"bundle {bundle.name} reads event times: pass the history's times")
+        # A history transform may read any event (e.g. a gap to the next one): ablate the whole history.
+        window = np.asarray(seen, dtype=np.int64)
+        tw = np.asarray(times, dtype=np.int64)
+        last = len(window) - 1
+        hists = [window] + [np.delete(window, last - age) for age in range(n)]
+        tms = [tw] + [np.delete(tw, last - age) for age in range(n)]
+        users = bundle.user_vectors(hists, tms)  # (N + 1, D), one encoder call
+    else:
+        # Only the window (plus the one event that slides in when another is removed) affects a score.
+        window = np.asarray(seen[-(bundle.max_len + 1) :], dtype=np.int64)
+        last = len(window) - 1
+        hists = [window[-bundle.max_len :]] + [np.delete(window, last - age) for age in range(n)]
+        users = bundle.user_vectors(hists)  # (N + 1, D), one encoder call
     scores = users.astype(np.float64) @ bundle.vectors(labels).astype(np.float64).T  # (N + 1, k)
     return (scores[0] - scores[1:]).astype(np.float32)
 
 
 def explain(
-    bundle: Bundle, seen: np.ndarray, labels: np.ndarray, n_max: int, top: int = TOP_EVENTS
+    bundle: Bundle,
+    seen: np.ndarray,
+    labels: np.ndarray,
+    n_max: int,
+    top: int = TOP_EVENTS,
+    times: np.ndarray | None = None,
 ) -> list[list[dict[str, Any]]]:
     """Per recommended item, its `top` most contributing history events (see the module docstring)."""
-    contrib = contributions(bundle, seen, labels, n_max)
+    contrib = contributions(bundle, seen, labels, n_max, times)
     if len(contrib) == 0:
         return [[] for _ in labels]
     window = seen[-len(contrib) :][::-1]  # newest first: window[age]
