@@ -21,6 +21,7 @@ from models.gru4rec import GRU4Rec, GRU4RecConfig
 from models.hrnn import HRNN, HRNNConfig
 from models.layers import SeqRecModel
 from models.sasrec import SASRec, SASRecConfig
+from models.tisasrec import TiSASRec, TiSASRecConfig
 from models.unisrec import UniSRec, UniSRecConfig
 from training.cloze import ClozeTask
 from training.config import (
@@ -92,7 +93,9 @@ def negative_weights(x: NegativesConfig, popularity: np.ndarray) -> torch.Tensor
     return q.float()
 
 
-def _sasrec_task(cfg: SASRecConfig, tc: TrainConfig, x: NextItemConfig, popularity: np.ndarray) -> Task:
+def _sasrec_task(
+    cfg: SASRecConfig | TiSASRecConfig, tc: TrainConfig, x: NextItemConfig, popularity: np.ndarray
+) -> Task:
     return NextItemTask(
         cfg.max_len,
         tc.loss,
@@ -190,6 +193,17 @@ MODELS: dict[str, ModelSpec] = {
         _sasrec_task,
         NextItemConfig,
         train_defaults=TrainConfig(epochs=200, batch_size=128, lr=1e-3, loss="ce", patience=10),
+    ),
+    # SASRec with clipped, per-user-scaled time intervals in the attention's keys and values
+    # (Li et al. 2020); the same next-item task and loss as SASRec, fed the events' times too.
+    "tisasrec": ModelSpec(
+        "tisasrec",
+        TiSASRecConfig,
+        TiSASRec,
+        _sasrec_task,
+        NextItemConfig,
+        train_defaults=TrainConfig(epochs=200, batch_size=128, lr=1e-3, loss="ce", patience=10),
+        needs_times=True,
     ),
     # Sun et al. 2019 (ML-1M): d=64, 2 layers, 2 heads, dropout 0.1, N=200, rho=0.2, batch 256,
     # Adam lr 1e-4 for 400k steps. Ours: lr 1e-3, batch 32, length-bucketed batches. BERT4Rec is
