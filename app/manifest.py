@@ -130,6 +130,8 @@ class Manifest(_Section):
     # Diversity and similar items (their readers, app/diversity.py and app/similar.py, check them).
     clusters: dict[str, Any] | None = None
     item_spaces: dict[str, Any] | None = None
+    # Explanations: ablation.onnx, the leave-one-out user vectors in one graph (app/explain.py reads it).
+    ablation: dict[str, Any] | None = None
 
     # `model_config` is pydantic's own attribute name, so the field is stored as model_config_ and
     # read and written under its JSON name by alias.
@@ -138,6 +140,8 @@ class Manifest(_Section):
     def named_files(self) -> list[str]:
         """Files the sections name beyond the required ones (a new section with files adds them here)."""
         named = [] if self.clusters is None else [str(self.clusters.get("file"))]
+        if self.ablation is not None:
+            named.append(str(self.ablation.get("file")))
         if self.text is not None:
             t = self.text
             named += [t.tokenizer, t.text_encoder.file, t.adaptor.file, t.seq_encoder.file]

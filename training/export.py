@@ -13,6 +13,8 @@ bundle/
   item_text.json     optional: external id -> text (titles for the demo page)
   clusters.npy       int32 [num_items]: k-means cluster of each item (diversity, training/clusters.py)
   item_vectors_layers4.npy  optional (layer_vectors=True, BERT4Rec): a second space for similar items
+  ablation.onnx      optional (models with `ablations`, e.g. SASRec): the leave-one-out user vectors
+                     explanations need, in one cheaper graph (training/ablation.py)
 
 The bundle is written into a temporary sibling directory and renamed into place, so a
 reader never sees half a bundle. Export fails, and writes nothing, when ONNX Runtime or
@@ -37,6 +39,7 @@ from pydantic import ValidationError
 
 from app.manifest import FORMAT_VERSION, Manifest, OnnxSpec
 from models.layers import SeqRecModel
+from training.ablation import write_ablation_graph
 from training.checkpoint import load_checkpoint
 from training.clusters import write_clusters, write_layer_vectors
 from training.errors import ExportError
@@ -187,6 +190,11 @@ def export_bundle(
             # Model-specific graphs (e.g. UniSRec: text encoder, adaptor, sequence encoder).
             extra_manifest = spec.export_extra(model, tmp, ckpt)
         extra_manifest["clusters"] = write_clusters(tmp, table)
+        ablation = write_ablation_graph(model, tmp, ONNX_OPSET)  # None: explanations batch model.onnx
+        if ablation is not None:
+            if ablation["parity_max_abs_diff"] > PARITY_TOL:
+                raise ExportError(f"ablation.onnx disagrees with the model's own ablations: {ablation}")
+            extra_manifest["ablation"] = ablation
         if layer_vectors:
             try:
                 extra_manifest["item_spaces"] = write_layer_vectors(tmp, model)
