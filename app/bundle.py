@@ -2,9 +2,12 @@
 
 The service knows models only through the manifest: any bundle whose ONNX maps
 `item_seq` (B, L) int64, left-padded with 0, to `user_vec` (B, D) is served alike, and
-score(item) = <user_vec, item_vectors[item]>. Items are addressed internally by their
-model index (1..N, 0 = padding); `add_items` grows the catalogue online (cold-start items
-registered later), so the index is the one internal identity for every item.
+score(item) = <user_vec, item_vectors[item]>. A bundle that reads event times (`needs_times`)
+also gets the history's unix seconds: as the graph's second input (`onnx.time_input`) and/or
+through the manifest's `history_transform` (app/history.py), applied before the max_len cut.
+Items are addressed internally by their model index (1..N, 0 = padding); `add_items` grows
+the catalogue online (cold-start items registered later), so the index is the one internal
+identity for every item.
 
 The manifest's schema and format check live in app/manifest.py; app/loader.py picks Bundle or
 TextBundle (app/text_bundle.py) from it.
@@ -21,6 +24,7 @@ import numpy as np
 
 from app.diversity import Clusters, load_clusters
 from app.explain import AblationGraph, load_ablation
+from app.history import apply_transform, check_transform
 from app.index import TopKIndex, build_index
 from app.manifest import MANIFEST_FILE, BundleError, Manifest, read_manifest
 from app.onnx_session import ort_session
@@ -74,6 +78,9 @@ class Bundle:
         self.input_name: str = manifest.onnx.input
         self.output_name: str = manifest.onnx.output
         self.padding_index: int = manifest.onnx.padding_index
+        self.time_input: str | None = manifest.onnx.time_input
+        self.history_transform = manifest.history_transform
+        check_transform(self.history_transform)
         self.session = ort_session(path / "model.onnx")
 
         table = np.load(path / "item_vectors.npy", allow_pickle=False)
@@ -132,7 +139,9 @@ class Bundle:
 
     def _check_runs(self) -> None:
         """Smoke-run the graph once so a bundle that cannot infer is rejected at load time."""
-        out = self.user_vectors([np.array([1], dtype=np.int64), np.array([], dtype=np.int64)])
+        probes = [np.array([1], dtype=np.int64), np.array([], dtype=np.int64)]
+        times = [np.array([1_000_000_000], dtype=np.int64), np.array([], dtype=np.int64)] if self.needs_times else None
+        out = self.user_vectors(probes, times)
         if out.shape != (2, self.dim) or not np.isfinite(out[0]).all():
             raise BundleError(f"model.onnx returned {out.shape}, expected (2, {self.dim})")
 
@@ -153,15 +162,42 @@ class Bundle:
         get = self.index_of.get
         return np.array([i for i in map(get, items) if i is not None], dtype=np.int64)
 
-    def user_vectors(self, histories: Sequence[np.ndarray]) -> np.ndarray:
-        """Histories of model indices (oldest first) -> (B, D) user vectors, one ONNX call."""
-        seqs = [h[-self.max_len :] for h in histories]
+    @property
+    def needs_times(self) -> bool:
+        """Whether the encoder reads the events' times (then every call must pass them)."""
+        return self.time_input is not None or self.history_transform is not None
+
+    def encode_timed(self, items: Sequence[str], times: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+        """Like `encode`, with each kept event's time (whole unix seconds, as training stores them)."""
+        get = self.index_of.get
+        idx = [get(i) for i in items]
+        keep = [n for n, i in enumerate(idx) if i is not None]
+        seen = np.array([idx[n] for n in keep], dtype=np.int64)
+        return seen, np.floor(np.asarray([times[n] for n in keep], dtype=np.float64)).astype(np.int64)
+
+    def user_vectors(self, histories: Sequence[np.ndarray], times: Sequence[np.ndarray] | None = None) -> np.ndarray:
+        """Histories of model indices (oldest first) [and their times] -> (B, D) user vectors, one ONNX call."""
+        if self.needs_times:
+            if times is None or len(times) != len(histories):
+                raise ValueError(f"bundle {self.name} reads event times: pass one times array per history")
+            rows = [apply_transform(self.history_transform, h, t) for h, t in zip(histories, times, strict=True)]
+            seqs = [h[-self.max_len :] for h, _ in rows]
+            tseqs = [np.asarray(t, dtype=np.int64)[-self.max_len :] for _, t in rows]
+        else:
+            seqs = [h[-self.max_len :] for h in histories]
         length = max(1, max(len(s) for s in seqs))
         batch = np.full((len(seqs), length), self.padding_index, dtype=np.int64)  # (B, L) left-padded
         for row, s in zip(batch, seqs, strict=True):
             if len(s):
                 row[length - len(s) :] = s
-        return self.session.run([self.output_name], {self.input_name: batch})[0]
+        feeds = {self.input_name: batch}
+        if self.time_input is not None:
+            tbatch = np.zeros((len(seqs), length), dtype=np.int64)  # (B, L), 0 where items pad
+            for row, t in zip(tbatch, tseqs, strict=True):
+                if len(t):
+                    row[length - len(t) :] = t
+            feeds[self.time_input] = tbatch
+        return self.session.run([self.output_name], feeds)[0]
 
     @property
     def takes_text(self) -> bool:

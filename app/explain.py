@@ -11,7 +11,8 @@ it needs only the bundle's user encoder and item vectors. The N ablated historie
 go through the encoder as ONE batch (N + 1 rows). A bundle may ship `ablation.onnx` (manifest
 section `ablation`, contract in training/ablation.py): one graph that returns the same N + 1 user
 vectors with less work (for a causal model the events older than a removed one keep their states);
-explanations then call it instead, and the numbers are the same (checked at export and in tests).
+explanations then call it when it is the cheaper of the two (long histories), and the numbers
+are the same (checked at export and in tests).
 
 Reported per item: up to `top` events with a positive contribution, largest first (ties: the newer
 event), each with weight = contribution / (sum of the positive contributions of all N events), so
@@ -42,6 +43,14 @@ class AblationGraph:
         self.window_name, self.ages_name = meta["inputs"]
         self.output_name: str = meta["output"]
 
+    @staticmethod
+    def cheaper(length: int, n: int, max_len: int) -> bool:
+        """Whether the graph does less attention work than the batch: its first block scores about
+        n x n x (length + n) query-key pairs, the batch (n + 1) x L x L (the same numbers either way;
+        the graph wins on long histories, the batch on short ones)."""
+        L = min(length, max_len)
+        return n * n * (length + n) < (n + 1) * L * L
+
     def run(self, window: np.ndarray, n: int) -> np.ndarray:
         feed = {self.window_name: window[None], self.ages_name: np.arange(n, dtype=np.int64)}
         return self.session.run([self.output_name], feed)[0]
@@ -57,29 +66,50 @@ def load_ablation(path: Path, meta: Any, files: dict[str, str]) -> AblationGraph
     return AblationGraph(path / meta["file"], meta)
 
 
-def contributions(bundle: Bundle, seen: np.ndarray, labels: np.ndarray, n_max: int) -> np.ndarray:
-    """(N, k) score drops: row a = removing the event of age a (0 = newest), column = labels[c]."""
+def contributions(
+    bundle: Bundle, seen: np.ndarray, labels: np.ndarray, n_max: int, times: np.ndarray | None = None
+) -> np.ndarray:
+    """(N, k) score drops: row a = removing the event of age a (0 = newest), column = labels[c].
+
+    `times` (parallel to `seen`) for a bundle that reads event times: an ablation removes the
+    event from both sequences."""
     n = min(len(seen), n_max, bundle.max_len)
     if n == 0 or len(labels) == 0:
         return np.zeros((0, len(labels)), np.float32)
-    # Only the window (plus the one event that slides in when another is removed) affects a score.
-    window = np.asarray(seen[-(bundle.max_len + 1) :], dtype=np.int64)
-    graph = bundle.ablation
-    if graph is not None and n >= 2 and len(window) >= 2:  # the graph's domain (training/ablation.py)
-        users = graph.run(window, n)  # (N + 1, D)
-    else:
+    if bundle.needs_times:
+        if times is None:
+            raise ValueError(f"bundle {bundle.name} reads event times: pass the history's times")
+        # A history transform may read any event (e.g. a gap to the next one): ablate the whole history.
+        window = np.asarray(seen, dtype=np.int64)
+        tw = np.asarray(times, dtype=np.int64)
         last = len(window) - 1
-        hists = [window[-bundle.max_len :]] + [np.delete(window, last - age) for age in range(n)]
-        users = bundle.user_vectors(hists)  # (N + 1, D), one encoder call
+        hists = [window] + [np.delete(window, last - age) for age in range(n)]
+        tms = [tw] + [np.delete(tw, last - age) for age in range(n)]
+        users = bundle.user_vectors(hists, tms)  # (N + 1, D), one encoder call
+    else:
+        # Only the window (plus the one event that slides in when another is removed) affects a score.
+        window = np.asarray(seen[-(bundle.max_len + 1) :], dtype=np.int64)
+        graph = bundle.ablation
+        if graph is not None and n >= 2 and len(window) >= 2 and graph.cheaper(len(window), n, bundle.max_len):
+            users = graph.run(window, n)  # (N + 1, D)
+        else:
+            last = len(window) - 1
+            hists = [window[-bundle.max_len :]] + [np.delete(window, last - age) for age in range(n)]
+            users = bundle.user_vectors(hists)  # (N + 1, D), one encoder call
     scores = users.astype(np.float64) @ bundle.vectors(labels).astype(np.float64).T  # (N + 1, k)
     return (scores[0] - scores[1:]).astype(np.float32)
 
 
 def explain(
-    bundle: Bundle, seen: np.ndarray, labels: np.ndarray, n_max: int, top: int = TOP_EVENTS
+    bundle: Bundle,
+    seen: np.ndarray,
+    labels: np.ndarray,
+    n_max: int,
+    top: int = TOP_EVENTS,
+    times: np.ndarray | None = None,
 ) -> list[list[dict[str, Any]]]:
     """Per recommended item, its `top` most contributing history events (see the module docstring)."""
-    contrib = contributions(bundle, seen, labels, n_max)
+    contrib = contributions(bundle, seen, labels, n_max, times)
     if len(contrib) == 0:
         return [[] for _ in labels]
     window = seen[-len(contrib) :][::-1]  # newest first: window[age]

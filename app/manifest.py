@@ -16,12 +16,16 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+# 3: format 2 plus event times: the encoder takes `onnx.time_input` and/or the history goes through
+#    `history_transform`; a format-2 reader would ignore both and serve wrong vectors, so such a
+#    bundle is written as 3 (every other bundle stays 2, readable by older servers).
 # 2: the manifest is this schema (typed sections; the ONNX input kind, dtype and names stated, not
 #    defaulted by the reader). 1: the untyped JSON of earlier exports.
 FORMAT_VERSION = 2
-READABLE_FORMATS = frozenset({FORMAT_VERSION})
+TIMED_FORMAT_VERSION = 3
+READABLE_FORMATS = frozenset({FORMAT_VERSION, TIMED_FORMAT_VERSION})
 MANIFEST_FILE = "manifest.json"
 REEXPORT_HINT = "re-export the checkpoint with `seqrec export CHECKPOINT --out DIR`"
 
@@ -37,7 +41,11 @@ class _Section(BaseModel):
 
 
 class OnnxSpec(_Section):
-    """model.onnx's signature: item_seq (B, L) int64, left-padded with padding_index -> user_vec (B, D)."""
+    """model.onnx's signature: item_seq (B, L) int64, left-padded with padding_index -> user_vec (B, D).
+
+    `time_input`, when set, names a second input: the events' unix seconds (B, L) int64, left-padded
+    with 0 where item_seq pads (models that read event times, e.g. time-interval attention).
+    """
 
     input: str = "item_seq"
     output: str = "user_vec"
@@ -46,6 +54,9 @@ class OnnxSpec(_Section):
     input_dtype: Literal["int64"] = "int64"
     padding_index: int = 0
     dynamic_axes: list[str] = Field(default_factory=lambda: ["batch", "length"])
+    time_input: str | None = None
+    time_dtype: Literal["int64"] = "int64"
+    time_unit: Literal["s"] = "s"
 
 
 class TextEncoderSpec(_Section):
@@ -130,12 +141,29 @@ class Manifest(_Section):
     # Diversity and similar items (their readers, app/diversity.py and app/similar.py, check them).
     clusters: dict[str, Any] | None = None
     item_spaces: dict[str, Any] | None = None
+    # What the encoder reads, derived from the history's items and times (app/history.py, e.g.
+    # dwell-time repetition): applied by the trainer's evaluation and by the service alike.
+    history_transform: dict[str, Any] | None = None
     # Explanations: ablation.onnx, the leave-one-out user vectors in one graph (app/explain.py reads it).
     ablation: dict[str, Any] | None = None
 
     # `model_config` is pydantic's own attribute name, so the field is stored as model_config_ and
     # read and written under its JSON name by alias.
     model_config = ConfigDict(extra="ignore", frozen=True, populate_by_name=True, protected_namespaces=())
+
+    @model_validator(mode="after")
+    def _times_need_format_3(self) -> Manifest:
+        timed = self.onnx.time_input is not None or self.history_transform is not None
+        if timed != (self.format_version == TIMED_FORMAT_VERSION):
+            raise ValueError(
+                f"format_version must be {TIMED_FORMAT_VERSION} exactly when the bundle reads event times "
+                f"(onnx.time_input or history_transform), got {self.format_version}"
+            )
+        return self
+
+    @property
+    def reads_times(self) -> bool:
+        return self.onnx.time_input is not None or self.history_transform is not None
 
     def named_files(self) -> list[str]:
         """Files the sections name beyond the required ones (a new section with files adds them here)."""

@@ -134,6 +134,8 @@ class TextBundle(Bundle):
     def _check_runs(self) -> None:
         # self._vecs (Bundle): row 0 = padding (zeros), row r = item index r, grown by add_items.
         n = self._rows - 1
+        if self.needs_times:  # the sequence-encoder path (items posted as text) has no time input
+            raise BundleError(f"text bundle {self.name} declares event times, which its sequence encoder cannot read")
         super()._check_runs()
         # The seq-encoder path must agree with model.onnx on catalogue histories.
         probe = np.arange(1, min(n, self.max_len) + 1, dtype=np.int64)
@@ -144,7 +146,8 @@ class TextBundle(Bundle):
         if self.encode_texts(["probe"]).shape != (1, self.dim):
             raise BundleError("text_encoder.onnx -> adaptor.onnx does not give (1, dim) item vectors")
 
-    def user_vectors(self, histories: Sequence[np.ndarray]) -> np.ndarray:
+    def user_vectors(self, histories: Sequence[np.ndarray], times: Sequence[np.ndarray] | None = None) -> np.ndarray:
+        # `times` is unused: _check_runs refuses a text bundle that reads them.
         seqs = [h[-self.max_len :] for h in histories]
         length = max(1, max(len(s) for s in seqs))
         batch = np.zeros((len(seqs), length), dtype=np.int64)  # (B, L) left-padded with row 0

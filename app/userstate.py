@@ -34,7 +34,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisClusterException, RedisError
 
 from app.stores import ClusterStore, EventStore, RedisStore, StoreUnavailable
-from app.stores.base import items_of
+from app.stores.base import items_of, timed_items_of
 
 if TYPE_CHECKING:
     from app.bundle import Bundle
@@ -61,19 +61,34 @@ def bundle_tag(bundle: Bundle) -> bytes:
     return tag
 
 
-def history_digest(bundle: Bundle, seen: np.ndarray) -> bytes | None:
-    """Digest of what `bundle.user_vectors([seen])` encodes; None when it must not be cached."""
-    seq = np.ascontiguousarray(seen[-bundle.max_len :], dtype=np.int64)
+def history_digest(bundle: Bundle, seen: np.ndarray, times: np.ndarray | None = None) -> bytes | None:
+    """Digest of what `bundle.user_vectors([seen], [times])` encodes; None when it must not be cached.
+
+    For a bundle that reads event times, the digest covers the whole history and its times (a
+    history transform may read every event), not only the last max_len indices.
+    """
+    if bundle.needs_times:
+        if times is None:
+            return None
+        seq = np.ascontiguousarray(seen, dtype=np.int64)
+    else:
+        seq = np.ascontiguousarray(seen[-bundle.max_len :], dtype=np.int64)
     if len(seq) and int(seq.max()) > bundle.manifest.num_items:
         return None  # an online-registered item: its index is this process's, see the module doc
     h = hashlib.blake2b(bundle_tag(bundle), digest_size=DIGEST_BYTES)
     h.update(seq.tobytes())
+    if bundle.needs_times and times is not None:
+        h.update(np.ascontiguousarray(times, dtype=np.int64).tobytes())
     return h.digest()
 
 
+Read = tuple[list[str], list[float] | None, bytes | None]  # item ids, their times (when asked), entry
+
+
 class CacheBackend(Protocol):
-    async def read(self, user_id: str, n: int, field: str) -> tuple[list[str], bytes | None]:
-        """The user's last n item ids (raises StoreUnavailable like `EventStore.history`) and the entry."""
+    async def read(self, user_id: str, n: int, field: str, with_times: bool = False) -> Read:
+        """The user's last n item ids (raises StoreUnavailable like `EventStore.history`), their
+        times when `with_times`, and the entry."""
         ...
 
     async def write(self, user_id: str, field: str, blob: bytes) -> None: ...
@@ -102,11 +117,11 @@ class RedisBackend:
             return self.store._client(self.store._master(user_id), raw=True)
         return self.store.raw
 
-    async def read(self, user_id: str, n: int, field: str) -> tuple[list[str], bytes | None]:
+    async def read(self, user_id: str, n: int, field: str, with_times: bool = False) -> Read:
         try:
             async with asyncio.timeout(self.store.read_timeout_s):
                 pipe = (await self._client(user_id)).pipeline(transaction=False)
-                pipe.zrange(self.store.key(user_id), -n, -1)
+                pipe.zrange(self.store.key(user_id), -n, -1, withscores=with_times)
                 pipe.hget(self.key(user_id), field)
                 members, blob = await pipe.execute(raise_on_error=False)
         except _ERRORS as exc:
@@ -115,7 +130,11 @@ class RedisBackend:
             raise StoreUnavailable(f"redis: {type(exc).__name__}: {exc}") from exc
         if isinstance(members, Exception):
             raise StoreUnavailable(f"redis: {type(members).__name__}: {members}")
-        return items_of(members), blob if isinstance(blob, bytes) else None
+        entry = blob if isinstance(blob, bytes) else None
+        if with_times:
+            items, times = timed_items_of(members)
+            return items, times, entry
+        return items_of(members), None, entry
 
     async def write(self, user_id: str, field: str, blob: bytes) -> None:
         async with asyncio.timeout(self.store.read_timeout_s):
@@ -134,12 +153,16 @@ class MemoryBackend:
         self.max_entries = max_entries
         self._entries: OrderedDict[tuple[str, str], tuple[float, bytes]] = OrderedDict()
 
-    async def read(self, user_id: str, n: int, field: str) -> tuple[list[str], bytes | None]:
-        history = await self.store.history(user_id, n)
+    async def read(self, user_id: str, n: int, field: str, with_times: bool = False) -> Read:
+        times: list[float] | None = None
+        if with_times:
+            history, times = await self.store.history_times(user_id, n)
+        else:
+            history = await self.store.history(user_id, n)
         hit = self._entries.get((user_id, field))
         if hit is None or time.monotonic() - hit[0] >= self.ttl_s:
-            return history, None
-        return history, hit[1]
+            return history, times, None
+        return history, times, hit[1]
 
     async def write(self, user_id: str, field: str, blob: bytes) -> None:
         self.put(user_id, field, blob)
@@ -166,22 +189,31 @@ class UserCache:
         )
         self._writes: set[asyncio.Task[None]] = set()  # strong references until each write is done
 
-    async def read(self, user_id: str, n: int, bundle: Bundle) -> tuple[list[str], bytes | None]:
-        """The user's history (StoreUnavailable as from the store) and the cache entry, if any."""
+    async def read(self, user_id: str, n: int, bundle: Bundle) -> Read:
+        """The user's history (StoreUnavailable as from the store), its times when the bundle reads
+        them, and the cache entry, if any."""
+        timed = bundle.needs_times
         if not self.enabled:
-            return await self.store.history(user_id, n), None
-        return await self.backend.read(user_id, n, bundle.name)
+            if timed:
+                history, times = await self.store.history_times(user_id, n)
+                return history, times, None
+            return await self.store.history(user_id, n), None, None
+        return await self.backend.read(user_id, n, bundle.name, timed)
 
-    def user_vector(self, user_id: str, bundle: Bundle, seen: np.ndarray, entry: bytes | None) -> np.ndarray:
-        """(1, D) user vector of `seen`: the entry's when its digest matches, else computed (and stored)."""
-        digest = history_digest(bundle, seen) if self.enabled else None
+    def user_vector(
+        self, user_id: str, bundle: Bundle, seen: np.ndarray, entry: bytes | None, times: np.ndarray | None = None
+    ) -> np.ndarray:
+        """(1, D) user vector of `seen` [with its times]: the entry's when its digest matches, else
+        computed (and stored)."""
+        digest = history_digest(bundle, seen, times) if self.enabled else None
+        tms = None if times is None else [times]
         if digest is None:
-            return bundle.user_vectors([seen])
+            return bundle.user_vectors([seen], tms)
         if entry is not None and len(entry) == DIGEST_BYTES + 4 * bundle.dim and entry[:DIGEST_BYTES] == digest:
             self.lookups.labels("hit").inc()
             return np.frombuffer(entry, dtype=np.float32, offset=DIGEST_BYTES).reshape(1, bundle.dim)
         self.lookups.labels("miss").inc()
-        vec = np.ascontiguousarray(bundle.user_vectors([seen]), dtype=np.float32)
+        vec = np.ascontiguousarray(bundle.user_vectors([seen], tms), dtype=np.float32)
         if isinstance(self.backend, MemoryBackend):  # nothing to wait for: stored before the answer leaves
             self.backend.put(user_id, bundle.name, digest + vec.tobytes())
             return vec

@@ -4,6 +4,11 @@ Serving contract: `forward(item_seq) -> user_vec` where item_seq is (B, L) int64
 left-padded with 0 (newest item last), and `item_vectors()` is the (N+1, D') table with
 row 0 = padding, so that score(item i) = <user_vec, item_vectors()[i]>. A model with an
 output bias folds it in as one extra dimension (the user vector gets a constant 1).
+
+A model that reads event times (`uses_times = True`) takes a second input,
+`forward(item_seq, time_seq)`, time_seq (B, L) int64 unix seconds left-padded with 0 where
+item_seq is; it is exported as the ONNX input `time_seq` and the service feeds it the stored
+event times.
 """
 
 from __future__ import annotations
@@ -22,13 +27,14 @@ class SeqRecModel(nn.Module):
 
     max_len: int
     num_items: int
+    uses_times: bool = False  # forward(item_seq, time_seq): see the module docstring
 
     def item_vectors(self) -> torch.Tensor:  # (N+1, D')
         raise NotImplementedError
 
-    def score(self, item_seq: torch.Tensor) -> torch.Tensor:
-        """(B, L) -> (B, N+1) scores over the whole catalogue (row 0 = padding)."""
-        return self(item_seq) @ self.item_vectors().T
+    def score(self, item_seq: torch.Tensor, *extra: torch.Tensor) -> torch.Tensor:
+        """(B, L) [+ (B, L) time_seq] -> (B, N+1) scores over the whole catalogue (row 0 = padding)."""
+        return self(item_seq, *extra) @ self.item_vectors().T
 
 
 def absolute_positions(item_seq: torch.Tensor) -> torch.Tensor:

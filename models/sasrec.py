@@ -135,33 +135,40 @@ class SASRec(SeqRecModel):
         itself = (slots[None, :] == slots[:, None])[None]  # every slot sees itself: no all-masked row
         see_suffix = (older[None] & (slots[None, None, :] < rows[:, None, None])) | itself  # (R, Q, Q)
         keep = torch.cat([see_prefix.expand(-1, slots.shape[0], -1), see_suffix], dim=-1)  # (R, Q, Ls + Q)
-        for block, kv_prefix in zip(self.blocks, prefix, strict=True):
-            x = _block_with_prefix(block, x, kv_prefix, keep)
+        for i, (block, kv_prefix) in enumerate(zip(self.blocks, prefix, strict=True)):
+            # The last block needs only slot 0 (age 0, the newest event), as forward's last_only.
+            x = _block_with_prefix(block, x, kv_prefix, keep, last_only=i == len(self.blocks) - 1)
         suffix_vecs = self.final_ln(x[:, 0])  # (R, D): the newest event of each ablated history
         return torch.cat([self(full), self.final_ln(xp[:, -1]), suffix_vecs], dim=0)  # (A + 1, D)
 
 
-def _block_with_prefix(block: TransformerBlock, x: torch.Tensor, kv_prefix: torch.Tensor, keep: torch.Tensor):
+def _block_with_prefix(
+    block: TransformerBlock, x: torch.Tensor, kv_prefix: torch.Tensor, keep: torch.Tensor, last_only: bool = False
+) -> torch.Tensor:
     """TransformerBlock.forward for queries x (R, Q, D) whose keys/values are a shared prefix
-    (Lp, D) followed by x itself; keep (R, Q, Lp + Q) bool = may attend. Same math as the block."""
+    (Lp, D) followed by x itself; keep (R, Q, Lp + Q) bool = may attend. Same math as the block.
+    With last_only, only query slot 0 is computed: (R, 1, D)."""
     attn = block.attn
     R, Q, D = x.shape
     H = attn.num_heads
     w_q, w_kv = attn.qkv.weight.split([D, 2 * D])
     b_q, b_kv = attn.qkv.bias.split([D, 2 * D])
-    q_src = block.ln1(x) if block.norm_first else x
-    q = F.linear(q_src, w_q, b_q).view(R, Q, H, D // H).transpose(1, 2)  # (R, H, Q, D/H)
+    q_in = x[:, :1] if last_only else x
+    keep = keep[:, :1] if last_only else keep
+    Qo = q_in.shape[1]
+    q_src = block.ln1(q_in) if block.norm_first else q_in
+    q = F.linear(q_src, w_q, b_q).view(R, Qo, H, D // H).transpose(1, 2)  # (R, H, Qo, D/H)
     kp, vp = F.linear(kv_prefix, w_kv, b_kv).view(-1, 2, H, D // H).permute(1, 2, 0, 3)  # (H, Lp, D/H)
     ks, vs = F.linear(x, w_kv, b_kv).view(R, Q, 2, H, D // H).permute(2, 0, 3, 1, 4)  # (R, H, Q, D/H)
     q = q * (D // H) ** -0.5
-    att = torch.cat([q @ kp.transpose(-2, -1), q @ ks.transpose(-2, -1)], dim=-1)  # (R, H, Q, Lp + Q)
+    att = torch.cat([q @ kp.transpose(-2, -1), q @ ks.transpose(-2, -1)], dim=-1)  # (R, H, Qo, Lp + Q)
     att = att.masked_fill(~keep[:, None], float("-inf")).softmax(dim=-1)
     Lp = kv_prefix.shape[0]
-    y = att[..., :Lp] @ vp + att[..., Lp:] @ vs  # (R, H, Q, D/H)
-    y = attn.out(y.transpose(1, 2).reshape(R, Q, D))  # (R, Q, D)
+    y = att[..., :Lp] @ vp + att[..., Lp:] @ vs  # (R, H, Qo, D/H)
+    y = attn.out(y.transpose(1, 2).reshape(R, Qo, D))  # (R, Qo, D)
     if block.norm_first:
         y = q_src + block.drop(y)
         h = block.ln2(y)
         return h + block.drop(block.ffn(h))
-    y = block.ln1(x + block.drop(y))
+    y = block.ln1(q_in + block.drop(y))
     return block.ln2(y + block.drop(block.ffn(y)))

@@ -615,6 +615,16 @@ def evaluate(
     else:
         s = leave_one_out(data)
     hists, targets = (s.valid_hist, s.valid_target) if split == "valid" else (s.test_hist, s.test_target)
+    from training.config import ConfigError
+    from training.zoo import resolve, time_eval_kwargs
+
+    try:
+        task_cfg = resolve(ckpt["model"], None, None, ckpt.get("task_config") or {})[2]
+        timed = time_eval_kwargs(
+            ckpt["model"], model, task_cfg, s.valid_times if split == "valid" else s.test_times, data.name
+        )
+    except ConfigError as exc:
+        _fail(str(exc))
     t = time.perf_counter()
     out: dict[str, Any] = {
         "split": split,
@@ -624,7 +634,7 @@ def evaluate(
         "dataset": data.name,
     }
     out["full"] = full_rank_eval(
-        model.score, hists, targets, data.num_items, model.max_len, exclude_history=not include_history
+        model.score, hists, targets, data.num_items, model.max_len, exclude_history=not include_history, **timed
     )
     out["eval_seconds"] = round(time.perf_counter() - t, 2)
     pop = popularity_scores(s.train, data.num_items)
@@ -635,6 +645,8 @@ def evaluate(
     if sampled:
         if sampled not in ("uniform", "popularity"):
             _fail("--sampled must be uniform or popularity")
+        if timed:
+            _fail("--sampled is not available for a model that reads event times (full ranking only)")
         out["sampled"] = sampled_eval(
             model.score,
             hists,

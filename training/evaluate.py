@@ -22,7 +22,10 @@ import torch
 from training.batching import pad_left
 
 DEFAULT_KS = (1, 5, 10, 20)
-ScoreFn = Callable[[torch.Tensor], torch.Tensor]  # (B, L) item_seq -> (B, >= N+1) scores
+ScoreFn = Callable[..., torch.Tensor]  # (B, L) item_seq[, (B, L) time_seq] -> (B, >= N+1) scores
+# (items, times) of one history -> the (items, times) the model reads (e.g. dwell repetition,
+# app/history.py): applied before the max_len cut, exactly as the service applies it.
+HistoryFn = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
 
 
 def metrics_from_ranks(ranks: np.ndarray, ks: Sequence[int] = DEFAULT_KS, prefix: str = "") -> dict[str, float]:
@@ -65,16 +68,38 @@ def full_rank_eval(
     ks: Sequence[int] = DEFAULT_KS,
     device: str | torch.device = "cpu",
     return_ranks: bool = False,
+    times: Sequence[np.ndarray] | None = None,
+    transform: HistoryFn | None = None,
+    pass_times: bool = False,
 ) -> dict[str, float] | tuple[dict[str, float], np.ndarray]:
-    """Score every user's history, rank the held-out target against the full catalogue."""
+    """Score every user's history, rank the held-out target against the full catalogue.
+
+    `times` (parallel to `histories`) are the history events' unix seconds: `transform` maps
+    each (items, times) to what the model reads, and with `pass_times` the padded times go to
+    `score_fn(seq, time_seq)`. The items excluded from the ranking are always the original
+    history's: a transform changes what the model reads, never what counts as seen.
+    """
     n = len(histories)
+    if (transform is not None or pass_times) and (times is None or len(times) != n):
+        raise ValueError("this model reads event times: pass `times` parallel to the histories")
     order = np.argsort([len(h) for h in histories], kind="stable")  # similar lengths batch together
     ranks = np.zeros(n, np.int64)
     for start in range(0, n, batch_size):
         idx = order[start : start + batch_size]
         hist = [histories[i] for i in idx]
-        seq = torch.as_tensor(pad_left([h[-max_len:] for h in hist]), device=device)
-        scores = score_fn(seq)
+        if times is not None and (transform is not None or pass_times):
+            rows = [(histories[i], times[i]) for i in idx]
+            if transform is not None:
+                rows = [transform(h, t) for h, t in rows]
+            seq = torch.as_tensor(pad_left([h[-max_len:] for h, _ in rows]), device=device)
+            if pass_times:
+                tseq = torch.as_tensor(pad_left([np.asarray(t, np.int64)[-max_len:] for _, t in rows]), device=device)
+                scores = score_fn(seq, tseq)
+            else:
+                scores = score_fn(seq)
+        else:
+            seq = torch.as_tensor(pad_left([h[-max_len:] for h in hist]), device=device)
+            scores = score_fn(seq)
         tgt = torch.as_tensor(targets[idx], device=device)
         r = target_ranks(scores, tgt, hist if exclude_history else None, num_items)
         ranks[idx] = r.cpu().numpy()

@@ -3,7 +3,9 @@
 bundle/
   manifest.json      app.manifest.Manifest: format version, model, hyper-parameters, metrics,
                      fingerprints, sha256 of files (the schema the service validates on load)
-  model.onnx         item_seq int64 [batch, len] (0 = padding) -> user_vec float32 [batch, dim]
+  model.onnx         item_seq int64 [batch, len] (0 = padding) -> user_vec float32 [batch, dim];
+                     a model that reads event times also takes time_seq int64 [batch, len]
+                     (unix seconds, 0 where item_seq pads), named in the manifest (onnx.time_input)
   model.ts           the same as TorchScript (torch.jit is deprecated in torch 2.13: see model.pt2)
   model.pt2          the same as a torch.export program, on item_seq left-padded to exactly max_len
                      (batch dynamic); torch.export.load(path).module() runs it (docs/recipes.md)
@@ -37,7 +39,7 @@ import numpy as np
 import torch
 from pydantic import ValidationError
 
-from app.manifest import FORMAT_VERSION, Manifest, OnnxSpec
+from app.manifest import FORMAT_VERSION, TIMED_FORMAT_VERSION, Manifest, OnnxSpec
 from models.layers import SeqRecModel
 from training.ablation import write_ablation_graph
 from training.checkpoint import load_checkpoint
@@ -47,6 +49,7 @@ from training.errors import ExportError
 BUNDLE_FORMAT = FORMAT_VERSION
 ONNX_OPSET = 17
 INPUT_NAME = "item_seq"
+TIME_INPUT_NAME = "time_seq"
 OUTPUT_NAME = "user_vec"
 PARITY_TOL = 1e-4
 
@@ -66,25 +69,52 @@ def random_histories(num_items: int, max_len: int, seed: int = 0) -> list[np.nda
     return [rng.integers(1, num_items + 1, size=n) for n in lens]
 
 
-def export_onnx(model: SeqRecModel, path: Path, example: torch.Tensor) -> None:
+def random_times(lengths: list[int], seed: int = 1) -> list[np.ndarray]:
+    """Parity probes' event times: unix seconds, non-decreasing, gaps from equal to months apart."""
+    rng = np.random.default_rng(seed)
+    gaps = np.array([0, 1, 7, 45, 600, 3_600, 86_400, 2_600_000])
+    return [978_300_000 + np.cumsum(rng.choice(gaps, size=n)).astype(np.int64) for n in lengths]
+
+
+def model_inputs(model: SeqRecModel, item_seq: np.ndarray, times: list[np.ndarray] | None = None) -> tuple:
+    """The graph's positional inputs for a left-padded (B, L) batch: (item_seq[, time_seq])."""
+    x = torch.as_tensor(item_seq)
+    if not model.uses_times:
+        return (x,)
+    from training.batching import pad_left
+
+    if times is None:  # any non-decreasing times where items are, 0 where they pad
+        times = random_times([int(n) for n in (item_seq != 0).sum(1)])
+    t = torch.as_tensor(pad_left(times, item_seq.shape[1]))
+    return (x, t)
+
+
+def _names(model: SeqRecModel) -> list[str]:
+    return [INPUT_NAME, TIME_INPUT_NAME] if model.uses_times else [INPUT_NAME]
+
+
+def export_onnx(model: SeqRecModel, path: Path, example: torch.Tensor | tuple) -> None:
+    example = example if isinstance(example, tuple) else (example,)
+    names = _names(model)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
             model,
-            (example,),
+            example,
             str(path),
-            input_names=[INPUT_NAME],
+            input_names=names,
             output_names=[OUTPUT_NAME],
-            dynamic_axes={INPUT_NAME: {0: "batch", 1: "length"}, OUTPUT_NAME: {0: "batch"}},
+            dynamic_axes={**{n: {0: "batch", 1: "length"} for n in names}, OUTPUT_NAME: {0: "batch"}},
             opset_version=ONNX_OPSET,
             dynamo=False,
         )
 
 
-def export_torchscript(model: SeqRecModel, path: Path, example: torch.Tensor) -> None:
+def export_torchscript(model: SeqRecModel, path: Path, example: torch.Tensor | tuple) -> None:
+    example = example if isinstance(example, tuple) else (example,)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        ts = torch.jit.trace(model, (example,), check_trace=False)
+        ts = torch.jit.trace(model, example, check_trace=False)
     ts.save(str(path))
 
 
@@ -98,15 +128,18 @@ def export_program(model: SeqRecModel, path: Path) -> float | None:
     from training.batching import pad_left
 
     probes = [h[-model.max_len :] for h in random_histories(model.num_items, model.max_len)]
-    x = torch.as_tensor(pad_left(probes, model.max_len))  # (B, max_len), newest last
+    x = model_inputs(model, pad_left(probes, model.max_len))  # (B, max_len), newest last [+ times]
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            program = torch.export.export(model, (x[:2],), dynamic_shapes=({0: Dim.DYNAMIC},))
+            dyn = tuple({0: Dim.DYNAMIC} for _ in x)
+            program = torch.export.export(model, tuple(a[:2] for a in x), dynamic_shapes=dyn)
         torch.export.save(program, str(path))
         loaded = torch.export.load(str(path)).module()
         with torch.no_grad():
-            worst = max(float((loaded(x[:n]) - model(x[:n])).abs().max()) for n in (len(x), 1))
+            worst = max(
+                float((loaded(*(a[:n] for a in x)) - model(*(a[:n] for a in x))).abs().max()) for n in (len(x[0]), 1)
+            )
     except Exception as exc:  # torch.export is optional in a bundle: ONNX and TorchScript remain
         reason = f"{type(exc).__name__}: {exc}"
         warnings.warn(f"no model.pt2: torch.export could not capture the model ({reason})", stacklevel=2)
@@ -124,14 +157,17 @@ def check_parity(model: SeqRecModel, onnx_path: Path, ts_path: Path, num_items: 
     sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     ts = torch.jit.load(str(ts_path))
     hists = random_histories(num_items, model.max_len)
+    times = random_times([len(h) for h in hists])
     worst = {"onnx": 0.0, "torchscript": 0.0}
-    probes = [pad_left(hists)] + [pad_left([h]) for h in hists]  # one padded batch + each alone
+    # one padded batch + each alone
+    probes = [(pad_left(hists), times)] + [(pad_left([h]), [t]) for h, t in zip(hists, times, strict=True)]
+    names = _names(model)
     with torch.no_grad():
-        for arr in probes:
-            x = torch.as_tensor(arr)
-            ref = model(x).numpy()
-            got_onnx = sess.run([OUTPUT_NAME], {INPUT_NAME: arr})[0]
-            got_ts = ts(x).numpy()
+        for arr, tms in probes:
+            x = model_inputs(model, arr, tms)
+            ref = model(*x).numpy()
+            got_onnx = sess.run([OUTPUT_NAME], {n: a.numpy() for n, a in zip(names, x, strict=True)})[0]
+            got_ts = ts(*x).numpy()
             worst["onnx"] = max(worst["onnx"], float(np.abs(got_onnx - ref).max()))
             worst["torchscript"] = max(worst["torchscript"], float(np.abs(got_ts - ref).max()))
     return worst
@@ -165,7 +201,7 @@ def export_bundle(
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=out_root))
     try:
         num_items = model.num_items
-        example = torch.as_tensor(np.array([[0, 0, 1, 2], [3, 4, 5, 6]], dtype=np.int64))
+        example = model_inputs(model, np.array([[0, 0, 1, 2], [3, 4, 5, 6]], dtype=np.int64))
         export_onnx(model, tmp / "model.onnx", example)
         export_torchscript(model, tmp / "model.ts", example)
         parity = check_parity(model, tmp / "model.onnx", tmp / "model.ts", num_items)
@@ -182,15 +218,20 @@ def export_bundle(
         np.save(tmp / "popularity.npy", pop)
         item_ids = list(ckpt["item_ids"])
         (tmp / "item_ids.json").write_text(json.dumps(item_ids))
-        from training.zoo import get_spec
+        from training.zoo import get_spec, resolve, transform_spec
 
         extra_manifest: dict[str, Any] = {}
         spec = get_spec(kind)
+        history_transform = transform_spec(kind, model.cfg, resolve(kind, None, None, ckpt.get("task_config"))[2])
+        if history_transform is not None:
+            extra_manifest["history_transform"] = history_transform
         if spec.export_extra is not None:
             # Model-specific graphs (e.g. UniSRec: text encoder, adaptor, sequence encoder).
             extra_manifest = spec.export_extra(model, tmp, ckpt)
         extra_manifest["clusters"] = write_clusters(tmp, table)
-        ablation = write_ablation_graph(model, tmp, ONNX_OPSET)  # None: explanations batch model.onnx
+        # The graph reads items only: a bundle that reads times (or transforms histories) has none.
+        timed = getattr(model, "uses_times", False) or history_transform is not None
+        ablation = None if timed else write_ablation_graph(model, tmp, ONNX_OPSET)  # None: batch model.onnx
         if ablation is not None:
             if ablation["parity_max_abs_diff"] > PARITY_TOL:
                 raise ExportError(f"ablation.onnx disagrees with the model's own ablations: {ablation}")
@@ -208,7 +249,9 @@ def export_bundle(
         try:
             manifest = Manifest.model_validate(
                 {
-                    "format_version": BUNDLE_FORMAT,
+                    "format_version": TIMED_FORMAT_VERSION
+                    if model.uses_times or history_transform is not None
+                    else BUNDLE_FORMAT,
                     "name": name,
                     "model": kind,
                     "version": stamp,
@@ -221,7 +264,12 @@ def export_bundle(
                     "dim": int(table.shape[1]),
                     "num_items": num_items,
                     "metrics": metrics,
-                    "onnx": OnnxSpec(input=INPUT_NAME, output=OUTPUT_NAME, opset=ONNX_OPSET),
+                    "onnx": OnnxSpec(
+                        input=INPUT_NAME,
+                        output=OUTPUT_NAME,
+                        opset=ONNX_OPSET,
+                        time_input=TIME_INPUT_NAME if model.uses_times else None,
+                    ),
                     "parity_max_abs_diff": parity,
                     "files": files,
                     **extra_manifest,

@@ -26,6 +26,11 @@ def _queries(sessions: list[np.ndarray]) -> tuple[list[np.ndarray], np.ndarray]:
     return hists, np.array(targets, np.int64)
 
 
+def _query_times(times: list[np.ndarray]) -> list[np.ndarray]:
+    """The times of each query's history, in _queries' order (the target's own time left out)."""
+    return [ts[:t] for ts in times for t in range(1, len(ts))]
+
+
 def session_split(sessions: SeqData, test_frac: float = 0.1, valid_frac: float = 0.1) -> Split:
     if not (0 < test_frac < 1 and 0 <= valid_frac < 1 and test_frac + valid_frac < 1):
         raise ValueError("need 0 < test_frac, 0 <= valid_frac and test_frac + valid_frac < 1")
@@ -41,22 +46,38 @@ def session_split(sessions: SeqData, test_frac: float = 0.1, valid_frac: float =
     valid_idx = order[n - n_test - n_valid : n - n_test]
     test_idx = order[n - n_test :]
     train = [sessions.sequence(int(u)) for u in train_idx]
+    timed = sessions.timestamps is not None
+    train_t = [sessions.times(int(u)) for u in train_idx] if timed else None
     known = np.zeros(sessions.num_items + 1, dtype=bool)
     if train:
         known[np.concatenate(train)] = True
 
-    def keep(idx: np.ndarray) -> list[np.ndarray]:
-        out = []
+    def keep(idx: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        out, times = [], []
         for u in idx:
             s = sessions.sequence(int(u))
-            s = s[known[s]]  # items unseen in training cannot be scored meaningfully
-            if len(s) >= 2:
-                out.append(s)
-        return out
+            ok = known[s]  # items unseen in training cannot be scored meaningfully
+            if ok.sum() >= 2:
+                out.append(s[ok])
+                if timed:
+                    times.append(sessions.times(int(u))[ok])  # type: ignore[index]
+        return out, times
 
-    vh, vt = _queries(keep(valid_idx))
-    th, tt = _queries(keep(test_idx))
-    return Split(train, vh, vt, th, tt, sessions.num_items)
+    valid_s, valid_ts = keep(valid_idx)
+    test_s, test_ts = keep(test_idx)
+    vh, vt = _queries(valid_s)
+    th, tt = _queries(test_s)
+    return Split(
+        train,
+        vh,
+        vt,
+        th,
+        tt,
+        sessions.num_items,
+        train_t,
+        _query_times(valid_ts) if timed else None,
+        _query_times(test_ts) if timed else None,
+    )
 
 
 def session_protocol(

@@ -88,7 +88,11 @@ def check_exclude_seen(exclude_seen: bool, loss_name: str) -> None:
 
 
 class Task:
-    """Base: subclasses define `batches` and `loss`."""
+    """Base: subclasses define `batches` and `loss`.
+
+    The task of a run that reads event times (training.zoo.reads_times) also takes
+    `batches(..., times=...)`: int64 unix seconds parallel to `train`, row by row.
+    """
 
     def batches(
         self, train: Sequence[np.ndarray], batch_size: int, rng: np.random.Generator, device: torch.device

@@ -39,7 +39,7 @@ from training.config import TrainConfig
 from training.data.preprocess import SeqData, Split, leave_one_out
 from training.evaluate import full_rank_eval, popularity_scores
 from training.optim import LrFactor, adamw, budget_last_epoch, lr_scheduler, weight_average
-from training.zoo import build_model, get_spec, resolve
+from training.zoo import build_model, get_spec, reads_times, resolve, time_eval_kwargs
 
 __all__ = [  # the names callers import from here (the loop's helpers live in optim / checkpoint)
     "TrainResult",
@@ -68,17 +68,7 @@ def seed_everything(seed: int) -> None:
 
 
 def subset_split(split: Split, max_users: int | None) -> Split:
-    if not max_users:
-        return split
-    n = max_users
-    return Split(
-        split.train[:n],
-        split.valid_hist[:n],
-        split.valid_target[:n],
-        split.test_hist[:n],
-        split.test_target[:n],
-        split.num_items,
-    )
+    return split.subset(max_users) if max_users else split
 
 
 @dataclass
@@ -151,7 +141,9 @@ def evaluate_model(
     tc: TrainConfig,
     device: torch.device,
     exclude_history: bool = True,
+    timed: dict[str, Any] | None = None,
 ) -> dict[str, float]:
+    """Full-ranking metrics; `timed` = zoo.time_eval_kwargs(...) for a run that reads event times."""
     model.eval()
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=tc.amp and device.type == "cuda"):
         return full_rank_eval(  # type: ignore[return-value]
@@ -163,6 +155,7 @@ def evaluate_model(
             tc.eval_batch_size,
             exclude_history=exclude_history,
             device=device,
+            **(timed or {}),
         )
 
 
@@ -230,8 +223,17 @@ def train(
     # logged beside it so one run shows what the average bought.
     kept: SeqRecModel = ema.module if ema is not None else model  # type: ignore[assignment]
 
+    # Event times: checked here, before any training, when the model or a history transform reads them.
+    timed = reads_times(model_name, model, task_cfg)
+    valid_timed = time_eval_kwargs(model_name, model, task_cfg, split.valid_times, data.name)
+    test_timed = time_eval_kwargs(model_name, model, task_cfg, split.test_times, data.name)
+    train_times = split.train_times[rank::world] if timed and split.train_times is not None else None
+    time_kw = {"times": train_times} if timed else {}
+
     def validate(m: SeqRecModel) -> dict[str, float]:
-        return evaluate_model(m, split.valid_hist, split.valid_target, data.num_items, tc, device, exclude_history)
+        return evaluate_model(
+            m, split.valid_hist, split.valid_target, data.num_items, tc, device, exclude_history, valid_timed
+        )
 
     run_dir.mkdir(parents=True, exist_ok=True)
     metrics_path = run_dir / "metrics.jsonl"
@@ -262,7 +264,7 @@ def train(
             # keep the host from queueing the next one (the progress bar reads it every 25th).
             total, count = torch.zeros((), device=device), 0
             bar = tqdm(
-                task.batches(train_seqs, tc.batch_size, rng, device),
+                task.batches(train_seqs, tc.batch_size, rng, device, **time_kw),
                 total=task.num_batches(train_seqs, tc.batch_size),
                 desc=f"epoch {epoch}",
                 disable=not progress or rank != 0,
@@ -345,7 +347,9 @@ def train(
         return TrainResult(run_dir, best_epoch, {}, {}, seconds)
     best_model, _ = load_checkpoint(run_dir / "best.pt", device)
     valid = validate(best_model)
-    test = evaluate_model(best_model, split.test_hist, split.test_target, data.num_items, tc, device, exclude_history)
+    test = evaluate_model(
+        best_model, split.test_hist, split.test_target, data.num_items, tc, device, exclude_history, test_timed
+    )
     best_row = next((r for r in history if r["epoch"] == best_epoch), {})
     final = {
         "model": model_name,

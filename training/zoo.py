@@ -42,6 +42,8 @@ from training.tasks import ContrastiveNextItemTask, NextItemTask, Task
 SetupFn = Callable[[SeqRecModel, Any, TrainConfig, Any], None]
 # (model, bundle temp dir, checkpoint) -> extra manifest entries; writes extra bundle files.
 ExportExtraFn = Callable[[SeqRecModel, Path, dict[str, Any]], dict[str, Any]]
+# (model config, task config) -> the manifest's `history_transform` (app/history.py) or None.
+HistoryTransformFn = Callable[[Any, Any], dict[str, Any] | None]
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,10 @@ class ModelSpec:
     train_defaults: TrainConfig = field(default_factory=TrainConfig)
     setup: SetupFn | None = None
     export_extra: ExportExtraFn | None = None
+    # Reads event times: the model (uses_times) or the task / history transform. The trainer then
+    # requires timestamps and passes `times=` to the task's batches.
+    needs_times: bool = False
+    history_transform: HistoryTransformFn | None = None
 
 
 def negative_weights(x: NegativesConfig, popularity: np.ndarray) -> torch.Tensor | None:
@@ -250,3 +256,38 @@ def resolve(
     tc = spec.train_defaults.updated(**train_over)
     task = spec.task_config_cls(**check_fields(spec.task_config_cls, tables["task"], "task"))
     return model_over, tc, task
+
+
+def transform_spec(name: str, model_cfg: Any, task_cfg: Any) -> dict[str, Any] | None:
+    """The manifest's `history_transform` of a run (app/history.py), or None."""
+    fn = get_spec(name).history_transform
+    return fn(model_cfg, task_cfg) if fn is not None else None
+
+
+def reads_times(name: str, model: SeqRecModel, task_cfg: Any) -> bool:
+    """Whether training, evaluation and serving of this run need the events' timestamps."""
+    spec = get_spec(name)
+    return bool(model.uses_times or spec.needs_times or transform_spec(name, model.cfg, task_cfg) is not None)  # type: ignore[attr-defined]
+
+
+def time_eval_kwargs(name: str, model: SeqRecModel, task_cfg: Any, times: Any, data_name: str = "") -> dict[str, Any]:
+    """full_rank_eval's keywords for a run that reads times (empty for one that does not).
+
+    Raises ConfigError when the run needs timestamps and the split has none.
+    """
+    if not reads_times(name, model, task_cfg):
+        return {}
+    if times is None:
+        raise ConfigError(
+            f"{name} needs event timestamps; dataset {data_name or '?'} has none (map a time column with --time-col)"
+        )
+    from functools import partial
+
+    from app.history import apply_transform
+
+    spec = transform_spec(name, model.cfg, task_cfg)  # type: ignore[attr-defined]
+    return {
+        "times": times,
+        "transform": partial(apply_transform, spec) if spec is not None else None,
+        "pass_times": bool(model.uses_times),
+    }

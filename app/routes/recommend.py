@@ -50,16 +50,22 @@ async def recommend(
     t0 = time.perf_counter()
     cache = state.user_cache
     entry = None
+    times: list[float] | None = None  # the events' times, read only for a bundle that uses them
     try:
-        if cache is None:
-            history = await state.store.history(user_id, state.settings.max_history)
+        if cache is not None:
+            history, times, entry = await cache.read(user_id, state.settings.max_history, bundle)
+        elif bundle.needs_times:
+            history, times = await state.store.history_times(user_id, state.settings.max_history)
         else:
-            history, entry = await cache.read(user_id, state.settings.max_history, bundle)
+            history = await state.store.history(user_id, state.settings.max_history)
     except StoreUnavailable:
         metrics.store_errors.labels("history").inc()
-        history, reason = [], "store_unavailable"
+        history, times, reason = [], [], "store_unavailable"
     metrics.store_read.labels(state.store.kind).observe(time.perf_counter() - t0)
-    seen = bundle.encode(history)
+    if bundle.needs_times:
+        seen, seen_times = bundle.encode_timed(history, times or [])
+    else:
+        seen, seen_times = bundle.encode(history), None
     if len(seen) == 0:
         reason = reason or "no_history"
         metrics.fallbacks.labels(reason).inc()
@@ -69,7 +75,10 @@ async def recommend(
     else:
         t1 = time.perf_counter()
         # (1, D); the cached vector only when it was computed from exactly this history and bundle
-        user = bundle.user_vectors([seen]) if cache is None else cache.user_vector(user_id, bundle, seen, entry)
+        if cache is None:
+            user = bundle.user_vectors([seen], None if seen_times is None else [seen_times])
+        else:
+            user = cache.user_vector(user_id, bundle, seen, entry, seen_times)
         t2 = time.perf_counter()
         labels, scores = bundle.index.search(user, want, [seen] if exclude_seen else None)
         labels, scores = labels[0], scores[0]
@@ -96,7 +105,11 @@ async def recommend(
         "variant": variant,
     }
     if explain:  # popularity answers have no history to explain: empty lists
-        why = explain_items(bundle, seen, labels, state.settings.explain_n) if source == "model" else None
+        why = (
+            explain_items(bundle, seen, labels, state.settings.explain_n, times=seen_times)
+            if source == "model"
+            else None
+        )
         for n, item in enumerate(body["items"]):
             item["because"] = why[n] if why else []
     if live is not None:

@@ -63,6 +63,14 @@ def items_of(members: list[str] | list[bytes]) -> list[str]:
     return joined.split(SEP)[1::2]  # event_id, item_id, event_id, item_id, ...
 
 
+def timed_items_of(pairs: list[tuple[bytes, float]] | list[tuple[str, float]]) -> tuple[list[str], list[float]]:
+    """(member, score) pairs of a ZRANGE ... WITHSCORES -> (item ids, event times), oldest first."""
+    if not pairs:
+        return [], []
+    members, scores = zip(*pairs, strict=True)
+    return items_of(list(members)), [float(t) for t in scores]
+
+
 class EventStore(Protocol):
     kind: str
 
@@ -70,6 +78,10 @@ class EventStore(Protocol):
 
     async def history(self, user_id: str, n: int | None = None) -> list[str]:
         """The user's last n item ids (default: all kept), oldest first."""
+        ...
+
+    async def history_times(self, user_id: str, n: int | None = None) -> tuple[list[str], list[float]]:
+        """`history` and each event's time (epoch seconds), for bundles that read event times."""
         ...
 
     async def ping(self) -> bool: ...

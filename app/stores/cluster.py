@@ -39,7 +39,7 @@ from redis.backoff import NoBackoff
 from redis.crc import key_slot
 from redis.exceptions import RedisClusterException, RedisError, SlotNotCoveredError
 
-from app.stores.base import AppendResult, Event, StoreUnavailable, items_of, member
+from app.stores.base import AppendResult, Event, StoreUnavailable, items_of, member, timed_items_of
 from app.stores.redis import APPEND_LUA
 
 log = logging.getLogger("seqrec.app")
@@ -294,6 +294,18 @@ class ClusterStore:
             self._stale = True  # a dead master or a moved slot: reload the map before the next command
             raise StoreUnavailable(f"redis cluster: {type(exc).__name__}: {exc}") from exc
         return items_of(members)
+
+    async def history_times(self, user_id: str, n: int | None = None) -> tuple[list[str], list[float]]:
+        n = self.max_history if n is None else n
+        try:
+            async with asyncio.timeout(self.read_timeout_s):
+                await self._topology()
+                client = self._client(self._master(user_id), raw=True)
+                pairs = await client.zrange(self.key(user_id), -n, -1, withscores=True)
+        except _ERRORS as exc:
+            self._stale = True
+            raise StoreUnavailable(f"redis cluster: {type(exc).__name__}: {exc}") from exc
+        return timed_items_of(pairs)
 
     async def ping(self) -> bool:
         """Ready when some master answers: a down master costs its users (503 / popularity), and

@@ -75,6 +75,12 @@ class MemoryStore:
         tail = hist if n is None else hist[-n:]
         return items_of([m for _, m in tail])
 
+    async def history_times(self, user_id: str, n: int | None = None) -> tuple[list[str], list[float]]:
+        self._expire(user_id, self._clock())
+        hist = self._hist.get(user_id, [])
+        tail = hist if n is None else hist[-n:]
+        return items_of([m for _, m in tail]), [float(t) for t, _ in tail]
+
     async def ping(self) -> bool:
         return True
 

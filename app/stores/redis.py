@@ -20,7 +20,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from app.stores.base import AppendResult, Event, StoreUnavailable, items_of, member
+from app.stores.base import AppendResult, Event, StoreUnavailable, items_of, member, timed_items_of
 
 _ERRORS = (RedisError, OSError, asyncio.TimeoutError)
 
@@ -109,6 +109,15 @@ class RedisStore:
         except _ERRORS as exc:
             raise StoreUnavailable(f"redis: {type(exc).__name__}: {exc}") from exc
         return items_of(members)
+
+    async def history_times(self, user_id: str, n: int | None = None) -> tuple[list[str], list[float]]:
+        n = self.max_history if n is None else n
+        try:
+            async with asyncio.timeout(self.read_timeout_s):
+                pairs = await self.raw.zrange(self.key(user_id), -n, -1, withscores=True)
+        except _ERRORS as exc:
+            raise StoreUnavailable(f"redis: {type(exc).__name__}: {exc}") from exc
+        return timed_items_of(pairs)
 
     async def ping(self) -> bool:
         try:

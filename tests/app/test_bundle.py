@@ -44,8 +44,8 @@ def test_checksum_mismatch_rejected(bundle_path: Path, tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("edit", "match"),
     [
-        (lambda m: m.update(format_version=1), r"bundle format 1 is older than this server reads \(2\): re-export"),
-        (lambda m: m.update(format_version=3), r"bundle format 3 is newer than this server reads \(2\): upgrade"),
+        (lambda m: m.update(format_version=1), r"bundle format 1 is older than this server reads \(2, 3\): re-export"),
+        (lambda m: m.update(format_version=4), r"bundle format 4 is newer than this server reads \(2, 3\): upgrade"),
         (lambda m: m.pop("format_version"), "unsupported bundle format None"),
         (lambda m: m["onnx"].update(input_kind="item_vectors"), r"onnx\.input_kind: Input should be 'item_ids'"),
         (lambda m: m.pop("dim"), "dim: Field required"),

@@ -43,8 +43,9 @@ def test_round_trip_keeps_every_field_and_the_json_names() -> None:
 @pytest.mark.parametrize(
     ("version", "match"),
     [
-        (1, r"^bundle format 1 is older than this server reads \(2\): re-export the checkpoint with `seqrec export"),
-        (3, r"^bundle format 3 is newer than this server reads \(2\): upgrade the server"),
+        (1, r"^bundle format 1 is older than this server reads \(2, 3\): re-export the checkpoint with `seqrec export"),
+        (4, r"^bundle format 4 is newer than this server reads \(2, 3\): upgrade the server"),
+        (3, r"format_version must be 3 exactly when the bundle reads event times"),
         ("2", r"unsupported bundle format '2' \(no integer format_version\)"),
         (True, "unsupported bundle format True"),
     ],

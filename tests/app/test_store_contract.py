@@ -39,6 +39,15 @@ async def test_history_is_in_event_time_order(store: EventStore) -> None:
     assert await store.history("nobody") == []
 
 
+async def test_history_times_are_the_events_times_in_order(store: EventStore) -> None:
+    await store.append([ev("u", "c", 1_700_000_030.25), ev("u", "a", 1_700_000_010), ev("u", "b", 1_700_000_020)])
+    items, times = await store.history_times("u")
+    assert items == ["a", "b", "c"] == await store.history("u")
+    assert times == [1_700_000_010.0, 1_700_000_020.0, 1_700_000_030.25]  # sub-second times kept
+    assert await store.history_times("u", 2) == (["b", "c"], [1_700_000_020.0, 1_700_000_030.25])
+    assert await store.history_times("nobody") == ([], [])
+
+
 async def test_late_event_lands_in_its_time_position(store: EventStore) -> None:
     await store.append([ev("u", "a", 10), ev("u", "c", 30)])
     await store.append([ev("u", "b", 20)])

@@ -235,23 +235,67 @@ class Split:
     test_hist: list[np.ndarray]
     test_target: np.ndarray
     num_items: int
+    # Event times (int64 unix seconds), parallel to train / valid_hist / test_hist element by
+    # element; None when the data has no timestamps. A target's own time is never in them.
+    train_times: list[np.ndarray] | None = None
+    valid_times: list[np.ndarray] | None = None
+    test_times: list[np.ndarray] | None = None
+
+    def subset(self, n: int) -> Split:
+        """The first n users (every list cut alike, so times stay aligned)."""
+
+        def cut(x: list[np.ndarray] | None) -> list[np.ndarray] | None:
+            return None if x is None else x[:n]
+
+        return Split(
+            self.train[:n],
+            self.valid_hist[:n],
+            self.valid_target[:n],
+            self.test_hist[:n],
+            self.test_target[:n],
+            self.num_items,
+            cut(self.train_times),
+            cut(self.valid_times),
+            cut(self.test_times),
+        )
 
 
 def leave_one_out(data: SeqData) -> Split:
     train, vh, vt, th, tt = [], [], [], [], []
+    timed = data.timestamps is not None
+    train_t: list[np.ndarray] = []
+    valid_t: list[np.ndarray] = []
+    test_t: list[np.ndarray] = []
     for u in range(data.num_users):
         s = data.sequence(u)
+        ts = data.times(u) if timed else None
         if len(s) < 3:
             # Too short to hold out two items: all of it is training signal.
             if len(s) >= 2:
                 train.append(s)
+                if ts is not None:
+                    train_t.append(ts)
             continue
         train.append(s[:-2])
         vh.append(s[:-2])
         vt.append(s[-2])
         th.append(s[:-1])
         tt.append(s[-1])
-    return Split(train, vh, np.array(vt, np.int64), th, np.array(tt, np.int64), data.num_items)
+        if ts is not None:
+            train_t.append(ts[:-2])
+            valid_t.append(ts[:-2])
+            test_t.append(ts[:-1])
+    return Split(
+        train,
+        vh,
+        np.array(vt, np.int64),
+        th,
+        np.array(tt, np.int64),
+        data.num_items,
+        train_t if timed else None,
+        valid_t if timed else None,
+        test_t if timed else None,
+    )
 
 
 MIN_EVAL_QUERIES = 10
