@@ -1,7 +1,7 @@
 """What explain=true adds to one recommendation, with and without the bundle's ablation graph.
 
     flock /tmp/seqrec-core0.lock taskset -c 0 python benchmarks/explain_latency.py \
-        --bundle artifacts/bench-sasrec-ml1m --out benchmarks/results/explain_latency.json
+        --bundle artifacts/sasrec-ml1m --out benchmarks/results/explain_latency.json
 
 Real ML-1M histories (the newest `--history` events of each user, as the service reads them
 with SEQREC_MAX_HISTORY), one user at a time, one thread. Two measurements, both comparing the
