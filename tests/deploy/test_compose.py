@@ -145,10 +145,12 @@ def test_serving_image_structure() -> None:
 def test_training_image_structure() -> None:
     text = dockerfile("Dockerfile.train")
     assert ".[train]" in text and "train-job.sh" in text
-    # export writes app.manifest.Manifest: the image holds that module, not the rest of the service
-    assert re.search(r"^COPY app/__init__\.py app/manifest\.py \./app/$", text, re.M)
+    # export writes app.manifest.Manifest, evaluation applies app.history's transforms: the image
+    # holds those two modules, not the rest of the service
+    assert re.search(r"^COPY app/__init__\.py app/manifest\.py app/history\.py \./app/$", text, re.M)
     ignore = (DOCKER / "Dockerfile.train.dockerignore").read_text().split()
-    assert {"!app/__init__.py", "!app/manifest.py"} <= set(ignore) and not any(x.startswith("!app/**") for x in ignore)
+    wanted = {"!app/__init__.py", "!app/manifest.py", "!app/history.py"}
+    assert wanted <= set(ignore) and not any(x.startswith("!app/**") for x in ignore)
     # jemalloc preloaded, purging off: glibc's heap held 5x the memory (README "Training memory")
     assert "libjemalloc2" in text and re.search(r"LD_PRELOAD=/usr/local/lib/libjemalloc\.so\.2", text)
     assert "dirty_decay_ms:-1" in text
@@ -156,7 +158,7 @@ def test_training_image_structure() -> None:
     assert users and users[-1].split(":")[0] not in ("0", "root")
 
 
-def test_training_needs_only_the_manifest_module_of_the_service() -> None:
+def test_training_needs_only_the_bundle_contract_modules_of_the_service() -> None:
     # What the training image copies of app/ (above) is all that training and models import from it;
     # training.cli's `serve` command imports the service lazily and says so when it is not installed.
     import grimp
@@ -164,7 +166,7 @@ def test_training_needs_only_the_manifest_module_of_the_service() -> None:
     graph = grimp.build_graph("training", "models", "app")
     modules = {m for m in graph.modules if m.split(".")[0] in ("training", "models") and m != "training.cli"}
     used = set().union(*(graph.find_upstream_modules(m) for m in modules))
-    assert {m for m in used if m.split(".")[0] == "app"} == {"app.manifest"}
+    assert {m for m in used if m.split(".")[0] == "app"} == {"app.manifest", "app.history"}
 
 
 @pytest.mark.parametrize("script", ["docker/train-job.sh", "docker/serve-entrypoint.sh"])
