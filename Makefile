@@ -49,9 +49,17 @@ $(BENCH_BUNDLE): | setup
 	$(VENV)/bin/seqrec train --model sasrec --dataset ml-1m --epochs 1 --max-users 1500 --out runs/bench-sasrec-ml1m
 	$(VENV)/bin/seqrec export runs/bench-sasrec-ml1m/best.pt --out $(dir $(BENCH_BUNDLE)) --name $(notdir $(BENCH_BUNDLE))
 
-bench-serve: setup $(BENCH_BUNDLE)
+# The per-user recurrent state is measured on a GRU4Rec bundle, trained the same quick way.
+BENCH_GRU_BUNDLE ?= artifacts/bench-gru4rec-ml1m
+$(BENCH_GRU_BUNDLE): | setup
+	$(VENV)/bin/seqrec train --model gru4rec --dataset ml-1m --epochs 1 --max-users 1500 --set task.parallel=padded --out runs/bench-gru4rec-ml1m
+	$(VENV)/bin/seqrec export runs/bench-gru4rec-ml1m/best.pt --out $(dir $(BENCH_GRU_BUNDLE)) --name $(notdir $(BENCH_GRU_BUNDLE))
+
+bench-serve: setup $(BENCH_BUNDLE) $(BENCH_GRU_BUNDLE)
 	$(PY) benchmarks/serve_load.py --bundle $(BENCH_BUNDLE) --users 3000 --seconds 15 --workers 2 --conns 1 8 16 32 --out benchmarks/results/serve
-	$(PY) benchmarks/user_cache.py --bundle $(BENCH_BUNDLE) --out benchmarks/results/user_cache.json
+	$(PY) benchmarks/user_cache.py --bundle $(BENCH_BUNDLE) --wrk --out benchmarks/results/user_cache.json
+	$(PY) benchmarks/user_cache.py --bundle $(BENCH_GRU_BUNDLE) --history 100 --out benchmarks/results/user_cache-gru4rec.json
+	$(PY) benchmarks/incremental_attention.py --out benchmarks/results/incremental_attention.json
 	$(PY) benchmarks/request_path.py --bundle $(BENCH_BUNDLE) --out benchmarks/results/request_path.json
 
 bench-ann: setup $(BENCH_BUNDLE)

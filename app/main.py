@@ -117,7 +117,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             experiment=item_reg.spec.get("experiment", settings.experiment),
         )
         ttl = min(settings.user_cache_ttl_s, settings.history_ttl_s)
-        state.user_cache = UserCache(store, settings.user_cache, ttl, metrics.registry)
+        state.user_cache = UserCache(store, settings.user_cache, ttl, metrics.registry, settings.user_state)
         # Items registered before this process started (by any process) are served from the start;
         # the follower then applies everything announced later.
         await catch_up(item_reg, registry)

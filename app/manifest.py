@@ -118,6 +118,22 @@ class TextSpec(_Section):
     new_item_end_to_end_max_abs_diff: float = 0.0
 
 
+class IncrementalSpec(_Section):
+    """An incremental path the bundle offers besides model.onnx (app/userstate.py serves it).
+
+    kind "rnn_state": `file` maps (state (layers, B, H) float32, item_seq (B, T) int64, no padding)
+    to (state after the T items, user_vec (B, D)); from a zero state over a whole history it equals
+    model.onnx on that history, so a per-user state is advanced by each new event in O(1).
+    """
+
+    kind: Literal["rnn_state"]
+    file: str
+    inputs: list[str] = Field(min_length=2, max_length=2)
+    outputs: list[str] = Field(min_length=2, max_length=2)
+    state_shape: list[int] = Field(min_length=2, max_length=2, description="(layers, H) of one user's state.")
+    parity_max_abs_diff: float = 0.0
+
+
 class Manifest(_Section):
     """manifest.json. `files` holds the sha256 of every other file in the bundle."""
 
@@ -146,6 +162,8 @@ class Manifest(_Section):
     history_transform: dict[str, Any] | None = None
     # Explanations: ablation.onnx, the leave-one-out user vectors in one graph (app/explain.py reads it).
     ablation: dict[str, Any] | None = None
+    # Incremental user-state paths (absent: only the full encoder).
+    incremental: IncrementalSpec | None = None
 
     # `model_config` is pydantic's own attribute name, so the field is stored as model_config_ and
     # read and written under its JSON name by alias.
@@ -173,6 +191,8 @@ class Manifest(_Section):
         if self.text is not None:
             t = self.text
             named += [t.tokenizer, t.text_encoder.file, t.adaptor.file, t.seq_encoder.file]
+        if self.incremental is not None:
+            named.append(self.incremental.file)
         return named
 
     def to_json(self) -> str:

@@ -60,6 +60,11 @@ class Settings(BaseSettings):
     user_cache: bool = Field(
         True, description="Reuse a user's vector while the history it encodes is unchanged (docs/user-state.md)."
     )
+    user_state: bool = Field(
+        True,
+        description="Keep a recurrent model's state per user and advance it by the new events"
+        " (bundles that offer it, e.g. GRU4Rec; needs SEQREC_USER_CACHE; docs/user-state.md).",
+    )
     user_cache_ttl_s: int = Field(
         86400, ge=1, description="A cached user vector expires this long after it was stored."
     )

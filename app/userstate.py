@@ -1,18 +1,29 @@
-"""Cached user vectors: a read whose encoded history did not change skips the ONNX encoder.
+"""Per-user model state: a read whose encoded history did not change skips the ONNX encoder.
 
-An entry is keyed by the user and the bundle name and holds `digest || user_vec`, where the
-digest is a BLAKE2b hash of the bundle's identity (name, version, checksums of its files) and
-of the model indices actually encoded (the last `max_len`). A read fetches the history and the
-entry in one round trip, encodes the history as before, and reuses the stored vector only when
-its digest equals the digest of what it would encode now. So a vector computed from another
-history, by another bundle version, or by another process is never served: any acknowledged
-write changes the history a read fetches, hence the digest, hence forces a recompute.
+An entry is keyed by the user and the bundle name. Two kinds, by what the bundle offers:
 
-- Redis: a hash `{prefix}v:{user}` (field = bundle name) next to the history `{prefix}h:{user}`
-  (on a Redis Cluster with the same `{user}` hash tag, so in the history's slot), expiring `ttl_s`
-  after its last write. In process (memory store): a bounded LRU dict.
-- Written after the answer is computed, in a background task: a cache write that fails (Redis
-  down, timeout) is counted and forgotten, never fails the request.
+- a cached user vector, `digest || user_vec`: the digest is a BLAKE2b hash of the bundle's
+  identity (name, version, checksums of its files) and of the model indices actually encoded
+  (the last `max_len`); the vector is reused only when that digest equals the digest of what the
+  read would encode now;
+- a recurrent state (bundles whose manifest offers `incremental.kind = "rnn_state"`, GRU4Rec):
+  `digest || n || state || user_vec`, the GRU state after the first `n` encoded items, with the
+  digest of exactly those `n`. A read whose encoded window starts with those `n` items advances
+  the state by the items after them in one step-graph call (O(1) per new event); any other
+  window (a late event inserted before them, the history trimmed under them, another bundle)
+  has another prefix digest and rebuilds the state from the window.
+
+Either way a vector computed from another history, by another bundle version or by another
+process is never served: any acknowledged write changes the history a read fetches, hence the
+digest, hence forces a recompute (or an exact advance).
+
+- Redis: one string `{prefix}v:{user}:{bundle}` per user and bundle, next to the history
+  `{prefix}h:{user}` (on a Redis Cluster with the same `{user}` hash tag, in the history's slot),
+  read together with the history by one script call and written with `SET .. EX ttl_s`. In
+  process (memory store): a bounded LRU dict.
+- Written after the answer is computed, batched across the requests of one event-loop turn (one
+  pipeline): a write that fails (Redis down, timeout) is counted and forgotten, never fails the
+  request.
 - Items registered online (POST /items) get process-local indices, so a history holding one is
   not cached (its indices alone do not identify the items across processes).
 """
@@ -31,12 +42,15 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter
 from redis.asyncio import Redis
-from redis.exceptions import RedisClusterException, RedisError
+from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 
+from app.onnx_session import ort_session
 from app.stores import ClusterStore, EventStore, RedisStore, StoreUnavailable
-from app.stores.base import items_of, timed_items_of
+from app.stores.base import items_of
 
 if TYPE_CHECKING:
+    import onnxruntime as ort
+
     from app.bundle import Bundle
 
 log = logging.getLogger("seqrec.userstate")
@@ -44,6 +58,24 @@ log = logging.getLogger("seqrec.userstate")
 DIGEST_BYTES = 16
 _ERRORS = (RedisError, RedisClusterException, OSError, asyncio.TimeoutError)
 _tags: weakref.WeakKeyDictionary[Bundle, bytes] = weakref.WeakKeyDictionary()
+_steps: weakref.WeakKeyDictionary[Bundle, ort.InferenceSession] = weakref.WeakKeyDictionary()
+
+# The history and the entry in one command: a pipeline of two costs redis-py about as much CPU
+# again as the ZRANGE alone. pcall: an entry of the wrong type is a miss, never a failed read.
+# ARGV = n, with_times (1: the members' scores too, flat).
+READ_LUA = """
+local entry = redis.pcall('GET', KEYS[2])
+if type(entry) == 'table' then entry = false end
+local n = -tonumber(ARGV[1])
+local h
+if ARGV[2] == '1' then
+  h = redis.call('ZRANGE', KEYS[1], n, -1, 'WITHSCORES')
+else
+  h = redis.call('ZRANGE', KEYS[1], n, -1)
+end
+return {h, entry}
+"""
+READ_SHA = hashlib.sha1(READ_LUA.encode()).hexdigest()
 
 
 def bundle_tag(bundle: Bundle) -> bytes:
@@ -61,6 +93,14 @@ def bundle_tag(bundle: Bundle) -> bytes:
     return tag
 
 
+def _digest(bundle: Bundle, seq: np.ndarray, times: np.ndarray | None = None) -> bytes:
+    h = hashlib.blake2b(bundle_tag(bundle), digest_size=DIGEST_BYTES)
+    h.update(np.ascontiguousarray(seq, dtype=np.int64).tobytes())
+    if times is not None:
+        h.update(np.ascontiguousarray(times, dtype=np.int64).tobytes())
+    return h.digest()
+
+
 def history_digest(bundle: Bundle, seen: np.ndarray, times: np.ndarray | None = None) -> bytes | None:
     """Digest of what `bundle.user_vectors([seen], [times])` encodes; None when it must not be cached.
 
@@ -70,16 +110,47 @@ def history_digest(bundle: Bundle, seen: np.ndarray, times: np.ndarray | None = 
     if bundle.needs_times:
         if times is None:
             return None
-        seq = np.ascontiguousarray(seen, dtype=np.int64)
+        seq = seen
     else:
-        seq = np.ascontiguousarray(seen[-bundle.max_len :], dtype=np.int64)
+        seq, times = seen[-bundle.max_len :], None
     if len(seq) and int(seq.max()) > bundle.manifest.num_items:
         return None  # an online-registered item: its index is this process's, see the module doc
-    h = hashlib.blake2b(bundle_tag(bundle), digest_size=DIGEST_BYTES)
-    h.update(seq.tobytes())
-    if bundle.needs_times and times is not None:
-        h.update(np.ascontiguousarray(times, dtype=np.int64).tobytes())
-    return h.digest()
+    return _digest(bundle, seq, times)
+
+
+def step_session(bundle: Bundle) -> ort.InferenceSession | None:
+    """The bundle's recurrent step graph, when its manifest offers one (loaded once per bundle)."""
+    spec = bundle.manifest.incremental
+    if spec is None or spec.kind != "rnn_state" or bundle.needs_times:
+        return None  # (a history transform over times re-shapes the whole window: no prefix to advance)
+    sess = _steps.get(bundle)
+    if sess is None:
+        sess = ort_session(bundle.path / spec.file)
+        _steps[bundle] = sess
+    return sess
+
+
+class RnnState:
+    """One user's recurrent state: after the first `n` items of the encoded window (`digest` of them)."""
+
+    __slots__ = ("digest", "n", "state", "vec")
+
+    def __init__(self, digest: bytes, n: int, state: np.ndarray, vec: np.ndarray) -> None:
+        self.digest, self.n, self.state, self.vec = digest, n, state, vec
+
+    def to_bytes(self) -> bytes:
+        return self.digest + np.uint32(self.n).tobytes() + self.state.tobytes() + self.vec.tobytes()
+
+    @classmethod
+    def parse(cls, blob: bytes | None, bundle: Bundle) -> RnnState | None:
+        """None when absent or not this bundle's layout (e.g. a plain cached vector)."""
+        layers, hid = bundle.manifest.incremental.state_shape  # type: ignore[union-attr]
+        if blob is None or len(blob) != DIGEST_BYTES + 4 + 4 * (layers * hid + bundle.dim):
+            return None
+        n = int(np.frombuffer(blob, np.uint32, 1, DIGEST_BYTES)[0])
+        state = np.frombuffer(blob, np.float32, layers * hid, DIGEST_BYTES + 4).reshape(layers, 1, hid)
+        vec = np.frombuffer(blob, np.float32, bundle.dim, DIGEST_BYTES + 4 + 4 * layers * hid).reshape(1, bundle.dim)
+        return cls(blob[:DIGEST_BYTES], n, state, vec)
 
 
 Read = tuple[list[str], list[float] | None, bytes | None]  # item ids, their times (when asked), entry
@@ -91,25 +162,32 @@ class CacheBackend(Protocol):
         times when `with_times`, and the entry."""
         ...
 
-    async def write(self, user_id: str, field: str, blob: bytes) -> None: ...
+    def put(self, user_id: str, field: str, blob: bytes) -> None:
+        """Store the entry soon (never raises; a lost write is a later miss)."""
+        ...
+
+    async def drain(self) -> None: ...
 
 
 class RedisBackend:
-    """History and entry in one pipelined round trip; the entry's failure alone is only a miss.
+    """History and entry in one script call; the entry's failure alone is only a miss.
 
-    Single Redis: the entry is `{prefix}v:{user}` next to `{prefix}h:{user}`. Redis Cluster: the
-    store's per-user key `{prefix}v:{{user}}`, in the history's slot, so both go to one master in
-    one pipeline.
+    Single Redis: the entry is `{prefix}v:{user}:{bundle}` next to `{prefix}h:{user}`. Redis
+    Cluster: `{prefix}v:{{user}}:{bundle}`, in the history's slot, so the script's two keys are
+    on one master.
     """
 
-    def __init__(self, store: RedisStore | ClusterStore, ttl_s: int) -> None:
+    def __init__(self, store: RedisStore | ClusterStore, ttl_s: int, errors: Counter) -> None:
         self.store = store
         self.ttl_s = ttl_s
+        self.errors = errors
+        self._pending: dict[str, tuple[str, bytes]] = {}  # entry key -> (user, blob); newest wins
+        self._flushing: set[asyncio.Task[None]] = set()
 
-    def key(self, user_id: str) -> str:
+    def key(self, user_id: str, field: str) -> str:
         if isinstance(self.store, ClusterStore):
-            return self.store.user_key("v", user_id)
-        return f"{self.store.prefix}v:{user_id}"
+            return f"{self.store.user_key('v', user_id)}:{field}"
+        return f"{self.store.prefix}v:{user_id}:{field}"
 
     async def _client(self, user_id: str) -> Redis:
         if isinstance(self.store, ClusterStore):
@@ -117,35 +195,61 @@ class RedisBackend:
             return self.store._client(self.store._master(user_id), raw=True)
         return self.store.raw
 
+    async def _write_client(self, user_id: str) -> Redis:
+        return await self._client(user_id)  # one seam: tests point the writes at a refusing Redis
+
     async def read(self, user_id: str, n: int, field: str, with_times: bool = False) -> Read:
+        keys = (self.store.key(user_id), self.key(user_id, field))
+        args = (n, 1 if with_times else 0)
         try:
             async with asyncio.timeout(self.store.read_timeout_s):
-                pipe = (await self._client(user_id)).pipeline(transaction=False)
-                pipe.zrange(self.store.key(user_id), -n, -1, withscores=with_times)
-                pipe.hget(self.key(user_id), field)
-                members, blob = await pipe.execute(raise_on_error=False)
+                client = await self._client(user_id)
+                try:
+                    members, blob = await client.evalsha(READ_SHA, 2, *keys, *args)
+                except NoScriptError:  # a restarted or new Redis: EVAL also caches the script
+                    members, blob = await client.eval(READ_LUA, 2, *keys, *args)
         except _ERRORS as exc:
             if isinstance(self.store, ClusterStore):
                 self.store._stale = True  # as the store's own read does: reload the map next time
             raise StoreUnavailable(f"redis: {type(exc).__name__}: {exc}") from exc
-        if isinstance(members, Exception):
-            raise StoreUnavailable(f"redis: {type(members).__name__}: {members}")
         entry = blob if isinstance(blob, bytes) else None
-        if with_times:
-            items, times = timed_items_of(members)
-            return items, times, entry
+        if with_times:  # a flat member, score, member, score, ... list from the script
+            return items_of(members[0::2]), [float(t) for t in members[1::2]], entry
         return items_of(members), None, entry
 
-    async def write(self, user_id: str, field: str, blob: bytes) -> None:
-        async with asyncio.timeout(self.store.read_timeout_s):
-            pipe = (await self._client(user_id)).pipeline(transaction=False)
-            pipe.hset(self.key(user_id), field, blob)
-            pipe.expire(self.key(user_id), self.ttl_s)
-            await pipe.execute(raise_on_error=True)
+    def put(self, user_id: str, field: str, blob: bytes) -> None:
+        first = not self._pending
+        self._pending[self.key(user_id, field)] = (user_id, blob)
+        if first:  # one flush per event-loop turn carries every entry computed in it
+            task = asyncio.get_running_loop().create_task(self._flush())
+            self._flushing.add(task)
+            task.add_done_callback(self._flushing.discard)
+
+    async def _flush(self) -> None:
+        await asyncio.sleep(0)  # let the other requests of this turn add theirs
+        pending, self._pending = self._pending, {}
+        groups: dict[int, tuple[Redis, list[tuple[str, bytes]]]] = {}
+        try:
+            for key, (user, blob) in pending.items():
+                client = await self._write_client(user)
+                groups.setdefault(id(client), (client, []))[1].append((key, blob))
+            for client, entries in groups.values():
+                pipe = client.pipeline(transaction=False)
+                for key, blob in entries:
+                    pipe.set(key, blob, ex=self.ttl_s)
+                async with asyncio.timeout(self.store.read_timeout_s):
+                    await pipe.execute(raise_on_error=True)
+        except _ERRORS as exc:  # the answers are already computed: a lost entry is just a later miss
+            self.errors.inc(len(pending))
+            log.debug("user state write failed: %r", exc)
+
+    async def drain(self) -> None:
+        while self._flushing:
+            await asyncio.gather(*list(self._flushing), return_exceptions=True)
 
 
 class MemoryBackend:
-    """In process, next to the MemoryStore: bounded (LRU) and expiring like the Redis hash."""
+    """In process, next to the MemoryStore: bounded (LRU) and expiring like the Redis entries."""
 
     def __init__(self, store: EventStore, ttl_s: float, max_entries: int = 100_000) -> None:
         self.store = store
@@ -164,9 +268,6 @@ class MemoryBackend:
             return history, times, None
         return history, times, hit[1]
 
-    async def write(self, user_id: str, field: str, blob: bytes) -> None:
-        self.put(user_id, field, blob)
-
     def put(self, user_id: str, field: str, blob: bytes) -> None:
         key = (user_id, field)
         self._entries[key] = (time.monotonic(), blob)
@@ -174,20 +275,27 @@ class MemoryBackend:
         while len(self._entries) > self.max_entries:
             self._entries.popitem(last=False)
 
+    async def drain(self) -> None:
+        return None
+
 
 class UserCache:
-    """The read path's user vectors: cached when enabled, recomputed whenever the digest differs."""
+    """The read path's user vectors: cached (or advanced) when enabled, recomputed whenever the digest differs."""
 
-    def __init__(self, store: EventStore, enabled: bool, ttl_s: int, registry: CollectorRegistry) -> None:
+    def __init__(
+        self, store: EventStore, enabled: bool, ttl_s: int, registry: CollectorRegistry, rnn_state: bool = True
+    ) -> None:
         self.store = store
         self.enabled = enabled
-        self.backend: CacheBackend = (
-            RedisBackend(store, ttl_s) if isinstance(store, RedisStore | ClusterStore) else MemoryBackend(store, ttl_s)
-        )
+        self.rnn_state = rnn_state
         self.lookups = Counter(
             "seqrec_user_cache_total", "User-vector cache lookups by outcome", ["outcome"], registry=registry
         )
-        self._writes: set[asyncio.Task[None]] = set()  # strong references until each write is done
+        self.backend: CacheBackend = (
+            RedisBackend(store, ttl_s, self.lookups.labels("write_error"))
+            if isinstance(store, RedisStore | ClusterStore)
+            else MemoryBackend(store, ttl_s)
+        )
 
     async def read(self, user_id: str, n: int, bundle: Bundle) -> Read:
         """The user's history (StoreUnavailable as from the store), its times when the bundle reads
@@ -205,31 +313,43 @@ class UserCache:
     ) -> np.ndarray:
         """(1, D) user vector of `seen` [with its times]: the entry's when its digest matches, else
         computed (and stored)."""
-        digest = history_digest(bundle, seen, times) if self.enabled else None
         tms = None if times is None else [times]
+        digest = history_digest(bundle, seen, times) if self.enabled else None
         if digest is None:
             return bundle.user_vectors([seen], tms)
+        step = step_session(bundle) if self.rnn_state else None
+        if step is not None:
+            return self._advance(user_id, bundle, step, seen[-bundle.max_len :], entry)
         if entry is not None and len(entry) == DIGEST_BYTES + 4 * bundle.dim and entry[:DIGEST_BYTES] == digest:
             self.lookups.labels("hit").inc()
             return np.frombuffer(entry, dtype=np.float32, offset=DIGEST_BYTES).reshape(1, bundle.dim)
         self.lookups.labels("miss").inc()
         vec = np.ascontiguousarray(bundle.user_vectors([seen], tms), dtype=np.float32)
-        if isinstance(self.backend, MemoryBackend):  # nothing to wait for: stored before the answer leaves
-            self.backend.put(user_id, bundle.name, digest + vec.tobytes())
-            return vec
-        task = asyncio.get_running_loop().create_task(self._store(user_id, bundle.name, digest + vec.tobytes()))
-        self._writes.add(task)
-        task.add_done_callback(self._writes.discard)
+        self.backend.put(user_id, bundle.name, digest + vec.tobytes())
         return vec
 
-    async def _store(self, user_id: str, field: str, blob: bytes) -> None:
-        try:
-            await self.backend.write(user_id, field, blob)
-        except _ERRORS as exc:  # the answer is already computed: a lost entry is just a later miss
-            self.lookups.labels("write_error").inc()
-            log.debug("user cache write failed: %r", exc)
+    def _advance(
+        self, user_id: str, bundle: Bundle, step: ort.InferenceSession, window: np.ndarray, entry: bytes | None
+    ) -> np.ndarray:
+        """The recurrent path: the stored state if it covers a prefix of `window`, advanced by the rest."""
+        spec = bundle.manifest.incremental
+        assert spec is not None
+        old = RnnState.parse(entry, bundle)
+        if old is not None and old.n <= len(window) and _digest(bundle, window[: old.n]) == old.digest:
+            if old.n == len(window):
+                self.lookups.labels("hit").inc()
+                return old.vec
+            self.lookups.labels("advance").inc()
+            state, rest = old.state, window[old.n :]
+        else:
+            self.lookups.labels("rebuild").inc()
+            state, rest = np.zeros((spec.state_shape[0], 1, spec.state_shape[1]), np.float32), window
+        # (layers, 1, H), (1, T) -> (layers, 1, H), (1, D): one call however many events arrived
+        new_state, vec = step.run(spec.outputs, {spec.inputs[0]: state, spec.inputs[1]: rest[None, :]})
+        entry_out = RnnState(_digest(bundle, window), len(window), new_state, vec)
+        self.backend.put(user_id, bundle.name, entry_out.to_bytes())
+        return vec
 
     async def drain(self) -> None:
         """Wait for the cache writes in flight (tests; shutdown)."""
-        if self._writes:
-            await asyncio.gather(*self._writes, return_exceptions=True)
+        await self.backend.drain()

@@ -8,9 +8,15 @@ SEQREC_USER_CACHE=true, one with false. Each mix (pure reads, 10 reads per write
 write) is measured on both servers in alternation, `--repeats` times, with the same closed-loop
 load (`--conns` keep-alive connections; a write is one POST /events of one new event for a
 random user, a read GET /recommend/{user}?k=10 for a random user). Only one server is loaded at
-a time. A "cold" pure-read window first runs on the cache-on server with every cache entry
-deleted. Reported: read and write requests/s, read latency percentiles, server CPU per request,
-and the on/off ratio of each mix (the result on a shared machine: both sides share conditions).
+a time. Before each mix a "cold" window runs on the cache-on server with every entry deleted
+(no state yet); the other windows are warm. Reported: read and write requests/s, read latency
+percentiles, server CPU per request, the on/off ratio of each mix, cold and warm (the result on a
+shared machine: both sides share conditions), and POST /events throughput of each server (batches
+of 500, its own fresh users). With `--wrk`, `wrk` re-measures the warm pure-read rate of both
+servers (random users, a Lua script) as a cross-check of the load generator.
+
+A GRU4Rec bundle (per-user recurrent state) is measured the same way; use `--history` below the
+bundle's max_len so that writes advance states rather than slide the window.
 """
 
 from __future__ import annotations
@@ -33,7 +39,12 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from benchmarks.machine import machine_info  # noqa: E402
-from benchmarks.serve_load import Conn, free_port, own_cpu, post_events, tree_cpu, wait_port  # noqa: E402
+from benchmarks.serve_load import Conn, own_cpu, post_events, tree_cpu  # noqa: E402
+from tests.support.procs import free_port, port_open, wait_for  # noqa: E402
+
+
+def wait_port(port: int, timeout: float = 90) -> None:
+    wait_for(lambda: port_open(port), timeout, f"port {port}")
 
 API_KEY = "bench-key"
 PREFIX = "bench:"
@@ -142,6 +153,32 @@ def private_redis() -> Iterator[str]:
         stop(proc)
 
 
+WRK_LUA = """
+math.randomseed(7)
+request = function()
+  return wrk.format("GET", "/recommend/bench-u" .. math.random(0, {n} - 1) .. "?k=10")
+end
+"""
+
+
+def run_wrk(port: int, users: int, conns: int, seconds: float) -> dict | None:
+    """wrk's own count of GET /recommend per second on random users (None without wrk)."""
+    exe = shutil.which("wrk")
+    if exe is None:
+        return None
+    script = Path(f"/tmp/seqrec-uc-wrk-{port}.lua")
+    script.write_text(WRK_LUA.replace("{n}", str(users)))
+    cmd = [exe, "-t1", f"-c{conns}", f"-d{int(seconds)}s", "--latency", "-s", str(script), f"http://127.0.0.1:{port}"]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=False).stdout
+    rps = [ln for ln in out.splitlines() if ln.startswith("Requests/sec:")]
+    p99 = [ln for ln in out.splitlines() if ln.strip().startswith("99%")]
+    return {
+        "reads_per_s": round(float(rps[0].split()[1])) if rps else None,
+        "read_p99": p99[0].split()[1] if p99 else None,
+        "command": " ".join(cmd),
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bundle", type=Path, required=True)
@@ -151,6 +188,7 @@ def main() -> None:
     ap.add_argument("--users", type=int, default=3000)
     ap.add_argument("--history", type=int, default=200, help="events per user written up front")
     ap.add_argument("--workers", type=int, default=2, help="uvicorn workers per server")
+    ap.add_argument("--wrk", action="store_true", help="cross-check the warm pure-read rate with wrk")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/user_cache.json"))
     args = ap.parse_args()
     with contextlib.suppress(ImportError):  # the server's own loop; the load generator's too
@@ -159,6 +197,7 @@ def main() -> None:
         uvloop.install()
     on_port, off_port = free_port(), free_port()
     procs: list[subprocess.Popen] = []
+    cross: dict = {}
     results: dict[str, list[dict]] = {}
     with private_redis() as url:
         try:
@@ -179,6 +218,13 @@ def main() -> None:
             users = [f"bench-u{i}" for i in range(args.users)]
             ev = asyncio.run(post_events(on_port, users, items, args.history, 4, API_KEY))
             print("events", ev, flush=True)
+            # Ingestion of each server on its own fresh users (the state costs writes nothing: it is
+            # advanced when read), 100 events each in batches of 500.
+            ingest = {}
+            for side in ("off", "on"):
+                fresh = [f"ingest-{side}-u{i}" for i in range(args.users)]
+                ingest[side] = asyncio.run(post_events(ports[side], fresh, items, 100, 4, API_KEY))
+                print("ingest", side, ingest[side], flush=True)
 
             def measured(side: str, frac: float, seed: int) -> dict:
                 pid = servers[side].pid
@@ -189,10 +235,10 @@ def main() -> None:
                 r["load_generator_cpu_s"] = round(own_cpu() - l0, 1)
                 return r
 
-            asyncio.run(drop_entries(url))
-            results["cold_reads_only_cache_on"] = [measured("on", 0.0, 0)]
-            print("cold", results["cold_reads_only_cache_on"], flush=True)
             for mix, frac in MIXES.items():
+                asyncio.run(drop_entries(url))
+                results[f"cold_{mix}_cache_on"] = [measured("on", frac, 0)]
+                print("cold", mix, results[f"cold_{mix}_cache_on"], flush=True)
                 for rep in range(args.repeats):
                     # Alternate: neither side always goes first.
                     order = ("off", "on") if rep % 2 == 0 else ("on", "off")
@@ -200,6 +246,9 @@ def main() -> None:
                         r = measured(side, frac, rep + 1)
                         results.setdefault(f"{mix}_cache_{side}", []).append(r)
                         print(mix, side, r, flush=True)
+            if args.wrk:
+                cross = {side: run_wrk(ports[side], args.users, args.conns, args.seconds) for side in ("off", "on")}
+                print("wrk", cross, flush=True)
         finally:
             for p in procs:
                 stop(p)
@@ -223,12 +272,20 @@ def main() -> None:
         }
         for mix in MIXES
     }
+    for mix in MIXES:  # cold: the first window after every entry was deleted, against the warm off side
+        ratios[mix]["cold_reads_per_s_on_over_off"] = round(
+            med(f"cold_{mix}_cache_on", "reads_per_s") / med(f"{mix}_cache_off", "reads_per_s"), 2
+        )
+        ratios[mix]["cold_read_p99_on_over_off"] = round(
+            med(f"cold_{mix}_cache_on", "read_p99_ms") / med(f"{mix}_cache_off", "read_p99_ms"), 2
+        )
     man = json.loads((args.bundle / "manifest.json").read_text())
     out = {
         "command": " ".join(["python", *sys.argv]),
         "date": time.strftime("%Y-%m-%d", time.gmtime()),
         "machine": machine_info(),
         "load_average_at_end": os.getloadavg(),
+        "cpu_affinity": sorted(os.sched_getaffinity(0)),  # e.g. [0] under taskset -c 0: all on one core
         "conditions": "load generator, redis-server and both servers on the same machine; one server loaded at a time",
         "bundle": f"{man['model']} on {man.get('dataset')}: {man['num_items']} items, dim {man['dim']}, "
         f"max_len {man['max_len']}",
@@ -238,6 +295,9 @@ def main() -> None:
         "history": args.history,
         "seconds_per_window": args.seconds,
         "events": ev,
+        "ingest_events_per_s": {side: r["events_per_s"] for side, r in ingest.items()},
+        "ingest": ingest,
+        "wrk_reads_only_warm": cross if args.wrk else None,
         "runs": results,
         "ratios_cache_on_over_off": ratios,
     }

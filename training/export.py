@@ -17,6 +17,8 @@ bundle/
   item_vectors_layers4.npy  optional (layer_vectors=True, BERT4Rec): a second space for similar items
   ablation.onnx      optional (models with `ablations`, e.g. SASRec): the leave-one-out user vectors
                      explanations need, in one cheaper graph (training/ablation.py)
+  step.onnx          GRU4Rec only: (state float32 [layers, batch, H], item_seq int64 [batch, T]) ->
+                     (state_out, user_vec): the GRU advanced by T items (the manifest's `incremental`)
 
 The bundle is written into a temporary sibling directory and renamed into place, so a
 reader never sees half a bundle. Export fails, and writes nothing, when ONNX Runtime or
@@ -39,7 +41,8 @@ import numpy as np
 import torch
 from pydantic import ValidationError
 
-from app.manifest import FORMAT_VERSION, TIMED_FORMAT_VERSION, Manifest, OnnxSpec
+from app.manifest import FORMAT_VERSION, TIMED_FORMAT_VERSION, IncrementalSpec, Manifest, OnnxSpec
+from models.gru4rec import GRU4Rec
 from models.layers import SeqRecModel
 from training.ablation import write_ablation_graph
 from training.checkpoint import load_checkpoint
@@ -148,6 +151,79 @@ def export_program(model: SeqRecModel, path: Path) -> float | None:
     return worst
 
 
+STEP_FILE = "step.onnx"
+STEP_INPUTS = ["state", "item_seq"]
+STEP_OUTPUTS = ["state_out", "user_vec"]
+
+
+class GRUStep(torch.nn.Module):
+    """GRU4Rec advanced from a given state: (state (layers, B, H), items (B, T)) -> (state', user_vec).
+
+    No padding: every row advances by its T items (the serving side calls it per user). From a zero
+    state over a whole history it computes what GRU4Rec.forward computes on that history.
+    """
+
+    def __init__(self, model: GRU4Rec) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, state: torch.Tensor, item_seq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        m = self.model
+        out, new_state = m.gru(m.embed(item_seq), state)  # (B, T, H), (layers, B, H)
+        return new_state, m.user_vector(m.drop_out(out[:, -1]))  # (layers, B, H), (B, H[+1])
+
+
+def export_step(model: GRU4Rec, tmp: Path, onnx_path: Path) -> IncrementalSpec:
+    """Write step.onnx and check it: a history split in two steps equals model.onnx on the whole."""
+    import onnxruntime as ort
+
+    step = GRUStep(model).eval()
+    layers, hid = model.cfg.num_layers, model.cfg.dim
+    example = (torch.zeros(layers, 2, hid), torch.as_tensor(np.array([[1, 2, 3], [4, 5, 6]], dtype=np.int64)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            step,
+            example,
+            str(tmp / STEP_FILE),
+            input_names=STEP_INPUTS,
+            output_names=STEP_OUTPUTS,
+            dynamic_axes={
+                "state": {1: "batch"},
+                "item_seq": {0: "batch", 1: "length"},
+                "state_out": {1: "batch"},
+                "user_vec": {0: "batch"},
+            },
+            opset_version=ONNX_OPSET,
+            dynamo=False,
+        )
+    sess = ort.InferenceSession(str(tmp / STEP_FILE), providers=["CPUExecutionProvider"])
+    full = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    worst = 0.0
+    for h in random_histories(model.num_items, model.max_len, seed=1):
+        h = h[-model.max_len :][None, :].astype(np.int64)  # (1, L)
+        ref = full.run([OUTPUT_NAME], {INPUT_NAME: h})[0]
+        state = np.zeros((layers, 1, hid), np.float32)
+        cut = max(1, h.shape[1] // 2)
+        state, _ = sess.run(STEP_OUTPUTS, {"state": state, "item_seq": h[:, :cut]})
+        for part in (h[:, cut:cut + 1], h[:, cut + 1 :]):  # one event, then the rest
+            if part.shape[1]:
+                state, vec = sess.run(STEP_OUTPUTS, {"state": state, "item_seq": part})
+        if h.shape[1] == 1:
+            vec = sess.run(STEP_OUTPUTS, {"state": np.zeros_like(state), "item_seq": h})[1]
+        worst = max(worst, float(np.abs(vec - ref).max()))
+    if worst > PARITY_TOL:
+        raise ExportError(f"{STEP_FILE} disagrees with model.onnx: max |diff| {worst:.2e}")
+    return IncrementalSpec(
+        kind="rnn_state",
+        file=STEP_FILE,
+        inputs=STEP_INPUTS,
+        outputs=STEP_OUTPUTS,
+        state_shape=[layers, hid],
+        parity_max_abs_diff=worst,
+    )
+
+
 def check_parity(model: SeqRecModel, onnx_path: Path, ts_path: Path, num_items: int) -> dict[str, float]:
     """Max |ONNX - eager| and |TorchScript - eager| over padded, length-1 and over-long inputs."""
     import onnxruntime as ort
@@ -228,6 +304,8 @@ def export_bundle(
         if spec.export_extra is not None:
             # Model-specific graphs (e.g. UniSRec: text encoder, adaptor, sequence encoder).
             extra_manifest = spec.export_extra(model, tmp, ckpt)
+        if isinstance(model, GRU4Rec):  # a recurrent user state: served incrementally (app/userstate.py)
+            extra_manifest["incremental"] = export_step(model, tmp, tmp / "model.onnx")
         extra_manifest["clusters"] = write_clusters(tmp, table)
         # The graph reads items only: a bundle that reads times (or transforms histories) has none.
         timed = getattr(model, "uses_times", False) or history_transform is not None

@@ -18,6 +18,7 @@ import torch
 
 from models.bert4rec import BERT4Rec, BERT4RecConfig
 from models.gru4rec import GRU4Rec, GRU4RecConfig
+from models.hrnn import HRNN, HRNNConfig
 from models.layers import SeqRecModel
 from models.sasrec import SASRec, SASRecConfig
 from models.unisrec import UniSRec, UniSRecConfig
@@ -34,7 +35,9 @@ from training.config import (
     check_fields,
     option_fields,
 )
+from training.dwell import dwell_spec
 from training.gru4rec_tasks import PaddedNextItemTask, SessionParallelTask
+from training.hrnn import HRNNTask
 from training.tasks import ContrastiveNextItemTask, NextItemTask, Task
 
 # (model, prepared dataset, train config, task config) -> None: fills dataset-dependent state
@@ -119,6 +122,14 @@ def _bert4rec_task(cfg: BERT4RecConfig, tc: TrainConfig, x: ClozeConfig, popular
     )
 
 
+def _gru4rec_dwell(cfg: GRU4RecConfig, x: SessionTaskConfig) -> dict[str, Any] | None:
+    """The dwell-repetition history transform (training/dwell.py) when task.dwell_unit_s > 0."""
+    try:
+        return dwell_spec(x.dwell_unit_s, x.dwell_cap_s, x.session_gap_s)
+    except ValueError as exc:
+        raise ConfigError(f"gru4rec: {exc}") from None
+
+
 def _gru4rec_task(cfg: GRU4RecConfig, tc: TrainConfig, x: SessionTaskConfig, popularity: np.ndarray) -> Task:
     """task.parallel=session (session-parallel, the paper) | padded (whole sequences, full BPTT)."""
     neg = {
@@ -130,10 +141,27 @@ def _gru4rec_task(cfg: GRU4RecConfig, tc: TrainConfig, x: SessionTaskConfig, pop
         "popularity": torch.as_tensor(popularity, dtype=torch.float),
     }
     if x.parallel == "session":
+        if x.dwell_unit_s:
+            raise ConfigError("gru4rec: task.dwell_unit_s needs task.parallel=padded (whole user sequences)")
+        if x.exclude_seen:
+            raise ConfigError("gru4rec: task.exclude_seen needs task.parallel=padded (whole user sequences)")
         return SessionParallelTask(**neg)
     if x.parallel == "padded":
-        return PaddedNextItemTask(**neg, max_len=cfg.max_len, bucket=tc.bucket)
+        return PaddedNextItemTask(
+            **neg,
+            max_len=cfg.max_len,
+            bucket=tc.bucket,
+            newest_prob=tc.newest_prob,
+            exclude_seen=x.exclude_seen,
+            dwell=_gru4rec_dwell(cfg, x),
+        )
     raise ConfigError(f"gru4rec: task.parallel must be session or padded, got {x.parallel!r}")
+
+
+def _hrnn_task(cfg: HRNNConfig, tc: TrainConfig, x: TaskConfig, popularity: np.ndarray) -> Task:
+    if tc.loss != "ce":
+        raise ConfigError(f"hrnn trains with train.loss=ce (full softmax) only, got {tc.loss!r}")
+    return HRNNTask(max_len=cfg.max_len, bucket=tc.bucket, newest_prob=tc.newest_prob)
 
 
 def _unisrec_task(cfg: UniSRecConfig, tc: TrainConfig, x: ContrastiveConfig, popularity: np.ndarray) -> Task:
@@ -195,6 +223,18 @@ MODELS: dict[str, ModelSpec] = {
         _gru4rec_task,
         SessionTaskConfig,
         train_defaults=TrainConfig(epochs=100, batch_size=128, lr=1e-3, loss="ce", num_negatives=2048, patience=5),
+        history_transform=_gru4rec_dwell,  # task.dwell_unit_s > 0: dwell repetition, served alike
+    ),
+    # Session GRU + user GRU across sessions (Quadrana et al. 2017); reads event times, trained on
+    # padded user sequences with a full softmax (training/hrnn.py).
+    "hrnn": ModelSpec(
+        "hrnn",
+        HRNNConfig,
+        HRNN,
+        _hrnn_task,
+        TaskConfig,
+        train_defaults=TrainConfig(epochs=100, batch_size=128, lr=1e-3, loss="ce", patience=5),
+        needs_times=True,
     ),
     # Item vectors from text (PLM -> whitening MoE adaptor); model.mode=inductive|transductive;
     # task.init=PRETRAINED loads a `seqrec pretrain` checkpoint; task.items_file= for generic data.

@@ -155,21 +155,115 @@ def test_digest_covers_what_is_encoded_and_the_bundle(ml1m_bundles: dict[str, Pa
     assert history_digest(a, np.array([a.manifest.num_items + 1])) is None  # online item: not cached
 
 
-def test_cache_write_failure_never_fails_the_request(bundle_path: Path, redis_url: str, key_prefix: str) -> None:
+def test_cache_entry_or_write_failure_never_fails_the_request(
+    bundle_path: Path, redis_url: str, key_prefix: str
+) -> None:
     import redis
+    from redis.asyncio import Redis
 
     settings = Settings(bundles=[bundle_path], api_key="k", redis_url=redis_url, key_prefix=key_prefix)
     with TestClient(create_app(settings)) as client:
         b = client.app.state.seqrec.registry.get(None)
         events = [{"user_id": "w", "item_id": i, "timestamp": 10 + n} for n, i in enumerate(b.item_ids[:20])]
         _post(client, events)
-        # The entry's key holds a string: HGET and HSET both fail with WRONGTYPE (a real Redis error).
-        redis.Redis.from_url(redis_url).set(f"{key_prefix}v:w", "not a hash")
+        # The entry's key holds a hash: GET fails with WRONGTYPE (a real Redis error), which is a miss.
+        redis.Redis.from_url(redis_url).hset(f"{key_prefix}v:w:{b.name}", "x", "y")
+        r = client.get("/recommend/w")
+        assert r.status_code == 200 and r.json()["source"] == "model"
+        cache = client.app.state.seqrec.user_cache
+        client.portal.call(cache.drain)
+        assert 'seqrec_user_cache_total{outcome="miss"} 1.0' in client.get("/metrics").text
+        # Writes to a Redis that refuses connections: counted, never a failed answer.
+        dead = Redis.from_url("redis://127.0.0.1:1/0")
+
+        async def refused(user_id: str) -> Redis:
+            return dead
+
+        cache.backend._write_client = refused
+        redis.Redis.from_url(redis_url).delete(f"{key_prefix}v:w:{b.name}")
         for _ in range(3):
             r = client.get("/recommend/w")
             assert r.status_code == 200 and r.json()["source"] == "model"
-        client.portal.call(client.app.state.seqrec.user_cache.drain)
+            client.portal.call(cache.drain)
         assert 'seqrec_user_cache_total{outcome="write_error"} 3.0' in client.get("/metrics").text
+
+
+def _outcomes(client: TestClient) -> dict[str, float]:
+    out = {}
+    for ln in client.get("/metrics").text.splitlines():
+        if ln.startswith("seqrec_user_cache_total{"):
+            out[ln.split('"')[1]] = float(ln.split()[-1])
+    return out
+
+
+def test_gru4rec_state_advanced_per_event_equals_full_recompute_on_1000_real_histories(
+    ml1m, ml1m_bundles: dict[str, Path], redis_url: str, key_prefix: str
+) -> None:
+    """States built on 150 events, advanced by 1 then 2 events, then rebuilt after a late event."""
+    common = {"bundles": [ml1m_bundles["gru4rec"]], "api_key": "k", "redis_url": redis_url, "key_prefix": key_prefix}
+    users = [f"u{u}" for u in range(USERS)]
+    seqs = {f"u{u}": ml1m.sequence(u)[-150:] for u in range(USERS)}
+
+    def events(lo: int, hi: int, ts: int | None = None) -> list[dict]:
+        out = []
+        for u, seq in seqs.items():
+            for n in range(lo, min(hi, len(seq))):
+                t = 1000 + n if ts is None else ts
+                out.append({"user_id": u, "item_id": ml1m.item_ids[seq[n] - 1], "timestamp": t, "event_id": f"e{n}"})
+        return out
+
+    with (
+        TestClient(create_app(Settings(**common, user_cache=True))) as on,
+        TestClient(create_app(Settings(**common, user_cache=False))) as off,
+    ):
+        cache = on.app.state.seqrec.user_cache
+
+        def compare() -> None:
+            for u in users:
+                _same(
+                    on.get(f"/recommend/{u}", params={"k": 20}).json(),
+                    off.get(f"/recommend/{u}", params={"k": 20}).json(),
+                )
+            on.portal.call(cache.drain)
+
+        _post(on, events(0, 147))
+        compare()
+        assert _outcomes(on)["rebuild"] == USERS  # no state yet: built from the history
+        long_enough = sum(len(s) >= 148 for s in seqs.values())
+        _post(off, events(147, 148))  # one new event, written through the other app
+        compare()
+        assert _outcomes(on).get("advance", 0) == long_enough  # one step each, no re-encode
+        _post(on, events(148, 150))  # two more in one batch: one call advances both
+        compare()
+        assert _outcomes(on)["advance"] == long_enough + sum(len(s) >= 149 for s in seqs.values())
+        before = _outcomes(on)
+        compare()  # nothing changed: the stored vector itself
+        assert _outcomes(on)["hit"] - before.get("hit", 0) == USERS
+        # A late event lands inside the history: the stored prefix no longer matches, so rebuild.
+        late = [{"user_id": u, "item_id": ml1m.item_ids[0], "timestamp": 1000.5, "event_id": "late"} for u in users]
+        _post(off, late)
+        before = _outcomes(on)
+        compare()
+        assert _outcomes(on)["rebuild"] - before["rebuild"] == USERS
+        assert _outcomes(on).get("advance") == before.get("advance")
+
+
+def test_gru4rec_bundle_offers_the_step_graph_and_it_matches_model_onnx(ml1m_bundles: dict[str, Path]) -> None:
+    from app.bundle import Bundle
+    from app.onnx_session import ort_session
+
+    gru = Bundle.load(ml1m_bundles["gru4rec"])
+    assert Bundle.load(ml1m_bundles["sasrec"]).manifest.incremental is None
+    spec = gru.manifest.incremental
+    assert spec is not None and spec.kind == "rnn_state" and spec.file in gru.manifest.files
+    step = ort_session(gru.path / spec.file)
+    rng = np.random.default_rng(3)
+    for n in (1, 2, 37, gru.max_len):
+        seq = rng.integers(1, gru.manifest.num_items + 1, size=n)
+        state = np.zeros((spec.state_shape[0], 1, spec.state_shape[1]), np.float32)
+        for item in seq:  # one event at a time
+            state, vec = step.run(spec.outputs, {"state": state, "item_seq": np.array([[item]], dtype=np.int64)})
+        np.testing.assert_allclose(vec, gru.user_vectors([seq]), atol=1e-5)
 
 
 def test_memory_store_cache_hits_and_invalidates(bundle_path: Path) -> None:

@@ -1,5 +1,8 @@
 """Read-your-writes with the user-vector cache on: two real API processes on one real Redis.
 
+Run for a SASRec bundle (cached vectors) and a GRU4Rec bundle (recurrent states advanced by
+each new event).
+
 Threads write events for users through one process and read them back at once through the
 other (and the same one). After an acknowledged write the read must include the event, and for
 users with a single writer the answer must equal a full recompute of the known history; shared
@@ -49,9 +52,26 @@ def _ready(proc: subprocess.Popen, base: str) -> None:
     pytest.fail("server did not become ready")
 
 
+@pytest.fixture(scope="module")
+def gru4rec_bundle(synthetic, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny GRU4Rec: its bundle offers the per-user recurrent state (advanced per event)."""
+    from training.export import export_bundle
+    from training.train import train
+
+    run = tmp_path_factory.mktemp("rw-gru-run")
+    over = {"epochs": 1, "batch_size": 128, "max_users": 300, "extra": {"parallel": "padded"}}
+    train("gru4rec", synthetic, run, model_overrides={"dim": 16}, train_overrides=over, progress=False)
+    return export_bundle(run / "best.pt", tmp_path_factory.mktemp("rw-gru-art"), name="tiny-gru4rec")
+
+
+@pytest.fixture(params=["sasrec", "gru4rec"])
+def served_bundle(request: pytest.FixtureRequest) -> Path:
+    return request.getfixturevalue("bundle_path" if request.param == "sasrec" else "gru4rec_bundle")
+
+
 @pytest.fixture
-def two_servers(bundle_path: Path, redis_url: str, key_prefix: str) -> Iterator[list[str]]:
-    started = [_serve(bundle_path, redis_url, key_prefix) for _ in range(2)]
+def two_servers(served_bundle: Path, redis_url: str, key_prefix: str) -> Iterator[list[str]]:
+    started = [_serve(served_bundle, redis_url, key_prefix) for _ in range(2)]
     try:
         for proc, base in started:
             _ready(proc, base)
@@ -72,8 +92,8 @@ def _expected(b: Bundle, history: list[str], k: int) -> list[str]:
     return b.external(labels)
 
 
-def test_read_after_acknowledged_write_sees_it_across_processes(two_servers: list[str], bundle_path: Path) -> None:
-    b = Bundle.load(bundle_path)
+def test_read_after_acknowledged_write_sees_it_across_processes(two_servers: list[str], served_bundle: Path) -> None:
+    b = Bundle.load(served_bundle)
     items = b.item_ids[:200]
     failures: list[str] = []
     acked_shared = {"n": 0}
