@@ -303,7 +303,7 @@ def export_bundle(
             extra_manifest["history_transform"] = history_transform
         if spec.export_extra is not None:
             # Model-specific graphs (e.g. UniSRec: text encoder, adaptor, sequence encoder).
-            extra_manifest = spec.export_extra(model, tmp, ckpt)
+            extra_manifest.update(spec.export_extra(model, tmp, ckpt))
         if isinstance(model, GRU4Rec):  # a recurrent user state: served incrementally (app/userstate.py)
             extra_manifest["incremental"] = export_step(model, tmp, tmp / "model.onnx")
         extra_manifest["clusters"] = write_clusters(tmp, table)
