@@ -27,7 +27,7 @@ from app.explain import AblationGraph, load_ablation
 from app.history import apply_transform, check_transform
 from app.index import TopKIndex, build_index
 from app.manifest import MANIFEST_FILE, BundleError, Manifest, read_manifest
-from app.onnx_session import ort_session
+from app.onnx_session import ThreadedSessions, ort_session
 from app.schemas import BundleOut
 from app.similar import OUTPUT_SPACE, ItemSpace, load_spaces
 
@@ -82,6 +82,7 @@ class Bundle:
         self.history_transform = manifest.history_transform
         check_transform(self.history_transform)
         self.session = ort_session(path / "model.onnx")
+        self.sessions = ThreadedSessions(path / "model.onnx", self.session)  # more threads: explanations
 
         table = np.load(path / "item_vectors.npy", allow_pickle=False)
         ids = json.loads((path / "item_ids.json").read_text())
@@ -175,8 +176,11 @@ class Bundle:
         seen = np.array([idx[n] for n in keep], dtype=np.int64)
         return seen, np.floor(np.asarray([times[n] for n in keep], dtype=np.float64)).astype(np.int64)
 
-    def user_vectors(self, histories: Sequence[np.ndarray], times: Sequence[np.ndarray] | None = None) -> np.ndarray:
-        """Histories of model indices (oldest first) [and their times] -> (B, D) user vectors, one ONNX call."""
+    def user_vectors(
+        self, histories: Sequence[np.ndarray], times: Sequence[np.ndarray] | None = None, threads: int = 1
+    ) -> np.ndarray:
+        """Histories of model indices (oldest first) [and their times] -> (B, D) user vectors, one ONNX call
+        (`threads` intra-op threads: 1 = the serving session; more for a large batch, same numbers)."""
         if self.needs_times:
             if times is None or len(times) != len(histories):
                 raise ValueError(f"bundle {self.name} reads event times: pass one times array per history")
@@ -190,6 +194,8 @@ class Bundle:
         for row, s in zip(batch, seqs, strict=True):
             if len(s):
                 row[length - len(s) :] = s
+        if self.time_input is None:
+            return self.padded_vectors(batch, threads)
         feeds = {self.input_name: batch}
         if self.time_input is not None:
             tbatch = np.zeros((len(seqs), length), dtype=np.int64)  # (B, L), 0 where items pad
@@ -197,7 +203,13 @@ class Bundle:
                 if len(t):
                     row[length - len(t) :] = t
             feeds[self.time_input] = tbatch
-        return self.session.run([self.output_name], feeds)[0]
+        return self.sessions.get(threads).run([self.output_name], feeds)[0]
+
+    def padded_vectors(self, batch: np.ndarray, threads: int = 1) -> np.ndarray:
+        """(B, L) int64 model indices, left-padded with padding_index, L <= max_len -> (B, D) user vectors.
+
+        The encoder call of `user_vectors` for a batch already built (bundles that read no times)."""
+        return self.sessions.get(threads).run([self.output_name], {self.input_name: batch})[0]
 
     @property
     def takes_text(self) -> bool:

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+def _cores() -> int:
+    """CPUs this process may run on (its affinity mask where the OS has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 class Settings(BaseSettings):
@@ -70,6 +76,13 @@ class Settings(BaseSettings):
     )
     explain_n: int = Field(
         50, ge=1, le=1000, description="explain=true ablates this many newest history events (one batched call)."
+    )
+    explain_threads: int = Field(
+        default_factory=lambda: 2 if _cores() >= 2 else 1,
+        ge=1,
+        le=64,
+        description="Intra-op threads of the one large encoder call of explain=true (its own ONNX sessions; "
+        "the plain path keeps one thread). Default 2 on a machine with at least 2 cores; 1 = single-threaded.",
     )
     access_log: bool = Field(True, description="Write one JSON line per request to the `seqrec.access` logger.")
     write_rate_per_s: float = Field(

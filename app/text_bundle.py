@@ -28,6 +28,7 @@ import numpy as np
 from app.bundle import Bundle
 from app.index import TopKIndex
 from app.manifest import BundleError, Manifest
+from app.onnx_session import ThreadedSessions
 from app.onnx_session import ort_session as _session
 from app.similar import OUTPUT_SPACE
 
@@ -97,6 +98,7 @@ class TextBundle(Bundle):
             self.ada_input: str = ada["input"]
             self.ada_output: str = ada["output"]
             self.seq_session = _session(path / seq["file"])
+            self.seq_sessions = ThreadedSessions(path / seq["file"], self.seq_session)
             self.seq_inputs: list[str] = list(seq["inputs"])  # [item_vecs (B,L,D) float32, mask (B,L) int64]
             self.seq_output: str = seq["output"]
         except (KeyError, TypeError) as exc:
@@ -146,18 +148,24 @@ class TextBundle(Bundle):
         if self.encode_texts(["probe"]).shape != (1, self.dim):
             raise BundleError("text_encoder.onnx -> adaptor.onnx does not give (1, dim) item vectors")
 
-    def user_vectors(self, histories: Sequence[np.ndarray], times: Sequence[np.ndarray] | None = None) -> np.ndarray:
+    def user_vectors(
+        self, histories: Sequence[np.ndarray], times: Sequence[np.ndarray] | None = None, threads: int = 1
+    ) -> np.ndarray:
         # `times` is unused: _check_runs refuses a text bundle that reads them.
         seqs = [h[-self.max_len :] for h in histories]
         length = max(1, max(len(s) for s in seqs))
-        batch = np.zeros((len(seqs), length), dtype=np.int64)  # (B, L) left-padded with row 0
+        batch = np.full((len(seqs), length), self.padding_index, dtype=np.int64)  # (B, L) left-padded
         for row, s in zip(batch, seqs, strict=True):
             if len(s):
                 row[length - len(s) :] = s
-        vecs = self._vecs[batch]  # (B, L, D)
-        mask = (batch != 0).astype(np.int64)  # (B, L)
+        return self.padded_vectors(batch, threads)
+
+    def padded_vectors(self, batch: np.ndarray, threads: int = 1) -> np.ndarray:
+        real = batch != self.padding_index  # (B, L)
+        vecs = self._vecs[np.where(real, batch, 0)]  # (B, L, D), padding = row 0 (zeros)
+        mask = real.astype(np.int64)  # (B, L)
         feeds = {self.seq_inputs[0]: vecs, self.seq_inputs[1]: mask}
-        return self.seq_session.run([self.seq_output], feeds)[0]
+        return self.seq_sessions.get(threads).run([self.seq_output], feeds)[0]
 
     def item_text(self, item: dict[str, Any]) -> str:
         return compose_text(item, self.compose)

@@ -1,18 +1,21 @@
 """What explain=true adds to one recommendation, with and without the bundle's ablation graph.
 
-    flock /tmp/seqrec-core0.lock taskset -c 0 python benchmarks/explain_latency.py \
+    flock /tmp/seqrec-core0.lock flock /tmp/seqrec-core1.lock python benchmarks/explain_latency.py \
         --bundle artifacts/sasrec-ml1m --out benchmarks/results/explain_latency.json
 
 Real ML-1M histories (the newest `--history` events of each user, as the service reads them
-with SEQREC_MAX_HISTORY), one user at a time, one thread. Two measurements, both comparing the
-two ways of computing the N ablations on the same users in the same run:
+with SEQREC_MAX_HISTORY), one user at a time. The explanation call runs with each `--threads`
+value (SEQREC_EXPLAIN_THREADS; both cores must be free for 2), the plain path with one thread.
+Two measurements, both comparing the two ways of computing the N ablations (and the thread
+counts) on the same users in the same run:
 
 - in process: the plain path (user vector + top-10), then explain() on its answer through the
   bundle's ablation.onnx ("graph") and through N + 1 histories in one model.onnx batch
   ("batched"), alternating per user; p50/p90 and the largest difference between the two
-  methods' contributions (they must agree: same numbers within 1e-5);
+  methods' and thread counts' contributions (they must agree: same numbers within 1e-5);
+  "service" = the method the bundle's cost rule picks per history;
 - over HTTP (`--http`): the server `make bench-serve` runs (`seqrec serve`, Redis, the
-  service's default SEQREC_MAX_HISTORY=200, one worker), serving the bundle and a copy of it
+  service's default SEQREC_MAX_HISTORY=200, one worker, once per thread count), serving the bundle and a copy of it
   without its ablation section; the users' histories are posted with POST /events, then
   GET /recommend/{user}?k=10 with and without explain=true for each bundle, one request at a
   time; extra = p50(explain) - p50(plain).
@@ -58,49 +61,76 @@ def pct(xs: list[float], q: float) -> float:
     return round(float(np.percentile(np.asarray(xs) * 1e3, q)), 3)
 
 
-def in_process(bundle: Bundle, users: list[np.ndarray], caps: list[int], ns: list[int], k: int) -> list[dict]:
+def in_process(
+    bundle: Bundle, users: list[np.ndarray], caps: list[int], ns: list[int], k: int, threads: list[int]
+) -> list[dict]:
     graph = bundle.ablation
+    methods = ["batched"] + (["graph"] if graph is not None else [])
+    rule = graph.cheaper if graph is not None else None
+
+    def use(method: str) -> None:  # "graph" for every history (not only where the cost rule picks it)
+        bundle.ablation = graph if method == "graph" else None
+        if graph is not None:
+            graph.cheaper = (lambda *_: True) if method == "graph" else rule  # type: ignore[method-assign]
+
+    for t in threads:  # open each thread count's sessions before timing (the service opens them on first use)
+        for m in methods:
+            use(m)
+            explain(bundle, users[0], np.arange(1, k + 1), max(ns), threads=t)
     rows = []
     for cap in caps:
         hists = [h[-cap:] for h in users]
         for n in ns:
             base: list[float] = []
-            t_graph: list[float] = []
-            t_batch: list[float] = []
-            worst = 0.0
+            lat: dict[tuple[str, int], list[float]] = {(m, t): [] for m in methods for t in threads}
+            worst_method = 0.0
+            worst_threads = 0.0
             for h in hists:
                 t0 = time.perf_counter()
                 labels, _ = bundle.index.search(bundle.user_vectors([h]), k, [h])
                 t1 = time.perf_counter()
                 base.append(t1 - t0)
-                bundle.ablation = None
-                t2 = time.perf_counter()
-                explain(bundle, h, labels[0], n)
-                t3 = time.perf_counter()
-                t_batch.append(t3 - t2)
-                batched = contributions(bundle, h, labels[0], n)
-                bundle.ablation = graph
+                ref = None
+                for t in threads:  # alternating per user: both methods and thread counts see the same load
+                    for m in methods:
+                        use(m)
+                        t2 = time.perf_counter()
+                        explain(bundle, h, labels[0], n, threads=t)
+                        t3 = time.perf_counter()
+                        lat[(m, t)].append(t3 - t2)
+                        got = contributions(bundle, h, labels[0], n, threads=t)
+                        one = got if t == 1 else contributions(bundle, h, labels[0], n, threads=1)
+                        worst_threads = max(worst_threads, float(np.abs(got - one).max()))
+                        if ref is None:
+                            ref = got
+                        worst_method = max(worst_method, float(np.abs(got - ref).max()))
+                use("graph")
                 if graph is not None:
-                    t4 = time.perf_counter()
-                    explain(bundle, h, labels[0], n)
-                    t5 = time.perf_counter()
-                    t_graph.append(t5 - t4)
-                    worst = max(worst, float(np.abs(contributions(bundle, h, labels[0], n) - batched).max()))
-            row = {
+                    graph.cheaper = rule  # type: ignore[method-assign]
+            row: dict = {
                 "history_events": cap,
                 "median_history": float(np.median([len(h) for h in hists])),
                 "explain_n": n,
                 "recommend_p50_ms": pct(base, 50),
-                "batched_extra_p50_ms": pct(t_batch, 50),
-                "batched_extra_p90_ms": pct(t_batch, 90),
             }
-            if graph is not None:
-                row |= {
-                    "graph_extra_p50_ms": pct(t_graph, 50),
-                    "graph_extra_p90_ms": pct(t_graph, 90),
-                    "speedup_p50": round(pct(t_batch, 50) / pct(t_graph, 50), 2),
-                    "max_abs_contribution_diff": worst,
-                }
+            for t in threads:
+                for m in methods:
+                    row[f"{m}_t{t}_extra_p50_ms"] = pct(lat[(m, t)], 50)
+                    row[f"{m}_t{t}_extra_p90_ms"] = pct(lat[(m, t)], 90)
+                # What the service does: the bundle's cost rule picks the method per history.
+                auto = lat[("graph", t)] if graph is not None else lat[("batched", t)]
+                if graph is not None:
+                    auto = [
+                        g
+                        if graph.cheaper(
+                            len(h[-(bundle.max_len + 1) :]), min(n, len(h), bundle.max_len), bundle.max_len
+                        )
+                        else b
+                        for g, b, h in zip(lat[("graph", t)], lat[("batched", t)], hists, strict=True)
+                    ]
+                row[f"service_t{t}_extra_p50_ms"] = pct(auto, 50)
+            row["max_abs_contribution_diff_methods"] = worst_method
+            row["max_abs_contribution_diff_threads_vs_1"] = worst_threads
             rows.append(row)
             print(json.dumps(row), flush=True)
     return rows
@@ -169,7 +199,7 @@ async def http_phase(port: int, api_key: str, histories: dict[str, list[str]], n
     return out
 
 
-def http(bundle_path: Path, histories: dict[str, list[str]], n: int, k: int, rounds: int) -> dict:
+def http(bundle_path: Path, histories: dict[str, list[str]], n: int, k: int, rounds: int, threads: int) -> dict:
     from tests.support.procs import ApiProc, RedisProc, free_port, stop_process, wait_for
 
     tmp = Path(tempfile.mkdtemp(prefix="explain-bench-"))
@@ -187,6 +217,7 @@ def http(bundle_path: Path, histories: dict[str, list[str]], n: int, k: int, rou
             "SEQREC_KEY_PREFIX": "explain-bench:",
             "SEQREC_MAX_HISTORY": "200",
             "SEQREC_EXPLAIN_N": str(n),
+            "SEQREC_EXPLAIN_THREADS": str(threads),
         }
         cmd = [sys.executable, "-m", "training.cli", "serve", "--bundle", str(bundle_path), "--bundle", str(batched)]
         cmd += ["--port", str(port), "--workers", "1", "--redis-url", redis.url, "--api-key", api_key]
@@ -201,6 +232,7 @@ def http(bundle_path: Path, histories: dict[str, list[str]], n: int, k: int, rou
         shutil.rmtree(tmp, ignore_errors=True)
     out["server"] = "seqrec serve --workers 1, Redis, SEQREC_MAX_HISTORY=200"
     out["explain_n"] = n
+    out["explain_threads"] = threads
     print(json.dumps(out), flush=True)
     return out
 
@@ -213,6 +245,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, nargs="+", default=[10, 25, 50])
     ap.add_argument("--history", type=int, nargs="+", default=[50, 200], help="events the service reads per user")
     ap.add_argument("--k", type=int, default=10)
+    ap.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="SEQREC_EXPLAIN_THREADS values compared")
     ap.add_argument("--http", action=argparse.BooleanOptionalAction, default=True)
     ap.add_argument("--http-users", type=int, default=200)
     ap.add_argument("--http-rounds", type=int, default=2)
@@ -224,7 +257,7 @@ def main() -> None:
     by_user = {u: h for u, h in ml1m_histories(args.data_dir, bundle).items() if len(h) >= 2}
     names = list(by_user)
     pick = [names[i] for i in rng.choice(len(names), size=min(args.users, len(names)), replace=False)]
-    rows = in_process(bundle, [by_user[u] for u in pick], args.history, args.n, args.k)
+    rows = in_process(bundle, [by_user[u] for u in pick], args.history, args.n, args.k, args.threads)
     result = {
         "date": time.strftime("%Y-%m-%d", time.gmtime()),
         "command": " ".join(["python", *sys.argv]),
@@ -237,6 +270,7 @@ def main() -> None:
         },
         "users": len(pick),
         "k": args.k,
+        "explain_threads": args.threads,
         "machine": machine_info(),
         "rows": rows,
     }
@@ -244,7 +278,7 @@ def main() -> None:
         if bundle.ablation is None:
             sys.exit("--http compares the ablation graph with batching: the bundle has no ablation.onnx")
         users = {f"ml1m-{u}": bundle.external(by_user[u][-200:]) for u in pick[: args.http_users]}
-        result["http"] = http(args.bundle, users, max(args.n), args.k, args.http_rounds)
+        result["http"] = [http(args.bundle, users, max(args.n), args.k, args.http_rounds, t) for t in args.threads]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
 

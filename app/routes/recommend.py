@@ -106,7 +106,9 @@ async def recommend(
     }
     if explain:  # popularity answers have no history to explain: empty lists
         why = (
-            explain_items(bundle, seen, labels, state.settings.explain_n, times=seen_times)
+            explain_items(
+                bundle, seen, labels, state.settings.explain_n, times=seen_times, threads=state.settings.explain_threads
+            )
             if source == "model"
             else None
         )

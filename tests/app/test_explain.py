@@ -18,7 +18,7 @@ from fastapi.testclient import TestClient
 
 from app.bundle import Bundle
 from app.diversity import POOL_MIN, rerank
-from app.explain import contributions, explain
+from app.explain import ablation_batch, contributions, explain
 from app.loader import load_bundle
 from app.main import create_app
 from app.settings import Settings
@@ -122,13 +122,13 @@ def test_explain_reports_weighted_history_events(kind_bundles) -> None:
 def test_explain_is_one_batched_encoder_call(kind_bundles, ml100k) -> None:
     b = load_bundle(kind_bundles["gru4rec"])
     calls: list[int] = []
-    real = b.user_vectors
+    real = b.padded_vectors
 
-    def counting(hists):  # type: ignore[no-untyped-def]
-        calls.append(len(hists))
-        return real(hists)
+    def counting(batch, threads=1):  # type: ignore[no-untyped-def]
+        calls.append(len(batch))
+        return real(batch, threads)
 
-    b.user_vectors = counting  # type: ignore[method-assign]
+    b.padded_vectors = counting  # type: ignore[method-assign]
     hist = _histories(ml100k, b, 1, max_len=80)[0]
     why = explain(b, hist, np.array([1, 2, 3]), n_max=50)
     assert calls == [min(50, len(hist)) + 1] and len(why) == 3
@@ -370,3 +370,63 @@ def test_the_ablation_graph_gives_the_batched_numbers(kind_bundles, ml100k) -> N
                 b.ablation = saved
             assert graph.shape == batched.shape == (min(n, len(hist), b.max_len), 7)
             np.testing.assert_allclose(graph, batched, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_explanation_threads_give_the_single_thread_numbers(kind: str, kind_bundles, ml100k) -> None:
+    """SEQREC_EXPLAIN_THREADS: the explanation call on its own 2-thread session, same contributions."""
+    b = load_bundle(kind_bundles[kind])
+    sessions = b.seq_sessions if hasattr(b, "seq_sessions") else b.sessions
+    two = sessions.get(2)
+    assert two is not sessions.get(1) and two is sessions.get(2)  # opened once, apart from the serving one
+    assert two.get_session_options().intra_op_num_threads == 2
+    assert sessions.get(1).get_session_options().intra_op_num_threads == 1
+    rng = np.random.default_rng(5)
+    paths = [False, True] if b.ablation is not None else [False]
+    for hist in _histories(ml100k, b, 6, max_len=b.max_len + 10):
+        labels = rng.integers(1, len(b.item_ids) + 1, size=10)
+        for forced_graph in paths:
+            saved = b.ablation
+            if forced_graph:
+                b.ablation.cheaper = lambda *_: True  # type: ignore[method-assign,union-attr]
+            else:
+                b.ablation = None
+            try:
+                one = contributions(b, hist, labels, 50, threads=1)
+                many = contributions(b, hist, labels, 50, threads=2)
+            finally:
+                b.ablation = saved
+            assert one.shape == many.shape == (min(50, len(hist), b.max_len), 10)
+            np.testing.assert_allclose(many, one, atol=1e-5, rtol=0)
+
+
+def test_explain_threads_setting(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import app.settings as settings_mod
+
+    monkeypatch.setenv("SEQREC_BUNDLES", str(tmp_path))
+    monkeypatch.delenv("SEQREC_EXPLAIN_THREADS", raising=False)
+    monkeypatch.setattr(settings_mod, "_cores", lambda: 2)
+    assert Settings().explain_threads == 2
+    monkeypatch.setattr(settings_mod, "_cores", lambda: 1)
+    assert Settings().explain_threads == 1
+    monkeypatch.setenv("SEQREC_EXPLAIN_THREADS", "1")
+    monkeypatch.setattr(settings_mod, "_cores", lambda: 8)
+    assert Settings().explain_threads == 1
+    monkeypatch.setenv("SEQREC_EXPLAIN_THREADS", "0")
+    with pytest.raises(ValueError, match="explain_threads"):
+        Settings()
+
+
+def test_ablation_batch_is_the_ablated_histories_left_padded() -> None:
+    """The index-built batch equals the definition: np.delete of each event, newest max_len kept, left-padded."""
+    rng = np.random.default_rng(2)
+    for max_len in (1, 2, 5, 50):
+        for T in range(1, max_len + 2):
+            window = rng.integers(1, 1000, size=T).astype(np.int64)
+            for n in {1, min(T, max_len), max(1, min(T, max_len) // 2)}:
+                hists = [window[-max_len:]] + [np.delete(window, T - 1 - a)[-max_len:] for a in range(n)]
+                width = max(len(h) for h in hists)
+                want = np.full((n + 1, width), -1, np.int64)
+                for row, h in zip(want, hists, strict=True):
+                    row[width - len(h) :] = h
+                np.testing.assert_array_equal(ablation_batch(window, n, max_len, -1), want)
