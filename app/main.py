@@ -143,8 +143,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         summary="Real-time sequential recommendations: events in, next items out.",
         lifespan=lifespan,
+        # Off unless asked for: with it on, every request first asks the OpenTelemetry API
+        # whether a provider is configured (about 8% of a /healthz request's CPU).
+        telemetry=None if settings.opentelemetry else {"tracing": False, "metrics": False, "logs": False},
     )
-    routers = [events.router, items.router, recommend.router, similar.router, ops.router, stats.router, ui.router]
+    # Matched in this order, router by router: the hot paths (reads, probes, writes) first. No two
+    # routers share a path, so the order changes only how many routes a request is tried against.
+    routers = [recommend.router, ops.router, events.router, items.router, similar.router, stats.router, ui.router]
     for router in routers:
         app.include_router(router)
 

@@ -71,7 +71,12 @@ class Settings(BaseSettings):
     explain_n: int = Field(
         50, ge=1, le=1000, description="explain=true ablates this many newest history events (one batched call)."
     )
-    access_log: bool = Field(True, description="Write one JSON line per request to the `seqrec.access` logger.")
+    access_log: bool = Field(True, description="Write one JSON access-log line per request on stdout.")
+    opentelemetry: bool = Field(
+        False,
+        description="Let FastAPI's native OpenTelemetry instrumentation trace requests when a provider is configured "
+        "(off: its per-request check costs CPU; Prometheus metrics are unaffected).",
+    )
     write_rate_per_s: float = Field(
         0, ge=0, description="Write requests (POST /events) per second per API key and process; 0 = unlimited (429)."
     )
