@@ -30,11 +30,12 @@ from app.fleet import follow, initial_registry  # noqa: E402
 from app.items import ItemRegistry, MemoryItems, RedisItems, catch_up  # noqa: E402
 from app.logging import configure_logging  # noqa: E402
 from app.metrics import Metrics  # noqa: E402
-from app.middleware import BodyLimit, EncodedSlash, Observe  # noqa: E402
+from app.middleware import BodyLimit, EncodedSlash, Liveness, Observe  # noqa: E402
 from app.online import make_live  # noqa: E402
 from app.openapi import document_validation_errors  # noqa: E402
 from app.ratelimit import TokenBuckets  # noqa: E402
 from app.routes import events, items, ops, recommend, similar, stats, ui  # noqa: E402
+from app.schemas import Health  # noqa: E402
 from app.settings import Settings  # noqa: E402
 from app.state import AppState  # noqa: E402
 from app.stores import ClusterStore, EventStore, MemoryStore, RedisStore, is_cluster_url  # noqa: E402
@@ -181,6 +182,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return await http_exception_handler(request, exc)
 
     document_validation_errors(app)
+    health = next(r for r in ops.router.routes if isinstance(r, Route) and r.path == "/healthz")
+    app.add_middleware(Liveness, route=health, body=Health().model_dump_json().encode())
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, body_timeout_s=settings.body_timeout_s)
     app.add_middleware(EncodedSlash)
     app.add_middleware(Observe, metrics=metrics, log_requests=settings.access_log)
