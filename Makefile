@@ -61,6 +61,7 @@ bench-serve: setup $(BENCH_BUNDLE) $(BENCH_GRU_BUNDLE)
 	$(PY) benchmarks/user_cache.py --bundle $(BENCH_GRU_BUNDLE) --history 100 --out benchmarks/results/user_cache-gru4rec.json
 	$(PY) benchmarks/incremental_attention.py --out benchmarks/results/incremental_attention.json
 	$(PY) benchmarks/request_path.py --bundle $(BENCH_BUNDLE) --out benchmarks/results/request_path.json
+	$(PY) benchmarks/online_overhead.py --bundle $(BENCH_BUNDLE) --out benchmarks/results/online_overhead.json
 
 bench-ann: setup $(BENCH_BUNDLE)
 	$(VENV)/bin/pip install -q --disable-pip-version-check -e '.[bench]'

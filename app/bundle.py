@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from app.diversity import Clusters, load_clusters
+from app.explain import AblationGraph, load_ablation
 from app.history import apply_transform, check_transform
 from app.index import TopKIndex, build_index
 from app.manifest import MANIFEST_FILE, BundleError, Manifest, read_manifest
@@ -112,6 +113,7 @@ class Bundle:
         every = np.arange(1, n + 1, dtype=np.int64)
         unit = self.spaces[OUTPUT_SPACE].unit(every)
         self.clusters: Clusters | None = load_clusters(path, manifest.clusters, files, unit)
+        self.ablation: AblationGraph | None = load_ablation(path, manifest.ablation, files)  # explanations
         self._check_runs()
 
     @classmethod

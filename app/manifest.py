@@ -160,6 +160,8 @@ class Manifest(_Section):
     # What the encoder reads, derived from the history's items and times (app/history.py, e.g.
     # dwell-time repetition): applied by the trainer's evaluation and by the service alike.
     history_transform: dict[str, Any] | None = None
+    # Explanations: ablation.onnx, the leave-one-out user vectors in one graph (app/explain.py reads it).
+    ablation: dict[str, Any] | None = None
     # Incremental user-state paths (absent: only the full encoder).
     incremental: IncrementalSpec | None = None
 
@@ -184,6 +186,8 @@ class Manifest(_Section):
     def named_files(self) -> list[str]:
         """Files the sections name beyond the required ones (a new section with files adds them here)."""
         named = [] if self.clusters is None else [str(self.clusters.get("file"))]
+        if self.ablation is not None:
+            named.append(str(self.ablation.get("file")))
         if self.text is not None:
             t = self.text
             named += [t.tokenizer, t.text_encoder.file, t.adaptor.file, t.seq_encoder.file]

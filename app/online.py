@@ -52,6 +52,7 @@ class Served:
     bundle: str
     variant: str
     items: tuple[str, ...]
+    at: float = 0.0  # when it was served (the serving process's wall clock)
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,12 +77,18 @@ def score(items: Sequence[str], target: str, k: int) -> Score:
 class Ledger(Protocol):
     """Where served lists and per-minute counters live (Redis or this process)."""
 
+    shared: bool  # other processes write to it too (their lists can land after an event is seen here)
+
     async def remember(self, batch: Sequence[tuple[str, Served]]) -> None:
         """Keep each user's served list (per bundle) for the TTL."""
         ...
 
-    async def take(self, users: Sequence[str], bundles: Sequence[str]) -> dict[str, list[Served]]:
-        """The lists these bundles served these users, forgotten in the same step (scored once)."""
+    async def take(
+        self, users: Sequence[str], bundles: Sequence[str], before: Sequence[float] | None = None
+    ) -> dict[str, list[Served]]:
+        """The lists these bundles served these users, forgotten in the same step (scored once).
+        With `before` (one time per user), only lists served at or before the user's time are
+        taken; a later one stays for the user's next event."""
         ...
 
     async def add(self, counts: Counts, items: Items) -> None:
@@ -104,6 +111,8 @@ def _key(bundle: str, variant: str, what: str) -> str:
 class MemoryLedger:
     """In-process ledger for the in-process store: bounded, expiring, single process."""
 
+    shared = False
+
     def __init__(self, ttl_s: float, max_users: int = 100_000, clock: Callable[[], float] = time.monotonic) -> None:
         self.ttl_s, self.max_users, self._clock = ttl_s, max_users, clock
         self._lists: OrderedDict[str, dict[str, tuple[float, Served]]] = OrderedDict()
@@ -120,12 +129,20 @@ class MemoryLedger:
         while len(self._lists) > self.max_users:
             self._lists.popitem(last=False)
 
-    async def take(self, users: Sequence[str], bundles: Sequence[str]) -> dict[str, list[Served]]:
+    async def take(
+        self, users: Sequence[str], bundles: Sequence[str], before: Sequence[float] | None = None
+    ) -> dict[str, list[Served]]:
         now, out = self._clock(), {}
-        for u in users:
+        for n, u in enumerate(users):
             lists = self._lists.pop(u, None)
-            if lists:
-                out[u] = [s for t, s in lists.values() if now - t < self.ttl_s]
+            if not lists:
+                continue
+            if before is not None:  # lists served after the user's time stay
+                later = {b: ts for b, ts in lists.items() if ts[1].at > before[n]}
+                if later:
+                    self._lists[u] = later
+                lists = {b: ts for b, ts in lists.items() if b not in later}
+            out[u] = [s for t, s in lists.values() if now - t < self.ttl_s]
         return out
 
     async def add(self, counts: Counts, items: Items) -> None:
@@ -153,11 +170,25 @@ class MemoryLedger:
         return dict(total), {k: len(s) for k, s in items.items()}
 
 
+# GETDEL, but only for a list served at or before ARGV[1] (the value is [variant, items, at]):
+# a list served after the event it is compared with stays for the user's next event.
+TAKE_IF_BEFORE = """
+local v = redis.call('GET', KEYS[1])
+if not v then return false end
+local at = cjson.decode(v)[3]
+if at and tonumber(at) > tonumber(ARGV[1]) then return false end
+redis.call('DEL', KEYS[1])
+return v
+"""
+
+
 class RedisLedger:
     """Redis ledger: shared by every process. A served list is one string key per user and
     bundle, written with SET ... EX (one plain command: the whole per-answer cost) and taken
     with GETDEL (atomic, so two workers never score the same list twice; one key per command,
     so a Redis Cluster serves it too)."""
+
+    shared = True
 
     def __init__(
         self,
@@ -182,7 +213,7 @@ class RedisLedger:
 
     @staticmethod
     def _value(e: Served) -> str:
-        return json.dumps([e.variant, list(e.items)], separators=(",", ":"))
+        return json.dumps([e.variant, list(e.items), e.at], separators=(",", ":"))  # full precision: compared
 
     async def remember(self, batch: Sequence[tuple[str, Served]]) -> None:
         async with asyncio.timeout(self.timeout_s):
@@ -195,20 +226,25 @@ class RedisLedger:
                 pipe.set(self._list(user, e.bundle), self._value(e), ex=self.ttl_s)
             await pipe.execute()
 
-    async def take(self, users: Sequence[str], bundles: Sequence[str]) -> dict[str, list[Served]]:
-        pairs = [(u, b) for u in users for b in bundles]
+    async def take(
+        self, users: Sequence[str], bundles: Sequence[str], before: Sequence[float] | None = None
+    ) -> dict[str, list[Served]]:
+        pairs = [(u, n, b) for n, u in enumerate(users) for b in bundles]
         if not pairs:
             return {}
         pipe = self.redis.pipeline(transaction=False)
-        for u, b in pairs:
-            pipe.getdel(self._list(u, b))
+        for u, n, b in pairs:
+            if before is None:
+                pipe.getdel(self._list(u, b))
+            else:
+                pipe.eval(TAKE_IF_BEFORE, 1, self._list(u, b), repr(before[n]))
         async with asyncio.timeout(self.timeout_s):
             res = await pipe.execute()
         out: dict[str, list[Served]] = {}
-        for (u, b), raw in zip(pairs, res, strict=True):
+        for (u, _, b), raw in zip(pairs, res, strict=True):
             if raw:
-                variant, items = json.loads(raw)
-                out.setdefault(u, []).append(Served(b, variant, tuple(items)))
+                variant, items, *at = json.loads(raw)
+                out.setdefault(u, []).append(Served(b, variant, tuple(items), at[0] if at else 0.0))
         return out
 
     async def add(self, counts: Counts, items: Items) -> None:
@@ -274,9 +310,15 @@ class Live:
     """Online tracking + the current experiment; one per process, held by AppState.
 
     Per answer, the only store work is one single-key command (the user's list), and the
-    answers of one loop turn (or of `write_delay_s`, SEQREC_ONLINE_BATCH_MS) share one pipeline;
-    counters and coverage accumulate in process and are flushed every `flush_s` (so
-    GET /stats/online lags by at most that)."""
+    answers of `write_delay_s` (SEQREC_ONLINE_BATCH_MS) share one pipeline; counters and
+    coverage accumulate in process and are flushed every `flush_s` (so GET /stats/online lags
+    by at most that).
+
+    The batch window never costs correctness: an event that reaches this process while its
+    user's list is queued here takes it from the queue; one that finds no list in a shared
+    ledger is looked up once more `retry_s` later (the longest another process's write of a
+    list can take: its batch window plus the store timeout), then only for a list served
+    before the event arrived, so a list served after it is never scored against it."""
 
     ledger: Ledger
     metrics: OnlineMetrics
@@ -286,6 +328,7 @@ class Live:
     max_inflight: int = 1000
     flush_s: float = 1.0
     write_delay_s: float = 0.0
+    retry_s: float = 0.0  # 0 = no second look (a ledger no other process writes to needs none)
     clock: Callable[[], float] = time.time
     bundles: Callable[[], Iterable[str]] = tuple  # names of the bundles now served (lists are per bundle)
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
@@ -297,6 +340,10 @@ class Live:
     _counts: Counts = field(default_factory=lambda: defaultdict(lambda: defaultdict(float)))
     _items: Items = field(default_factory=lambda: defaultdict(set))
     _flusher: asyncio.Task[None] | None = None
+    # Events (user, item, arrival time, loop time due) that found no list: looked up again
+    # `retry_s` after their own first look, by one task for all.
+    _second: list[tuple[str, str, float, float]] = field(default_factory=list)
+    _retrier: asyncio.Task[None] | None = None
 
     def _spawn(self, op: str, coro: Any) -> asyncio.Task[None] | None:
         if len(self._tasks) >= self.max_inflight:
@@ -324,7 +371,7 @@ class Live:
         """Remember a served list (non-blocking)."""
         if not self.tracking:
             return
-        entry = Served(bundle, variant, tuple(items[: self.k]))
+        entry = Served(bundle, variant, tuple(items[: self.k]), self.clock())
         self.metrics.served.labels(bundle, variant).inc()
         minute, group = self.minute(), f"{bundle}|{variant}"
         self._counts[minute][f"{group}|served"] += 1
@@ -339,7 +386,7 @@ class Live:
             self._writing[user] = self._writer
 
     async def _write_outbox(self) -> None:
-        # Answers of this loop turn (or of `write_delay_s`) join the batch: one pipeline for all.
+        # Answers of `write_delay_s` join the batch: one pipeline for all.
         # The user's next event, if it reaches this process meanwhile, takes the list from the
         # queue (observe) or waits for the write in flight (`_writing`).
         await asyncio.sleep(self.write_delay_s)
@@ -381,25 +428,68 @@ class Live:
                 else:
                     keep.append((user, entry))
             self._outbox = keep
-        self._spawn("observe", self._observe({u: it for u, (_, it) in first.items()}, extra, queued))
+        self._spawn("observe", self._observe({u: it for u, (_, it) in first.items()}, extra, queued, self.clock()))
 
-    async def _observe(self, next_item: dict[str, str], extra: int, queued: dict[str, dict[str, Served]]) -> None:
+    async def _observe(
+        self, next_item: dict[str, str], extra: int, queued: dict[str, dict[str, Served]], arrived: float
+    ) -> None:
         writing = {t for u in next_item if (t := self._writing.get(u)) is not None}
         if writing:
             await asyncio.wait(writing)
-        stored = await self.ledger.take(list(next_item), list(self.bundles()))
+        # Only lists served before the event arrived: one served after it (the user asked again
+        # while this event waited) may already be stored, and it stays for the user's next event.
+        stored = await self.ledger.take(list(next_item), list(self.bundles()), [arrived] * len(next_item))
         lists: dict[str, list[Served]] = {}
         for user in next_item:
             by_bundle = {e.bundle: e for e in stored.get(user, [])}
-            by_bundle.update(queued.get(user, {}))  # newer than anything stored for that bundle
+            for b, e in queued.get(user, {}).items():  # per bundle, the list served last before the event
+                if b not in by_bundle or e.at >= by_bundle[b].at:
+                    by_bundle[b] = e
             if by_bundle:
                 lists[user] = list(by_bundle.values())
+        missing = [u for u in next_item if u not in lists]
+        if missing and self.retry_s > 0 and self.ledger.shared and len(self._second) < 10 * self.max_inflight:
+            # Another process may still be writing the list it served before this event.
+            due = asyncio.get_running_loop().time() + self.retry_s
+            self._second.extend((u, next_item[u], arrived, due) for u in missing)
+            if self._retrier is None:
+                self._retrier = self._spawn("observe", self._look_again())
+            if self._retrier is not None:
+                missing = []
+            else:  # over the in-flight bound: counted unserved now
+                self._second.clear()
+        self._score(next_item, lists, extra + len(missing))
+
+    async def _look_again(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self._second:
+            await asyncio.sleep(max(0.0, self._second[0][3] - loop.time()))  # the oldest is due first
+            now = loop.time()
+            batch = [x for x in self._second if x[3] <= now]
+            self._second = [x for x in self._second if x[3] > now]
+            first: dict[str, tuple[str, float]] = {}
+            for user, item, arrived, _ in batch:  # one event per user: the earliest (the rest: unserved)
+                first.setdefault(user, (item, arrived))
+            users = list(first)
+            try:
+                stored = await self.ledger.take(users, list(self.bundles()), [first[u][1] for u in users])
+            except Exception as exc:  # like a failed first look: skipped and counted, never raised
+                self.metrics.skipped.labels("observe").inc()
+                log.debug("online tracking: second look skipped: %r", exc)
+                continue
+            unserved = len(batch) - len(users) + sum(1 for u in users if not stored.get(u))
+            self._score({u: first[u][0] for u in users}, stored, unserved)
+        self._retrier = None
+
+    def _score(self, next_item: dict[str, str], lists: dict[str, list[Served]], unserved: int) -> None:
+        """Count each user's next item against the lists served before it, and `unserved` events."""
         counts = self._counts[self.minute()]
         m = self.metrics
-        unserved = extra + sum(1 for u in next_item if not lists.get(u))
         counts["|unserved"] += unserved
         m.events.labels("unserved").inc(unserved)
         for user, entries in lists.items():
+            if user not in next_item:
+                continue
             if entries:
                 m.events.labels("scored").inc()
             for e in entries:
@@ -515,6 +605,9 @@ def make_live(
         split,
         bundles=bundles,
         write_delay_s=settings.online_batch_ms / 1000,
+        # A list another process served is in the store at most its batch window plus the store
+        # timeout after the answer (or its write was abandoned and counted as skipped).
+        retry_s=settings.online_batch_ms / 1000 + settings.redis_timeout_s,
     )
     if split is not None:
         log.info("experiment: %s (salt %r)", split.spec, split.salt)

@@ -93,11 +93,12 @@ class Settings(BaseSettings):
     online_k: int = Field(10, ge=1, le=100, description="Cut-off of online hit@k / NDCG@k (lists kept this long).")
     online_ttl_s: int = Field(3600, ge=1, description="A served list counts for the user's next event this long.")
     online_batch_ms: float = Field(
-        0,
+        10,
         ge=0,
         le=100,
-        description="Write the served lists of this many ms in one pipeline (less CPU); an event reaching another "
-        "process within that time after its answer is then counted unserved. 0 = the answers of one loop turn.",
+        description="Write the served lists of this many ms in one pipeline (less CPU per answer); an event that "
+        "finds no list is looked up again after this window plus SEQREC_REDIS_TIMEOUT_S, so a list another "
+        "process is still writing is scored. 0 = the answers of one loop turn.",
     )
     max_clock_skew_s: float = Field(
         86400,

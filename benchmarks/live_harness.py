@@ -11,7 +11,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from benchmarks.serve_load import free_port, wait_port  # noqa: E402
+from tests.support.procs import free_port, port_open, wait_for  # noqa: E402
 
 
 @contextmanager
@@ -37,7 +37,7 @@ def start_redis(procs: list[subprocess.Popen]) -> str:
     port = free_port()
     cmd = [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
     procs.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL))
-    wait_port(port)
+    wait_for(lambda: port_open(port), 20, f"redis-server on port {port}")
     return f"redis://127.0.0.1:{port}/0"
 
 
@@ -48,5 +48,5 @@ def start_api(procs: list[subprocess.Popen], env: dict[str, str], log: Path | No
     cmd += ["--port", str(port), "--log-level", "warning"]
     out = log.open("w") if log is not None else subprocess.DEVNULL
     procs.append(subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT))
-    wait_port(port, 120)
+    wait_for(lambda: port_open(port), 120, f"the API on port {port}")
     return port

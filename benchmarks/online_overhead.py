@@ -1,6 +1,6 @@
 """What online tracking costs GET /recommend: the same server with tracking on and off, in one run.
 
-    flock /tmp/seqrec-cpu.lock python benchmarks/online_overhead.py --bundle artifacts/sasrec-ml1m
+    python benchmarks/online_overhead.py --bundle artifacts/bench-sasrec-ml1m     (make bench-serve)
 
 Starts a private redis-server and two API processes (one uvicorn worker each) on the same
 bundle and Redis, identical except SEQREC_ONLINE_TRACKING; writes `--users` histories, then
@@ -23,6 +23,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from app.settings import Settings  # noqa: E402
 from benchmarks.live_harness import processes, start_api, start_redis  # noqa: E402
 from benchmarks.machine import machine_info  # noqa: E402
 from benchmarks.serve_load import post_events, recommend_load, tree_cpu  # noqa: E402
@@ -38,10 +39,10 @@ def main() -> None:
     ap.add_argument("--conns", type=int, nargs="+", default=[1, 8])
     ap.add_argument("--seconds", type=float, default=5)
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--batch-ms", type=float, default=0, help="SEQREC_ONLINE_BATCH_MS of the tracking server.")
+    ap.add_argument("--batch-ms", type=float, default=None, help="SEQREC_ONLINE_BATCH_MS (default: the setting's).")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
-    suffix = f"-batch{args.batch_ms:g}ms" if args.batch_ms else ""
+    suffix = f"-batch{args.batch_ms:g}ms" if args.batch_ms is not None else ""
     args.out = args.out or ROOT / "benchmarks" / "results" / f"online_overhead{suffix}.json"
     ports: dict[str, int] = {}
     pids: dict[str, int] = {}
@@ -56,8 +57,11 @@ def main() -> None:
                 "SEQREC_API_KEY": API_KEY,
                 "SEQREC_ACCESS_LOG": "false",
                 "SEQREC_ONLINE_TRACKING": "true" if mode == "on" else "false",
-                "SEQREC_ONLINE_BATCH_MS": str(args.batch_ms),
             }
+            if args.batch_ms is not None:
+                env["SEQREC_ONLINE_BATCH_MS"] = str(args.batch_ms)
+            else:
+                env.pop("SEQREC_ONLINE_BATCH_MS", None)
             ports[mode] = start_api(procs, env)
             pids[mode] = procs[-1].pid
         items = json.loads((args.bundle / "item_ids.json").read_text())
@@ -68,7 +72,9 @@ def main() -> None:
         runs: dict[str, dict[int, list[dict]]] = {"off": {}, "on": {}}
         for _ in range(args.rounds):
             for c in args.conns:
-                for mode in ("off", "on"):
+                # ABBA order (off, on, on, off, ...): a drift of the shared machine hits both alike
+                order = ("off", "on") if len(runs["off"].get(c, [])) % 2 == 0 else ("on", "off")
+                for mode in order:
                     pid = pids[mode]
                     r = asyncio.run(recommend_load(ports[mode], users, c, args.seconds, lambda pid=pid: tree_cpu(pid)))
                     before, after = r.pop("cpu")
@@ -81,10 +87,13 @@ def main() -> None:
         on = [r["p50_ms"] for r in runs["on"][c]]
         cpu_off = statistics.median(r["server_cpu_ms_per_request"] for r in runs["off"][c])
         cpu_on = statistics.median(r["server_cpu_ms_per_request"] for r in runs["on"][c])
+        paired = [b / a - 1 for a, b in zip(off, on, strict=True)]  # round by round
         summary[str(c)] = {
             "p50_ms_off": statistics.median(off),
             "p50_ms_on": statistics.median(on),
             "p50_overhead": round(statistics.median(on) / statistics.median(off) - 1, 3),
+            "p50_overhead_per_round": [round(x, 3) for x in paired],
+            "p50_overhead_median_of_rounds": round(statistics.median(paired), 3),
             "server_cpu_ms_per_request_off": cpu_off,
             "server_cpu_ms_per_request_on": cpu_on,
             "cpu_overhead": round(cpu_on / cpu_off - 1, 3),
@@ -95,8 +104,9 @@ def main() -> None:
         "date": time.strftime("%Y-%m-%d", time.gmtime()),
         "machine": machine_info(),
         "load_average_at_end": os.getloadavg(),
+        "cpus_used": sorted(os.sched_getaffinity(0)),  # taskset: client, servers and Redis share these
         "bundle": str(args.bundle),
-        "online_batch_ms": args.batch_ms,
+        "online_batch_ms": Settings.model_fields["online_batch_ms"].default if args.batch_ms is None else args.batch_ms,
         "users": args.users,
         "history": args.history,
         "summary_by_connections": summary,

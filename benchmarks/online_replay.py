@@ -1,6 +1,6 @@
 """The live loop on real timestamped data, replayed in time order through a real server.
 
-    flock /tmp/seqrec-cpu.lock python benchmarks/online_replay.py --dataset ml-100k
+    flock /tmp/seqrec-core0.lock taskset -c 0 python benchmarks/online_replay.py --dataset ml-100k
 
 1. Events are sorted by time and cut at the quantiles T1 < T2 < T3 (`--cuts`).
 2. v1 = SASRec trained (`seqrec train --file`) on everything before T1, exported as a bundle.
@@ -8,9 +8,10 @@
    offline events are written to the event store first (the histories a deployment holds).
 4. T1..T2 is replayed through HTTP in time order: for each event, GET /recommend/{user} just
    before it, then POST /events with it (the service scores the list it served).
-5. `seqrec snapshot` streams the store out; offline file + snapshot are combined (de-duplicated
-   by user and event id); v2 = `seqrec train --init v1` (warm start) on the combination, and a
-   from-scratch run with the same settings on the same data for the time-to-quality comparison.
+5. `seqrec snapshot` streams the store out; `seqrec prepare --file offline.csv --file
+   events.parquet` combines the offline log and the snapshot (de-duplicated by event id);
+   v2 = `seqrec train --init v1` (warm start) on the combination, and a from-scratch run with
+   the same settings on the same data for the time-to-quality comparison.
 6. POST /admin/reload serves v1 and v2 with `control=v1:50,treatment=v2:50`; T2..T3 is replayed.
 7. Online HR@10 / NDCG@10 per variant (from GET /stats/online, cross-checked against the
    client's own count) with 95% intervals, beside both bundles' offline metrics.
@@ -168,6 +169,17 @@ def http(port: int, method: str, path: str, body: object | None = None, raw: boo
     return resp.decode() if raw else json.loads(resp)
 
 
+def prepared_rows(cache: Path, name: str) -> dict[str, int]:
+    """Rows `prepare` read from its files and the distinct events it kept (its own report)."""
+    from training.data.registry import CACHE_VERSION, load_seqdata
+
+    report = load_seqdata(cache / f"{name}.v{CACHE_VERSION}.npz").meta["report"]
+    steps = {st["step"]: st for st in report}
+    rows_read = steps["read"]["after"]["rows"]
+    dup = steps.get("duplicate events")
+    return {"rows_read": rows_read, "unique_events": dup["after"]["rows"] if dup else rows_read}
+
+
 def offline_metrics(run_dir: Path) -> dict[str, Any]:
     f = json.loads((run_dir / "final.json").read_text())
     return {
@@ -192,6 +204,13 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=200)
     ap.add_argument("--patience", type=int, default=10)
     ap.add_argument("--max-minutes", type=float, default=4.0)
+    ap.add_argument(
+        "--warm-set",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="Extra --set options of the warm-start run only (its fine-tuning recipe).",
+    )
     ap.add_argument("--workdir", type=Path, default=None)
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
@@ -217,6 +236,8 @@ def main() -> None:
 
     common = ["--model", "sasrec", "--epochs", str(args.epochs), "--patience", str(args.patience)]
     common += ["--max-minutes", str(args.max_minutes), "--cache-dir", str(cache), "--no-progress", *SASREC]
+    common += ["--set", "train.num_threads=1"]  # one core per training job (the benchmark's lock)
+    warm = [a for kv in args.warm_set for a in ("--set", kv)]
     v1_run = work / "runs" / "v1"
     train_v1 = cli("train", "--file", str(offline_csv), "--out", str(v1_run), *common)
     print("v1", train_v1, flush=True)
@@ -249,23 +270,22 @@ def main() -> None:
         events_file = work / "events.parquet"
         snap = cli("snapshot", "--redis-url", url, "--out", str(events_file), "--no-progress")
         print("snapshot", snap, flush=True)
-        # Offline log + live events, de-duplicated by (user, event id): the offline events were
-        # also written to the store, so they are in the snapshot too.
-        combined = pl.concat(
-            [
-                pl.read_csv(offline_csv, schema_overrides={"user_id": pl.String, "item_id": pl.String}),
-                pl.read_parquet(events_file).with_columns(pl.col("timestamp").cast(pl.Int64)),
-            ]
-        ).unique(["user_id", "event_id"], keep="first", maintain_order=True)
-        combined_csv = work / "combined.csv"
-        combined.write_csv(combined_csv)
+        # Offline log + live events through the product's own path: `prepare` reads both files and
+        # de-duplicates by event id (the offline events were also written to the store, so the
+        # snapshot holds them too). Training reads the prepared result by its name.
+        files = ["--file", str(offline_csv), "--file", str(events_file)]
+        prep = cli("prepare", *files, "--name", "combined", "--cache-dir", str(cache))
+        read = prepared_rows(cache, "combined")
         expect = offline.height + live1.height
-        print(f"combined {combined.height} events (offline + replayed = {expect})", flush=True)
+        print(f"combined {read} (offline + replayed = {expect})", flush=True)
+        if read["unique_events"] != expect:
+            raise RuntimeError(f"prepare kept {read['unique_events']} distinct events, expected {expect}")
+        data_files = ["--dataset", "combined"]
 
         v2_run, scratch_run = work / "runs" / "v2-warm", work / "runs" / "scratch"
-        train_v2 = cli("train", "--file", str(combined_csv), "--out", str(v2_run), "--init", str(v1), *common)
+        train_v2 = cli("train", *data_files, "--out", str(v2_run), "--init", str(v1), *common, *warm)
         print("v2 (warm)", train_v2, flush=True)
-        train_scratch = cli("train", "--file", str(combined_csv), "--out", str(scratch_run), *common)
+        train_scratch = cli("train", *data_files, "--out", str(scratch_run), *common)
         print("from scratch", train_scratch, flush=True)
         v2 = Path(cli("export", str(v2_run / "best.pt"), "--out", str(bundles), "--name", "sasrec-v2")["output"])
 
@@ -315,13 +335,15 @@ def main() -> None:
         "offline_history_write_seconds": round(preload_s, 1),
         "replay_T1_T2": {k: v for k, v in r1.items() if k != "client"},
         "snapshot": {k: snap[k] for k in ("events", "users", "seconds", "wall_seconds")},
-        "combined_events": combined.height,
+        "combined_events": read,
+        "combined_prepared": {k: prep[k] for k in ("users", "items", "interactions")},
         "offline_metrics": {
             "sasrec-v1 (before T1)": offline_metrics(v1_run),
             "sasrec-v2 (warm start, before T2)": offline_metrics(v2_run),
             "from scratch (before T2)": offline_metrics(scratch_run),
         },
         "warm_start": train_v2["stderr_tail"],
+        "warm_start_settings": args.warm_set,
         "time_to_scratch_best_valid_ndcg@10": {
             "target": round(scratch_best, 4),
             "from_scratch_seconds": t_scratch,

@@ -339,9 +339,19 @@ def train(
             help="Train and evaluate next-item-in-session instead of leave-one-out: sessions from the "
             "data's session column (column), or cut from each user's timeline by time gap (gap) or at "
             "the largest gaps (largest-gap); the newest "
-            "sessions are the test set, every event after the first a query, seen items not excluded."
+            "sessions are the test set, every event after the first a query, seen items not excluded. "
+            "user-gap: sessions cut by time gap, each user's last session is the test set (the one before it "
+            "validation), every event after its first a query given all earlier sessions (models with a user "
+            "state, e.g. hrnn)."
         ),
     ] = None,
+    session_history: Annotated[
+        str,
+        typer.Option(
+            help="--sessions user-gap: the history of a query is all of the user's earlier events (user) or the "
+            "current session only (session: a session-only model's view of the same queries)."
+        ),
+    ] = "user",
     session_gap: Annotated[int, typer.Option(help="Seconds of inactivity that end a session (--sessions gap).")] = 1800,
     session_test_frac: Annotated[float, typer.Option(help="Newest fraction of sessions held out for test.")] = 0.1,
     min_eval_queries: Annotated[
@@ -417,12 +427,18 @@ def train(
     split = None
     if sessions is not None:
         from training.data import DatasetError
+        from training.hrnn import HISTORIES, user_session_protocol
         from training.sessions import session_protocol
 
-        if sessions not in ("column", "gap", "largest-gap"):
-            _fail("--sessions must be column, gap or largest-gap")
+        if sessions not in ("column", "gap", "largest-gap", "user-gap"):
+            _fail("--sessions must be column, gap, largest-gap or user-gap")
+        if session_history not in HISTORIES:
+            _fail(f"--session-history must be one of {', '.join(HISTORIES)}")
         try:
-            data, split = session_protocol(data, sessions, session_gap, session_test_frac)
+            if sessions == "user-gap":
+                data, split = user_session_protocol(data, session_gap, session_history)
+            else:
+                data, split = session_protocol(data, sessions, session_gap, session_test_frac)
         except DatasetError as exc:
             _fail(str(exc))
     _check_eval(data, split, tc.max_users, min_eval_queries)
@@ -608,8 +624,13 @@ def evaluate(
             f"the file changed, or other options)"
         )
     protocol = meta.get("split") or {}
-    sessions_protocol = protocol.get("protocol") == "sessions"
-    if sessions_protocol:
+    sessions_protocol = protocol.get("protocol") in ("sessions", "user-sessions")
+    if protocol.get("protocol") == "user-sessions":
+        from training.hrnn import user_session_split
+
+        s = user_session_split(data, protocol["gap_seconds"], protocol["history"])
+        include_history = True  # as in training: the session protocols rank seen items too
+    elif sessions_protocol:
         s = session_split(data, test_frac=protocol["test_frac"], valid_frac=protocol["valid_frac"])
         include_history = True  # the session protocol ranks seen items too (as in training)
     else:
@@ -628,7 +649,7 @@ def evaluate(
     t = time.perf_counter()
     out: dict[str, Any] = {
         "split": split,
-        "protocol": "sessions" if sessions_protocol else "leave-one-out",
+        "protocol": protocol["protocol"] if sessions_protocol else "leave-one-out",
         "queries": len(targets),
         "model": ckpt["model"],
         "dataset": data.name,

@@ -146,6 +146,18 @@ class SessionTaskConfig(TaskConfig):
     alpha: float = opt(0.5, "Exponent of the extra negatives' sampling distribution.")
     bpreg: float = opt(1.0, "BPR-max score regularisation.")
     final_act: str = opt("linear", "Output activation before the loss: linear, elu-1, tanh, ...")
+    exclude_seen: bool = opt(
+        False,
+        "padded, loss ce, n_extra_negatives=-1 only: the row's own items are not negatives in the full softmax.",
+    )
+    dwell_unit_s: int = opt(
+        0,
+        "Dwell time (padded only): an event is read floor(min(dwell, dwell_cap_s) / dwell_unit_s) + 1 times, "
+        "dwell = the gap to the next event of the same session; in training, evaluation and serving alike, "
+        "the newest history event read once (0 = off; needs timestamps).",
+    )
+    dwell_cap_s: int = opt(300, "Dwell time: longer dwells count as this many seconds.")
+    session_gap_s: int = opt(1800, "Dwell time: a gap longer than this ends the session (no dwell for its last event).")
 
 
 @dataclass

@@ -15,6 +15,8 @@ bundle/
   item_text.json     optional: external id -> text (titles for the demo page)
   clusters.npy       int32 [num_items]: k-means cluster of each item (diversity, training/clusters.py)
   item_vectors_layers4.npy  optional (layer_vectors=True, BERT4Rec): a second space for similar items
+  ablation.onnx      optional (models with `ablations`, e.g. SASRec): the leave-one-out user vectors
+                     explanations need, in one cheaper graph (training/ablation.py)
   step.onnx          GRU4Rec only: (state float32 [layers, batch, H], item_seq int64 [batch, T]) ->
                      (state_out, user_vec): the GRU advanced by T items (the manifest's `incremental`)
 
@@ -42,6 +44,7 @@ from pydantic import ValidationError
 from app.manifest import FORMAT_VERSION, TIMED_FORMAT_VERSION, IncrementalSpec, Manifest, OnnxSpec
 from models.gru4rec import GRU4Rec
 from models.layers import SeqRecModel
+from training.ablation import write_ablation_graph
 from training.checkpoint import load_checkpoint
 from training.clusters import write_clusters, write_layer_vectors
 from training.errors import ExportError
@@ -300,10 +303,17 @@ def export_bundle(
             extra_manifest["history_transform"] = history_transform
         if spec.export_extra is not None:
             # Model-specific graphs (e.g. UniSRec: text encoder, adaptor, sequence encoder).
-            extra_manifest = spec.export_extra(model, tmp, ckpt)
+            extra_manifest.update(spec.export_extra(model, tmp, ckpt))
         if isinstance(model, GRU4Rec):  # a recurrent user state: served incrementally (app/userstate.py)
             extra_manifest["incremental"] = export_step(model, tmp, tmp / "model.onnx")
         extra_manifest["clusters"] = write_clusters(tmp, table)
+        # The graph reads items only: a bundle that reads times (or transforms histories) has none.
+        timed = getattr(model, "uses_times", False) or history_transform is not None
+        ablation = None if timed else write_ablation_graph(model, tmp, ONNX_OPSET)  # None: batch model.onnx
+        if ablation is not None:
+            if ablation["parity_max_abs_diff"] > PARITY_TOL:
+                raise ExportError(f"ablation.onnx disagrees with the model's own ablations: {ablation}")
+            extra_manifest["ablation"] = ablation
         if layer_vectors:
             try:
                 extra_manifest["item_spaces"] = write_layer_vectors(tmp, model)

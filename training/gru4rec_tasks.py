@@ -16,8 +16,9 @@ import torch
 
 from models.gru4rec import GRU4Rec
 from training import losses
+from training.dwell import dwell_batches
 from training.ranking_losses import LOSSES, ranking_loss
-from training.tasks import Batch, Task, shifted_batches
+from training.tasks import Batch, Task, row_items, shifted_batches
 
 
 @dataclass
@@ -131,19 +132,46 @@ class PaddedNextItemTask(_Negatives, Task):
     """User sequences as left-padded batches: input seq[:-1], target seq[1:], loss at every position.
 
     The in-batch negatives are the targets at the last position of every row (one per sequence),
-    plus the shared extra negatives.
+    plus the shared extra negatives. With `exclude_seen` (full-catalogue CE only) the row's own
+    items (inputs and targets) are not negatives: evaluation never ranks a user's history, so
+    pushing those items down spends gradient on rankings nobody asks for.
     """
 
     max_len: int = 200
     bucket: bool = False  # length-bucketed batches (training.tasks.batch_order)
+    newest_prob: float = 1.0  # training.tasks.shifted_batches: else a random earlier window
+    exclude_seen: bool = False
+    dwell: dict | None = None  # training/dwell.py: inputs repeated by dwell time (needs times=)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.exclude_seen and not (self.loss_name == "ce" and self.n_extra < 0 and self.final_act == "linear"):
+            raise ValueError(
+                "gru4rec: task.exclude_seen needs the full softmax (train.loss=ce, task.n_extra_negatives=-1, "
+                "task.final_act=linear)"
+            )
 
     def batches(
-        self, train: Sequence[np.ndarray], batch_size: int, rng: np.random.Generator, device: torch.device
+        self,
+        train: Sequence[np.ndarray],
+        batch_size: int,
+        rng: np.random.Generator,
+        device: torch.device,
+        times: Sequence[np.ndarray] | None = None,
     ) -> Iterator[Batch]:
-        yield from shifted_batches(train, batch_size, rng, device, self.max_len, self.bucket)
+        if self.dwell is not None:
+            args = (train, times, batch_size, rng, device, self.max_len, self.bucket, self.newest_prob)
+            yield from dwell_batches(self.dwell, *args)
+        else:
+            yield from shifted_batches(train, batch_size, rng, device, self.max_len, self.bucket, self.newest_prob)
 
     def loss(self, model: GRU4Rec, batch: Batch) -> torch.Tensor:  # type: ignore[override]
         h = model.hidden(batch["item_seq"])  # (B, L, H)
         tgt = batch["target"]
         mask = tgt != 0
+        if self.exclude_seen:
+            u = model.user_vector(h[mask])  # (T, H[+1])
+            table = model.item_vectors()  # (N+1, H[+1])
+            seen = row_items(table.shape[0], batch["item_seq"], tgt)  # (B, N+1)
+            return losses.full_softmax_ce(u, tgt[mask], table, exclude=seen, rows=mask.nonzero(as_tuple=True)[0])
         return self.score_loss(model, h[mask], tgt[mask], tgt[:, -1])

@@ -39,13 +39,18 @@ def batch_order(lengths: np.ndarray, batch_size: int, rng: np.random.Generator, 
     return batches
 
 
-def draw_window(s: np.ndarray, span: int, newest_prob: float, rng: np.random.Generator) -> np.ndarray:
-    """At most `span` consecutive items of `s`: the newest ones with probability `newest_prob`,
-    else (when `s` is longer) a window ending at a uniformly drawn earlier point."""
-    end = len(s)
+def window_bounds(n: int, span: int, newest_prob: float, rng: np.random.Generator) -> slice:
+    """At most `span` consecutive positions of a length-n sequence: the newest ones with probability
+    `newest_prob`, else (when it is longer) a window ending at a uniformly drawn earlier point."""
+    end = n
     if end > span and newest_prob < 1.0 and rng.random() >= newest_prob:
         end = int(rng.integers(span, end + 1))
-    return s[max(0, end - span) : end]
+    return slice(max(0, end - span), end)
+
+
+def draw_window(s: np.ndarray, span: int, newest_prob: float, rng: np.random.Generator) -> np.ndarray:
+    """`s` cut by window_bounds."""
+    return s[window_bounds(len(s), span, newest_prob, rng)]
 
 
 def shifted_batches(
@@ -56,21 +61,30 @@ def shifted_batches(
     max_len: int,
     bucket: bool = False,
     newest_prob: float = 1.0,
+    times: Sequence[np.ndarray] | None = None,
 ) -> Iterator[Batch]:
     """One row per user, shuffled: input seq[:-1] and target seq[1:], max_len steps, left-padded.
 
     A sequence longer than max_len + 1 is cut to its newest window with probability
     `newest_prob`, else to a window ending at a uniformly drawn earlier point: without that,
     the older history of long users (a third of ML-1M's interactions) is never trained on.
+    With `times` (parallel to `train`), the batch also has `time_seq`: the input events' times,
+    left-padded with 0 like item_seq (the targets' times are not in it).
     """
-    usable = [s for s in train if len(s) >= 2]
-    lengths = np.array([min(len(s), max_len + 1) for s in usable])
+    keep = [u for u, s in enumerate(train) if len(s) >= 2]
+    lengths = np.array([min(len(train[u]), max_len + 1) for u in keep])
     for idx in batch_order(lengths, batch_size, rng, bucket):
-        rows = [draw_window(usable[i], max_len + 1, newest_prob, rng) for i in idx]
-        yield {
+        users = [keep[i] for i in idx]
+        cuts = [window_bounds(len(train[u]), max_len + 1, newest_prob, rng) for u in users]
+        rows = [train[u][c] for u, c in zip(users, cuts, strict=True)]
+        batch = {
             "item_seq": torch.as_tensor(pad_left([r[:-1] for r in rows]), device=device),  # (B, L)
             "target": torch.as_tensor(pad_left([r[1:] for r in rows]), device=device),  # (B, L)
         }
+        if times is not None:
+            t_rows = [np.asarray(times[u], np.int64)[c][:-1] for u, c in zip(users, cuts, strict=True)]
+            batch["time_seq"] = torch.as_tensor(pad_left(t_rows), device=device)  # (B, L) unix seconds
+        yield batch
 
 
 def row_items(num_rows: int, *parts: torch.Tensor) -> torch.Tensor:
@@ -129,12 +143,20 @@ class NextItemTask(Task):
         check_exclude_seen(self.exclude_seen, self.loss_name)
 
     def batches(
-        self, train: Sequence[np.ndarray], batch_size: int, rng: np.random.Generator, device: torch.device
+        self,
+        train: Sequence[np.ndarray],
+        batch_size: int,
+        rng: np.random.Generator,
+        device: torch.device,
+        times: Sequence[np.ndarray] | None = None,
     ) -> Iterator[Batch]:
-        yield from shifted_batches(train, batch_size, rng, device, self.max_len, self.bucket, self.newest_prob)
+        yield from shifted_batches(
+            train, batch_size, rng, device, self.max_len, self.bucket, self.newest_prob, times=times
+        )
 
     def loss(self, model: SeqRecModel, batch: Batch) -> torch.Tensor:
-        h = model.hidden(batch["item_seq"])  # (B, L, D)
+        extra = (batch["time_seq"],) if "time_seq" in batch else ()  # a model that reads times (TiSASRec)
+        h = model.hidden(batch["item_seq"], *extra)  # (B, L, D)
         mask = batch["target"] != 0  # (B, L)
         h, pos = h[mask], batch["target"][mask]  # (T, D), (T,)
         table = model.item_vectors()  # (N+1, D)

@@ -18,8 +18,10 @@ import torch
 
 from models.bert4rec import BERT4Rec, BERT4RecConfig
 from models.gru4rec import GRU4Rec, GRU4RecConfig
+from models.hrnn import HRNN, HRNNConfig
 from models.layers import SeqRecModel
 from models.sasrec import SASRec, SASRecConfig
+from models.tisasrec import TiSASRec, TiSASRecConfig
 from models.unisrec import UniSRec, UniSRecConfig
 from training.cloze import ClozeTask
 from training.config import (
@@ -34,7 +36,9 @@ from training.config import (
     check_fields,
     option_fields,
 )
+from training.dwell import dwell_spec
 from training.gru4rec_tasks import PaddedNextItemTask, SessionParallelTask
+from training.hrnn import HRNNTask
 from training.tasks import ContrastiveNextItemTask, NextItemTask, Task
 
 # (model, prepared dataset, train config, task config) -> None: fills dataset-dependent state
@@ -89,7 +93,9 @@ def negative_weights(x: NegativesConfig, popularity: np.ndarray) -> torch.Tensor
     return q.float()
 
 
-def _sasrec_task(cfg: SASRecConfig, tc: TrainConfig, x: NextItemConfig, popularity: np.ndarray) -> Task:
+def _sasrec_task(
+    cfg: SASRecConfig | TiSASRecConfig, tc: TrainConfig, x: NextItemConfig, popularity: np.ndarray
+) -> Task:
     return NextItemTask(
         cfg.max_len,
         tc.loss,
@@ -119,6 +125,14 @@ def _bert4rec_task(cfg: BERT4RecConfig, tc: TrainConfig, x: ClozeConfig, popular
     )
 
 
+def _gru4rec_dwell(cfg: GRU4RecConfig, x: SessionTaskConfig) -> dict[str, Any] | None:
+    """The dwell-repetition history transform (training/dwell.py) when task.dwell_unit_s > 0."""
+    try:
+        return dwell_spec(x.dwell_unit_s, x.dwell_cap_s, x.session_gap_s)
+    except ValueError as exc:
+        raise ConfigError(f"gru4rec: {exc}") from None
+
+
 def _gru4rec_task(cfg: GRU4RecConfig, tc: TrainConfig, x: SessionTaskConfig, popularity: np.ndarray) -> Task:
     """task.parallel=session (session-parallel, the paper) | padded (whole sequences, full BPTT)."""
     neg = {
@@ -130,10 +144,27 @@ def _gru4rec_task(cfg: GRU4RecConfig, tc: TrainConfig, x: SessionTaskConfig, pop
         "popularity": torch.as_tensor(popularity, dtype=torch.float),
     }
     if x.parallel == "session":
+        if x.dwell_unit_s:
+            raise ConfigError("gru4rec: task.dwell_unit_s needs task.parallel=padded (whole user sequences)")
+        if x.exclude_seen:
+            raise ConfigError("gru4rec: task.exclude_seen needs task.parallel=padded (whole user sequences)")
         return SessionParallelTask(**neg)
     if x.parallel == "padded":
-        return PaddedNextItemTask(**neg, max_len=cfg.max_len, bucket=tc.bucket)
+        return PaddedNextItemTask(
+            **neg,
+            max_len=cfg.max_len,
+            bucket=tc.bucket,
+            newest_prob=tc.newest_prob,
+            exclude_seen=x.exclude_seen,
+            dwell=_gru4rec_dwell(cfg, x),
+        )
     raise ConfigError(f"gru4rec: task.parallel must be session or padded, got {x.parallel!r}")
+
+
+def _hrnn_task(cfg: HRNNConfig, tc: TrainConfig, x: TaskConfig, popularity: np.ndarray) -> Task:
+    if tc.loss != "ce":
+        raise ConfigError(f"hrnn trains with train.loss=ce (full softmax) only, got {tc.loss!r}")
+    return HRNNTask(max_len=cfg.max_len, bucket=tc.bucket, newest_prob=tc.newest_prob)
 
 
 def _unisrec_task(cfg: UniSRecConfig, tc: TrainConfig, x: ContrastiveConfig, popularity: np.ndarray) -> Task:
@@ -162,6 +193,17 @@ MODELS: dict[str, ModelSpec] = {
         _sasrec_task,
         NextItemConfig,
         train_defaults=TrainConfig(epochs=200, batch_size=128, lr=1e-3, loss="ce", patience=10),
+    ),
+    # SASRec with clipped, per-user-scaled time intervals in the attention's keys and values
+    # (Li et al. 2020); the same next-item task and loss as SASRec, fed the events' times too.
+    "tisasrec": ModelSpec(
+        "tisasrec",
+        TiSASRecConfig,
+        TiSASRec,
+        _sasrec_task,
+        NextItemConfig,
+        train_defaults=TrainConfig(epochs=200, batch_size=128, lr=1e-3, loss="ce", patience=10),
+        needs_times=True,
     ),
     # Sun et al. 2019 (ML-1M): d=64, 2 layers, 2 heads, dropout 0.1, N=200, rho=0.2, batch 256,
     # Adam lr 1e-4 for 400k steps. Ours: lr 1e-3, batch 32, length-bucketed batches. BERT4Rec is
@@ -195,6 +237,18 @@ MODELS: dict[str, ModelSpec] = {
         _gru4rec_task,
         SessionTaskConfig,
         train_defaults=TrainConfig(epochs=100, batch_size=128, lr=1e-3, loss="ce", num_negatives=2048, patience=5),
+        history_transform=_gru4rec_dwell,  # task.dwell_unit_s > 0: dwell repetition, served alike
+    ),
+    # Session GRU + user GRU across sessions (Quadrana et al. 2017); reads event times, trained on
+    # padded user sequences with a full softmax (training/hrnn.py).
+    "hrnn": ModelSpec(
+        "hrnn",
+        HRNNConfig,
+        HRNN,
+        _hrnn_task,
+        TaskConfig,
+        train_defaults=TrainConfig(epochs=100, batch_size=128, lr=1e-3, loss="ce", patience=5),
+        needs_times=True,
     ),
     # Item vectors from text (PLM -> whitening MoE adaptor); model.mode=inductive|transductive;
     # task.init=PRETRAINED loads a `seqrec pretrain` checkpoint; task.items_file= for generic data.

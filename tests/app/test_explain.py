@@ -345,3 +345,28 @@ def test_items_added_online_join_the_nearest_cluster() -> None:
     assert clusters.count == 3 and clusters.of(np.array([1, 21, 41])).tolist() == [0, 1, 2]
     clusters.add(unit_rows(centres[[2, 0]] + 0.01))
     assert clusters.of(np.array([61, 62])).tolist() == [2, 0]
+
+
+def test_the_ablation_graph_gives_the_batched_numbers(kind_bundles, ml100k) -> None:
+    """ablation.onnx (causal SASRec) returns what N + 1 histories through model.onnx return."""
+    b = load_bundle(kind_bundles["sasrec"])
+    assert b.ablation is not None and "ablation.onnx" in b.manifest.files
+    assert all(load_bundle(kind_bundles[k]).ablation is None for k in ("bert4rec", "gru4rec"))
+    rng = np.random.default_rng(3)
+    # Short, exactly max_len, and longer than max_len (an older event slides into the window).
+    real = _histories(ml100k, b, 12, max_len=b.max_len + 20)
+    short = [h[-n:] for h, n in zip(real[8:], (2, 3, 9, 17), strict=True)]
+    hists = real[:4] + [h[-b.max_len :] for h in real[4:8]] + short
+    assert max(len(h) for h in hists) > b.max_len and min(len(h) for h in hists) == 2
+    b.ablation.cheaper = lambda *_: True  # type: ignore[method-assign]  # the graph for every length here
+    for hist in hists:
+        labels = rng.integers(1, len(b.item_ids) + 1, size=7)
+        for n in (2, 5, 50):
+            graph = contributions(b, hist, labels, n)
+            saved, b.ablation = b.ablation, None
+            try:
+                batched = contributions(b, hist, labels, n)
+            finally:
+                b.ablation = saved
+            assert graph.shape == batched.shape == (min(n, len(hist), b.max_len), 7)
+            np.testing.assert_allclose(graph, batched, atol=1e-5, rtol=0)

@@ -191,3 +191,133 @@ def test_rapid_answers_and_events_score_each_event_against_the_list_before_it() 
     assert unserved == 1
     assert (rows[0]["served"], rows[0]["scored"], rows[0]["hits"]) == (2, 2, 2)
     assert rows[0]["mrr"] == pytest.approx((1 / 2 + 1) / 2)
+
+
+class SharedSlowLedger(MemoryLedger):
+    """One ledger that two `Live`s (two processes) share; list writes take `delay_s`."""
+
+    shared = True
+
+    def __init__(self, delay_s: float) -> None:
+        super().__init__(ttl_s=60)
+        self.delay_s = delay_s
+
+    async def remember(self, batch):  # type: ignore[no-untyped-def]
+        await asyncio.sleep(self.delay_s)
+        await super().remember(batch)
+
+
+def test_event_in_another_process_during_the_batch_window_is_scored() -> None:
+    """Process A serves (its write lands 30 ms later: batch window + a slow store); the user's
+    next event reaches process B at once. B's second look finds the list: scored, not unserved."""
+
+    async def go() -> tuple[int, list[dict]]:
+        ledger, reg = SharedSlowLedger(0.02), Metrics().registry
+        a = Live(ledger, OnlineMetrics(reg), write_delay_s=0.01, retry_s=0.1, bundles=lambda: ["A"])
+        b = Live(ledger, OnlineMetrics(Metrics().registry), write_delay_s=0.01, retry_s=0.1, bundles=lambda: ["A"])
+        a.served("u", "A", "default", ["x", "y"])
+        b.observe([("u", "y", 1.0)])
+        await asyncio.gather(a.drain(), b.drain())
+        counts_a, d = await a.window(5)
+        counts_b, _ = await b.window(5)  # the same ledger: the window sums both processes
+        assert counts_a == counts_b
+        return summarize(counts_a, d, lambda _: 2)
+
+    unserved, rows = asyncio.run(go())
+    assert unserved == 0
+    assert (rows[0]["served"], rows[0]["scored"], rows[0]["hits"]) == (1, 1, 1)
+
+
+def test_second_look_never_scores_a_list_served_after_the_event() -> None:
+    """B sees an event with no list; A serves a new list before B's second look: that list was
+    computed after the event, so it is left for the user's next event, and the event is unserved."""
+
+    async def go() -> tuple[int, list[dict]]:
+        clock = [100.0]
+        ledger = SharedSlowLedger(0.0)
+        a = Live(ledger, OnlineMetrics(Metrics().registry), k=2, retry_s=0.05, clock=lambda: clock[0])
+        b = Live(ledger, OnlineMetrics(Metrics().registry), k=2, retry_s=0.05, clock=lambda: clock[0])
+        a.bundles = b.bundles = lambda: ["A"]
+        b.observe([("u", "x", 1.0)])  # nothing served yet
+        await asyncio.sleep(0.01)
+        clock[0] = 101.0
+        a.served("u", "A", "default", ["x", "y"])  # after the event: it must not count for it
+        await asyncio.gather(a.drain(), b.drain())
+        b.observe([("u", "y", 2.0)])  # the next event: scored against that list (rank 2)
+        await b.drain()
+        return summarize(*(await b.window(5)), lambda _: 2)
+
+    unserved, rows = asyncio.run(go())
+    assert unserved == 1
+    assert (rows[0]["scored"], rows[0]["hits"]) == (1, 1) and rows[0]["mrr"] == 0.5
+
+
+def test_redis_take_before_leaves_later_lists(redis_proc) -> None:  # type: ignore[no-untyped-def]
+    """The Redis ledger's conditional take (a Lua script): earlier lists are taken, later ones stay."""
+    import redis.asyncio as aioredis
+
+    from app.online import RedisLedger, Served
+
+    async def go() -> None:
+        r = aioredis.Redis.from_url(redis_proc.url, decode_responses=True)
+        ledger = RedisLedger(r, "t:", ttl_s=60, timeout_s=2.0)
+        await ledger.remember([("u1", Served("A", "control", ("x",), 10.0)), ("u2", Served("A", "c", ("y",), 20.0))])
+        got = await ledger.take(["u1", "u2"], ["A"], [15.0, 15.0])
+        assert got == {"u1": [Served("A", "control", ("x",), 10.0)]}
+        assert await ledger.take(["u1"], ["A"]) == {}  # taken once
+        assert await ledger.take(["u2"], ["A"]) == {"u2": [Served("A", "c", ("y",), 20.0)]}  # stayed until now
+        await r.set("t:s:u3:A", '["old",["z"]]')  # a list written before lists carried their time
+        assert await ledger.take(["u3"], ["A"], [0.0]) == {"u3": [Served("A", "old", ("z",), 0.0)]}
+        await r.aclose()
+
+    asyncio.run(go())
+
+
+def test_list_served_within_the_window_after_an_event_is_left_for_the_next_one() -> None:
+    """recommend, event, recommend, event for one user inside one batch window (a user rating
+    several items in a row): the second list is written while the first event waits for the
+    write, and must be left for the second event, not taken by the first."""
+
+    async def go() -> tuple[int, list[dict]]:
+        clock = [100.0]
+
+        def tick() -> float:
+            clock[0] += 0.001
+            return clock[0]
+
+        ledger = SharedSlowLedger(0.0)
+        live = Live(ledger, OnlineMetrics(Metrics().registry), k=2, write_delay_s=0.02, retry_s=0.05, clock=tick)
+        live.bundles = lambda: ["A"]
+        live.served("u", "A", "default", ["x", "y"])
+        live.observe([("u", "x", 1.0)])  # rank 1 in the first list
+        live.served("u", "A", "default", ["z", "w"])  # after the event, same batch window
+        await asyncio.sleep(0.03)  # both lists' writer has run; the first event's take too
+        live.observe([("u", "w", 2.0)])  # rank 2 in the second list
+        await live.drain()
+        return summarize(*(await live.window(5)), lambda _: 4)
+
+    unserved, rows = asyncio.run(go())
+    assert unserved == 0
+    assert (rows[0]["served"], rows[0]["scored"], rows[0]["hits"]) == (2, 2, 2)
+    assert rows[0]["mrr"] == pytest.approx((1 + 1 / 2) / 2)
+
+
+def test_each_event_waits_its_own_second_look() -> None:
+    """A miss that joins a second look already pending still waits the full `retry_s` after its
+    own first look (the other process's list lands 30 ms after the answer)."""
+
+    async def go() -> tuple[int, list[dict]]:
+        ledger = SharedSlowLedger(0.0)
+        a = Live(ledger, OnlineMetrics(Metrics().registry), write_delay_s=0.03, retry_s=0.1, bundles=lambda: ["A"])
+        b = Live(ledger, OnlineMetrics(Metrics().registry), write_delay_s=0.03, retry_s=0.1, bundles=lambda: ["A"])
+        b.observe([("nobody", "x", 1.0)])  # never served: starts a second look due in 0.1 s
+        await asyncio.sleep(0.09)
+        a.served("u", "A", "default", ["x", "y"])  # written 30 ms later, after that second look
+        await asyncio.sleep(0.001)
+        b.observe([("u", "y", 2.0)])
+        await asyncio.gather(a.drain(), b.drain())
+        return summarize(*(await b.window(5)), lambda _: 2)
+
+    unserved, rows = asyncio.run(go())
+    assert unserved == 1  # "nobody" only
+    assert (rows[0]["scored"], rows[0]["hits"]) == (1, 1)

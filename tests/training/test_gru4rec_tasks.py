@@ -235,3 +235,42 @@ def test_full_catalogue_ce_takes_the_fused_loss_with_the_same_value_and_gradient
     assert torch.allclose(got, want, atol=1e-6)
     for a, b in zip(g_got, g_want, strict=True):
         assert (a is None) == (b is None) and (a is None or torch.allclose(a, b, atol=1e-6))
+
+
+def test_padded_exclude_seen_drops_the_rows_own_items_from_the_softmax() -> None:
+    torch.manual_seed(0)
+    model = GRU4Rec(GRU4RecConfig(num_items=11, dim=8)).eval()
+    batch = {"item_seq": torch.tensor([[0, 3, 5], [2, 4, 6]]), "target": torch.tensor([[0, 5, 7], [4, 6, 1]])}
+    excl = PaddedNextItemTask(n_extra=-1, popularity=POP, exclude_seen=True).loss(model, batch)
+    plain = PaddedNextItemTask(n_extra=-1, popularity=POP).loss(model, batch)
+    # By hand: each position's softmax holds its positive and the items its row never touched.
+    scores = model.user_vector(model.hidden(batch["item_seq"])) @ model.item_vectors().T  # (B, L, N+1)
+    want = []
+    for b, t, p, seen in [
+        (0, 1, 5, {3, 5, 7}),
+        (0, 2, 7, {3, 5, 7}),
+        (1, 0, 4, {1, 2, 4, 6}),
+        (1, 1, 6, {1, 2, 4, 6}),
+        (1, 2, 1, {1, 2, 4, 6}),
+    ]:
+        cand = [p] + [i for i in range(1, 12) if i not in seen]
+        want.append(-torch.log_softmax(scores[b, t, cand], 0)[0])
+    assert torch.allclose(excl, torch.stack(want).mean(), atol=1e-5)
+    assert excl < plain
+    for bad in ({"n_extra": 64}, {"loss_name": "bpr-max", "n_extra": -1}):
+        with pytest.raises(ValueError, match="exclude_seen"):
+            PaddedNextItemTask(popularity=POP, exclude_seen=True, **bad)
+
+
+def test_padded_task_honours_train_newest_prob() -> None:
+    from training.config import SessionTaskConfig, TrainConfig
+    from training.zoo import _gru4rec_task
+
+    cfg = GRU4RecConfig(num_items=200, max_len=10)
+    tc = TrainConfig(newest_prob=0.0)
+    task = _gru4rec_task(cfg, tc, SessionTaskConfig(parallel="padded", n_extra_negatives=-1), np.ones(201))
+    seq = np.arange(1, 101)
+    ends = {int(b["target"][0, -1]) for _ in range(50) for b in task.batches([seq], 1, np.random.default_rng(_), "cpu")}
+    assert len(ends) > 10  # random earlier windows, not only the newest
+    with pytest.raises(Exception, match="exclude_seen"):
+        _gru4rec_task(cfg, tc, SessionTaskConfig(parallel="session", exclude_seen=True), np.ones(201))
