@@ -141,22 +141,24 @@ def rerank(
     return np.array(out, dtype=np.int64)
 
 
+DiversifyQuery = Annotated[
+    float | None,
+    Query(
+        ge=0.0,
+        le=1.0,
+        description="MMR re-ranking: λ in [0, 1] trades model score (1 = none) against similarity to the items "
+        "already listed (cosine of item vectors). See docs/explanations.md.",
+    ),
+]
+MaxPerClusterQuery = Annotated[
+    int | None,
+    Query(ge=1, le=1000, description="At most this many items from one item cluster (bundles exported with clusters)."),
+]
+
+
 async def list_shape(
-    diversify: Annotated[
-        float | None,
-        Query(
-            ge=0.0,
-            le=1.0,
-            description="MMR re-ranking: λ in [0, 1] trades model score (1 = none) against similarity to the items "
-            "already listed (cosine of item vectors). See docs/explanations.md.",
-        ),
-    ] = None,
-    max_per_cluster: Annotated[
-        int | None,
-        Query(
-            ge=1, le=1000, description="At most this many items from one item cluster (bundles exported with clusters)."
-        ),
-    ] = None,
+    diversify: DiversifyQuery = None,
+    max_per_cluster: MaxPerClusterQuery = None,
 ) -> ListShape:
     # async: FastAPI runs sync dependencies in a thread pool, a costly hop per request.
     return ListShape(diversify, max_per_cluster)

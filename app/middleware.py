@@ -6,8 +6,13 @@
   otherwise hold a connection and a task forever).
 - EncodedSlash: 422 for a path holding %2F. No route takes '/' inside an id (ids may not contain
   it), and without this the router would answer 404/405 for what is really a bad id.
+- Liveness: GET /healthz answered before routing (the route stays declared for OpenAPI and
+  405s): a probe hit every few seconds on every replica needs no route matching, dependency
+  resolution or response validation, and those were most of its CPU.
 - Observe: per-route latency histogram (route template, never the raw path) and one JSON
-  access-log line per request, without headers (no API keys) or query values.
+  access-log line per request, without headers (no API keys) or query values. The histogram's
+  labelled children are kept per (method, route, status) and the log line is formatted directly:
+  `labels()` and `json.dumps` of a dict were a fifth of a /healthz request's CPU.
 """
 
 from __future__ import annotations
@@ -15,12 +20,16 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from functools import lru_cache
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.logging import write_access_line
 from app.metrics import Metrics
+
+# JSON string literals of the few distinct methods, route templates and client addresses.
+_quote = lru_cache(maxsize=1024)(json.dumps)
 
 
 async def _send_json(send: Send, status: int, payload: dict[str, Any], close: bool = False) -> None:
@@ -99,11 +108,32 @@ class EncodedSlash:
         await self.app(scope, receive, send)
 
 
+class Liveness:
+    def __init__(self, app: ASGIApp, route: Any, body: bytes) -> None:
+        self.app = app
+        self.route = route  # the declared route: Observe labels the request with its template
+        self.start: Message = {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [(b"content-length", str(len(body)).encode()), (b"content-type", b"application/json")],
+        }
+        self.body: Message = {"type": "http.response.body", "body": body}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] == self.route.path and scope["method"] == "GET":
+            scope["route"] = self.route
+            await send(self.start)
+            await send(self.body)
+            return
+        await self.app(scope, receive, send)
+
+
 class Observe:
     def __init__(self, app: ASGIApp, metrics: Metrics, log_requests: bool) -> None:
         self.app = app
         self.metrics = metrics
         self.log_requests = log_requests
+        self._latency: dict[tuple[str, str, int], Any] = {}  # labels -> histogram child
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -124,18 +154,16 @@ class Observe:
             dt = time.perf_counter() - t0
             route = scope.get("route")
             template = getattr(route, "path", None) or "unmatched"
-            self.metrics.request_latency.labels(scope["method"], template, str(status)).observe(dt)
+            method = scope["method"]
+            key = (method, template, status)
+            child = self._latency.get(key)
+            if child is None:
+                child = self._latency[key] = self.metrics.request_latency.labels(method, template, str(status))
+            child.observe(dt)
             if self.log_requests:
                 client = scope.get("client")
+                host = _quote(client[0]) if client else "null"
                 write_access_line(
-                    json.dumps(
-                        {
-                            "ts": round(time.time(), 3),
-                            "method": scope["method"],
-                            "route": template,
-                            "status": status,
-                            "ms": round(dt * 1e3, 3),
-                            "client": client[0] if client else None,
-                        }
-                    )
+                    f'{{"ts": {time.time():.3f}, "method": {_quote(method)}, "route": {_quote(template)}, '
+                    f'"status": {status}, "ms": {dt * 1e3:.3f}, "client": {host}}}'
                 )

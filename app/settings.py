@@ -84,7 +84,12 @@ class Settings(BaseSettings):
         description="Intra-op threads of the one large encoder call of explain=true (its own ONNX sessions; "
         "the plain path keeps one thread). Default 2 on a machine with at least 2 cores; 1 = single-threaded.",
     )
-    access_log: bool = Field(True, description="Write one JSON line per request to the `seqrec.access` logger.")
+    access_log: bool = Field(True, description="Write one JSON access-log line per request on stdout.")
+    opentelemetry: bool = Field(
+        False,
+        description="Let FastAPI's native OpenTelemetry instrumentation trace requests when a provider is configured "
+        "(off: its per-request check costs CPU; Prometheus metrics are unaffected).",
+    )
     write_rate_per_s: float = Field(
         0, ge=0, description="Write requests (POST /events) per second per API key and process; 0 = unlimited (429)."
     )
