@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from models.layers import Dropout, SeqRecModel
+from models.layers import Dropout, SeqRecModel, glorot_init_
 
 
 @dataclass
@@ -66,12 +66,7 @@ class GRU4Rec(SeqRecModel):
         self._init()
 
     def _init(self) -> None:
-        # Uniform in +-sqrt(6 / (fan_in + fan_out)) (Glorot), as in the papers' code descriptions.
-        for name, p in self.named_parameters():
-            if "bias" in name:
-                nn.init.zeros_(p)
-            else:
-                nn.init.xavier_uniform_(p)
+        glorot_init_(self)  # as in the papers' code descriptions
         with torch.no_grad():
             self.item_out.weight[0].zero_()
             if self.item_in is not None:

@@ -38,7 +38,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from models.layers import Dropout, SeqRecModel
+from models.layers import Dropout, SeqRecModel, glorot_init_
 
 VARIANTS = ("init", "all")
 
@@ -105,12 +105,7 @@ class HRNN(SeqRecModel):
         self._init()
 
     def _init(self) -> None:
-        # Glorot-uniform weights, zero biases, as models/gru4rec.py.
-        for name, p in self.named_parameters():
-            if "bias" in name:
-                nn.init.zeros_(p)
-            else:
-                nn.init.xavier_uniform_(p)
+        glorot_init_(self)  # Glorot-uniform weights, zero biases, as models/gru4rec.py
         with torch.no_grad():
             self.item_out.weight[0].zero_()
 

@@ -37,6 +37,16 @@ class SeqRecModel(nn.Module):
         return self(item_seq, *extra) @ self.item_vectors().T
 
 
+def glorot_init_(module: nn.Module) -> None:
+    """Uniform in +-sqrt(6 / (fan_in + fan_out)) (Glorot) for every weight, zero biases: the
+    initialisation the GRU4Rec papers' code descriptions give, shared by the recurrent models."""
+    for name, p in module.named_parameters():
+        if "bias" in name:
+            nn.init.zeros_(p)
+        else:
+            nn.init.xavier_uniform_(p)
+
+
 def absolute_positions(item_seq: torch.Tensor) -> torch.Tensor:
     """(B, L) left-padded -> (B, L) position ids counted from the oldest item of the window.
 
