@@ -12,6 +12,7 @@ torch.autograd.graph.saved_tensors_hooks); `naive_interval_tensors_mb` is what t
 
 from __future__ import annotations
 
+import itertools
 import statistics
 import time
 from pathlib import Path
@@ -59,8 +60,7 @@ def run_case(dataset: str, steps: int) -> dict[str, Any]:
     step_s: dict[str, list[float]] = {m: [] for m in MODELS}
     act: dict[str, list[int]] = {m: [] for m in MODELS}
     shapes = []
-    for _ in range(steps):
-        batch = next(batches)
+    for batch in itertools.islice(batches, steps):  # a small dataset may have fewer batches
         shapes.append(tuple(batch["item_seq"].shape))
         for m in MODELS:
             model = models[m].train()
