@@ -37,8 +37,8 @@ class ClusterItems(RedisItems):
     return g
     """
 
-    def __init__(self, store: ClusterStore, url: str, prefix: str, timeout_s: float) -> None:
-        super().__init__(store.redis, url, prefix, timeout_s)  # type: ignore[arg-type]  # same command API
+    def __init__(self, store: ClusterStore, url: str, prefix: str, timeout: float) -> None:
+        super().__init__(store.redis, url, prefix, timeout)  # type: ignore[arg-type]  # same command API
         self.store = store
         base = f"{prefix}{{items}}"
         self.key = base
@@ -62,7 +62,7 @@ class ClusterItems(RedisItems):
             host=node.host,
             port=node.port,
             decode_responses=True,
-            socket_connect_timeout=self.timeout_s,
+            socket_connect_timeout=self.timeout,
             retry=Retry(NoBackoff(), 0),
             **{k: v for k, v in self.store._opts.items() if k in ("username", "password", "ssl")},
         )

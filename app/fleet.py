@@ -118,10 +118,10 @@ async def follow(state: AppState) -> None:
         beat.cancel()
 
 
-async def reach(items: ItemRegistry, generation: int, timeout_s: float) -> ReloadReach:
-    """Wait (at most `timeout_s`) until every live process acknowledged `generation`; say who did."""
+async def reach(items: ItemRegistry, generation: int, timeout: float) -> ReloadReach:
+    """Wait (at most `timeout`) until every live process acknowledged `generation`; say who did."""
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
+    deadline = loop.time() + timeout
     known = True
     while True:
         try:

@@ -192,7 +192,7 @@ def _unpack(raw: str) -> tuple[str, np.ndarray] | None:
 class RedisItems:
     kind = "redis"
 
-    def __init__(self, redis: Redis, url: str, prefix: str, timeout_s: float) -> None:
+    def __init__(self, redis: Redis, url: str, prefix: str, timeout: float) -> None:
         self.redis = redis  # the store's pooled client: short timeouts
         self.url = url
         self.prefix = prefix
@@ -200,7 +200,7 @@ class RedisItems:
         self.channel = f"{prefix}items:new"
         self.config_key = f"{prefix}config"
         self.workers_key = f"{prefix}workers"
-        self.timeout_s = timeout_s
+        self.timeout = timeout
         self.subscribed = asyncio.Event()  # set once the subscription is live (tests wait on it)
         self.worker = worker_name()
         self.generation = 0
@@ -211,7 +211,7 @@ class RedisItems:
 
     # The subscription, in three steps a Redis Cluster does differently (app/cluster_items.py).
     async def _subscriber(self) -> Redis:
-        return Redis.from_url(self.url, decode_responses=True, socket_connect_timeout=self.timeout_s)
+        return Redis.from_url(self.url, decode_responses=True, socket_connect_timeout=self.timeout)
 
     async def _subscribe(self, pubsub: Any) -> None:
         await pubsub.subscribe(self.channel)
@@ -248,7 +248,7 @@ class RedisItems:
 
     async def get(self, item_id: str) -> Item | None:
         try:
-            async with asyncio.timeout(self.timeout_s):
+            async with asyncio.timeout(self.timeout):
                 raw = await self.redis.hget(self.key, item_id)
         except _ERRORS as exc:
             raise StoreUnavailable(f"redis: {type(exc).__name__}: {exc}") from exc
@@ -366,7 +366,7 @@ class RedisItems:
 
     async def close(self) -> None:
         try:
-            async with asyncio.timeout(self.timeout_s):
+            async with asyncio.timeout(self.timeout):
                 await self.redis.zrem(self.workers_key, self.worker)  # no longer counted as live
         except _ERRORS:
             pass

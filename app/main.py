@@ -50,9 +50,9 @@ def make_store(settings: Settings) -> EventStore:
         url, n, ttl = settings.redis_url, settings.max_history, settings.history_ttl_s
         opts: dict[str, Any] = {
             "prefix": settings.key_prefix,
-            "read_timeout_s": settings.redis_timeout_s,
+            "read_timeout": settings.redis_timeout_s,
             "pool_size": settings.redis_pool_size,
-            "write_timeout_s": settings.redis_write_timeout_s,
+            "write_timeout": settings.redis_write_timeout_s,
         }
         if settings.redis_cluster or is_cluster_url(url):
             wait, wait_ms = settings.redis_wait_replicas, settings.redis_wait_timeout_ms
@@ -72,13 +72,13 @@ def make_items(settings: Settings, store: EventStore) -> ItemRegistry:
     return MemoryItems()
 
 
-async def bounded(aws: list[Awaitable[object]], what: str, timeout_s: float) -> None:
-    """Await `aws` for at most `timeout_s`; past that, log where each straggler is stuck and go on.
+async def bounded(aws: list[Awaitable[object]], what: str, timeout: float) -> None:
+    """Await `aws` for at most `timeout`; past that, log where each straggler is stuck and go on.
 
     asyncio.wait, not wait_for: wait_for waits again for a cancelled awaitable to finish, which
     is exactly what hangs when a library swallows the cancellation."""
     futs = [asyncio.ensure_future(aw) for aw in aws]
-    done, pending = await asyncio.wait(futs, timeout=timeout_s)
+    done, pending = await asyncio.wait(futs, timeout=timeout)
     for fut in done:
         if not fut.cancelled() and fut.exception() is not None:
             log.warning("shutdown: the %s failed: %r", what, fut.exception())
@@ -87,7 +87,7 @@ async def bounded(aws: list[Awaitable[object]], what: str, timeout_s: float) -> 
         if isinstance(fut, asyncio.Task):
             fut.print_stack(file=where)
         fut.cancel()
-        log.warning("shutdown: the %s did not finish within %.1f s\n%s", what, timeout_s, where.getvalue())
+        log.warning("shutdown: the %s did not finish within %.1f s\n%s", what, timeout, where.getvalue())
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -184,7 +184,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     document_validation_errors(app)
     health = next(r for r in ops.router.routes if isinstance(r, Route) and r.path == "/healthz")
     app.add_middleware(Liveness, route=health, body=Health().model_dump_json().encode())
-    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, body_timeout_s=settings.body_timeout_s)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, body_timeout=settings.body_timeout_s)
     app.add_middleware(EncodedSlash)
     app.add_middleware(Observe, metrics=metrics, log_requests=settings.access_log)
     return app

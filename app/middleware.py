@@ -2,8 +2,8 @@
 
 - BodyLimit: 413 before the body is parsed when Content-Length, or the bytes actually
   received (chunked uploads), exceed the limit; 408 and the connection closed when the body
-  does not arrive completely within `body_timeout_s` (a client that never finishes its body would
-  otherwise hold a connection and a task forever).
+  does not arrive completely within `body_timeout` seconds (a client that never finishes its
+  body would otherwise hold a connection and a task forever).
 - EncodedSlash: 422 for a path holding %2F. No route takes '/' inside an id (ids may not contain
   it), and without this the router would answer 404/405 for what is really a bad id.
 - Liveness: GET /healthz answered before routing (the route stays declared for OpenAPI and
@@ -42,10 +42,10 @@ async def _send_json(send: Send, status: int, payload: dict[str, Any], close: bo
 
 
 class BodyLimit:
-    def __init__(self, app: ASGIApp, max_bytes: int, body_timeout_s: float = 10.0) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, body_timeout: float = 10.0) -> None:
         self.app = app
         self.max_bytes = max_bytes
-        self.body_timeout_s = body_timeout_s
+        self.body_timeout = body_timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
@@ -67,7 +67,7 @@ class BodyLimit:
         more = True
         try:
             # One deadline for the whole body, not per chunk: a trickle of bytes must not keep it open.
-            async with asyncio.timeout(self.body_timeout_s):
+            async with asyncio.timeout(self.body_timeout):
                 while more:
                     msg = await receive()
                     if msg["type"] == "http.disconnect":
@@ -80,7 +80,7 @@ class BodyLimit:
                     chunks.append(chunk)
                     more = msg.get("more_body", False)
         except TimeoutError:
-            slow = {"detail": f"request body not received within {self.body_timeout_s:g} s"}
+            slow = {"detail": f"request body not received within {self.body_timeout:g} s"}
             await _send_json(send, 408, slow, close=True)
             return
         body = b"".join(chunks)

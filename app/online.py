@@ -195,10 +195,10 @@ class RedisLedger:
         redis: Any,
         prefix: str,
         ttl_s: int,
-        timeout_s: float,
+        timeout: float,
         lists_key: Callable[[str], str] | None = None,
     ) -> None:
-        self.redis, self.prefix, self.ttl_s, self.timeout_s = redis, prefix, ttl_s, timeout_s
+        self.redis, self.prefix, self.ttl_s, self.timeout = redis, prefix, ttl_s, timeout
         self._user = lists_key or (lambda user: f"{prefix}s:{user}")
 
     def _list(self, user: str, bundle: str) -> str:
@@ -216,7 +216,7 @@ class RedisLedger:
         return json.dumps([e.variant, list(e.items), e.at], separators=(",", ":"))  # full precision: compared
 
     async def remember(self, batch: Sequence[tuple[str, Served]]) -> None:
-        async with asyncio.timeout(self.timeout_s):
+        async with asyncio.timeout(self.timeout):
             if len(batch) == 1:  # the common case when not loaded: no pipeline object to build
                 user, e = batch[0]
                 await self.redis.set(self._list(user, e.bundle), self._value(e), ex=self.ttl_s)
@@ -238,7 +238,7 @@ class RedisLedger:
                 pipe.getdel(self._list(u, b))
             else:
                 pipe.eval(TAKE_IF_BEFORE, 1, self._list(u, b), repr(before[n]))
-        async with asyncio.timeout(self.timeout_s):
+        async with asyncio.timeout(self.timeout):
             res = await pipe.execute()
         out: dict[str, list[Served]] = {}
         for (u, _, b), raw in zip(pairs, res, strict=True):
@@ -259,14 +259,14 @@ class RedisLedger:
                 hll = self._hll(minute, group)
                 pipe.pfadd(hll, *ids)
                 pipe.expire(hll, COUNTER_TTL_S)
-        async with asyncio.timeout(self.timeout_s):
+        async with asyncio.timeout(self.timeout):
             await pipe.execute()
 
     async def window(self, minutes: Sequence[int]) -> tuple[dict[str, float], dict[str, int]]:
         pipe = self.redis.pipeline(transaction=False)
         for m in minutes:
             pipe.hgetall(self._counts(m))
-        async with asyncio.timeout(self.timeout_s):
+        async with asyncio.timeout(self.timeout):
             buckets = await pipe.execute()
         total: dict[str, float] = defaultdict(float)
         for b in buckets:
@@ -276,7 +276,7 @@ class RedisLedger:
         pipe = self.redis.pipeline(transaction=False)
         for g in groups:
             pipe.pfcount(*[self._hll(m, g) for m in minutes])  # union over the window
-        async with asyncio.timeout(self.timeout_s):
+        async with asyncio.timeout(self.timeout):
             distinct = await pipe.execute() if groups else []
         return dict(total), dict(zip(groups, (int(d) for d in distinct), strict=True))
 

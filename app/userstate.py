@@ -202,7 +202,7 @@ class RedisBackend:
         keys = (self.store.key(user_id), self.key(user_id, field))
         args = (n, 1 if with_times else 0)
         try:
-            async with asyncio.timeout(self.store.read_timeout_s):
+            async with asyncio.timeout(self.store.read_timeout):
                 client = await self._client(user_id)
                 try:
                     members, blob = await client.evalsha(READ_SHA, 2, *keys, *args)
@@ -237,7 +237,7 @@ class RedisBackend:
                 pipe = client.pipeline(transaction=False)
                 for key, blob in entries:
                     pipe.set(key, blob, ex=self.ttl_s)
-                async with asyncio.timeout(self.store.read_timeout_s):
+                async with asyncio.timeout(self.store.read_timeout):
                     await pipe.execute(raise_on_error=True)
         except _ERRORS as exc:  # the answers are already computed: a lost entry is just a later miss
             self.errors.inc(len(pending))

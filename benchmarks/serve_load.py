@@ -243,7 +243,7 @@ async def bare_cost(bundle_path: Path, url: str, prefix: str, users: list[str], 
     from app.stores import RedisStore
 
     b = load_bundle(bundle_path)
-    store = RedisStore(url, max_history=200, ttl_s=86400, prefix=prefix, read_timeout_s=1.0)
+    store = RedisStore(url, max_history=200, ttl_s=86400, prefix=prefix, read_timeout=1.0)
     rng = random.Random(1)
     parts: dict[str, list[float]] = {"redis": [], "onnx": [], "topk": [], "total": []}
     cpu: list[float] = []

@@ -79,20 +79,20 @@ class ClusterProcs:
         args += self.extra
         self.procs[port] = subprocess.Popen(args, cwd=d, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
-    def start(self, timeout_s: float = 30) -> ClusterProcs:
+    def start(self, timeout: float = 30) -> ClusterProcs:
         assert self.server and self.cli
         for p in self.ports:
             self._start_node(p)
         for p in self.ports:
-            self._wait(lambda p=p: self._answers(p), timeout_s, f"redis-server on {p}")
+            self._wait(lambda p=p: self._answers(p), timeout, f"redis-server on {p}")
         nodes = [f"127.0.0.1:{p}" for p in self.ports]
         subprocess.run(
             [self.cli, "--cluster", "create", *nodes, "--cluster-replicas", "1", "--cluster-yes"],
             check=True,
             capture_output=True,
-            timeout=timeout_s,
+            timeout=timeout,
         )
-        self._wait(self.healthy, timeout_s, "cluster_state:ok on every node")
+        self._wait(self.healthy, timeout, "cluster_state:ok on every node")
         return self
 
     def _cmd(self, port: int, *args: str, timeout: float = 2) -> str:
@@ -162,12 +162,12 @@ class ClusterProcs:
         self._start_node(port)
         self._wait(lambda: self._answers(port), 20, f"redis-server on {port}")
 
-    def wait_healthy(self, timeout_s: float = 30) -> None:
-        self._wait(self.healthy, timeout_s, "cluster_state:ok")
+    def wait_healthy(self, timeout: float = 30) -> None:
+        self._wait(self.healthy, timeout, "cluster_state:ok")
 
     @staticmethod
-    def _wait(pred, timeout_s: float, what: str) -> None:
-        deadline = time.monotonic() + timeout_s
+    def _wait(pred, timeout: float, what: str) -> None:
+        deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if pred():
                 return

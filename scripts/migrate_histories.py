@@ -33,8 +33,8 @@ def _glob_escape(s: str) -> str:
 
 def open_store(url: str, prefix: str, max_history: int, ttl_s: int) -> EventStore:
     if is_cluster_url(url):
-        return ClusterStore(url, max_history, ttl_s, prefix=prefix, read_timeout_s=5.0, write_timeout_s=10.0)
-    return RedisStore(url, max_history, ttl_s, prefix=prefix, read_timeout_s=5.0, write_timeout_s=10.0)
+        return ClusterStore(url, max_history, ttl_s, prefix=prefix, read_timeout=5.0, write_timeout=10.0)
+    return RedisStore(url, max_history, ttl_s, prefix=prefix, read_timeout=5.0, write_timeout=10.0)
 
 
 async def histories(url: str, prefix: str) -> AsyncIterator[tuple[str, list[tuple[bytes, float]]]]:
@@ -42,7 +42,7 @@ async def histories(url: str, prefix: str) -> AsyncIterator[tuple[str, list[tupl
     pattern = _glob_escape(prefix) + "h:*"
     cluster = None
     if is_cluster_url(url):
-        cluster = ClusterStore(url, 1, 1, prefix=prefix, read_timeout_s=5.0)
+        cluster = ClusterStore(url, 1, 1, prefix=prefix, read_timeout=5.0)
         await cluster._topology()
         clients = [cluster._client(node.name, raw=True) for node in cluster.redis.get_primaries()]
     else:

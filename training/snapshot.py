@@ -186,7 +186,7 @@ def cluster_user(tagged: str) -> str:
     return tagged[1:-1].replace("%7D", "}").replace("%25", "%")
 
 
-def _cluster_client(url: str, socket_timeout_s: float) -> Any:
+def _cluster_client(url: str, socket_timeout: float) -> Any:
     """`redis+cluster://[user:pass@]host:port[,host:port...]` -> a sync RedisCluster."""
     from urllib.parse import unquote, urlsplit
 
@@ -205,12 +205,12 @@ def _cluster_client(url: str, socket_timeout_s: float) -> Any:
         password=unquote(password) or None,
         ssl=parts.scheme.startswith("rediss"),
         decode_responses=False,
-        socket_timeout=socket_timeout_s,
-        socket_connect_timeout=socket_timeout_s,
+        socket_timeout=socket_timeout,
+        socket_connect_timeout=socket_timeout,
     )
 
 
-def connect(url: str, socket_timeout_s: float = 5.0) -> Any:
+def connect(url: str, socket_timeout: float = 5.0) -> Any:
     """A sync client for `url` that fails fast: unreachable -> SnapshotError, not a long hang.
 
     A `redis+cluster://host:port,...` URL gives a cluster client: `snapshot` then scans every primary
@@ -220,10 +220,10 @@ def connect(url: str, socket_timeout_s: float = 5.0) -> Any:
 
     try:
         if url.split("://", 1)[0] in CLUSTER_SCHEMES:
-            client = _cluster_client(url, socket_timeout_s)
+            client = _cluster_client(url, socket_timeout)
         else:
             client = redis.Redis.from_url(
-                url, decode_responses=False, socket_timeout=socket_timeout_s, socket_connect_timeout=socket_timeout_s
+                url, decode_responses=False, socket_timeout=socket_timeout, socket_connect_timeout=socket_timeout
             )
         client.ping()
     except (*_redis_errors(), RedisClusterException, ValueError) as exc:

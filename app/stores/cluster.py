@@ -120,9 +120,9 @@ class ClusterStore:
         max_history: int,
         ttl_s: int,
         prefix: str = "seqrec:",
-        read_timeout_s: float = 0.25,
+        read_timeout: float = 0.25,
         pool_size: int = 64,
-        write_timeout_s: float = 2.0,
+        write_timeout: float = 2.0,
         wait_replicas: int = 0,
         wait_timeout_ms: int = 100,
         refresh_s: float = 0.2,
@@ -133,14 +133,14 @@ class ClusterStore:
         self.max_history = max_history
         self.ttl_s = ttl_s
         self.prefix = prefix
-        self.read_timeout_s = read_timeout_s
+        self.read_timeout = read_timeout
         self.wait_replicas = wait_replicas
         self.wait_timeout_ms = wait_timeout_ms
         self.refresh_s = refresh_s
         nodes, auth = startup_nodes(url)
         self._opts: dict[str, Any] = {
-            "socket_timeout": max(read_timeout_s, write_timeout_s + wait_timeout_ms / 1000),
-            "socket_connect_timeout": read_timeout_s,
+            "socket_timeout": max(read_timeout, write_timeout + wait_timeout_ms / 1000),
+            "socket_connect_timeout": read_timeout,
             "retry": Retry(NoBackoff(), 0),
             **auth,
         }
@@ -184,7 +184,7 @@ class ClusterStore:
                 return
             self._refreshed = time.monotonic()
             try:
-                async with asyncio.timeout(max(1.0, self.read_timeout_s * 4)):
+                async with asyncio.timeout(max(1.0, self.read_timeout * 4)):
                     if self._refreshed_once:
                         await self.redis.nodes_manager.initialize()  # a fresh CLUSTER SLOTS, not the cached map
                     else:
@@ -287,7 +287,7 @@ class ClusterStore:
     async def history(self, user_id: str, n: int | None = None) -> list[str]:
         n = self.max_history if n is None else n
         try:
-            async with asyncio.timeout(self.read_timeout_s):
+            async with asyncio.timeout(self.read_timeout):
                 await self._topology()
                 members = await self._client(self._master(user_id), raw=True).zrange(self.key(user_id), -n, -1)
         except _ERRORS as exc:
@@ -298,7 +298,7 @@ class ClusterStore:
     async def history_times(self, user_id: str, n: int | None = None) -> tuple[list[str], list[float]]:
         n = self.max_history if n is None else n
         try:
-            async with asyncio.timeout(self.read_timeout_s):
+            async with asyncio.timeout(self.read_timeout):
                 await self._topology()
                 client = self._client(self._master(user_id), raw=True)
                 pairs = await client.zrange(self.key(user_id), -n, -1, withscores=True)
@@ -311,7 +311,7 @@ class ClusterStore:
         """Ready when some master answers: a down master costs its users (503 / popularity), and
         readiness failing on every API process would cost all users instead."""
         try:
-            async with asyncio.timeout(self.read_timeout_s * 4):
+            async with asyncio.timeout(self.read_timeout * 4):
                 await self._topology()
                 for node in self.redis.get_primaries():
                     try:

@@ -7,7 +7,7 @@ member by member, trim, EXPIRE, then check which added members survived the trim
 runs atomically, so the counts (accepted / duplicates / too_old) say exactly what that write
 did even with concurrent writers to the same user.
 Timeouts are short and retries off, so a down Redis costs milliseconds, not seconds: a
-refused connection fails at once, a hung one after `timeout_s` (reads) / `write_timeout_s`.
+refused connection fails at once, a hung one after `timeout` (reads) / `write_timeout`.
 """
 
 from __future__ import annotations
@@ -56,17 +56,17 @@ class RedisStore:
         max_history: int,
         ttl_s: int,
         prefix: str = "seqrec:",
-        read_timeout_s: float = 0.25,
+        read_timeout: float = 0.25,
         pool_size: int = 64,
-        write_timeout_s: float = 2.0,
+        write_timeout: float = 2.0,
     ) -> None:
         self.max_history = max_history
         self.ttl_s = ttl_s
         self.prefix = prefix
         opts = {
             "max_connections": pool_size,
-            "socket_timeout": max(read_timeout_s, write_timeout_s),  # the socket bound is the write timeout ...
-            "socket_connect_timeout": read_timeout_s,
+            "socket_timeout": max(read_timeout, write_timeout),  # the socket bound is the write timeout ...
+            "socket_connect_timeout": read_timeout,
             "retry": Retry(NoBackoff(), 0),
         }
         self.pool = ConnectionPool.from_url(url, decode_responses=True, **opts)
@@ -75,7 +75,7 @@ class RedisStore:
         # Python, which costs as much as the whole round trip for a 200-event history.
         self.raw_pool = ConnectionPool.from_url(url, decode_responses=False, **opts)
         self.raw = Redis(connection_pool=self.raw_pool)
-        self.read_timeout_s = read_timeout_s  # ... reads are cut shorter, a recommendation must stay fast
+        self.read_timeout = read_timeout  # ... reads are cut shorter, a recommendation must stay fast
 
     def key(self, user_id: str) -> str:
         return f"{self.prefix}h:{user_id}"
@@ -104,7 +104,7 @@ class RedisStore:
     async def history(self, user_id: str, n: int | None = None) -> list[str]:
         n = self.max_history if n is None else n
         try:
-            async with asyncio.timeout(self.read_timeout_s):
+            async with asyncio.timeout(self.read_timeout):
                 members = await self.raw.zrange(self.key(user_id), -n, -1)
         except _ERRORS as exc:
             raise StoreUnavailable(f"redis: {type(exc).__name__}: {exc}") from exc
@@ -113,7 +113,7 @@ class RedisStore:
     async def history_times(self, user_id: str, n: int | None = None) -> tuple[list[str], list[float]]:
         n = self.max_history if n is None else n
         try:
-            async with asyncio.timeout(self.read_timeout_s):
+            async with asyncio.timeout(self.read_timeout):
                 pairs = await self.raw.zrange(self.key(user_id), -n, -1, withscores=True)
         except _ERRORS as exc:
             raise StoreUnavailable(f"redis: {type(exc).__name__}: {exc}") from exc
@@ -121,7 +121,7 @@ class RedisStore:
 
     async def ping(self) -> bool:
         try:
-            async with asyncio.timeout(self.read_timeout_s):
+            async with asyncio.timeout(self.read_timeout):
                 return bool(await self.redis.ping())
         except _ERRORS:
             return False

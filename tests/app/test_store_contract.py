@@ -20,10 +20,10 @@ async def store(request: pytest.FixtureRequest, key_prefix: str) -> AsyncIterato
         s: EventStore = MemoryStore(max_history=N, ttl_s=1)
     elif request.param == "cluster":
         url = request.getfixturevalue("redis_cluster").url
-        s = ClusterStore(url, max_history=N, ttl_s=1, prefix=key_prefix, read_timeout_s=1.0)
+        s = ClusterStore(url, max_history=N, ttl_s=1, prefix=key_prefix, read_timeout=1.0)
     else:
         url = request.getfixturevalue("redis_url")
-        s = RedisStore(url, max_history=N, ttl_s=1, prefix=key_prefix, read_timeout_s=1.0)
+        s = RedisStore(url, max_history=N, ttl_s=1, prefix=key_prefix, read_timeout=1.0)
     yield s
     await s.close()
 
@@ -97,7 +97,7 @@ async def test_idle_history_expires(store: EventStore) -> None:
 async def test_redis_down_raises_store_unavailable() -> None:
     from tests.support.procs import free_port
 
-    s = RedisStore(f"redis://127.0.0.1:{free_port()}/0", max_history=N, ttl_s=60, read_timeout_s=0.2)
+    s = RedisStore(f"redis://127.0.0.1:{free_port()}/0", max_history=N, ttl_s=60, read_timeout=0.2)
     with pytest.raises(StoreUnavailable):
         await s.append([ev("u", "a", 1)])
     with pytest.raises(StoreUnavailable):
@@ -115,7 +115,7 @@ async def test_hung_redis_read_is_cut_short() -> None:
         srv.bind(("127.0.0.1", 0))
         srv.listen(16)  # the kernel completes the handshake; nobody ever replies
         port = srv.getsockname()[1]
-        s = RedisStore(f"redis://127.0.0.1:{port}/0", max_history=N, ttl_s=60, read_timeout_s=0.2, write_timeout_s=5)
+        s = RedisStore(f"redis://127.0.0.1:{port}/0", max_history=N, ttl_s=60, read_timeout=0.2, write_timeout=5)
         t = time.perf_counter()
         with pytest.raises(StoreUnavailable):
             await s.history("u")

@@ -21,10 +21,10 @@ pytestmark = pytest.mark.anyio
 async def store(request: pytest.FixtureRequest, key_prefix: str) -> AsyncIterator[RedisStore | ClusterStore]:
     if request.param == "cluster":
         url = request.getfixturevalue("redis_cluster").url
-        s: RedisStore | ClusterStore = ClusterStore(url, max_history=50, ttl_s=60, prefix=key_prefix, read_timeout_s=1)
+        s: RedisStore | ClusterStore = ClusterStore(url, max_history=50, ttl_s=60, prefix=key_prefix, read_timeout=1)
     else:
         s = RedisStore(
-            request.getfixturevalue("redis_url"), max_history=50, ttl_s=60, prefix=key_prefix, read_timeout_s=1
+            request.getfixturevalue("redis_url"), max_history=50, ttl_s=60, prefix=key_prefix, read_timeout=1
         )
     yield s
     await s.close()

@@ -78,7 +78,7 @@ def test_a_users_keys_share_one_slot(redis_cluster: ClusterProcs, user: str) -> 
 @pytest.mark.anyio
 async def test_ten_thousand_users_spread_over_every_master(redis_cluster: ClusterProcs) -> None:
     prefix = "spread:"
-    store = ClusterStore(redis_cluster.url, max_history=50, ttl_s=600, prefix=prefix, read_timeout_s=2.0)
+    store = ClusterStore(redis_cluster.url, max_history=50, ttl_s=600, prefix=prefix, read_timeout=2.0)
     users = [f"user-{i}" for i in range(10_000)]
     try:
         for start in range(0, len(users), 1000):
@@ -102,7 +102,7 @@ async def test_ten_thousand_users_spread_over_every_master(redis_cluster: Cluste
 @pytest.mark.anyio
 async def test_partial_failure_is_told_not_acknowledged(fresh_cluster: ClusterProcs) -> None:
     """One master down: the batch's users on the other masters are stored, the rest are reported."""
-    store = ClusterStore(fresh_cluster.url, max_history=50, ttl_s=600, prefix="part:", read_timeout_s=0.5)
+    store = ClusterStore(fresh_cluster.url, max_history=50, ttl_s=600, prefix="part:", read_timeout=0.5)
     try:
         users = [f"u{i}" for i in range(60)]
         await store.append([Event(u, "warm", 1.0, "w") for u in users])  # loads the slot map
@@ -414,7 +414,7 @@ async def _histories(url: str, users: list[str]) -> dict[str, list[str]]:
 async def test_unreachable_cluster_is_store_unavailable() -> None:
     from tests.support.procs import free_port
 
-    s = ClusterStore(f"redis+cluster://127.0.0.1:{free_port()}", 5, 60, read_timeout_s=0.2)
+    s = ClusterStore(f"redis+cluster://127.0.0.1:{free_port()}", 5, 60, read_timeout=0.2)
     t = time.perf_counter()
     with pytest.raises(StoreUnavailable):
         await s.append([Event("u", "a", 1.0, "e")])

@@ -260,7 +260,7 @@ def test_redis_take_before_leaves_later_lists(redis_proc) -> None:  # type: igno
 
     async def go() -> None:
         r = aioredis.Redis.from_url(redis_proc.url, decode_responses=True)
-        ledger = RedisLedger(r, "t:", ttl_s=60, timeout_s=2.0)
+        ledger = RedisLedger(r, "t:", ttl_s=60, timeout=2.0)
         await ledger.remember([("u1", Served("A", "control", ("x",), 10.0)), ("u2", Served("A", "c", ("y",), 20.0))])
         got = await ledger.take(["u1", "u2"], ["A"], [15.0, 15.0])
         assert got == {"u1": [Served("A", "control", ("x",), 10.0)]}

@@ -170,7 +170,7 @@ def test_snapshot_of_a_redis_cluster_reads_every_master(redis_cluster: Any, tmp_
     ]
 
     async def go() -> None:
-        store = ClusterStore(redis_cluster.url, max_history=50, ttl_s=3600, prefix=prefix, read_timeout_s=2.0)
+        store = ClusterStore(redis_cluster.url, max_history=50, ttl_s=3600, prefix=prefix, read_timeout=2.0)
         for ev in events:
             await store.append([ev])
         await store.close()
@@ -187,4 +187,4 @@ def test_snapshot_of_a_redis_cluster_reads_every_master(redis_cluster: Any, tmp_
 def test_unreachable_cluster_is_a_clear_error(tmp_path: Path) -> None:
     port = free_port()
     with pytest.raises(SnapshotError, match=rf"cannot reach redis at redis\+cluster://127\.0\.0\.1:{port}"):
-        connect(f"redis+cluster://:secret@127.0.0.1:{port}", socket_timeout_s=0.5)
+        connect(f"redis+cluster://:secret@127.0.0.1:{port}", socket_timeout=0.5)
