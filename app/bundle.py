@@ -176,6 +176,14 @@ class Bundle:
         seen = np.array([idx[n] for n in keep], dtype=np.int64)
         return seen, np.floor(np.asarray([times[n] for n in keep], dtype=np.float64)).astype(np.int64)
 
+    def encode_events(
+        self, items: Sequence[str], times: Sequence[float] | None
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """A read history -> (model indices, their times or None): times only for a bundle that reads them."""
+        if self.needs_times:
+            return self.encode_timed(items, times or [])
+        return self.encode(items), None
+
     def user_vectors(
         self, histories: Sequence[np.ndarray], times: Sequence[np.ndarray] | None = None, threads: int = 1
     ) -> np.ndarray:

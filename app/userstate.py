@@ -46,7 +46,7 @@ from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 
 from app.onnx_session import ort_session
 from app.stores import ClusterStore, EventStore, RedisStore, StoreUnavailable
-from app.stores.base import items_of
+from app.stores.base import items_of, read_history
 
 if TYPE_CHECKING:
     import onnxruntime as ort
@@ -258,11 +258,7 @@ class MemoryBackend:
         self._entries: OrderedDict[tuple[str, str], tuple[float, bytes]] = OrderedDict()
 
     async def read(self, user_id: str, n: int, field: str, with_times: bool = False) -> Read:
-        times: list[float] | None = None
-        if with_times:
-            history, times = await self.store.history_times(user_id, n)
-        else:
-            history = await self.store.history(user_id, n)
+        history, times = await read_history(self.store, user_id, n, with_times)
         hit = self._entries.get((user_id, field))
         if hit is None or time.monotonic() - hit[0] >= self.ttl_s:
             return history, times, None
@@ -300,13 +296,9 @@ class UserCache:
     async def read(self, user_id: str, n: int, bundle: Bundle) -> Read:
         """The user's history (StoreUnavailable as from the store), its times when the bundle reads
         them, and the cache entry, if any."""
-        timed = bundle.needs_times
         if not self.enabled:
-            if timed:
-                history, times = await self.store.history_times(user_id, n)
-                return history, times, None
-            return await self.store.history(user_id, n), None, None
-        return await self.backend.read(user_id, n, bundle.name, timed)
+            return (*await read_history(self.store, user_id, n, bundle.needs_times), None)
+        return await self.backend.read(user_id, n, bundle.name, bundle.needs_times)
 
     def user_vector(
         self, user_id: str, bundle: Bundle, seen: np.ndarray, entry: bytes | None, times: np.ndarray | None = None

@@ -14,6 +14,7 @@ from app.explain import explain as explain_items
 from app.registry import UnknownModel
 from app.schemas import ErrorOut, IdPath, ModelQuery, RecommendOut, TopK
 from app.stores import StoreUnavailable
+from app.stores.base import read_history
 
 router = APIRouter(tags=["recommend"])
 
@@ -59,18 +60,13 @@ async def recommend(
     try:
         if cache is not None:
             history, times, entry = await cache.read(user_id, state.settings.max_history, bundle)
-        elif bundle.needs_times:
-            history, times = await state.store.history_times(user_id, state.settings.max_history)
         else:
-            history = await state.store.history(user_id, state.settings.max_history)
+            history, times = await read_history(state.store, user_id, state.settings.max_history, bundle.needs_times)
     except StoreUnavailable:
         metrics.store_errors.labels("history").inc()
         history, times, reason = [], [], "store_unavailable"
     metrics.store_read.labels(state.store.kind).observe(time.perf_counter() - t0)
-    if bundle.needs_times:
-        seen, seen_times = bundle.encode_timed(history, times or [])
-    else:
-        seen, seen_times = bundle.encode(history), None
+    seen, seen_times = bundle.encode_events(history, times)
     if len(seen) == 0:
         reason = reason or "no_history"
         metrics.fallbacks.labels(reason).inc()

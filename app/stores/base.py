@@ -71,6 +71,15 @@ def timed_items_of(pairs: list[tuple[bytes, float]] | list[tuple[str, float]]) -
     return items_of(list(members)), [float(t) for t in scores]
 
 
+async def read_history(
+    store: EventStore, user_id: str, n: int | None, with_times: bool
+) -> tuple[list[str], list[float] | None]:
+    """The user's last n item ids and, when asked (bundles that read event times), their times."""
+    if with_times:
+        return await store.history_times(user_id, n)
+    return await store.history(user_id, n), None
+
+
 class EventStore(Protocol):
     kind: str
 

@@ -284,28 +284,23 @@ class ClusterStore:
         raise PartialAppend(result, stored_events, users, sum(p.events for p in failed), cause)
 
     # ------------------------------------------------------------------ reads
-    async def history(self, user_id: str, n: int | None = None) -> list[str]:
-        n = self.max_history if n is None else n
-        try:
-            async with asyncio.timeout(self.read_timeout):
-                await self._topology()
-                members = await self._client(self._master(user_id), raw=True).zrange(self.key(user_id), -n, -1)
-        except _ERRORS as exc:
-            self._stale = True  # a dead master or a moved slot: reload the map before the next command
-            raise StoreUnavailable(f"redis cluster: {type(exc).__name__}: {exc}") from exc
-        return items_of(members)
-
-    async def history_times(self, user_id: str, n: int | None = None) -> tuple[list[str], list[float]]:
+    async def _tail(self, user_id: str, n: int | None, withscores: bool) -> list:
+        """The last n members of the user's history (with their scores), from its master."""
         n = self.max_history if n is None else n
         try:
             async with asyncio.timeout(self.read_timeout):
                 await self._topology()
                 client = self._client(self._master(user_id), raw=True)
-                pairs = await client.zrange(self.key(user_id), -n, -1, withscores=True)
+                return await client.zrange(self.key(user_id), -n, -1, withscores=withscores)
         except _ERRORS as exc:
-            self._stale = True
+            self._stale = True  # a dead master or a moved slot: reload the map before the next command
             raise StoreUnavailable(f"redis cluster: {type(exc).__name__}: {exc}") from exc
-        return timed_items_of(pairs)
+
+    async def history(self, user_id: str, n: int | None = None) -> list[str]:
+        return items_of(await self._tail(user_id, n, withscores=False))
+
+    async def history_times(self, user_id: str, n: int | None = None) -> tuple[list[str], list[float]]:
+        return timed_items_of(await self._tail(user_id, n, withscores=True))
 
     async def ping(self) -> bool:
         """Ready when some master answers: a down master costs its users (503 / popularity), and

@@ -69,16 +69,17 @@ class MemoryStore:
             self._sweep(now)
         return AppendResult(accepted=added, duplicates=len(events) - added - too_old, too_old=too_old)
 
-    async def history(self, user_id: str, n: int | None = None) -> list[str]:
+    def _tail(self, user_id: str, n: int | None) -> list:
+        """The last n (time, member) pairs of the user's history."""
         self._expire(user_id, self._clock())
         hist = self._hist.get(user_id, [])
-        tail = hist if n is None else hist[-n:]
-        return items_of([m for _, m in tail])
+        return hist if n is None else hist[-n:]
+
+    async def history(self, user_id: str, n: int | None = None) -> list[str]:
+        return items_of([m for _, m in self._tail(user_id, n)])
 
     async def history_times(self, user_id: str, n: int | None = None) -> tuple[list[str], list[float]]:
-        self._expire(user_id, self._clock())
-        hist = self._hist.get(user_id, [])
-        tail = hist if n is None else hist[-n:]
+        tail = self._tail(user_id, n)
         return items_of([m for _, m in tail]), [float(t) for t, _ in tail]
 
     async def ping(self) -> bool:

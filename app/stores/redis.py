@@ -101,23 +101,20 @@ class RedisStore:
         # Copies repeated inside the batch never reach the script: they are duplicates too.
         return AppendResult(accepted=accepted, duplicates=len(events) - accepted - too_old, too_old=too_old)
 
-    async def history(self, user_id: str, n: int | None = None) -> list[str]:
+    async def _tail(self, user_id: str, n: int | None, withscores: bool) -> list:
+        """The last n members of the user's history (with their scores)."""
         n = self.max_history if n is None else n
         try:
             async with asyncio.timeout(self.read_timeout):
-                members = await self.raw.zrange(self.key(user_id), -n, -1)
+                return await self.raw.zrange(self.key(user_id), -n, -1, withscores=withscores)
         except _ERRORS as exc:
             raise StoreUnavailable(f"redis: {type(exc).__name__}: {exc}") from exc
-        return items_of(members)
+
+    async def history(self, user_id: str, n: int | None = None) -> list[str]:
+        return items_of(await self._tail(user_id, n, withscores=False))
 
     async def history_times(self, user_id: str, n: int | None = None) -> tuple[list[str], list[float]]:
-        n = self.max_history if n is None else n
-        try:
-            async with asyncio.timeout(self.read_timeout):
-                pairs = await self.raw.zrange(self.key(user_id), -n, -1, withscores=True)
-        except _ERRORS as exc:
-            raise StoreUnavailable(f"redis: {type(exc).__name__}: {exc}") from exc
-        return timed_items_of(pairs)
+        return timed_items_of(await self._tail(user_id, n, withscores=True))
 
     async def ping(self) -> bool:
         try:
