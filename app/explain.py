@@ -9,10 +9,11 @@ answer to "what if this event had not happened" (an older event slides into the 
 history is longer than the model reads), so it is faithful by construction, for every model kind:
 it needs only the bundle's user encoder and item vectors. The N ablated histories and the full one
 go through the encoder as ONE batch (N + 1 rows). A bundle may ship `ablation.onnx` (manifest
-section `ablation`, contract in training/ablation.py): one graph that returns the same N + 1 user
-vectors with less work (for a causal model the events older than a removed one keep their states);
-explanations then call it when it is the cheaper of the two (long histories), and the numbers
-are the same (checked at export and in tests). That one large call per request may run on
+section `ablation`, contract in training/ablation.py): one graph that returns the same N ablated
+user vectors with less work (for a causal model the events older than a removed one keep their
+states); the history's own vector then comes from the caller, which scored the items with it.
+Explanations call the graph when it is the faster of the two (measured: `AblationGraph.cheaper`),
+and the numbers are the same (checked at export and in tests). That one large call per request may run on
 SEQREC_EXPLAIN_THREADS intra-op threads (its own sessions, opened on first use; the plain path
 keeps one thread per worker); the contributions agree with the one-thread ones within 1e-5.
 
@@ -38,25 +39,42 @@ TOP_EVENTS = 3
 
 
 class AblationGraph:
-    """ablation.onnx: (window (1, T), ages (A,)) -> (A + 1, D) leave-one-out user vectors."""
+    """ablation.onnx: (window (1, T), ages (A,)) -> (A, D) leave-one-out user vectors."""
 
     def __init__(self, path: Path, meta: dict[str, Any]) -> None:
         self.session = ort_session(path)
         self.sessions = ThreadedSessions(path, self.session)
         self.window_name, self.ages_name = meta["inputs"]
         self.output_name: str = meta["output"]
+        # Graphs written before `history_row` existed return the history's own vector first, and
+        # compute a square suffix: their own, older cost rule (first-block query-key pairs).
+        self.skip = 1 if meta.get("history_row", True) else 0
+        if self.skip:
+            self.cheaper = _square_suffix_cheaper  # type: ignore[method-assign]
 
     @staticmethod
     def cheaper(length: int, n: int, max_len: int) -> bool:
-        """Whether the graph does less attention work than the batch: its first block scores about
-        n x n x (length + n) query-key pairs, the batch (n + 1) x L x L (the same numbers either way;
-        the graph wins on long histories, the batch on short ones)."""
+        """Whether the graph is faster than the batch for a window of `length` events, n ablations.
+
+        The batch encodes n + 1 rows of L = min(length, max_len) tokens; the graph encodes the
+        window once plus about n^2 / 2 tokens, but has more nodes, a larger fixed cost per call.
+        Measured with one thread (SASRec, d = 64, 2 blocks; benchmarks/explain_latency.py
+        --crossover, 144 (window, n) points): the graph is faster once L >= 16 and n x L >= 100
+        (e.g. n = 2 from 50 events, n = 4 from 25, n >= 7 from 16), the batch below (by up to
+        0.13 ms); where this rule picks the slower one, it is slower by at most 0.04 ms."""
         L = min(length, max_len)
-        return n * n * (length + n) < (n + 1) * L * L
+        return L >= 16 and n * L >= 100
 
     def run(self, window: np.ndarray, n: int, threads: int = 1) -> np.ndarray:
+        """(n, D): row a = the user vector of the window without its event of age a."""
         feed = {self.window_name: window[None], self.ages_name: np.arange(n, dtype=np.int64)}
-        return self.sessions.get(threads).run([self.output_name], feed)[0]
+        return self.sessions.get(threads).run([self.output_name], feed)[0][self.skip :]
+
+
+def _square_suffix_cheaper(length: int, n: int, max_len: int) -> bool:
+    """The older graphs' rule: about n x n x (length + n) first-block pairs against (n + 1) x L x L."""
+    L = min(length, max_len)
+    return n * n * (length + n) < (n + 1) * L * L
 
 
 def load_ablation(path: Path, meta: Any, files: dict[str, str]) -> AblationGraph | None:
@@ -66,6 +84,8 @@ def load_ablation(path: Path, meta: Any, files: dict[str, str]) -> AblationGraph
     inputs = meta.get("inputs") if isinstance(meta, dict) else None
     if meta.get("file") not in files or not isinstance(inputs, list) or len(inputs) != 2 or "output" not in meta:
         raise BundleError("manifest ablation must name a file with a checksum, two inputs and an output")
+    if not isinstance(meta.get("history_row", True), bool):
+        raise BundleError("manifest ablation.history_row must be true or false")
     return AblationGraph(path / meta["file"], meta)
 
 
@@ -92,11 +112,14 @@ def contributions(
     n_max: int,
     times: np.ndarray | None = None,
     threads: int = 1,
+    user: np.ndarray | None = None,
 ) -> np.ndarray:
     """(N, k) score drops: row a = removing the event of age a (0 = newest), column = labels[c].
 
     `times` (parallel to `seen`) for a bundle that reads event times: an ablation removes the
-    event from both sequences. `threads`: intra-op threads of the one encoder call."""
+    event from both sequences. `threads`: intra-op threads of the one encoder call. `user` (D,):
+    the history's own user vector when the caller has it (it scored the items with it); the
+    ablation graph does not recompute it (the batch does, in the same call, so it is not read there)."""
     n = min(len(seen), n_max, bundle.max_len)
     if n == 0 or len(labels) == 0:
         return np.zeros((0, len(labels)), np.float32)
@@ -115,7 +138,9 @@ def contributions(
         window = np.asarray(seen[-(bundle.max_len + 1) :], dtype=np.int64)
         graph = bundle.ablation
         if graph is not None and n >= 2 and len(window) >= 2 and graph.cheaper(len(window), n, bundle.max_len):
-            users = graph.run(window, n, threads)  # (N + 1, D)
+            if user is None:
+                user = bundle.padded_vectors(window[None, -bundle.max_len :])[0]
+            users = np.concatenate([np.asarray(user, np.float32).reshape(1, -1), graph.run(window, n, threads)])
         else:
             batch = ablation_batch(window, n, bundle.max_len, bundle.padding_index)  # (N + 1, W)
             users = bundle.padded_vectors(batch, threads)  # (N + 1, D), one encoder call
@@ -131,9 +156,11 @@ def explain(
     top: int = TOP_EVENTS,
     times: np.ndarray | None = None,
     threads: int = 1,
+    user: np.ndarray | None = None,
 ) -> list[list[dict[str, Any]]]:
-    """Per recommended item, its `top` most contributing history events (see the module docstring)."""
-    contrib = contributions(bundle, seen, labels, n_max, times, threads)
+    """Per recommended item, its `top` most contributing history events (see the module docstring).
+    `user`: the history's own user vector, if the caller has it (see `contributions`)."""
+    contrib = contributions(bundle, seen, labels, n_max, times, threads, user)
     if len(contrib) == 0:
         return [[] for _ in labels]
     window = seen[-len(contrib) :][::-1]  # newest first: window[age]

@@ -98,23 +98,29 @@ class SASRec(SeqRecModel):
         return self.cfg.positions == "recency"
 
     def ablations(self, window: torch.Tensor, ages: torch.Tensor) -> torch.Tensor:
-        """User vectors of a history and of the history without each of its newest A events.
+        """User vectors of the history without each of its newest A events.
 
         window: (1, T) int64, the newest T <= max_len + 1 events, oldest first, no padding, T >= 2;
         ages: (A,) int64 = 0..A-1, 2 <= A <= min(T, max_len).
-        Returns (A + 1, D): row 0 = forward(window), row 1 + a = forward(window without the event
-        of age a; 0 = the newest), equal to running each ablated history through `forward`.
+        Returns (A, D): row a = forward(window without the event of age a; 0 = the newest), equal
+        to running each ablated history through `forward`. The history's own vector (forward on
+        window[-max_len:]) is not recomputed: the caller has it already (it scored the items).
 
         Why it is cheaper: removing the event of age a moves every older event one position
         newer (recency positions) and leaves the newer ones in place. Causal attention means an
         older event's state at every block depends only on the events older than it, so it equals
         its state in S' = the history without its newest event (age 0), where every older event
-        has moved the same way. S' is encoded once; each ablation a then runs only its a newer
-        events through the blocks, attending to S's keys and values of the events older than a:
-        A (A - 1) / 2 tokens in all instead of (A + 1) x T.
+        has moved the same way. S' is encoded once; each ablation a >= 1 then runs only its a newer
+        events (ages 0..a-1) through the blocks, attending to S's keys and values of the events
+        older than a: A (A - 1) / 2 tokens in all instead of A x T.
+
+        Folded triangle: ablation a needs a slots and ablation A - a needs A - a, so one row of A
+        slots holds both (row p = 1..P, P = A // 2: slots 0..p-1 = ablation p, slots p..A-1 =
+        ablation A - p; for even A the middle row holds ablation A / 2 twice). A mask keeps each
+        sub-row's attention on its own slots and its own share of S'. P x A ~ A^2 / 2 tokens,
+        every one of them used, instead of the (A - 1)^2 of a square.
         """
         L = self.max_len
-        full = window[:, -L:]  # (1, Lf)
         prev = window[:, :-1][:, -L:]  # (1, Ls): S' = the ablation of age 0
         pos = position_ids(prev, "recency", L)
         xp = self.item_emb(prev) * self.scale + self.pos_emb(pos)  # (1, Ls, D), no padding
@@ -124,45 +130,78 @@ class SASRec(SeqRecModel):
             prefix.append(xp[0])  # (Ls, D)
             xp = block(xp, mask, last_only=i == len(self.blocks) - 1)
         Ls = prev.shape[1]
-        rows = ages[1:]  # (R,) the ablated age a of each suffix row, a >= 1
-        slots = ages[:-1]  # (Q,) slot j = the event of age j (valid in row a when j < a)
-        items = window[0, window.shape[1] - 1 - slots]  # (Q,)
-        x = self.item_emb(items) * self.scale + self.pos_emb(L - 1 - slots)  # (Q, D): positions stay
-        x = x.unsqueeze(0).expand(rows.shape[0], -1, -1)  # (R, Q, D)
+        n = ages[-1:] + 1  # (1,) = A, as a tensor (the graph's A is dynamic)
+        p = ages[1 : ages.shape[0] // 2 + 1][:, None]  # (P, 1) row p packs ablations p and A - p
+        slot = ages[None, :]  # (1, A)
+        first = slot < p  # (P, A): slot belongs to ablation p (else to ablation A - p)
+        age = torch.where(first, slot, slot - p)  # (P, A) age of the slot's event, < its ablated age
+        removed = torch.where(first, p, n - p)  # (P, A) the ablated age of the slot's sub-row
+        # The event of age j has the same item and position (it stays) in every ablation a > j.
+        items = window[0, window.shape[1] - 1 - ages]  # (A,)
+        x = self.item_emb(items) * self.scale + self.pos_emb(L - 1 - ages)  # (A, D): slot (p, s) = x[age[p, s]]
         prefix_age = Ls - torch.arange(Ls, device=window.device)  # (Ls,) age of S' column c
-        see_prefix = (prefix_age[None, :] > rows[:, None])[:, None, :]  # (R, 1, Ls): older than a
-        older = slots[None, :] >= slots[:, None]  # (Q, Q): key j' is older than (or is) query j
-        itself = (slots[None, :] == slots[:, None])[None]  # every slot sees itself: no all-masked row
-        see_suffix = (older[None] & (slots[None, None, :] < rows[:, None, None])) | itself  # (R, Q, Q)
-        keep = torch.cat([see_prefix.expand(-1, slots.shape[0], -1), see_suffix], dim=-1)  # (R, Q, Ls + Q)
+        see_prefix = prefix_age[None, None, :] > removed[:, :, None]  # (P, A, Ls): older than the removed one
+        same = first[:, :, None] == first[:, None, :]  # (P, A, A): key slot in the query's sub-row
+        older = age[:, None, :] >= age[:, :, None]  # (P, A, A): key is older than (or is) the query
+        keep = torch.cat([see_prefix, same & older], dim=-1)[:, None]  # (P, 1, A, Ls + A)
+        bias = torch.zeros_like(keep, dtype=x.dtype).masked_fill(~keep, float("-inf"))  # (P, 1, A, Ls + A)
+        # The last block needs each sub-row's newest event only (age 0: slots 0 and p), as forward's last_only.
+        newest = torch.cat([torch.zeros_like(p), p], dim=1)  # (P, 2)
         for i, (block, kv_prefix) in enumerate(zip(self.blocks, prefix, strict=True)):
-            # The last block needs only slot 0 (age 0, the newest event), as forward's last_only.
-            x = _block_with_prefix(block, x, kv_prefix, keep, last_only=i == len(self.blocks) - 1)
-        suffix_vecs = self.final_ln(x[:, 0])  # (R, D): the newest event of each ablated history
-        return torch.cat([self(full), self.final_ln(xp[:, -1]), suffix_vecs], dim=0)  # (A + 1, D)
+            rows = age if i == 0 else None  # block 1 reads the A distinct events; later ones (P, A, D) states
+            last = newest if i == len(self.blocks) - 1 else None
+            x = _block_with_prefix(block, x, kv_prefix, bias, rows, last)  # (P, A, D); last block (P, 2, D)
+        out = self.final_ln(x).reshape(-1, x.shape[-1])  # (2P, D): ablations p, A - p of row p
+        a = ages[1:]  # (A - 1,) ablation a sits in row min(a, A - a), sub-row 0 if a <= A - a
+        pick = (torch.minimum(a, n - a) - 1) * 2 + (a > n - a).long()  # (A - 1,)
+        return torch.cat([self.final_ln(xp[:, -1]), out[pick]], dim=0)  # (A, D): ablation 0 = S'
 
 
 def _block_with_prefix(
-    block: TransformerBlock, x: torch.Tensor, kv_prefix: torch.Tensor, keep: torch.Tensor, last_only: bool = False
+    block: TransformerBlock,
+    x: torch.Tensor,
+    kv_prefix: torch.Tensor,
+    bias: torch.Tensor,
+    rows: torch.Tensor | None = None,
+    queries: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """TransformerBlock.forward for queries x (R, Q, D) whose keys/values are a shared prefix
-    (Lp, D) followed by x itself; keep (R, Q, Lp + Q) bool = may attend. Same math as the block.
-    With last_only, only query slot 0 is computed: (R, 1, D)."""
+    """TransformerBlock.forward for slots (R, Q) whose keys/values are a shared prefix (Lp, D)
+    followed by the row's own slots; bias (R, 1, Q, Lp + Q) float = 0 where a slot may attend,
+    -inf where not. Same math as the block.
+
+    x: (R, Q, D) the slots' states; or, with rows (R, Q) int64, (E, D) distinct events and slot
+    (r, s) = x[rows[r, s]] (the first block, whose inputs repeat across rows: each event is
+    normalised and projected once, then gathered). queries (R, Qo) int64: compute only these
+    slots of each row (the last block). Returns (R, Q or Qo, D)."""
     attn = block.attn
-    R, Q, D = x.shape
+    D = x.shape[-1]
     H = attn.num_heads
     w_q, w_kv = attn.qkv.weight.split([D, 2 * D])
     b_q, b_kv = attn.qkv.bias.split([D, 2 * D])
-    q_in = x[:, :1] if last_only else x
-    keep = keep[:, :1] if last_only else keep
-    Qo = q_in.shape[1]
-    q_src = block.ln1(q_in) if block.norm_first else q_in
-    q = F.linear(q_src, w_q, b_q).view(R, Qo, H, D // H).transpose(1, 2)  # (R, H, Qo, D/H)
+    if queries is not None:
+        bias = bias.gather(2, queries[:, None, :, None].expand(-1, -1, -1, bias.shape[-1]))  # (R, 1, Qo, Lp + Q)
+    if rows is not None:
+        kv = F.linear(x, w_kv, b_kv)[rows]  # (R, Q, 2D)
+        q_rows = rows if queries is None else rows.gather(1, queries)  # (R, Qo) event of each query
+        norm = block.ln1(x) if block.norm_first else x  # (E, D)
+        q_in, q_src, q = x[q_rows], norm[q_rows], F.linear(norm, w_q, b_q)[q_rows]  # (R, Qo, D) each
+    else:
+        kv = F.linear(x, w_kv, b_kv)  # (R, Q, 2D)
+        q_in = x if queries is None else x.gather(1, queries[:, :, None].expand(-1, -1, D))  # (R, Qo, D)
+        q_src = block.ln1(q_in) if block.norm_first else q_in
+        q = F.linear(q_src, w_q, b_q)  # (R, Qo, D)
+    R, Qo = q.shape[:2]
+    q = q.view(R, Qo, H, D // H).transpose(1, 2)  # (R, H, Qo, D/H)
     kp, vp = F.linear(kv_prefix, w_kv, b_kv).view(-1, 2, H, D // H).permute(1, 2, 0, 3)  # (H, Lp, D/H)
-    ks, vs = F.linear(x, w_kv, b_kv).view(R, Q, 2, H, D // H).permute(2, 0, 3, 1, 4)  # (R, H, Q, D/H)
+    ks, vs = kv.view(R, -1, 2, H, D // H).permute(2, 0, 3, 1, 4)  # (R, H, Q, D/H)
     q = q * (D // H) ** -0.5
     att = torch.cat([q @ kp.transpose(-2, -1), q @ ks.transpose(-2, -1)], dim=-1)  # (R, H, Qo, Lp + Q)
-    att = att.masked_fill(~keep[:, None], float("-inf")).softmax(dim=-1)
+    # Hidden keys: bias -inf; then every logit is raised to at least the row's largest minus 40, so
+    # no weight is below e^-40 ~ 4e-18 of the largest (hidden ones included, where exact math has 0):
+    # invisible at float32's 6e-8 resolution, while exp inputs below -87 would make denormals that
+    # slow ONNX Runtime's softmax (and the matmul after it) about 10x on CPU.
+    att = att + bias  # (R, H, Qo, Lp + Q)
+    att = torch.maximum(att, att.amax(dim=-1, keepdim=True) - 40.0).softmax(dim=-1)
     Lp = kv_prefix.shape[0]
     y = att[..., :Lp] @ vp + att[..., Lp:] @ vs  # (R, H, Qo, D/H)
     y = attn.out(y.transpose(1, 2).reshape(R, Qo, D))  # (R, Qo, D)

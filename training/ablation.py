@@ -3,11 +3,14 @@
 Contract (manifest `ablation` section, read by app/explain.py):
     window (1, T) int64: the newest T events, oldest first, no padding, 2 <= T <= max_len + 1
     ages   (A,)   int64: 0, 1, ..., A - 1 with 2 <= A <= min(T, max_len)
- -> user_vec (A + 1, D): row 0 = the user vector of the history, row 1 + a = the user vector of
-    the history without its event of age a (0 = newest), i.e. what model.onnx returns for those
-    A + 1 histories. It is written for models whose `ablations` method computes this with less
-    work than A + 1 separate histories (SASRec: causal attention shares the older events' states)
-    and checked against the model's own forward on the explicit histories at export.
+ -> user_vec (A, D): row a = the user vector of the history without its event of age a
+    (0 = newest), i.e. what model.onnx returns for those A histories. The history's own vector is
+    not in it (`"history_row": false` in the section): the caller scored the items with it
+    already. Bundles written before carry no `history_row` key and return A + 1 rows, row 0 being
+    the history's own vector; app/explain.py reads both. It is written for models whose
+    `ablations` method computes this with less work than A separate histories (SASRec: causal
+    attention shares the older events' states) and checked against the model's own forward on
+    the explicit histories at export.
 """
 
 from __future__ import annotations
@@ -43,7 +46,8 @@ def supports_ablation_graph(model: SeqRecModel) -> bool:
 
 
 def reference(model: SeqRecModel, window: np.ndarray, n: int) -> np.ndarray:
-    """(n + 1, D) by the definition: forward on the history and on each history without one event."""
+    """(n + 1, D) by the definition: forward on the history (row 0) and on each history without
+    one event (row 1 + a: without the event of age a)."""
     L = model.max_len
     hists = [window[-L:]] + [np.delete(window, len(window) - 1 - a)[-L:] for a in range(n)]
     with torch.no_grad():
@@ -76,9 +80,17 @@ def write_ablation_graph(model: SeqRecModel, out_dir: Path, opset: int) -> dict[
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     rng = np.random.default_rng(0)
     worst = 0.0
-    # The window's extremes: 2 events, short, exactly max_len, max_len + 1 (one event slides in).
-    for T, A in [(2, 2), (5, 3), (min(L, 9), min(L, 9)), (L, L), (L + 1, L), (L + 1, min(L, 50))]:
+    # The window's extremes: 2 events, short, exactly max_len, max_len + 1 (one event slides in);
+    # A even and odd (the folded rows of SASRec's graph pair ablations a and A - a).
+    cases = [(2, 2), (5, 3), (min(L, 9), min(L, 9)), (L, L), (L, L - 1), (L + 1, L), (L + 1, min(L, 50))]
+    for T, A in cases:
         window = rng.integers(1, model.num_items + 1, size=T).astype(np.int64)
         got = sess.run([OUTPUT], {INPUTS[0]: window[None], INPUTS[1]: np.arange(A, dtype=np.int64)})[0]
-        worst = max(worst, float(np.abs(got - reference(model, window, A)).max()))
-    return {"file": ABLATION_FILE, "inputs": list(INPUTS), "output": OUTPUT, "parity_max_abs_diff": worst}
+        worst = max(worst, float(np.abs(got - reference(model, window, A)[1:]).max()))
+    return {
+        "file": ABLATION_FILE,
+        "inputs": list(INPUTS),
+        "output": OUTPUT,
+        "history_row": False,
+        "parity_max_abs_diff": worst,
+    }

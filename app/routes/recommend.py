@@ -108,7 +108,13 @@ async def recommend(
     if explain:  # popularity answers have no history to explain: empty lists
         why = (
             explain_items(
-                bundle, seen, labels, state.settings.explain_n, times=seen_times, threads=state.settings.explain_threads
+                bundle,
+                seen,
+                labels,
+                state.settings.explain_n,
+                times=seen_times,
+                threads=state.settings.explain_threads,
+                user=user[0],  # the history's own vector: the ablation graph does not recompute it
             )
             if source == "model"
             else None

@@ -372,6 +372,70 @@ def test_the_ablation_graph_gives_the_batched_numbers(kind_bundles, ml100k) -> N
             np.testing.assert_allclose(graph, batched, atol=1e-5, rtol=0)
 
 
+def _legacy_ablation_graph(bundle: Path, out: Path) -> None:
+    """The graph as bundles wrote it before `history_row`: (A + 1, D), row 0 = model.onnx on the
+    window's newest max_len events, then the A ablations (composed from the bundle's two graphs)."""
+    import onnx
+    from onnx import compose, helper
+
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    max_len = int(manifest["max_len"])
+    enc = compose.add_prefix(onnx.load(str(bundle / "model.onnx")), "enc_")
+    abl = compose.add_prefix(onnx.load(str(bundle / "ablation.onnx")), "abl_")
+    window, ages = (i.name[len("abl_") :] for i in abl.graph.input)
+    consts = [
+        helper.make_tensor(name, onnx.TensorProto.INT64, [1], [value])
+        for name, value in (("legacy_start", -max_len), ("legacy_end", 1 << 62), ("legacy_axis", 1))
+    ]
+    nodes = [
+        helper.make_node("Slice", [window, "legacy_start", "legacy_end", "legacy_axis"], [enc.graph.input[0].name]),
+        helper.make_node("Identity", [window], [abl.graph.input[0].name]),
+        helper.make_node("Identity", [ages], [abl.graph.input[1].name]),
+        *enc.graph.node,
+        *abl.graph.node,
+        helper.make_node("Concat", [enc.graph.output[0].name, abl.graph.output[0].name], ["user_vec"], axis=0),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "legacy_ablation",
+        [
+            helper.make_tensor_value_info(window, onnx.TensorProto.INT64, [1, "T"]),
+            helper.make_tensor_value_info(ages, onnx.TensorProto.INT64, ["A"]),
+        ],
+        [helper.make_tensor_value_info("user_vec", onnx.TensorProto.FLOAT, ["rows", None])],
+        initializer=[*enc.graph.initializer, *abl.graph.initializer, *consts],
+    )
+    model = helper.make_model(graph, opset_imports=list(abl.opset_import))
+    model.ir_version = abl.ir_version
+    onnx.save(model, str(out))
+
+
+def test_bundles_with_the_older_ablation_graph_still_explain(kind_bundles, ml100k, tmp_path: Path) -> None:
+    """A bundle whose ablation.onnx returns the history's own vector first (no `history_row` in its
+    manifest, as written before) is read as such: the same contributions as today's graph."""
+    from training.export import sha256_file
+
+    src = kind_bundles["sasrec"]
+    dst = tmp_path / "legacy-sasrec"
+    shutil.copytree(src, dst)
+    _legacy_ablation_graph(src, dst / "ablation.onnx")
+    manifest = json.loads((dst / "manifest.json").read_text())
+    assert manifest["ablation"].pop("history_row") is False
+    manifest["files"]["ablation.onnx"] = sha256_file(dst / "ablation.onnx")
+    (dst / "manifest.json").write_text(json.dumps(manifest))
+    new, old = load_bundle(src), load_bundle(dst)
+    assert new.ablation is not None and old.ablation is not None and old.ablation.skip == 1
+    for b in (new, old):
+        b.ablation.cheaper = lambda *_: True  # type: ignore[method-assign,union-attr]  # the graph everywhere
+    rng = np.random.default_rng(7)
+    for hist in _histories(ml100k, new, 6, max_len=new.max_len + 5):
+        labels = rng.integers(1, len(new.item_ids) + 1, size=5)
+        user = new.user_vectors([hist])[0]
+        want = contributions(new, hist, labels, 50, user=user)
+        np.testing.assert_allclose(contributions(old, hist, labels, 50, user=user), want, atol=1e-5, rtol=0)
+        np.testing.assert_allclose(contributions(old, hist, labels, 50), want, atol=1e-5, rtol=0)
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_explanation_threads_give_the_single_thread_numbers(kind: str, kind_bundles, ml100k) -> None:
     """SEQREC_EXPLAIN_THREADS: the explanation call on its own 2-thread session, same contributions."""
