@@ -19,6 +19,10 @@ counts) on the same users in the same run:
   without its ablation section; the users' histories are posted with POST /events, then
   GET /recommend/{user}?k=10 with and without explain=true for each bundle, one request at a
   time; extra = p50(explain) - p50(plain).
+
+`--crossover` measures instead where the graph starts to beat the batch, the numbers behind
+`AblationGraph.cheaper`: the median time of the one encoder call of each method for windows of
+`--crossover-lengths` random events and each `--n`, alternating, one thread.
 """
 
 from __future__ import annotations
@@ -42,7 +46,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from app.bundle import Bundle  # noqa: E402
-from app.explain import contributions, explain  # noqa: E402
+from app.explain import ablation_batch, contributions, explain  # noqa: E402
 from app.loader import load_bundle  # noqa: E402
 from benchmarks.machine import machine_info  # noqa: E402
 
@@ -87,7 +91,8 @@ def in_process(
             worst_threads = 0.0
             for h in hists:
                 t0 = time.perf_counter()
-                labels, _ = bundle.index.search(bundle.user_vectors([h]), k, [h])
+                user = bundle.user_vectors([h])  # (1, D), passed on to explain() as the service does
+                labels, _ = bundle.index.search(user, k, [h])
                 t1 = time.perf_counter()
                 base.append(t1 - t0)
                 ref = None
@@ -95,11 +100,11 @@ def in_process(
                     for m in methods:
                         use(m)
                         t2 = time.perf_counter()
-                        explain(bundle, h, labels[0], n, threads=t)
+                        explain(bundle, h, labels[0], n, threads=t, user=user[0])
                         t3 = time.perf_counter()
                         lat[(m, t)].append(t3 - t2)
-                        got = contributions(bundle, h, labels[0], n, threads=t)
-                        one = got if t == 1 else contributions(bundle, h, labels[0], n, threads=1)
+                        got = contributions(bundle, h, labels[0], n, threads=t, user=user[0])
+                        one = got if t == 1 else contributions(bundle, h, labels[0], n, threads=1, user=user[0])
                         worst_threads = max(worst_threads, float(np.abs(got - one).max()))
                         if ref is None:
                             ref = got
@@ -131,6 +136,36 @@ def in_process(
                 row[f"service_t{t}_extra_p50_ms"] = pct(auto, 50)
             row["max_abs_contribution_diff_methods"] = worst_method
             row["max_abs_contribution_diff_threads_vs_1"] = worst_threads
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    return rows
+
+
+def crossover(bundle: Bundle, lengths: list[int], ns: list[int], reps: int = 60) -> list[dict]:
+    """Median ms of graph.run and of the batch's padded_vectors per (window length, n), alternating."""
+    graph = bundle.ablation
+    assert graph is not None, "--crossover compares the ablation graph with batching"
+    rng = np.random.default_rng(0)
+    rows = []
+    for n in ns:
+        for length in lengths:
+            a = min(n, length, bundle.max_len)
+            if a < 2:
+                continue
+            window = rng.integers(1, len(bundle.item_ids) + 1, size=min(length, bundle.max_len + 1)).astype(np.int64)
+            t_graph: list[float] = []
+            t_batch: list[float] = []
+            for r in range(reps + 5):  # 5 warm-up calls each
+                t0 = time.perf_counter()
+                graph.run(window, a)
+                t1 = time.perf_counter()
+                bundle.padded_vectors(ablation_batch(window, a, bundle.max_len, bundle.padding_index))
+                t2 = time.perf_counter()
+                if r >= 5:
+                    t_graph.append(t1 - t0)
+                    t_batch.append(t2 - t1)
+            row = {"window": len(window), "n": a, "graph_p50_ms": pct(t_graph, 50), "batch_p50_ms": pct(t_batch, 50)}
+            row["rule_picks_graph"] = graph.cheaper(len(window), a, bundle.max_len)
             rows.append(row)
             print(json.dumps(row), flush=True)
     return rows
@@ -249,10 +284,24 @@ def main() -> None:
     ap.add_argument("--http", action=argparse.BooleanOptionalAction, default=True)
     ap.add_argument("--http-users", type=int, default=200)
     ap.add_argument("--http-rounds", type=int, default=2)
+    ap.add_argument("--crossover", action="store_true", help="time graph against batch per window length and N")
+    ap.add_argument("--crossover-lengths", type=int, nargs="+", default=[10, 20, 30, 40, 50, 60, 80, 100, 150, 201])
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
 
     bundle = load_bundle(args.bundle)
+    if args.crossover:
+        rows = crossover(bundle, args.crossover_lengths, args.n)
+        result = {
+            "date": time.strftime("%Y-%m-%d", time.gmtime()),
+            "command": " ".join(["python", *sys.argv]),
+            "bundle": {"name": bundle.name, "model": bundle.model, "max_len": bundle.max_len, "dim": bundle.dim},
+            "machine": machine_info(),
+            "rows": rows,
+        }
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
+        return
     rng = np.random.default_rng(0)
     by_user = {u: h for u, h in ml1m_histories(args.data_dir, bundle).items() if len(h) >= 2}
     names = list(by_user)
