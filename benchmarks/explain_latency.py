@@ -5,13 +5,14 @@
 
 Real ML-1M histories (the newest `--history` events of each user, as the service reads them
 with SEQREC_MAX_HISTORY), one user at a time. The explanation call runs with each `--threads`
-value (SEQREC_EXPLAIN_THREADS; both cores must be free for 2), the plain path with one thread.
+value (SEQREC_EXPLAIN_THREADS; both cores must be free for 2, else `--threads 1` pinned to one
+core), the plain path with one thread.
 Two measurements, both comparing the two ways of computing the N ablations (and the thread
 counts) on the same users in the same run:
 
-- in process: the plain path (user vector + top-10), then explain() on its answer through the
-  bundle's ablation.onnx ("graph") and through N + 1 histories in one model.onnx batch
-  ("batched"), alternating per user; p50/p90 and the largest difference between the two
+- in process: the plain path (user vector + top-10), then explain() on its answer (given that
+  user vector, as the route passes it) through the bundle's ablation.onnx ("graph") and through
+  N + 1 histories in one model.onnx batch ("batched"), alternating per user; p50/p90 and the largest difference between the two
   methods' and thread counts' contributions (they must agree: same numbers within 1e-5);
   "service" = the method the bundle's cost rule picks per history;
 - over HTTP (`--http`): the server `make bench-serve` runs (`seqrec serve`, Redis, the
