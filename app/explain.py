@@ -61,7 +61,7 @@ class AblationGraph:
         Measured with one thread (SASRec, d = 64, 2 blocks; benchmarks/explain_latency.py
         --crossover, 144 (window, n) points): the graph is faster once L >= 16 and n x L >= 100
         (e.g. n = 2 from 50 events, n = 4 from 25, n >= 7 from 16), the batch below (by up to
-        0.13 ms); where this rule picks the slower one, it is slower by at most 0.04 ms."""
+        0.2 ms); where this rule picks the slower one, it is slower by at most 0.05 ms."""
         L = min(length, max_len)
         return L >= 16 and n * L >= 100
 
