@@ -163,18 +163,21 @@ def explain(
     contrib = contributions(bundle, seen, labels, n_max, times, threads, user)
     if len(contrib) == 0:
         return [[] for _ in labels]
-    window = seen[-len(contrib) :][::-1]  # newest first: window[age]
-    ids = bundle.external(np.asarray(window, dtype=np.int64))
-    out: list[list[dict[str, Any]]] = []
-    for col in contrib.T:
-        positive = np.clip(col, 0.0, None)
-        total = float(positive.sum())
-        order = np.argsort(-col, kind="stable")[:top]  # stable: newer event first on ties
-        out.append(
-            [
-                {"item_id": ids[a], "age": int(a), "contribution": float(col[a]), "weight": float(col[a] / total)}
-                for a in order
-                if col[a] > 0
-            ]
-        )
-    return out
+    return top_events(contrib, bundle.external(np.asarray(seen[-len(contrib) :][::-1], dtype=np.int64)), top)
+
+
+def top_events(contrib: np.ndarray, ids: list[str], top: int = TOP_EVENTS) -> list[list[dict[str, Any]]]:
+    """(N, k) contributions and the N events' item ids (newest first) -> per item, its `top`
+    positive events, largest first (ties: the newer), with weights. All k items in one argsort and
+    a few array operations (per-item NumPy calls cost ~0.1 ms a request at k = 10)."""
+    cols = np.ascontiguousarray(contrib.T)  # (k, N): one row per item
+    order = np.argsort(-cols, axis=1, kind="stable")[:, :top]  # (k, top); stable: newer event first on ties
+    best = np.take_along_axis(cols, order, axis=1)  # (k, top)
+    total = np.clip(cols, 0.0, None).sum(axis=1, keepdims=True)  # (k, 1) sum of the positive contributions
+    with np.errstate(divide="ignore", invalid="ignore"):
+        weight = best / total  # (k, top); read only where best > 0, so total > 0
+    rows = zip(order.tolist(), best.tolist(), weight.tolist(), strict=True)
+    return [
+        [{"item_id": ids[a], "age": a, "contribution": c, "weight": w} for a, c, w in zip(*row, strict=True) if c > 0]
+        for row in rows
+    ]

@@ -12,8 +12,9 @@ counts) on the same users in the same run:
 
 - in process: the plain path (user vector + top-10), then explain() on its answer (given that
   user vector, as the route passes it) through the bundle's ablation.onnx ("graph") and through
-  N + 1 histories in one model.onnx batch ("batched"), alternating per user; p50/p90 and the largest difference between the two
-  methods' and thread counts' contributions (they must agree: same numbers within 1e-5);
+  N + 1 histories in one model.onnx batch ("batched"), alternating per user; p50/p90 and the
+  largest difference between the two methods' and thread counts' contributions (they must
+  agree: same numbers within 1e-5);
   "service" = the method the bundle's cost rule picks per history;
 - over HTTP (`--http`): the server `make bench-serve` runs (`seqrec serve`, Redis, the
   service's default SEQREC_MAX_HISTORY=200, one worker, once per thread count), serving the bundle and a copy of it

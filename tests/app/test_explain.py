@@ -18,7 +18,7 @@ from fastapi.testclient import TestClient
 
 from app.bundle import Bundle
 from app.diversity import POOL_MIN, rerank
-from app.explain import ablation_batch, contributions, explain
+from app.explain import ablation_batch, contributions, explain, top_events
 from app.loader import load_bundle
 from app.main import create_app
 from app.settings import Settings
@@ -479,6 +479,19 @@ def test_explain_threads_setting(monkeypatch: pytest.MonkeyPatch, tmp_path: Path
     monkeypatch.setenv("SEQREC_EXPLAIN_THREADS", "0")
     with pytest.raises(ValueError, match="explain_threads"):
         Settings()
+
+
+def test_top_events_by_the_definition() -> None:
+    """Per item: the positive events, largest first, ties to the newer one, weight = share of the
+    positive total; an item with no positive contribution gets none."""
+    contrib = np.array([[0.5, -1.0, 0.0], [0.25, -2.0, 0.0], [0.5, -0.5, 0.0], [-0.1, -3.0, 0.0]], np.float32)
+    got = top_events(contrib, ["a", "b", "c", "d"], top=3)
+    assert got[1] == [] and got[2] == []
+    assert [(e["item_id"], e["age"]) for e in got[0]] == [("a", 0), ("c", 2), ("b", 1)]
+    assert [e["weight"] for e in got[0]] == pytest.approx([0.4, 0.4, 0.2], abs=1e-7)
+    assert [e["contribution"] for e in got[0]] == [0.5, 0.5, 0.25]
+    assert all(type(e["age"]) is int and type(e["weight"]) is float for e in got[0])
+    assert top_events(contrib, ["a", "b", "c", "d"], top=1)[0] == got[0][:1]
 
 
 def test_ablation_batch_is_the_ablated_histories_left_padded() -> None:
