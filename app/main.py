@@ -30,7 +30,7 @@ from app.fleet import follow, initial_registry  # noqa: E402
 from app.items import ItemRegistry, MemoryItems, RedisItems, catch_up  # noqa: E402
 from app.logging import configure_logging  # noqa: E402
 from app.metrics import Metrics  # noqa: E402
-from app.middleware import BodyLimit, EncodedSlash, Liveness, Observe  # noqa: E402
+from app.middleware import BodyLimit, EncodedSlash, FastRead, Liveness, Observe  # noqa: E402
 from app.online import make_live  # noqa: E402
 from app.openapi import document_validation_errors  # noqa: E402
 from app.ratelimit import TokenBuckets  # noqa: E402
@@ -183,6 +183,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     document_validation_errors(app)
     health = next(r for r in ops.router.routes if isinstance(r, Route) and r.path == "/healthz")
+    if settings.fast_reads:
+        read = next(r for r in recommend.router.routes if isinstance(r, Route) and r.path == "/recommend/{user_id}")
+        app.add_middleware(FastRead, route=read, prefix=recommend.PREFIX, handler=recommend.plain_answer)
     app.add_middleware(Liveness, route=health, body=Health().model_dump_json().encode())
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, body_timeout=settings.body_timeout_s)
     app.add_middleware(EncodedSlash)

@@ -33,6 +33,11 @@ _BAD_CHAR = re.compile(f"[{_FORBIDDEN}]")
 _ID = re.compile(ID_PATTERN)
 
 
+def valid_id(v: str) -> bool:
+    """Whether `v` passes `check_id` (the cheap test, for the pre-routed read)."""
+    return _ID.fullmatch(v) is not None
+
+
 def check_id(v: str) -> str:
     """The one id rule, for body ids and path ids alike. The message names the rule and the code
     point, never the input (which may be long or invisible)."""

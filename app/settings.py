@@ -63,6 +63,11 @@ class Settings(BaseSettings):
         ge=0,
         description="Catalogues this large use the HNSW index (IVF from 200,000 items), smaller ones BLAS.",
     )
+    fast_reads: bool = Field(
+        True,
+        description="Answer a plain GET /recommend (no escapes, no re-ranking, valid k) before routing, by the"
+        " route's own code: the same answer for less CPU. Every other request is validated by FastAPI.",
+    )
     user_cache: bool = Field(
         True, description="Reuse a user's vector while the history it encodes is unchanged (docs/user-state.md)."
     )

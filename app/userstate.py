@@ -37,7 +37,8 @@ import logging
 import time
 import weakref
 from collections import OrderedDict
-from typing import TYPE_CHECKING, Protocol
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter
@@ -62,18 +63,33 @@ _steps: weakref.WeakKeyDictionary[Bundle, ort.InferenceSession] = weakref.WeakKe
 
 # The history and the entry in one command: a pipeline of two costs redis-py about as much CPU
 # again as the ZRANGE alone. pcall: an entry of the wrong type is a miss, never a failed read.
-# ARGV = n, with_times (1: the members' scores too, flat).
+# ARGV = n, with_times (1: the members' scores too, flat), tag, k. With a tag (a bundle whose
+# answers may be cached, see `state_check`), an entry whose check equals the history's state now
+# and whose list holds at least k items is returned alone: {0, entry}, the 200 members unread.
+# Otherwise {members, entry, card}.
 READ_LUA = """
 local entry = redis.pcall('GET', KEYS[2])
 if type(entry) == 'table' then entry = false end
-local n = -tonumber(ARGV[1])
+local n = tonumber(ARGV[1])
+local card = redis.call('ZCARD', KEYS[1])
+if entry and ARGV[3] ~= '' and card > 0 then
+  local first = redis.call('ZRANGE', KEYS[1], math.max(card - n, 0), math.max(card - n, 0))[1]
+  local last = redis.call('ZRANGE', KEYS[1], -1, -1)[1]
+  local check = ARGV[3] .. '\\0' .. card .. '\\0' .. first .. '\\0' .. last .. '\\0\\0'
+  if string.sub(entry, 1, #check) == check then
+    local stop = string.find(entry, '\\0', #check + 1, true)
+    if stop and (tonumber(string.sub(entry, #check + 1, stop - 1)) or 0) >= tonumber(ARGV[4]) then
+      return {0, entry}
+    end
+  end
+end
 local h
 if ARGV[2] == '1' then
-  h = redis.call('ZRANGE', KEYS[1], n, -1, 'WITHSCORES')
+  h = redis.call('ZRANGE', KEYS[1], -n, -1, 'WITHSCORES')
 else
-  h = redis.call('ZRANGE', KEYS[1], n, -1)
+  h = redis.call('ZRANGE', KEYS[1], -n, -1)
 end
-return {h, entry}
+return {h, entry, card}
 """
 READ_SHA = hashlib.sha1(READ_LUA.encode()).hexdigest()
 
@@ -153,13 +169,79 @@ class RnnState:
         return cls(blob[:DIGEST_BYTES], n, state, vec)
 
 
-Read = tuple[list[str], list[float] | None, bytes | None]  # item ids, their times (when asked), entry
+class Answer(NamedTuple):
+    """A cached list: the best `len(labels)` items (seen ones excluded) of a history `n_seen` events long."""
+
+    labels: np.ndarray  # (K,) int64 model indices, best first
+    scores: np.ndarray  # (K,) float32
+    n_seen: int
+
+
+@dataclass(slots=True)
+class Read:
+    """What one cache read returned: the history, or only a cached answer that still holds."""
+
+    history: list[str] | None  # the last n item ids; None when `answer` was read instead
+    times: list[float] | None  # their times, when asked
+    entry: bytes | None  # the stored entry, raw
+    check: bytes = b""  # the state of the history read (answer-cached bundles), see `state_check`
+    answer: Answer | None = None
+    vector: tuple[bytes, np.ndarray] | None = None  # (digest, (1, D) vector) to store with the answer
+
+
+def state_check(tag: bytes, card: int, first: bytes, last: bytes) -> bytes:
+    """What identifies the history a read sees (the read script computes the same bytes): the bundle,
+    the number of stored events, the first member of the read window and the newest member.
+
+    Why that suffices: a write only adds members (ZADD NX), then trims the oldest to the limit; an
+    added member that stays raises the count or, at the limit, pushes the window's first member out
+    for good (first members only get newer), so any change to the window changes this check; an
+    expired or deleted history has count 0 (never cached). Ids hold no NUL, so the fields are
+    unambiguous, and the stored check ends with two NULs, which no check contains."""
+    return tag + b"\0" + str(card).encode() + b"\0" + first + b"\0" + last + b"\0\0"
+
+
+def pack_entry(check: bytes, digest: bytes, vec: np.ndarray, answer: Answer | None) -> bytes:
+    """check (b"" when answers are not cached) | K as digits, NUL | digest | vector | n_seen | labels | scores."""
+    k = 0 if answer is None else len(answer.labels)
+    parts = [check or b"\0\0", str(k).encode(), b"\0", digest, np.ascontiguousarray(vec, np.float32).tobytes()]
+    if answer is not None:
+        parts += [
+            np.uint32(answer.n_seen).tobytes(),
+            answer.labels.astype(np.int32).tobytes(),
+            answer.scores.astype(np.float32).tobytes(),
+        ]
+    return b"".join(parts)
+
+
+def unpack_entry(entry: bytes | None, dim: int) -> tuple[bytes, bytes, np.ndarray, Answer | None] | None:
+    """(check, digest, (1, D) vector, answer or None) of a vector entry; None for anything else."""
+    if entry is None:
+        return None
+    head, sep, rest = entry.partition(b"\0\0")
+    k_digits, sep2, body = rest.partition(b"\0")
+    if not sep or not sep2 or not k_digits.isdigit():
+        return None
+    k = int(k_digits)
+    size = DIGEST_BYTES + 4 * dim
+    if len(body) != (size if k == 0 else size + 4 + 8 * k):
+        return None
+    vec = np.frombuffer(body, np.float32, dim, DIGEST_BYTES).reshape(1, dim)
+    answer = None
+    if k:
+        n_seen = int(np.frombuffer(body, np.uint32, 1, size)[0])
+        labels = np.frombuffer(body, np.int32, k, size + 4).astype(np.int64)
+        answer = Answer(labels, np.frombuffer(body, np.float32, k, size + 4 + 4 * k), n_seen)
+    return (head + b"\0\0" if head else b""), body[:DIGEST_BYTES], vec, answer
 
 
 class CacheBackend(Protocol):
-    async def read(self, user_id: str, n: int, field: str, with_times: bool = False) -> Read:
+    async def read(
+        self, user_id: str, n: int, field: str, with_times: bool = False, tag: bytes = b"", k: int = 0
+    ) -> Read:
         """The user's last n item ids (raises StoreUnavailable like `EventStore.history`), their
-        times when `with_times`, and the entry."""
+        times when `with_times`, and the entry; with a `tag`, possibly only an entry whose cached
+        answer (at least k items) holds for the history as it is now, and else the check."""
         ...
 
     def put(self, user_id: str, field: str, blob: bytes) -> None:
@@ -183,6 +265,8 @@ class RedisBackend:
         self.errors = errors
         self._pending: dict[str, tuple[str, bytes]] = {}  # entry key -> (user, blob); newest wins
         self._flushing: set[asyncio.Task[None]] = set()
+        self._reads: list[tuple[tuple[str, str], tuple[int, int, bytes, int], asyncio.Future[list]]] = []
+        self._sending: set[asyncio.Task[None]] = set()  # the batches of reads in flight
 
     def key(self, user_id: str, field: str) -> str:
         if isinstance(self.store, ClusterStore):
@@ -198,24 +282,83 @@ class RedisBackend:
     async def _write_client(self, user_id: str) -> Redis:
         return await self._client(user_id)  # one seam: tests point the writes at a refusing Redis
 
-    async def read(self, user_id: str, n: int, field: str, with_times: bool = False) -> Read:
+    async def read(
+        self, user_id: str, n: int, field: str, with_times: bool = False, tag: bytes = b"", k: int = 0
+    ) -> Read:
         keys = (self.store.key(user_id), self.key(user_id, field))
-        args = (n, 1 if with_times else 0)
+        args = (n, 1 if with_times else 0, tag, k)
         try:
             async with asyncio.timeout(self.store.read_timeout):
-                client = await self._client(user_id)
-                try:
-                    members, blob = await client.evalsha(READ_SHA, 2, *keys, *args)
-                except NoScriptError:  # a restarted or new Redis: EVAL also caches the script
-                    members, blob = await client.eval(READ_LUA, 2, *keys, *args)
+                if isinstance(self.store, ClusterStore):  # one master per user: no shared batch
+                    reply = await self._script(await self._client(user_id), keys, args)
+                else:
+                    reply = await self._batched(keys, args)
         except _ERRORS as exc:
             if isinstance(self.store, ClusterStore):
                 self.store._stale = True  # as the store's own read does: reload the map next time
             raise StoreUnavailable(f"redis: {type(exc).__name__}: {exc}") from exc
+        if not isinstance(reply[0], list):  # {0, entry}: the cached answer holds
+            return Read(None, None, reply[1])
+        members, blob, card = reply
         entry = blob if isinstance(blob, bytes) else None
+        raw = members[0::2] if with_times else members
+        check = state_check(tag, int(card), raw[0], raw[-1]) if tag and raw else b""
         if with_times:  # a flat member, score, member, score, ... list from the script
-            return items_of(members[0::2]), [float(t) for t in members[1::2]], entry
-        return items_of(members), None, entry
+            return Read(items_of(raw), [float(t) for t in members[1::2]], entry, check)
+        return Read(items_of(raw), None, entry, check)
+
+    @staticmethod
+    async def _script(client: Redis, keys: tuple[str, str], args: tuple[int, int, bytes, int]) -> list:
+        try:
+            return await client.evalsha(READ_SHA, 2, *keys, *args)
+        except NoScriptError:  # a restarted or new Redis: EVAL also caches the script
+            return await client.eval(READ_LUA, 2, *keys, *args)
+
+    def _batched(self, keys: tuple[str, str], args: tuple[int, int, bytes, int]) -> asyncio.Future[list]:
+        """This read, sent with every other read issued in the same event-loop turn as one pipeline.
+
+        Under load several requests reach this point per turn; one round trip instead of one each
+        is most of the Redis client's CPU (a socket write and a wake-up of Redis per command). The
+        read is still issued after its request arrived, so it sees every acknowledged write."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[list] = loop.create_future()
+        self._reads.append((keys, args, fut))
+        if len(self._reads) == 1:  # the first read of this turn sends the batch on the next one
+            task = loop.create_task(self._send_reads())
+            self._sending.add(task)
+            task.add_done_callback(self._sending.discard)
+        return fut
+
+    async def _send_reads(self) -> None:
+        batch, self._reads = self._reads, []
+        try:
+            async with asyncio.timeout(self.store.read_timeout):
+                if len(batch) == 1:
+                    keys, args, fut = batch[0]
+                    results: list = [await self._script(self.store.raw, keys, args)]
+                else:
+                    pipe = self.store.raw.pipeline(transaction=False)
+                    for keys, args, _ in batch:
+                        pipe.evalsha(READ_SHA, 2, *keys, *args)
+                    results = await pipe.execute(raise_on_error=False)
+                    for i, got in enumerate(results):
+                        if isinstance(got, NoScriptError):  # Redis restarted: load the script, once
+                            keys, args, _ = batch[i]
+                            results[i] = await self._script(self.store.raw, keys, args)
+        except BaseException as exc:  # every waiting read fails as its own read would
+            for _, _, fut in batch:
+                if not fut.done():
+                    fut.set_exception(exc if isinstance(exc, Exception) else StoreUnavailable("read cancelled"))
+            if not isinstance(exc, Exception):
+                raise
+            return
+        for (_, _, fut), got in zip(batch, results, strict=True):
+            if fut.done():  # its request gave up (timeout) meanwhile
+                continue
+            if isinstance(got, Exception):
+                fut.set_exception(got)
+            else:
+                fut.set_result(got)
 
     def put(self, user_id: str, field: str, blob: bytes) -> None:
         first = not self._pending
@@ -257,12 +400,15 @@ class MemoryBackend:
         self.max_entries = max_entries
         self._entries: OrderedDict[tuple[str, str], tuple[float, bytes]] = OrderedDict()
 
-    async def read(self, user_id: str, n: int, field: str, with_times: bool = False) -> Read:
+    async def read(
+        self, user_id: str, n: int, field: str, with_times: bool = False, tag: bytes = b"", k: int = 0
+    ) -> Read:
+        """Always the history (in process, reading it is cheap): answers are not cached here."""
         history, times = await read_history(self.store, user_id, n, with_times)
         hit = self._entries.get((user_id, field))
         if hit is None or time.monotonic() - hit[0] >= self.ttl_s:
-            return history, times, None
-        return history, times, hit[1]
+            return Read(history, times, None)
+        return Read(history, times, hit[1])
 
     def put(self, user_id: str, field: str, blob: bytes) -> None:
         key = (user_id, field)
@@ -279,11 +425,18 @@ class UserCache:
     """The read path's user vectors: cached (or advanced) when enabled, recomputed whenever the digest differs."""
 
     def __init__(
-        self, store: EventStore, enabled: bool, ttl_s: int, registry: CollectorRegistry, rnn_state: bool = True
+        self,
+        store: EventStore,
+        enabled: bool,
+        ttl_s: int,
+        registry: CollectorRegistry,
+        rnn_state: bool = True,
+        lists: bool = True,
     ) -> None:
         self.store = store
         self.enabled = enabled
         self.rnn_state = rnn_state
+        self.lists = lists
         self.lookups = Counter(
             "seqrec_user_cache_total", "User-vector cache lookups by outcome", ["outcome"], registry=registry
         )
@@ -293,32 +446,69 @@ class UserCache:
             else MemoryBackend(store, ttl_s)
         )
 
-    async def read(self, user_id: str, n: int, bundle: Bundle) -> Read:
+    def answers(self, bundle: Bundle) -> bool:
+        """Whether whole lists of this bundle may be cached: in Redis (the state check runs there),
+        a vector bundle (a recurrent state is advanced instead), with the exported catalogue as it
+        is (an item registered online changes the lists, not the user vectors)."""
+        return (
+            self.enabled
+            and self.lists
+            and isinstance(self.backend, RedisBackend)
+            and not (self.rnn_state and step_session(bundle) is not None)
+            and len(bundle.item_ids) == bundle.manifest.num_items
+        )
+
+    async def read(self, user_id: str, n: int, bundle: Bundle, k: int = 0) -> Read:
         """The user's history (StoreUnavailable as from the store), its times when the bundle reads
-        them, and the cache entry, if any."""
+        them, and the cache entry, if any. k > 0 asks for a plain list of k items (seen items
+        excluded, no re-ranking): then a cached list that still holds may come instead of the history."""
         if not self.enabled:
-            return (*await read_history(self.store, user_id, n, bundle.needs_times), None)
+            return Read(*await read_history(self.store, user_id, n, bundle.needs_times), None)
+        tag = bundle_tag(bundle).hex().encode() if k and self.answers(bundle) else b""
+        read = await self.backend.read(user_id, n, bundle.name, bundle.needs_times, tag, k)
+        if read.history is not None:
+            return read
+        got = unpack_entry(read.entry, bundle.dim)
+        if got is not None and got[3] is not None and len(got[3].labels) >= k:
+            self.lookups.labels("list").inc()
+            read.answer = got[3]
+            return read
+        # Only an entry this code did not write could pass the script's check and fail here: read all.
         return await self.backend.read(user_id, n, bundle.name, bundle.needs_times)
 
     def user_vector(
-        self, user_id: str, bundle: Bundle, seen: np.ndarray, entry: bytes | None, times: np.ndarray | None = None
+        self, user_id: str, bundle: Bundle, seen: np.ndarray, read: Read, times: np.ndarray | None = None
     ) -> np.ndarray:
         """(1, D) user vector of `seen` [with its times]: the entry's when its digest matches, else
-        computed (and stored)."""
+        computed (and stored; with the list, by `remember`, when the read has a state check)."""
         tms = None if times is None else [times]
         digest = history_digest(bundle, seen, times) if self.enabled else None
         if digest is None:
             return bundle.user_vectors([seen], tms)
         step = step_session(bundle) if self.rnn_state else None
         if step is not None:
-            return self._advance(user_id, bundle, step, seen[-bundle.max_len :], entry)
-        if entry is not None and len(entry) == DIGEST_BYTES + 4 * bundle.dim and entry[:DIGEST_BYTES] == digest:
+            return self._advance(user_id, bundle, step, seen[-bundle.max_len :], read.entry)
+        got = unpack_entry(read.entry, bundle.dim)
+        if got is not None and got[1] == digest:
             self.lookups.labels("hit").inc()
-            return np.frombuffer(entry, dtype=np.float32, offset=DIGEST_BYTES).reshape(1, bundle.dim)
-        self.lookups.labels("miss").inc()
-        vec = np.ascontiguousarray(bundle.user_vectors([seen], tms), dtype=np.float32)
-        self.backend.put(user_id, bundle.name, digest + vec.tobytes())
+            vec = got[2]
+        else:
+            self.lookups.labels("miss").inc()
+            vec = np.ascontiguousarray(bundle.user_vectors([seen], tms), dtype=np.float32)
+            if not read.check:
+                self.backend.put(user_id, bundle.name, pack_entry(b"", digest, vec, None))
+        if read.check:
+            read.vector = (digest, vec)
         return vec
+
+    def remember(
+        self, user_id: str, bundle: Bundle, read: Read, labels: np.ndarray, scores: np.ndarray, n_seen: int
+    ) -> None:
+        """Store the list just computed for a read with a state check, next to its user vector."""
+        if read.vector is None:
+            return
+        digest, vec = read.vector
+        self.backend.put(user_id, bundle.name, pack_entry(read.check, digest, vec, Answer(labels, scores, n_seen)))
 
     def _advance(
         self, user_id: str, bundle: Bundle, step: ort.InferenceSession, window: np.ndarray, entry: bytes | None

@@ -59,3 +59,60 @@ def test_access_log_line_is_json_without_query_values(bundle_path: Path, capsys:
     assert all(set(x) == {"ts", "method", "route", "status", "ms", "client"} for x in lines)
     assert all(isinstance(x["ms"], float) and x["ms"] > 0 and x["client"] == "testclient" for x in lines)
     assert "someone" not in json.dumps(lines)
+
+
+PATHS = ["/recommend/rp-user", "/recommend/nobody", "/recommend/caf%C3%A9", "/recommend/%20pad", "/recommend/"]
+QUERIES = [
+    "",
+    "k=5",
+    "k=0",
+    "k=1000",
+    "k=1001",
+    "k=abc",
+    "k=05",
+    "k=+5",
+    "k=%35",
+    "k=5&k=6",
+    "k",
+    "k=5&",
+    "&&",
+    "exclude_seen=false&k=3",
+    "exclude_seen=yes",
+    "exclude_seen=True",
+    "explain=1&k=2",
+    "explain=maybe",
+    "model=tiny-sasrec",
+    "model=",
+    "model=nope",
+    "diversify=0.5",
+    "max_per_cluster=2",
+    "unknown=1&k=4",
+]
+
+
+def test_pre_routed_reads_answer_exactly_as_the_route(bundle_path: Path) -> None:
+    """Every path x query: the same status, body and content type with and without FastRead."""
+    kw = {"access_log": False, "online_tracking": False}
+    with _client(bundle_path, **kw) as fast, _client(bundle_path, fast_reads=False, **kw) as routed:
+        b = fast.app.state.seqrec.registry.get(None)
+        events = [{"user_id": "rp-user", "item_id": i, "timestamp": 10 + n} for n, i in enumerate(b.item_ids[:12])]
+        for c in (fast, routed):
+            assert c.post("/events", json={"events": events}, headers={"X-API-Key": "k"}).status_code == 200
+        for path in PATHS:
+            for query in QUERIES:
+                url = f"{path}?{query}" if query else path
+                a, r = fast.get(url), routed.get(url)
+                assert (a.status_code, a.content, a.headers.get("content-type")) == (
+                    r.status_code,
+                    r.content,
+                    r.headers.get("content-type"),
+                ), url
+
+
+def test_plain_query_reads_only_what_it_reads_without_doubt() -> None:
+    from app.routes.recommend import plain_query
+
+    assert plain_query(b"") == (10, None, True, False)
+    assert plain_query(b"k=7&model=m&exclude_seen=0&explain=true&other=x") == (7, "m", False, True)
+    for doubtful in (b"k=0", b"k=1001", b"k=%37", b"k=+7", b"k=7&k=8", b"k", b"model=", b"explain=yes", b"diversify=1"):
+        assert plain_query(doubtful) is None, doubtful

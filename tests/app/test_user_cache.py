@@ -70,9 +70,10 @@ def _same(a: dict, b: dict) -> None:
 
 
 def _hits(client: TestClient) -> float:
+    """Reads answered without encoding the history: a cached vector or a whole cached list."""
     text = client.get("/metrics").text
-    line = [ln for ln in text.splitlines() if ln.startswith('seqrec_user_cache_total{outcome="hit"}')]
-    return float(line[0].split()[-1]) if line else 0.0
+    heads = ('seqrec_user_cache_total{outcome="hit"}', 'seqrec_user_cache_total{outcome="list"}')
+    return sum(float(ln.split()[-1]) for ln in text.splitlines() if ln.startswith(heads))
 
 
 @pytest.fixture

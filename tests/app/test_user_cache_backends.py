@@ -37,15 +37,15 @@ async def test_history_and_entry_in_one_call_and_batched_writes(store: RedisStor
     users = [f"bk{u}" for u in range(20)]
     await store.append([Event(u, f"i{n}", 100.0 + n, f"e{n}") for u in users for n in range(3)])
     for u in users:
-        items, times, entry = await backend.read(u, 10, "b")
-        assert items == ["i0", "i1", "i2"] and times is None and entry is None
+        got = await backend.read(u, 10, "b")
+        assert got.history == ["i0", "i1", "i2"] and got.times is None and got.entry is None
     for u in users:  # one event-loop turn: one flush, one pipeline per master
         backend.put(u, "b", f"blob-{u}".encode())
     assert len(backend._flushing) == 1
     await cache.drain()
     for u in users:
-        items, times, entry = await backend.read(u, 2, "b", with_times=True)
-        assert items == ["i1", "i2"] and times == [101.0, 102.0] and entry == f"blob-{u}".encode()
+        got = await backend.read(u, 2, "b", with_times=True)
+        assert got.history == ["i1", "i2"] and got.times == [101.0, 102.0] and got.entry == f"blob-{u}".encode()
         if isinstance(store, ClusterStore):  # in the history's slot: one master holds both
             assert key_slot(backend.key(u, "b").encode()) == key_slot(store.key(u).encode())
     client = await backend._client(users[0])
@@ -59,7 +59,7 @@ async def test_entry_of_the_wrong_type_is_a_miss(store: RedisStore | ClusterStor
     await store.append([Event("wt", "i0", 1.0, "e0")])
     client: Redis = await backend._client("wt")
     await client.hset(backend.key("wt", "b"), "x", "y")
-    items, _, entry = await backend.read("wt", 10, "b")
-    assert items == ["i0"] and entry is None
+    got = await backend.read("wt", 10, "b")
+    assert got.history == ["i0"] and got.entry is None
     await client.script_flush()  # a Redis that lost its scripts (restart): EVAL again
-    assert (await backend.read("wt", 10, "b"))[0] == ["i0"]
+    assert (await backend.read("wt", 10, "b")).history == ["i0"]
