@@ -30,11 +30,16 @@ async def get_state(request: Request) -> AppState:
 State = Annotated[AppState, Depends(get_state)]
 
 
-async def require_api_key(state: State, key: Annotated[str | None, Security(api_key_header)]) -> None:
+def key_ok(state: AppState, key: str | None) -> bool:
+    """Whether `key` opens the write routes (always, when no SEQREC_API_KEY is set)."""
     expected = state.settings.api_key
-    if expected is None:
-        return
-    if key is None or not secrets.compare_digest(key.encode(), expected.get_secret_value().encode()):
+    return expected is None or (
+        key is not None and secrets.compare_digest(key.encode(), expected.get_secret_value().encode())
+    )
+
+
+async def require_api_key(state: State, key: Annotated[str | None, Security(api_key_header)]) -> None:
+    if not key_ok(state, key):
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED, "missing or wrong X-API-Key", headers={"WWW-Authenticate": "APIKey"}
         )
@@ -43,26 +48,31 @@ async def require_api_key(state: State, key: Annotated[str | None, Security(api_
 ApiKey = Depends(require_api_key)
 
 
-async def limit_writes(state: State, request: Request, key: Annotated[str | None, Security(api_key_header)]) -> None:
-    """429 + Retry-After when the caller exceeds SEQREC_WRITE_RATE_PER_S (burst SEQREC_WRITE_BURST).
+def write_rate_refusal(state: AppState, key: str | None, host: str | None) -> HTTPException | None:
+    """The 429 (+ Retry-After) when the caller exceeds SEQREC_WRITE_RATE_PER_S (burst
+    SEQREC_WRITE_BURST), else None; takes a token when allowed.
 
     A caller is its API key (hashed: the raw secret is not kept as a dict key), or its client address
     when no key is sent."""
     buckets: TokenBuckets | None = state.write_limiter
     if buckets is None:
-        return
-    if key is not None:
-        caller = "k:" + hashlib.sha256(key.encode()).hexdigest()[:16]
-    else:
-        caller = "ip:" + (request.client.host if request.client else "?")
+        return None
+    caller = "k:" + hashlib.sha256(key.encode()).hexdigest()[:16] if key is not None else "ip:" + (host or "?")
     wait = buckets.take(caller)
-    if wait > 0:
-        state.metrics.rate_limited.inc()
-        raise HTTPException(
-            status.HTTP_429_TOO_MANY_REQUESTS,
-            f"write rate limit of {buckets.rate:g}/s per API key exceeded; retry later",
-            headers={"Retry-After": str(max(1, math.ceil(wait)))},
-        )
+    if wait <= 0:
+        return None
+    state.metrics.rate_limited.inc()
+    return HTTPException(
+        status.HTTP_429_TOO_MANY_REQUESTS,
+        f"write rate limit of {buckets.rate:g}/s per API key exceeded; retry later",
+        headers={"Retry-After": str(max(1, math.ceil(wait)))},
+    )
+
+
+async def limit_writes(state: State, request: Request, key: Annotated[str | None, Security(api_key_header)]) -> None:
+    refusal = write_rate_refusal(state, key, request.client.host if request.client else None)
+    if refusal is not None:
+        raise refusal
 
 
 WriteLimit = Depends(limit_writes)

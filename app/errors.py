@@ -11,6 +11,8 @@ import logging
 from fastapi import HTTPException, status
 from fastapi.exceptions import RequestValidationError
 
+from app.schemas import ID_PATTERN, id_rule_message
+
 log = logging.getLogger("seqrec.app")
 RETRY_AFTER_S = 1
 
@@ -29,3 +31,24 @@ def unavailable(what: str, exc: BaseException, consequence: str = "") -> HTTPExc
 def invalid(loc: tuple[str | int, ...], msg: str) -> RequestValidationError:
     """A 422 raised by a route, in the same shape (and through the same handler) as pydantic's."""
     return RequestValidationError([{"loc": loc, "msg": msg, "type": "value_error"}])
+
+
+def _named(e: dict) -> dict:
+    """One error as answered: location, message, type; an id's pattern error says which rule it broke."""
+    msg, kind = e.get("msg", ""), e.get("type", "")
+    if kind == "string_pattern_mismatch" and (e.get("ctx") or {}).get("pattern") == ID_PATTERN:
+        msg, kind = f"Value error, {id_rule_message(e.get('input'))}", "value_error"
+    return {"loc": list(e.get("loc", ())), "msg": msg, "type": kind}
+
+
+def validation_answer(raw: list) -> tuple[int, dict]:
+    """Status and body for pydantic/FastAPI validation errors: 400 when the body is not JSON at
+    all (a malformed request), else 422 naming the first failing field, without echoing inputs."""
+    if any(e.get("type") == "json_invalid" for e in raw):
+        where = next(e for e in raw if e.get("type") == "json_invalid").get("loc", ())
+        pos = where[1] if len(where) > 1 else "?"
+        return 400, {"detail": f"request body is not valid JSON (at character {pos})"}
+    errors = [_named(e) for e in raw]
+    first = errors[0] if errors else {"loc": [], "msg": "invalid request"}
+    detail = f"{'.'.join(str(x) for x in first['loc'])}: {first['msg']}"
+    return 422, {"detail": detail, "errors": errors[:20]}

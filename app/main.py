@@ -26,11 +26,12 @@ from fastapi.responses import JSONResponse, Response  # noqa: E402
 from starlette.exceptions import HTTPException as StarletteHTTPException  # noqa: E402
 from starlette.routing import Match, Route  # noqa: E402
 
+from app.errors import validation_answer  # noqa: E402
 from app.fleet import follow, initial_registry  # noqa: E402
 from app.items import ItemRegistry, MemoryItems, RedisItems, catch_up  # noqa: E402
 from app.logging import configure_logging  # noqa: E402
 from app.metrics import Metrics  # noqa: E402
-from app.middleware import BodyLimit, EncodedSlash, FastRead, Liveness, Observe  # noqa: E402
+from app.middleware import BodyLimit, EncodedSlash, FastRead, FastWrite, Liveness, Observe  # noqa: E402
 from app.online import make_live  # noqa: E402
 from app.openapi import document_validation_errors  # noqa: E402
 from app.ratelimit import TokenBuckets  # noqa: E402
@@ -156,17 +157,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
-        raw = exc.errors()
-        if any(e.get("type") == "json_invalid" for e in raw):
-            # Not JSON at all is a malformed request (400), not a well-formed one that fails validation (422).
-            where = next(e for e in raw if e.get("type") == "json_invalid").get("loc", ())
-            pos = where[1] if len(where) > 1 else "?"
-            return JSONResponse({"detail": f"request body is not valid JSON (at character {pos})"}, status_code=400)
-        # Name the failing field, and do not echo (possibly huge) inputs back.
-        errors = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")} for e in raw]
-        first = errors[0] if errors else {"loc": [], "msg": "invalid request"}
-        detail = f"{'.'.join(str(x) for x in first['loc'])}: {first['msg']}"
-        return JSONResponse({"detail": detail, "errors": errors[:20]}, status_code=422)
+        code, body = validation_answer(exc.errors())
+        return JSONResponse(body, status_code=code)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> Response:
@@ -186,6 +178,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     if settings.fast_reads:
         read = next(r for r in recommend.router.routes if isinstance(r, Route) and r.path == "/recommend/{user_id}")
         app.add_middleware(FastRead, route=read, prefix=recommend.PREFIX, handler=recommend.plain_answer)
+        write = next(r for r in events.router.routes if isinstance(r, Route) and r.path == events.PATH)
+        app.add_middleware(FastWrite, route=write, path=events.PATH, handler=events.plain_ingest)
     app.add_middleware(Liveness, route=health, body=Health().model_dump_json().encode())
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, body_timeout=settings.body_timeout_s)
     app.add_middleware(EncodedSlash)

@@ -12,6 +12,9 @@
 - FastRead: a plain GET /recommend/{user_id} (the read most traffic is) answered before routing
   by the route's own code, when the handler can read its parameters without doubt; every other
   request goes on to FastAPI, which validates it as documented. Same answer, a third less CPU.
+- FastWrite: the same for POST /events: a batch that validates straight from its JSON bytes, from
+  a caller whose key is right, is stored by the route's own code; anything else goes on to FastAPI
+  (with its body replayed), which answers it as documented.
 - Observe: per-route latency histogram (route template, never the raw path) and one JSON
   access-log line per request, without headers (no API keys) or query values. The histogram's
   labelled children are kept per (method, route, status) and the log line is formatted directly:
@@ -156,6 +159,53 @@ class FastRead:
                 await send({"type": "http.response.body", "body": body})
                 return
         await self.app(scope, receive, send)
+
+
+class FastWrite:
+    def __init__(
+        self,
+        app: ASGIApp,
+        route: Any,
+        path: str,
+        handler: Callable[[Scope, bytes], Awaitable[tuple[int, bytes, dict[str, str]] | None]],
+    ) -> None:
+        self.app = app
+        self.route = route
+        self.path = path
+        self.handler = handler  # (status, body, headers), or None: let the router answer
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != self.path or scope.get("root_path"):
+            await self.app(scope, receive, send)
+            return
+        chunks: list[bytes] = []  # BodyLimit, outside, has bounded the body and its arrival time
+        more = True
+        while more:
+            msg = await receive()
+            if msg["type"] == "http.disconnect":
+                return
+            chunks.append(msg.get("body", b""))
+            more = msg.get("more_body", False)
+        body = b"".join(chunks)
+        answer = await self.handler(scope, body)
+        if answer is None:
+            sent = False
+
+            async def replay() -> Message:
+                nonlocal sent
+                if not sent:
+                    sent = True
+                    return {"type": "http.request", "body": body, "more_body": False}
+                return await receive()
+
+            await self.app(scope, replay, send)
+            return
+        status, payload, extra = answer
+        scope["route"] = self.route
+        headers = [(b"content-length", str(len(payload)).encode()), (b"content-type", b"application/json")]
+        headers += [(k.lower().encode(), v.encode()) for k, v in extra.items()]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": payload})
 
 
 class Observe:

@@ -65,8 +65,9 @@ class Settings(BaseSettings):
     )
     fast_reads: bool = Field(
         True,
-        description="Answer a plain GET /recommend (no escapes, no re-ranking, valid k) before routing, by the"
-        " route's own code: the same answer for less CPU. Every other request is validated by FastAPI.",
+        description="Answer a plain GET /recommend (no escapes, no re-ranking, valid k) and a valid POST /events"
+        " batch before routing, by the routes' own code: the same answer for less CPU. Every other request"
+        " (errors included) goes through FastAPI.",
     )
     user_cache: bool = Field(
         True, description="Reuse a user's vector while the history it encodes is unchanged (docs/user-state.md)."

@@ -40,7 +40,7 @@ from redis.crc import key_slot
 from redis.exceptions import RedisClusterException, RedisError, SlotNotCoveredError
 
 from app.stores.base import AppendResult, Event, StoreUnavailable, items_of, member, timed_items_of
-from app.stores.redis import APPEND_LUA
+from app.stores.redis import APPEND_LUA, append_args
 
 log = logging.getLogger("seqrec.app")
 _ERRORS = (RedisError, RedisClusterException, OSError, asyncio.TimeoutError)
@@ -222,9 +222,7 @@ class ClusterStore:
             return
         pipe = self._client(name).pipeline(transaction=False)
         for user in part.users:
-            args: list[str | int] = [self.max_history, self.ttl_s]
-            for m, ts in batches[user].items():
-                args += [repr(float(ts)), m]
+            args = append_args(self.max_history, self.ttl_s, batches[user])
             pipe.eval(APPEND_LUA, 1, self.key(user), *args)
         if self.wait_replicas:
             pipe.execute_command("WAIT", self.wait_replicas, self.wait_timeout_ms)

@@ -116,3 +116,69 @@ def test_plain_query_reads_only_what_it_reads_without_doubt() -> None:
     assert plain_query(b"k=7&model=m&exclude_seen=0&explain=true&other=x") == (7, "m", False, True)
     for doubtful in (b"k=0", b"k=1001", b"k=%37", b"k=+7", b"k=7&k=8", b"k", b"model=", b"explain=yes", b"diversify=1"):
         assert plain_query(doubtful) is None, doubtful
+
+
+def _bodies(items: list[str]) -> list[tuple[str, bytes, dict[str, str]]]:
+    import time as _time
+
+    ok = {
+        "events": [{"user_id": "w", "item_id": items[n], "timestamp": 100 + n, "event_id": f"e{n}"} for n in range(5)]
+    }
+    js = {"content-type": "application/json"}
+    key = {"X-API-Key": "k", **js}
+    future = {"events": [{"user_id": "w", "item_id": items[0], "timestamp": _time.time() + 10**6}]}
+    return [
+        ("valid", json.dumps(ok).encode(), key),
+        ("replayed", json.dumps(ok).encode(), key),
+        (
+            "iso time, no event id",
+            b'{"events": [{"user_id": "w", "item_id": "x", "timestamp": "2023-11-14T22:15:00Z"}]}',
+            key,
+        ),
+        ("no key", json.dumps(ok).encode(), js),
+        ("wrong key", json.dumps(ok).encode(), {"X-API-Key": "no", **js}),
+        ("not json", b'{"events": [', key),
+        ("bad id", '{"events": [{"user_id": "a\u200bb", "item_id": "i"}]}'.encode(), key),
+        ("bool time", b'{"events": [{"user_id": "w", "item_id": "i", "timestamp": true}]}', key),
+        ("NaN time", b'{"events": [{"user_id": "w", "item_id": "i", "timestamp": NaN}]}', key),
+        ("extra field", b'{"events": [{"user_id": "w", "item_id": "i", "x": 1}]}', key),
+        ("empty", b'{"events": []}', key),
+        ("too many", json.dumps({"events": ok["events"] * 3}).encode(), key),
+        ("far future", json.dumps(future).encode(), key),
+        ("text/plain", json.dumps(ok).encode(), {"X-API-Key": "k", "content-type": "text/plain"}),
+    ]
+
+
+def test_pre_routed_writes_answer_exactly_as_the_route(bundle_path: Path) -> None:
+    """Each body (valid, replayed, malformed, unauthorised, too large, too far ahead): the same
+    status, JSON and headers with and without FastWrite, and the same stored histories."""
+    kw = {"access_log": False, "max_batch": 12}
+    with _client(bundle_path, **kw) as fast, _client(bundle_path, fast_reads=False, **kw) as routed:
+        items = fast.app.state.seqrec.registry.get(None).item_ids
+        for name, body, headers in _bodies(items):
+            a, r = (
+                fast.post("/events", content=body, headers=headers),
+                routed.post("/events", content=body, headers=headers),
+            )
+            assert (a.status_code, a.json(), a.headers.get("retry-after")) == (
+                r.status_code,
+                r.json(),
+                r.headers.get("retry-after"),
+            ), name
+        assert (
+            fast.get("/recommend/w").json()["history_length"] == routed.get("/recommend/w").json()["history_length"] > 0
+        )
+
+
+def test_pre_routed_writes_keep_the_rate_limit(bundle_path: Path) -> None:
+    kw = {"access_log": False, "write_rate_per_s": 0.001, "write_burst": 2}
+    with _client(bundle_path, **kw) as fast, _client(bundle_path, fast_reads=False, **kw) as routed:
+        items = fast.app.state.seqrec.registry.get(None).item_ids
+        _, body, headers = _bodies(items)[0]
+        for c in (fast, routed):
+            got = [c.post("/events", content=body, headers=headers) for _ in range(3)]
+            assert [g.status_code for g in got] == [200, 200, 429]
+            assert got[2].headers["retry-after"] and "rate limit" in got[2].json()["detail"]
+        # A body that is not JSON is refused before any token is taken, on both paths.
+        bad = [c.post("/events", content=b"{", headers=headers) for c in (fast, routed)]
+        assert [b.status_code for b in bad] == [400, 400]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from pydantic import ValidationError
 
@@ -112,3 +114,53 @@ def test_timestamp_bounds_are_in_the_schema() -> None:
     number = next(s for s in schema["properties"]["timestamp"]["anyOf"] if s.get("type") == "number")
     assert number["minimum"] == 0 and number["exclusiveMaximum"] == 1e11
     assert "pattern" in schema["properties"]["user_id"]
+
+
+def test_body_id_pattern_accepts_exactly_what_check_id_accepts() -> None:
+    """Body ids are checked by pydantic-core's regex engine, the rule's text by check_id: every code
+    point, alone and inside, leading and trailing an id, gets the same verdict from both."""
+    import sys
+
+    from pydantic import TypeAdapter
+
+    from app.schemas import Id, check_id
+
+    body_id = TypeAdapter(Id)
+
+    def python_ok(v: str) -> bool:
+        try:
+            check_id(v)
+        except ValueError:
+            return False
+        return True
+
+    def rust_ok(v: str) -> bool:
+        try:
+            body_id.validate_python(v)
+        except ValidationError:
+            return False
+        return True
+
+    disagree = [
+        (cp, form)
+        for cp in range(sys.maxunicode + 1)
+        if not 0xD800 <= cp <= 0xDFFF  # lone surrogates cannot reach a str from JSON or a URL
+        for form in ("a{}b", "{}", "{}a", "a{}")
+        if python_ok(v := form.format(chr(cp))) != rust_ok(v)
+    ]
+    assert disagree == []
+
+
+def test_a_bad_body_id_is_answered_with_the_rule(bundle_path: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from app.main import create_app
+
+    with TestClient(create_app(Settings(bundles=[bundle_path], api_key="k"))) as c:
+        r = c.post("/events", json={"events": [{"user_id": "a\u200bb", "item_id": "i"}]}, headers={"X-API-Key": "k"})
+    assert r.status_code == 422
+    assert r.json()["detail"] == (
+        "body.events.0.user_id: Value error, id must not contain U+200B (Cf): no '/', control, format"
+        " (zero-width, bidi) or U+FFFD"
+    )
+    assert r.json()["errors"][0]["type"] == "value_error"

@@ -163,7 +163,7 @@ async def test_reads_of_one_loop_turn_share_one_round_trip(redis_url: str, key_p
     sent = []
     pipeline = store.raw.pipeline
 
-    def counting(*args: object, **kw: object):  # noqa: ANN202 - redis-py's pipeline type
+    def counting(*args: object, **kw: object):
         sent.append(1)
         return pipeline(*args, **kw)
 
