@@ -46,6 +46,7 @@ from tests.support.procs import free_port, port_open, wait_for  # noqa: E402
 def wait_port(port: int, timeout: float = 90) -> None:
     wait_for(lambda: port_open(port), timeout, f"port {port}")
 
+
 API_KEY = "bench-key"
 PREFIX = "bench:"
 MIXES = {"reads_only": 0.0, "10_reads_per_write": 1 / 11, "1_read_per_write": 0.5}
@@ -104,17 +105,35 @@ async def mixed_load(
     }
 
 
-def start_server(bundle: Path, port: int, url: str, workers: int, cache: bool, log: Path) -> subprocess.Popen:
+def start_server(
+    bundle: Path, port: int, url: str, workers: int, cache: bool, log: Path, tree: Path = ROOT
+) -> subprocess.Popen:
+    """`seqrec serve` from `tree`; cache off also turns the pre-routed reads and writes off (the full
+    recompute through FastAPI, as the service answered before either existed)."""
     env = {
         **os.environ,
-        "PYTHONPATH": str(ROOT),
+        "PYTHONPATH": str(tree),
         "SEQREC_KEY_PREFIX": PREFIX,
         "SEQREC_MAX_HISTORY": "200",
         "SEQREC_USER_CACHE": str(cache).lower(),
+        "SEQREC_FAST_READS": str(cache).lower(),
     }
     cmd = [sys.executable, "-m", "training.cli", "serve", "--bundle", str(bundle), "--port", str(port)]
     cmd += ["--workers", str(workers), "--redis-url", url, "--api-key", API_KEY]
-    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
+    return subprocess.Popen(cmd, cwd=tree, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
+
+
+async def read_all(port: int, users: list[str], conns: int) -> None:
+    """GET /recommend once for every user (conns connections)."""
+    queue = list(users)
+
+    async def worker() -> None:
+        c = await Conn.open(port)
+        while queue:
+            await c.request("GET", f"/recommend/{queue.pop()}?k=10")
+        c.close()
+
+    await asyncio.gather(*(worker() for _ in range(conns)))
 
 
 async def drop_entries(url: str) -> int:
@@ -155,26 +174,44 @@ def private_redis() -> Iterator[str]:
 
 WRK_LUA = """
 math.randomseed(7)
+local items = {{items}}
+local n = 0
 request = function()
-  return wrk.format("GET", "/recommend/bench-u" .. math.random(0, {n} - 1) .. "?k=10")
+  n = n + 1
+  local user = "bench-u" .. math.random(0, {n} - 1)
+  if {every} > 0 and n % {every} == 0 then
+    local body = '{"events":[{"user_id":"' .. user .. '","item_id":"' .. items[math.random(#items)]
+      .. '","timestamp":' .. os.time() .. ',"event_id":"wrk-{port}-' .. n .. '"}]}'
+    return wrk.format("POST", "/events", {["Content-Type"] = "application/json", ["X-API-Key"] = "{key}"}, body)
+  end
+  return wrk.format("GET", "/recommend/" .. user .. "?k=10")
 end
 """
 
 
-def run_wrk(port: int, users: int, conns: int, seconds: float) -> dict | None:
-    """wrk's own count of GET /recommend per second on random users (None without wrk)."""
+def run_wrk(port: int, users: int, conns: int, seconds: float, items: list[str], every: int = 0) -> dict | None:
+    """wrk's own count of GET /recommend per second on random users (None without wrk); with
+    `every` = 11, every 11th request is a POST /events of one new event (10 reads per write), and
+    the read rate is 10/11 of wrk's request rate (its latency percentiles cover both kinds)."""
     exe = shutil.which("wrk")
     if exe is None:
         return None
-    script = Path(f"/tmp/seqrec-uc-wrk-{port}.lua")
-    script.write_text(WRK_LUA.replace("{n}", str(users)))
+    script = Path(f"/tmp/seqrec-uc-wrk-{port}-{every}.lua")
+    quoted = ", ".join(json.dumps(i) for i in items[:200])
+    lua = WRK_LUA.replace("{items}", quoted).replace("{n}", str(users)).replace("{every}", str(every))
+    script.write_text(lua.replace("{port}", str(port)).replace("{key}", API_KEY))
     cmd = [exe, "-t1", f"-c{conns}", f"-d{int(seconds)}s", "--latency", "-s", str(script), f"http://127.0.0.1:{port}"]
     out = subprocess.run(cmd, capture_output=True, text=True, check=False).stdout
     rps = [ln for ln in out.splitlines() if ln.startswith("Requests/sec:")]
     p99 = [ln for ln in out.splitlines() if ln.strip().startswith("99%")]
+    bad = [ln for ln in out.splitlines() if "Non-2xx" in ln]
+    total = float(rps[0].split()[1]) if rps else None
+    share = 1.0 if not every else (every - 1) / every
     return {
-        "reads_per_s": round(float(rps[0].split()[1])) if rps else None,
-        "read_p99": p99[0].split()[1] if p99 else None,
+        "reads_per_s": round(total * share) if total is not None else None,
+        "requests_per_s": round(total) if total is not None else None,
+        "p99_all_requests": p99[0].split()[1] if p99 else None,
+        "non_2xx": int(bad[0].split()[-1]) if bad else 0,
         "command": " ".join(cmd),
     }
 
@@ -189,8 +226,16 @@ def main() -> None:
     ap.add_argument("--history", type=int, default=200, help="events per user written up front")
     ap.add_argument("--workers", type=int, default=2, help="uvicorn workers per server")
     ap.add_argument("--wrk", action="store_true", help="cross-check the warm pure-read rate with wrk")
+    ap.add_argument(
+        "--baseline-tree",
+        type=Path,
+        default=None,
+        help="serve the off side from this checkout (e.g. `git worktree add /tmp/base <commit>`): today's path"
+        " as released, instead of this tree with the cache and the pre-routed paths off",
+    )
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/user_cache.json"))
     args = ap.parse_args()
+    args.bundle = args.bundle.resolve()  # servers may run from another tree
     with contextlib.suppress(ImportError):  # the server's own loop; the load generator's too
         import uvloop
 
@@ -198,6 +243,7 @@ def main() -> None:
     on_port, off_port = free_port(), free_port()
     procs: list[subprocess.Popen] = []
     cross: dict = {}
+    cross_mix: dict = {}
     results: dict[str, list[dict]] = {}
     with private_redis() as url:
         try:
@@ -206,7 +252,13 @@ def main() -> None:
                     args.bundle, on_port, url, args.workers, True, Path(f"/tmp/seqrec-uc-on-{on_port}.log")
                 ),
                 "off": start_server(
-                    args.bundle, off_port, url, args.workers, False, Path(f"/tmp/seqrec-uc-off-{off_port}.log")
+                    args.bundle,
+                    off_port,
+                    url,
+                    args.workers,
+                    False,
+                    Path(f"/tmp/seqrec-uc-off-{off_port}.log"),
+                    (args.baseline_tree or ROOT).resolve(),
                 ),
             }
             procs += servers.values()
@@ -247,7 +299,20 @@ def main() -> None:
                         results.setdefault(f"{mix}_cache_{side}", []).append(r)
                         print(mix, side, r, flush=True)
             if args.wrk:
-                cross = {side: run_wrk(ports[side], args.users, args.conns, args.seconds) for side in ("off", "on")}
+                # After the 1:1 windows most entries are stale: read every user once first, so that
+                # wrk re-measures the warm pure-read rate it is meant to cross-check.
+                for side in ("off", "on"):
+                    asyncio.run(read_all(ports[side], users, args.conns))
+                cross = {
+                    side: run_wrk(ports[side], args.users, args.conns, args.seconds, items) for side in ("off", "on")
+                }
+                for side in ("off", "on"):
+                    asyncio.run(read_all(ports[side], users, args.conns))
+                cross_mix = {
+                    side: run_wrk(ports[side], args.users, args.conns, args.seconds, items, every=11)
+                    for side in ("off", "on")
+                }
+                print("wrk 10:1", cross_mix, flush=True)
                 print("wrk", cross, flush=True)
         finally:
             for p in procs:
@@ -287,6 +352,7 @@ def main() -> None:
         "load_average_at_end": os.getloadavg(),
         "cpu_affinity": sorted(os.sched_getaffinity(0)),  # e.g. [0] under taskset -c 0: all on one core
         "conditions": "load generator, redis-server and both servers on the same machine; one server loaded at a time",
+        "off_side": f"tree {args.baseline_tree}" if args.baseline_tree else "this tree, cache and pre-routed paths off",
         "bundle": f"{man['model']} on {man.get('dataset')}: {man['num_items']} items, dim {man['dim']}, "
         f"max_len {man['max_len']}",
         "workers": args.workers,
@@ -298,6 +364,7 @@ def main() -> None:
         "ingest_events_per_s": {side: r["events_per_s"] for side, r in ingest.items()},
         "ingest": ingest,
         "wrk_reads_only_warm": cross if args.wrk else None,
+        "wrk_10_reads_per_write_warm": cross_mix if args.wrk else None,
         "runs": results,
         "ratios_cache_on_over_off": ratios,
     }
