@@ -58,7 +58,7 @@ $(BENCH_GRU_BUNDLE): | setup
 bench-serve: setup $(BENCH_BUNDLE) $(BENCH_GRU_BUNDLE)
 	$(PY) benchmarks/serve_load.py --bundle $(BENCH_BUNDLE) --users 3000 --seconds 15 --workers 2 --conns 1 8 16 32 --out benchmarks/results/serve
 	$(PY) benchmarks/user_cache.py --bundle $(BENCH_BUNDLE) --wrk --out benchmarks/results/user_cache.json
-	$(PY) benchmarks/user_cache.py --bundle $(BENCH_GRU_BUNDLE) --history 100 --out benchmarks/results/user_cache-gru4rec.json
+	$(PY) benchmarks/user_cache.py --bundle $(BENCH_GRU_BUNDLE) --history 100 --ingest-conns 8 --out benchmarks/results/user_cache-gru4rec.json
 	$(PY) benchmarks/incremental_attention.py --out benchmarks/results/incremental_attention.json
 	$(PY) benchmarks/request_path.py --bundle $(BENCH_BUNDLE) --out benchmarks/results/request_path.json
 	$(PY) benchmarks/online_overhead.py --bundle $(BENCH_BUNDLE) --out benchmarks/results/online_overhead.json

@@ -226,6 +226,7 @@ def main() -> None:
     ap.add_argument("--history", type=int, default=200, help="events per user written up front")
     ap.add_argument("--workers", type=int, default=2, help="uvicorn workers per server")
     ap.add_argument("--wrk", action="store_true", help="cross-check the warm pure-read rate with wrk")
+    ap.add_argument("--ingest-conns", type=int, default=4, help="connections posting the ingestion batches")
     ap.add_argument(
         "--baseline-tree",
         type=Path,
@@ -275,7 +276,7 @@ def main() -> None:
             ingest = {}
             for side in ("off", "on"):
                 fresh = [f"ingest-{side}-u{i}" for i in range(args.users)]
-                ingest[side] = asyncio.run(post_events(ports[side], fresh, items, 100, 4, API_KEY))
+                ingest[side] = asyncio.run(post_events(ports[side], fresh, items, 100, args.ingest_conns, API_KEY))
                 print("ingest", side, ingest[side], flush=True)
 
             def measured(side: str, frac: float, seed: int) -> dict:
