@@ -38,11 +38,15 @@ def key_ok(state: AppState, key: str | None) -> bool:
     )
 
 
+def key_refusal() -> HTTPException:
+    return HTTPException(
+        status.HTTP_401_UNAUTHORIZED, "missing or wrong X-API-Key", headers={"WWW-Authenticate": "APIKey"}
+    )
+
+
 async def require_api_key(state: State, key: Annotated[str | None, Security(api_key_header)]) -> None:
     if not key_ok(state, key):
-        raise HTTPException(
-            status.HTTP_401_UNAUTHORIZED, "missing or wrong X-API-Key", headers={"WWW-Authenticate": "APIKey"}
-        )
+        raise key_refusal()
 
 
 ApiKey = Depends(require_api_key)

@@ -12,9 +12,9 @@
 - FastRead: a plain GET /recommend/{user_id} (the read most traffic is) answered before routing
   by the route's own code, when the handler can read its parameters without doubt; every other
   request goes on to FastAPI, which validates it as documented. Same answer, a third less CPU.
-- FastWrite: the same for POST /events: a batch that validates straight from its JSON bytes, from
-  a caller whose key is right, is stored by the route's own code; anything else goes on to FastAPI
-  (with its body replayed), which answers it as documented.
+- FastWrite: the same for POST /events: a batch that validates straight from its JSON bytes is
+  answered by the route's own code (key check, rate limit, write); anything else goes on to
+  FastAPI (with its body replayed), which answers it as documented.
 - Observe: per-route latency histogram (route template, never the raw path) and one JSON
   access-log line per request, without headers (no API keys) or query values. The histogram's
   labelled children are kept per (method, route, status) and the log line is formatted directly:

@@ -10,7 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 from starlette.types import Scope
 
-from app.deps import ApiKey, State, WriteLimit, key_ok, write_rate_refusal
+from app.deps import ApiKey, State, WriteLimit, key_ok, key_refusal, write_rate_refusal
 from app.errors import invalid, unavailable, validation_answer
 from app.schemas import EventsIn, EventsOut, write_responses
 from app.state import AppState
@@ -91,9 +91,9 @@ async def ingest(state: AppState, body: EventsIn) -> EventsOut:
 # --- the pre-routed write (app.middleware.FastWrite) --------------------------------------------
 # A batch of 500 events spent more CPU in FastAPI's body handling (json.loads, then validation
 # of the Python objects) than in storing it; pydantic validates the raw JSON bytes in one pass at
-# about half the cost. A batch that passes, from a caller whose key is right, is stored here;
-# anything else (a bad key, a body that fails validation) goes on to the route, which answers it
-# as documented. Nothing with a side effect runs before that decision.
+# about half the cost. A body that passes is answered here as the route answers it (key, rate
+# limit, then the write); one that does not (or is not sent as JSON) goes on to the route, which
+# reports it as documented. Nothing with a side effect runs before that decision.
 PATH = "/events"
 
 
@@ -111,15 +111,18 @@ async def plain_ingest(scope: Scope, body: bytes) -> tuple[int, bytes, dict[str,
             key = value.decode("latin-1")
         elif name == b"content-type":
             is_json = value.split(b";")[0].strip().lower() == b"application/json"
-    if not is_json or not key_ok(state, key):
+    if not is_json:
         return None
     try:
         batch = EventsIn.model_validate_json(body)
     except ValidationError:
         return None
+    # A valid body: from here on the answers are the route's own (its key check, then its rate limit).
     client = scope.get("client")
-    refusal = write_rate_refusal(state, key, client[0] if client else None)
     try:
+        if not key_ok(state, key):
+            raise key_refusal()
+        refusal = write_rate_refusal(state, key, client[0] if client else None)
         if refusal is not None:
             raise refusal
         out = await ingest(state, batch)
