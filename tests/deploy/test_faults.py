@@ -98,7 +98,8 @@ def test_redis_stopped_under_load_then_restarted(redis_proc: RedisProc, api_fact
     evs = [o for o in during if o[0] == "events"]
     assert recs and evs
     assert all(code == 200 for _, code, _, _ in recs), "recommend must keep answering"
-    assert all(b["source"] == "popularity" and b["fallback"] == "store_unavailable" for _, _, b, _ in recs)
+    odd = [b for _, _, b, _ in recs if b["source"] != "popularity" or b["fallback"] != "store_unavailable"]
+    assert not odd, odd[:3]
     assert all(len(b["items"]) == 5 for _, _, b, _ in recs)
     assert all(code == 503 and retry is not None and int(retry) >= 1 for _, code, _, retry in evs)
     assert restarted > mark
