@@ -51,9 +51,9 @@ def make_store(settings: Settings) -> EventStore:
         url, n, ttl = settings.redis_url, settings.max_history, settings.history_ttl_s
         opts: dict[str, Any] = {
             "prefix": settings.key_prefix,
-            "read_timeout": settings.redis_timeout_s,
+            "read_timeout": settings.redis_timeout,
             "pool_size": settings.redis_pool_size,
-            "write_timeout": settings.redis_write_timeout_s,
+            "write_timeout": settings.redis_write_timeout,
         }
         if settings.redis_cluster or is_cluster_url(url):
             wait, wait_ms = settings.redis_wait_replicas, settings.redis_wait_timeout_ms
@@ -67,9 +67,9 @@ def make_items(settings: Settings, store: EventStore) -> ItemRegistry:
     if isinstance(store, ClusterStore) and settings.redis_url:
         from app.cluster_items import ClusterItems
 
-        return ClusterItems(store, settings.redis_url, settings.key_prefix, settings.redis_timeout_s)
+        return ClusterItems(store, settings.redis_url, settings.key_prefix, settings.redis_timeout)
     if isinstance(store, RedisStore) and settings.redis_url:
-        return RedisItems(store.redis, settings.redis_url, settings.key_prefix, settings.redis_timeout_s)
+        return RedisItems(store.redis, settings.redis_url, settings.key_prefix, settings.redis_timeout)
     return MemoryItems()
 
 
@@ -135,10 +135,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 task.cancel()
             # Let the subscriber close its connection before the loop goes away, but never wait
             # forever: a hung shutdown outlives the orchestrator's grace period and gets killed.
-            await bounded(tasks, "background tasks", settings.shutdown_timeout_s)
+            await bounded(tasks, "background tasks", settings.shutdown_timeout)
             if state.live is not None:  # the last counters, before the pool they use closes
-                await bounded([state.live.close()], "online tracking", settings.shutdown_timeout_s)
-            await bounded([item_reg.close(), store.close()], "connection pools", settings.shutdown_timeout_s)
+                await bounded([state.live.close()], "online tracking", settings.shutdown_timeout)
+            await bounded([item_reg.close(), store.close()], "connection pools", settings.shutdown_timeout)
 
     app = FastAPI(
         title="seqrec",
@@ -181,7 +181,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         write = next(r for r in events.router.routes if isinstance(r, Route) and r.path == events.PATH)
         app.add_middleware(FastWrite, route=write, path=events.PATH, handler=events.plain_ingest)
     app.add_middleware(Liveness, route=health, body=Health().model_dump_json().encode())
-    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, body_timeout=settings.body_timeout_s)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, body_timeout=settings.body_timeout)
     app.add_middleware(EncodedSlash)
     app.add_middleware(Observe, metrics=metrics, log_requests=settings.access_log)
     return app

@@ -593,7 +593,7 @@ def make_live(
     if client is not None and (isinstance(store, RedisStore) or hasattr(store, "user_key")):
         # A cluster store names per-user keys in the user's hash slot: the lists go there too.
         lists_key = (lambda u: store.user_key("s", u)) if hasattr(store, "user_key") else None
-        ledger = RedisLedger(client, settings.key_prefix, settings.online_ttl_s, settings.redis_timeout_s, lists_key)
+        ledger = RedisLedger(client, settings.key_prefix, settings.online_ttl_s, settings.redis_timeout, lists_key)
     else:
         if store.kind != "memory":
             log.warning("online tracking kept in process: the %s store offers no shared client", store.kind)
@@ -607,7 +607,7 @@ def make_live(
         write_delay_s=settings.online_batch_ms / 1000,
         # A list another process served is in the store at most its batch window plus the store
         # timeout after the answer (or its write was abandoned and counted as skipped).
-        retry_s=settings.online_batch_ms / 1000 + settings.redis_timeout_s,
+        retry_s=settings.online_batch_ms / 1000 + settings.redis_timeout,
     )
     if split is not None:
         log.info("experiment: %s (salt %r)", split.spec, split.salt)

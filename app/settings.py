@@ -16,9 +16,10 @@ def _cores() -> int:
 
 
 class Settings(BaseSettings):
-    """Service configuration. Every field can be set as `SEQREC_<FIELD>` (case-insensitive)."""
+    """Service configuration. Every field can be set as `SEQREC_<FIELD>` (case-insensitive); the
+    timeouts, in seconds, as `SEQREC_<FIELD>_S`."""
 
-    model_config = SettingsConfigDict(env_prefix="SEQREC_", env_file=None, extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="SEQREC_", env_file=None, extra="ignore", populate_by_name=True)
 
     bundles: Annotated[list[Path], NoDecode] = Field(
         default_factory=list,
@@ -31,11 +32,19 @@ class Settings(BaseSettings):
         None,
         description="Redis URL (redis://host:port/db). Unset: the in-process store (single process, not durable).",
     )
-    redis_timeout_s: float = Field(
-        0.25, gt=0, le=10, description="Connect timeout and history-read timeout: past it, popularity answers."
+    redis_timeout: float = Field(
+        0.25,
+        validation_alias="SEQREC_REDIS_TIMEOUT_S",
+        gt=0,
+        le=10,
+        description="Connect timeout and history-read timeout: past it, popularity answers.",
     )
-    redis_write_timeout_s: float = Field(
-        2.0, gt=0, le=30, description="Timeout of one event-batch write; past it the batch is reported not stored."
+    redis_write_timeout: float = Field(
+        2.0,
+        validation_alias="SEQREC_REDIS_WRITE_TIMEOUT_S",
+        gt=0,
+        le=30,
+        description="Timeout of one event-batch write; past it the batch is reported not stored.",
     )
     redis_cluster: bool = Field(
         False,
@@ -124,20 +133,26 @@ class Settings(BaseSettings):
         ge=0,
         description="Refuse events timed further ahead of the server clock than this (422); 0 = no limit.",
     )
-    body_timeout_s: float = Field(
+    body_timeout: float = Field(
         10.0,
+        validation_alias="SEQREC_BODY_TIMEOUT_S",
         gt=0,
         le=600,
         description="A request body must arrive completely within this long, else 408 and the connection closes.",
     )
-    reload_ack_timeout_s: float = Field(
+    reload_ack_timeout: float = Field(
         30.0,
+        validation_alias="SEQREC_RELOAD_ACK_TIMEOUT_S",
         ge=0,
         le=600,
         description="POST /admin/reload waits this long for every live worker (all replicas on the Redis) to apply.",
     )
-    shutdown_timeout_s: float = Field(
-        5.0, gt=0, le=300, description="Longest wait for each background task and pool to close at shutdown."
+    shutdown_timeout: float = Field(
+        5.0,
+        validation_alias="SEQREC_SHUTDOWN_TIMEOUT_S",
+        gt=0,
+        le=300,
+        description="Longest wait for each background task and pool to close at shutdown.",
     )
 
     @field_validator("bundles", mode="before")

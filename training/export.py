@@ -206,7 +206,7 @@ def export_step(model: GRU4Rec, tmp: Path, onnx_path: Path) -> IncrementalSpec:
         state = np.zeros((layers, 1, hid), np.float32)
         cut = max(1, h.shape[1] // 2)
         state, _ = sess.run(STEP_OUTPUTS, {"state": state, "item_seq": h[:, :cut]})
-        for part in (h[:, cut:cut + 1], h[:, cut + 1 :]):  # one event, then the rest
+        for part in (h[:, cut : cut + 1], h[:, cut + 1 :]):  # one event, then the rest
             if part.shape[1]:
                 state, vec = sess.run(STEP_OUTPUTS, {"state": state, "item_seq": part})
         if h.shape[1] == 1:

@@ -114,7 +114,7 @@ async def reload(state: State, body: ReloadIn | None = None) -> ReloadOut:
     await items.ack(generation, "ok")
     state.metrics.reloads.labels("ok").inc()
     log.info("bundles reloaded (configuration %d): %s", generation, ", ".join(reg.bundles))
-    reached = await reach(items, generation, state.settings.reload_ack_timeout_s)
+    reached = await reach(items, generation, state.settings.reload_ack_timeout)
     return ReloadOut(
         reloaded=True,
         default_model=reg.default,

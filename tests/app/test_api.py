@@ -186,7 +186,7 @@ def test_reload_swaps_good_and_rejects_broken(client: TestClient, bundle_path: P
 
 
 def test_redis_down_503_on_write_and_fast_popularity_on_read(bundle_path: Path) -> None:
-    with make_client(bundle_path, redis_url=f"redis://127.0.0.1:{free_port()}/0", redis_timeout_s=0.1) as c:
+    with make_client(bundle_path, redis_url=f"redis://127.0.0.1:{free_port()}/0", redis_timeout=0.1) as c:
         r = c.post("/events", json={"events": [{"user_id": "u", "item_id": "i"}]}, headers=KEY)
         assert r.status_code == 503 and r.headers["Retry-After"] == "1"
         detail = r.json()["detail"]
@@ -250,7 +250,7 @@ def test_reload_reports_a_process_that_cannot_apply_it(
 
     def settings() -> Settings:
         return Settings(
-            bundles=[bundle_path], api_key="k3y", redis_url=redis_url, key_prefix=key_prefix, reload_ack_timeout_s=10
+            bundles=[bundle_path], api_key="k3y", redis_url=redis_url, key_prefix=key_prefix, reload_ack_timeout=10
         )
 
     with TestClient(create_app(settings())) as a, TestClient(create_app(settings())) as b:

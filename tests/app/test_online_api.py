@@ -124,7 +124,7 @@ def test_reload_changes_the_split_and_refuses_bad_ones(bundle_path: Path, second
 
 def test_tracking_with_redis_down_never_fails_a_request(bundle_path: Path) -> None:
     url = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
-    with TestClient(create_app(Settings(bundles=[bundle_path], redis_url=url, redis_timeout_s=0.05))) as c:
+    with TestClient(create_app(Settings(bundles=[bundle_path], redis_url=url, redis_timeout=0.05))) as c:
         r = c.get("/recommend/u1")
         assert r.status_code == 200 and r.json()["fallback"] == "store_unavailable"
         drain(c)

@@ -31,7 +31,7 @@ def apps(bundle_path: Path, redis_url: str, key_prefix: str) -> Iterator[tuple[T
         "redis_url": redis_url,
         "key_prefix": key_prefix,
         "max_history": MAX,
-        "redis_timeout_s": 5.0,
+        "redis_timeout": 5.0,
     }
     with (
         TestClient(create_app(Settings(**common))) as on,
