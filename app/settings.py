@@ -78,6 +78,11 @@ class Settings(BaseSettings):
         " batch before routing, by the routes' own code: the same answer for less CPU. Every other request"
         " (errors included) goes through FastAPI.",
     )
+    reuse_port: bool = Field(
+        True,
+        description="Several workers: one listening socket per worker on the same port (SO_REUSEPORT, Linux), so"
+        " the kernel spreads connections evenly; false: uvicorn's one shared socket (app/server.py).",
+    )
     user_cache: bool = Field(
         True, description="Reuse a user's vector while the history it encodes is unchanged (docs/user-state.md)."
     )

@@ -782,7 +782,7 @@ def serve(
     import os
 
     try:
-        import uvicorn  # serve extra; imported lazily so training images need not have it
+        import uvicorn  # noqa: F401  serve extra; imported lazily so training images need not have it
 
         from app.settings import Settings
     except ImportError as exc:
@@ -814,15 +814,11 @@ def serve(
             _fail(f"SEQREC_EXPERIMENT: {exc}")
     if examples:
         _print_examples(Settings(), host, port)
-    uvicorn.run(
-        "app.main:create_app",
-        factory=True,
-        host=host,
-        port=port,
-        workers=workers,
-        access_log=False,  # the app writes its own JSON access log
-        log_level="warning",
-    )
+    from app.server import serve as run_server
+
+    code = run_server(host, port, workers, reuse_port=settings.reuse_port)
+    if code:
+        raise typer.Exit(code)
 
 
 @app.command()

@@ -1,8 +1,11 @@
-"""Against real uvicorn processes: a reload reaches every worker (and processes started later),
-and a request body that never completes is cut off (408, connection closed)."""
+"""Against real API processes: the worker supervisor (one socket per worker, a dead worker replaced,
+a busy port refused), a reload that reaches every worker (and processes started later), and a
+request body that never completes cut off (408, connection closed)."""
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -19,15 +22,16 @@ KEY = {"X-API-Key": API_KEY}
 
 
 class Workers(ApiProc):
-    """`uvicorn --workers N`: one port, N processes (the kernel spreads new connections over them)."""
+    """`python -m app.server --workers N` (the serving image's command): one port, N processes, each
+    with its own listening socket (the kernel spreads new connections over them)."""
 
     def __init__(self, n: int, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.n = n
 
     def start(self) -> Workers:
-        cmd = [sys.executable, "-m", "uvicorn", "app.main:create_app", "--factory", "--host", "127.0.0.1"]
-        cmd += ["--port", str(self.port), "--workers", str(self.n), "--log-level", "warning"]
+        cmd = [sys.executable, "-m", "app.server", "--host", "127.0.0.1"]
+        cmd += ["--port", str(self.port), "--workers", str(self.n), "--graceful-s", "5"]
         self.proc = subprocess.Popen(cmd, cwd=ROOT, env=self.env, stdout=self.log.open("w"), stderr=subprocess.STDOUT)
         wait_for(self.ready, 120, f"API on {self.port}", interval=0.2)
         return self
@@ -42,6 +46,99 @@ def redis(tmp_path: Path) -> Iterator[RedisProc]:
 
 def live_workers(redis: RedisProc, prefix: str) -> int:
     return redis.client().zcount(f"{prefix}workers", time.time() - 10, "+inf")
+
+
+def children(pid: int) -> list[int]:
+    return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def connections_by_process(port: int, pids: list[int]) -> dict[int, int]:
+    """Established connections to `port` that each process holds (Linux: /proc/net/tcp's socket
+    inodes against each process's open file descriptors)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            f = line.split()
+            if f[3] == "01" and int(f[1].rsplit(":", 1)[1], 16) == port:  # 01: ESTABLISHED, server side
+                inodes.add(f"socket:[{f[9]}]")
+    held = {}
+    for pid in pids:
+        fds = Path(f"/proc/{pid}/fd")
+        held[pid] = sum(1 for fd in fds.iterdir() if _link(fd) in inodes)
+    return held
+
+
+def _link(path: Path) -> str:
+    try:
+        return os.readlink(path)
+    except OSError:  # closed meanwhile
+        return ""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="SO_REUSEPORT balancing and /proc are Linux's")
+def test_connections_spread_over_workers_a_dead_worker_is_replaced_and_sigterm_stops_all(
+    redis: RedisProc, deploy_bundle: Path, tmp_path: Path
+) -> None:
+    api = Workers(2, [deploy_bundle], redis.url, tmp_path, SEQREC_KEY_PREFIX="spread:").start()
+    try:
+        assert api.proc is not None
+        wait_for(lambda: live_workers(redis, "spread:") == 2, 60, "both workers to heartbeat")
+        # 16 keep-alive connections opened at once, each answered once (so each has been accepted).
+        clients = [socket.create_connection(("127.0.0.1", api.port), timeout=10) for _ in range(16)]
+        for c in clients:
+            c.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        for c in clients:
+            assert c.recv(4096).startswith(b"HTTP/1.1 200")
+        held = connections_by_process(api.port, children(api.proc.pid))
+        serving = {pid: n for pid, n in held.items() if n}
+        # Each worker accepts from its own queue: neither takes all 16 (with one shared socket,
+        # whichever process woke first could). All on one worker by chance: 2 in 65,536.
+        assert len(serving) == 2 and sum(serving.values()) == 16, held
+        for c in clients:
+            c.close()
+        victim = next(iter(serving))
+        os.kill(victim, signal.SIGKILL)
+        wait_for(lambda: live_workers(redis, "spread:") >= 2 and victim not in children(api.proc.pid), 60, "a new one")
+        # Every new connection is answered: those the kernel queued for the dead worker's socket
+        # while its replacement started included.
+        statuses = [httpx.get(f"{api.base}/healthz", timeout=60).status_code for _ in range(40)]
+        assert statuses == [200] * 40
+        assert "exited with -9; starting a new one" in api.log.read_text()
+        api.proc.send_signal(signal.SIGTERM)
+        assert api.proc.wait(timeout=30) == 0
+        assert "Traceback" not in api.log.read_text()
+        with pytest.raises(OSError):  # the port refuses: no socket left listening
+            socket.create_connection(("127.0.0.1", api.port), timeout=2)
+    finally:
+        api.stop()
+
+
+def test_a_port_in_use_and_a_worker_that_cannot_start_end_the_server_at_once(
+    deploy_bundle: Path, tmp_path: Path
+) -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    with socket.socket() as taken:
+        taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)  # even a socket that would share
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        cmd = [sys.executable, "-m", "app.server", "--port", str(port), "--workers", "2"]
+        r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+        assert r.returncode == 2 and "invalid settings" in r.stderr and "SEQREC_BUNDLES" in r.stderr
+        assert "Traceback" not in r.stderr
+        env["SEQREC_BUNDLES"] = str(deploy_bundle)
+        r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in r.stderr and "Traceback" not in r.stderr
+    # A folder that is not a bundle: every worker fails its start-up; the supervisor stops instead
+    # of restarting them forever.
+    env |= {"SEQREC_BUNDLES": str(tmp_path), "SEQREC_REDIS_URL": "redis://127.0.0.1:1/0"}
+    cmd = [sys.executable, "-m", "app.server", "--port", "0", "--workers", "2"]
+    t0 = time.monotonic()
+    r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 3, r.stderr[-2000:]
+    assert "could not start" in r.stderr
+    assert time.monotonic() - t0 < 60
 
 
 def test_reload_reaches_every_worker_and_later_processes(
