@@ -13,7 +13,11 @@ An entry is keyed by the user and the bundle name. Two kinds, by what the bundle
   window (a late event inserted before them, the history trimmed under them, another bundle)
   has another prefix digest and rebuilds the state from the window.
 
-Either way a vector computed from another history, by another bundle version or by another
+Either way, in Redis, the entry may also hold the last plain list answered (`pack_entry`) with a
+check of the history it was computed from (`state_check`), compared inside the read script: a
+read of an unchanged history gets the list back without the history, the encoder or the top-k.
+
+A vector computed from another history, by another bundle version or by another
 process is never served: any acknowledged write changes the history a read fetches, hence the
 digest, hence forces a recompute (or an exact advance).
 
@@ -157,11 +161,20 @@ class RnnState:
     def to_bytes(self) -> bytes:
         return self.digest + np.uint32(self.n).tobytes() + self.state.tobytes() + self.vec.tobytes()
 
+    @staticmethod
+    def size(bundle: Bundle) -> int:
+        layers, hid = bundle.manifest.incremental.state_shape  # type: ignore[union-attr]
+        return DIGEST_BYTES + 4 + 4 * (layers * hid + bundle.dim)
+
     @classmethod
     def parse(cls, blob: bytes | None, bundle: Bundle) -> RnnState | None:
-        """None when absent or not this bundle's layout (e.g. a plain cached vector)."""
+        """None when absent or not this bundle's layout (e.g. a plain cached vector). `blob` is the
+        state alone (as entries were first written) or an entry (`pack_entry`) holding it."""
         layers, hid = bundle.manifest.incremental.state_shape  # type: ignore[union-attr]
-        if blob is None or len(blob) != DIGEST_BYTES + 4 + 4 * (layers * hid + bundle.dim):
+        if blob is not None and len(blob) != cls.size(bundle):
+            got = unpack_entry(blob, cls.size(bundle))
+            blob = None if got is None else got[1]
+        if blob is None:
             return None
         n = int(np.frombuffer(blob, np.uint32, 1, DIGEST_BYTES)[0])
         state = np.frombuffer(blob, np.float32, layers * hid, DIGEST_BYTES + 4).reshape(layers, 1, hid)
@@ -186,7 +199,7 @@ class Read:
     entry: bytes | None  # the stored entry, raw
     check: bytes = b""  # the state of the history read (answer-cached bundles), see `state_check`
     answer: Answer | None = None
-    vector: tuple[bytes, np.ndarray] | None = None  # (digest, (1, D) vector) to store with the answer
+    base: bytes | None = None  # the entry's model part just computed, to store with the answer
 
 
 def state_check(tag: bytes, card: int, first: bytes, last: bytes) -> bytes:
@@ -201,10 +214,18 @@ def state_check(tag: bytes, card: int, first: bytes, last: bytes) -> bytes:
     return tag + b"\0" + str(card).encode() + b"\0" + first + b"\0" + last + b"\0\0"
 
 
-def pack_entry(check: bytes, digest: bytes, vec: np.ndarray, answer: Answer | None) -> bytes:
-    """check (b"" when answers are not cached) | K as digits, NUL | digest | vector | n_seen | labels | scores."""
+def vector_base(digest: bytes, vec: np.ndarray) -> bytes:
+    """The model part of a vector bundle's entry: the digest of the encoded history, the vector."""
+    return digest + np.ascontiguousarray(vec, np.float32).tobytes()
+
+
+def pack_entry(check: bytes, base: bytes, answer: Answer | None) -> bytes:
+    """check (b"" when answers are not cached) | K as digits, NUL | base | n_seen | labels | scores.
+
+    base: what answers the next read without the list: `vector_base` (digest, vector) or a
+    recurrent state (`RnnState.to_bytes`), a fixed size per bundle."""
     k = 0 if answer is None else len(answer.labels)
-    parts = [check or b"\0\0", str(k).encode(), b"\0", digest, np.ascontiguousarray(vec, np.float32).tobytes()]
+    parts = [check or b"\0\0", str(k).encode(), b"\0", base]
     if answer is not None:
         parts += [
             np.uint32(answer.n_seen).tobytes(),
@@ -214,8 +235,8 @@ def pack_entry(check: bytes, digest: bytes, vec: np.ndarray, answer: Answer | No
     return b"".join(parts)
 
 
-def unpack_entry(entry: bytes | None, dim: int) -> tuple[bytes, bytes, np.ndarray, Answer | None] | None:
-    """(check, digest, (1, D) vector, answer or None) of a vector entry; None for anything else."""
+def unpack_entry(entry: bytes | None, base_size: int) -> tuple[bytes, bytes, Answer | None] | None:
+    """(check, base, answer or None) of an entry whose base is `base_size` bytes; None for anything else."""
     if entry is None:
         return None
     head, sep, rest = entry.partition(b"\0\0")
@@ -223,16 +244,24 @@ def unpack_entry(entry: bytes | None, dim: int) -> tuple[bytes, bytes, np.ndarra
     if not sep or not sep2 or not k_digits.isdigit():
         return None
     k = int(k_digits)
-    size = DIGEST_BYTES + 4 * dim
+    size = base_size
     if len(body) != (size if k == 0 else size + 4 + 8 * k):
         return None
-    vec = np.frombuffer(body, np.float32, dim, DIGEST_BYTES).reshape(1, dim)
     answer = None
     if k:
         n_seen = int(np.frombuffer(body, np.uint32, 1, size)[0])
         labels = np.frombuffer(body, np.int32, k, size + 4).astype(np.int64)
         answer = Answer(labels, np.frombuffer(body, np.float32, k, size + 4 + 4 * k), n_seen)
-    return (head + b"\0\0" if head else b""), body[:DIGEST_BYTES], vec, answer
+    return (head + b"\0\0" if head else b""), body[:size], answer
+
+
+def unpack_vector(entry: bytes | None, dim: int) -> tuple[bytes, np.ndarray, Answer | None] | None:
+    """(digest, (1, D) vector, answer or None) of a vector bundle's entry; None for anything else."""
+    got = unpack_entry(entry, DIGEST_BYTES + 4 * dim)
+    if got is None:
+        return None
+    base = got[1]
+    return base[:DIGEST_BYTES], np.frombuffer(base, np.float32, dim, DIGEST_BYTES).reshape(1, dim), got[2]
 
 
 class CacheBackend(Protocol):
@@ -448,15 +477,20 @@ class UserCache:
 
     def answers(self, bundle: Bundle) -> bool:
         """Whether whole lists of this bundle may be cached: in Redis (the state check runs there),
-        a vector bundle (a recurrent state is advanced instead), with the exported catalogue as it
-        is (an item registered online changes the lists, not the user vectors)."""
+        with the exported catalogue as it is (an item registered online changes the lists, not the
+        user vectors or states)."""
         return (
             self.enabled
             and self.lists
             and isinstance(self.backend, RedisBackend)
-            and not (self.rnn_state and step_session(bundle) is not None)
             and len(bundle.item_ids) == bundle.manifest.num_items
         )
+
+    def _step(self, bundle: Bundle) -> ort.InferenceSession | None:
+        return step_session(bundle) if self.rnn_state else None
+
+    def _base_size(self, bundle: Bundle) -> int:
+        return RnnState.size(bundle) if self._step(bundle) is not None else DIGEST_BYTES + 4 * bundle.dim
 
     async def read(self, user_id: str, n: int, bundle: Bundle, k: int = 0) -> Read:
         """The user's history (StoreUnavailable as from the store), its times when the bundle reads
@@ -468,10 +502,10 @@ class UserCache:
         read = await self.backend.read(user_id, n, bundle.name, bundle.needs_times, tag, k)
         if read.history is not None:
             return read
-        got = unpack_entry(read.entry, bundle.dim)
-        if got is not None and got[3] is not None and len(got[3].labels) >= k:
+        got = unpack_entry(read.entry, self._base_size(bundle))
+        if got is not None and got[2] is not None and len(got[2].labels) >= k:
             self.lookups.labels("list").inc()
-            read.answer = got[3]
+            read.answer = got[2]
             return read
         # Only an entry this code did not write could pass the script's check and fail here: read all.
         return await self.backend.read(user_id, n, bundle.name, bundle.needs_times)
@@ -485,41 +519,42 @@ class UserCache:
         digest = history_digest(bundle, seen, times) if self.enabled else None
         if digest is None:
             return bundle.user_vectors([seen], tms)
-        step = step_session(bundle) if self.rnn_state else None
+        step = self._step(bundle)
         if step is not None:
-            return self._advance(user_id, bundle, step, seen[-bundle.max_len :], read.entry)
-        got = unpack_entry(read.entry, bundle.dim)
-        if got is not None and got[1] == digest:
+            return self._advance(user_id, bundle, step, seen[-bundle.max_len :], read)
+        got = unpack_vector(read.entry, bundle.dim)
+        if got is not None and got[0] == digest:
             self.lookups.labels("hit").inc()
-            vec = got[2]
+            vec = got[1]
         else:
             self.lookups.labels("miss").inc()
             vec = np.ascontiguousarray(bundle.user_vectors([seen], tms), dtype=np.float32)
             if not read.check:
-                self.backend.put(user_id, bundle.name, pack_entry(b"", digest, vec, None))
+                self.backend.put(user_id, bundle.name, pack_entry(b"", vector_base(digest, vec), None))
         if read.check:
-            read.vector = (digest, vec)
+            read.base = vector_base(digest, vec)
         return vec
 
     def remember(
         self, user_id: str, bundle: Bundle, read: Read, labels: np.ndarray, scores: np.ndarray, n_seen: int
     ) -> None:
-        """Store the list just computed for a read with a state check, next to its user vector."""
-        if read.vector is None:
+        """Store the list just computed for a read with a state check, next to its vector or state."""
+        if read.base is None:
             return
-        digest, vec = read.vector
-        self.backend.put(user_id, bundle.name, pack_entry(read.check, digest, vec, Answer(labels, scores, n_seen)))
+        self.backend.put(user_id, bundle.name, pack_entry(read.check, read.base, Answer(labels, scores, n_seen)))
 
     def _advance(
-        self, user_id: str, bundle: Bundle, step: ort.InferenceSession, window: np.ndarray, entry: bytes | None
+        self, user_id: str, bundle: Bundle, step: ort.InferenceSession, window: np.ndarray, read: Read
     ) -> np.ndarray:
         """The recurrent path: the stored state if it covers a prefix of `window`, advanced by the rest."""
         spec = bundle.manifest.incremental
         assert spec is not None
-        old = RnnState.parse(entry, bundle)
+        old = RnnState.parse(read.entry, bundle)
         if old is not None and old.n <= len(window) and _digest(bundle, window[: old.n]) == old.digest:
             if old.n == len(window):
                 self.lookups.labels("hit").inc()
+                if read.check:  # the list is stored with the state as it is
+                    read.base = old.to_bytes()
                 return old.vec
             self.lookups.labels("advance").inc()
             state, rest = old.state, window[old.n :]
@@ -528,8 +563,11 @@ class UserCache:
             state, rest = np.zeros((spec.state_shape[0], 1, spec.state_shape[1]), np.float32), window
         # (layers, 1, H), (1, T) -> (layers, 1, H), (1, D): one call however many events arrived
         new_state, vec = step.run(spec.outputs, {spec.inputs[0]: state, spec.inputs[1]: rest[None, :]})
-        entry_out = RnnState(_digest(bundle, window), len(window), new_state, vec)
-        self.backend.put(user_id, bundle.name, entry_out.to_bytes())
+        base = RnnState(_digest(bundle, window), len(window), new_state, vec).to_bytes()
+        if read.check:  # stored with the list, by `remember`
+            read.base = base
+        else:
+            self.backend.put(user_id, bundle.name, pack_entry(b"", base, None))
         return vec
 
     async def drain(self) -> None:

@@ -203,7 +203,8 @@ def _outcomes(client: TestClient) -> dict[str, float]:
 def test_gru4rec_state_advanced_per_event_equals_full_recompute_on_1000_real_histories(
     ml1m, ml1m_bundles: dict[str, Path], redis_url: str, key_prefix: str
 ) -> None:
-    """States built on 150 events, advanced by 1 then 2 events, then rebuilt after a late event."""
+    """States built on 150 events, advanced by 1 then 2 events (from entries that also hold a list),
+    lists served while nothing changes, then states rebuilt after a late event."""
     common = {
         "bundles": [ml1m_bundles["gru4rec"]],
         "api_key": "k",
@@ -228,11 +229,11 @@ def test_gru4rec_state_advanced_per_event_equals_full_recompute_on_1000_real_his
     ):
         cache = on.app.state.seqrec.user_cache
 
-        def compare() -> None:
+        def compare(k: int = 20) -> None:
             for u in users:
                 _same(
-                    on.get(f"/recommend/{u}", params={"k": 20}).json(),
-                    off.get(f"/recommend/{u}", params={"k": 20}).json(),
+                    on.get(f"/recommend/{u}", params={"k": k}).json(),
+                    off.get(f"/recommend/{u}", params={"k": k}).json(),
                 )
             on.portal.call(cache.drain)
 
@@ -247,8 +248,13 @@ def test_gru4rec_state_advanced_per_event_equals_full_recompute_on_1000_real_his
         compare()
         assert _outcomes(on)["advance"] == long_enough + sum(len(s) >= 149 for s in seqs.values())
         before = _outcomes(on)
-        compare()  # nothing changed: the stored vector itself
+        compare()  # nothing changed: the list stored with the state, checked inside Redis
+        assert _outcomes(on)["list"] - before.get("list", 0) == USERS
+        assert _outcomes(on).get("hit", 0) == before.get("hit", 0)
+        compare(30)  # longer than the stored list: the state as stored (its vector), a new top-k
         assert _outcomes(on)["hit"] - before.get("hit", 0) == USERS
+        compare(30)  # and that list stored in turn, with the same state
+        assert _outcomes(on)["list"] - before.get("list", 0) == 2 * USERS
         # A late event lands inside the history: the stored prefix no longer matches, so rebuild.
         late = [{"user_id": u, "item_id": ml1m.item_ids[0], "timestamp": 1000.5, "event_id": "late"} for u in users]
         _post(off, late)

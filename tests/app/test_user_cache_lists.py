@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -17,7 +18,17 @@ from app.main import create_app
 from app.settings import Settings
 from app.stores import RedisStore, StoreUnavailable
 from app.stores.base import Event
-from app.userstate import Answer, RedisBackend, UserCache, pack_entry, state_check, unpack_entry
+from app.userstate import (
+    Answer,
+    RedisBackend,
+    RnnState,
+    UserCache,
+    pack_entry,
+    state_check,
+    unpack_entry,
+    unpack_vector,
+    vector_base,
+)
 
 KEY = {"X-API-Key": "k"}
 MAX = 20  # SEQREC_MAX_HISTORY of these apps: a full history is trimmed to it
@@ -140,17 +151,36 @@ def test_entry_layout_round_trips_and_rejects_other_blobs() -> None:
     vec = np.arange(8, dtype=np.float32).reshape(1, 8)
     answer = Answer(np.array([5, 3, 9]), np.array([0.5, 0.25, -1.0], np.float32), 17)
     check = state_check(b"ab12", 17, b"e1\x1fi1", b"e9\x1fi9")
-    blob = pack_entry(check, b"d" * 16, vec, answer)
-    got = unpack_entry(blob, 8)
+    blob = pack_entry(check, vector_base(b"d" * 16, vec), answer)
+    got = unpack_vector(blob, 8)
     assert got is not None
-    assert got[0] == check and got[1] == b"d" * 16 and np.array_equal(got[2], vec)
-    assert got[3] is not None and got[3].labels.tolist() == [5, 3, 9] and got[3].n_seen == 17
-    plain = unpack_entry(pack_entry(b"", b"d" * 16, vec, None), 8)
-    assert plain is not None and plain[0] == b"" and plain[3] is None
-    for other in (b"", b"x" * 48, blob[:-1], b"d" * 16 + vec.tobytes()):  # e.g. a recurrent state
-        assert unpack_entry(other, 8) is None
+    assert got[0] == b"d" * 16 and np.array_equal(got[1], vec)
+    assert got[2] is not None and got[2].labels.tolist() == [5, 3, 9] and got[2].n_seen == 17
+    full = unpack_entry(blob, 16 + 4 * 8)
+    assert full is not None and full[0] == check
+    plain = unpack_entry(pack_entry(b"", vector_base(b"d" * 16, vec), None), 16 + 4 * 8)
+    assert plain is not None and plain[0] == b"" and plain[2] is None
+    for other in (b"", b"x" * 48, blob[:-1], b"d" * 16 + vec.tobytes()):  # e.g. a bare (first-layout) state
+        assert unpack_vector(other, 8) is None
+    # Another base size (a recurrent state's) is another layout: never read as a vector.
+    assert unpack_vector(pack_entry(check, b"s" * 60, answer), 8) is None
     # No check is a prefix of another once terminated: the last member "a" vs "ab".
     assert not state_check(b"t", 2, b"f", b"ab").startswith(state_check(b"t", 2, b"f", b"a"))
+
+
+def test_a_recurrent_state_is_read_from_either_entry_layout() -> None:
+    """A state stored alone (as entries were first written), or packed with or without a list."""
+    bundle = SimpleNamespace(dim=4, manifest=SimpleNamespace(incremental=SimpleNamespace(state_shape=(1, 3))))
+    st = RnnState(b"d" * 16, 7, np.arange(3, dtype=np.float32).reshape(1, 1, 3), np.ones((1, 4), np.float32))
+    raw = st.to_bytes()
+    answer = Answer(np.array([2, 1]), np.array([0.5, 0.1], np.float32), 7)
+    for blob in (raw, pack_entry(state_check(b"t", 7, b"a", b"b"), raw, answer), pack_entry(b"", raw, None)):
+        got = RnnState.parse(blob, bundle)  # type: ignore[arg-type]
+        assert got is not None and (got.digest, got.n) == (b"d" * 16, 7)
+        assert np.array_equal(got.state, st.state) and np.array_equal(got.vec, st.vec)
+    vector_entry = pack_entry(b"", vector_base(b"d" * 16, np.ones((1, 4), np.float32)), None)
+    for other in (vector_entry, raw[:-1], raw + b"x", None):
+        assert RnnState.parse(other, bundle) is None  # type: ignore[arg-type]
 
 
 @pytest.mark.anyio
