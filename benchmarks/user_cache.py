@@ -10,10 +10,11 @@ load (`--conns` keep-alive connections; a write is one POST /events of one new e
 random user, a read GET /recommend/{user}?k=10 for a random user). Only one server is loaded at
 a time. Before each mix a "cold" window runs on the cache-on server with every entry deleted
 (no state yet); the other windows are warm. Reported: read and write requests/s, read latency
-percentiles, server CPU per request, the on/off ratio of each mix, cold and warm (the result on a
-shared machine: both sides share conditions), and POST /events throughput of each server (batches
-of 500, its own fresh users). With `--wrk`, `wrk` re-measures the warm pure-read rate of both
-servers (random users, a Lua script) as a cross-check of the load generator.
+percentiles, server CPU per request, each worker's share of a core, the on/off ratio of each mix,
+cold and warm (the result on a shared machine: both sides share conditions), and POST /events
+throughput of each server (batches of 500, its own fresh users). With `--wrk`, `wrk` re-measures
+the warm pure-read rate of both servers (random users, a Lua script) as a cross-check of the
+load generator.
 
 A GRU4Rec bundle (per-user recurrent state) is measured the same way; use `--history` below the
 bundle's max_len so that writes advance states rather than slide the window.
@@ -39,7 +40,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from benchmarks.machine import machine_info  # noqa: E402
-from benchmarks.serve_load import Conn, own_cpu, post_events, tree_cpu  # noqa: E402
+from benchmarks.serve_load import Conn, child_cpu, own_cpu, post_events, tree_cpu  # noqa: E402
 from tests.support.procs import free_port, port_open, wait_for  # noqa: E402
 
 
@@ -145,6 +146,14 @@ async def drop_entries(url: str) -> int:
         await r.delete(*keys)
     await r.aclose()
     return len(keys)
+
+
+def _helper(pid: int) -> bool:
+    """multiprocessing's resource tracker, a child of the server that is not a worker."""
+    try:
+        return b"resource_tracker" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return True
 
 
 def stop(proc: subprocess.Popen) -> None:
@@ -281,11 +290,18 @@ def main() -> None:
 
             def measured(side: str, frac: float, seed: int) -> dict:
                 pid = servers[side].pid
-                c0, l0 = tree_cpu(pid), own_cpu()
+                c0, l0, w0, t0 = tree_cpu(pid), own_cpu(), child_cpu(pid), time.perf_counter()
                 r = asyncio.run(mixed_load(ports[side], users, items, frac, args.conns, args.seconds, seed))
+                w1, wall = child_cpu(pid), time.perf_counter() - t0
                 n = (r["reads_per_s"] + r["writes_per_s"]) * args.seconds
                 r["server_cpu_ms_per_request"] = round((tree_cpu(pid) - c0) / max(n, 1) * 1e3, 3)
                 r["load_generator_cpu_s"] = round(own_cpu() - l0, 1)
+                # Busy fraction of a core per worker over the window (warm-up included): how evenly
+                # the workers share the connections (1.0 and 0.0 = one worker took them all).
+                r["worker_core_use"] = sorted(
+                    (round((w1[p] - w0.get(p, 0.0)) / wall, 2) for p in w1 if not _helper(p)),
+                    reverse=True,
+                )
                 return r
 
             for mix, frac in MIXES.items():
