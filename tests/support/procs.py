@@ -145,8 +145,9 @@ class RedisProc:
 class ApiProc:
     """An API server process, ready when GET `ready_path` answers 200.
 
-    `ApiProc(bundles, redis_url, logdir, **env)` runs the serving image's command (uvicorn
-    app.main:create_app); `ApiProc.custom(...)` runs another (`seqrec serve`, the entrypoint)."""
+    `ApiProc(bundles, redis_url, logdir, **env)` runs one uvicorn process of the app
+    (app.main:create_app, what each of the serving image's workers runs); `ApiProc.custom(...)`
+    runs another command (`seqrec serve`, the image's entrypoint)."""
 
     def __init__(
         self, bundles: Sequence[Path], redis_url: str | None, logdir: Path, api_key: str = API_KEY, **env: str
