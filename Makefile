@@ -55,10 +55,14 @@ $(BENCH_GRU_BUNDLE): | setup
 	$(VENV)/bin/seqrec train --model gru4rec --dataset ml-1m --epochs 1 --max-users 1500 --set task.parallel=padded --out runs/bench-gru4rec-ml1m
 	$(VENV)/bin/seqrec export runs/bench-gru4rec-ml1m/best.pt --out $(dir $(BENCH_GRU_BUNDLE)) --name $(notdir $(BENCH_GRU_BUNDLE))
 
+# The per-user cache against "today's path": this tree with the cache off, or a checkout of the
+# released service (make bench-serve BASELINE=/tmp/base after git worktree add /tmp/base <commit>).
+BASELINE ?=
+BASELINE_ARG := $(if $(BASELINE),--baseline-tree $(BASELINE))
 bench-serve: setup $(BENCH_BUNDLE) $(BENCH_GRU_BUNDLE)
 	$(PY) benchmarks/serve_load.py --bundle $(BENCH_BUNDLE) --users 3000 --seconds 15 --workers 2 --conns 1 8 16 32 --out benchmarks/results/serve
-	$(PY) benchmarks/user_cache.py --bundle $(BENCH_BUNDLE) --wrk --out benchmarks/results/user_cache.json
-	$(PY) benchmarks/user_cache.py --bundle $(BENCH_GRU_BUNDLE) --history 100 --ingest-conns 8 --out benchmarks/results/user_cache-gru4rec.json
+	$(PY) benchmarks/user_cache.py --bundle $(BENCH_BUNDLE) --seconds 8 --repeats 3 --users 2000 --wrk $(BASELINE_ARG) --out benchmarks/results/user_cache.json
+	$(PY) benchmarks/user_cache.py --bundle $(BENCH_GRU_BUNDLE) --history 100 --seconds 5 --repeats 2 --users 2000 $(BASELINE_ARG) --out benchmarks/results/user_cache-gru4rec.json
 	$(PY) benchmarks/incremental_attention.py --out benchmarks/results/incremental_attention.json
 	$(PY) benchmarks/request_path.py --bundle $(BENCH_BUNDLE) --out benchmarks/results/request_path.json
 	$(PY) benchmarks/online_overhead.py --bundle $(BENCH_BUNDLE) --out benchmarks/results/online_overhead.json
