@@ -771,7 +771,13 @@ def serve(
     ] = None,
     host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
-    workers: Annotated[int, typer.Option(help="Worker processes (each loads the bundles; needs Redis when > 1).")] = 1,
+    workers: Annotated[
+        int,
+        typer.Option(
+            help="Worker processes; each loads the bundles and listens on its own socket of the port"
+            " (SEQREC_REUSE_PORT). Needs Redis when > 1."
+        ),
+    ] = 1,
     redis_url: Annotated[
         str | None, typer.Option(help="Redis URL (default: $SEQREC_REDIS_URL; unset = in-process store).")
     ] = None,
