@@ -75,11 +75,24 @@ def bind_sockets(host: str, port: int, n: int, backlog: int = 2048) -> list[sock
     return socks
 
 
-def _worker(options: dict[str, Any], sock: socket.socket) -> None:
-    """One worker process: a uvicorn server on the socket it was given."""
+def _server(options: dict[str, Any]) -> Any:
+    """A uvicorn server of the app that, once its start-up (the lifespan: bundles loaded) is done,
+    moves the process's long-lived heap out of the garbage collector's view (app/heap.py)."""
     import uvicorn
 
-    uvicorn.Server(uvicorn.Config(APP, factory=True, **options)).run(sockets=[sock])
+    from app import heap
+
+    class Server(uvicorn.Server):
+        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            await super().startup(sockets=sockets)
+            heap.settle()
+
+    return Server(uvicorn.Config(APP, factory=True, **options))
+
+
+def _worker(options: dict[str, Any], sock: socket.socket) -> None:
+    """One worker process: a uvicorn server on the socket it was given."""
+    _server(options).run(sockets=[sock])
 
 
 class Supervisor:
@@ -175,8 +188,11 @@ def serve(
         "log_level": log_level,
         "timeout_graceful_shutdown": graceful_s,
     }
-    if workers <= 1 or not reuse_port or not reuse_port_available():
-        uvicorn.run(APP, factory=True, workers=workers, **options)
+    if workers <= 1:
+        _server(options).run()
+        return 0
+    if not reuse_port or not reuse_port_available():
+        uvicorn.run(APP, factory=True, workers=workers, **options)  # (its workers' heaps are not frozen)
         return 0
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:

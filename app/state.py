@@ -6,6 +6,7 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from app import heap
 from app.items import ItemRegistry, MemoryItems
 from app.metrics import Metrics
 from app.ratelimit import TokenBuckets
@@ -32,3 +33,4 @@ class AppState:
 
     def install(self, registry: Registry) -> None:
         self.registry = registry
+        heap.resettle()  # the replaced registry's objects were frozen with the process's heap

@@ -14,7 +14,9 @@ percentiles, server CPU per request, each worker's share of a core, the on/off r
 cold and warm (the result on a shared machine: both sides share conditions), and POST /events
 throughput of each server (batches of 500, its own fresh users). With `--wrk`, `wrk` re-measures
 the warm pure-read rate of both servers (random users, a Lua script) as a cross-check of the
-load generator.
+load generator. With `--rate R`, the cache-on server is also offered the 10:1 mix at R requests/s
+(open loop: latency at a fixed load, counted from each request's due time, rather than at
+saturation, where a closed loop's latency is its connection count over the rate).
 
 A GRU4Rec bundle (per-user recurrent state) is measured the same way; use `--history` below the
 bundle's max_len so that writes advance states rather than slide the window.
@@ -25,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import json
 import os
 import random
@@ -102,6 +105,71 @@ async def mixed_load(
         "writes_per_s": round(writes / seconds),
         "read_p50_ms": round(float(np.percentile(ms, 50)), 2),
         "read_p99_ms": round(float(np.percentile(ms, 99)), 2),
+        "errors": errors,
+    }
+
+
+async def fixed_rate_load(
+    port: int, users: list[str], items: list[str], write_frac: float, rate: float, conns: int, seconds: float, seed: int
+) -> dict:
+    """Open loop: request i is due at start + i / rate, whatever the answers before it did, and
+    takes the first free connection of `conns`. Latency counts from the due time, so waiting for a
+    connection or behind a slow answer is part of it (no coordinated omission)."""
+    rng = random.Random(seed)
+    pool: asyncio.Queue[Conn] = asyncio.Queue()
+    for _ in range(conns):
+        pool.put_nowait(await Conn.open(port))
+    read_lat: list[float] = []
+    writes = errors = 0
+    n_total = int(rate * seconds)
+    t0 = time.perf_counter() + 0.2
+
+    async def one(i: int, due: float) -> None:
+        nonlocal writes, errors
+        u = rng.choice(users)
+        c = await pool.get()
+        try:
+            if rng.random() < write_frac:
+                ev = {"user_id": u, "item_id": rng.choice(items), "timestamp": time.time(), "event_id": f"r{seed}-{i}"}
+                status, _ = await c.request(
+                    "POST", "/events", json.dumps({"events": [ev]}).encode(), f"X-API-Key: {API_KEY}\r\n"
+                )
+                writes += status == 200
+            else:
+                status, _ = await c.request("GET", f"/recommend/{u}?k=10")
+                if status == 200:
+                    read_lat.append(time.perf_counter() - due)
+            errors += status != 200
+        finally:
+            pool.put_nowait(c)
+
+    pending: set[asyncio.Task[None]] = set()
+    # The generator's own pauses would count as the server's latency: no cyclic GC during the window
+    # (its objects are short-lived; a full collection over thousands of tasks takes milliseconds).
+    gc.collect()
+    gc.disable()
+    try:
+        for i in range(n_total):
+            due = t0 + i / rate
+            if (wait := due - time.perf_counter()) > 0:
+                await asyncio.sleep(wait)
+            task = asyncio.create_task(one(i, due))
+            pending.add(task)
+            task.add_done_callback(pending.discard)
+        await asyncio.gather(*pending)
+    finally:
+        gc.enable()
+    elapsed = time.perf_counter() - t0
+    while not pool.empty():
+        pool.get_nowait().close()
+    ms = np.array(read_lat) * 1e3
+    return {
+        "offered_requests_per_s": rate,
+        "reads_per_s": round(len(read_lat) / elapsed),
+        "writes_per_s": round(writes / elapsed),
+        "read_p50_ms": round(float(np.percentile(ms, 50)), 2),
+        "read_p99_ms": round(float(np.percentile(ms, 99)), 2),
+        "read_max_ms": round(float(ms.max()), 2),
         "errors": errors,
     }
 
@@ -237,6 +305,13 @@ def main() -> None:
     ap.add_argument("--wrk", action="store_true", help="cross-check the warm pure-read rate with wrk")
     ap.add_argument("--ingest-conns", type=int, default=4, help="connections posting the ingestion batches")
     ap.add_argument(
+        "--rate",
+        type=float,
+        default=0,
+        help="also offer the 10:1 mix at this many requests/s (open loop, up to 64 connections) to the"
+        " cache-on server, warm, `--repeats` windows: latency at a fixed load instead of at saturation",
+    )
+    ap.add_argument(
         "--baseline-tree",
         type=Path,
         default=None,
@@ -254,6 +329,7 @@ def main() -> None:
     procs: list[subprocess.Popen] = []
     cross: dict = {}
     cross_mix: dict = {}
+    fixed: list[dict] = []
     results: dict[str, list[dict]] = {}
     with private_redis() as url:
         try:
@@ -315,6 +391,15 @@ def main() -> None:
                         r = measured(side, frac, rep + 1)
                         results.setdefault(f"{mix}_cache_{side}", []).append(r)
                         print(mix, side, r, flush=True)
+            if args.rate:
+                asyncio.run(read_all(ports["on"], users, args.conns))  # warm again after the 1:1 windows
+                fixed = []
+                for rep in range(args.repeats):
+                    frac = MIXES["10_reads_per_write"]
+                    fixed.append(
+                        asyncio.run(fixed_rate_load(ports["on"], users, items, frac, args.rate, 64, args.seconds, rep))
+                    )
+                    print("fixed rate", fixed[-1], flush=True)
             if args.wrk:
                 # After the 1:1 windows most entries are stale: read every user once first, so that
                 # wrk re-measures the warm pure-read rate it is meant to cross-check.
@@ -380,6 +465,7 @@ def main() -> None:
         "events": ev,
         "ingest_events_per_s": {side: r["events_per_s"] for side, r in ingest.items()},
         "ingest": ingest,
+        "fixed_rate_10_reads_per_write_warm_cache_on": fixed or None,
         "wrk_reads_only_warm": cross if args.wrk else None,
         "wrk_10_reads_per_write_warm": cross_mix if args.wrk else None,
         "runs": results,
