@@ -30,10 +30,11 @@ import threading
 import time
 from typing import Any
 
+from uvicorn.config import STARTUP_FAILURE  # a worker's exit code when it failed before serving
+
 log = logging.getLogger("seqrec.server")
 
 APP = "app.main:create_app"
-STARTUP_FAILURE = 3  # uvicorn's exit code for a worker that failed before serving (bad bundle, settings)
 RESTART_PAUSE_S = 1.0  # least time between two starts of the same worker slot: a crash loop stays cheap
 EARLY_EXIT_S = 30.0  # a worker that exits this soon after its start, QUICK_EXITS times in a row, is broken
 QUICK_EXITS = 3

@@ -171,8 +171,9 @@ class RnnState:
         """None when absent or not this bundle's layout (e.g. a plain cached vector). `blob` is the
         state alone (as entries were first written) or an entry (`pack_entry`) holding it."""
         layers, hid = bundle.manifest.incremental.state_shape  # type: ignore[union-attr]
-        if blob is not None and len(blob) != cls.size(bundle):
-            got = unpack_entry(blob, cls.size(bundle))
+        size = cls.size(bundle)
+        if blob is not None and len(blob) != size:
+            got = unpack_entry(blob, size)
             blob = None if got is None else got[1]
         if blob is None:
             return None
@@ -235,8 +236,8 @@ def pack_entry(check: bytes, base: bytes, answer: Answer | None) -> bytes:
     return b"".join(parts)
 
 
-def unpack_entry(entry: bytes | None, base_size: int) -> tuple[bytes, bytes, Answer | None] | None:
-    """(check, base, answer or None) of an entry whose base is `base_size` bytes; None for anything else."""
+def unpack_entry(entry: bytes | None, size: int) -> tuple[bytes, bytes, Answer | None] | None:
+    """(check, base, answer or None) of an entry whose base is `size` bytes; None for anything else."""
     if entry is None:
         return None
     head, sep, rest = entry.partition(b"\0\0")
@@ -244,7 +245,6 @@ def unpack_entry(entry: bytes | None, base_size: int) -> tuple[bytes, bytes, Ans
     if not sep or not sep2 or not k_digits.isdigit():
         return None
     k = int(k_digits)
-    size = base_size
     if len(body) != (size if k == 0 else size + 4 + 8 * k):
         return None
     answer = None

@@ -56,6 +56,21 @@ PREFIX = "bench:"
 MIXES = {"reads_only": 0.0, "10_reads_per_write": 1 / 11, "1_read_per_write": 0.5}
 
 
+async def one_request(
+    c: Conn, rng: random.Random, users: list[str], items: list[str], write_frac: float, event_id: str
+) -> tuple[bool, int]:
+    """One request of a read:write mix for a random user: (whether it was a read, its status). A
+    write is one POST /events of one new event, a read GET /recommend/{user}?k=10."""
+    u = rng.choice(users)
+    if rng.random() < write_frac:
+        ev = {"user_id": u, "item_id": rng.choice(items), "timestamp": time.time(), "event_id": event_id}
+        body = json.dumps({"events": [ev]}).encode()
+        status, _ = await c.request("POST", "/events", body, f"X-API-Key: {API_KEY}\r\n")
+        return False, status
+    status, _ = await c.request("GET", f"/recommend/{u}?k=10")
+    return True, status
+
+
 async def mixed_load(
     port: int, users: list[str], items: list[str], write_frac: float, conns: int, seconds: float, seed: int
 ) -> dict:
@@ -71,22 +86,8 @@ async def mixed_load(
         c = await Conn.open(port)
         n = 0
         while (t := time.perf_counter()) < end:
-            u = rng.choice(users)
-            if rng.random() < write_frac:
-                n += 1
-                ev = {
-                    "user_id": u,
-                    "item_id": rng.choice(items),
-                    "timestamp": time.time(),
-                    "event_id": f"w{seed}-{w}-{n}",
-                }
-                status, _ = await c.request(
-                    "POST", "/events", json.dumps({"events": [ev]}).encode(), f"X-API-Key: {API_KEY}\r\n"
-                )
-                is_read = False
-            else:
-                status, _ = await c.request("GET", f"/recommend/{u}?k=10")
-                is_read = True
+            n += 1
+            is_read, status = await one_request(c, rng, users, items, write_frac, f"w{seed}-{w}-{n}")
             done = time.perf_counter()
             if t < start or done > end:
                 continue
@@ -126,20 +127,15 @@ async def fixed_rate_load(
 
     async def one(i: int, due: float) -> None:
         nonlocal writes, errors
-        u = rng.choice(users)
         c = await pool.get()
         try:
-            if rng.random() < write_frac:
-                ev = {"user_id": u, "item_id": rng.choice(items), "timestamp": time.time(), "event_id": f"r{seed}-{i}"}
-                status, _ = await c.request(
-                    "POST", "/events", json.dumps({"events": [ev]}).encode(), f"X-API-Key: {API_KEY}\r\n"
-                )
-                writes += status == 200
+            is_read, status = await one_request(c, rng, users, items, write_frac, f"r{seed}-{i}")
+            if status != 200:
+                errors += 1
+            elif is_read:
+                read_lat.append(time.perf_counter() - due)
             else:
-                status, _ = await c.request("GET", f"/recommend/{u}?k=10")
-                if status == 200:
-                    read_lat.append(time.perf_counter() - due)
-            errors += status != 200
+                writes += 1
         finally:
             pool.put_nowait(c)
 
