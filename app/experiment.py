@@ -20,6 +20,7 @@ from app.registry import Registry, UnknownModel
 # Variant names become Prometheus label values and JSON keys: keep them plain.
 NAME = re.compile(r"^[A-Za-z0-9_.-]{1,32}$")
 RESERVED = {"default", "explicit"}  # what the service calls traffic outside an experiment
+MAX_SPEC = 2000  # characters: a few dozen variants
 
 
 class ExperimentError(ValueError):
@@ -41,27 +42,32 @@ class Experiment:
 
     @classmethod
     def parse(cls, spec: str, salt: str = "") -> Experiment:
+        """Refusals name a variant by its position and never repeat the submitted text: a reload's
+        experiment arrives over HTTP, and its refusal goes back to the client and into the logs."""
+        if len(spec) > MAX_SPEC:
+            raise ExperimentError(f"the experiment is longer than {MAX_SPEC} characters")
         variants: list[Variant] = []
-        for part in (p.strip() for p in spec.split(",")):
+        for i, part in enumerate((p.strip() for p in spec.split(",")), start=1):
             if not part:
                 continue
             name, eq, rest = part.partition("=")
             bundle, colon, weight_s = rest.rpartition(":")
             name, bundle = name.strip(), bundle.strip()
+            where = f"variant {i}"
             if not eq or not colon or not name or not bundle:
-                raise ExperimentError(f"variant {part!r}: expected name=bundle:weight")
+                raise ExperimentError(f"{where}: expected name=bundle:weight")
             if not NAME.match(name):
-                raise ExperimentError(f"variant name {name!r}: use 1-32 letters, digits, '_', '.' or '-'")
+                raise ExperimentError(f"{where}: a variant name is 1-32 letters, digits, '_', '.' or '-'")
             if name in RESERVED:
-                raise ExperimentError(f"variant name {name!r} is reserved")
+                raise ExperimentError(f"{where}: the names {', '.join(sorted(RESERVED))} are reserved")
             try:
                 weight = float(weight_s)
             except ValueError:
-                raise ExperimentError(f"variant {name!r}: weight {weight_s!r} is not a number") from None
+                raise ExperimentError(f"{where}: the weight is not a number") from None
             if not math.isfinite(weight) or weight <= 0:
-                raise ExperimentError(f"variant {name!r}: weight must be positive, got {weight_s}")
+                raise ExperimentError(f"{where}: the weight must be a positive number")
             if any(v.name == name for v in variants):
-                raise ExperimentError(f"duplicate variant name {name!r}")
+                raise ExperimentError(f"{where}: the variant name is used twice")
             variants.append(Variant(name, bundle, weight))
         if len(variants) < 1:
             raise ExperimentError("an experiment needs at least one variant: name=bundle:weight,...")
@@ -70,14 +76,16 @@ class Experiment:
             raise ExperimentError(f"variant weights sum to {total:g}, they must sum to 100")
         return cls(tuple(variants), salt, spec)
 
-    def check(self, registry: Registry) -> None:
-        """Every variant's bundle must be served by `registry`."""
-        for v in self.variants:
+    def check(self, registry: Registry, *, quote: bool = False) -> None:
+        """Every variant's bundle must be served by `registry`. `quote`: the experiment is the one
+        running (not a request's input), so its variant and bundle may be named."""
+        for i, v in enumerate(self.variants, start=1):
             try:
                 registry.get(v.bundle)
             except UnknownModel as exc:
-                # The name comes from the operator's configuration, not a request: safe to repeat.
-                raise ExperimentError(f"variant {v.name!r}: bundle {v.bundle!r} is not served ({exc})") from None
+                # The valid names are the service's own; a submitted one is not repeated.
+                what = f"variant {v.name!r} (bundle {v.bundle!r})" if quote else f"variant {i}"
+                raise ExperimentError(f"{what}: its bundle is not served ({exc})") from None
 
     def bucket(self, user_id: str) -> float:
         """The user's point in [0, 100): uniform over users, deterministic everywhere."""

@@ -386,6 +386,11 @@ def _parse(data: str) -> Announcement:
 # --------------------------------------------------------------------------- encoding into bundles
 
 
+def holders(registry: Registry, item_id: str) -> list[str]:
+    """The bundles that serve `item_id` as a registered (online) item."""
+    return [b.name for b in _text_bundles(registry) if item_id in b.online]
+
+
 def _text_bundles(registry: Registry) -> list[Any]:
     return [b for b in registry.bundles.values() if b.takes_text]
 

@@ -26,7 +26,9 @@ from fastapi.responses import JSONResponse, Response  # noqa: E402
 from starlette.exceptions import HTTPException as StarletteHTTPException  # noqa: E402
 from starlette.routing import Match, Route  # noqa: E402
 
-from app.errors import validation_answer  # noqa: E402
+from app.bundle import BundleError  # noqa
+from app.errors import validation_answer  # noqa
+from app.experiment import ExperimentError  # noqa: E402
 from app.fleet import follow, initial_registry  # noqa: E402
 from app.items import ItemRegistry, MemoryItems, RedisItems, catch_up  # noqa: E402
 from app.logging import configure_logging  # noqa: E402
@@ -36,7 +38,8 @@ from app.online import make_live  # noqa: E402
 from app.openapi import document_validation_errors  # noqa: E402
 from app.ratelimit import TokenBuckets  # noqa: E402
 from app.routes import events, items, ops, recommend, similar, stats, ui  # noqa: E402
-from app.schemas import Health  # noqa: E402
+from app.schemas import Health  # noqa
+from app.server import record_startup_failure  # noqa: E402
 from app.settings import Settings  # noqa: E402
 from app.state import AppState  # noqa: E402
 from app.stores import ClusterStore, EventStore, MemoryStore, RedisStore, is_cluster_url  # noqa: E402
@@ -98,26 +101,37 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        store = make_store(settings)
-        limiter = TokenBuckets(settings.write_rate_per_s, settings.write_burst) if settings.write_rate_per_s else None
-        item_reg = make_items(settings, store)
-        # The stored configuration (the last POST /admin/reload of any process) wins over the settings.
-        registry = await initial_registry(
-            item_reg, [str(p) for p in settings.bundles], settings.default_model, settings.ann_threshold
-        )
-        state = AppState(
-            settings=settings, registry=registry, store=store, metrics=metrics, write_limiter=limiter, items=item_reg
-        )
-        # Raises on a bad SEQREC_EXPERIMENT; served lists are kept per bundle of the current registry.
-        # (A reload's experiment, stored with its configuration, wins over the settings' as its bundles do.)
-        state.live = make_live(
-            settings,
-            store,
-            registry,
-            metrics,
-            bundles=lambda: state.registry.bundles,
-            experiment=item_reg.spec.get("experiment", settings.experiment),
-        )
+        try:
+            store = make_store(settings)
+            limiter = (
+                TokenBuckets(settings.write_rate_per_s, settings.write_burst) if settings.write_rate_per_s else None
+            )
+            item_reg = make_items(settings, store)
+            # The stored configuration (the last POST /admin/reload of any process) wins over the settings.
+            registry = await initial_registry(
+                item_reg, [str(p) for p in settings.bundles], settings.default_model, settings.ann_threshold
+            )
+            state = AppState(
+                settings=settings,
+                registry=registry,
+                store=store,
+                metrics=metrics,
+                write_limiter=limiter,
+                items=item_reg,
+            )
+            # Raises on a bad SEQREC_EXPERIMENT; served lists are kept per bundle of the current registry.
+            # (A reload's experiment, stored with its configuration, wins over the settings' as its bundles do.)
+            state.live = make_live(
+                settings,
+                store,
+                registry,
+                metrics,
+                bundles=lambda: state.registry.bundles,
+                experiment=item_reg.spec.get("experiment", settings.experiment),
+            )
+        except (BundleError, ExperimentError) as exc:
+            record_startup_failure(f"experiment: {exc}" if isinstance(exc, ExperimentError) else str(exc))
+            raise
         ttl = min(settings.user_cache_ttl_s, settings.history_ttl_s)
         state.user_cache = UserCache(store, settings.user_cache, ttl, metrics.registry, settings.user_state)
         # Items registered before this process started (by any process) are served from the start;

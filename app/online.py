@@ -614,13 +614,19 @@ def make_live(
     return live
 
 
-def next_experiment(live: Live | None, spec: str | None, registry: Any, salt: str) -> Experiment | None:
+def next_experiment(
+    live: Live | None, spec: str | None, registry: Any, salt: str, *, running: bool = False
+) -> Experiment | None:
     """The experiment to install with `registry`: `spec` when given ("" = none), else the current
-    one re-checked against the new bundles. Raises ExperimentError; nothing is changed then."""
+    one re-checked against the new bundles. Raises ExperimentError; nothing is changed then.
+    `running`: `spec` is the experiment already serving, so a refusal may name its variants."""
     from app.experiment import load_experiment
 
+    current = live.experiment if live is not None else None
+    if running and current is not None and spec == current.spec:
+        current.check(registry, quote=True)
+        return current
     if spec is None:
-        current = live.experiment if live is not None else None
         if current is None:
             return None
         current.check(registry)

@@ -38,6 +38,26 @@ APP = "app.main:create_app"
 RESTART_PAUSE_S = 1.0  # least time between two starts of the same worker slot: a crash loop stays cheap
 EARLY_EXIT_S = 30.0  # a worker that exits this soon after its start, QUICK_EXITS times in a row, is broken
 QUICK_EXITS = 3
+# Why this process's start-up failed (a bundle or experiment refused), printed as the last line
+# instead of uvicorn's generic "Application startup failed. Exiting."
+_startup_failure: list[str] = []
+
+
+def record_startup_failure(reason: str) -> None:
+    """Called by the lifespan before it re-raises a start-up refusal."""
+    _startup_failure.append(reason)
+
+
+def _recorded() -> str | None:
+    """The recorded reason. Read through the package module: under `python -m app.server` this
+    file also runs as __main__, a second module object with its own (empty) list."""
+    from app import server
+
+    return server._startup_failure[-1] if server._startup_failure else None
+
+
+def _say_why(reason: str) -> None:
+    print(f"seqrec: cannot start: {reason}", file=sys.stderr, flush=True)
 
 
 def reuse_port_available() -> bool:
@@ -91,9 +111,25 @@ def _server(options: dict[str, Any]) -> Any:
     return Server(uvicorn.Config(APP, factory=True, **options))
 
 
-def _worker(options: dict[str, Any], sock: socket.socket) -> None:
-    """One worker process: a uvicorn server on the socket it was given."""
-    _server(options).run(sockets=[sock])
+def _run(server: Any, sockets: list[socket.socket] | None = None) -> bool:
+    """Run a uvicorn server to its end; False when its start-up failed (uvicorn exits then)."""
+    try:
+        server.run(sockets=sockets)
+    except SystemExit as exc:
+        if exc.code != STARTUP_FAILURE:
+            raise
+        return False
+    return bool(server.started)
+
+
+def _worker(options: dict[str, Any], sock: socket.socket, reasons: Any) -> None:
+    """One worker process: a uvicorn server on the socket it was given; a start-up refusal's reason
+    goes to the supervisor, which prints it last."""
+    if not _run(_server(options), [sock]):
+        reason = _recorded()
+        if reason is not None:
+            reasons.put(reason)
+        sys.exit(STARTUP_FAILURE)
 
 
 class Supervisor:
@@ -109,9 +145,12 @@ class Supervisor:
         self.quick_exits: list[int] = [0] * len(socks)
         self.stop = threading.Event()
         self.exit_code = 0
+        self.reasons = self.ctx.SimpleQueue()
 
     def _start(self, i: int) -> None:
-        p = self.ctx.Process(target=_worker, args=(self.options, self.socks[i]), name=f"seqrec-worker-{i}")
+        p = self.ctx.Process(
+            target=_worker, args=(self.options, self.socks[i], self.reasons), name=f"seqrec-worker-{i}"
+        )
         p.start()
         self.procs[i], self.started[i] = p, time.monotonic()
         log.info("worker %d started (pid %s)", i, p.pid)
@@ -137,6 +176,8 @@ class Supervisor:
                 time.sleep(max(0.0, self.started[i] + RESTART_PAUSE_S - time.monotonic()))
                 self._start(i)
         self._stop_all()
+        if self.exit_code == STARTUP_FAILURE and not self.reasons.empty():
+            _say_why(self.reasons.get())
         return self.exit_code
 
     def _stop_all(self) -> None:
@@ -190,7 +231,11 @@ def serve(
         "timeout_graceful_shutdown": graceful_s,
     }
     if workers <= 1:
-        _server(options).run()
+        if not _run(_server(options)):
+            reason = _recorded()
+            if reason is not None:
+                _say_why(reason)
+            return STARTUP_FAILURE
         return 0
     if not reuse_port or not reuse_port_available():
         uvicorn.run(APP, factory=True, workers=workers, **options)  # (its workers' heaps are not frozen)

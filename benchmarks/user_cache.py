@@ -289,6 +289,52 @@ def run_wrk(port: int, users: int, conns: int, seconds: float, items: list[str],
     }
 
 
+def sweep_rates(spec: str) -> list[float]:
+    start, stop, step = (float(x) for x in spec.split(":"))
+    return [float(r) for r in np.arange(start, stop + step / 2, step)]
+
+
+def holds(windows: list[dict], p99_ms: float) -> bool:
+    """A rate holds when every window keeps the p99 bound, serves what was offered, and errs never."""
+    return all(
+        w["read_p99_ms"] <= p99_ms
+        and w["errors"] == 0
+        and w["reads_per_s"] + w["writes_per_s"] >= 0.98 * w["offered_requests_per_s"]
+        for w in windows
+    )
+
+
+def run_sweep(port: int, users: list[str], items: list[str], args: argparse.Namespace) -> dict:
+    """Capacity of each mix: the highest offered rate that holds the p99 bound (open loop, warm).
+    The sweep of a mix stops after two rates in a row that do not hold."""
+    out: dict = {"p99_bound_ms": args.p99_ms, "rates": args.sweep}
+    for mix, frac in (("reads_only", 0.0), ("10_reads_per_write", MIXES["10_reads_per_write"])):
+        asyncio.run(read_all(port, users, args.conns))  # every entry warm before the mix
+        steps, best, misses = [], None, 0
+        for rate in sweep_rates(args.sweep):
+            windows = [
+                asyncio.run(fixed_rate_load(port, users, items, frac, rate, 64, args.seconds, rep))
+                for rep in range(args.repeats)
+            ]
+            ok = holds(windows, args.p99_ms)
+            steps.append({"offered_requests_per_s": rate, "holds": ok, "windows": windows})
+            print("sweep", mix, rate, ok, [w["read_p99_ms"] for w in windows], flush=True)
+            if ok:
+                best, misses = rate, 0
+            else:
+                misses += 1
+                if misses == 2:
+                    break
+        held = next((s for s in steps if s["offered_requests_per_s"] == best), None)
+        out[mix] = {
+            "capacity_requests_per_s": best,
+            "reads_per_s_at_capacity": min(w["reads_per_s"] for w in held["windows"]) if held else None,
+            "read_p99_ms_at_capacity": max(w["read_p99_ms"] for w in held["windows"]) if held else None,
+            "steps": steps,
+        }
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bundle", type=Path, required=True)
@@ -308,6 +354,15 @@ def main() -> None:
         " cache-on server, warm, `--repeats` windows: latency at a fixed load instead of at saturation",
     )
     ap.add_argument(
+        "--sweep",
+        default="",
+        help="capacity: offer the cache-on server each of these request rates in turn (START:STOP:STEP, e.g."
+        " 1000:8000:500), warm, `--repeats` windows each, for pure reads and the 10:1 mix; the capacity of a mix"
+        " is the highest offered rate whose every window keeps the read p99 under --p99-ms, serves >= 98%% of"
+        " what was offered and has no error",
+    )
+    ap.add_argument("--p99-ms", type=float, default=20.0, help="the p99 bound of --sweep's capacity, milliseconds")
+    ap.add_argument(
         "--baseline-tree",
         type=Path,
         default=None,
@@ -326,6 +381,7 @@ def main() -> None:
     cross: dict = {}
     cross_mix: dict = {}
     fixed: list[dict] = []
+    sweep: dict = {}
     results: dict[str, list[dict]] = {}
     with private_redis() as url:
         try:
@@ -396,6 +452,8 @@ def main() -> None:
                         asyncio.run(fixed_rate_load(ports["on"], users, items, frac, args.rate, 64, args.seconds, rep))
                     )
                     print("fixed rate", fixed[-1], flush=True)
+            if args.sweep:
+                sweep = run_sweep(ports["on"], users, items, args)
             if args.wrk:
                 # After the 1:1 windows most entries are stale: read every user once first, so that
                 # wrk re-measures the warm pure-read rate it is meant to cross-check.
@@ -462,6 +520,7 @@ def main() -> None:
         "ingest_events_per_s": {side: r["events_per_s"] for side, r in ingest.items()},
         "ingest": ingest,
         "fixed_rate_10_reads_per_write_warm_cache_on": fixed or None,
+        "capacity_warm_cache_on": sweep or None,
         "wrk_reads_only_warm": cross if args.wrk else None,
         "wrk_10_reads_per_write_warm": cross_mix if args.wrk else None,
         "runs": results,

@@ -6,7 +6,7 @@ from fastapi import APIRouter, HTTPException
 
 from app.deps import ApiKey, State, WriteLimit
 from app.errors import unavailable
-from app.items import add_encoded, encode, remove
+from app.items import add_encoded, encode, holders, remove
 from app.schemas import (
     ErrorOut,
     IdPath,
@@ -85,6 +85,9 @@ async def delete_item(state: State, item_id: IdPath) -> ItemDeleted:
     is announced to every process, like a registration); histories that hold it keep the event,
     models ignore it. Catalogue items of a bundle cannot be deleted (404)."""
     keys = [b.encoding_key for b in state.registry.bundles.values() if b.takes_text]
+    # Who holds it, read before the deletion: its announcement can reach this process's own
+    # follower (which removes it from the bundles) before the removal below runs.
+    held = holders(state.registry, item_id)
     try:
         existed = await state.items.delete(item_id, keys)
     except StoreUnavailable as exc:
@@ -92,4 +95,5 @@ async def delete_item(state: State, item_id: IdPath) -> ItemDeleted:
         raise unavailable("item registry", exc, "nothing deleted") from exc
     if not existed:
         raise HTTPException(404, "no registered item has this id")
-    return ItemDeleted(item_id=item_id, models=remove(state.registry, [item_id]))
+    removed = remove(state.registry, [item_id])
+    return ItemDeleted(item_id=item_id, models=sorted(set(held) | set(removed)))

@@ -96,7 +96,13 @@ async def reload(state: State, body: ReloadIn | None = None) -> ReloadOut:
             log.warning("bundle reload rejected: %s", exc)
             raise HTTPException(422, f"bundle rejected, previous bundles keep serving: {exc}") from exc
         try:
-            experiment = next_experiment(state.live, spec["experiment"] or "", reg, state.settings.experiment_salt)
+            experiment = next_experiment(
+                state.live,
+                spec["experiment"] or "",
+                reg,
+                state.settings.experiment_salt,
+                running=body.experiment is None,
+            )
         except ExperimentError as exc:
             state.metrics.reloads.labels("rejected").inc()
             raise HTTPException(422, f"experiment rejected, the previous configuration keeps serving: {exc}") from exc

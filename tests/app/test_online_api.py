@@ -93,7 +93,7 @@ def test_assignment_is_sticky(bundle_path: Path, second_bundle: Path) -> None:
 
 def test_bad_experiment_refused_at_startup(bundle_path: Path) -> None:
     app = create_app(Settings(bundles=[bundle_path], experiment="a=tiny-sasrec:50,b=nope:50"))
-    with pytest.raises(ExperimentError, match="bundle 'nope' is not served"), TestClient(app):
+    with pytest.raises(ExperimentError, match="variant 2: its bundle is not served"), TestClient(app):
         pass
 
 
@@ -102,9 +102,9 @@ def test_reload_changes_the_split_and_refuses_bad_ones(bundle_path: Path, second
     with TestClient(create_app(Settings(bundles=[bundle_path], api_key="k3y"))) as c:
         assert c.get("/recommend/u1").json()["variant"] == "default"
         for bad, msg in [
-            ("a=tiny-sasrec:50,b=nope:50", "bundle 'nope' is not served"),
+            ("a=tiny-sasrec:50,b=nope:50", "variant 2: its bundle is not served"),
             ("a=tiny-sasrec:60,b=tiny-b:50", "sum to 110"),
-            ("a=tiny-sasrec:50,a=tiny-b:50", "duplicate"),
+            ("a=tiny-sasrec:50,a=tiny-b:50", "variant 2: the variant name is used twice"),
         ]:
             r = c.post("/admin/reload", json={"bundles": paths, "experiment": bad}, headers=KEY)
             assert r.status_code == 422 and msg in r.json()["detail"], r.text
@@ -131,3 +131,43 @@ def test_tracking_with_redis_down_never_fails_a_request(bundle_path: Path) -> No
         assert c.get("/stats/online").status_code == 503
         metrics = c.get("/metrics").text
     assert 'seqrec_online_skipped_total{op="served"} 1.0' in metrics
+
+
+def test_refused_experiments_never_echo_the_submitted_text(bundle_path: Path, second_bundle: Path) -> None:
+    """A reload's experiment is client input: its refusal names the variant by position and the
+    served bundles, never the text; the running experiment keeps serving."""
+    paths = [str(bundle_path), str(second_bundle)]
+    running = "a=tiny-sasrec:50,b=tiny-b:50"
+    marker = "zq9MARKERq9z"
+    bad = [
+        f"a=tiny-sasrec:50,b={marker}:50",  # an unknown bundle
+        f"a=tiny-sasrec:50,b=tiny-b:{marker}",  # a weight that is not a number
+        f"a=tiny-sasrec:50,{marker}",  # not name=bundle:weight
+        f"{marker}!=tiny-sasrec:100",  # a bad variant name
+        f"a=tiny-sasrec:{marker}inf",
+        "a=tiny-sasrec:50," + ",".join(f"v{i}={marker}:0" for i in range(600)),  # ~10 kB
+        f"a=tiny-sasrec:50,b=tiny-b:50,{marker}=tiny-b:1",
+    ]
+    with TestClient(create_app(Settings(bundles=paths, api_key="k3y", experiment=running))) as c:
+        for spec in bad:
+            r = c.post("/admin/reload", json={"bundles": paths, "experiment": spec}, headers=KEY)
+            assert r.status_code == 422, r.text
+            assert marker not in r.text and len(r.text) < 600, r.text[:300]
+        assert c.get("/recommend/u1").json()["variant"] in {"a", "b"}
+        r = c.post("/admin/reload", json={"bundles": paths, "default_model": marker}, headers=KEY)
+        assert r.status_code == 422 and marker not in r.text
+
+
+def test_a_model_kind_that_several_bundles_share(bundle_path: Path, second_bundle: Path) -> None:
+    """Two SASRec bundles: the kind names the default bundle; the 422 of an unknown name lists
+    exactly the accepted names, and every listed name is accepted."""
+    with TestClient(create_app(Settings(bundles=[bundle_path, second_bundle], api_key="k3y"))) as c:
+        assert c.get("/recommend/u1", params={"model": "sasrec"}).json()["bundle"] == "tiny-sasrec"
+        r = c.get("/recommend/u1", params={"model": "nope"})
+        assert r.status_code == 422 and r.json()["detail"] == "unknown model; serving: sasrec, tiny-b, tiny-sasrec"
+        for name in ("sasrec", "tiny-b", "tiny-sasrec"):
+            assert c.get("/recommend/u1", params={"model": name}).status_code == 200
+            assert c.get("/items/1/similar", params={"model": name}).status_code in (200, 404)
+        # A reload may name the default by kind too.
+        r = c.post("/admin/reload", json={"default_model": "sasrec"}, headers=KEY)
+        assert r.status_code == 200 and r.json()["default_model"] == "tiny-sasrec"

@@ -139,6 +139,18 @@ def test_a_port_in_use_and_a_worker_that_cannot_start_end_the_server_at_once(
     assert r.returncode == 3, r.stderr[-2000:]
     assert "could not start" in r.stderr
     assert time.monotonic() - t0 < 60
+    # The reason is the last thing printed, after uvicorn's generic line: with 2 workers and with one.
+    env |= {"SEQREC_BUNDLES": str(deploy_bundle), "SEQREC_EXPERIMENT": "a=nope-bundle:50,b=also-not:50"}
+    env.pop("SEQREC_REDIS_URL")
+    for workers in ("2", "1"):
+        cmd = [sys.executable, "-m", "app.server", "--port", "0", "--workers", workers]
+        if workers == "2":
+            env["SEQREC_REDIS_URL"] = "redis://127.0.0.1:1/0"  # the in-process store is refused for 2 workers
+        r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+        last = r.stderr.strip().splitlines()[-1]
+        assert r.returncode == 3 and last.startswith("seqrec: cannot start: experiment: variant 1"), r.stderr[-2000:]
+        assert "nope-bundle" not in last
+        env.pop("SEQREC_REDIS_URL", None)
 
 
 def test_reload_reaches_every_worker_and_later_processes(

@@ -89,9 +89,9 @@ def test_failing_ledger_is_skipped_and_counted() -> None:
     ("spec", "message"),
     [
         ("a=x:50,b=y:40", "sum to 90"),
-        ("a=x:50,a=y:50", "duplicate variant name 'a'"),
-        ("a=x:0,b=y:100", "must be positive"),
-        ("a=x:-10,b=y:110", "must be positive"),
+        ("a=x:50,a=y:50", "variant 2: the variant name is used twice"),
+        ("a=x:0,b=y:100", "variant 1: the weight must be a positive number"),
+        ("a=x:-10,b=y:110", "must be a positive number"),
         ("a=x:fifty,b=y:50", "not a number"),
         ("a=x,b=y:50", "expected name=bundle:weight"),
         ("default=x:100", "reserved"),
