@@ -2,7 +2,8 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-10)
+# The stamp names this checkout as well as pyproject.toml: an editable install points at one tree.
+STAMP := $(VENV)/.installed-$(shell (cat pyproject.toml; echo $(CURDIR)) | sha1sum | cut -c1-10)
 
 .PHONY: setup test lint browser demo serve bench-sasrec bench-serve bench-ann clean
 
@@ -12,7 +13,16 @@ $(STAMP): pyproject.toml
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
 
+ifeq ($(abspath $(VENV)),$(CURDIR)/.venv)
 setup: $(STAMP)
+else
+# Another checkout's venv (make bench-serve VENV=../main/.venv) is used as it is: installing into it
+# would re-point its editable install at this checkout. This tree's code comes first on the path.
+export PYTHONPATH := $(CURDIR)$(if $(PYTHONPATH),:$(PYTHONPATH))
+setup:
+	@test -x $(PY) || { echo "VENV=$(VENV) has no bin/python: create it with make setup in its own checkout"; exit 1; }
+	@echo "using $(VENV) as it is, with this checkout ($(CURDIR)) first on PYTHONPATH"
+endif
 
 # ruff, then the layering contract in pyproject.toml ([tool.importlinter]; docs/architecture.md).
 lint: setup

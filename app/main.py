@@ -13,7 +13,6 @@ import logging
 import os
 from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
-from typing import Any
 
 # One BLAS thread per worker process: parallelism comes from workers, not oversubscription.
 for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
@@ -26,54 +25,30 @@ from fastapi.responses import JSONResponse, Response  # noqa: E402
 from starlette.exceptions import HTTPException as StarletteHTTPException  # noqa: E402
 from starlette.routing import Match, Route  # noqa: E402
 
-from app.bundle import BundleError  # noqa
-from app.errors import validation_answer  # noqa
-from app.experiment import ExperimentError  # noqa: E402
-from app.fleet import follow, initial_registry  # noqa: E402
-from app.items import ItemRegistry, MemoryItems, RedisItems, catch_up  # noqa: E402
-from app.logging import configure_logging  # noqa: E402
-from app.metrics import Metrics  # noqa: E402
-from app.middleware import BodyLimit, EncodedSlash, FastRead, FastWrite, Liveness, Observe  # noqa: E402
-from app.online import make_live  # noqa: E402
-from app.openapi import document_validation_errors  # noqa: E402
-from app.ratelimit import TokenBuckets  # noqa: E402
-from app.routes import events, items, ops, recommend, similar, stats, ui  # noqa: E402
-from app.schemas import Health  # noqa
-from app.server import record_startup_failure  # noqa: E402
+from app.api import errors  # noqa: E402
+from app.api.errors import validation_answer  # noqa
+from app.api.middleware import BodyLimit, EncodedSlash, FastRead, FastWrite, Liveness, Observe  # noqa: E402
+from app.api.openapi import document_validation_errors  # noqa: E402
+from app.api.routes import events, items, ops, recommend, similar, stats, ui  # noqa: E402
+from app.api.schemas import Health  # noqa
+from app.bundles.bundle import BundleError  # noqa
+from app.bundles.served import Registry  # noqa: E402
+from app.fleet.config import initial_registry  # noqa: E402
+from app.fleet.follow import follow  # noqa: E402
+from app.fleet.watch import watch_bundles  # noqa: E402
+from app.runtime.logging import configure_logging  # noqa: E402
+from app.runtime.metrics import Metrics  # noqa: E402
+from app.runtime.server import record_startup_failure  # noqa: E402
+from app.serving.catalogue import catch_up  # noqa: E402
+from app.serving.experiment import Experiment, ExperimentError, load_experiment  # noqa: E402
+from app.serving.online import make_live  # noqa: E402
+from app.serving.ratelimit import TokenBuckets  # noqa: E402
+from app.serving.usercache import UserCache  # noqa: E402
 from app.settings import Settings  # noqa: E402
 from app.state import AppState  # noqa: E402
-from app.stores import ClusterStore, EventStore, MemoryStore, RedisStore, is_cluster_url  # noqa: E402
-from app.userstate import UserCache  # noqa: E402
-from app.watch import watch_bundles  # noqa: E402
+from app.stores.open import open_items, open_store  # noqa: E402
 
 log = logging.getLogger("seqrec.app")
-
-
-def make_store(settings: Settings) -> EventStore:
-    if settings.redis_url:
-        url, n, ttl = settings.redis_url, settings.max_history, settings.history_ttl_s
-        opts: dict[str, Any] = {
-            "prefix": settings.key_prefix,
-            "read_timeout": settings.redis_timeout,
-            "pool_size": settings.redis_pool_size,
-            "write_timeout": settings.redis_write_timeout,
-        }
-        if settings.redis_cluster or is_cluster_url(url):
-            wait, wait_ms = settings.redis_wait_replicas, settings.redis_wait_timeout_ms
-            return ClusterStore(url, n, ttl, wait_replicas=wait, wait_timeout_ms=wait_ms, **opts)
-        return RedisStore(url, n, ttl, **opts)
-    log.warning("no SEQREC_REDIS_URL: using the in-process store (single process, not durable)")
-    return MemoryStore(settings.max_history, settings.history_ttl_s)
-
-
-def make_items(settings: Settings, store: EventStore) -> ItemRegistry:
-    if isinstance(store, ClusterStore) and settings.redis_url:
-        from app.cluster_items import ClusterItems
-
-        return ClusterItems(store, settings.redis_url, settings.key_prefix, settings.redis_timeout)
-    if isinstance(store, RedisStore) and settings.redis_url:
-        return RedisItems(store.redis, settings.redis_url, settings.key_prefix, settings.redis_timeout)
-    return MemoryItems()
 
 
 async def bounded(aws: list[Awaitable[object]], what: str, timeout: float) -> None:
@@ -94,6 +69,20 @@ async def bounded(aws: list[Awaitable[object]], what: str, timeout: float) -> No
         log.warning("shutdown: the %s did not finish within %.1f s\n%s", what, timeout, where.getvalue())
 
 
+def start_experiment(spec: str | None, settings: Settings, registry: Registry) -> Experiment | None:
+    """The experiment to start with (None: none); ExperimentError, logged, on a bad one."""
+    try:
+        split = load_experiment(spec, settings.experiment_salt, registry)
+    except ExperimentError as exc:
+        log.error("SEQREC_EXPERIMENT refused: %s", exc)
+        raise
+    if split is not None:
+        log.info("experiment: %s (salt %r)", split.spec, split.salt)
+        if not settings.online_tracking:
+            log.warning("SEQREC_ONLINE_TRACKING is off: the experiment splits traffic but nothing is measured")
+    return split
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     configure_logging()
@@ -102,11 +91,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         try:
-            store = make_store(settings)
+            store = open_store(settings)
             limiter = (
                 TokenBuckets(settings.write_rate_per_s, settings.write_burst) if settings.write_rate_per_s else None
             )
-            item_reg = make_items(settings, store)
+            item_reg = open_items(settings, store)
             # The stored configuration (the last POST /admin/reload of any process) wins over the settings.
             registry = await initial_registry(
                 item_reg, [str(p) for p in settings.bundles], settings.default_model, settings.ann_threshold
@@ -119,16 +108,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 write_limiter=limiter,
                 items=item_reg,
             )
-            # Raises on a bad SEQREC_EXPERIMENT; served lists are kept per bundle of the current registry.
-            # (A reload's experiment, stored with its configuration, wins over the settings' as its bundles do.)
-            state.live = make_live(
-                settings,
-                store,
-                registry,
-                metrics,
-                bundles=lambda: state.registry.bundles,
-                experiment=item_reg.spec.get("experiment", settings.experiment),
-            )
+            # The A/B split (a reload's experiment, stored with its configuration, wins over the
+            # settings' as its bundles do); raises on a bad one.
+            spec = item_reg.spec.get("experiment", settings.experiment)
+            state.experiment = start_experiment(spec, settings, registry)
+            state.live = make_live(settings, store, metrics, bundles=lambda: state.registry.bundles)
         except (BundleError, ExperimentError) as exc:
             record_startup_failure(f"experiment: {exc}" if isinstance(exc, ExperimentError) else str(exc))
             raise
@@ -168,6 +152,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     routers = [recommend.router, ops.router, events.router, items.router, similar.router, stats.router, ui.router]
     for router in routers:
         app.include_router(router)
+
+    errors.install(app)  # domain errors -> HTTP, in one place
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:

@@ -81,7 +81,7 @@ class Settings(BaseSettings):
     reuse_port: bool = Field(
         True,
         description="Several workers: one listening socket per worker on the same port (SO_REUSEPORT, Linux), so"
-        " the kernel spreads connections evenly; false: uvicorn's one shared socket (app/server.py).",
+        " the kernel spreads connections evenly; false: uvicorn's one shared socket (app/runtime/server.py).",
     )
     user_cache: bool = Field(
         True, description="Reuse a user's vector while the history it encodes is unchanged (docs/user-state.md)."

@@ -1,4 +1,4 @@
-"""What the lifespan builds and the routes read (via typed dependencies in app/deps.py)."""
+"""What the lifespan builds and the routes read (via typed dependencies in app/api/deps.py)."""
 
 from __future__ import annotations
 
@@ -6,17 +6,18 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from app import heap
-from app.items import ItemRegistry, MemoryItems
-from app.metrics import Metrics
-from app.ratelimit import TokenBuckets
-from app.registry import Registry
+from app.bundles.served import Registry
+from app.runtime import heap
+from app.runtime.metrics import Metrics
+from app.serving.ratelimit import TokenBuckets
 from app.settings import Settings
 from app.stores import EventStore
+from app.stores.items import ItemRegistry, MemoryItems
 
 if TYPE_CHECKING:
-    from app.online import Live
-    from app.userstate import UserCache
+    from app.serving.experiment import Experiment
+    from app.serving.online import Live
+    from app.serving.usercache import UserCache
 
 
 @dataclass
@@ -28,8 +29,9 @@ class AppState:
     reload_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     write_limiter: TokenBuckets | None = None
     items: ItemRegistry = field(default_factory=MemoryItems)  # registered by POST /items
-    live: Live | None = None  # online evaluation + A/B split (app/online.py)
-    user_cache: UserCache | None = None  # None: every read encodes the history (app/userstate.py)
+    live: Live | None = None  # online evaluation (app/serving/online.py)
+    experiment: Experiment | None = None  # the A/B split (app/serving/experiment.py)
+    user_cache: UserCache | None = None  # None: every read encodes the history (app/serving/usercache.py)
 
     def install(self, registry: Registry) -> None:
         self.registry = registry

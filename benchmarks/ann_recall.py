@@ -116,9 +116,9 @@ def bench_exact(table: np.ndarray, queries: np.ndarray, k: int) -> dict:
 
 
 def bench_service(table: np.ndarray, queries: np.ndarray, k: int, n_exclude: int) -> list[dict]:
-    """The service's own indexes (app/index.py) as the service calls them: one query, `n_exclude`
+    """The service's own indexes (app/bundles/index.py) as the service calls them: one query, `n_exclude`
     seen items filtered out; recall against exact search with the same exclusion."""
-    from app.index import ExactIndex, HNSWIndex
+    from app.bundles.index import ExactIndex, HNSWIndex
 
     n = len(table)
     labels = np.arange(1, n + 1)
@@ -155,7 +155,7 @@ def queries_and_tables(bundle_path: Path, n_queries: int, n_synthetic: int):
     """(bundle, real user vectors from random histories, the real item table, a synthetic table of
     `n_synthetic` items, the rng): the synthetic table resamples the real vectors with noise of half
     their per-dimension spread, so its geometry (norms, clusters) stays realistic."""
-    from app.loader import load_bundle
+    from app.bundles.served import load_bundle
 
     bundle = load_bundle(bundle_path, ann_threshold=10**9)
     rng = np.random.default_rng(0)
@@ -229,7 +229,7 @@ def main() -> None:
 
 def million(args: argparse.Namespace) -> None:
     """The service's ExactIndex vs its IVFIndex and HNSWIndex (each built once, search breadth varied)."""
-    from app.index import ExactIndex, HNSWIndex, IVFIndex
+    from app.bundles.index import ExactIndex, HNSWIndex, IVFIndex
 
     bundle, queries, _, table, rng = queries_and_tables(args.bundle, args.queries, args.million)
     labels = np.arange(1, args.million + 1)

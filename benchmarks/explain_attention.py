@@ -8,7 +8,7 @@ For each model (a training run's best.pt and the bundle exported from it), rando
 (their newest `--history` events, as the service reads them) and their top-k recommendations:
 
 - ablation: contribution(e, i) = score(i | h) - score(i | h without e) for the newest N events,
-  what GET /recommend?explain=true reports (app/explain.py, through the bundle);
+  what GET /recommend?explain=true reports (app/serving/explain.py, through the bundle);
 - attention: the last block's attention weights, averaged over heads, from the query that makes
   the user vector (SASRec: the newest position; BERT4Rec: the appended [mask]) to each of the
   newest N events. One weight per event, the same for every recommended item.
@@ -35,8 +35,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from app.explain import contributions  # noqa: E402
-from app.loader import load_bundle  # noqa: E402
+from app.bundles.served import load_bundle  # noqa: E402
+from app.serving.explain import contributions  # noqa: E402
 from benchmarks.explain_latency import ml1m_histories  # noqa: E402
 from benchmarks.machine import machine_info  # noqa: E402
 from training.checkpoint import load_checkpoint  # noqa: E402

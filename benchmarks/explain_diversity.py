@@ -4,7 +4,7 @@
         --out benchmarks/results/explain_diversity.json
 
 Leave-one-out test on ml-1m.sasrec.txt (every user: history = all events but the last, target =
-the last), seen items excluded, the bundle's own re-ranking (app/diversity.py) exactly as
+the last), seen items excluded, the bundle's own re-ranking (app/serving/diversity.py) exactly as
 GET /recommend?diversify=&max_per_cluster= applies it. Per setting:
   NDCG@10, HR@10       against the held-out item
   ILD@10               intra-list diversity: mean pairwise (1 - cosine) of the list's item vectors
@@ -29,8 +29,8 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from app.diversity import ListShape
-from app.loader import load_bundle
+from app.bundles.served import load_bundle
+from app.serving.diversity import ListShape
 from benchmarks.explain_latency import ml1m_histories
 from benchmarks.machine import machine_info
 

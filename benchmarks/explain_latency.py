@@ -47,9 +47,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from app.bundle import Bundle  # noqa: E402
-from app.explain import ablation_batch, contributions, explain  # noqa: E402
-from app.loader import load_bundle  # noqa: E402
+from app.bundles.bundle import Bundle  # noqa: E402
+from app.bundles.served import load_bundle  # noqa: E402
+from app.serving.explain import ablation_batch, contributions, explain  # noqa: E402
 from benchmarks.machine import machine_info  # noqa: E402
 
 

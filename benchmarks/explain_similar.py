@@ -30,8 +30,8 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from app.loader import load_bundle
-from app.similar import unit_rows
+from app.bundles.served import load_bundle
+from app.bundles.spaces import unit_rows
 from benchmarks.explain_diversity import ml1m_genres
 from benchmarks.machine import machine_info
 

@@ -19,7 +19,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from app.bundle import Bundle
+from app.bundles.bundle import Bundle
 from benchmarks.common import write_result
 from training.data import prepare
 

@@ -5,7 +5,7 @@
 A 200-member history and a 272-byte entry (a dim-64 cached vector) under a throwaway prefix;
 each shape runs `--n` times in a row, twice, and prints the process CPU per call: a bare ZRANGE,
 the two-command pipeline (ZRANGE + HGET / GET) the first cache version used, the one-script read
-(app/userstate.py READ_LUA), and the writes (HSET + EXPIRE pipeline vs SET .. EX).
+(app/serving/usercache.py READ_LUA), and the writes (HSET + EXPIRE pipeline vs SET .. EX).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from app.userstate import READ_LUA  # noqa: E402
+from app.stores.usercache import READ_LUA  # noqa: E402
 
 
 async def run(url: str, n: int) -> None:

@@ -43,8 +43,7 @@ async def histories(url: str, prefix: str) -> AsyncIterator[tuple[str, list[tupl
     cluster = None
     if is_cluster_url(url):
         cluster = ClusterStore(url, 1, 1, prefix=prefix, read_timeout=5.0)
-        await cluster._topology()
-        clients = [cluster._client(node.name, raw=True) for node in cluster.redis.get_primaries()]
+        clients = await cluster.master_clients()
     else:
         clients = [Redis.from_url(url, decode_responses=False, socket_timeout=10)]
     try:

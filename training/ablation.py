@@ -1,13 +1,13 @@
 """ablation.onnx: the leave-one-out user vectors explanations need, as one graph (optional in a bundle).
 
-Contract (manifest `ablation` section, read by app/explain.py):
+Contract (manifest `ablation` section, read by app/serving/explain.py):
     window (1, T) int64: the newest T events, oldest first, no padding, 2 <= T <= max_len + 1
     ages   (A,)   int64: 0, 1, ..., A - 1 with 2 <= A <= min(T, max_len)
  -> user_vec (A, D): row a = the user vector of the history without its event of age a
     (0 = newest), i.e. what model.onnx returns for those A histories. The history's own vector is
     not in it (`"history_row": false` in the section): the caller scored the items with it
     already. Bundles written before carry no `history_row` key and return A + 1 rows, row 0 being
-    the history's own vector; app/explain.py reads both. It is written for models whose
+    the history's own vector; app/serving/explain.py reads both. It is written for models whose
     `ablations` method computes this with less work than A separate histories (SASRec: causal
     attention shares the older events' states) and checked against the model's own forward on
     the explicit histories at export.

@@ -812,7 +812,7 @@ def serve(
     except Exception as exc:  # pydantic ValidationError: report it plainly instead of a traceback
         _fail(f"invalid settings: {exc}")
     if settings.experiment:
-        from app.experiment import Experiment, ExperimentError
+        from app.serving.experiment import Experiment, ExperimentError
 
         try:  # the syntax here; the bundle names once the bundles are loaded (at start-up)
             Experiment.parse(settings.experiment, settings.experiment_salt)
@@ -820,7 +820,7 @@ def serve(
             _fail(f"SEQREC_EXPERIMENT: {exc}")
     if examples:
         _print_examples(Settings(), host, port)
-    from app.server import serve as run_server
+    from app.runtime.server import serve as run_server
 
     code = run_server(host, port, workers, reuse_port=settings.reuse_port)
     if code:

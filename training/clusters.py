@@ -2,7 +2,7 @@
 
 Clusters: spherical k-means (faiss) on the L2-normalised item vectors, so a cluster is a region
 of the cosine space that GET /items/{id}/similar and MMR re-ranking use too. Written as
-clusters.npy (int32 cluster id per catalogue row) and read by app/diversity.py.
+clusters.npy (int32 cluster id per catalogue row) and read by app/serving/diversity.py.
 
 Layer vectors (models with `hidden_states`, i.e. BERT4Rec): each item i is run through the
 encoder as the two-token sequence [i, mask], the way inference sees a history's newest item,

@@ -1,7 +1,7 @@
 """Dwell-time repetition for GRU4Rec training (Bogina & Kuflik, 2017; written from the paper).
 
 An event's dwell is the gap to the next event of the same session, capped; the event is read
-floor(dwell / unit) + 1 times (app/history.py: `dwell_counts`, `dwell_repeat`, the one
+floor(dwell / unit) + 1 times (app/bundles/history.py: `dwell_counts`, `dwell_repeat`, the one
 definition that training, offline evaluation and the service share).
 
 Training keeps the prediction problem of serving exactly. At serving time the newest event of a
@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from app.history import dwell_counts
+from app.bundles.history import dwell_counts
 from training.batching import pad_left
 from training.tasks import Batch, batch_order, draw_window
 

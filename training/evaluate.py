@@ -24,7 +24,7 @@ from training.batching import pad_left
 DEFAULT_KS = (1, 5, 10, 20)
 ScoreFn = Callable[..., torch.Tensor]  # (B, L) item_seq[, (B, L) time_seq] -> (B, >= N+1) scores
 # (items, times) of one history -> the (items, times) the model reads (e.g. dwell repetition,
-# app/history.py): applied before the max_len cut, exactly as the service applies it.
+# app/bundles/history.py): applied before the max_len cut, exactly as the service applies it.
 HistoryFn = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
 
 

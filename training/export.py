@@ -1,7 +1,7 @@
 """Export a checkpoint as an artifact bundle (the only contract with the service).
 
 bundle/
-  manifest.json      app.manifest.Manifest: format version, model, hyper-parameters, metrics,
+  manifest.json      app.bundles.manifest.Manifest: format version, model, hyper-parameters, metrics,
                      fingerprints, sha256 of files (the schema the service validates on load)
   model.onnx         item_seq int64 [batch, len] (0 = padding) -> user_vec float32 [batch, dim];
                      a model that reads event times also takes time_seq int64 [batch, len]
@@ -41,7 +41,7 @@ import numpy as np
 import torch
 from pydantic import ValidationError
 
-from app.manifest import FORMAT_VERSION, TIMED_FORMAT_VERSION, IncrementalSpec, Manifest, OnnxSpec
+from app.bundles.manifest import FORMAT_VERSION, TIMED_FORMAT_VERSION, IncrementalSpec, Manifest, OnnxSpec
 from models.gru4rec import GRU4Rec
 from models.layers import SeqRecModel
 from training.ablation import write_ablation_graph
@@ -304,7 +304,7 @@ def export_bundle(
         if spec.export_extra is not None:
             # Model-specific graphs (e.g. UniSRec: text encoder, adaptor, sequence encoder).
             extra_manifest.update(spec.export_extra(model, tmp, ckpt))
-        if isinstance(model, GRU4Rec):  # a recurrent user state: served incrementally (app/userstate.py)
+        if isinstance(model, GRU4Rec):  # a recurrent user state: served incrementally (app/serving/usercache.py)
             extra_manifest["incremental"] = export_step(model, tmp, tmp / "model.onnx")
         extra_manifest["clusters"] = write_clusters(tmp, table)
         # The graph reads items only: a bundle that reads times (or transforms histories) has none.

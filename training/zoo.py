@@ -46,7 +46,7 @@ from training.tasks import ContrastiveNextItemTask, NextItemTask, Task
 SetupFn = Callable[[SeqRecModel, Any, TrainConfig, Any], None]
 # (model, bundle temp dir, checkpoint) -> extra manifest entries; writes extra bundle files.
 ExportExtraFn = Callable[[SeqRecModel, Path, dict[str, Any]], dict[str, Any]]
-# (model config, task config) -> the manifest's `history_transform` (app/history.py) or None.
+# (model config, task config) -> the manifest's `history_transform` (app/bundles/history.py) or None.
 HistoryTransformFn = Callable[[Any, Any], dict[str, Any] | None]
 
 
@@ -313,7 +313,7 @@ def resolve(
 
 
 def transform_spec(name: str, model_cfg: Any, task_cfg: Any) -> dict[str, Any] | None:
-    """The manifest's `history_transform` of a run (app/history.py), or None."""
+    """The manifest's `history_transform` of a run (app/bundles/history.py), or None."""
     fn = get_spec(name).history_transform
     return fn(model_cfg, task_cfg) if fn is not None else None
 
@@ -337,7 +337,7 @@ def time_eval_kwargs(name: str, model: SeqRecModel, task_cfg: Any, times: Any, d
         )
     from functools import partial
 
-    from app.history import apply_transform
+    from app.bundles.history import apply_transform
 
     spec = transform_spec(name, model.cfg, task_cfg)  # type: ignore[attr-defined]
     return {

@@ -199,6 +199,31 @@ class ClusterStore:
                 return
             self._refreshed_once = True
 
+    # The seams the per-user cache (app/stores/usercache.py) uses, shared with RedisStore.
+    shares_connection = False  # one master per user: reads of several users do not batch
+
+    def entry_key(self, user_id: str, field: str) -> str:
+        """A per-user entry in the history's slot (same `{user}` hash tag)."""
+        return f"{self.user_key('v', user_id)}:{field}"
+
+    async def user_client(self, user_id: str) -> Redis:
+        """The raw-bytes client of the master that holds this user's slot (from the store's map)."""
+        await self._topology()
+        return self._client(self._master(user_id), raw=True)
+
+    def connection_failed(self) -> None:
+        """A command to this user's master failed: reload the slot map before the next one."""
+        self._stale = True
+
+    async def master_clients(self) -> list[Redis]:
+        """A raw-bytes client of every master (current map): for walking all keys with SCAN."""
+        await self._topology()
+        return [self._client(node.name, raw=True) for node in self.redis.get_primaries()]
+
+    def credentials(self) -> dict[str, Any]:
+        """The connection options a client of another node needs (user, password, TLS)."""
+        return {k: v for k, v in self._opts.items() if k in ("username", "password", "ssl")}
+
     def _master(self, user_id: str) -> str:
         slot = key_slot(self.key(user_id).encode())
         try:

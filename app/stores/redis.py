@@ -88,6 +88,20 @@ class RedisStore:
     def key(self, user_id: str) -> str:
         return f"{self.prefix}h:{user_id}"
 
+    # The seams the per-user cache (app/stores/usercache.py) uses, shared with ClusterStore.
+    shares_connection = True  # every user's keys on one server: reads of many users batch into one pipeline
+
+    def entry_key(self, user_id: str, field: str) -> str:
+        """A per-user entry next to the history (the user cache's `v:` keys)."""
+        return f"{self.prefix}v:{user_id}:{field}"
+
+    async def user_client(self, user_id: str) -> Redis:
+        """The raw-bytes client of the server that holds this user's keys."""
+        return self.raw
+
+    def connection_failed(self) -> None:
+        """A command to this user's server failed (nothing to refresh on a single server)."""
+
     async def append(self, events: list[Event]) -> AppendResult:
         by_user: dict[str, dict[str, float]] = defaultdict(dict)
         for ev in events:

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
+from app.api.schemas import RecommendOut
 from app.main import bounded, create_app
-from app.schemas import RecommendOut
 from app.settings import Settings
 from tests.support.procs import free_port
 
@@ -245,8 +245,8 @@ def test_reload_reports_a_process_that_cannot_apply_it(
 ) -> None:
     """Two app instances on one Redis: when one cannot load the announced configuration (a path
     missing on that replica), it keeps serving and the reload answer names it under `rejected`."""
-    import app.fleet
-    from app.bundle import BundleError
+    import app.fleet.follow
+    from app.bundles.bundle import BundleError
 
     def settings() -> Settings:
         return Settings(
@@ -256,11 +256,11 @@ def test_reload_reports_a_process_that_cannot_apply_it(
     with TestClient(create_app(settings())) as a, TestClient(create_app(settings())) as b:
         before = b.app.state.seqrec.registry
 
-        async def missing_here(spec: dict, ann: int):
+        async def missing_here(*args, **kwargs):
             raise BundleError("/bundles/x is not a directory")
 
         # Only the follower path (how other processes apply a reload) fails; A loads it itself.
-        monkeypatch.setattr(app.fleet, "load_spec", missing_here)
+        monkeypatch.setattr(app.fleet.follow, "prepare_configuration", missing_here)
         r = a.post("/admin/reload", headers=KEY)
         assert r.status_code == 200, r.text
         reached = r.json()["reached"]

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from app.bundle import Bundle, BundleError
+from app.bundles.bundle import Bundle, BundleError
 
 
 def test_loads_and_matches_torch(bundle_path: Path, tiny_run: Path) -> None:

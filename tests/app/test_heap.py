@@ -1,4 +1,4 @@
-"""app/heap.py, in a child interpreter (freezing the test process's heap would keep every later
+"""app/runtime/heap.py, in a child interpreter (freezing the test process's heap would keep every later
 test's garbage alive)."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from tests.support.procs import ROOT
 
 SETTLE_THEN_RELOAD = """
 import gc, weakref
-from app import heap
+from app.runtime import heap
 
 class Node:
     pass

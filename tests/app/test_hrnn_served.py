@@ -12,7 +12,7 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
-from app.bundle import Bundle
+from app.bundles.bundle import Bundle
 from app.main import create_app
 from app.settings import Settings
 from training.batching import pad_left

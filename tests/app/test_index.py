@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from app.index import ExactIndex, HNSWIndex, IVFIndex, build_index
+from app.bundles.index import ExactIndex, HNSWIndex, IVFIndex, build_index
 
 
 def brute(table: np.ndarray, q: np.ndarray, k: int, exclude: set[int]) -> list[int]:

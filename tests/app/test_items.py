@@ -54,8 +54,8 @@ def _head(bundle: Path) -> tuple[int, float]:
 def test_text_bundle_loads_and_equals_model_onnx(unisrec_bundle: Path) -> None:
     import onnxruntime as ort
 
-    from app.loader import load_bundle
-    from app.text_bundle import TextBundle
+    from app.bundles.served import load_bundle
+    from app.bundles.text import TextBundle
 
     b = load_bundle(unisrec_bundle)
     assert isinstance(b, TextBundle) and b.takes_text
@@ -87,7 +87,7 @@ def test_text_bundle_loads_and_equals_model_onnx(unisrec_bundle: Path) -> None:
 
 
 def test_compose_follows_manifest(unisrec_bundle: Path) -> None:
-    from app.text_bundle import compose_text
+    from app.bundles.text import compose_text
 
     compose = json.loads((unisrec_bundle / "manifest.json").read_text())["text"]["compose"]
     item = {"item_id": "x", "title": " Stapler ", "categories": ["Office", "", "Staplers"], "brand": "Acme"}
@@ -281,7 +281,7 @@ class EncodeCounter:
     """Counts the item texts a TextBundle encodes (the load-time probe excluded)."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        from app.text_bundle import TextBundle
+        from app.bundles.text import TextBundle
 
         self.texts = 0
         real = TextBundle.encode_texts

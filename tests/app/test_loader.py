@@ -1,4 +1,4 @@
-"""app/loader.py: load_bundle() picks Bundle or TextBundle from the manifest."""
+"""app/bundles/served.py: load_bundle() picks Bundle or TextBundle from the manifest."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from app.bundle import Bundle, BundleError
-from app.loader import load_bundle
-from app.text_bundle import TextBundle
+from app.bundles.bundle import Bundle, BundleError
+from app.bundles.served import load_bundle
+from app.bundles.text import TextBundle
 
 
 def test_load_bundle_picks_the_class_from_the_manifest(bundle_path: Path, tmp_path: Path) -> None:

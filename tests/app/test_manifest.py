@@ -1,4 +1,4 @@
-"""app/manifest.py: the schema training writes and the service reads, its format check, its weight."""
+"""app/bundles/manifest.py: the schema training writes and the service reads, its format check, its weight."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from app.manifest import FORMAT_VERSION, BundleError, Manifest, OnnxSpec, parse_manifest, read_manifest
+from app.bundles.manifest import FORMAT_VERSION, BundleError, Manifest, OnnxSpec, parse_manifest, read_manifest
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -88,9 +88,9 @@ def test_read_manifest_reports_broken_json(tmp_path: Path) -> None:
 
 
 def test_importing_the_manifest_pulls_in_no_serving_or_training_stack() -> None:
-    # training/export.py imports app.manifest: it must not drag onnxruntime, FastAPI, Redis or torch along.
+    # training/export.py imports app.bundles.manifest: it must not drag onnxruntime, FastAPI, Redis or torch along.
     code = (
-        "import sys, app.manifest; heavy = {'onnxruntime', 'fastapi', 'starlette', 'redis', 'torch', 'numpy'}; "
+        "import sys, app.bundles.manifest; heavy = {'onnxruntime', 'fastapi', 'starlette', 'redis', 'torch', 'numpy'}; "
         "print(sorted(heavy & set(sys.modules)))"
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from app.experiment import ExperimentError
+from app.api.schemas import RecommendOut
 from app.main import create_app
-from app.schemas import RecommendOut
+from app.serving.experiment import ExperimentError
 from app.settings import Settings
 from tests.support.procs import free_port
 
@@ -171,3 +171,18 @@ def test_a_model_kind_that_several_bundles_share(bundle_path: Path, second_bundl
         # A reload may name the default by kind too.
         r = c.post("/admin/reload", json={"default_model": "sasrec"}, headers=KEY)
         assert r.status_code == 200 and r.json()["default_model"] == "tiny-sasrec"
+
+
+def test_unknown_items_are_counted_against_the_users_variant(bundle_path: Path, second_bundle: Path) -> None:
+    """POST /events counts an item as unknown by the bundle that will answer the user (their A/B
+    variant's), not by the default bundle."""
+    settings = Settings(bundles=[bundle_path, second_bundle], api_key="k3y", experiment="a=tiny-sasrec:50,b=tiny-b:50")
+    with TestClient(create_app(settings)) as c:
+        state = c.app.state.seqrec
+        item = next(iter(state.registry.bundles["tiny-b"].index_of))
+        del state.registry.bundles["tiny-b"].index_of[item]  # known to the default bundle only
+        users = {v: next(f"u{i}" for i in range(1000) if state.experiment.assign(f"u{i}").name == v) for v in "ab"}
+        for variant, expected in (("a", 0), ("b", 1)):
+            ev = {"user_id": users[variant], "item_id": item, "timestamp": 1_700_000_000}
+            r = c.post("/events", json={"events": [ev]}, headers=KEY)
+            assert r.status_code == 200 and r.json()["unknown_to_model"] == expected, (variant, r.json())

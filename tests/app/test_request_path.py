@@ -110,7 +110,7 @@ def test_pre_routed_reads_answer_exactly_as_the_route(bundle_path: Path) -> None
 
 
 def test_plain_query_reads_only_what_it_reads_without_doubt() -> None:
-    from app.routes.recommend import plain_query
+    from app.api.routes.recommend import plain_query
 
     assert plain_query(b"") == (10, None, True, False)
     assert plain_query(b"k=7&model=m&exclude_seen=0&explain=true&other=x") == (7, "m", False, True)

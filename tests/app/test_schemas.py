@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from app.schemas import EventIn, EventsIn
+from app.api.schemas import EventIn, EventsIn
 from app.settings import Settings
 
 
@@ -99,7 +99,7 @@ def test_forbidden_set_covers_every_format_character() -> None:
     import sys
     import unicodedata
 
-    from app.schemas import check_id
+    from app.api.schemas import check_id
 
     for cp in range(sys.maxunicode + 1):
         c = chr(cp)
@@ -123,7 +123,7 @@ def test_body_id_pattern_accepts_exactly_what_check_id_accepts() -> None:
 
     from pydantic import TypeAdapter
 
-    from app.schemas import Id, check_id
+    from app.api.schemas import Id, check_id
 
     body_id = TypeAdapter(Id)
 

@@ -1,4 +1,4 @@
-"""app/server.py without worker processes: the sockets it binds (tests/deploy/test_workers.py runs
+"""app/runtime/server.py without worker processes: the sockets it binds (tests/deploy/test_workers.py runs
 the supervisor itself, with real workers)."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import socket
 
 import pytest
 
-from app.server import bind_sockets, reuse_port_available
+from app.runtime.server import bind_sockets, reuse_port_available
 
 pytestmark = pytest.mark.skipif(not reuse_port_available(), reason="SO_REUSEPORT balancing is Linux's")
 
@@ -43,7 +43,7 @@ def test_a_port_that_something_listens_on_is_refused(reuse: bool) -> None:
 
 
 def test_main_rejects_zero_workers(capsys: pytest.CaptureFixture[str]) -> None:
-    from app.server import main
+    from app.runtime.server import main
 
     with pytest.raises(SystemExit) as exc:
         main(["--workers", "0"])

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from app.bundle import Bundle
+from app.bundles.bundle import Bundle
 from app.main import create_app
 from app.settings import Settings
 from tests.support.data import synthetic_seqdata

@@ -1,4 +1,4 @@
-"""Cached user vectors (app/userstate.py): the cached answer is the full recompute's, always.
+"""Cached user vectors (app/serving/usercache.py): the cached answer is the full recompute's, always.
 
 Parity runs on 1,000 real ML-1M histories (the last 200 events of the first 1,000 users) per
 model kind, through the HTTP API, against an app with the cache off reading the same Redis.
@@ -14,8 +14,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.main import create_app
+from app.serving.usercache import history_digest
 from app.settings import Settings
-from app.userstate import history_digest
 from tests.app.test_items import unisrec_bundle  # noqa: F401 - the tiny UniSRec bundle fixture
 
 KEY = {"X-API-Key": "k"}
@@ -142,7 +142,7 @@ def test_unisrec_cached_answer_equals_full_recompute_on_1000_real_histories(
 
 
 def test_digest_covers_what_is_encoded_and_the_bundle(ml1m_bundles: dict[str, Path]) -> None:
-    from app.bundle import Bundle
+    from app.bundles.bundle import Bundle
 
     a = Bundle.load(ml1m_bundles["sasrec"])
     b = Bundle.load(ml1m_bundles["bert4rec"])
@@ -265,8 +265,8 @@ def test_gru4rec_state_advanced_per_event_equals_full_recompute_on_1000_real_his
 
 
 def test_gru4rec_bundle_offers_the_step_graph_and_it_matches_model_onnx(ml1m_bundles: dict[str, Path]) -> None:
-    from app.bundle import Bundle
-    from app.onnx_session import ort_session
+    from app.bundles.bundle import Bundle
+    from app.bundles.onnx import ort_session
 
     gru = Bundle.load(ml1m_bundles["gru4rec"])
     assert Bundle.load(ml1m_bundles["sasrec"]).manifest.incremental is None

@@ -11,8 +11,9 @@ from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
 from redis.crc import key_slot
 
+from app.serving.usercache import UserCache
 from app.stores import ClusterStore, Event, RedisStore
-from app.userstate import RedisBackend, UserCache
+from app.stores.usercache import RedisBackend
 
 pytestmark = pytest.mark.anyio
 

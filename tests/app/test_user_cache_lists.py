@@ -1,4 +1,4 @@
-"""Whole cached lists (app/userstate.py, `state_check`): served only while the stored history is
+"""Whole cached lists (app/serving/usercache.py, `state_check`): served only while the stored history is
 the one they were computed from, checked inside Redis, and always equal to the full recompute."""
 
 from __future__ import annotations
@@ -15,20 +15,11 @@ from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry
 
 from app.main import create_app
+from app.serving.usercache import Answer, RnnState, UserCache, pack_entry, unpack_entry, unpack_vector, vector_base
 from app.settings import Settings
 from app.stores import RedisStore, StoreUnavailable
 from app.stores.base import Event
-from app.userstate import (
-    Answer,
-    RedisBackend,
-    RnnState,
-    UserCache,
-    pack_entry,
-    state_check,
-    unpack_entry,
-    unpack_vector,
-    vector_base,
-)
+from app.stores.usercache import RedisBackend, state_check
 
 KEY = {"X-API-Key": "k"}
 MAX = 20  # SEQREC_MAX_HISTORY of these apps: a full history is trimmed to it
@@ -137,7 +128,7 @@ def test_an_expired_history_is_never_answered_from_its_list(
 
 
 def test_a_registered_item_turns_lists_off_for_that_bundle(bundle_path: Path) -> None:
-    from app.bundle import Bundle
+    from app.bundles.bundle import Bundle
 
     cache = UserCache(RedisStore("redis://127.0.0.1:1/0", 10, 60), True, 60, CollectorRegistry())
     b = Bundle.load(bundle_path)

@@ -23,7 +23,7 @@ import httpx
 import numpy as np
 import pytest
 
-from app.bundle import Bundle
+from app.bundles.bundle import Bundle
 from tests.support.procs import free_port
 
 ROOT = Path(__file__).resolve().parents[2]

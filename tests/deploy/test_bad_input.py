@@ -15,9 +15,9 @@ from urllib.parse import quote
 import pytest
 from fastapi.testclient import TestClient
 
-import app.deps
+import app.api.deps
 from app.main import create_app
-from app.ratelimit import TokenBuckets
+from app.serving.ratelimit import TokenBuckets
 from app.settings import Settings
 
 KEY = "s3cret-key"
@@ -218,13 +218,13 @@ def test_missing_or_wrong_api_key_is_401(client: TestClient) -> None:
 def test_api_key_is_compared_in_constant_time(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
     """The comparison goes through secrets.compare_digest (time independent of where bytes differ)."""
     calls: list[tuple[bytes, bytes]] = []
-    real = app.deps.secrets.compare_digest
+    real = app.api.deps.secrets.compare_digest
 
     def spy(a, b):
         calls.append((a, b))
         return real(a, b)
 
-    monkeypatch.setattr(app.deps.secrets, "compare_digest", spy)
+    monkeypatch.setattr(app.api.deps.secrets, "compare_digest", spy)
     assert post(client, {"events": [ev()]}, headers={"X-API-Key": "guess"}).status_code == 401
     assert post(client, {"events": [ev()]}).status_code == 200
     assert calls == [(b"guess", KEY.encode()), (KEY.encode(), KEY.encode())]

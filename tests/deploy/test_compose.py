@@ -145,11 +145,14 @@ def test_serving_image_structure() -> None:
 def test_training_image_structure() -> None:
     text = dockerfile("Dockerfile.train")
     assert ".[train]" in text and "train-job.sh" in text
-    # export writes app.manifest.Manifest, evaluation applies app.history's transforms: the image
-    # holds those two modules, not the rest of the service
-    assert re.search(r"^COPY app/__init__\.py app/manifest\.py app/history\.py \./app/$", text, re.M)
+    # export writes app.bundles.manifest.Manifest, evaluation applies app.bundles.history's transforms,
+    # prepare checks ids with app.ids: the image holds those modules, not the rest of the service
+    assert re.search(r"^COPY app/__init__\.py app/ids\.py \./app/$", text, re.M)
+    bundles = r"^COPY app/bundles/__init__\.py app/bundles/manifest\.py app/bundles/history\.py \./app/bundles/$"
+    assert re.search(bundles, text, re.M)
     ignore = (DOCKER / "Dockerfile.train.dockerignore").read_text().split()
-    wanted = {"!app/__init__.py", "!app/manifest.py", "!app/history.py"}
+    wanted = {"!app/__init__.py", "!app/ids.py", "!app/bundles/__init__.py", "!app/bundles/manifest.py"}
+    wanted |= {"!app/bundles/history.py"}
     assert wanted <= set(ignore) and not any(x.startswith("!app/**") for x in ignore)
     # jemalloc preloaded, purging off: glibc's heap held 5x the memory (README "Training memory")
     assert "libjemalloc2" in text and re.search(r"LD_PRELOAD=/usr/local/lib/libjemalloc\.so\.2", text)
@@ -166,7 +169,7 @@ def test_training_needs_only_the_bundle_contract_modules_of_the_service() -> Non
     graph = grimp.build_graph("training", "models", "app")
     modules = {m for m in graph.modules if m.split(".")[0] in ("training", "models") and m != "training.cli"}
     used = set().union(*(graph.find_upstream_modules(m) for m in modules))
-    assert {m for m in used if m.split(".")[0] == "app"} == {"app.manifest", "app.history"}
+    assert {m for m in used if m.split(".")[0] == "app"} == {"app.bundles.manifest", "app.bundles.history", "app.ids"}
 
 
 @pytest.mark.parametrize("script", ["docker/train-job.sh", "docker/serve-entrypoint.sh"])

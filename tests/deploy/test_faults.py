@@ -181,7 +181,8 @@ def test_no_acknowledged_event_lost_across_redis_restart(
         else:
             redis.kill()
         n_before = len(acked)
-        time.sleep(0.5)  # writers hit the outage: 503s, not acknowledgements
+        # Writers hit the outage (503s, not acknowledgements) until the restart; the API has seen it:
+        wait_for(lambda: httpx.get(f"{api.base}/readyz", timeout=CLIENT_TIMEOUT).status_code == 503, 30, "outage")
         redis.start()
         wait_for(lambda: len(acked) >= n_before + 50, 60, "writes after the restart")
         stop.set()

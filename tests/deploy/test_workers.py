@@ -22,7 +22,7 @@ KEY = {"X-API-Key": API_KEY}
 
 
 class Workers(ApiProc):
-    """`python -m app.server --workers N` (the serving image's command): one port, N processes, each
+    """`python -m app.runtime.server --workers N` (the serving image's command): one port, N processes, each
     with its own listening socket (the kernel spreads new connections over them)."""
 
     def __init__(self, n: int, *args, **kwargs) -> None:
@@ -30,7 +30,7 @@ class Workers(ApiProc):
         self.n = n
 
     def start(self) -> Workers:
-        cmd = [sys.executable, "-m", "app.server", "--host", "127.0.0.1"]
+        cmd = [sys.executable, "-m", "app.runtime.server", "--host", "127.0.0.1"]
         cmd += ["--port", str(self.port), "--workers", str(self.n), "--graceful-s", "5"]
         self.proc = subprocess.Popen(cmd, cwd=ROOT, env=self.env, stdout=self.log.open("w"), stderr=subprocess.STDOUT)
         wait_for(self.ready, 120, f"API on {self.port}", interval=0.2)
@@ -122,7 +122,7 @@ def test_a_port_in_use_and_a_worker_that_cannot_start_end_the_server_at_once(
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        cmd = [sys.executable, "-m", "app.server", "--port", str(port), "--workers", "2"]
+        cmd = [sys.executable, "-m", "app.runtime.server", "--port", str(port), "--workers", "2"]
         r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
         assert r.returncode == 2 and "invalid settings" in r.stderr and "SEQREC_BUNDLES" in r.stderr
         assert "Traceback" not in r.stderr
@@ -133,7 +133,7 @@ def test_a_port_in_use_and_a_worker_that_cannot_start_end_the_server_at_once(
     # A folder that is not a bundle: every worker fails its start-up; the supervisor stops instead
     # of restarting them forever.
     env |= {"SEQREC_BUNDLES": str(tmp_path), "SEQREC_REDIS_URL": "redis://127.0.0.1:1/0"}
-    cmd = [sys.executable, "-m", "app.server", "--port", "0", "--workers", "2"]
+    cmd = [sys.executable, "-m", "app.runtime.server", "--port", "0", "--workers", "2"]
     t0 = time.monotonic()
     r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 3, r.stderr[-2000:]
@@ -143,7 +143,7 @@ def test_a_port_in_use_and_a_worker_that_cannot_start_end_the_server_at_once(
     env |= {"SEQREC_BUNDLES": str(deploy_bundle), "SEQREC_EXPERIMENT": "a=nope-bundle:50,b=also-not:50"}
     env.pop("SEQREC_REDIS_URL")
     for workers in ("2", "1"):
-        cmd = [sys.executable, "-m", "app.server", "--port", "0", "--workers", workers]
+        cmd = [sys.executable, "-m", "app.runtime.server", "--port", "0", "--workers", workers]
         if workers == "2":
             env["SEQREC_REDIS_URL"] = "redis://127.0.0.1:1/0"  # the in-process store is refused for 2 workers
         r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)

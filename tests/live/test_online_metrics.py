@@ -9,9 +9,10 @@ import sys
 
 import pytest
 
-from app.experiment import Experiment, ExperimentError
-from app.metrics import Metrics
-from app.online import Live, MemoryLedger, OnlineMetrics, Score, score, summarize
+from app.runtime.metrics import Metrics
+from app.serving.experiment import Experiment, ExperimentError
+from app.serving.online import Live, OnlineMetrics, Score, score, summarize
+from app.stores.ledger import MemoryLedger
 from tests.support.procs import ROOT
 
 
@@ -119,7 +120,7 @@ def test_assignment_matches_weights_on_100k_ids() -> None:
 
 def test_assignment_is_the_same_in_another_process() -> None:
     code = (
-        "from app.experiment import Experiment\n"
+        "from app.serving.experiment import Experiment\n"
         "e = Experiment.parse('control=a:50,treatment=b:50', salt='s1')\n"
         "print(''.join(e.assign(f'u{i}').name[0] for i in range(500)))"
     )
@@ -256,7 +257,7 @@ def test_redis_take_before_leaves_later_lists(redis_proc) -> None:  # type: igno
     """The Redis ledger's conditional take (a Lua script): earlier lists are taken, later ones stay."""
     import redis.asyncio as aioredis
 
-    from app.online import RedisLedger, Served
+    from app.stores.ledger import RedisLedger, Served
 
     async def go() -> None:
         r = aioredis.Redis.from_url(redis_proc.url, decode_responses=True)

@@ -9,7 +9,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from app.explain import AblationGraph
+from app.bundles.ablation import AblationGraph
 from models.sasrec import SASRec, SASRecConfig
 from training.ablation import INPUTS, OUTPUT, reference, supports_ablation_graph, write_ablation_graph
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from app.history import apply_transform, check_transform, dwell_counts
-from app.manifest import BundleError
+from app.bundles.history import apply_transform, check_transform, dwell_counts
+from app.bundles.manifest import BundleError
 from models.gru4rec import GRU4Rec, GRU4RecConfig
 from tests.support.data import synthetic_seqdata
 from training.config import ConfigError
@@ -150,7 +150,7 @@ def dwell_bundle(ml100k: SeqData, tmp_path_factory: pytest.TempPathFactory) -> t
 
 
 def test_served_equals_offline_on_real_histories(ml100k: SeqData, dwell_bundle: tuple[Path, Path]) -> None:
-    from app.bundle import Bundle
+    from app.bundles.bundle import Bundle
     from training.train import load_checkpoint
 
     ckpt, path = dwell_bundle

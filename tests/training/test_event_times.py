@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from app.bundle import Bundle
-from app.manifest import TIMED_FORMAT_VERSION, BundleError, parse_manifest
+from app.bundles.bundle import Bundle
+from app.bundles.manifest import TIMED_FORMAT_VERSION, BundleError, parse_manifest
 from tests.support.data import synthetic_seqdata
 from tests.support.timed import register_toy, toy_bundle
 from training import zoo
@@ -109,7 +109,7 @@ def test_a_format_2_manifest_cannot_declare_times_and_unknown_transforms_are_ref
     with pytest.raises(BundleError, match="format_version must be 3"):
         parse_manifest(base)
     assert parse_manifest({**base, "format_version": 3}).reads_times
-    from app.history import check_transform
+    from app.bundles.history import check_transform
 
     with pytest.raises(BundleError, match="not known"):
         check_transform({"kind": "no-such-kind"})

@@ -1,0 +1,226 @@
+"""The recommend pipeline: a user id in, a list out, as one function of named steps.
+
+    bundle   which bundle answers: `?model=`, else the user's A/B variant, else the default
+    read     the user's history (and times, for a bundle that reads them), through the per-user
+             cache when it is on: a plain list may come whole from it while the history it was
+             computed from is still the stored one
+    score    the cached list; or popularity (no history the model knows, or the store is down);
+             or the model: user vector (cached, advanced or computed) -> top-k, seen items excluded
+    shape    re-rank (diversify, cap per cluster) down to k
+    explain  the history events behind each item, when asked
+    record   the served list for online scoring (in the background: never delays the answer)
+
+Both GET /recommend and its pre-routed fast path (app/api/routes/recommend.py) call `recommend`;
+the edge only parses the request and writes the answer.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+
+from app.serving.diversity import ListShape
+from app.serving.errors import Refused
+from app.serving.explain import explain as explain_items
+from app.serving.usercache import UserVector
+from app.stores.base import StoreUnavailable, read_history
+
+if TYPE_CHECKING:
+    from app.bundles.bundle import Bundle
+    from app.bundles.served import Registry
+    from app.runtime.metrics import Metrics
+    from app.serving.experiment import Experiment
+    from app.serving.online import Live
+    from app.serving.usercache import Read, UserCache
+    from app.settings import Settings
+    from app.stores.base import EventStore
+
+
+class Serving(Protocol):
+    """What the pipeline reads of the process (app/state.py's AppState is one)."""
+
+    settings: Settings
+    registry: Registry
+    store: EventStore
+    metrics: Metrics
+    user_cache: UserCache | None
+    live: Live | None
+    experiment: Experiment | None
+
+
+@dataclass(frozen=True)
+class Ask:
+    """A validated request for a list."""
+
+    user_id: str
+    k: int = 10
+    model: str | None = None  # bundle name or model kind; None: the A/B variant or the default
+    exclude_seen: bool = True
+    explain: bool = False
+    shape: ListShape = field(default_factory=ListShape)
+
+    @property
+    def plain(self) -> bool:
+        """Seen items excluded, nothing re-ranked or explained: a list the cache may hold whole."""
+        return self.exclude_seen and not self.explain and not self.shape.active
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    user_id: str
+    bundle: Bundle
+    variant: str
+    ids: list[str]
+    scores: list[float]
+    source: str  # "model" | "popularity"
+    history_length: int
+    fallback: str | None
+    because: list[list[dict[str, Any]]] | None = None  # per item, when explanations were asked
+
+    def json(self) -> bytes:
+        """The JSON body of GET /recommend (RecommendOut): written here because re-validating the
+        model that this code builds costs more CPU than the top-k itself; the route's
+        response_model stays the contract, and the tests check every answer against it."""
+        body: dict[str, Any] = {
+            "user_id": self.user_id,
+            "items": [{"item_id": i, "score": s} for i, s in zip(self.ids, self.scores, strict=True)],
+            "model": self.bundle.model,
+            "bundle": self.bundle.name,
+            "version": self.bundle.version,
+            "source": self.source,
+            "history_length": self.history_length,
+            "fallback": self.fallback,
+            "variant": self.variant,
+        }
+        if self.because is not None:
+            for item, why in zip(body["items"], self.because, strict=True):
+                item["because"] = why
+        return json.dumps(body, separators=(",", ":")).encode()
+
+
+@dataclass
+class _History:
+    """What the read step found."""
+
+    read: Read | None  # through the cache; None without one
+    events: list[str]
+    times: list[float] | None
+    failure: str | None = None  # "store_unavailable"
+
+
+@dataclass
+class _Scored:
+    labels: np.ndarray
+    scores: np.ndarray
+    source: str
+    n_seen: int
+    seen: np.ndarray | None = None  # the encoded history (model answers computed now)
+    seen_times: np.ndarray | None = None
+    user: UserVector | None = None
+
+
+async def recommend(state: Serving, ask: Ask) -> Recommendation:
+    """Top-k for a user. Raises Refused (k above the maximum, a re-ranking the bundle cannot do)
+    and UnknownModel, before anything is read or recorded."""
+    if ask.k > state.settings.max_k:
+        raise Refused(f"k must be at most {state.settings.max_k}")
+    bundle, variant = choose_bundle(state, ask)
+    want = ask.shape.pool(bundle, ask.k)  # more candidates when the list is re-ranked
+    history = await read_user(state, ask, bundle)
+    got = score(state, ask, bundle, history, want)
+    labels, scores = ask.shape.rerank(bundle, got.labels, got.scores, ask.k)
+    ids = bundle.external(labels)
+    because = None
+    if ask.explain:  # popularity answers have no history to explain: empty lists
+        because = explain_list(state, bundle, got, labels) if got.source == "model" else [[] for _ in ids]
+    if state.live is not None:
+        state.live.served(ask.user_id, bundle.name, variant, ids)  # in the background
+    failure = history.failure or ("no_history" if got.source == "popularity" else None)
+    return Recommendation(
+        user_id=ask.user_id,
+        bundle=bundle,
+        variant=variant,
+        ids=ids,
+        scores=scores.tolist(),
+        source=got.source,
+        history_length=got.n_seen,
+        fallback=failure if got.source == "popularity" else None,
+        because=because,
+    )
+
+
+def choose_bundle(state: Serving, ask: Ask) -> tuple[Bundle, str]:
+    """The bundle and the variant it is counted under: explicit, the user's A/B variant, or default."""
+    model, variant = ask.model, "explicit" if ask.model is not None else "default"
+    if model is None and state.experiment is not None:
+        assigned = state.experiment.assign(ask.user_id)
+        model, variant = assigned.bundle, assigned.name
+    return state.registry.get(model), variant
+
+
+async def read_user(state: Serving, ask: Ask, bundle: Bundle) -> _History:
+    """The history (through the cache when it is on); an unreachable store is an empty history."""
+    t0 = time.perf_counter()
+    cache = state.user_cache
+    try:
+        if cache is not None:
+            read = await cache.read(ask.user_id, state.settings.max_history, bundle, ask.k if ask.plain else 0)
+            found = _History(read, read.history or [], read.times)
+        else:
+            events, times = await read_history(state.store, ask.user_id, state.settings.max_history, bundle.needs_times)
+            found = _History(None, events, times)
+    except StoreUnavailable:
+        state.metrics.store_errors.labels("history").inc()
+        found = _History(None, [], [], "store_unavailable")
+    state.metrics.store_read.labels(state.store.kind).observe(time.perf_counter() - t0)
+    return found
+
+
+def score(state: Serving, ask: Ask, bundle: Bundle, history: _History, want: int) -> _Scored:
+    """Candidates, best first: the cached list, popularity, or the model's top `want`."""
+    read = history.read
+    if read is not None and read.answer is not None:
+        a = read.answer
+        return _Scored(a.labels[: ask.k], a.scores[: ask.k], "model", a.n_seen)
+    seen, seen_times = bundle.encode_events(history.events, history.times)
+    if len(seen) == 0:  # nothing the model knows was seen, so nothing to exclude
+        state.metrics.fallbacks.labels(history.failure or "no_history").inc()
+        labels = bundle.popular[:want]
+        return _Scored(labels, bundle.popularity_score[labels - 1], "popularity", 0, seen, seen_times)
+    metrics, cache = state.metrics, state.user_cache
+    t1 = time.perf_counter()
+    if cache is None or read is None:
+        user = None
+        vec = bundle.user_vectors([seen], None if seen_times is None else [seen_times])  # (1, D)
+    else:  # the cached vector only when it was computed from exactly this history and bundle
+        user = cache.user_vector(ask.user_id, bundle, seen, read, seen_times)
+        vec = user.vec
+    t2 = time.perf_counter()
+    labels, scores = bundle.index.search(vec, want, [seen] if ask.exclude_seen else None)
+    t3 = time.perf_counter()
+    metrics.inference.labels(bundle.name).observe(t2 - t1)
+    metrics.topk.labels(bundle.name).observe(t3 - t2)
+    ok = labels[0] > 0
+    labels, scores = labels[0][ok], scores[0][ok]
+    if cache is not None and read is not None and user is not None and ask.plain:
+        cache.remember(ask.user_id, bundle, read, user, labels, scores, len(seen))
+    return _Scored(labels, scores, "model", len(seen), seen, seen_times, user or UserVector(vec, None))
+
+
+def explain_list(state: Serving, bundle: Bundle, got: _Scored, labels: np.ndarray) -> list[list[dict[str, Any]]]:
+    """The history events behind each listed item (app/serving/explain.py)."""
+    assert got.seen is not None and got.user is not None
+    settings = state.settings
+    return explain_items(
+        bundle,
+        got.seen,
+        labels,
+        settings.explain_n,
+        times=got.seen_times,
+        threads=settings.explain_threads,
+        user=got.user.vec[0],  # the history's own vector: the ablation graph does not recompute it
+    )
