@@ -24,10 +24,12 @@ setup:
 	@echo "using $(VENV) as it is, with this checkout ($(CURDIR)) first on PYTHONPATH"
 endif
 
-# ruff, then the layering contract in pyproject.toml ([tool.importlinter]; docs/architecture.md).
+# ruff, the layering contract in pyproject.toml ([tool.importlinter]; docs/architecture.md), then
+# mypy, strict on app/ ([tool.mypy]).
 lint: setup
 	$(PY) -m ruff check .
 	$(VENV)/bin/lint-imports
+	$(PY) -m mypy
 
 test: setup lint browser
 	$(PY) -m pytest -q

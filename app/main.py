@@ -11,7 +11,7 @@ import asyncio
 import io
 import logging
 import os
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from contextlib import asynccontextmanager
 
 # One BLAS thread per worker process: parallelism comes from workers, not oversubscription.
@@ -51,7 +51,7 @@ from app.stores.open import open_items, open_store  # noqa: E402
 log = logging.getLogger("seqrec.app")
 
 
-async def bounded(aws: list[Awaitable[object]], what: str, timeout: float) -> None:
+async def bounded(aws: Sequence[Awaitable[object]], what: str, timeout: float) -> None:
     """Await `aws` for at most `timeout`; past that, log where each straggler is stuck and go on.
 
     asyncio.wait, not wait_for: wait_for waits again for a cancelled awaitable to finish, which

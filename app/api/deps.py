@@ -19,7 +19,8 @@ api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="R
 
 def state_of(request: Request) -> AppState:
     """The app's state, for the hottest route, which saves a dependency level per request (see get_state)."""
-    return request.app.state.seqrec
+    state: AppState = request.app.state.seqrec
+    return state
 
 
 async def get_state(request: Request) -> AppState:

@@ -11,13 +11,15 @@ and Retry-After: a response body never carries an internal address or exception 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
+from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from app.api.schemas import ID_PATTERN, id_rule_message
 from app.bundles.served import UnknownModel
+from app.ids import ID_PATTERN, id_rule_message
 from app.serving.errors import Refused
 
 log = logging.getLogger("seqrec.app")
@@ -40,7 +42,7 @@ def invalid(loc: tuple[str | int, ...], msg: str) -> RequestValidationError:
     return RequestValidationError([{"loc": loc, "msg": msg, "type": "value_error"}])
 
 
-def _named(e: dict) -> dict:
+def _named(e: dict[str, Any]) -> dict[str, Any]:
     """One error as answered: location, message, type; an id's pattern error says which rule it broke."""
     msg, kind = e.get("msg", ""), e.get("type", "")
     if kind == "string_pattern_mismatch" and (e.get("ctx") or {}).get("pattern") == ID_PATTERN:
@@ -48,7 +50,7 @@ def _named(e: dict) -> dict:
     return {"loc": list(e.get("loc", ())), "msg": msg, "type": kind}
 
 
-def validation_answer(raw: list) -> tuple[int, dict]:
+def validation_answer(raw: Sequence[Any]) -> tuple[int, dict[str, Any]]:
     """Status and body for pydantic/FastAPI validation errors: 400 when the body is not JSON at
     all (a malformed request), else 422 naming the first failing field, without echoing inputs."""
     if any(e.get("type") == "json_invalid" for e in raw):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, cast
 
 from fastapi import Path, Query
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, WithJsonSchema, field_validator
@@ -63,6 +63,11 @@ class EventIn(BaseModel):
         if not math.isfinite(v) or not 0 <= v < MAX_TIMESTAMP:
             raise ValueError("timestamp must be epoch seconds between 0 and 1e11")
         return float(v)
+
+    @property
+    def epoch(self) -> float | None:
+        """The time in epoch seconds: the validator above turned an ISO-8601 time into them."""
+        return cast(float | None, self.timestamp)
 
 
 class EventsIn(BaseModel):

@@ -24,7 +24,7 @@ class AblationGraph:
         # compute a square suffix: their own, older cost rule (first-block query-key pairs).
         self.skip = 1 if meta.get("history_row", True) else 0
         if self.skip:
-            self.cheaper = _square_suffix_cheaper  # type: ignore[method-assign]
+            self.cheaper = _square_suffix_cheaper  # type: ignore[method-assign]  # per graph version
 
     @staticmethod
     def cheaper(length: int, n: int, max_len: int) -> bool:
@@ -42,7 +42,8 @@ class AblationGraph:
     def run(self, window: np.ndarray, n: int, threads: int = 1) -> np.ndarray:
         """(n, D): row a = the user vector of the window without its event of age a."""
         feed = {self.window_name: window[None], self.ages_name: np.arange(n, dtype=np.int64)}
-        return self.sessions.get(threads).run([self.output_name], feed)[0][self.skip :]
+        out: np.ndarray = self.sessions.get(threads).run([self.output_name], feed)[0]
+        return out[self.skip :]
 
 
 def _square_suffix_cheaper(length: int, n: int, max_len: int) -> bool:

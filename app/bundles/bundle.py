@@ -226,13 +226,15 @@ class Bundle:
                 if len(t):
                     row[length - len(t) :] = t
             feeds[self.time_input] = tbatch
-        return self.sessions.get(threads).run([self.output_name], feeds)[0]
+        out: np.ndarray = self.sessions.get(threads).run([self.output_name], feeds)[0]
+        return out
 
     def padded_vectors(self, batch: np.ndarray, threads: int = 1) -> np.ndarray:
         """(B, L) int64 model indices, left-padded with padding_index, L <= max_len -> (B, D) user vectors.
 
         The encoder call of `user_vectors` for a batch already built (bundles that read no times)."""
-        return self.sessions.get(threads).run([self.output_name], {self.input_name: batch})[0]
+        out: np.ndarray = self.sessions.get(threads).run([self.output_name], {self.input_name: batch})[0]
+        return out
 
     @property
     def takes_text(self) -> bool:
@@ -264,7 +266,8 @@ class Bundle:
 
     def vectors(self, labels: np.ndarray) -> np.ndarray:
         """(m,) model indices -> (m, D) item vectors (score = <user_vec, vector>)."""
-        return self._vecs[labels]
+        vecs: np.ndarray = self._vecs[labels]
+        return vecs
 
     def external(self, indices: np.ndarray) -> list[str]:
         ids = self.item_ids

@@ -24,7 +24,8 @@ class Clusters:
         self.centroids = unit_rows(sums)
 
     def of(self, labels: np.ndarray) -> np.ndarray:
-        return self._of[labels]
+        of: np.ndarray = self._of[labels]
+        return of
 
     def add(self, unit: np.ndarray) -> None:
         self._of = np.concatenate([self._of, np.argmax(unit @ self.centroids.T, axis=1)])

@@ -26,7 +26,8 @@ def unit_rows(vectors: np.ndarray) -> np.ndarray:
     """Rows scaled to unit L2 norm (a zero row stays zero), float32."""
     v = np.asarray(vectors, dtype=np.float32)
     norm = np.linalg.norm(v, axis=1, keepdims=True)
-    return np.divide(v, norm, out=np.zeros_like(v), where=norm > 0)
+    unit: np.ndarray = np.divide(v, norm, out=np.zeros_like(v), where=norm > 0)
+    return unit
 
 
 class ItemSpace:
@@ -52,7 +53,7 @@ class ItemSpace:
 
     def unit(self, labels: np.ndarray) -> np.ndarray:
         """(m,) labels -> (m, dim) unit vectors."""
-        table = self.index.table if self._own is None else self._own[: len(self)]  # type: ignore[attr-defined]
+        table = self.index.table if self._own is None else self._own[: len(self)]  # type: ignore[attr-defined]  # exact index: has its table
         return table[np.asarray(labels, dtype=np.int64) - 1]
 
     def add(self, labels: np.ndarray, vectors: np.ndarray) -> None:

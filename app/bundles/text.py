@@ -165,7 +165,8 @@ class TextBundle(Bundle):
         vecs = self._vecs[np.where(real, batch, 0)]  # (B, L, D), padding = row 0 (zeros)
         mask = real.astype(np.int64)  # (B, L)
         feeds = {self.seq_inputs[0]: vecs, self.seq_inputs[1]: mask}
-        return self.seq_sessions.get(threads).run([self.seq_output], feeds)[0]
+        out: np.ndarray = self.seq_sessions.get(threads).run([self.seq_output], feeds)[0]
+        return out
 
     def item_text(self, item: dict[str, Any]) -> str:
         return compose_text(item, self.compose)
@@ -181,7 +182,8 @@ class TextBundle(Bundle):
             mask[i, : len(e.ids)] = 1
         emb = self.te_session.run([self.te_output], {self.te_inputs[0]: ids, self.te_inputs[1]: mask})[0]
         vec = self.ada_session.run([self.ada_output], {self.ada_input: emb.astype(np.float32)})[0]
-        return vec.astype(np.float32)
+        out: np.ndarray = vec.astype(np.float32)
+        return out
 
     def add_items(self, ids: Sequence[str], vectors: np.ndarray) -> np.ndarray:
         idx = super().add_items(ids, vectors)  # grows self._vecs, the index and the item spaces

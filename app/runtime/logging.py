@@ -23,7 +23,7 @@ def configure_logging(level: int = logging.INFO) -> None:
         return
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(JsonFormatter())
-    handler._seqrec = True  # type: ignore[attr-defined]
+    handler._seqrec = True  # type: ignore[attr-defined]  # our marker: the handler is installed once
     root.addHandler(handler)
     root.setLevel(level)
     root.propagate = False

@@ -25,6 +25,11 @@ def holders(registry: Registry, item_id: str) -> list[str]:
     return [b.name for b in _text_bundles(registry) if item_id in b.online]
 
 
+def encoding_keys(registry: Registry) -> list[str]:
+    """The keys under which the text-capable bundles' item vectors are shared."""
+    return [b.encoding_key for b in _text_bundles(registry)]
+
+
 def _text_bundles(registry: Registry) -> list[Any]:
     return [b for b in registry.bundles.values() if b.takes_text]
 

@@ -90,7 +90,8 @@ def contributions(
             batch = ablation_batch(window, n, bundle.max_len, bundle.padding_index)  # (N + 1, W)
             users = bundle.padded_vectors(batch, threads)  # (N + 1, D), one encoder call
     scores = users.astype(np.float64) @ bundle.vectors(labels).astype(np.float64).T  # (N + 1, k)
-    return (scores[0] - scores[1:]).astype(np.float32)
+    contrib: np.ndarray = (scores[0] - scores[1:]).astype(np.float32)
+    return contrib
 
 
 def explain(

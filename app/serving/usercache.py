@@ -118,15 +118,23 @@ class RnnState:
         return self.digest + np.uint32(self.n).tobytes() + self.state.tobytes() + self.vec.tobytes()
 
     @staticmethod
+    def shape(bundle: Bundle) -> tuple[int, int]:
+        """(layers, H) of one user's state: only bundles with an incremental path have one."""
+        spec = bundle.manifest.incremental
+        assert spec is not None, "a recurrent state needs a bundle with an incremental path"
+        layers, hid = spec.state_shape
+        return layers, hid
+
+    @staticmethod
     def size(bundle: Bundle) -> int:
-        layers, hid = bundle.manifest.incremental.state_shape  # type: ignore[union-attr]
+        layers, hid = RnnState.shape(bundle)
         return DIGEST_BYTES + 4 + 4 * (layers * hid + bundle.dim)
 
     @classmethod
     def parse(cls, blob: bytes | None, bundle: Bundle) -> RnnState | None:
         """None when absent or not this bundle's layout (e.g. a plain cached vector). `blob` is the
         state alone (as entries were first written) or an entry (`pack_entry`) holding it."""
-        layers, hid = bundle.manifest.incremental.state_shape  # type: ignore[union-attr]
+        layers, hid = cls.shape(bundle)
         size = cls.size(bundle)
         if blob is not None and len(blob) != size:
             got = unpack_entry(blob, size)

@@ -59,7 +59,7 @@ def items_of(members: list[str] | list[bytes]) -> list[str]:
     """
     if not members:
         return []
-    joined = SEP.encode().join(members).decode() if isinstance(members[0], bytes) else SEP.join(members)  # type: ignore[arg-type]
+    joined = SEP.encode().join(members).decode() if isinstance(members[0], bytes) else SEP.join(members)
     return joined.split(SEP)[1::2]  # event_id, item_id, event_id, item_id, ...
 
 

@@ -307,7 +307,7 @@ class ClusterStore:
         raise PartialAppend(result, stored_events, users, sum(p.events for p in failed), cause)
 
     # ------------------------------------------------------------------ reads
-    async def _tail(self, user_id: str, n: int | None, withscores: bool) -> list:
+    async def _tail(self, user_id: str, n: int | None, withscores: bool) -> list[Any]:
         """The last n members of the user's history (with their scores), from its master."""
         n = self.max_history if n is None else n
         try:

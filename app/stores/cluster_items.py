@@ -58,9 +58,11 @@ class ClusterItems(RedisItems):
         await cluster.initialize()
         await cluster.nodes_manager.initialize()  # the current owner, not the map of an hour ago
         node = cluster.get_node_from_key(self.channel)
+        if node is None:
+            raise RedisConnectionError("no master serves the announcement channel's slot")
         return Redis(
             host=node.host,
-            port=node.port,
+            port=int(node.port),
             decode_responses=True,
             socket_connect_timeout=self.timeout,
             retry=Retry(NoBackoff(), 0),

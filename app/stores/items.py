@@ -221,7 +221,8 @@ class RedisItems:
 
     async def _run(self, pipe: Any) -> list[Any]:
         try:
-            return await pipe.execute()
+            done: list[Any] = await pipe.execute()
+            return done
         except _ERRORS as exc:
             raise StoreUnavailable(f"redis: {type(exc).__name__}: {exc}") from exc
 
@@ -267,7 +268,7 @@ class RedisItems:
             raise StoreUnavailable(f"redis: {type(exc).__name__}: {exc}") from exc
         out = {}
         for i, r in zip(ids, raw, strict=True):
-            got = _unpack(r) if r is not None else None
+            got = _unpack(r.decode() if isinstance(r, bytes) else r) if r is not None else None
             if got is not None:
                 out[i] = got
         return out

@@ -10,6 +10,7 @@ import bisect
 import time
 from collections import defaultdict
 from collections.abc import Callable
+from typing import Any
 
 from app.stores.base import AppendResult, Event, items_of, member
 
@@ -69,7 +70,7 @@ class MemoryStore:
             self._sweep(now)
         return AppendResult(accepted=added, duplicates=len(events) - added - too_old, too_old=too_old)
 
-    def _tail(self, user_id: str, n: int | None) -> list:
+    def _tail(self, user_id: str, n: int | None) -> list[Any]:
         """The last n (time, member) pairs of the user's history."""
         self._expire(user_id, self._clock())
         hist = self._hist.get(user_id, [])

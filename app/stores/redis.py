@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
+from typing import Any
 
 from redis.asyncio import ConnectionPool, Redis
 from redis.asyncio.retry import Retry
@@ -121,7 +122,7 @@ class RedisStore:
         # Copies repeated inside the batch never reach the script: they are duplicates too.
         return AppendResult(accepted=accepted, duplicates=len(events) - accepted - too_old, too_old=too_old)
 
-    async def _tail(self, user_id: str, n: int | None, withscores: bool) -> list:
+    async def _tail(self, user_id: str, n: int | None, withscores: bool) -> list[Any]:
         """The last n members of the user's history (with their scores)."""
         n = self.max_history if n is None else n
         try:

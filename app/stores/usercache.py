@@ -16,7 +16,7 @@ import hashlib
 import logging
 import time
 from collections import OrderedDict
-from typing import NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from prometheus_client import Counter
 from redis.asyncio import Redis
@@ -121,7 +121,7 @@ class RedisBackend:
         self.errors = errors
         self._pending: dict[str, tuple[str, bytes]] = {}  # entry key -> (user, blob); newest wins
         self._flushing: set[asyncio.Task[None]] = set()
-        self._reads: list[tuple[tuple[str, str], tuple[int, int, bytes, int], asyncio.Future[list]]] = []
+        self._reads: list[tuple[tuple[str, str], tuple[int, int, bytes, int], asyncio.Future[list[Any]]]] = []
         self._sending: set[asyncio.Task[None]] = set()  # the batches of reads in flight
 
     def key(self, user_id: str, field: str) -> str:
@@ -158,20 +158,21 @@ class RedisBackend:
         return EntryRead(items_of(raw), None, entry, check)
 
     @staticmethod
-    async def _script(client: Redis, keys: tuple[str, str], args: tuple[int, int, bytes, int]) -> list:
+    async def _script(client: Redis, keys: tuple[str, str], args: tuple[int, int, bytes, int]) -> list[Any]:
         try:
-            return await client.evalsha(READ_SHA, 2, *keys, *args)
+            got: list[Any] = await client.evalsha(READ_SHA, 2, *keys, *args)
         except NoScriptError:  # a restarted or new Redis: EVAL also caches the script
-            return await client.eval(READ_LUA, 2, *keys, *args)
+            got = await client.eval(READ_LUA, 2, *keys, *args)
+        return got
 
-    def _batched(self, keys: tuple[str, str], args: tuple[int, int, bytes, int]) -> asyncio.Future[list]:
+    def _batched(self, keys: tuple[str, str], args: tuple[int, int, bytes, int]) -> asyncio.Future[list[Any]]:
         """This read, sent with every other read issued in the same event-loop turn as one pipeline.
 
         Under load several requests reach this point per turn; one round trip instead of one each
         is most of the Redis client's CPU (a socket write and a wake-up of Redis per command). The
         read is still issued after its request arrived, so it sees every acknowledged write."""
         loop = asyncio.get_running_loop()
-        fut: asyncio.Future[list] = loop.create_future()
+        fut: asyncio.Future[list[Any]] = loop.create_future()
         self._reads.append((keys, args, fut))
         if len(self._reads) == 1:  # the first read of this turn sends the batch on the next one
             task = loop.create_task(self._send_reads())
@@ -181,20 +182,21 @@ class RedisBackend:
 
     async def _send_reads(self) -> None:
         batch, self._reads = self._reads, []
+        client = await self._client("")  # batching only where every user's keys share one server
         try:
             async with asyncio.timeout(self.store.read_timeout):
                 if len(batch) == 1:
                     keys, args, fut = batch[0]
-                    results: list = [await self._script(self.store.raw, keys, args)]
+                    results: list[Any] = [await self._script(client, keys, args)]
                 else:
-                    pipe = self.store.raw.pipeline(transaction=False)
+                    pipe = client.pipeline(transaction=False)
                     for keys, args, _ in batch:
                         pipe.evalsha(READ_SHA, 2, *keys, *args)
                     results = await pipe.execute(raise_on_error=False)
                     for i, got in enumerate(results):
                         if isinstance(got, NoScriptError):  # Redis restarted: load the script, once
                             keys, args, _ = batch[i]
-                            results[i] = await self._script(self.store.raw, keys, args)
+                            results[i] = await self._script(client, keys, args)
         except BaseException as exc:  # every waiting read fails as its own read would
             for _, _, fut in batch:
                 if not fut.done():

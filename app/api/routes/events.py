@@ -49,14 +49,14 @@ async def ingest(state: AppState, body: EventsIn) -> EventsOut:
     skew = state.settings.max_clock_skew_s
     if skew:
         for pos, e in enumerate(body.events):
-            if e.timestamp is not None and e.timestamp > now + skew:
+            if e.epoch is not None and e.epoch > now + skew:
                 # A far-future event would stay the user's newest forever: refuse the batch, store nothing.
                 msg = f"timestamp is more than {skew:g} s ahead of the server clock (SEQREC_MAX_CLOCK_SKEW_S)"
                 raise invalid(("body", "events", pos, "timestamp"), msg)
     events = []
     for pos, e in enumerate(body.events):
         # Untimed events get "now", spaced by 1 µs in batch order so they keep the order they were sent in.
-        ts = now + pos * 1e-6 if e.timestamp is None else e.timestamp
+        ts = now + pos * 1e-6 if e.epoch is None else e.epoch
         # Without an event_id the event time identifies the event, so exact replays are still no-ops.
         events.append(Event(e.user_id, e.item_id, ts, e.event_id if e.event_id is not None else f"t{ts:.6f}"))
     try:
@@ -134,7 +134,7 @@ async def plain_ingest(scope: Scope, body: bytes) -> tuple[int, bytes, dict[str,
             raise refusal
         out = await ingest(state, batch)
     except HTTPException as exc:
-        return _json(exc.status_code, {"detail": exc.detail}, exc.headers)
+        return _json(exc.status_code, {"detail": exc.detail}, dict(exc.headers) if exc.headers else None)
     except RequestValidationError as exc:
         return _json(*validation_answer(list(exc.errors())))
     return 200, out.model_dump_json().encode(), {}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, HTTPException
 
 from app.api.deps import ApiKey, State, WriteLimit
@@ -16,12 +18,12 @@ from app.api.schemas import (
     RegisteredItem,
     write_responses,
 )
-from app.serving.catalogue import add_encoded, encode, holders, remove
+from app.serving.catalogue import add_encoded, encode, encoding_keys, holders, remove
 from app.stores import StoreUnavailable
 
 router = APIRouter(tags=["items"])
 MAX_ITEMS = 100  # a batch is encoded synchronously (text encoder): keep one request's work bounded
-_UNKNOWN = {404: {"model": ErrorOut, "description": "No such registered item"}}
+_UNKNOWN: dict[int | str, dict[str, Any]] = {404: {"model": ErrorOut, "description": "No such registered item"}}
 
 
 @router.post(
@@ -84,7 +86,7 @@ async def delete_item(state: State, item_id: IdPath) -> ItemDeleted:
     """Unregister an item added with POST /items: no API process recommends it any more (the removal
     is announced to every process, like a registration); histories that hold it keep the event,
     models ignore it. Catalogue items of a bundle cannot be deleted (404)."""
-    keys = [b.encoding_key for b in state.registry.bundles.values() if b.takes_text]
+    keys = encoding_keys(state.registry)
     # Who holds it, read before the deletion: its announcement can reach this process's own
     # follower (which removes it from the bundles) before the removal below runs.
     held = holders(state.registry, item_id)

@@ -57,7 +57,7 @@ async def metrics(state: State) -> Response:
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         # Several uvicorn workers: each writes its samples to the shared directory; aggregate them all.
         registry = CollectorRegistry()
-        MultiProcessCollector(registry)
+        MultiProcessCollector(registry)  # type: ignore[no-untyped-call]  # prometheus_client leaves it untyped
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
     return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 

@@ -9,7 +9,6 @@ from starlette.types import Scope
 
 from app.api.deps import state_of
 from app.api.schemas import (
-    MAX_ID_LENGTH,
     DiversifyQuery,
     ErrorOut,
     IdPath,
@@ -17,9 +16,9 @@ from app.api.schemas import (
     ModelQuery,
     RecommendOut,
     TopK,
-    valid_id,
 )
 from app.bundles.served import UnknownModel
+from app.ids import MAX_ID_LENGTH, valid_id
 from app.serving import recommend as pipeline
 from app.serving.diversity import ListShape
 from app.serving.errors import Refused
