@@ -1,4 +1,10 @@
-"""One validated Settings object, read from the environment (prefix `SEQREC_`)."""
+"""One validated Settings object, read from the environment (prefix `SEQREC_`).
+
+Every setting belongs to one section (`SECTIONS`), and the settings table of docs/settings.md is
+generated from this file (`python -m app.settings > docs/settings.md`; a test fails when they
+differ). Durations are seconds, named `..._S` in the environment, except two sub-second ones in
+milliseconds, named `..._MS`.
+"""
 
 from __future__ import annotations
 
@@ -159,6 +165,25 @@ class Settings(BaseSettings):
         le=300,
         description="Longest wait for each background task and pool to close at shutdown.",
     )
+    workers: int = Field(
+        default_factory=_cores,
+        ge=1,
+        le=256,
+        description="Worker processes of `python -m app.runtime.server` (the serving image's command) when "
+        "`--workers` is not given; default: the CPUs this process may use.",
+    )
+    graceful: float = Field(
+        20.0,
+        validation_alias="SEQREC_GRACEFUL_S",
+        ge=0,
+        le=600,
+        description="On SIGTERM, how long requests in flight may finish before the server exits.",
+    )
+    log_level: str = Field(
+        "warning",
+        pattern="^(critical|error|warning|info|debug|trace)$",
+        description="uvicorn's log level (the JSON access log is SEQREC_ACCESS_LOG).",
+    )
 
     @field_validator("bundles", mode="before")
     @classmethod
@@ -172,3 +197,78 @@ class Settings(BaseSettings):
         if not self.bundles:
             raise ValueError("no bundle configured: set SEQREC_BUNDLES to one or more bundle directories")
         return self
+
+
+# Every setting in one section: the docs table is grouped by them (a test checks each field is in one).
+SECTIONS: dict[str, tuple[str, ...]] = {
+    "bundles": ("bundles", "default_model", "bundle_poll_s", "ann_threshold"),
+    "store": (
+        "redis_url",
+        "redis_cluster",
+        "redis_timeout",
+        "redis_write_timeout",
+        "redis_wait_replicas",
+        "redis_wait_timeout_ms",
+        "redis_pool_size",
+        "key_prefix",
+        "max_history",
+        "history_ttl_s",
+    ),
+    "limits": (
+        "api_key",
+        "max_batch",
+        "max_body_bytes",
+        "max_k",
+        "max_clock_skew_s",
+        "write_rate_per_s",
+        "write_burst",
+        "body_timeout",
+    ),
+    "user cache": ("user_cache", "user_state", "user_cache_ttl_s", "fast_reads"),
+    "online": ("experiment", "experiment_salt", "online_tracking", "online_k", "online_ttl_s", "online_batch_ms"),
+    "explain": ("explain_n", "explain_threads"),
+    "process": (
+        "workers",
+        "reuse_port",
+        "graceful",
+        "log_level",
+        "access_log",
+        "opentelemetry",
+        "reload_ack_timeout",
+        "shutdown_timeout",
+    ),
+}
+
+
+def env_name(field: str) -> str:
+    """The environment variable of a setting."""
+    alias = Settings.model_fields[field].validation_alias
+    return alias if isinstance(alias, str) else f"SEQREC_{field.upper()}"
+
+
+def settings_table() -> str:
+    """docs/settings.md: every setting by section, with its variable, default and meaning."""
+    lines = [
+        "# Settings",
+        "",
+        "Environment variables of the service, prefix `SEQREC_`, by section. Generated from",
+        "`app/settings.py` (`python -m app.settings > docs/settings.md`); durations are seconds (`_S`)",
+        "or milliseconds (`_MS`).",
+    ]
+    for section, names in SECTIONS.items():
+        lines += ["", f"## {section}", "", "| variable | default | meaning |", "|---|---|---|"]
+        for name in names:
+            f = Settings.model_fields[name]
+            if f.default_factory is not None:
+                default = "(computed)" if name != "bundles" else "(required)"
+            elif f.default is None:
+                default = "unset"
+            else:
+                default = f"`{f.default}`"
+            text = (f.description or "").replace("|", "\\|")
+            lines.append(f"| `{env_name(name)}` | {default} | {text} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    print(settings_table(), end="")

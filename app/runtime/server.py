@@ -223,6 +223,11 @@ def serve(
             print(f"invalid settings: {exc}", file=sys.stderr)
             return 2
 
+    if workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        import tempfile
+
+        # /metrics must add up every worker, not show whichever one answered the scrape.
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="seqrec-metrics-")
     options: dict[str, Any] = {
         "host": host,
         "port": port,
@@ -257,13 +262,30 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m app.runtime.server", description=__doc__.split("\n\n")[0])
     ap.add_argument("--host", default="127.0.0.1", help="interface to bind")
     ap.add_argument("--port", type=int, default=8000, help="TCP port")
-    ap.add_argument("--workers", type=int, default=1, help="worker processes")
-    ap.add_argument("--graceful-s", type=float, default=None, help="longest drain of in-flight requests on SIGTERM")
-    ap.add_argument("--log-level", default="warning", help="uvicorn's log level")
+    ap.add_argument("--workers", type=int, default=None, help="worker processes (default: SEQREC_WORKERS)")
+    ap.add_argument(
+        "--graceful-s",
+        type=float,
+        default=None,
+        help="longest drain of in-flight requests on SIGTERM (SEQREC_GRACEFUL_S)",
+    )
+    ap.add_argument("--log-level", default=None, help="uvicorn's log level (default: SEQREC_LOG_LEVEL)")
     a = ap.parse_args(argv)
-    if a.workers < 1:
+    if a.workers is not None and a.workers < 1:
         ap.error("--workers must be at least 1")
-    sys.exit(serve(a.host, a.port, a.workers, graceful_s=a.graceful_s, log_level=a.log_level))
+    from pydantic import ValidationError
+
+    from app.settings import Settings
+
+    try:  # the defaults are the settings' (one place): flags override them
+        settings = Settings()
+    except ValidationError as exc:  # once, plainly, instead of a traceback from every worker
+        print(f"invalid settings: {exc}", file=sys.stderr)
+        sys.exit(2)
+    workers = a.workers if a.workers is not None else settings.workers
+    graceful = a.graceful_s if a.graceful_s is not None else settings.graceful
+    log_level = a.log_level or settings.log_level
+    sys.exit(serve(a.host, a.port, workers, reuse_port=settings.reuse_port, graceful_s=graceful, log_level=log_level))
 
 
 if __name__ == "__main__":
