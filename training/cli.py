@@ -62,8 +62,57 @@ TimeColOpt = Annotated[
     str | None,
     typer.Option(
         "--time-col",
-        help="Time column: epoch seconds (fractions kept for ordering) or ISO-8601 (default timestamp; "
-        "without one, each user's events are in row order).",
+        help="Time column: epoch seconds (or ms/us/ns, see --time-unit; fractions kept for ordering) or ISO-8601 "
+        "(default timestamp; without one, each user's events are in row order).",
+    ),
+]
+TimeUnitOpt = Annotated[
+    str,
+    typer.Option(
+        "--time-unit",
+        help="Unit of numeric times: s, ms, us, ns, or auto (values above 1e11 are not seconds: ms above 1e11, "
+        "us above 1e14, ns above 1e17; the conversion is printed).",
+    ),
+]
+TimeOffsetColOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--time-offset-col",
+        help="A column added to --time-col, for a date plus the time within it (e.g. the milliseconds since the "
+        "session started); needs --time-offset-unit.",
+    ),
+]
+TimeOffsetUnitOpt = Annotated[
+    str | None, typer.Option("--time-offset-unit", help="Unit of --time-offset-col: s, ms, us or ns.")
+]
+FixIdsOpt = Annotated[
+    bool,
+    typer.Option(
+        "--fix-ids",
+        help="Map ids the service would refuse instead of refusing the file: strip whitespace and invisible "
+        "characters at both ends, Unicode NFC, percent-encode '/', '%' and control characters (reversible with "
+        "urllib.parse.unquote); prints how many ids changed.",
+    ),
+]
+NullUsersOpt = Annotated[
+    str,
+    typer.Option(
+        "--null-users",
+        help="Rows whose user id is a placeholder (NA, N/A, null, None, nan, -1, or --null-user-id): warn (keep "
+        "them, as one user, and say so), drop (drop the rows), or session (the row's session id stands in for "
+        "the user).",
+    ),
+]
+NullUserIdOpt = Annotated[
+    list[str] | None,
+    typer.Option("--null-user-id", help="Another user id that means 'unknown user' (repeatable, e.g. guest)."),
+]
+DropDuplicatesOpt = Annotated[
+    bool,
+    typer.Option(
+        "--drop-duplicates",
+        help="Drop rows that repeat an earlier row of the same file in every column (default: count them, keep "
+        "them as repeat events).",
     ),
 ]
 SessionColOpt = Annotated[
@@ -142,10 +191,15 @@ def _load_data(
 
 
 def _print_report(data: Any) -> None:
-    """What reading found and what each filter removed (stderr: stdout stays one JSON line)."""
+    """What reading found, what each filter removed and what looks wrong (stderr: stdout stays one JSON line)."""
     for note in data.meta.get("notes", []):
         typer.echo(note, err=True)
-    steps = data.meta.get("report") or []
+    _print_steps(data.meta.get("report") or [])
+    for warning in data.meta.get("warnings", []):
+        typer.secho(f"warning: {warning}", fg=typer.colors.YELLOW, err=True)
+
+
+def _print_steps(steps: list[dict[str, Any]]) -> None:
     if not steps:
         return
     cols = [("rows", 22), ("users", 20), ("items", 18)]
@@ -235,8 +289,15 @@ def prepare(
     user_col: UserColOpt = None,
     item_col: ItemColOpt = None,
     time_col: TimeColOpt = None,
+    time_unit: TimeUnitOpt = "auto",
+    time_offset_col: TimeOffsetColOpt = None,
+    time_offset_unit: TimeOffsetUnitOpt = None,
     session_col: SessionColOpt = None,
     event_col: EventColOpt = None,
+    fix_ids: FixIdsOpt = False,
+    null_users: NullUsersOpt = "warn",
+    null_user_id: NullUserIdOpt = None,
+    drop_duplicates: DropDuplicatesOpt = False,
     user_core: UserCoreOpt = 5,
     item_core: ItemCoreOpt = 5,
     min_len: MinLenOpt = 3,
@@ -248,10 +309,11 @@ def prepare(
     force: Annotated[bool, typer.Option(help="Rebuild the cache even when it exists.")] = False,
 ) -> None:
     """Read raw interactions, filter, order by time, remap ids and cache the result; print what each step did."""
-    from training.data import FileOptions
+    from training.data import DatasetError, FileOptions
 
     t = time.perf_counter()
     options = None
+    reading = (time_offset_col, time_offset_unit, fix_ids, null_user_id, drop_duplicates)
     if file:
         options = FileOptions(
             user_col=user_col,
@@ -267,9 +329,27 @@ def prepare(
             items_file=str(items_file.resolve()) if items_file else None,
             items_id_col=items_id_col,
             allow_missing_text=allow_missing_text,
+            time_unit=time_unit,
+            time_offset_col=time_offset_col,
+            time_offset_unit=time_offset_unit,
+            fix_ids=fix_ids,
+            null_users=null_users,
+            null_user_ids=tuple(null_user_id or ()),
+            drop_duplicates=drop_duplicates,
         )
-    elif name or items_file or any((sep, columns, user_col, item_col, time_col, session_col, event_col)):
-        _fail("--name, --items-file and the column options go with --file (named datasets have fixed recipes)")
+        try:
+            options.check()
+        except DatasetError as exc:
+            _fail(str(exc))
+    elif (
+        name
+        or items_file
+        or any((sep, columns, user_col, item_col, time_col, session_col, event_col, *reading))
+        or (time_unit, null_users) != ("auto", "warn")
+    ):
+        _fail(
+            "--name, --items-file and the column and reading options go with --file (named datasets have fixed recipes)"
+        )
     elif (user_core, item_core, min_len) != (5, 5, 3):
         _fail(f"--user-core/--item-core/--min-len go with --file; {dataset!r} has its published filter")
     data = _load_data(dataset, file, data_dir, cache_dir, force=force, options=options, name=name)
@@ -424,6 +504,8 @@ def train(
         file = Path(rec.file)
     dataset = dataset or (rec.dataset if rec is not None else None) or "ml-1m"
     data = _load_data(dataset, file, data_dir, cache_dir)
+    if file:
+        _print_report(data)  # read here, not by `prepare`: say what reading found and removed
     split = None
     if sessions is not None:
         from training.data import DatasetError
@@ -472,7 +554,7 @@ def train(
                 "test_ndcg@10": result.test.get("ndcg@10"),
                 "test_hr@10": result.test.get("hr@10"),
                 **(
-                    {"test_recall@20": result.test.get("hr@20"), "test_mrr@20": result.test.get("mrr@20")}
+                    {"test_hr@20": result.test.get("hr@20"), "test_mrr@20": result.test.get("mrr@20")}
                     if split is not None
                     else {}
                 ),
@@ -486,7 +568,7 @@ def options(
     model: Annotated[str | None, typer.Option(help="Show this model's defaults (default: every model).")] = None,
     markdown: Annotated[bool, typer.Option(help="Print Markdown tables (as in docs/recipes.md).")] = False,
 ) -> None:
-    """Every option a recipe or --set can name: [model], [train] and [task] keys, types, defaults, help."""
+    """Every option a recipe or --set can name: \\[model], \\[train] and \\[task] keys, types, defaults, help."""
     from training.options_doc import options_markdown, options_text
 
     try:

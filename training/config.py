@@ -26,6 +26,9 @@ from typing import Any
 
 SECTIONS = ("model", "train", "task")
 RECIPE_KEYS = ("description", "dataset", "file", "result")  # top-level keys a recipe may hold
+# The recipes shipped with the code: `--recipe sasrec-office` finds recipes/sasrec-office.toml from
+# any working directory.
+RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
 
 
 class ConfigError(ValueError):
@@ -300,10 +303,8 @@ class Recipe:
         return self.tables["model"].get("name")
 
     @classmethod
-    def load(cls, path: Path) -> Recipe:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"{path}: recipe not found")
+    def load(cls, path: Path | str) -> Recipe:
+        path = find_recipe(path)
         try:
             doc = tomllib.loads(path.read_text())
         except tomllib.TOMLDecodeError as exc:
@@ -321,6 +322,29 @@ class Recipe:
                 raise ConfigError(f"{path}: {s} must be a table ([{s}])")
             tables[s] = dict(t)
         return cls(path, doc.get("dataset"), doc.get("file"), doc.get("description", ""), doc.get("result"), tables)
+
+
+def recipe_names() -> list[str]:
+    """The shipped recipes, by name (file stem)."""
+    return sorted(p.stem for p in RECIPES_DIR.glob("*.toml"))
+
+
+def find_recipe(ref: Path | str) -> Path:
+    """A recipe file: `ref` as a path when it is one, else a shipped recipe of that name (with or
+    without `.toml`, with or without the `recipes/` folder), whatever the working directory."""
+    path = Path(ref)
+    if path.is_file():
+        return path
+    shipped = RECIPES_DIR / (path.name if path.suffix == ".toml" else f"{path.name}.toml")
+    if shipped.is_file():
+        return shipped
+    names = recipe_names()
+    close = difflib.get_close_matches(path.stem, names, n=1)
+    raise ConfigError(
+        f"{ref}: recipe not found: neither a file nor one of the recipes in {RECIPES_DIR}"
+        + (f" (did you mean {close[0]}?)" if close else "")
+        + f"; known: {', '.join(names)}"
+    )
 
 
 def split_model_table(model_table: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:

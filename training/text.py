@@ -9,7 +9,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 import tempfile
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -65,10 +67,12 @@ class TextEmbedder:
         return ids, mask
 
     @torch.no_grad()
-    def encode(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+    def encode(self, texts: Sequence[str], batch_size: int = 64, progress: bool = False) -> np.ndarray:
         out = np.zeros((len(texts), self.dim), np.float32)
         order = np.argsort([len(t) for t in texts], kind="stable")  # similar lengths: less padding
         for start in range(0, len(texts), batch_size):
+            if progress and start and start % (batch_size * 50) == 0:
+                print(f"item text: {start}/{len(texts)} encoded", file=sys.stderr, flush=True)
             idx = order[start : start + batch_size]
             ids, mask = self.tokenize([texts[i] for i in idx])
             out[idx] = self.model(torch.as_tensor(ids), torch.as_tensor(mask)).numpy()
@@ -106,7 +110,11 @@ def item_text_embeddings(
     cache = (cache_dir or default_cache_dir()) / "text_emb" / f"{encoder_key(encoder)}-{digest}.npy"
     if cache.is_file():
         return np.load(cache)
-    emb = TextEmbedder(encoder).encode(texts)
+    # Once per catalogue and encoder, then cached: say so, it can take minutes on a CPU.
+    t0 = time.perf_counter()
+    print(f"item text: encoding {len(texts)} items (once; cached in {cache.parent})", file=sys.stderr, flush=True)
+    emb = TextEmbedder(encoder).encode(texts, progress=len(texts) >= 5000)
+    print(f"item text: encoded {len(texts)} items in {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
     table = np.concatenate([np.zeros((1, emb.shape[1]), np.float32), emb]).astype(np.float32)
     cache.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=cache.parent, suffix=".npy", delete=False) as tmp:

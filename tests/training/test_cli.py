@@ -51,3 +51,49 @@ def test_demo_without_the_data_says_what_to_run(tmp_path: Path) -> None:
     r = runner.invoke(app, ["demo", "--data-dir", str(tmp_path / "data"), "--cache-dir", str(tmp_path / "c")])
     assert r.exit_code == 2
     assert "seqrec download ml-1m" in r.output and "SEQREC_DATA_DIR" in r.output
+
+
+def test_options_help_keeps_the_table_names() -> None:
+    out = runner.invoke(app, ["options", "--help"], env={"COLUMNS": "200"}).output
+    assert "[model], [train] and [task]" in out
+
+
+def test_recipes_are_found_by_name_from_any_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from training.config import Recipe
+
+    monkeypatch.chdir(tmp_path)  # not the checkout: recipes/ is not here
+    for ref in ("sasrec-office", "sasrec-office.toml", "recipes/sasrec-office.toml"):
+        rec = Recipe.load(ref)
+        assert rec.model == "sasrec" and rec.dataset == "office"
+    r = runner.invoke(app, ["train", "--recipe", "sasrec-office", "--dataset", "no-such-data"])
+    assert r.exit_code == 2 and "unknown dataset 'no-such-data'" in r.output  # the recipe itself was found
+    r = runner.invoke(app, ["train", "--recipe", "sasrec-ofice"])
+    assert r.exit_code == 2 and "recipe not found" in r.output and "did you mean sasrec-office?" in r.output
+
+
+def test_the_session_recipe_uses_the_papers_session_setting() -> None:
+    from training.config import Recipe, split_model_table
+    from training.zoo import resolve
+
+    rec = Recipe.load("gru4rec-sessions")
+    name, model_over = split_model_table(rec.tables["model"])
+    _, tc, task = resolve(name, model_over, rec.tables["train"], rec.tables["task"])
+    assert (name, tc.loss, tc.lr, tc.batch_size) == ("gru4rec", "bpr-max", 0.003, 32)
+    assert task.parallel == "session" and task.n_extra_negatives == 2048
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "your-own-data.md").read_text()
+    assert "--recipe gru4rec-sessions" in doc and "--time-offset-col" in doc
+
+
+def test_office_recipes_say_why_the_new_item_head_is_off() -> None:
+    root = Path(__file__).resolve().parents[2] / "recipes"
+    for path in sorted(root.glob("*office*.toml")):
+        text = path.read_text()
+        if "new_item_head = 0" in text:
+            comments = " ".join(line for line in text.splitlines() if line.startswith("#"))
+            assert "new_item_head" in comments and "POST /items" in comments, path.name
+
+
+def test_api_docs_show_how_to_register_an_item() -> None:
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "api.md").read_text()
+    section = doc.split("## Registered items", 1)[1].split("\n## ", 1)[0]
+    assert "curl" in section and "/items" in section and '"title"' in section and '"registered"' in section

@@ -126,3 +126,18 @@ def test_generic_file_with_iso_timestamps(tmp_path: Path) -> None:
     bad.write_text("user_id,item\nu1,i1\n")
     with pytest.raises(DatasetError, match=r"missing item column 'item_id'"):
         prepare_file(bad, cache_dir=tmp_path / "cache")
+
+
+def test_min_len_leaves_no_item_without_events() -> None:
+    # User "short" is the only one with item "only-short"; --min-len 3 drops the user, so the item
+    # has no event left: it must leave the catalogue (else it is ranked in evaluation and exported).
+    users = ["a"] * 4 + ["b"] * 4 + ["short"] * 2
+    items = ["x", "y", "z", "x", "y", "z", "x", "w", "only-short", "x"]
+    inter = Interactions(np.array(users, dtype=object), np.array(items, dtype=object), np.arange(10))
+    report: list = []
+    data = build_sequences(inter, "t", min_len=3, report=report)
+    assert data.user_ids == ["a", "b"]
+    assert data.item_ids == ["w", "x", "y", "z"]
+    assert sorted(np.unique(data.items).tolist()) == list(range(1, data.num_items + 1))
+    assert [data.item_ids[i - 1] for i in data.sequence(1)] == ["y", "z", "x", "w"]
+    assert report[-1]["after"]["items"] == data.num_items == data.stats()["items"]

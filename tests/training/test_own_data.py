@@ -192,11 +192,14 @@ def test_session_column_trains_and_evaluates_with_popularity_baseline(tmp_path: 
         ],
     )
     assert r.exit_code == 0, r.output
+    trained = json.loads(r.stdout.strip().splitlines()[-1])
     r = runner.invoke(app, ["evaluate", str(out / "best.pt"), "--popularity-baseline", "--cache-dir", cache])
     assert r.exit_code == 0, r.output
     res = json.loads(r.stdout)
     assert res["protocol"] == "sessions" and res["queries"] > 10
     assert "hr@20" in res["full"] and "hr@20" in res["popularity"]
+    # One name for one metric: train prints what evaluate and final.json call it.
+    assert trained["test_hr@20"] == pytest.approx(res["full"]["hr@20"]) and "test_recall@20" not in trained
 
 
 # 6 ----------------------------------------------------------------- no timestamps
@@ -494,3 +497,256 @@ def test_ragged_and_non_utf8_lines_are_named(tmp_path: Path) -> None:
     (tmp_path / "latin.csv").write_bytes("user_id,item_id,timestamp\nJosé,café,1\n".encode("latin-1"))
     with pytest.raises(DatasetError, match=r"latin.csv:2: not UTF-8 .*iconv"):
         prepare_files([tmp_path / "latin.csv"], cache_dir=tmp_path / "c")
+
+
+# ids the service refuses ---------------------------------------------------------------------------
+
+
+def _item_log(tmp_path: Path, items: list[str], name: str = "log.csv") -> Path:
+    """12 users x 6 events over `items` (each item seen by several users), epoch seconds."""
+    rows = []
+    for u in range(12):
+        for k in range(6):
+            item = items[(u + k) % len(items)]
+            rows.append(f'u{u:02d},"{item}",{1_700_000_000 + u * 1000 + k * 60}')
+    return _write(tmp_path / name, "user_id,item_id,timestamp", rows)
+
+
+REFUSED = ["https://shop.example/p/00", "cat/sub/P-01", "P-02\u200b", " P-03"]
+
+
+def test_ids_the_service_refuses_are_refused_with_the_line_and_the_rule(tmp_path: Path) -> None:
+    from app.ids import valid_id
+
+    log = _item_log(tmp_path, ["ok-1", *REFUSED, "ok-2"])
+    r = _prep(["--file", str(log), "--user-core", "1", "--item-core", "1"], tmp_path)
+    assert r.exit_code == 2, r.output
+    # The first offending line (user u00's second event), the id, the rule, and what to do.
+    assert "log.csv:3: item id 'https://shop.example/p/00' (column 'item_id')" in r.output
+    assert "id must not contain '/'" in r.output and "POST /events refuses such ids (422)" in r.output
+    assert "4 item ids of this file break it" in r.output and "--fix-ids" in r.output
+    for bad in REFUSED:
+        assert not valid_id(bad)
+    # A user id too, and a Parquet file is named by row.
+    pl.DataFrame({"user_id": ["a", "b/c", "a"], "item_id": ["x", "y", "z"]}).write_parquet(tmp_path / "e.parquet")
+    with pytest.raises(DatasetError, match=r"e.parquet, row 2: user id 'b/c'"):
+        prepare_file(tmp_path / "e.parquet", cache_dir=tmp_path / "c", k_core=1, min_len=1)
+    # A placeholder user that breaks the rule is named as such.
+    (tmp_path / "na.csv").write_text("user_id,item_id\nN/A,x\nu1,y\n")
+    with pytest.raises(DatasetError, match=r"looks like a missing user id: --null-users drop"):
+        prepare_file(tmp_path / "na.csv", cache_dir=tmp_path / "c", k_core=1, min_len=1)
+
+
+def test_fix_ids_maps_refused_ids_reversibly_and_counts_them(tmp_path: Path) -> None:
+    from urllib.parse import unquote
+
+    from app.ids import valid_id
+    from training.data import FileOptions, prepare_files
+
+    log = _item_log(tmp_path, ["ok-1", *REFUSED, "P-03", "50%", "ok-2"])
+    r = _prep(["--file", str(log), "--user-core", "1", "--item-core", "1", "--fix-ids", "--name", "fixed"], tmp_path)
+    assert r.exit_code == 0, r.output
+    # 5 of 8 item ids change ('50%' too: '%' is encoded so that the mapping can be undone);
+    # ' P-03' becomes 'P-03', an id the file already has.
+    assert "--fix-ids changed 5 of 8 item ids" in r.output and "1 of them now equal another id" in r.output
+    data = prepare_files([log], FileOptions(user_core=1, item_core=1, fix_ids=True), cache_dir=tmp_path / "c")
+    assert all(valid_id(i) for i in data.item_ids) and all(valid_id(u) for u in data.user_ids)
+    assert sorted(unquote(i) for i in data.item_ids) == sorted(
+        ["ok-1", "https://shop.example/p/00", "cat/sub/P-01", "P-02", "P-03", "50%", "ok-2"]
+    )
+    assert "cat%2Fsub%2FP-01" in data.item_ids and data.num_items == 7
+    # An items file keyed by the log's original ids still matches: its ids are mapped alike.
+    titles = ["item_id,title"] + [f'"{i}",Title of {k}' for k, i in enumerate(["ok-1", *REFUSED, "50%", "ok-2"])]
+    _write(tmp_path / "items.csv", titles[0], titles[1:])
+    items = ["--items-file", str(tmp_path / "items.csv")]
+    r = _prep(["--file", str(log), "--user-core", "1", "--item-core", "1", "--fix-ids", *items], tmp_path)
+    assert r.exit_code == 0 and "item text: 7 of 7 items (100.0%)" in r.output, r.output
+
+
+def test_ids_that_differ_by_whitespace_or_unicode_form_are_not_split_silently(tmp_path: Path) -> None:
+    # 'u1' and 'u1 ' are one customer to a reader: refused by the id rule, not blamed on the k-core.
+    rows = [f"u1,i{k % 3},{1_700_000_000 + k}" for k in range(3)]
+    rows += [f"u1 ,i{k % 3},{1_700_000_100 + k}" for k in range(3)]
+    log = _write(tmp_path / "ws.csv", "user_id,item_id,timestamp", rows)
+    r = _prep(["--file", str(log), "--user-core", "5", "--item-core", "1"], tmp_path)
+    assert r.exit_code == 2 and "ws.csv:5: user id 'u1 '" in r.output and "whitespace" in r.output
+    assert "core filter" not in r.output
+    r = _prep(["--file", str(log), "--user-core", "5", "--item-core", "1", "--fix-ids"], tmp_path)
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout.strip().splitlines()[-1])["users"] == 1
+    # 'José' written precomposed and with a combining accent: valid ids, counted and warned about,
+    # and the warning travels with the k-core error it explains.
+    nfc, nfd = "Jos\u00e9", "Jose\u0301"
+    rows = [f"{nfc},i{k},{1_700_000_000 + k}" for k in range(3)] + [f"{nfd},i{k},{1_700_000_100 + k}" for k in range(3)]
+    log = _write(tmp_path / "nfc.csv", "user_id,item_id,timestamp", rows)
+    r = _prep(["--file", str(log), "--user-core", "1", "--item-core", "1"], tmp_path)
+    assert r.exit_code == 0, r.output
+    assert "warning: 2 user ids differ from another only by their Unicode normalisation form" in r.output
+    r = _prep(["--file", str(log), "--user-core", "5", "--item-core", "1"], tmp_path)
+    assert r.exit_code == 2 and "core filter" in r.output and "Unicode normalisation form" in r.output
+    r = _prep(["--file", str(log), "--user-core", "5", "--item-core", "1", "--fix-ids"], tmp_path)
+    assert r.exit_code == 0 and json.loads(r.stdout.strip().splitlines()[-1])["users"] == 1
+
+
+# epoch units -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("scale", "unit"), [(1000, "milliseconds"), (1_000_000, "microseconds"), (1_000_000_000, "nanoseconds")]
+)
+def test_epoch_milli_micro_nano_seconds_are_recognised_and_converted(tmp_path: Path, scale: int, unit: str) -> None:
+    ev = _events(n_users=10)
+    # CSV (numeric strings), and Parquet ints: both in the unit, the second event 1/4 s after the first.
+    rows = [f"{u},{i},{t * scale + (scale // 4 if k % 8 == 1 else 0)}" for k, (u, i, t) in enumerate(ev)]
+    log = _write(tmp_path / "ms.csv", "user_id,item_id,timestamp", rows)
+    data = prepare_file(log, cache_dir=tmp_path / "c", k_core=1)
+    assert data.timestamps is not None
+    assert data.timestamps.min() == min(t for _, _, t in ev) and data.timestamps.max() == max(t for _, _, t in ev)
+    note = next(n for n in data.meta["notes"] if "time from" in n)
+    assert f"epoch {unit} (values above 1e11 are not seconds), converted to seconds" in note
+    assert "(2023-11-14 to 2023-11-15)" in note
+    frame = pl.DataFrame(
+        {"user_id": [u for u, _, _ in ev], "item_id": [i for _, i, _ in ev], "ts": [t * scale for _, _, t in ev]}
+    )
+    frame.write_parquet(tmp_path / "ms.parquet")
+    r = _prep(["--file", str(tmp_path / "ms.parquet"), "--time-col", "ts", "--user-core", "1"], tmp_path)
+    assert r.exit_code == 0 and f"epoch {unit}" in r.output
+
+
+def test_time_unit_option_and_mixed_units(tmp_path: Path) -> None:
+    from training.data import FileOptions, prepare_files
+
+    # Small numbers that are milliseconds (e.g. since the start of a test run): only the option can say so.
+    log = _write(tmp_path / "rel.csv", "user_id,item_id,timestamp", ["u1,a,500", "u1,b,1500", "u1,c,2500"])
+    opts = FileOptions(user_core=1, item_core=1, min_len=1, time_unit="ms")
+    data = prepare_files([log], opts, cache_dir=tmp_path / "c")
+    assert data.timestamps is not None and data.timestamps.tolist() == [0, 1, 2]
+    assert "epoch milliseconds (--time-unit)" in data.meta["notes"][1]
+    r = _prep(["--file", str(log), "--time-unit", "minutes"], tmp_path)
+    assert r.exit_code == 2 and "--time-unit must be one of auto, s, ms, us, ns" in r.output
+    # Seconds and milliseconds in one column: refused at the line, not averaged into nonsense.
+    mixed = _write(tmp_path / "mixed.csv", "user_id,item_id,timestamp", ["u1,a,1700000000000", "u1,b,1700000060"])
+    with pytest.raises(DatasetError, match=r"mixed.csv:3: 'timestamp' is 1700000060.*mixes units"):
+        prepare_files([mixed], FileOptions(user_core=1, item_core=1, min_len=1), cache_dir=tmp_path / "c")
+
+
+# ties: a date-only time column, and a date plus an offset ----------------------------------------
+
+
+def _shuffled_session_log(tmp_path: Path) -> Path:
+    """Sessions of 5 views on one day each; each session's rows NOT in time order in the file."""
+    rng = np.random.default_rng(3)
+    rows = []
+    for s in range(30):
+        views = [(k * 20_000 + int(rng.integers(5_000)), f"{200 + (s + k) % 15}") for k in range(5)]
+        for k in rng.permutation(5):
+            ms, item = views[k]
+            rows.append(f"{s};u{s % 6};{item};{ms};2016-05-{1 + s // 3:02d}")
+    return _write(tmp_path / "views.csv", "session_id;user_id;item_id;offset_ms;day", rows)
+
+
+def test_date_only_times_warn_about_ties_and_a_time_offset_orders_events(tmp_path: Path) -> None:
+    from training.data import FileOptions, prepare_files
+
+    log = _shuffled_session_log(tmp_path)
+    args = ["--file", str(log), "--time-col", "day", "--user-core", "1", "--item-core", "1", "--min-len", "2"]
+    r = _prep(args, tmp_path)
+    assert r.exit_code == 0, r.output
+    assert "warning: 100% of events share their timestamp with another event of the same user" in r.output
+    assert "('day' holds dates only)" in r.output and "--time-offset-col COLUMN --time-offset-unit ms" in r.output
+    r = _prep([*args, "--time-offset-col", "offset_ms"], tmp_path)
+    assert r.exit_code == 2 and "needs its unit: --time-offset-unit s|ms|us|ns" in r.output
+    r = _prep([*args, "--time-offset-col", "offset_ms", "--time-offset-unit", "ms"], tmp_path)
+    assert r.exit_code == 0, r.output
+    assert "time from 'day': ISO-8601 times (2016-05-01 to 2016-05-10) plus 'offset_ms' (milliseconds)" in r.output
+    assert "warning" not in r.output
+    opts = dict(time_col="day", user_core=1, item_core=1, min_len=2)
+    timed = prepare_files([log], FileOptions(**opts, time_offset_col="offset_ms", time_offset_unit="ms"), "t")
+    by_day = prepare_files([log], FileOptions(**opts), "d", cache_dir=tmp_path / "c")
+    in_order = [to_sessions(d, "column") for d in (timed, by_day)]
+    # With the offset every session is in view order; with the day alone, in the file's shuffled order.
+    right = [[f"{200 + (s + k) % 15}" for k in range(5)] for s in range(30)]
+    got = [[[d.item_ids[i - 1] for i in d.sequence(u)] for u in range(d.num_users)] for d in in_order]
+    assert sorted(got[0]) == sorted(right)
+    assert sum(a != b for a, b in zip(sorted(got[1]), sorted(right), strict=True)) > 20
+
+
+# placeholder user ids ----------------------------------------------------------------------------
+
+
+def _log_with_na_users(tmp_path: Path) -> Path:
+    """1,600 rows; 62% of them have the user id 'NA'; 80 sessions of anonymous visitors."""
+    rows = []
+    for s in range(200):
+        user = "NA" if s < 124 else f"u{s}"
+        for k in range(8):
+            rows.append(f"s{s},{user},i{(s + k) % 40},{1_700_000_000 + s * 10_000 + k * 30}")
+    return _write(tmp_path / "na.csv", "session_id,user_id,item_id,timestamp", rows)
+
+
+def test_placeholder_user_ids_are_warned_about_dropped_or_replaced_by_the_session(tmp_path: Path) -> None:
+    log = _log_with_na_users(tmp_path)
+    base = ["--file", str(log), "--user-core", "1", "--item-core", "1"]
+    r = _prep(base, tmp_path)
+    assert r.exit_code == 0, r.output
+    assert "warning: user id 'NA' looks like a missing value and holds 992 of 1,600 rows (62%)" in r.output
+    assert "--null-users drop" in r.output and "--null-users session" in r.output
+    r = _prep([*base, "--null-users", "drop"], tmp_path)
+    assert r.exit_code == 0, r.output
+    assert "placeholder user ids" in r.output and "1600 -> 608" in r.output
+    assert json.loads(r.stdout.strip().splitlines()[-1])["users"] == 76
+    r = _prep([*base, "--null-users", "session", "--name", "anon"], tmp_path)
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout.strip().splitlines()[-1])["users"] == 76 + 124  # every anonymous session a user
+    from training.data import load_dataset
+
+    assert "session:s0" in load_dataset("anon", cache_dir=tmp_path / "cache").user_ids
+    # One id holding a share no person has: warned about, and droppable once named.
+    rows = [f"guest,i{k % 40},{1_700_000_000 + k}" for k in range(1200)]
+    rows += [f"u{k % 50},i{k % 40},{1_700_000_000 + k}" for k in range(3000)]
+    log = _write(tmp_path / "guest.csv", "user_id,item_id,timestamp", rows)
+    r = _prep(["--file", str(log)], tmp_path)
+    assert r.exit_code == 0 and "warning: user id 'guest' holds 1,200 of 4,200 rows (29%)" in r.output
+    r = _prep(["--file", str(log), "--null-user-id", "guest", "--null-users", "drop"], tmp_path)
+    assert r.exit_code == 0 and json.loads(r.stdout.strip().splitlines()[-1])["users"] == 50
+    assert "warning" not in r.output
+
+
+# smaller ones ------------------------------------------------------------------------------------
+
+
+def test_a_truncated_gzip_file_is_named_as_such(tmp_path: Path) -> None:
+    import gzip
+
+    body = "user_id,item_id,timestamp\n" + "".join(f"u{k % 50},i{k % 30},{1_700_000_000 + k}\n" for k in range(20000))
+    packed = gzip.compress(body.encode())
+    (tmp_path / "events.csv.gz").write_bytes(packed[: len(packed) // 2])
+    r = _prep(["--file", str(tmp_path / "events.csv.gz")], tmp_path)
+    assert r.exit_code == 2
+    assert "events.csv.gz: the gzip file is truncated or corrupt" in r.output and "Aborted" not in r.output
+    (tmp_path / "plain.csv.gz").write_text(body)  # not gzip at all
+    r = _prep(["--file", str(tmp_path / "plain.csv.gz")], tmp_path)
+    assert r.exit_code == 2 and "plain.csv.gz: the gzip file is truncated or corrupt" in r.output
+
+
+def test_exact_duplicate_rows_are_counted_and_dropped_on_request(tmp_path: Path) -> None:
+    ev = _events(n_users=10)
+    rows = [f"{u},{i},{t}" for u, i, t in ev]
+    rows += rows[:7]  # seven rows logged twice
+    log = _write(tmp_path / "log.csv", "user_id,item_id,timestamp", rows)
+    base = ["--file", str(log), "--user-core", "1", "--item-core", "1"]
+    r = _prep(base, tmp_path)
+    assert r.exit_code == 0 and "7 rows (8%) repeat an earlier row exactly; kept" in r.output
+    assert json.loads(r.stdout.strip().splitlines()[-1])["interactions"] == len(rows)
+    r = _prep([*base, "--drop-duplicates"], tmp_path)
+    assert r.exit_code == 0, r.output
+    assert "exact duplicate rows" in r.output and f"{len(rows)} -> {len(ev)}" in r.output
+    assert json.loads(r.stdout.strip().splitlines()[-1])["interactions"] == len(ev)
+
+
+def test_train_file_prints_what_prepare_prints(tmp_path: Path) -> None:
+    rows = [f"{u},{i},{t}" for u, i, t in _events(n_users=8, n_items=5)]
+    log = _write(tmp_path / "log.csv", "user_id,item_id,timestamp", rows)
+    r = runner.invoke(app, ["train", "--file", str(log), "--cache-dir", str(tmp_path / "c"), "--out", str(tmp_path)])
+    assert r.exit_code == 2 and "below the minimum of 10" in r.output  # 8 users: refused after reading
+    assert "log.csv: 64 rows; columns user='user_id'" in r.output and "5-core users, 5-core items" in r.output

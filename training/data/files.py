@@ -1,19 +1,25 @@
 """Your own interaction logs: CSV/TSV/Parquet (optionally .gz), any column names, any separator.
 
 `read_files` reads one or more files with the same column mapping (`FileOptions`) into one
-`Interactions` table. The rules, all reported back to the caller as notes:
+`Interactions` table. The rules, all reported back to the caller as notes (what was done) and
+warnings (what looks wrong but is not refused):
 
 - Columns: user, item (required), time, session and event id (optional). Each role is found
   under its mapped name (`--user-col` ...), else under the standard name (`user_id`, `item_id`,
   `timestamp`, `session_id`, `event_id`), so a `seqrec snapshot` file (user_id, item_id,
   timestamp, event_id) reads beside an offline log whose columns were mapped.
 - Separator: `--sep`, else sniffed from the header line among `,` `;` TAB `|`.
-- Time: integer or fractional epoch seconds, ISO-8601 strings, or Parquet datetimes/dates.
-  Fractional seconds are kept for ordering (events 0.3 s apart stay in order) and stored as
-  whole seconds. With no time column, each user's events are in row order.
+- Ids: every user and item id must pass the service's id rule (`app.ids`), else the file is
+  refused at the first such line; `--fix-ids` maps them instead (training/data/ids.py). Placeholder
+  user ids (`NA`, `null`, `-1`, ...) are kept with a warning, dropped, or replaced by the session
+  (`--null-users`).
+- Time: epoch seconds (or ms/us/ns, recognised by size or named), ISO-8601 strings, or Parquet
+  datetimes/dates, plus an optional offset column (training/data/times.py). With no time
+  column, each user's events are in row order. Ties within a user are measured and warned about.
 - Several files: a row of a later file is dropped when an earlier file holds the same event
   (same event id when both files have event ids, else the same user, item and time). Within
-  one file only repeated event ids are dropped: identical rows can be real repeats.
+  one file only repeated event ids are dropped: identical rows can be real repeats, so they are
+  counted, and dropped only with `--drop-duplicates`.
 """
 
 from __future__ import annotations
@@ -22,20 +28,26 @@ import dataclasses
 import gzip
 import hashlib
 import json
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from training.data.ids import NULL_IDS, NULL_POLICIES, fix_id, id_problem, normalisation_twins, null_like
 from training.data.readers import DatasetError, Interactions
+from training.data.times import SECONDS_PER, TIME_UNITS, Where, add_offset, parse_time, tie_warning
 
 SEPARATORS = (",", ";", "\t", "|")
 STANDARD = {"user": "user_id", "item": "item_id", "time": "timestamp", "session": "session_id", "event": "event_id"}
 _FLAG = {"user": "--user-col", "item": "--item-col", "time": "--time-col", "session": "--session-col"}
 _FLAG["event"] = "--event-col"
+# One user holding this share of the rows, and at least DOMINANT_ROWS of them, is warned about:
+# in a real log no person does that much; a placeholder for "unknown" does.
+DOMINANT_SHARE = 0.05
+DOMINANT_ROWS = 1000
 
 
 @dataclass(frozen=True)
@@ -58,6 +70,13 @@ class FileOptions:
     items_id_col: str | None = None  # default: the item column's name, else item_id
     allow_missing_text: bool = False
     min_text_fraction: float = 0.5  # refuse item text that covers fewer of the catalogue's items
+    time_unit: str = "auto"  # unit of numeric times: auto (by size), s, ms, us or ns
+    time_offset_col: str | None = None  # added to the time column (a date + the time within it)
+    time_offset_unit: str | None = None  # s, ms, us or ns; required with time_offset_col
+    fix_ids: bool = False  # map ids the service refuses (ids.fix_id) instead of refusing the file
+    null_users: str = "warn"  # placeholder user ids: warn (one user), drop, or session (the session id)
+    null_user_ids: tuple[str, ...] = ()  # more placeholder spellings besides ids.NULL_IDS
+    drop_duplicates: bool = False  # drop rows that repeat an earlier row of the same file exactly
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -66,9 +85,27 @@ class FileOptions:
     def from_dict(cls, d: dict[str, Any]) -> FileOptions:
         known = {f.name for f in dataclasses.fields(cls)}
         kw = {k: v for k, v in d.items() if k in known}
-        if kw.get("columns") is not None:
-            kw["columns"] = tuple(kw["columns"])
+        for key in ("columns", "null_user_ids"):
+            if kw.get(key) is not None:
+                kw[key] = tuple(kw[key])
         return cls(**kw)
+
+    def check(self) -> None:
+        """Refuse option values that do not go together, naming the flag."""
+        units = "|".join(SECONDS_PER)
+        if self.time_unit not in TIME_UNITS:
+            raise DatasetError(f"--time-unit must be one of {', '.join(TIME_UNITS)}, got {self.time_unit!r}")
+        if self.time_offset_col and not self.time_col:
+            raise DatasetError("--time-offset-col needs --time-col: the column holding the date the offset counts from")
+        if self.time_offset_col and self.time_offset_unit not in SECONDS_PER:
+            raise DatasetError(
+                f"--time-offset-col {self.time_offset_col} needs its unit: --time-offset-unit {units}"
+                + (f" (got {self.time_offset_unit!r})" if self.time_offset_unit else "")
+            )
+        if self.time_offset_unit and not self.time_offset_col:
+            raise DatasetError("--time-offset-unit goes with --time-offset-col (the column holding the offset)")
+        if self.null_users not in NULL_POLICIES:
+            raise DatasetError(f"--null-users must be one of {', '.join(NULL_POLICIES)}, got {self.null_users!r}")
 
 
 @dataclass
@@ -76,7 +113,10 @@ class ReadResult:
     inter: Interactions
     notes: list[str] = field(default_factory=list)
     rows_read: int = 0
-    duplicates: int = 0
+    duplicates: int = 0  # rows dropped as an event an earlier row or file already holds
+    warnings: list[str] = field(default_factory=list)
+    # Rows removed while reading: (step name, rows removed), in the order the steps ran.
+    steps: list[tuple[str, int]] = field(default_factory=list)
 
 
 def file_digest(path: Path) -> str:
@@ -97,11 +137,24 @@ def _is_parquet(path: Path) -> bool:
     return path.suffix == ".parquet"
 
 
+# What a damaged .gz raises: cut short (EOFError), bad header (BadGzipFile), bad data (zlib.error).
+_GZIP_ERRORS = (EOFError, gzip.BadGzipFile, zlib.error)
+
+
+def _corrupt_gzip(path: Path, exc: BaseException) -> DatasetError:
+    return DatasetError(
+        f"{path}: the gzip file is truncated or corrupt ({exc or type(exc).__name__}); "
+        f"copy or download it again (`gzip -t {path.name}` checks a copy)"
+    )
+
+
 def _header_line(path: Path) -> str:
     opener = gzip.open if path.suffix == ".gz" else open
     try:
         with opener(path, "rt", encoding="utf-8", errors="replace", newline="") as fh:  # type: ignore[operator]
             return fh.readline().rstrip("\r\n")
+    except _GZIP_ERRORS as exc:
+        raise _corrupt_gzip(path, exc) from None
     except OSError as exc:
         raise DatasetError(f"{path}: cannot read: {exc}") from None
 
@@ -141,6 +194,8 @@ def _read_frame(path: Path, sep: str | None, columns: Sequence[str] | None = Non
             )
     except DatasetError:
         raise
+    except _GZIP_ERRORS as exc:
+        raise _corrupt_gzip(path, exc) from None
     except Exception as exc:  # polars raises many error types; all mean "can't parse"
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         where = None if _is_parquet(path) else _find_bad_line(path, sep or ",", columns)
@@ -155,8 +210,11 @@ def _find_bad_line(path: Path, sep: str, columns: Sequence[str] | None) -> str |
     import csv
 
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as fh:  # type: ignore[operator]
-        raw = fh.read()
+    try:
+        with opener(path, "rb") as fh:  # type: ignore[operator]
+            raw = fh.read()
+    except _GZIP_ERRORS as exc:
+        raise _corrupt_gzip(path, exc) from None
     for lineno, line in enumerate(raw.splitlines(), 1):
         try:
             line.decode("utf-8")
@@ -205,88 +263,134 @@ def _at(path: Path, df, row: int, parquet: bool) -> str:
     return f"{path}, row {line}" if parquet else f"{path}:{line}"
 
 
-def _parse_time(path: Path, df, col: str, parquet: bool) -> tuple[np.ndarray, str]:
-    """Epoch seconds (int64, or float64 when fractional) and a note on how they were read."""
+def _where(path: Path, df, parquet: bool) -> Where:
+    return lambda row: _at(path, df, row, parquet)
+
+
+def _pct(n: int, total: int) -> str:
+    p = 100 * n / max(1, total)
+    return "<1%" if 0 < p < 1 else f"{p:.0f}%"
+
+
+def _null_mask(s, extra: Sequence[str]):
+    """Which values of a string column are placeholder user ids (ids.NULL_IDS, plus `extra`)."""
+    spellings = sorted(NULL_IDS | {e.strip().lower() for e in extra})
+    return s.is_null() | s.str.strip_chars().str.to_lowercase().is_in(spellings)
+
+
+def _drop_repeated_rows(path: Path, df, cols: list[str], drop: bool, notes: list[str], steps: list) -> Any:
+    """Count rows that repeat an earlier row of the file in every column; drop them if asked."""
+    repeats = df.height - df.select(cols).n_unique()
+    if not repeats:
+        return df
+    if drop:
+        steps.append(("exact duplicate rows", repeats))
+        notes.append(f"{path.name}: dropped {repeats} rows that repeat an earlier row exactly (--drop-duplicates)")
+        return df.unique(subset=cols, keep="first", maintain_order=True)
+    notes.append(
+        f"{path.name}: {repeats} rows ({_pct(repeats, df.height)}) repeat an earlier row exactly; kept, as "
+        f"identical rows can be repeat events (--drop-duplicates drops them)"
+    )
+    return df
+
+
+def _placeholder_users(path: Path, df, user: str, session: str | None, opts: FileOptions, at: Where, notes, steps):
+    """--null-users drop | session: the rows whose user id stands for "unknown user"."""
     import polars as pl
 
-    s = df[col]
-    missing = s.is_null() | (s.cast(pl.String).str.strip_chars() == "") if s.dtype == pl.String else s.is_null()
-    if s.dtype.is_float():
-        missing = missing | s.is_nan()
-    if missing.any():
-        r = int(np.flatnonzero(missing.to_numpy())[0])
+    s = df[user].cast(pl.String)
+    mask = _null_mask(s, opts.null_user_ids)
+    n = int(mask.sum())
+    if not n:
+        return df
+    seen = ", ".join(repr(v) for v in s.filter(mask).unique(maintain_order=True).head(3).to_list())
+    if opts.null_users == "drop":
+        steps.append(("placeholder user ids", n))
+        notes.append(f"{path.name}: dropped {n} rows whose user id is a placeholder ({seen}; --null-users drop)")
+        return df.filter(~mask)
+    if session is None:
         raise DatasetError(
-            f"{_at(path, df, r, parquet)}: missing {col!r} value; fill it in or remove the line "
-            f"(or pass --time-col with another column)"
+            f"{path}: --null-users session takes the session id in place of a placeholder user id, but this file "
+            f"has no session column; name it with --session-col, or use --null-users drop"
         )
-    if s.dtype in (pl.Date,):
-        return (s.cast(pl.Int64).to_numpy() * 86400).astype(np.int64), f"{col!r}: dates"
-    if isinstance(s.dtype, pl.Datetime):
-        us = (
-            s.dt.replace_time_zone(None).dt.epoch("us").to_numpy() if s.dtype.time_zone else s.dt.epoch("us").to_numpy()
+    sess = df[session].cast(pl.String)
+    empty = (mask & (sess.is_null() | (sess.str.strip_chars() == ""))).to_numpy()
+    if empty.any():
+        r = int(np.flatnonzero(empty)[0])
+        raise DatasetError(f"{at(r)}: placeholder user id and an empty session id; fill one in or remove the line")
+    by_session = df.select(pl.concat_str([pl.lit("session:"), sess])).to_series()
+    notes.append(
+        f"{path.name}: {n} rows with a placeholder user id ({seen}) take their session as user, "
+        f"'session:<{session}>' (--null-users session)"
+    )
+    return df.with_columns(by_session.zip_with(mask, s).alias(user))
+
+
+def _id_refused(where: str, role: str, col: str, value: str, problem: str, bad: list[str]) -> DatasetError:
+    n = len(bad)
+    more = f"; {n} {role} ids of this file break it, e.g. {', '.join(repr(v) for v in bad[:3])}" if n > 1 else ""
+    msg = (
+        f"{where}: {role} id {value!r} (column {col!r}) breaks the service's id rule: {problem}{more}. "
+        f"POST /events refuses such ids (422), so a model trained on them would recommend what no client can "
+        f"send back"
+    )
+    if role == "user" and null_like(value):
+        msg += (
+            f". {value!r} looks like a missing user id: --null-users drop drops such rows, --null-users session "
+            f"takes the session id instead"
         )
-        return _maybe_fraction(us / 1e6), f"{col!r}: datetimes" + _fraction_note(us / 1e6)
-    if s.dtype.is_integer():
-        return s.cast(pl.Int64).to_numpy(), f"{col!r}: epoch seconds"
-    if s.dtype.is_float():
-        return _maybe_fraction(s.to_numpy()), f"{col!r}: epoch seconds" + _fraction_note(s.to_numpy())
-    s = s.cast(pl.String).str.strip_chars()
-    as_int = s.cast(pl.Int64, strict=False)
-    if not as_int.is_null().any():
-        return as_int.to_numpy(), f"{col!r}: epoch seconds"
-    as_float = s.cast(pl.Float64, strict=False)
-    numeric = ~as_float.is_null()
-    if numeric.all():
-        vals = as_float.to_numpy()
-        return _maybe_fraction(vals), f"{col!r}: epoch seconds" + _fraction_note(vals)
-    if numeric.mean() >= 0.5:  # a numeric column with a few bad values
-        r = int(np.flatnonzero(~numeric.to_numpy())[0])
-        raise DatasetError(
-            f"{_at(path, df, r, parquet)}: {col!r} is {s[r]!r}, not a number; the column holds epoch "
-            f"seconds (e.g. {s[int(np.flatnonzero(numeric.to_numpy())[0])]!r}): fix or remove that line"
-        )
-    try:
-        dt = s.str.to_datetime(time_zone="UTC", strict=False)
-        bad = dt.is_null().to_numpy()
-    except Exception:  # polars could not infer one format from the first value
-        dt, bad = None, np.ones(len(s), bool)
-    if bad.any():
-        # Mixed formats, or an unparseable value: the standard library decides per value.
-        parsed = [_iso(v) for v in s.to_list()]
-        worst = [i for i, v in enumerate(parsed) if v is None]
-        if worst:
-            r = worst[0]
-            raise DatasetError(
-                f"{_at(path, df, r, parquet)}: {col!r} is {s[r]!r}, not an ISO-8601 time "
-                f"(like 2024-01-31T10:00:00Z or 2024-01-31) nor epoch seconds: fix or remove that line"
+    return DatasetError(
+        f"{msg}. Fix the ids in the file, or pass --fix-ids to map them: whitespace and invisible characters at "
+        f"both ends are stripped, and '/', '%' and control characters are percent-encoded "
+        f"(docs/your-own-data.md, 'Ids')"
+    )
+
+
+def _checked_ids(path: Path, df, col: str, role: str, fix: bool, at: Where, notes: list[str]):
+    """The column as ids the service accepts (app.ids): mapped with --fix-ids, else refused at
+    the first line that breaks the rule."""
+    import polars as pl
+
+    s = df[col].cast(pl.String)
+    uniq = s.unique(maintain_order=True).to_list()  # file order: the first offender is named first
+    if fix:
+        mapping = {v: fix_id(v) for v in uniq}
+        changed = {k: v for k, v in mapping.items() if k != v}
+        if changed:
+            s = s.replace(changed)
+            merged = len(uniq) - len(set(mapping.values()))
+            examples = ", ".join(f"{k!r} -> {v!r}" for k, v in list(changed.items())[:2])
+            notes.append(
+                f"{path.name}: --fix-ids changed {len(changed)} of {len(uniq)} {role} ids (e.g. {examples})"
+                + (f"; {merged} of them now equal another id and are merged with it" if merged else "")
             )
-        vals = np.array(parsed, np.float64)
-    else:
-        vals = dt.dt.epoch("us").to_numpy() / 1e6  # type: ignore[union-attr]
-    return _maybe_fraction(vals), f"{col!r}: ISO-8601 times" + _fraction_note(vals)
+        uniq = list(dict.fromkeys(mapping.values()))
+    bad = {v: p for v in uniq if (p := id_problem(v))}
+    if not bad:
+        return s
+    r = int(np.flatnonzero(s.is_in(list(bad)).to_numpy())[0])
+    if fix:
+        original = df[col].cast(pl.String)[r]
+        raise DatasetError(
+            f"{at(r)}: {role} id {original!r} is still refused after --fix-ids (as {s[r]!r}: {bad[s[r]]}); "
+            f"fix it in the file or remove the line"
+        )
+    first = s[r]
+    others = [first, *(v for v in bad if v != first)]
+    raise _id_refused(at(r), role, col, first, bad[first], others)
 
 
-def _iso(v: str) -> float | None:
-    try:
-        d = datetime.fromisoformat(v)
-    except ValueError:
-        return None
-    return (d if d.tzinfo else d.replace(tzinfo=UTC)).timestamp()
+@dataclass
+class _File:
+    """One file read: the rows as user, item, t, session, eid; which column had each role; notes."""
+
+    frame: Any
+    roles: dict[str, str | None]
+    notes: list[str]
+    steps: list[tuple[str, int]]
 
 
-def _maybe_fraction(vals: np.ndarray) -> np.ndarray:
-    vals = np.asarray(vals, np.float64)
-    return vals.astype(np.int64) if np.all(vals == np.floor(vals)) else vals
-
-
-def _fraction_note(vals: np.ndarray) -> str:
-    vals = np.asarray(vals, np.float64)
-    if np.all(vals == np.floor(vals)):
-        return ""
-    return " with fractional seconds (kept for ordering, stored as whole seconds)"
-
-
-def read_one(path: Path, opts: FileOptions) -> tuple[Any, dict[str, str | None], list[str]]:
+def read_one(path: Path, opts: FileOptions) -> _File:
     """One file -> a polars frame (user, item, t, session, eid as strings/float) + roles + notes."""
     import polars as pl
 
@@ -306,26 +410,36 @@ def read_one(path: Path, opts: FileOptions) -> tuple[Any, dict[str, str | None],
     item = _pick(path, cols, "item", opts.item_col, True)
     time = _pick(path, cols, "time", opts.time_col, opts.time_col is not None)
     event = _pick(path, cols, "event", opts.event_col, opts.event_col is not None)
+    offset = opts.time_offset_col if time else None
+    if offset and offset not in cols:
+        raise DatasetError(f"{path}: missing time offset column {offset!r} (columns: {cols}); check --time-offset-col")
     notes: list[str] = []
+    steps: list[tuple[str, int]] = []
+    df = _drop_repeated_rows(path, df, cols, opts.drop_duplicates, notes, steps)
+    if user is not None and opts.null_users != "warn":
+        df = _placeholder_users(path, df, user, session, opts, _where(path, df, parquet), notes, steps)
+    at = _where(path, df, parquet)
     for role, c in (("user", user or session), ("item", item)):
         null = df[c].is_null()
         if df[c].dtype == pl.String:
             null = null | (df[c].str.strip_chars() == "")
         if null.any():
             r = int(np.flatnonzero(null.to_numpy())[0])
-            raise DatasetError(
-                f"{_at(path, df, r, parquet)}: empty {role} id in column {c!r}; fill it in or remove the line"
-            )
+            hint = " (or --null-users drop|session for rows without a user)" if role == "user" and user else ""
+            raise DatasetError(f"{at(r)}: empty {role} id in column {c!r}; fill it in or remove the line{hint}")
     out = pl.DataFrame(
         {
-            "user": df[user if user else session].cast(pl.String),  # type: ignore[index]
-            "item": df[item].cast(pl.String),
+            "user": _checked_ids(path, df, user or session, "user", opts.fix_ids, at, notes),  # type: ignore[arg-type]
+            "item": _checked_ids(path, df, item, "item", opts.fix_ids, at, notes),
         }
     )
     if user is None:
         notes.append(f"{path.name}: no user column: each session ({session!r}) is its own user")
     if time:
-        t, how = _parse_time(path, df, time, parquet)
+        t, how = parse_time(df[time], time, at, opts.time_unit)
+        if offset:
+            t, plus = add_offset(t, df[offset], offset, opts.time_offset_unit or "s", at)
+            how += f" {plus}"
         out = out.with_columns(pl.Series("t", np.asarray(t, np.float64)))
         notes.append(f"{path.name}: time from {how}")
     else:
@@ -347,7 +461,45 @@ def read_one(path: Path, opts: FileOptions) -> tuple[Any, dict[str, str | None],
         ).alias("eid"),
     )
     roles = {"user": user, "item": item, "time": time, "session": session, "event": event}
-    return out, roles, notes
+    return _File(out, roles, notes, steps)
+
+
+def _user_warnings(users, opts: FileOptions) -> list[str]:
+    """Placeholder-looking user ids, and one user holding an implausible share of the rows."""
+    total = len(users)
+    if not total:
+        return []
+    out: list[str] = []
+    counts = users.value_counts(sort=True)
+    nulls = counts.filter(_null_mask(counts[counts.columns[0]], opts.null_user_ids))
+    for v, n in nulls.head(3).iter_rows():
+        out.append(
+            f"user id {v!r} looks like a missing value and holds {n:,} of {total:,} rows ({_pct(n, total)}): they "
+            f"all become one user. --null-users drop drops these rows; --null-users session makes each of their "
+            f"sessions a user of its own"
+        )
+    top, n = counts.row(0)
+    if n / total > DOMINANT_SHARE and n >= DOMINANT_ROWS and not null_like(top, opts.null_user_ids):
+        out.append(
+            f"user id {top!r} holds {n:,} of {total:,} rows ({_pct(n, total)}): one user with that share of a log "
+            f"is usually a placeholder (a shared guest account, a default value). If it is one, name it: "
+            f"--null-user-id {top} with --null-users drop (or session)"
+        )
+    return out
+
+
+def _twin_warnings(frame) -> list[str]:
+    """Ids written in two Unicode normalisation forms: one id to a reader, two to the service."""
+    out = []
+    for role in ("user", "item"):
+        twins = normalisation_twins(frame[role].unique(maintain_order=True).to_list())
+        if twins:
+            out.append(
+                f"{sum(len(g) for g in twins)} {role} ids differ from another only by their Unicode normalisation "
+                f"form (e.g. {' and '.join(ascii(v) for v in twins[0])}): they stay different ids, here and in the "
+                f"service; write each id one way, or pass --fix-ids (which puts ids in NFC)"
+            )
+    return out
 
 
 def read_files(paths: Sequence[Path], opts: FileOptions = FileOptions()) -> ReadResult:
@@ -356,18 +508,28 @@ def read_files(paths: Sequence[Path], opts: FileOptions = FileOptions()) -> Read
 
     if not paths:
         raise DatasetError("no file given")
+    opts.check()
     frames: list[Any] = []
     has_eid: list[bool] = []
     notes: list[str] = []
+    removed: dict[str, int] = {}
     kinds: list[tuple[Path, bool, bool]] = []
+    with_user: list[bool] = []
+    time_col = None
     for p in paths:
-        df, roles, n = read_one(Path(p), opts)
-        mapped = ", ".join(f"{r}={c!r}" for r, c in roles.items() if c)
-        notes.append(f"{Path(p).name}: {df.height} rows; columns {mapped}")
-        notes.extend(n)
-        frames.append(df)
-        has_eid.append(roles["event"] is not None)
-        kinds.append((Path(p), roles["time"] is not None, roles["session"] is not None))
+        one = read_one(Path(p), opts)
+        mapped = ", ".join(f"{r}={c!r}" for r, c in one.roles.items() if c)
+        if one.roles["time"] and opts.time_offset_col:
+            mapped += f", time offset={opts.time_offset_col!r}"
+        notes.append(f"{Path(p).name}: {one.frame.height + sum(k for _, k in one.steps)} rows; columns {mapped}")
+        notes.extend(one.notes)
+        for step, k in one.steps:
+            removed[step] = removed.get(step, 0) + k
+        frames.append(one.frame)
+        has_eid.append(one.roles["event"] is not None)
+        with_user.append(one.roles["user"] is not None)
+        kinds.append((Path(p), one.roles["time"] is not None, one.roles["session"] is not None))
+        time_col = time_col or one.roles["time"]
     timed = {k[1] for k in kinds}
     if len(timed) > 1:
         with_t = [str(k[0]) for k in kinds if k[1]]
@@ -376,7 +538,7 @@ def read_files(paths: Sequence[Path], opts: FileOptions = FileOptions()) -> Read
             f"{without[0]} has no time column but {with_t[0]} has one: events of files with and without "
             f"times cannot be put in one order; map a time column with --time-col, or prepare them apart"
         )
-    rows_read = sum(f.height for f in frames)
+    rows_read = sum(f.height for f in frames) + sum(removed.values())
     dups = 0
     kept: list[Any] = []
     for k, df in enumerate(frames):
@@ -405,9 +567,22 @@ def read_files(paths: Sequence[Path], opts: FileOptions = FileOptions()) -> Read
         notes.append("files without times or event ids: duplicates across them cannot be recognised (all rows kept)")
     allf = pl.concat(kept)
     ts = None
+    warnings: list[str] = []
+    if any(with_user):
+        users = pl.concat([f["user"] for f, u in zip(kept, with_user, strict=True) if u])
+        warnings += _user_warnings(users, opts)
+    warnings += _twin_warnings(allf)
     if timed == {True}:
         t = allf["t"].to_numpy()
         ts = t.astype(np.int64) if np.all(t == np.floor(t)) else t
+        share, tie = tie_warning(allf["user"].to_numpy(), t, time_col or "time")
+        if tie:
+            warnings.append(tie)
+        elif share:
+            notes.append(
+                f"ties: {_pct(round(share * len(t)), len(t))} of events share their timestamp with another event "
+                f"of the same user (kept in row order)"
+            )
     sessions = allf["session"].to_numpy().astype(object) if any(k[2] for k in kinds) else None
     if sessions is not None and any(s is None for s in sessions):
         missing = [str(k[0]) for k in kinds if not k[2]]
@@ -421,7 +596,10 @@ def read_files(paths: Sequence[Path], opts: FileOptions = FileOptions()) -> Read
         ts,
         sessions=sessions,
     )
-    return ReadResult(inter, notes, rows_read, dups)
+    steps = [(name, k) for name, k in removed.items() if k]
+    if dups:
+        steps.append(("duplicate events", dups))
+    return ReadResult(inter, notes, rows_read, dups, warnings, steps)
 
 
 def read_item_text_generic(

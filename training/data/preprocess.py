@@ -186,7 +186,9 @@ def build_sequences(
     )
     if min_len > 1:
         n_before = _seq_counts(data)
-        data = drop_short(data, min_len)
+        # Dropping users can leave items without any event: the catalogue keeps only items with
+        # events, or evaluation would rank (and export would serve) items nobody was seen with.
+        data = drop_unused_items(drop_short(data, min_len))
         if report is not None:
             report.append({"step": f"users with >= {min_len} events", "before": n_before, "after": _seq_counts(data)})
         if data.num_users == 0:
@@ -222,6 +224,20 @@ def drop_short(data: SeqData, min_len: int) -> SeqData:
         items=np.concatenate(seqs).astype(np.int32) if seqs else np.zeros(0, np.int32),
         timestamps=np.concatenate(tss) if tss else None,  # type: ignore[arg-type]
         sessions=np.concatenate(sess).astype(np.int32) if sess else None,
+    )
+
+
+def drop_unused_items(data: SeqData) -> SeqData:
+    """The same sequences over a catalogue of only the items that occur, re-indexed in order."""
+    used = np.zeros(data.num_items + 1, bool)
+    used[data.items] = True
+    if used[1:].all():
+        return data
+    new_index = np.cumsum(used)  # old index -> new index (1-based) for every used item
+    return replace(
+        data,
+        item_ids=[x for x, u in zip(data.item_ids, used[1:], strict=True) if u],
+        items=new_index[data.items].astype(np.int32),
     )
 
 

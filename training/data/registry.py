@@ -14,6 +14,7 @@ import numpy as np
 
 from training.data import readers
 from training.data.files import FileOptions, read_files, read_item_text_generic, recipe_key
+from training.data.ids import fix_id
 from training.data.items import check_text_coverage
 from training.data.preprocess import SeqData, _counts, build_sequences
 from training.data.readers import DatasetError, Interactions
@@ -232,16 +233,20 @@ def prepare_files(
     inter = res.inter
     counts = _counts(inter.users, inter.items, inter.sessions)
     report: list[dict[str, Any]] = [{"step": "read", "after": {**counts, "rows": res.rows_read}}]
-    if res.duplicates:
-        report.append(
-            {
-                "step": "duplicate events",
-                "before": {"rows": res.rows_read},
-                "after": counts,
-            }
-        )
-    data = build_sequences(inter, name, opts.user_core, opts.item_core, opts.min_len, report=report)
-    data.meta = {"source": recipe, "report": report, "notes": res.notes}
+    rows = res.rows_read
+    for k, (step, removed) in enumerate(res.steps):
+        # Rows removed while reading; the last such step ends at the table that is filtered next.
+        last = k == len(res.steps) - 1
+        report.append({"step": step, "before": {"rows": rows}, "after": counts if last else {"rows": rows - removed}})
+        rows -= removed
+    try:
+        data = build_sequences(inter, name, opts.user_core, opts.item_core, opts.min_len, report=report)
+    except DatasetError as exc:
+        if not res.warnings:
+            raise
+        # A filter that empties the data is often the effect of what reading warned about.
+        raise DatasetError(f"{exc}. Reading the file(s) warned: {' | '.join(res.warnings)}") from None
+    data.meta = {"source": recipe, "report": report, "notes": res.notes, "warnings": res.warnings}
     if opts.items_file:
         text = _read_items(opts)
         cov = check_text_coverage(data.item_ids, text, opts.items_file, opts.min_text_fraction, opts.allow_missing_text)
@@ -257,7 +262,10 @@ def _read_items(opts: FileOptions) -> dict[str, str]:
     """The items file of a recipe; its id column: --items-id-col, else the log's item column name, else item_id."""
     assert opts.items_file
     ids = tuple(dict.fromkeys(c for c in (opts.item_col, "item_id") if c))
-    return read_item_text_generic(Path(opts.items_file), opts.items_id_col, default_ids=ids)
+    text = read_item_text_generic(Path(opts.items_file), opts.items_id_col, default_ids=ids)
+    if opts.fix_ids:  # the log's item ids were mapped: map the items file's alike, so they still match
+        text = {fix_id(k): v for k, v in text.items()}
+    return text
 
 
 def prepare_file(
