@@ -112,3 +112,25 @@ class GRU4Rec(SeqRecModel):
         if self.item_bias is None:
             return self.item_out.weight  # (N+1, H)
         return torch.cat([self.item_out.weight, self.item_bias[:, None]], dim=1)  # (N+1, H+1): [W_y | b_y]
+
+    @property
+    def state_shape(self) -> tuple[int, int]:
+        """(layers, H): one user's recurrent state, as the step graph carries it."""
+        return self.cfg.num_layers, self.cfg.dim
+
+
+class GRUStep(nn.Module):
+    """GRU4Rec advanced from a given state: (state (layers, B, H), items (B, T)) -> (state', user_vec).
+
+    No padding: every row advances by its T items (the serving side calls it per user). From a zero
+    state over a whole history it computes what GRU4Rec.forward computes on that history.
+    """
+
+    def __init__(self, model: GRU4Rec) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, state: torch.Tensor, item_seq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        m = self.model
+        out, new_state = m.gru(m.embed(item_seq), state)  # (B, T, H), (layers, B, H)
+        return new_state, m.user_vector(m.drop_out(out[:, -1]))  # (layers, B, H), (B, H[+1])

@@ -17,8 +17,8 @@ bundle/
   item_vectors_layers4.npy  optional (layer_vectors=True, BERT4Rec): a second space for similar items
   ablation.onnx      optional (models with `ablations`, e.g. SASRec): the leave-one-out user vectors
                      explanations need, in one cheaper graph (training/ablation.py)
-  step.onnx          GRU4Rec only: (state float32 [layers, batch, H], item_seq int64 [batch, T]) ->
-                     (state_out, user_vec): the GRU advanced by T items (the manifest's `incremental`)
+  step.onnx          GRU4Rec, LRURec: (state float32 [layers, batch, H], item_seq int64 [batch, T]) ->
+                     (state_out, user_vec): the recurrent state advanced by T items (the manifest's `incremental`)
 
 The bundle is written into a temporary sibling directory and renamed into place, so a
 reader never sees half a bundle. Export fails, and writes nothing, when ONNX Runtime or
@@ -42,7 +42,7 @@ import torch
 from pydantic import ValidationError
 
 from app.bundles.manifest import FORMAT_VERSION, TIMED_FORMAT_VERSION, IncrementalSpec, Manifest, OnnxSpec
-from models.gru4rec import GRU4Rec
+from models.hstu import HSTU
 from models.layers import SeqRecModel
 from training.ablation import write_ablation_graph
 from training.checkpoint import load_checkpoint
@@ -156,29 +156,17 @@ STEP_INPUTS = ["state", "item_seq"]
 STEP_OUTPUTS = ["state_out", "user_vec"]
 
 
-class GRUStep(torch.nn.Module):
-    """GRU4Rec advanced from a given state: (state (layers, B, H), items (B, T)) -> (state', user_vec).
+def export_step(
+    model: SeqRecModel, tmp: Path, onnx_path: Path, step_module: torch.nn.Module, state_shape: tuple[int, int]
+) -> IncrementalSpec:
+    """Write step.onnx and check it: a history split in two steps equals model.onnx on the whole.
 
-    No padding: every row advances by its T items (the serving side calls it per user). From a zero
-    state over a whole history it computes what GRU4Rec.forward computes on that history.
-    """
-
-    def __init__(self, model: GRU4Rec) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, state: torch.Tensor, item_seq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        m = self.model
-        out, new_state = m.gru(m.embed(item_seq), state)  # (B, T, H), (layers, B, H)
-        return new_state, m.user_vector(m.drop_out(out[:, -1]))  # (layers, B, H), (B, H[+1])
-
-
-def export_step(model: GRU4Rec, tmp: Path, onnx_path: Path) -> IncrementalSpec:
-    """Write step.onnx and check it: a history split in two steps equals model.onnx on the whole."""
+    step_module maps (state (layers, B, H), item_seq (B, T)) to (state', user_vec) for a state of
+    `state_shape` = (layers, H): the model's ModelSpec.recurrent_step gives both (GRU4Rec, LRURec)."""
     import onnxruntime as ort
 
-    step = GRUStep(model).eval()
-    layers, hid = model.cfg.num_layers, model.cfg.dim
+    step = step_module.eval()
+    layers, hid = state_shape
     example = (torch.zeros(layers, 2, hid), torch.as_tensor(np.array([[1, 2, 3], [4, 5, 6]], dtype=np.int64)))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -222,6 +210,118 @@ def export_step(model: GRU4Rec, tmp: Path, onnx_path: Path) -> IncrementalSpec:
         state_shape=[layers, hid],
         parity_max_abs_diff=worst,
     )
+
+
+HSTU_STEP_OUTPUTS = ["cache_k_out", "cache_v_out", OUTPUT_NAME]
+# A float16 cache is half the bytes; its rounding moves the user vector (norm 1 / temperature, 20 at
+# the reference's 0.05) by ~1e-5 of its norm, so its check allows 5e-3.
+HSTU_CACHE_TOL = {"float32": PARITY_TOL, "float16": 5e-3}
+
+
+def hstu_step_inputs(model: HSTU) -> list[str]:
+    """step.onnx's inputs: the cache, then the new events (times only where the model reads them)."""
+    if model.uses_times:
+        return ["cache_k", "cache_v", "cache_times", INPUT_NAME, TIME_INPUT_NAME]
+    return ["cache_k", "cache_v", INPUT_NAME]
+
+
+class HSTUStep(torch.nn.Module):
+    """HSTU.step as a graph: (cache_k (layers, B, n, H dqk), cache_v (layers, B, n, H dv)[, cache_times
+    (B, n)], item_seq (B, m)[, time_seq (B, m)]) -> (cache_k_out, cache_v_out (n + m events), user_vec).
+    With half=True the cache enters and leaves as float16 (the step itself runs in float32)."""
+
+    def __init__(self, model: HSTU, half: bool = False) -> None:
+        super().__init__()
+        self.model = model
+        self.half = half
+
+    def forward(self, cache_k: torch.Tensor, cache_v: torch.Tensor, *new: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        cache_k, cache_v = cache_k.float(), cache_v.float()
+        if self.model.uses_times:
+            cache_times, item_seq, time_seq = new
+            k, v, vec = self.model.step(cache_k, cache_v, item_seq, cache_times, time_seq)
+        else:
+            k, v, vec = self.model.step(cache_k, cache_v, new[0])
+        return (k.half(), v.half(), vec) if self.half else (k, v, vec)
+
+
+def export_hstu_step(model: HSTU, path: Path, cache_dtype: str = "float32") -> dict[str, Any]:
+    """Write HSTU's cached step as `path` (step.onnx) and check it with ONNX Runtime: each probe
+    history encoded from an empty cache in three steps (a prefix, one event, the rest) ends with
+    the user vector eager `forward` gives on the whole history (within HSTU_CACHE_TOL). Returns what
+    a manifest would say of it (file, inputs, outputs, per-layer cache widths, dtype, parity). The
+    window rule is the caller's: n + m <= max_len, else rebuild from the newest max_len events."""
+    import onnxruntime as ort
+
+    if cache_dtype not in HSTU_CACHE_TOL:
+        raise ExportError(f"cache_dtype must be one of {', '.join(HSTU_CACHE_TOL)}, got {cache_dtype!r}")
+    dtype = np.float16 if cache_dtype == "float16" else np.float32
+    model = model.eval()
+    names = hstu_step_inputs(model)
+    empty = model.empty_cache(2)
+    tdtype = torch.float16 if cache_dtype == "float16" else torch.float32
+    pad = tuple(torch.zeros(c.shape[0], 2, 3, c.shape[-1], dtype=tdtype) for c in (empty.k, empty.v))
+    items = torch.as_tensor(np.array([[1, 2], [3, 4]], dtype=np.int64))
+    example: tuple[torch.Tensor, ...] = (*pad, items)
+    if model.uses_times:
+        example = (*pad, torch.full((2, 3), 978_300_000, dtype=torch.int64), items, torch.full_like(items, 978_300_100))
+    axes = {
+        "cache_k": {1: "batch", 2: "cached"},
+        "cache_v": {1: "batch", 2: "cached"},
+        "cache_times": {0: "batch", 1: "cached"},
+    }
+    axes |= {INPUT_NAME: {0: "batch", 1: "new"}, TIME_INPUT_NAME: {0: "batch", 1: "new"}}
+    axes |= {
+        "cache_k_out": {1: "batch", 2: "total"},
+        "cache_v_out": {1: "batch", 2: "total"},
+        OUTPUT_NAME: {0: "batch"},
+    }
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            HSTUStep(
+                model, half=cache_dtype == "float16"
+            ).eval(),  # a wrapper in training mode would leave the model in it
+            example,
+            str(path),
+            input_names=names,
+            output_names=HSTU_STEP_OUTPUTS,
+            dynamic_axes={k: v for k, v in axes.items() if k in names or k in HSTU_STEP_OUTPUTS},
+            opset_version=ONNX_OPSET,
+            dynamo=False,
+        )
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    hists = [h[-model.max_len :] for h in random_histories(model.num_items, model.max_len, seed=2)]
+    worst = 0.0
+    for h, t in zip(hists, random_times([len(h) for h in hists], seed=3), strict=True):
+        feed = {"cache_k": empty.k[:, :1].numpy().astype(dtype), "cache_v": empty.v[:, :1].numpy().astype(dtype)}
+        if model.uses_times:
+            feed["cache_times"] = np.zeros((1, 0), np.int64)
+        cut = max(1, len(h) // 2)
+        for a, b in ((0, cut), (cut, cut + 1), (cut + 1, len(h))):
+            if a >= min(b, len(h)):
+                continue
+            feed[INPUT_NAME] = h[None, a:b].astype(np.int64)
+            if model.uses_times:
+                feed[TIME_INPUT_NAME] = t[None, a:b]
+            k, v, vec = sess.run(HSTU_STEP_OUTPUTS, {n: feed[n] for n in names})
+            feed["cache_k"], feed["cache_v"] = k, v
+            if model.uses_times:
+                feed["cache_times"] = t[None, :b]
+        with torch.no_grad():
+            ref = model(*model_inputs(model, h[None].astype(np.int64), [t])).numpy()
+        worst = max(worst, float(np.abs(vec - ref).max()))
+    if worst > HSTU_CACHE_TOL[cache_dtype]:
+        raise ExportError(f"{path.name} disagrees with the eager model: max |diff| {worst:.2e}")
+    return {
+        "file": path.name,
+        "inputs": names,
+        "outputs": HSTU_STEP_OUTPUTS,
+        "cache_shape": [len(model.layers), model.cfg.num_heads * model.cfg.dqk, model.cfg.num_heads * model.cfg.dv],
+        "cache_dtype": cache_dtype,
+        "max_len": model.max_len,
+        "parity_max_abs_diff": worst,
+    }
 
 
 def check_parity(model: SeqRecModel, onnx_path: Path, ts_path: Path, num_items: int) -> dict[str, float]:
@@ -304,8 +404,8 @@ def export_bundle(
         if spec.export_extra is not None:
             # Model-specific graphs (e.g. UniSRec: text encoder, adaptor, sequence encoder).
             extra_manifest.update(spec.export_extra(model, tmp, ckpt))
-        if isinstance(model, GRU4Rec):  # a recurrent user state: served incrementally (app/serving/usercache.py)
-            extra_manifest["incremental"] = export_step(model, tmp, tmp / "model.onnx")
+        if spec.recurrent_step is not None:  # a recurrent user state, served incrementally (app/serving/usercache.py)
+            extra_manifest["incremental"] = export_step(model, tmp, tmp / "model.onnx", *spec.recurrent_step(model))
         extra_manifest["clusters"] = write_clusters(tmp, table)
         # The graph reads items only: a bundle that reads times (or transforms histories) has none.
         timed = getattr(model, "uses_times", False) or history_transform is not None

@@ -19,7 +19,9 @@ import torch
 from models.bert4rec import BERT4Rec, BERT4RecConfig
 from models.gru4rec import GRU4Rec, GRU4RecConfig
 from models.hrnn import HRNN, HRNNConfig
+from models.hstu import HSTU, HSTUConfig
 from models.layers import SeqRecModel
+from models.lrurec import LRURec, LRURecConfig
 from models.sasrec import SASRec, SASRecConfig
 from models.tisasrec import TiSASRec, TiSASRecConfig
 from models.unisrec import UniSRec, UniSRecConfig
@@ -48,6 +50,9 @@ SetupFn = Callable[[SeqRecModel, Any, TrainConfig, Any], None]
 ExportExtraFn = Callable[[SeqRecModel, Path, dict[str, Any]], dict[str, Any]]
 # (model config, task config) -> the manifest's `history_transform` (app/bundles/history.py) or None.
 HistoryTransformFn = Callable[[Any, Any], dict[str, Any] | None]
+# model -> (a module (state (layers, B, H), item_seq (B, T)) -> (state', user_vec), (layers, H)): the
+# recurrent state the exporter writes as step.onnx, served incrementally (manifest `incremental`).
+RecurrentStepFn = Callable[[SeqRecModel], tuple[torch.nn.Module, tuple[int, int]]]
 
 
 @dataclass(frozen=True)
@@ -65,6 +70,7 @@ class ModelSpec:
     # requires timestamps and passes `times=` to the task's batches.
     needs_times: bool = False
     history_transform: HistoryTransformFn | None = None
+    recurrent_step: RecurrentStepFn | None = None
 
 
 def negative_weights(x: NegativesConfig, popularity: np.ndarray) -> torch.Tensor | None:
@@ -185,6 +191,20 @@ def _unisrec_export(model: SeqRecModel, out: Path, ckpt: dict[str, Any]) -> dict
     return export_unisrec_extra(model, out, ckpt)
 
 
+def _gru4rec_step(model: SeqRecModel) -> tuple[torch.nn.Module, tuple[int, int]]:
+    from models.gru4rec import GRUStep
+
+    assert isinstance(model, GRU4Rec)
+    return GRUStep(model), model.state_shape
+
+
+def _lrurec_step(model: SeqRecModel) -> tuple[torch.nn.Module, tuple[int, int]]:
+    from models.lrurec import LRURecStep
+
+    assert isinstance(model, LRURec)
+    return LRURecStep(model), model.state_shape
+
+
 MODELS: dict[str, ModelSpec] = {
     "sasrec": ModelSpec(
         "sasrec",
@@ -238,6 +258,7 @@ MODELS: dict[str, ModelSpec] = {
         SessionTaskConfig,
         train_defaults=TrainConfig(epochs=100, batch_size=128, lr=1e-3, loss="ce", num_negatives=2048, patience=5),
         history_transform=_gru4rec_dwell,  # task.dwell_unit_s > 0: dwell repetition, served alike
+        recurrent_step=_gru4rec_step,  # its state per user, advanced by each new event (step.onnx)
     ),
     # Session GRU + user GRU across sessions (Quadrana et al. 2017); reads event times, trained on
     # padded user sequences with a full softmax (training/hrnn.py).
@@ -261,6 +282,33 @@ MODELS: dict[str, ModelSpec] = {
         train_defaults=TrainConfig(epochs=200, batch_size=128, lr=1e-3, loss="ce", patience=10),
         setup=_unisrec_setup,
         export_extra=_unisrec_export,
+    ),
+    # Complex diagonal linear recurrence + FFN blocks (Yue et al. 2024), trained with a parallel
+    # scan on SASRec's next-item task (full softmax); the authors' defaults: d=64, 2 layers,
+    # dropout 0.2, AdamW lr 1e-3, weight decay 0.01, clip 5, batch 128. Served incrementally
+    # from its recurrent state (step.onnx), like GRU4Rec.
+    "lrurec": ModelSpec(
+        "lrurec",
+        LRURecConfig,
+        LRURec,
+        _sasrec_task,
+        NextItemConfig,
+        train_defaults=TrainConfig(
+            epochs=200, batch_size=128, lr=1e-3, weight_decay=0.01, grad_clip=5.0, loss="ce", patience=10
+        ),
+        recurrent_step=_lrurec_step,
+    ),
+    # Pointwise SiLU attention with relative position and time-gap biases (Zhai et al. 2024); the
+    # reference's ML-1M setting: d=50, 2 layers, 1 head, dropout 0.2, lr 1e-3, batch 128, cosine
+    # scores / 0.05, sampled softmax over 128 uniform negatives (here shared by the batch).
+    # Reads event times when model.time_buckets > 0.
+    "hstu": ModelSpec(
+        "hstu",
+        HSTUConfig,
+        HSTU,
+        _sasrec_task,
+        NextItemConfig,
+        train_defaults=TrainConfig(epochs=200, batch_size=128, lr=1e-3, loss="sampled", num_negatives=128, patience=10),
     ),
 }
 
