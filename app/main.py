@@ -29,6 +29,7 @@ from app.api import errors  # noqa: E402
 from app.api.errors import validation_answer  # noqa
 from app.api.middleware import BodyLimit, EncodedSlash, FastRead, FastWrite, Liveness, Observe  # noqa: E402
 from app.api.openapi import document_validation_errors  # noqa: E402
+from app.api.routes import catalog as catalog_routes  # noqa: E402
 from app.api.routes import events, items, ops, recommend, similar, stats, ui  # noqa: E402
 from app.api.schemas import Health  # noqa
 from app.bundles.bundle import BundleError  # noqa
@@ -39,6 +40,7 @@ from app.fleet.watch import watch_bundles  # noqa: E402
 from app.runtime.logging import configure_logging  # noqa: E402
 from app.runtime.metrics import Metrics  # noqa: E402
 from app.runtime.server import record_startup_failure  # noqa: E402
+from app.serving.catalog import Catalog, Limits, RulesError  # noqa: E402
 from app.serving.catalogue import catch_up  # noqa: E402
 from app.serving.experiment import Experiment, ExperimentError, load_experiment  # noqa: E402
 from app.serving.online import make_live  # noqa: E402
@@ -46,7 +48,8 @@ from app.serving.ratelimit import TokenBuckets  # noqa: E402
 from app.serving.usercache import UserCache  # noqa: E402
 from app.settings import Settings  # noqa: E402
 from app.state import AppState  # noqa: E402
-from app.stores.open import open_items, open_store  # noqa: E402
+from app.stores import StoreUnavailable  # noqa: E402
+from app.stores.open import open_catalog, open_items, open_store  # noqa: E402
 
 log = logging.getLogger("seqrec.app")
 
@@ -96,6 +99,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 TokenBuckets(settings.write_rate_per_s, settings.write_burst) if settings.write_rate_per_s else None
             )
             item_reg = open_items(settings, store)
+            limits = Limits(settings.filter_overfetch_max, settings.filter_exact_max)
+            catalog = Catalog(
+                open_catalog(settings, store), settings.rules, settings.catalog_poll_s, metrics.registry, limits
+            )
             # The stored configuration (the last POST /admin/reload of any process) wins over the settings.
             registry = await initial_registry(
                 item_reg, [str(p) for p in settings.bundles], settings.default_model, settings.ann_threshold
@@ -107,13 +114,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 metrics=metrics,
                 write_limiter=limiter,
                 items=item_reg,
+                catalog=catalog,
             )
             # The A/B split (a reload's experiment, stored with its configuration, wins over the
             # settings' as its bundles do); raises on a bad one.
             spec = item_reg.spec.get("experiment", settings.experiment)
             state.experiment = start_experiment(spec, settings, registry)
             state.live = make_live(settings, store, metrics, bundles=lambda: state.registry.bundles)
-        except (BundleError, ExperimentError) as exc:
+        except (BundleError, ExperimentError, RulesError) as exc:
             record_startup_failure(f"experiment: {exc}" if isinstance(exc, ExperimentError) else str(exc))
             raise
         ttl = min(settings.user_cache_ttl_s, settings.history_ttl_s)
@@ -122,13 +130,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # the follower then applies everything announced later.
         await catch_up(item_reg, registry)
         follower = asyncio.create_task(follow(state))
+        # The catalogue (attributes, availability) before the first request; then followed.
+        try:
+            await catalog.sync()
+        except StoreUnavailable as exc:
+            log.warning("catalogue unreadable at start, filters wait for it: %s", exc)
+        catalog.attach(list(registry.bundles.values()))
+        shop = asyncio.create_task(catalog.follow()) if catalog.store.kind != "memory" else None
         app.state.seqrec = state
         log.info("serving %s (default %s), store %s", ", ".join(registry.bundles), registry.default, store.kind)
         watcher = asyncio.create_task(watch_bundles(state, settings.bundle_poll_s)) if settings.bundle_poll_s else None
         try:
             yield
         finally:
-            tasks = [follower] if watcher is None else [follower, watcher]
+            tasks = [t for t in (follower, watcher, shop) if t is not None]
             for task in tasks:
                 task.cancel()
             # Let the subscriber close its connection before the loop goes away, but never wait
@@ -136,7 +151,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await bounded(tasks, "background tasks", settings.shutdown_timeout)
             if state.live is not None:  # the last counters, before the pool they use closes
                 await bounded([state.live.close()], "online tracking", settings.shutdown_timeout)
-            await bounded([item_reg.close(), store.close()], "connection pools", settings.shutdown_timeout)
+            closing = [item_reg.close(), catalog.store.close(), store.close()]
+            await bounded(closing, "connection pools", settings.shutdown_timeout)
 
     app = FastAPI(
         title="seqrec",
@@ -150,6 +166,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Matched in this order, router by router: the hot paths (reads, probes, writes) first. No two
     # routers share a path, so the order changes only how many routes a request is tried against.
     routers = [recommend.router, ops.router, events.router, items.router, similar.router, stats.router, ui.router]
+    routers.append(catalog_routes.router)
     for router in routers:
         app.include_router(router)
 

@@ -69,6 +69,17 @@ class Settings(BaseSettings):
     key_prefix: str = Field("seqrec:", max_length=64, description="Prefix of every Redis key the service writes.")
     max_history: int = Field(200, ge=1, le=10_000, description="Events kept per user (the last N by event time).")
     history_ttl_s: int = Field(30 * 86400, ge=1, description="A user's history expires after this long without events.")
+    event_log: bool = Field(
+        True,
+        description="Append every event the window newly stores to the event log, in the same script call: what"
+        " `seqrec snapshot` exports for training, beyond the last SEQREC_MAX_HISTORY events (docs/live-loop.md).",
+    )
+    event_log_retention_s: int = Field(
+        7 * 86400,
+        ge=60,
+        description="The event log keeps the events that arrived this long ago or less (export it more often);"
+        " its memory is measured in docs/live-loop.md.",
+    )
     api_key: SecretStr | None = Field(None, description="When set, POST /events and /admin/* need `X-API-Key`.")
     max_batch: int = Field(1000, ge=1, le=100_000, description="Most events in one POST /events (else 413).")
     max_body_bytes: int = Field(1 << 20, ge=1024, description="Largest request body accepted (else 413).")
@@ -139,6 +150,67 @@ class Settings(BaseSettings):
         "finds no list is looked up again after this window plus SEQREC_REDIS_TIMEOUT_S, so a list another "
         "process is still writing is scored. 0 = the answers of one loop turn.",
     )
+    online_max_lists: int = Field(
+        1000,
+        ge=2,
+        le=100_000,
+        description="Most served lists kept per user and bundle. Each list is kept with its serve time until no "
+        "event can still be scored against it (its successor is older than the look's wait plus 0.5 s), so an "
+        "event is scored against the last list served before it even when the user was served again before the "
+        "event was looked up; this only caps a user served faster than that many lists in that time.",
+    )
+    online_experiment_ttl_s: int = Field(
+        14 * 86400,
+        ge=60,
+        description="Per-user totals of an experiment (the user-clustered statistics) expire this long after "
+        "the experiment's last tracked answer.",
+    )
+    online_test_metric: str = Field(
+        "hit_rate",
+        pattern="^(hit_rate|ndcg|mrr)$",
+        description="The metric of the A/B decision in GET /stats/online (hit_rate, ndcg or mrr).",
+    )
+    online_test_alpha: float = Field(
+        0.05,
+        gt=0,
+        lt=0.5,
+        description="False-positive bound of the sequential test (split over the comparisons with the first variant).",
+    )
+    online_test_effect: float = Field(
+        0.1,
+        gt=0,
+        le=10,
+        description="Scale of the sequential test's mixture: the relative difference from the first variant it is "
+        "tuned to detect soonest (tau = this x the first variant's mean).",
+    )
+    online_test_min_users: int = Field(
+        100, ge=2, description="Users with a scored event each variant needs before the sequential test decides."
+    )
+    online_promote: bool = Field(
+        False,
+        description="Act on the sequential test (two-variant experiments): a treatment that wins on the test's "
+        "metric with every guardrail holding becomes the default and the experiment ends; one that loses is "
+        "withdrawn (the control becomes the default). Applied to every process like a reload; each decision is "
+        "logged and listed by GET /stats/promotions.",
+    )
+    online_promote_check_s: float = Field(
+        60, ge=1, le=86400, description="How often the promotion policy reads the test (when SEQREC_ONLINE_PROMOTE)."
+    )
+    online_promote_max_error_rate: float = Field(
+        0.01,
+        ge=0,
+        le=1,
+        description="Guardrail: the share of GET /recommend answers that failed (5xx) in the deciding process "
+        "since the experiment started must not exceed this.",
+    )
+    online_promote_max_p99_ratio: float = Field(
+        1.5, gt=0, description="Guardrail: the treatment bundle's p99 model time at most this times the control's."
+    )
+    online_promote_min_coverage_ratio: float = Field(
+        0.8,
+        ge=0,
+        description="Guardrail: the treatment's catalogue coverage (last hour) at least this times the control's.",
+    )
     max_clock_skew_s: float = Field(
         86400,
         ge=0,
@@ -164,6 +236,36 @@ class Settings(BaseSettings):
         gt=0,
         le=300,
         description="Longest wait for each background task and pool to close at shutdown.",
+    )
+    # The shop: catalogue state and business rules (docs/shop.md).
+    rules: dict[str, str] = Field(
+        default_factory=dict,
+        description="Named filters, a JSON object name -> filter: `default` applies to every request, a rule named "
+        "like an A/B variant to the requests that variant serves, any other when a request names it (`rule=`).",
+    )
+    catalog_poll_s: float = Field(
+        0.2,
+        gt=0,
+        le=10,
+        description="How often each process checks the catalogue's version in Redis (a change is served by every"
+        " process within this long plus one read).",
+    )
+    catalog_max_batch: int = Field(
+        1000, ge=1, le=10_000, description="Most items in one POST /catalog/items (else 413)."
+    )
+    filter_overfetch_max: int = Field(
+        2000,
+        ge=10,
+        le=100_000,
+        description="A filtered top-k asks the ANN index for at most this many candidates; beyond, the items the"
+        " filter keeps are scored exactly.",
+    )
+    filter_exact_max: int = Field(
+        20_000,
+        ge=0,
+        le=10_000_000,
+        description="A filter keeping at most this many items (and not most of the catalogue) is answered by scoring"
+        " them exactly.",
     )
     workers: int = Field(
         default_factory=_cores,
@@ -192,6 +294,13 @@ class Settings(BaseSettings):
             return [Path(p.strip()) for p in v.split(",") if p.strip()]
         return v
 
+    @field_validator("rules")
+    @classmethod
+    def _bounded_rules(cls, v: dict[str, str]) -> dict[str, str]:
+        if len(v) > 100 or any(len(t) > 2000 or not 1 <= len(n) <= 128 for n, t in v.items()):
+            raise ValueError("at most 100 rules, each a name of 1-128 characters and a filter of at most 2000")
+        return v
+
     @model_validator(mode="after")
     def _need_bundle(self) -> Settings:
         if not self.bundles:
@@ -213,6 +322,8 @@ SECTIONS: dict[str, tuple[str, ...]] = {
         "key_prefix",
         "max_history",
         "history_ttl_s",
+        "event_log",
+        "event_log_retention_s",
     ),
     "limits": (
         "api_key",
@@ -225,8 +336,27 @@ SECTIONS: dict[str, tuple[str, ...]] = {
         "body_timeout",
     ),
     "user cache": ("user_cache", "user_state", "user_cache_ttl_s", "fast_reads"),
-    "online": ("experiment", "experiment_salt", "online_tracking", "online_k", "online_ttl_s", "online_batch_ms"),
+    "online": (
+        "experiment",
+        "experiment_salt",
+        "online_tracking",
+        "online_k",
+        "online_ttl_s",
+        "online_batch_ms",
+        "online_max_lists",
+        "online_experiment_ttl_s",
+        "online_test_metric",
+        "online_test_alpha",
+        "online_test_effect",
+        "online_test_min_users",
+        "online_promote",
+        "online_promote_check_s",
+        "online_promote_max_error_rate",
+        "online_promote_max_p99_ratio",
+        "online_promote_min_coverage_ratio",
+    ),
     "explain": ("explain_n", "explain_threads"),
+    "shop": ("rules", "catalog_poll_s", "catalog_max_batch", "filter_overfetch_max", "filter_exact_max"),
     "process": (
         "workers",
         "reuse_port",

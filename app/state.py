@@ -15,6 +15,7 @@ from app.stores import EventStore
 from app.stores.items import ItemRegistry, MemoryItems
 
 if TYPE_CHECKING:
+    from app.serving.catalog import Catalog
     from app.serving.experiment import Experiment
     from app.serving.online import Live
     from app.serving.usercache import UserCache
@@ -32,7 +33,10 @@ class AppState:
     live: Live | None = None  # online evaluation (app/serving/online.py)
     experiment: Experiment | None = None  # the A/B split (app/serving/experiment.py)
     user_cache: UserCache | None = None  # None: every read encodes the history (app/serving/usercache.py)
+    catalog: Catalog | None = None  # attributes, availability and rules (app/serving/catalog.py)
 
     def install(self, registry: Registry) -> None:
         self.registry = registry
+        if self.catalog is not None:
+            self.catalog.attach(list(registry.bundles.values()))
         heap.resettle()  # the replaced registry's objects were frozen with the process's heap

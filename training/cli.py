@@ -13,6 +13,8 @@ from typing import Annotated, Any
 
 import typer
 
+from training.catalog_cli import catalog_app
+
 app = typer.Typer(
     name="seqrec",
     help="Sequential recommendation: prepare data, train GRU4Rec/SASRec/BERT4Rec/UniSRec, evaluate, export.",
@@ -20,6 +22,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
+app.add_typer(catalog_app, name="catalog")
 
 DataDirOpt = Annotated[
     Path | None,
@@ -823,20 +826,56 @@ def snapshot(
         "events.parquet"
     ),
     prefix: Annotated[str, typer.Option(help="Key prefix the service writes (SEQREC_KEY_PREFIX).")] = "seqrec:",
+    source: Annotated[
+        str,
+        typer.Option(
+            help="log: every event the service logged (SEQREC_EVENT_LOG); window: each user's last "
+            "SEQREC_MAX_HISTORY events, as serving reads them."
+        ),
+    ] = "log",
+    since: Annotated[
+        str | None,
+        typer.Option(help="log: events that arrived at or after this time (epoch seconds or ISO-8601; naive = UTC)."),
+    ] = None,
+    until: Annotated[
+        str | None,
+        typer.Option(help="log: events that arrived before this time (default: everything logged so far)."),
+    ] = None,
+    checkpoint: Annotated[
+        Path | None,
+        typer.Option(
+            help="log: a JSON file of the last stream ids exported; the run starts after them and moves them "
+            "once the output is written, so the next run continues there (created when missing)."
+        ),
+    ] = None,
     progress: Annotated[bool | None, typer.Option(help="Show a progress bar (default: only on a terminal).")] = None,
 ) -> None:
-    """Stream every user's history out of Redis into user_id, item_id, timestamp, event_id rows."""
-    from training.snapshot import SnapshotError, connect
+    """Export the event store as user_id, item_id, timestamp, event_id rows: the event log (by arrival
+    time, resumable), or every user's window."""
+    from training.snapshot import SnapshotError, connect, parse_time, snapshot_log
     from training.snapshot import snapshot as run_snapshot
 
+    if source not in ("log", "window"):
+        _fail(f"--source is 'log' or 'window', not {source!r}")
+    if source == "window" and (since or until or checkpoint):
+        _fail("--since, --until and --checkpoint select from the event log (--source log)")
     try:
-        result = run_snapshot(connect(redis_url), out, prefix=prefix, progress=progress)
+        if source == "window":
+            result = run_snapshot(connect(redis_url), out, prefix=prefix, progress=progress)
+        else:
+            t0, t1 = (parse_time(t) if t is not None else None for t in (since, until))
+            result = snapshot_log(
+                connect(redis_url), out, prefix=prefix, since=t0, until=t1, checkpoint=checkpoint, progress=progress
+            )
     except SnapshotError as exc:
         _fail(str(exc), code=1)
+    for warning in result.warnings:
+        typer.secho(f"warning: {warning}", fg=typer.colors.YELLOW, err=True)
     typer.echo(
         json.dumps(
             {
                 "out": str(result.path),
+                "source": source,
                 "users": result.users,
                 "events": result.events,
                 "seconds": round(result.seconds, 2),

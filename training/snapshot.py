@@ -1,11 +1,20 @@
-"""Snapshot of the live event store: every user's history in Redis -> one Parquet (or CSV) file.
+"""Export of the live event store -> one Parquet (or CSV) file: the event log, or the users' windows.
 
-The service keeps one sorted set per user, `{prefix}h:{user_id}`, member `event_id \\x1f item_id`,
-score = event time (app/stores/redis.py). A snapshot walks the keys with SCAN and reads each
-user's set with one ZRANGE in a pipeline, so one user's history is read in one command (a
-consistent view of that user) while memory stays bounded: rows are spooled to Parquet parts of
-`chunk_rows` rows and streamed into the output by polars at the end. The output is written under
-a temporary name and renamed into place, so a failed snapshot never leaves a partial file.
+The event log (`snapshot_log`, the default of `seqrec snapshot`): every event the service stored,
+kept for SEQREC_EVENT_LOG_RETENTION_S apart from the windows serving reads (app/stores/eventlog.py
+has the layout: one Redis Stream `{prefix}log`, or on a Redis Cluster one `{prefix}log:{<tag>}` per
+hash slot; entry fields `u` user, `m` event id US item id, `t` event time). A time range selects by
+arrival (the stream ids), and a checkpoint file of the last ids exported lets the next run continue
+exactly there: consecutive runs neither miss nor repeat an event, late events included.
+
+The windows (`snapshot`, `--source window`): the service keeps one sorted set per user,
+`{prefix}h:{user_id}`, member `event_id \\x1f item_id`, score = event time (app/stores/redis.py).
+A snapshot walks the keys with SCAN and reads each user's set with one ZRANGE in a pipeline, so
+one user's history is read in one command (a consistent view of that user).
+
+Both keep memory bounded: rows are spooled to Parquet parts of `chunk_rows` rows and streamed
+into the output by polars at the end. The output is written under a temporary name and renamed
+into place, so a failed snapshot never leaves a partial file.
 
 Redis Cluster: SCAN only walks the node it is sent to, so `masters()` returns one client per
 primary of a `redis.cluster.RedisCluster` (the keys of a single user live on one node); a plain
@@ -14,12 +23,16 @@ client is its own only master.
 
 from __future__ import annotations
 
+import contextlib
+import json
+import math
 import os
 import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +41,8 @@ from tqdm.auto import tqdm
 
 SEP = b"\x1f"  # the store's member separator (ids may not contain control characters)
 SCHEMA = {"user_id": pl.String, "item_id": pl.String, "timestamp": pl.Float64, "event_id": pl.String}
+LOG_STREAM = "log"  # the log's key after the prefix (app/stores/eventlog.py: STREAM)
+MAX_SEQ = 2**64 - 1  # the largest sequence number of a stream id
 
 
 class SnapshotError(RuntimeError):
@@ -40,6 +55,8 @@ class SnapshotResult:
     users: int
     events: int
     seconds: float
+    streams: int = 0  # log streams read (the log export)
+    warnings: tuple[str, ...] = ()  # what the caller should know (events trimmed before export, an empty log)
 
 
 def _glob_escape(s: str) -> str:
@@ -101,6 +118,19 @@ class _Spool:
         self.parts: list[Path] = []
         self.rows = 0
 
+    def add_entries(self, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> None:
+        """Log stream entries: fields u (user), m (event id US item id), t (event time)."""
+        c = self.cols
+        for _, f in entries:
+            event_id, item_id = f[b"m"].rsplit(SEP, 1)
+            c["user_id"].append(f[b"u"].decode())
+            c["item_id"].append(item_id.decode())
+            c["timestamp"].append(float(f[b"t"]))
+            c["event_id"].append(event_id.decode())
+        self.rows += len(entries)
+        if len(c["user_id"]) >= self.chunk_rows:
+            self.flush()
+
     def add(self, user: str, members: list[tuple[bytes, float]]) -> None:
         c = self.cols
         for m, score in members:
@@ -127,6 +157,31 @@ class _Spool:
         self.cols = {c: [] for c in SCHEMA}
 
 
+@contextlib.contextmanager
+def _output(out: Path, chunk_rows: int) -> Iterator[_Spool]:
+    """A spool whose rows become `out` when the block ends without an error, and nothing otherwise."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmpdir = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    is_csv = out.suffix.lower() == ".csv"
+    spool = _Spool(tmpdir, tmpdir / "out.csv" if is_csv else None, chunk_rows)
+    try:
+        yield spool
+        spool.flush()
+        final = tmpdir / "out.csv" if is_csv else tmpdir / "out.parquet"
+        if not is_csv:
+            # Streamed: the parts are never all in memory at once.
+            pl.scan_parquet(spool.parts).sink_parquet(final)
+        elif not final.exists():
+            pl.DataFrame(schema=SCHEMA).write_csv(final)
+        os.replace(final, out)
+    finally:
+        shutil.rmtree(tmpdir, ignore_errors=True)
+
+
+def _lost(exc: BaseException) -> SnapshotError:
+    return SnapshotError(f"redis failed during the snapshot ({type(exc).__name__}: {exc}); no file written")
+
+
 def snapshot(
     client: Any,
     out: Path,
@@ -142,12 +197,8 @@ def snapshot(
     Raises SnapshotError when Redis fails; `out` is then left as it was."""
     t0 = time.perf_counter()
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmpdir = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    is_csv = out.suffix.lower() == ".csv"
-    spool = _Spool(tmpdir, tmpdir / "out.csv" if is_csv else None, chunk_rows)
     users = 0
-    try:
+    with _output(out, chunk_rows) as spool:
         bar = tqdm(desc="snapshot", unit=" users", disable=not progress if progress is not None else None)
         try:
             if user_of is None and hasattr(client, "get_primaries"):
@@ -157,22 +208,181 @@ def snapshot(
                 users += 1
                 bar.update(1)
         except _redis_errors() as exc:
-            raise SnapshotError(
-                f"redis failed during the snapshot ({type(exc).__name__}: {exc}); no file written"
-            ) from exc
+            raise _lost(exc) from exc
         finally:
             bar.close()
-        spool.flush()
-        final = tmpdir / "out.csv" if is_csv else tmpdir / "out.parquet"
-        if not is_csv:
-            # Streamed: the parts are never all in memory at once.
-            pl.scan_parquet(spool.parts).sink_parquet(final)
-        elif not final.exists():
-            pl.DataFrame(schema=SCHEMA).write_csv(final)
-        os.replace(final, out)
-    finally:
-        shutil.rmtree(tmpdir, ignore_errors=True)
     return SnapshotResult(out, users, spool.rows, time.perf_counter() - t0)
+
+
+# ------------------------------------------------------------------------------------------- the log
+StreamId = tuple[int, int]  # (arrival ms, sequence number)
+
+
+def parse_time(text: str) -> float:
+    """`--since` / `--until`: epoch seconds, or ISO-8601 (a time without an offset is UTC)."""
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        t = datetime.fromisoformat(text.strip())
+    except ValueError:
+        example = "e.g. 2026-12-01T00:00:00Z"
+        raise SnapshotError(f"{text!r} is neither epoch seconds nor an ISO-8601 time ({example})") from None
+    return (t if t.tzinfo else t.replace(tzinfo=UTC)).timestamp()
+
+
+def _sid(raw: bytes | str) -> StreamId:
+    ms, _, seq = (raw.decode() if isinstance(raw, bytes) else raw).partition("-")
+    return int(ms), int(seq or 0)
+
+
+def _text_id(sid: StreamId) -> str:
+    return f"{sid[0]}-{sid[1]}"
+
+
+def _after(sid: StreamId) -> StreamId:
+    return (sid[0], sid[1] + 1) if sid[1] < MAX_SEQ else (sid[0] + 1, 0)
+
+
+@dataclass
+class Checkpoint:
+    """The last stream id exported from each log stream: the next run starts after it.
+
+    A JSON file, replaced atomically, and only after the export's file is in place: a run that
+    fails leaves it as it was, so the rerun exports the same events again."""
+
+    path: Path
+    prefix: str
+    streams: dict[str, str]
+
+    @classmethod
+    def load(cls, path: Path, prefix: str) -> Checkpoint:
+        if not path.exists():
+            return cls(path, prefix, {})
+        try:
+            data = json.loads(path.read_text())
+            streams = {str(k): str(v) for k, v in data["streams"].items()}
+            for v in streams.values():
+                _sid(v)
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise SnapshotError(f"{path} is not a snapshot checkpoint ({type(exc).__name__}: {exc})") from exc
+        if data.get("prefix") != prefix:
+            raise SnapshotError(
+                f"{path} continues the log of prefix {data.get('prefix')!r}, not {prefix!r}: "
+                "use another checkpoint file"
+            )
+        return cls(path, prefix, streams)
+
+    def save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        tmp.write_text(json.dumps({"prefix": self.prefix, "streams": dict(sorted(self.streams.items()))}, indent=1))
+        os.replace(tmp, self.path)
+
+
+def log_streams(client: Any, prefix: str, scan_count: int = 1000) -> list[tuple[Any, str]]:
+    """(node client, stream name) of every log stream: `{prefix}log` on one Redis; on a cluster every
+    `{prefix}log:{<tag>}` each primary holds (a stream per hash slot)."""
+    if not hasattr(client, "get_primaries"):
+        name = prefix + LOG_STREAM
+        return [(client, name)] if client.type(name) == b"stream" else []
+    found = []
+    pattern = _glob_escape(prefix) + LOG_STREAM + ":*"
+    for node in masters(client):
+        names = {k for k in node.scan_iter(match=pattern, count=scan_count, _type="stream")}
+        found += [(node, k.decode()) for k in sorted(names)]
+    return found
+
+
+def _has_histories(client: Any, prefix: str) -> bool:
+    pattern = _glob_escape(prefix) + "h:*"
+    return any(next(iter(node.scan_iter(match=pattern, count=1000)), None) is not None for node in masters(client))
+
+
+def snapshot_log(
+    client: Any,
+    out: Path,
+    prefix: str = "seqrec:",
+    since: float | None = None,
+    until: float | None = None,
+    checkpoint: Path | None = None,
+    chunk_rows: int = 250_000,
+    count: int = 10_000,
+    progress: bool | None = None,
+) -> SnapshotResult:
+    """Write the event log's events that arrived in [since, until) to `out` (Parquet; CSV when the
+    name ends in .csv), each stream in arrival order.
+
+    Arrival is the stream id (the ms Redis logged the event), not the event's own time: an event
+    sent late is in the range it arrived in, so consecutive ranges cover the log once. Without
+    `until`, each stream is read up to its last entry when the export reaches it. With
+    `checkpoint`, each stream starts after the id the file holds for it (and after `since`), and
+    the file is updated once `out` is in place. Raises SnapshotError when Redis fails; `out` and
+    the checkpoint are then left as they were."""
+    t0 = time.perf_counter()
+    out = Path(out)
+    ckpt = Checkpoint.load(Path(checkpoint), prefix) if checkpoint is not None else None
+    low = (math.ceil(since * 1000), 0) if since is not None else (0, 0)
+    high = (math.ceil(until * 1000) - 1, MAX_SEQ) if until is not None else None
+    users: set[str] = set()
+    warnings: list[str] = []
+    moved: dict[str, str] = {}
+    with _output(out, chunk_rows) as spool:
+        bar = tqdm(desc="snapshot", unit=" events", disable=not progress if progress is not None else None)
+        try:
+            streams = log_streams(client, prefix)
+            logged = 0  # streams holding any entry
+            for node, name in streams:
+                info = node.xinfo_stream(name)
+                last = info.get("last-entry")
+                if not last:
+                    continue
+                logged += 1
+                start = low
+                done = ckpt.streams.get(name) if ckpt is not None else None
+                if done is not None:
+                    start = max(start, _after(_sid(done)))
+                end = _sid(last[0]) if high is None else min(_sid(last[0]), high)
+                deleted = _sid(info.get("max-deleted-entry-id") or "0-0")
+                if (done is not None or since is not None) and deleted >= start:
+                    warnings.append(
+                        f"{name}: events logged after {_text_id(start)} were trimmed (up to {_text_id(deleted)}) "
+                        f"before this export: SEQREC_EVENT_LOG_RETENTION_S is shorter than the gap between exports"
+                    )
+                if start <= end:
+                    n = _read_range(node, name, start, end, count, spool, users)
+                    bar.update(n)
+                if ckpt is not None and (done is None or end > _sid(done)):
+                    moved[name] = _text_id(end)
+            if not logged and _has_histories(client, prefix):
+                warnings.append(
+                    f"there is no event log under {prefix!r}, but user histories exist: `--source window`"
+                    " exports those (SEQREC_EVENT_LOG was off, or they were stored before the log existed)"
+                )
+        except _redis_errors() as exc:
+            raise _lost(exc) from exc
+        finally:
+            bar.close()
+    if ckpt is not None:
+        ckpt.streams.update(moved)
+        ckpt.save()
+    return SnapshotResult(out, len(users), spool.rows, time.perf_counter() - t0, len(streams), tuple(warnings))
+
+
+def _read_range(
+    node: Any, name: str, start: StreamId, end: StreamId, count: int, spool: _Spool, users: set[str]
+) -> int:
+    """Spool the entries of one stream from `start` to `end` (both inclusive), `count` per round trip."""
+    lo, n = _text_id(start), 0
+    while True:
+        entries = node.xrange(name, min=lo, max=_text_id(end), count=count)
+        spool.add_entries(entries)
+        users.update(f[b"u"].decode() for _, f in entries)
+        n += len(entries)
+        if len(entries) < count:
+            return n
+        lo = "(" + (entries[-1][0].decode())
 
 
 CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")

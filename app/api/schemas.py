@@ -7,7 +7,16 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, cast
 
 from fastapi import Path, Query
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, WithJsonSchema, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
 
 from app.ids import ID_PATTERN, MAX_ID_LENGTH, check_id, id_rule_message, valid_id  # noqa: F401
 
@@ -152,6 +161,16 @@ class RecommendOut(BaseModel):
         None,
         description="Experiment variant that served: a SEQREC_EXPERIMENT name, `explicit` when `model` was given, "
         "`default` outside an experiment.",
+    )
+    filtered: int | None = Field(
+        None,
+        description="Only when rules applied (a filter, the deployment's rules, unavailable items, `exclude`): how "
+        "many of the model's items they removed from consideration (docs/shop.md).",
+    )
+    rules: Literal["applied", "stale", "not_applied"] | None = Field(
+        None,
+        description="Only when rules applied: `applied`; `stale`: applied from the last catalogue this process read "
+        "(the catalogue store is unreachable); `not_applied`: no catalogue read yet, so only `exclude` applied.",
     )
 
 
@@ -329,3 +348,319 @@ MaxPerClusterQuery = Annotated[
     int | None,
     Query(ge=1, le=1000, description="At most this many items from one item cluster (bundles exported with clusters)."),
 ]
+
+
+# --- GET /stats/online (app/api/routes/stats.py; the statistics: app/serving/abtest.py) -----------------
+class VariantStats(BaseModel):
+    bundle: str
+    variant: str = Field(description="Experiment variant; `default` outside an experiment, `explicit` for ?model=.")
+    served: int = Field(description="Lists served (and remembered) in the window.")
+    scored: int = Field(description="Served lists followed by the user's next event, which scored them.")
+    users: int = Field(description="Distinct users with a scored list in the window (approximate with Redis).")
+    hits: int = Field(description="Scored lists that held the next item within the top k.")
+    hit_rate: float | None = Field(description="hits / scored (HR@k); null before anything was scored.")
+    hit_rate_ci95: tuple[float, float] | None = Field(
+        description="95% Wilson interval of the hit rate, treating events as independent (optimistic when users "
+        "make many events: the experiment's user-clustered intervals are in `experiment_test`)."
+    )
+    mrr: float | None = Field(description="Mean reciprocal rank of the next item (0 when not served).")
+    ndcg: float | None = Field(description="Mean NDCG@k of the next item.")
+    distinct_items: int = Field(description="Distinct items served in the window (approximate with Redis).")
+    coverage: float | None = Field(description="distinct_items / catalogue size of the bundle (null if not loaded).")
+
+
+class ArmStats(BaseModel):
+    """One variant of the running experiment, since it started, with intervals clustered by user."""
+
+    variant: str
+    bundle: str
+    users_served: int = Field(description="Users served at least one list.")
+    users: int = Field(description="Users with at least one scored list: the units of the statistics.")
+    served: int
+    scored: int = Field(description="Scored lists (events).")
+    hit_rate: float | None
+    hit_rate_ci95: tuple[float, float] | None = Field(description="95%, delta method over users (ratio of sums).")
+    ndcg: float | None
+    ndcg_ci95: tuple[float, float] | None
+    mrr: float | None
+    mrr_ci95: tuple[float, float] | None
+
+
+class ComparisonOut(BaseModel):
+    """A variant against the first variant on the test's metric (treatment = this variant, control = the first)."""
+
+    variant: str
+    against: str
+    metric: str
+    difference: float | None = Field(description="This variant's metric minus the first variant's.")
+    difference_ci95: tuple[float, float] | None = Field(description="95%, clustered by user (delta method).")
+    relative: float | None = Field(description="difference / the first variant's metric.")
+    likelihood_ratio: float | None = Field(description="The mixture SPRT's likelihood ratio (Λ) of a difference.")
+    p_value: float | None = Field(description="min(1, 1/Λ): always valid, may be read at every look.")
+    verdict: Literal["treatment better", "control better", "no difference yet"] = Field(
+        description="`treatment better` / `control better` once p_value <= alpha / comparisons and both variants "
+        "have min_users users; otherwise `no difference yet`."
+    )
+
+
+class ExperimentTestOut(BaseModel):
+    experiment: str
+    scope: str = Field(description="Key of the experiment's per-user totals (a hash of its spec and salt).")
+    started_at: float | None = Field(description="Epoch seconds of its first tracked answer (null before one).")
+    metric: str = Field(description="The decision's metric (SEQREC_ONLINE_TEST_METRIC).")
+    alpha: float
+    effect: float = Field(description="The mixture's scale, relative to the first variant (SEQREC_ONLINE_TEST_EFFECT).")
+    min_users: int
+    variants: list[ArmStats]
+    comparisons: list[ComparisonOut]
+
+
+class OnlineStatsOut(BaseModel):
+    window_minutes: int
+    k: int = Field(description="Cut-off of hit@k and NDCG@k (SEQREC_ONLINE_K).")
+    unserved_events: int = Field(description="Events with no remembered list before them: not counted as misses.")
+    experiment: str | None = Field(description="The experiment now splitting the traffic, if any.")
+    variants: list[VariantStats]
+    experiment_test: ExperimentTestOut | None = Field(
+        None, description="The running experiment since it started: user-clustered statistics and the decision."
+    )
+
+
+class PromotionDecision(BaseModel):
+    at: float = Field(description="Epoch seconds.")
+    experiment: str
+    scope: str
+    action: Literal["promote", "withdraw", "hold"] = Field(
+        description="promote: the treatment became the default and the experiment ended; withdraw: the control "
+        "became the default and the experiment ended; hold: the treatment won but a guardrail failed (kept running)."
+    )
+    variant: str = Field(description="The treatment the decision is about.")
+    bundle: str = Field(description="The bundle that serves by default after it (hold: the treatment's).")
+    reason: str
+    metric: str
+    difference: float | None
+    difference_ci95: tuple[float, float] | None
+    p_value: float | None
+    guardrails: dict[str, float | None] = Field(description="What was measured: error rate, p99 and coverage.")
+    generation: int | None = Field(description="The configuration it installed (promote, withdraw).")
+
+
+class PromotionsOut(BaseModel):
+    enabled: bool = Field(description="SEQREC_ONLINE_PROMOTE.")
+    check_s: float
+    metric: str
+    guardrails: dict[str, float]
+    decisions: list[PromotionDecision] = Field(description="Newest first (the last 100 are kept).")
+
+
+# --- the shop: business rules on the read routes, anonymous sequences, the catalogue (docs/shop.md) ---
+MAX_FILTER_CHARS = 2000
+FilterQuery = Annotated[
+    str | None,
+    Query(
+        max_length=MAX_FILTER_CHARS,
+        description="Only items whose catalogue attributes pass this filter, e.g. "
+        '`category in ("shoes","bags") and price < 100` (grammar: docs/shop.md). A filter that does not parse, '
+        "names an unknown attribute or compares a value of another kind is refused (422, naming the token and "
+        "its position).",
+        examples=['category in ("shoes","bags") and price < 100'],
+    ),
+]
+ExcludeQuery = Annotated[
+    list[Id] | None,
+    Query(max_length=1000, description="Item ids never to return (repeat the parameter: `exclude=a&exclude=b`)."),
+]
+IncludeUnavailableQuery = Annotated[
+    bool, Query(description="Also return items the catalogue marks unavailable (never, by default).")
+]
+RuleQuery = Annotated[
+    str | None,
+    Query(max_length=128, description="Also apply this named rule of the deployment (SEQREC_RULES)."),
+]
+
+
+class SequenceIn(BaseModel):
+    """An anonymous visitor's items: a list for them, without a user id and without storing anything."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"items": ["2571", "1196", "260"], "k": 5},
+                {
+                    "items": ["2571", "1196"],
+                    "times": [1700000000, 1700000300],
+                    "k": 10,
+                    "filter": 'genre = "Comedy" and year >= 1990',
+                    "exclude": ["2858"],
+                },
+            ]
+        },
+    )
+
+    items: list[Id] = Field(
+        max_length=10_000,
+        description="Item ids, oldest first (ordered by `times` when given). At most SEQREC_MAX_HISTORY (else 422). "
+        "Empty, or only ids the model does not know: the most popular items answer (`fallback: no_history`).",
+    )
+    times: list[Annotated[float, Field(ge=0, lt=MAX_TIMESTAMP, allow_inf_nan=False, strict=True)]] | None = Field(
+        None,
+        max_length=10_000,
+        description="Epoch seconds of each item, one per item (bundles that read event times use them; without "
+        "them every item counts as now).",
+    )
+    k: int = Field(10, ge=1, le=1000, description="How many items.")
+    model: str | None = Field(None, max_length=MAX_ID_LENGTH, description="Bundle name or model kind.")
+    exclude_seen: bool = Field(True, description="Drop the sent items from the answer.")
+    filter: str | None = Field(None, max_length=MAX_FILTER_CHARS, description="As GET /recommend's `filter`.")
+    exclude: list[Id] = Field(default_factory=list, max_length=1000, description="Item ids never to return.")
+    include_unavailable: bool = Field(False, description="Also return items the catalogue marks unavailable.")
+    rule: str | None = Field(None, max_length=128, description="Also apply this named rule (SEQREC_RULES).")
+
+    @model_validator(mode="after")
+    def _one_time_per_item(self) -> SequenceIn:
+        if self.times is not None and len(self.times) != len(self.items):
+            raise ValueError("times: one time per item")
+        return self
+
+
+class SequenceOut(BaseModel):
+    """GET /recommend's answer without a user: the same fields, computed from the sent items."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "items": [{"item_id": "2858", "score": 7.31}, {"item_id": "260", "score": 6.95}],
+                    "model": "sasrec",
+                    "bundle": "sasrec-ml1m",
+                    "version": "20261123-170102",
+                    "source": "model",
+                    "history_length": 3,
+                    "fallback": None,
+                    "variant": "default",
+                    "filtered": 3105,
+                    "rules": "applied",
+                }
+            ]
+        }
+    )
+
+    items: list[ScoredItem]
+    model: str
+    bundle: str
+    version: str
+    source: Literal["model", "popularity"] = Field(description="`popularity` when no sent item is known.")
+    history_length: int = Field(description="Sent items the model knew and used.")
+    fallback: Literal["no_history"] | None = None
+    variant: str | None = Field(None, description="`explicit` when `model` was given, else `default`.")
+    filtered: int | None = Field(None, description="As in GET /recommend: only when rules applied.")
+    rules: Literal["applied", "stale", "not_applied"] | None = Field(None, description="As in GET /recommend.")
+
+
+ATTRIBUTE_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,63}$"
+_ATTRIBUTE_VALUE = {
+    "anyOf": [
+        {"type": "string", "maxLength": 1000},
+        {"type": "number"},
+        {"type": "boolean"},
+        {"type": "array", "items": {"type": "string", "maxLength": 1000}, "maxItems": 100},
+        {"type": "null"},
+    ]
+}
+_ATTRIBUTES = {
+    "type": "object",
+    "description": "Attributes: a string, a number, true/false or a list of strings each; an attribute's kind is "
+    "fixed by its first value; null is no value (in a change: remove the attribute). `available` (boolean, default "
+    "true) says whether the item may be served.",
+    "properties": {"available": {"anyOf": [{"type": "boolean"}, {"type": "null"}]}},
+    "propertyNames": {"pattern": ATTRIBUTE_NAME_PATTERN},
+    "additionalProperties": _ATTRIBUTE_VALUE,
+    "maxProperties": 100,
+}
+CatalogRow = Annotated[
+    dict[str, Any],
+    WithJsonSchema(
+        {
+            **_ATTRIBUTES,
+            "properties": {
+                "item_id": {"type": "string", "minLength": 1, "maxLength": MAX_ID_LENGTH, **_ID_SCHEMA},
+                "available": {"anyOf": [{"type": "boolean"}, {"type": "null"}]},
+            },
+            "required": ["item_id"],
+            "maxProperties": 101,
+        }
+    ),
+]
+CatalogAttributes = Annotated[dict[str, Any], WithJsonSchema(_ATTRIBUTES)]
+
+
+class CatalogItemsIn(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "items": [
+                        {"item_id": "B0001", "category": "shoes", "price": 79.0, "tags": ["sale"], "available": True},
+                        {"item_id": "B0002", "category": "bags", "price": 129.5, "available": False},
+                    ]
+                }
+            ]
+        },
+    )
+
+    items: list[CatalogRow] = Field(
+        min_length=1,
+        description="Whole records (each replaces what the item had). More than SEQREC_CATALOG_MAX_BATCH gives 413. "
+        "All or nothing: one bad row refuses the batch (422 listing the bad rows and fields).",
+    )
+
+
+class CatalogWriteOut(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"stored": 2, "version": 8}]})
+
+    stored: int = Field(description="Items written (a repeated item id counts once: its last row wins).")
+    version: int = Field(
+        description="The catalogue's version after this write; every API process serves it within "
+        "about SEQREC_CATALOG_POLL_S."
+    )
+
+
+class CatalogItemOut(BaseModel):
+    model_config = ConfigDict(
+        extra="allow",
+        json_schema_extra={
+            "examples": [{"item_id": "B0001", "available": True, "category": "shoes", "price": 79.0, "tags": ["sale"]}]
+        },
+    )
+
+    item_id: str
+    available: bool
+
+
+class CatalogStatusOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "version": 8,
+                    "items": 120000,
+                    "attributes": {"available": "boolean", "category": "string", "price": "number", "tags": "list"},
+                    "state": "current",
+                    "rules": {"default": 'category != "adult"'},
+                }
+            ]
+        }
+    )
+
+    version: int = Field(description="The version this process serves.")
+    items: int = Field(description="Items with a record in this process's catalogue.")
+    attributes: dict[str, Literal["string", "number", "boolean", "list"]] = Field(
+        description="Every attribute a filter may name, with its kind."
+    )
+    state: Literal["current", "stale", "loading"] = Field(
+        description="`stale`: the catalogue store is unreachable and rules use the last catalogue read; `loading`: "
+        "none read yet."
+    )
+    rules: dict[str, str] = Field(description="The deployment's named rules (SEQREC_RULES).")

@@ -1,38 +1,44 @@
 """The recommend pipeline: a user id in, a list out, as one function of named steps.
 
     bundle   which bundle answers: `?model=`, else the user's A/B variant, else the default
-    read     the user's history (and times, for a bundle that reads them), through the per-user
-             cache when it is on: a plain list may come whole from it while the history it was
-             computed from is still the stored one
+    rules    the request's filter, the deployment's rules, availability and exclusions, as a mask
+             over the bundle's items (app/serving/catalog.py); refused (422) before anything is read
+    read     the user's history, or the sequence an anonymous request sent (and times, for a
+             bundle that reads them), through the per-user cache when it is on: a plain list may
+             come whole from it while the history it was computed from is still the stored one
     score    the cached list; or popularity (no history the model knows, or the store is down);
-             or the model: user vector (cached, advanced or computed) -> top-k, seen items excluded
+             or the model: user vector (cached, advanced or computed) -> top-k, seen items excluded;
+             every source keeps only what the rules allow, k items whenever k are eligible
     shape    re-rank (diversify, cap per cluster) down to k
     explain  the history events behind each item, when asked
     record   the served list for online scoring (in the background: never delays the answer)
 
-Both GET /recommend and its pre-routed fast path (app/api/routes/recommend.py) call `recommend`;
-the edge only parses the request and writes the answer.
+GET /recommend, its pre-routed fast path and POST /recommend (an anonymous sequence: nothing read
+or stored, no user) all call `recommend` (app/api/routes/recommend.py); the edge only parses the
+request and writes the answer.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
+from app.serving.catalog import NO_RULES, Limits, Rules, Wanted, popular_eligible, top_eligible
 from app.serving.diversity import ListShape
 from app.serving.errors import Refused
 from app.serving.explain import explain as explain_items
-from app.serving.usercache import UserVector
+from app.serving.usercache import Answer, UserVector
 from app.stores.base import StoreUnavailable, read_history
 
 if TYPE_CHECKING:
     from app.bundles.bundle import Bundle
     from app.bundles.served import Registry
     from app.runtime.metrics import Metrics
+    from app.serving.catalog import Catalog
     from app.serving.experiment import Experiment
     from app.serving.online import Live
     from app.serving.usercache import Read, UserCache
@@ -50,18 +56,22 @@ class Serving(Protocol):
     user_cache: UserCache | None
     live: Live | None
     experiment: Experiment | None
+    catalog: Catalog | None
 
 
 @dataclass(frozen=True)
 class Ask:
-    """A validated request for a list."""
+    """A validated request for a list: a stored user's, or (`history` set) an anonymous sequence's."""
 
-    user_id: str
+    user_id: str | None
     k: int = 10
     model: str | None = None  # bundle name or model kind; None: the A/B variant or the default
     exclude_seen: bool = True
     explain: bool = False
     shape: ListShape = field(default_factory=ListShape)
+    wanted: Wanted = field(default_factory=Wanted)  # filter, exclusions, availability, named rule
+    history: tuple[str, ...] | None = None  # an anonymous request's items, oldest first
+    times: tuple[float, ...] | None = None  # and their times (epoch s), when sent
 
     @property
     def plain(self) -> bool:
@@ -71,7 +81,7 @@ class Ask:
 
 @dataclass(frozen=True)
 class Recommendation:
-    user_id: str
+    user_id: str | None  # None: an anonymous sequence
     bundle: Bundle
     variant: str
     ids: list[str]
@@ -80,13 +90,17 @@ class Recommendation:
     history_length: int
     fallback: str | None
     because: list[list[dict[str, Any]]] | None = None  # per item, when explanations were asked
+    filtered: int | None = None  # items the rules removed; None (and not written): no rule applied
+    rules: str | None = None  # "applied" | "stale" | "not_applied"
 
     def json(self) -> bytes:
-        """The JSON body of GET /recommend (RecommendOut): written here because re-validating the
-        model that this code builds costs more CPU than the top-k itself; the route's
-        response_model stays the contract, and the tests check every answer against it."""
-        body: dict[str, Any] = {
-            "user_id": self.user_id,
+        """The JSON body of GET /recommend (RecommendOut; SequenceOut without `user_id` for POST
+        /recommend): written here because re-validating the model that this code builds costs
+        more CPU than the top-k itself; the route's response_model stays the contract, and the
+        tests check every answer against it. `filtered` and `rules` only when a rule applied, so
+        answers without rules stay exactly as they were."""
+        body: dict[str, Any] = {} if self.user_id is None else {"user_id": self.user_id}
+        body |= {
             "items": [{"item_id": i, "score": s} for i, s in zip(self.ids, self.scores, strict=True)],
             "model": self.bundle.model,
             "bundle": self.bundle.name,
@@ -96,6 +110,8 @@ class Recommendation:
             "fallback": self.fallback,
             "variant": self.variant,
         }
+        if self.rules is not None:
+            body["filtered"], body["rules"] = self.filtered, self.rules
         if self.because is not None:
             for item, why in zip(body["items"], self.because, strict=True):
                 item["because"] = why
@@ -124,20 +140,22 @@ class _Scored:
 
 
 async def recommend(state: Serving, ask: Ask) -> Recommendation:
-    """Top-k for a user. Raises Refused (k above the maximum, a re-ranking the bundle cannot do)
-    and UnknownModel, before anything is read or recorded."""
+    """Top-k for a user or an anonymous sequence. Raises Refused (k above the maximum, a re-ranking
+    the bundle cannot do, an unknown rule), FilterError (a filter that does not parse or fit the
+    catalogue) and UnknownModel, before anything is read or recorded."""
     if ask.k > state.settings.max_k:
         raise Refused(f"k must be at most {state.settings.max_k}")
     bundle, variant = choose_bundle(state, ask)
     want = ask.shape.pool(bundle, ask.k)  # more candidates when the list is re-ranked
-    history = await read_user(state, ask, bundle)
-    got = score(state, ask, bundle, history, want)
+    rules = state.catalog.rules(bundle, ask.wanted, variant) if state.catalog is not None else NO_RULES
+    history = await read_user(state, ask, bundle, rules)
+    got = score(state, ask, bundle, history, want, rules)
     labels, scores = ask.shape.rerank(bundle, got.labels, got.scores, ask.k)
     ids = bundle.external(labels)
     because = None
     if ask.explain:  # popularity answers have no history to explain: empty lists
         because = explain_list(state, bundle, got, labels) if got.source == "model" else [[] for _ in ids]
-    if state.live is not None:
+    if state.live is not None and ask.user_id is not None:
         state.live.served(ask.user_id, bundle.name, variant, ids)  # in the background
     failure = history.failure or ("no_history" if got.source == "popularity" else None)
     return Recommendation(
@@ -150,28 +168,56 @@ async def recommend(state: Serving, ask: Ask) -> Recommendation:
         history_length=got.n_seen,
         fallback=failure if got.source == "popularity" else None,
         because=because,
+        filtered=rules.filtered,
+        rules=rules.state,
     )
 
 
 def choose_bundle(state: Serving, ask: Ask) -> tuple[Bundle, str]:
-    """The bundle and the variant it is counted under: explicit, the user's A/B variant, or default."""
+    """The bundle and the variant it is counted under: explicit, the user's A/B variant, or default
+    (an anonymous sequence has no user to assign: the default)."""
     model, variant = ask.model, "explicit" if ask.model is not None else "default"
-    if model is None and state.experiment is not None:
+    if model is None and state.experiment is not None and ask.user_id is not None:
         assigned = state.experiment.assign(ask.user_id)
         model, variant = assigned.bundle, assigned.name
     return state.registry.get(model), variant
 
 
-async def read_user(state: Serving, ask: Ask, bundle: Bundle) -> _History:
-    """The history (through the cache when it is on); an unreachable store is an empty history."""
+def _sent(ask: Ask, bundle: Bundle) -> _History:
+    """An anonymous request's sequence as a read history: ordered by its times when it has them
+    (as the store orders a user's events), each event without a time taken as now."""
+    events, times = list(ask.history or ()), ask.times
+    if times is None:
+        return _History(None, events, [time.time()] * len(events) if bundle.needs_times else None)
+    order = sorted(range(len(events)), key=lambda n: times[n])
+    return _History(None, [events[n] for n in order], [times[n] for n in order])
+
+
+async def read_user(state: Serving, ask: Ask, bundle: Bundle, rules: Rules = NO_RULES) -> _History:
+    """The history (through the cache when it is on); an unreachable store is an empty history.
+
+    A cached list is taken only if the rules leave k items of it; otherwise the history is read."""
+    if ask.history is not None:
+        return _sent(ask, bundle)
+    user_id = ask.user_id
+    assert user_id is not None  # an Ask without history names a user
     t0 = time.perf_counter()
     cache = state.user_cache
     try:
         if cache is not None:
-            read = await cache.read(ask.user_id, state.settings.max_history, bundle, ask.k if ask.plain else 0)
+            # A list filtered by a selective rule rarely keeps k items: read the history at once.
+            lists = ask.plain and (rules.mask is None or rules.eligible >= len(rules.mask) // 2)
+            read = await cache.read(user_id, state.settings.max_history, bundle, ask.k if lists else 0)
+            if read.answer is not None and rules.active:
+                kept = rules.allowed(read.answer.labels) & ~np.isin(read.answer.labels, rules.exclude)
+                if int(kept.sum()) >= ask.k:
+                    a = read.answer
+                    read = replace(read, answer=Answer(a.labels[kept], a.scores[kept], a.n_seen))
+                else:
+                    read = await cache.read(user_id, state.settings.max_history, bundle, 0)
             found = _History(read, read.history or [], read.times)
         else:
-            events, times = await read_history(state.store, ask.user_id, state.settings.max_history, bundle.needs_times)
+            events, times = await read_history(state.store, user_id, state.settings.max_history, bundle.needs_times)
             found = _History(None, events, times)
     except StoreUnavailable:
         state.metrics.store_errors.labels("history").inc()
@@ -180,8 +226,9 @@ async def read_user(state: Serving, ask: Ask, bundle: Bundle) -> _History:
     return found
 
 
-def score(state: Serving, ask: Ask, bundle: Bundle, history: _History, want: int) -> _Scored:
-    """Candidates, best first: the cached list, popularity, or the model's top `want`."""
+def score(state: Serving, ask: Ask, bundle: Bundle, history: _History, want: int, rules: Rules = NO_RULES) -> _Scored:
+    """Candidates, best first: the cached list, popularity, or the model's top `want`; only what
+    the rules allow."""
     read = history.read
     if read is not None and read.answer is not None:
         a = read.answer
@@ -189,7 +236,7 @@ def score(state: Serving, ask: Ask, bundle: Bundle, history: _History, want: int
     seen, seen_times = bundle.encode_events(history.events, history.times)
     if len(seen) == 0:  # nothing the model knows was seen, so nothing to exclude
         state.metrics.fallbacks.labels(history.failure or "no_history").inc()
-        labels = bundle.popular[:want]
+        labels = popular_eligible(bundle.popular, want, rules)
         return _Scored(labels, bundle.popularity_score[labels - 1], "popularity", 0, seen, seen_times)
     metrics, cache = state.metrics, state.user_cache
     t1 = time.perf_counter()
@@ -197,17 +244,29 @@ def score(state: Serving, ask: Ask, bundle: Bundle, history: _History, want: int
         user = None
         vec = bundle.user_vectors([seen], None if seen_times is None else [seen_times])  # (1, D)
     else:  # the cached vector only when it was computed from exactly this history and bundle
+        assert ask.user_id is not None  # only a stored user's history is read through the cache
         user = cache.user_vector(ask.user_id, bundle, seen, read, seen_times)
         vec = user.vec
     t2 = time.perf_counter()
-    labels, scores = bundle.index.search(vec, want, [seen] if ask.exclude_seen else None)
+    if not rules.active:
+        labels, scores = bundle.index.search(vec, want, [seen] if ask.exclude_seen else None)
+        ok = labels[0] > 0
+        labels, scores = labels[0][ok], scores[0][ok]
+        raw: tuple[np.ndarray, np.ndarray] | None = (labels, scores)
+    else:
+        away = seen if ask.exclude_seen else seen[:0]
+        limits = state.catalog.limits if state.catalog is not None else Limits()
+        n = len(bundle.item_ids)
+        labels, scores, raw = top_eligible(bundle.index, bundle.vectors, vec, want, away, rules, n, limits)
+        if len(rules.exclude):
+            raw = None  # a list without the ids asked away is not the user's list
     t3 = time.perf_counter()
     metrics.inference.labels(bundle.name).observe(t2 - t1)
     metrics.topk.labels(bundle.name).observe(t3 - t2)
-    ok = labels[0] > 0
-    labels, scores = labels[0][ok], scores[0][ok]
-    if cache is not None and read is not None and user is not None and ask.plain:
-        cache.remember(ask.user_id, bundle, read, user, labels, scores, len(seen))
+    if cache is not None and read is not None and user is not None and ask.plain and raw is not None:
+        # The unfiltered candidates: the rules are applied again to whatever the cache returns.
+        assert ask.user_id is not None
+        cache.remember(ask.user_id, bundle, read, user, raw[0], raw[1], len(seen))
     return _Scored(labels, scores, "model", len(seen), seen, seen_times, user or UserVector(vec, None))
 
 

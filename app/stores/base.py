@@ -13,10 +13,16 @@
   longer stored, so nothing can recognise it. The store computes this atomically per user.
 - A user's history expires `ttl_s` seconds after the last event written for them.
 - `append` stores the whole batch or raises StoreUnavailable: never a silent partial loss.
+- The event log (on unless the store is built with `event_log=None`; app/stores/eventlog.py):
+  every event the window newly stores, `accepted` and `too_old` alike, is appended to the log in
+  the same atomic step as the window write, so what is acknowledged is logged. A duplicate is
+  not logged again, nor is a replay of a logged event the window no longer holds (older than
+  all kept, or after the window expired) within the log's retention. `log_entries` reads it back.
 """
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -42,6 +48,19 @@ class AppendResult:
     accepted: int  # newly stored, still kept after trimming
     duplicates: int  # already stored (or repeated within the batch): nothing changed
     too_old: int = 0  # older than the kept window: trimmed at once, not stored
+
+
+@dataclass(frozen=True, slots=True)
+class LoggedEvent:
+    """One entry of the event log: the event and when the store logged it."""
+
+    log_id: str  # "<arrival ms>-<sequence>", a Redis Stream id (increasing within one stream)
+    event: Event
+
+    @property
+    def arrival(self) -> float:
+        """When the store logged it (epoch seconds, ms resolution)."""
+        return int(self.log_id.split("-", 1)[0]) / 1000
 
 
 def member(ev: Event) -> str:
@@ -91,6 +110,10 @@ class EventStore(Protocol):
 
     async def history_times(self, user_id: str, n: int | None = None) -> tuple[list[str], list[float]]:
         """`history` and each event's time (epoch seconds), for bundles that read event times."""
+        ...
+
+    def log_entries(self) -> AsyncIterator[LoggedEvent]:
+        """Every event of the event log, each log stream in the order it was logged."""
         ...
 
     async def ping(self) -> bool: ...

@@ -2,26 +2,42 @@
 
 Single process only (each uvicorn worker would hold its own copy) and not durable (a
 restart forgets every history). Meant for the demo and for tests, not production.
+The event log is kept in process too, with the Redis store's rules (app/stores/eventlog.py):
+what the window newly stores is logged, and a replay of a logged event the window no longer holds
+is recognised by an index of the events logged, per retention period.
 """
 
 from __future__ import annotations
 
 import bisect
 import time
-from collections import defaultdict
-from collections.abc import Callable
+from collections import defaultdict, deque
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from app.stores.base import AppendResult, Event, items_of, member
+from app.stores.base import AppendResult, Event, LoggedEvent, items_of, member
+from app.stores.eventlog import EventLog, default_log
 
 
 class MemoryStore:
     kind = "memory"
 
-    def __init__(self, max_history: int, ttl_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        max_history: int,
+        ttl_s: float,
+        clock: Callable[[], float] = time.monotonic,
+        event_log: EventLog | None = default_log(),  # frozen: one shared default is safe
+        wall: Callable[[], float] = time.time,
+    ) -> None:
         self.max_history = max_history
         self.ttl_s = ttl_s
         self._clock = clock
+        self.event_log = event_log
+        self._wall = wall  # the log's arrival times (epoch), as Redis stamps stream entries
+        self._log: deque[LoggedEvent] = deque()
+        self._last_id = (0, -1)
+        self._logged: dict[tuple[str, int], set[str]] = defaultdict(set)  # (user, period) -> members logged
         self._hist: dict[str, list[tuple[float, str]]] = {}  # sorted by (timestamp, member) like a Redis zset
         self._members: dict[str, set[str]] = {}
         self._touched: dict[str, float] = {}
@@ -47,28 +63,67 @@ class MemoryStore:
             by_user[ev.user_id].append(ev)
         for user, evs in by_user.items():
             self._expire(user, now)
+            empty = not self._hist.get(user)
             hist = self._hist.setdefault(user, [])
             seen = self._members.setdefault(user, set())
-            fresh: list[str] = []
+            fresh: list[Event] = []
             for ev in evs:
                 m = member(ev)
                 if m in seen:
                     continue  # stored before, or an earlier copy in this batch
                 seen.add(m)
                 bisect.insort(hist, (ev.timestamp, m))
-                fresh.append(m)
+                fresh.append(ev)
+            gone: set[str] = set()
             if len(hist) > self.max_history:
-                for _, m in hist[: len(hist) - self.max_history]:
-                    seen.discard(m)
+                gone = {m for _, m in hist[: len(hist) - self.max_history]}
+                seen -= gone
                 del hist[: len(hist) - self.max_history]
-            kept = sum(1 for m in fresh if m in seen)  # what survived the trim, like the Redis script
+            kept = sum(1 for ev in fresh if member(ev) not in gone)  # what survived the trim, like the Redis script
             added += kept
             too_old += len(fresh) - kept
             self._touched[user] = now
+            if self.event_log is not None:
+                self._log_events(self.event_log, user, fresh, gone, empty)
         self._writes += 1
         if self._writes % 1000 == 0:
             self._sweep(now)
+            if self.event_log is not None:
+                self._forget_logged(self.event_log)
         return AppendResult(accepted=added, duplicates=len(events) - added - too_old, too_old=too_old)
+
+    def _log_events(self, log: EventLog, user: str, fresh: list[Event], gone: set[str], empty: bool) -> None:
+        """The Redis script's log step: log what is new to the window, unless the window could not
+        have recognised it (too old, or the window was empty) and the index has it."""
+        wall = self._wall()
+        period = int(wall // log.retention_s)
+        this = self._logged[(user, period)]
+        before = self._logged.get((user, period - 1), set())
+        for ev in fresh:
+            m = member(ev)
+            if not ((m in gone or empty) and (m in this or m in before)):
+                self._log.append(LoggedEvent(self._next_id(wall), ev))
+                this.add(m)
+        floor = int((wall - log.retention_s) * 1000)
+        while self._log and int(self._log[0].log_id.split("-")[0]) < floor:
+            self._log.popleft()
+
+    def _forget_logged(self, log: EventLog) -> None:
+        """Drop the index periods Redis would have expired (two periods on)."""
+        period = int(self._wall() // log.retention_s)
+        for key in [k for k in self._logged if k[1] < period - 1]:
+            del self._logged[key]
+
+    def _next_id(self, wall: float) -> str:
+        """A stream id: arrival ms, and a sequence number within the ms; always increasing."""
+        ms = max(int(wall * 1000), self._last_id[0])
+        self._last_id = (ms, self._last_id[1] + 1 if ms == self._last_id[0] else 0)
+        return f"{ms}-{self._last_id[1]}"
+
+    async def log_entries(self) -> AsyncIterator[LoggedEvent]:
+        """Every event of the log, in the order it was logged."""
+        for entry in list(self._log):
+            yield entry
 
     def _tail(self, user_id: str, n: int | None) -> list[Any]:
         """The last n (time, member) pairs of the user's history."""

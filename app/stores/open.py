@@ -7,6 +7,7 @@ from typing import Any
 
 from app.settings import Settings
 from app.stores.base import EventStore
+from app.stores.catalog import CatalogStore, ClusterCatalog, MemoryCatalog, RedisCatalog
 from app.stores.cluster import ClusterStore, is_cluster_url
 from app.stores.cluster_items import ClusterItems
 from app.stores.items import ItemRegistry, MemoryItems, RedisItems
@@ -41,3 +42,13 @@ def open_items(settings: Settings, store: EventStore) -> ItemRegistry:
     if isinstance(store, RedisStore) and settings.redis_url:
         return RedisItems(store.redis, settings.redis_url, settings.key_prefix, settings.redis_timeout)
     return MemoryItems()
+
+
+def open_catalog(settings: Settings, store: EventStore) -> CatalogStore:
+    """Where the catalogue's attributes and availability are kept: next to `store`, as durable as events."""
+    if isinstance(store, ClusterStore) and settings.redis_url:
+        wait, wait_ms = settings.redis_wait_replicas, settings.redis_wait_timeout_ms
+        return ClusterCatalog(store, settings.key_prefix, settings.redis_timeout, wait, wait_ms)
+    if isinstance(store, RedisStore) and settings.redis_url:
+        return RedisCatalog(store.redis, settings.key_prefix, settings.redis_timeout)
+    return MemoryCatalog()

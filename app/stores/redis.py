@@ -3,9 +3,11 @@
 Why a sorted set: ZADD NX gives idempotent replays (same member -> no-op, score kept) and
 late events land at their time position for free; ZREMRANGEBYRANK keeps the last N.
 A batch is written in one pipeline (one round trip) of one script call per user: ZADD NX
-member by member, trim, EXPIRE, then check which added members survived the trim. A script
-runs atomically, so the counts (accepted / duplicates / too_old) say exactly what that write
-did even with concurrent writers to the same user.
+member by member, trim (noting which members it removed), EXPIRE, and, with the event log on,
+XADD of every event new to the window and the log (app/stores/eventlog.py). A script runs
+atomically, so the counts (accepted / duplicates / too_old) say exactly what that write did even
+with concurrent writers to the same user, and an event is in the window's write and the log's or
+in neither.
 Timeouts are short and retries off, so a down Redis costs milliseconds, not seconds: a
 refused connection fails at once, a hung one after `timeout` (reads) / `write_timeout`.
 """
@@ -13,7 +15,9 @@ refused connection fails at once, a hung one after `timeout` (reads) / `write_ti
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import defaultdict
+from collections.abc import AsyncIterator
 from typing import Any
 
 from redis.asyncio import ConnectionPool, Redis
@@ -21,30 +25,74 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from app.stores.base import AppendResult, Event, StoreUnavailable, items_of, member, timed_items_of
+from app.stores.base import AppendResult, Event, LoggedEvent, StoreUnavailable, items_of, member, timed_items_of
+from app.stores.eventlog import INDEX, STREAM, EventLog, default_log, read_stream
 
 _ERRORS = (RedisError, OSError, asyncio.TimeoutError)
 
 # KEYS[1] = history; ARGV = max_history, ttl_s, then the events as one string: score RS member
 # records separated by GS (ids hold no control characters). One argument instead of two per
 # event: redis-py packs each argument in Python, and that was a fifth of an ingest batch's CPU.
+# With the event log (app/stores/eventlog.py) also KEYS[2] = the log stream, KEYS[3], KEYS[4] =
+# the user's index of logged events (this retention period's, the previous one's), and
+# ARGV[4] = user id, ARGV[5] = the log's MINID (ms), ARGV[6] = when KEYS[3] expires (unix s).
 # Returns {accepted, duplicates, too_old}.
 APPEND_LUA = """
 local key = KEYS[1]
-local added = {}
+local added, times = {}, {}
 local dup = 0
 for score, m in string.gmatch(ARGV[3], '([^\\29\\30]+)\\30([^\\29]+)') do
   if redis.call('ZADD', key, 'NX', score, m) == 1 then
     added[#added + 1] = m
+    times[#added] = score
   else
     dup = dup + 1
   end
 end
-redis.call('ZREMRANGEBYRANK', key, 0, -(tonumber(ARGV[1]) + 1))
+local trimmed, gone = {}, {}
+local size = redis.call('ZCARD', key)
+local over = size - tonumber(ARGV[1])
+if over > 0 then
+  trimmed = redis.call('ZRANGE', key, 0, over - 1)
+  redis.call('ZREMRANGEBYRANK', key, 0, over - 1)
+  for _, m in ipairs(trimmed) do gone[m] = true end
+end
 redis.call('EXPIRE', key, ARGV[2])
 local kept = 0
 for _, m in ipairs(added) do
-  if redis.call('ZSCORE', key, m) then kept = kept + 1 end
+  if not gone[m] then kept = kept + 1 end
+end
+if #KEYS == 4 then  -- the event log
+  local fresh = size == #added  -- the window was empty (new, or expired) before this write
+  local index
+  local function logged_before(d)
+    if index == nil then
+      index = (redis.call('GET', KEYS[3]) or '') .. (redis.call('GET', KEYS[4]) or '')
+    end
+    local at = 1
+    while true do
+      local s = string.find(index, d, at, true)
+      if s == nil then return false end
+      if s % 12 == 1 then return true end  -- at a digest's start, not across two
+      at = s + 1
+    end
+  end
+  -- New to the window is new to the log, unless the window no longer holds what it would have
+  -- recognised (the event is older than all kept, or the window had expired): then ask the index.
+  local digests = {}
+  for j, m in ipairs(added) do
+    local d = string.sub(redis.sha1hex(m), 1, 12)
+    if not ((gone[m] or fresh) and logged_before(d)) then
+      redis.call('XADD', KEYS[2], 'MINID', '~', ARGV[5], '*', 'u', ARGV[4], 'm', m, 't', times[j])
+      digests[#digests + 1] = d
+    end
+  end
+  if #digests > 0 then
+    local joined = table.concat(digests)
+    if redis.call('APPEND', KEYS[3], joined) == #joined then  -- a new period's index
+      redis.call('EXPIREAT', KEYS[3], ARGV[6])
+    end
+  end
 end
 return {kept, dup, #added - kept}
 """
@@ -54,6 +102,17 @@ RECORD, FIELD = "\x1d", "\x1e"  # \29 and \30 in the script
 def append_args(max_history: int, ttl_s: int, mapping: dict[str, float]) -> list[str | int]:
     """The script's ARGV for one user's distinct members and their event times."""
     return [max_history, ttl_s, RECORD.join(f"{float(ts)!r}{FIELD}{m}" for m, ts in mapping.items())]
+
+
+def append_call(
+    history: str, args: list[str | int], log: EventLog | None, stream: str, index: str, user: str, now: float
+) -> tuple[list[str], list[str | int]]:
+    """The script's KEYS and ARGV for one user's batch: with the log, also its stream, the user's
+    index keys `index:<period>` and the log's arguments."""
+    if log is None:
+        return [history], args
+    this, before, expire_at = log.index_keys(index, now)
+    return [history, stream, this, before], [*args, user, log.min_id(now), expire_at]
 
 
 class RedisStore:
@@ -68,10 +127,13 @@ class RedisStore:
         read_timeout: float = 0.25,
         pool_size: int = 64,
         write_timeout: float = 2.0,
+        event_log: EventLog | None = default_log(),  # frozen: one shared default is safe
     ) -> None:
         self.max_history = max_history
         self.ttl_s = ttl_s
         self.prefix = prefix
+        self.event_log = event_log  # None: the window only (SEQREC_EVENT_LOG=false)
+        self.log_key = f"{prefix}{STREAM}"
         opts = {
             "max_connections": pool_size,
             "socket_timeout": max(read_timeout, write_timeout),  # the socket bound is the write timeout ...
@@ -108,11 +170,14 @@ class RedisStore:
         for ev in events:
             by_user[ev.user_id].setdefault(member(ev), ev.timestamp)  # first copy in a batch wins, like NX
         pipe = self.redis.pipeline(transaction=False)
+        now = time.time()
         for user, mapping in by_user.items():
             args = append_args(self.max_history, self.ttl_s, mapping)
+            index = f"{self.prefix}{INDEX}:{user}"
+            keys, argv = append_call(self.key(user), args, self.event_log, self.log_key, index, user, now)
             # EVAL, not EVALSHA: no SCRIPT EXISTS round trip per batch and nothing to reload after a
             # Redis restart; Redis caches the compiled script by its digest anyway.
-            pipe.eval(APPEND_LUA, 1, self.key(user), *args)
+            pipe.eval(APPEND_LUA, len(keys), *keys, *argv)
         try:
             res = await pipe.execute(raise_on_error=True)
         except _ERRORS as exc:
@@ -136,6 +201,14 @@ class RedisStore:
 
     async def history_times(self, user_id: str, n: int | None = None) -> tuple[list[str], list[float]]:
         return timed_items_of(await self._tail(user_id, n, withscores=True))
+
+    async def log_entries(self) -> AsyncIterator[LoggedEvent]:
+        """Every event of the log, in the order it was logged (`seqrec snapshot` is the exporter)."""
+        try:
+            async for entry in read_stream(self.raw, self.log_key):
+                yield entry
+        except _ERRORS as exc:
+            raise StoreUnavailable(f"redis: {type(exc).__name__}: {exc}") from exc
 
     async def ping(self) -> bool:
         try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -186,3 +187,159 @@ def test_unknown_items_are_counted_against_the_users_variant(bundle_path: Path, 
             ev = {"user_id": users[variant], "item_id": item, "timestamp": 1_700_000_000}
             r = c.post("/events", json={"events": [ev]}, headers=KEY)
             assert r.status_code == 200 and r.json()["unknown_to_model"] == expected, (variant, r.json())
+
+
+def test_experiment_statistics_are_per_user_and_restart_with_a_new_experiment(
+    bundle_path: Path, second_bundle: Path, store_kw: dict
+) -> None:
+    """GET /stats/online's `experiment_test`: per variant the users, lists and scored events the
+    client produced, hit rates equal to the client's, intervals around them, the difference of
+    the second variant against the first; ?model= answers stay out; a new split starts afresh."""
+    exp = "control=tiny-sasrec:50,treatment=tiny-b:50"
+    settings = Settings(
+        bundles=[bundle_path, second_bundle], api_key="k3y", experiment=exp, online_test_min_users=2, **store_kw
+    )
+    with TestClient(create_app(settings)) as c:
+        known = c.app.state.seqrec.registry.get(None).item_ids
+        seen: dict[str, dict[str, Any]] = {}
+        for n in range(24):
+            user = f"u-{n}"
+            for step in range(3 + n % 4):  # several events per user, a different number each
+                body = c.get(f"/recommend/{user}").json()
+                served = [x["item_id"] for x in body["items"]]
+                nxt = served[(n + step) % 10] if (n + step) % 3 else known[-1 - n]
+                post(c, user, nxt, 100.0 + step)
+                s = seen.setdefault(body["variant"], {"users": set(), "events": 0, "hits": 0})
+                s["users"].add(user)
+                s["events"] += 1
+                s["hits"] += nxt in served
+        c.get("/recommend/u-0", params={"model": "tiny-b"})  # explicit: not part of the experiment
+        drain(c)
+        stats = c.get("/stats/online", params={"minutes": 5}).json()
+        test = stats["experiment_test"]
+        assert test["experiment"] == exp and test["started_at"] is not None and test["min_users"] == 2
+        arms = {a["variant"]: a for a in test["variants"]}
+        rows = {r["variant"]: r for r in stats["variants"]}
+        assert set(arms) == set(seen) == {"control", "treatment"}
+        for v, s in seen.items():
+            a = arms[v]
+            assert a["users"] == a["users_served"] == len(s["users"]) == rows[v]["users"]
+            assert a["served"] == a["scored"] == s["events"]
+            assert a["hit_rate"] == pytest.approx(s["hits"] / s["events"]) == pytest.approx(rows[v]["hit_rate"])
+            for m in ("hit_rate", "ndcg", "mrr"):
+                lo, hi = a[f"{m}_ci95"]
+                assert lo <= a[m] <= hi
+        (cmp,) = test["comparisons"]
+        assert (cmp["variant"], cmp["against"], cmp["metric"]) == ("treatment", "control", "hit_rate")
+        assert cmp["difference"] == pytest.approx(arms["treatment"]["hit_rate"] - arms["control"]["hit_rate"])
+        lo, hi = cmp["difference_ci95"]
+        assert lo < cmp["difference"] < hi and 0 <= cmp["p_value"] <= 1
+        assert cmp["verdict"] in {"treatment better", "control better", "no difference yet"}
+        # A new split (other weights) is a new experiment: its statistics start from nothing.
+        paths = [str(bundle_path), str(second_bundle)]
+        new = "control=tiny-sasrec:40,treatment=tiny-b:60"
+        assert c.post("/admin/reload", json={"bundles": paths, "experiment": new}, headers=KEY).status_code == 200
+        after = c.get("/stats/online", params={"minutes": 5}).json()["experiment_test"]
+        assert after["experiment"] == new and after["scope"] != test["scope"] and after["started_at"] is None
+        assert all(a["users"] == 0 and a["scored"] == 0 and a["hit_rate"] is None for a in after["variants"])
+        assert after["comparisons"][0]["verdict"] == "no difference yet"
+    assert "experiment_test" in c.app.openapi()["components"]["schemas"]["OnlineStatsOut"]["properties"]
+
+
+def test_no_experiment_no_experiment_test(bundle_path: Path) -> None:
+    with TestClient(create_app(Settings(bundles=[bundle_path], api_key="k3y"))) as c:
+        c.get("/recommend/u1")
+        post(c, "u1", c.app.state.seqrec.registry.get(None).item_ids[0], 5.0)
+        drain(c)
+        stats = c.get("/stats/online").json()
+    assert stats["experiment_test"] is None
+    assert [(r["variant"], r["served"], r["scored"], r["users"]) for r in stats["variants"]] == [("default", 1, 1, 1)]
+
+
+def drive_experiment(c: TestClient, users: int, good: str) -> None:
+    """`users` users, 3 events each: the `good` variant's users click a listed item 4 times in 5,
+    the other's once in 5 (a difference the sequential test decides on with these few users)."""
+    known = c.app.state.seqrec.registry.get(None).item_ids
+    for n in range(users):
+        user = f"p-{n}"
+        for step in range(3):
+            body = c.get(f"/recommend/{user}").json()
+            served = [x["item_id"] for x in body["items"]]
+            click = (n + step) % 5 != 0 if body["variant"] == good else (n + step) % 5 == 0
+            nxt = served[(n + step) % 10] if click else next(i for i in reversed(known) if i not in served)
+            post(c, user, nxt, 100.0 + step)
+    drain(c)
+
+
+def promoting(bundle_path: Path, second_bundle: Path, **kw: Any) -> Settings:
+    exp = "control=tiny-sasrec:50,treatment=tiny-b:50"
+    kw = {"online_test_min_users": 5, "online_promote_max_p99_ratio": 100.0, **kw}
+    # The policy's own loop waits an hour here: the test reads the decision itself (promote_once).
+    return Settings(
+        bundles=[bundle_path, second_bundle],
+        api_key="k3y",
+        experiment=exp,
+        online_promote=True,
+        online_promote_check_s=3600,
+        **kw,
+    )
+
+
+def test_promotion_makes_a_winning_treatment_the_default_everywhere(bundle_path: Path, second_bundle: Path) -> None:
+    from app.api.routes.stats import promote_once
+
+    with TestClient(create_app(promoting(bundle_path, second_bundle))) as c:
+        state = c.app.state.seqrec
+        assert c.get("/stats/promotions").json()["decisions"] == []
+        drive_experiment(c, 60, good="treatment")
+        cmp = c.get("/stats/online").json()["experiment_test"]["comparisons"][0]
+        assert cmp["verdict"] == "treatment better", cmp
+        decision = c.portal.call(promote_once, state)
+        assert decision is not None and decision["action"] == "promote" and decision["bundle"] == "tiny-b"
+        assert state.experiment is None and state.registry.default == "tiny-b"
+        assert state.items.spec["default_model"] == "tiny-b" and state.items.spec["experiment"] == ""
+        body = c.get("/recommend/p-1").json()
+        assert (body["bundle"], body["variant"]) == ("tiny-b", "default")
+        got = c.get("/stats/promotions").json()
+        assert got["enabled"] is True and [d["action"] for d in got["decisions"]] == ["promote"]
+        d = got["decisions"][0]
+        assert d["generation"] == decision["generation"] and d["difference"] > 0 and d["p_value"] <= 0.05
+        assert set(d["guardrails"]) == {
+            "error_rate",
+            "p99_s_control",
+            "p99_s_treatment",
+            "coverage_control",
+            "coverage_treatment",
+        }
+        assert d["guardrails"]["error_rate"] == 0.0 and d["guardrails"]["coverage_treatment"] > 0
+        assert c.portal.call(promote_once, state) is None  # the experiment is over: nothing left to decide
+
+
+def test_promotion_withdraws_a_losing_treatment(bundle_path: Path, second_bundle: Path) -> None:
+    from app.api.routes.stats import promote_once
+
+    with TestClient(create_app(promoting(bundle_path, second_bundle))) as c:
+        state = c.app.state.seqrec
+        drive_experiment(c, 60, good="control")
+        decision = c.portal.call(promote_once, state)
+        assert decision is not None and decision["action"] == "withdraw" and decision["reason"] == "control better"
+        assert state.experiment is None and state.registry.default == "tiny-sasrec"
+        assert c.get("/recommend/p-1").json()["bundle"] == "tiny-sasrec"
+
+
+def test_a_failing_guardrail_holds_the_treatment_and_is_recorded_once(bundle_path: Path, second_bundle: Path) -> None:
+    from app.api.routes.stats import promote_once
+
+    settings = promoting(bundle_path, second_bundle, online_promote_min_coverage_ratio=100.0)
+    with TestClient(create_app(settings)) as c:
+        state = c.app.state.seqrec
+        drive_experiment(c, 60, good="treatment")
+        decision = c.portal.call(promote_once, state)
+        assert decision is not None and decision["action"] == "hold" and "coverage" in decision["reason"]
+        assert c.portal.call(promote_once, state) is None  # the same hold is not recorded again
+        assert state.experiment is not None and state.registry.default == "tiny-sasrec"  # nothing changed
+        assert [d["action"] for d in c.get("/stats/promotions").json()["decisions"]] == ["hold"]
+
+
+def test_promotion_is_off_by_default(bundle_path: Path) -> None:
+    assert Settings(bundles=[bundle_path]).online_promote is False

@@ -12,7 +12,7 @@ import pytest
 from app.runtime.metrics import Metrics
 from app.serving.experiment import Experiment, ExperimentError
 from app.serving.online import Live, OnlineMetrics, Score, score, summarize
-from app.stores.ledger import MemoryLedger
+from app.stores.ledger import MemoryLedger, Served
 from tests.support.procs import ROOT
 
 
@@ -40,13 +40,13 @@ def test_hand_built_sequence() -> None:
         live.observe([("u4", "x", 14.0)])  # never served: unserved, not a miss
         live.observe([("u1", "x", 15.0)])  # u1's list was used up by the first event: unserved
         await live.drain()
-        counts, distinct = await live.window(5)
-        return summarize(counts, distinct, {"A": 10, "B": 4}.get)
+        return summarize(await live.window(5), {"A": 10, "B": 4}.get)
 
     unserved, rows = asyncio.run(go())
     assert unserved == 3
     a, b = rows
     assert (a["bundle"], a["variant"], a["served"], a["scored"], a["hits"]) == ("A", "control", 2, 2, 1)
+    assert (a["users"], b["users"]) == (2, 1)  # u1 and u3 scored control's lists, u2 treatment's
     assert a["hit_rate"] == 0.5
     assert a["mrr"] == pytest.approx((1 / 2 + 0) / 2)
     assert a["ndcg"] == pytest.approx((1 / math.log2(3)) / 2)
@@ -59,13 +59,14 @@ def test_expired_list_is_not_scored() -> None:
     now = [0.0]
 
     async def go() -> tuple[int, list[dict]]:
-        live = Live(MemoryLedger(ttl_s=60, clock=lambda: now[0]), OnlineMetrics(Metrics().registry))
+        live = Live(MemoryLedger(ttl_s=60), OnlineMetrics(Metrics().registry), clock=lambda: now[0])
+        live.bundles = lambda: ["A"]
         live.served("u", "A", "default", ["x"])
         await live.drain()
-        now[0] = 61.0
+        now[0] = 61.0  # the event arrives 61 s after the answer: past the 60 s TTL
         live.observe([("u", "x", 1.0)])
         await live.drain()
-        return summarize(*(await live.window(5)), lambda _: 1)
+        return summarize(await live.window(5), lambda _: 1)
 
     unserved, rows = asyncio.run(go())
     assert unserved == 1 and rows[0]["scored"] == 0
@@ -73,7 +74,7 @@ def test_expired_list_is_not_scored() -> None:
 
 def test_failing_ledger_is_skipped_and_counted() -> None:
     class Down(MemoryLedger):
-        async def take(self, users):  # type: ignore[no-untyped-def]
+        async def take(self, asks, bundles):  # type: ignore[no-untyped-def]
             raise ConnectionError("redis down")
 
     async def go() -> float:
@@ -169,7 +170,7 @@ def test_event_right_after_the_answer_waits_for_the_list_write() -> None:
         live.served("u", "A", "default", ["x", "y"])
         live.observe([("u", "y", 1.0)])  # no drain in between
         await live.drain()
-        return summarize(*(await live.window(5)), lambda _: 2)
+        return summarize(await live.window(5), lambda _: 2)
 
     unserved, rows = asyncio.run(go())
     assert unserved == 0 and rows[0]["scored"] == 1 and rows[0]["hits"] == 1
@@ -186,7 +187,7 @@ def test_rapid_answers_and_events_score_each_event_against_the_list_before_it() 
         live.observe([("u", "z", 2.0)])  # rank 1 in the second list
         live.observe([("u", "q", 3.0)])  # nothing served since: unserved
         await live.drain()
-        return summarize(*(await live.window(5)), lambda _: 4)
+        return summarize(await live.window(5), lambda _: 4)
 
     unserved, rows = asyncio.run(go())
     assert unserved == 1
@@ -210,34 +211,33 @@ class SharedSlowLedger(MemoryLedger):
 
 def test_event_in_another_process_during_the_batch_window_is_scored() -> None:
     """Process A serves (its write lands 30 ms later: batch window + a slow store); the user's
-    next event reaches process B at once. B's second look finds the list: scored, not unserved."""
+    next event reaches process B at once. B looks after the settle time and finds the list."""
 
     async def go() -> tuple[int, list[dict]]:
         ledger, reg = SharedSlowLedger(0.02), Metrics().registry
-        a = Live(ledger, OnlineMetrics(reg), write_delay_s=0.01, retry_s=0.1, bundles=lambda: ["A"])
-        b = Live(ledger, OnlineMetrics(Metrics().registry), write_delay_s=0.01, retry_s=0.1, bundles=lambda: ["A"])
+        a = Live(ledger, OnlineMetrics(reg), write_delay_s=0.01, settle_s=0.1, bundles=lambda: ["A"])
+        b = Live(ledger, OnlineMetrics(Metrics().registry), write_delay_s=0.01, settle_s=0.1, bundles=lambda: ["A"])
         a.served("u", "A", "default", ["x", "y"])
         b.observe([("u", "y", 1.0)])
         await asyncio.gather(a.drain(), b.drain())
-        counts_a, d = await a.window(5)
-        counts_b, _ = await b.window(5)  # the same ledger: the window sums both processes
-        assert counts_a == counts_b
-        return summarize(counts_a, d, lambda _: 2)
+        window_a, window_b = await a.window(5), await b.window(5)
+        assert window_a == window_b  # the same ledger: the window sums both processes
+        return summarize(window_a, lambda _: 2)
 
     unserved, rows = asyncio.run(go())
     assert unserved == 0
     assert (rows[0]["served"], rows[0]["scored"], rows[0]["hits"]) == (1, 1, 1)
 
 
-def test_second_look_never_scores_a_list_served_after_the_event() -> None:
-    """B sees an event with no list; A serves a new list before B's second look: that list was
-    computed after the event, so it is left for the user's next event, and the event is unserved."""
+def test_a_list_served_after_the_event_is_never_scored_against_it() -> None:
+    """B sees an event with no list before it; A serves a list right after (before B looks): that
+    list was computed after the event, so it is left for the user's next event, which it scores."""
 
     async def go() -> tuple[int, list[dict]]:
         clock = [100.0]
         ledger = SharedSlowLedger(0.0)
-        a = Live(ledger, OnlineMetrics(Metrics().registry), k=2, retry_s=0.05, clock=lambda: clock[0])
-        b = Live(ledger, OnlineMetrics(Metrics().registry), k=2, retry_s=0.05, clock=lambda: clock[0])
+        a = Live(ledger, OnlineMetrics(Metrics().registry), k=2, settle_s=0.05, clock=lambda: clock[0])
+        b = Live(ledger, OnlineMetrics(Metrics().registry), k=2, settle_s=0.05, clock=lambda: clock[0])
         a.bundles = b.bundles = lambda: ["A"]
         b.observe([("u", "x", 1.0)])  # nothing served yet
         await asyncio.sleep(0.01)
@@ -246,30 +246,109 @@ def test_second_look_never_scores_a_list_served_after_the_event() -> None:
         await asyncio.gather(a.drain(), b.drain())
         b.observe([("u", "y", 2.0)])  # the next event: scored against that list (rank 2)
         await b.drain()
-        return summarize(*(await b.window(5)), lambda _: 2)
+        return summarize(await b.window(5), lambda _: 2)
 
     unserved, rows = asyncio.run(go())
     assert unserved == 1
     assert (rows[0]["scored"], rows[0]["hits"]) == (1, 1) and rows[0]["mrr"] == 0.5
 
 
-def test_redis_take_before_leaves_later_lists(redis_proc) -> None:  # type: ignore[no-untyped-def]
-    """The Redis ledger's conditional take (a Lua script): earlier lists are taken, later ones stay."""
+@pytest.fixture(params=["memory", "redis", "cluster"])
+def ledger_factory(request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
+    """Makes a ledger of each kind (the same contract): in process, a private redis-server, and a
+    Redis Cluster (every script call's keys in one slot: the user's, or the experiment variant's)."""
+    if request.param == "memory":
+        yield lambda **kw: MemoryLedger(**kw)
+        return
+    import uuid
+
     import redis.asyncio as aioredis
 
-    from app.stores.ledger import RedisLedger, Served
+    from app.stores.cluster import ClusterStore
+    from app.stores.ledger import RedisLedger, online_ledger
+
+    if request.param == "redis":
+        url = request.getfixturevalue("redis_proc").url
+        yield lambda **kw: RedisLedger(aioredis.Redis.from_url(url, decode_responses=True), "t:", timeout=5.0, **kw)
+        return
+    url, prefix = request.getfixturevalue("redis_cluster").url, f"t{uuid.uuid4().hex[:8]}:"
+
+    def cluster(ttl_s: float, **kw: float) -> object:
+        store = ClusterStore(url, max_history=10, ttl_s=60, prefix=prefix, read_timeout=5.0)
+        return online_ledger(store, prefix, int(ttl_s), 5.0, **kw)  # type: ignore[arg-type]
+
+    yield cluster
+
+
+def test_ledger_take_contract(ledger_factory) -> None:  # type: ignore[no-untyped-def]
+    """Per bundle, an event takes the latest list served at or before it, once; later lists stay;
+    an earlier list is not taken by an event that comes after a later one; the TTL holds."""
 
     async def go() -> None:
-        r = aioredis.Redis.from_url(redis_proc.url, decode_responses=True)
-        ledger = RedisLedger(r, "t:", ttl_s=60, timeout=2.0)
-        await ledger.remember([("u1", Served("A", "control", ("x",), 10.0)), ("u2", Served("A", "c", ("y",), 20.0))])
-        got = await ledger.take(["u1", "u2"], ["A"], [15.0, 15.0])
-        assert got == {"u1": [Served("A", "control", ("x",), 10.0)]}
-        assert await ledger.take(["u1"], ["A"]) == {}  # taken once
-        assert await ledger.take(["u2"], ["A"]) == {"u2": [Served("A", "c", ("y",), 20.0)]}  # stayed until now
-        await r.set("t:s:u3:A", '["old",["z"]]')  # a list written before lists carried their time
-        assert await ledger.take(["u3"], ["A"], [0.0]) == {"u3": [Served("A", "old", ("z",), 0.0)]}
-        await r.aclose()
+        led = ledger_factory(ttl_s=60, horizon_s=100.0)
+        l0, l1, l2 = (Served("A", "c", (x,), t) for x, t in (("p", 5.0), ("q", 10.0), ("r", 20.0)))
+        b1 = Served("B", "t", ("z",), 9.0, "exp1")
+        await led.remember([("u", l0), ("u", l1), ("u", b1)])
+        await led.remember([("u", l2)])
+        assert await led.take([("u", 25.0)], ["A", "B"]) == [[l2, b1]]  # out of order: the later event first
+        assert await led.take([("u", 15.0)], ["A", "B"]) == [[l1]]  # still finds its own list (l1, not l0)
+        assert await led.take([("u", 15.0), ("u", 26.0)], ["A", "B"]) == [[], []]  # each list scored once
+        assert await led.take([("nobody", 15.0)], ["A"]) == [[]]
+        assert await led.take([("u", 7.0)], ["A"]) == [[l0]]  # an event between l0 and l1 had l0
+        # the TTL: a list counts for an event at most 60 s after it was served
+        await led.remember([("v", Served("A", "c", ("x",), 100.0))])
+        assert await led.take([("v", 161.0)], ["A"]) == [[]]
+        assert await led.take([("v", 160.0)], ["A"]) == [[Served("A", "c", ("x",), 100.0)]]
+
+    asyncio.run(go())
+
+
+def test_ledger_drops_lists_no_event_can_need(ledger_factory) -> None:  # type: ignore[no-untyped-def]
+    """A list goes once its successor is older than the horizon (every event it could be the
+    prediction for has been looked up by then); the newest of those stays; a burst is capped."""
+
+    async def go() -> None:
+        led = ledger_factory(ttl_s=600, horizon_s=1.0, max_lists=3)
+        await led.remember([("x", Served("A", "c", (str(t),), t)) for t in (0.0, 0.5, 1.0)])
+        await led.remember([("x", Served("A", "c", ("10.0",), 10.0))])  # 0.0 and 0.5 were followed 9 s ago
+        assert await led.take([("x", 0.7)], ["A"]) == [[]]
+        assert await led.take([("x", 5.0)], ["A"]) == [[Served("A", "c", ("1.0",), 1.0)]]  # may still be awaited
+        assert await led.take([("x", 11.0)], ["A"]) == [[Served("A", "c", ("10.0",), 10.0)]]
+        # within the horizon, lists stay, up to max_lists: the oldest of four goes
+        await led.remember([("w", Served("A", "c", (str(i),), 100 + i / 10)) for i in range(4)])
+        assert await led.take([("w", 100.05)], ["A"]) == [[]]
+        assert await led.take([("w", 100.15)], ["A"]) == [[Served("A", "c", ("1",), 100.1)]]
+
+    asyncio.run(go())
+
+
+def test_totals_and_their_sums_agree_with_a_recount(ledger_factory) -> None:  # type: ignore[no-untyped-def]
+    """Per-user totals merged over several flushes (the Redis script or in process) keep the
+    variant's sums equal to the sums recomputed from the users' final totals."""
+    import random
+
+    from app.serving.abtest import Arm
+    from app.stores.ledger import SUMS
+
+    async def go() -> None:
+        led = ledger_factory(ttl_s=60)
+        rng = random.Random(7)
+        truth: dict[str, list[float]] = {}
+        for flush in range(5):
+            per_user = {}
+            for u in rng.sample(range(40), 15):
+                add = [rng.randint(0, 3), rng.randint(0, 3), 0.0, 0.0, 0.0]
+                add[2] = float(rng.randint(0, int(add[1])))
+                add[3], add[4] = add[2] * rng.random(), add[2] * rng.random()
+                per_user[f"u{u}"] = add
+                old = truth.get(f"u{u}", [0.0] * 5)
+                truth[f"u{u}"] = [a + b for a, b in zip(old, add, strict=True)]
+            await led.add({}, {}, {}, {("exp1", "control"): per_user}, 1000.0 + flush)
+        got = (await led.experiment("exp1", ["control", "treatment"]))["control"]
+        want = Arm.from_users(truth.values()).sums
+        assert got["start"] == 1000.0
+        for name in SUMS:
+            assert got.get(name, 0.0) == pytest.approx(want.get(name, 0.0), rel=1e-9, abs=1e-9), name
 
     asyncio.run(go())
 
@@ -287,7 +366,7 @@ def test_list_served_within_the_window_after_an_event_is_left_for_the_next_one()
             return clock[0]
 
         ledger = SharedSlowLedger(0.0)
-        live = Live(ledger, OnlineMetrics(Metrics().registry), k=2, write_delay_s=0.02, retry_s=0.05, clock=tick)
+        live = Live(ledger, OnlineMetrics(Metrics().registry), k=2, write_delay_s=0.02, settle_s=0.05, clock=tick)
         live.bundles = lambda: ["A"]
         live.served("u", "A", "default", ["x", "y"])
         live.observe([("u", "x", 1.0)])  # rank 1 in the first list
@@ -295,7 +374,7 @@ def test_list_served_within_the_window_after_an_event_is_left_for_the_next_one()
         await asyncio.sleep(0.03)  # both lists' writer has run; the first event's take too
         live.observe([("u", "w", 2.0)])  # rank 2 in the second list
         await live.drain()
-        return summarize(*(await live.window(5)), lambda _: 4)
+        return summarize(await live.window(5), lambda _: 4)
 
     unserved, rows = asyncio.run(go())
     assert unserved == 0
@@ -303,22 +382,87 @@ def test_list_served_within_the_window_after_an_event_is_left_for_the_next_one()
     assert rows[0]["mrr"] == pytest.approx((1 + 1 / 2) / 2)
 
 
-def test_each_event_waits_its_own_second_look() -> None:
-    """A miss that joins a second look already pending still waits the full `retry_s` after its
-    own first look (the other process's list lands 30 ms after the answer)."""
+def test_each_event_waits_its_own_settle_time() -> None:
+    """An event that arrives while an earlier event's look is pending still waits the full
+    `settle_s` after its own arrival (the other process's list lands 30 ms after the answer)."""
 
     async def go() -> tuple[int, list[dict]]:
         ledger = SharedSlowLedger(0.0)
-        a = Live(ledger, OnlineMetrics(Metrics().registry), write_delay_s=0.03, retry_s=0.1, bundles=lambda: ["A"])
-        b = Live(ledger, OnlineMetrics(Metrics().registry), write_delay_s=0.03, retry_s=0.1, bundles=lambda: ["A"])
-        b.observe([("nobody", "x", 1.0)])  # never served: starts a second look due in 0.1 s
+        a = Live(ledger, OnlineMetrics(Metrics().registry), write_delay_s=0.03, settle_s=0.1, bundles=lambda: ["A"])
+        b = Live(ledger, OnlineMetrics(Metrics().registry), write_delay_s=0.03, settle_s=0.1, bundles=lambda: ["A"])
+        b.observe([("nobody", "x", 1.0)])  # never served: its look is due in 0.1 s
         await asyncio.sleep(0.09)
-        a.served("u", "A", "default", ["x", "y"])  # written 30 ms later, after that second look
+        a.served("u", "A", "default", ["x", "y"])  # written 30 ms later, after that look
         await asyncio.sleep(0.001)
         b.observe([("u", "y", 2.0)])
         await asyncio.gather(a.drain(), b.drain())
-        return summarize(*(await b.window(5)), lambda _: 2)
+        return summarize(await b.window(5), lambda _: 2)
 
     unserved, rows = asyncio.run(go())
     assert unserved == 1  # "nobody" only
     assert (rows[0]["scored"], rows[0]["hits"]) == (1, 1)
+
+
+def test_random_routing_between_two_processes_scores_every_event_against_its_list() -> None:
+    """40 users, 8 answer/event pairs each, as fast as the loop goes, each answer and each event
+    handled by one of two processes at random, list writes taking 0-20 ms: every event is scored,
+    against the list served just before it (the hits match the client's own count)."""
+    import random
+
+    class Jittery(MemoryLedger):
+        shared = True
+
+        async def remember(self, batch):  # type: ignore[no-untyped-def]
+            await asyncio.sleep(rng.random() * 0.02)
+            await super().remember(batch)
+
+    rng = random.Random(5)
+
+    async def go() -> tuple[int, list[dict], int, int]:
+        ledger = Jittery(ttl_s=60, horizon_s=1.0)
+        kw = {"k": 3, "write_delay_s": 0.01, "settle_s": 0.05, "bundles": lambda: ["A"]}
+        procs = [Live(ledger, OnlineMetrics(Metrics().registry), **kw) for _ in range(2)]  # type: ignore[arg-type]
+        hits = sent = 0
+
+        async def user(n: int) -> None:
+            nonlocal hits, sent
+            for step in range(8):
+                served = [f"i{(n + step + j) % 7}" for j in range(3)]
+                rng.choice(procs).served(f"u{n}", "A", "default", served)
+                await asyncio.sleep(0)
+                nxt = served[step % 3] if step % 2 else "nothing"
+                rng.choice(procs).observe([(f"u{n}", nxt, float(step))])
+                hits += nxt in served
+                sent += 1
+                await asyncio.sleep(rng.random() * 0.005)
+
+        await asyncio.gather(*(user(n) for n in range(40)))
+        await asyncio.gather(*(p.drain() for p in procs))
+        unserved, rows = summarize(await procs[0].window(5), lambda _: 7)
+        return unserved, rows, hits, sent
+
+    unserved, rows, hits, sent = asyncio.run(go())
+    assert unserved == 0 and rows[0]["scored"] == sent == 320 and rows[0]["hits"] == hits
+
+
+def test_redis_ledger_writes_after_its_script_is_flushed(redis_proc) -> None:  # type: ignore[no-untyped-def]
+    """Lists are written by EVALSHA; a Redis that lost the script (restart, SCRIPT FLUSH) gets it
+    again by EVAL, and no list is lost."""
+    import redis.asyncio as aioredis
+
+    from app.stores.ledger import RedisLedger
+
+    async def go() -> None:
+        r = aioredis.Redis.from_url(redis_proc.url, decode_responses=True)
+        led = RedisLedger(r, "f:", ttl_s=60, timeout=5.0)
+        for n in range(3):
+            await r.script_flush()
+            lists = [(f"u{n}", Served("A", "c", ("x",), 10.0)), (f"v{n}", Served("A", "c", ("y",), 10.0))]
+            await led.remember(lists[:1])  # the single-command path
+            await led.remember(lists)  # the pipeline (u again: the same list, a no-op)
+            got = await led.take([(f"u{n}", 11.0), (f"v{n}", 11.0)], ["A"])
+            assert got == [[lists[0][1]], [lists[1][1]]]
+            assert await r.zcard(f"f:sl:u{n}:A") == 1
+        await r.aclose()
+
+    asyncio.run(go())

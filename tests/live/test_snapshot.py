@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 import sys
+import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +17,7 @@ import redis
 
 from app.stores import Event, RedisStore
 from tests.support.procs import ROOT, RedisProc, free_port
-from training.snapshot import SnapshotError, connect, snapshot
+from training.snapshot import SnapshotError, connect, parse_time, snapshot, snapshot_log
 
 PREFIX = "snap[1]*:"  # glob characters in the prefix must match themselves only
 
@@ -188,3 +191,102 @@ def test_unreachable_cluster_is_a_clear_error(tmp_path: Path) -> None:
     port = free_port()
     with pytest.raises(SnapshotError, match=rf"cannot reach redis at redis\+cluster://127\.0\.0\.1:{port}"):
         connect(f"redis+cluster://:secret@127.0.0.1:{port}", socket_timeout=0.5)
+
+
+# ------------------------------------------------------------------------------------- the event log
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    cmd = [sys.executable, "-m", "training.cli", "snapshot", *args, "--no-progress"]
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("suffix", [".parquet", ".csv"])
+def test_log_export_round_trip_exact(redis_proc: RedisProc, tmp_path: Path, suffix: str) -> None:
+    """The log's export has the window export's columns and rows (while the window holds everything)."""
+    _write(redis_proc.url, EVENTS)
+    _write(redis_proc.url, [Event("other", "zz", 1.0, "e")], prefix="elsewhere:")  # another prefix: not read
+    out = tmp_path / f"log{suffix}"
+    res = snapshot_log(connect(redis_proc.url), out, prefix=PREFIX, chunk_rows=2, count=2)
+    df = pl.read_parquet(out) if suffix == ".parquet" else pl.read_csv(out, schema_overrides={"timestamp": pl.Float64})
+    assert df.columns == ["user_id", "item_id", "timestamp", "event_id"]
+    assert _histories(df) == EXPECTED
+    assert (res.users, res.events, res.streams) == (3, 7, 1)
+    assert [p.name for p in tmp_path.iterdir()] == [out.name]
+
+
+def test_cli_log_keeps_what_the_window_dropped(redis_proc: RedisProc, tmp_path: Path) -> None:
+    """60 events of one user in a window of 50: `--source log` (the default) exports all 60, `--source
+    window` the last 50, and `seqrec prepare` reads the log's file."""
+    from training.data import prepare_files
+    from training.data.files import FileOptions
+
+    events = [Event("u", f"i{n % 9}", 1000.0 + n, f"e{n}") for n in range(60)]
+    events += [Event(f"v{k}", "i1", 1.0 + n, f"f{n}") for k in range(5) for n in range(6)]
+    _write(redis_proc.url, events, prefix="seqrec:")
+    log, window = tmp_path / "log.parquet", tmp_path / "window.parquet"
+    p = _cli("--redis-url", redis_proc.url, "--out", str(log))
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout)["events"] == 90 and json.loads(p.stdout)["source"] == "log"
+    p = _cli("--redis-url", redis_proc.url, "--out", str(window), "--source", "window")
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout)["events"] == 80
+    assert _histories(pl.read_parquet(log))["u"] == [(f"i{n % 9}", 1000.0 + n, f"e{n}") for n in range(60)]
+    assert len(_histories(pl.read_parquet(window))["u"]) == 50
+    data = prepare_files([log], FileOptions(user_core=1, item_core=1), cache_dir=tmp_path / "cache")
+    assert data.num_interactions == 90
+
+
+def test_cli_log_range_and_checkpoint(redis_proc: RedisProc, tmp_path: Path) -> None:
+    _write(redis_proc.url, EVENTS[:3], prefix="seqrec:")
+    time.sleep(0.05)
+    cut = time.time()
+    time.sleep(0.05)
+    _write(redis_proc.url, EVENTS[3:], prefix="seqrec:")
+    iso = datetime.fromtimestamp(cut, UTC).isoformat()
+    out = tmp_path / "after.csv"
+    p = _cli("--redis-url", redis_proc.url, "--out", str(out), "--since", iso)
+    assert p.returncode == 0, p.stderr
+    assert sorted(pl.read_csv(out)["event_id"].to_list()) == ["e3", "e7", "ev-ü", "t2.250000"]
+    p = _cli("--redis-url", redis_proc.url, "--out", str(out), "--until", f"{cut:.3f}")
+    assert sorted(pl.read_csv(out)["event_id"].to_list()) == ["e0", "e1", "e2"]
+    ckpt = tmp_path / "ckpt.json"
+    counts = []
+    for _ in range(2):
+        p = _cli("--redis-url", redis_proc.url, "--out", str(out), "--checkpoint", str(ckpt))
+        assert p.returncode == 0, p.stderr
+        counts.append(json.loads(p.stdout)["events"])
+    assert counts == [7, 0]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--source", "window", "--since", "0"], "select from the event log"),
+        (["--source", "logs"], "--source is 'log' or 'window'"),
+        (["--since", "yesterday"], "neither epoch seconds nor an ISO-8601 time"),
+    ],
+)
+def test_cli_log_options_refused(redis_proc: RedisProc, tmp_path: Path, args: list[str], message: str) -> None:
+    p = _cli("--redis-url", redis_proc.url, "--out", str(tmp_path / "x.parquet"), *args)
+    assert p.returncode != 0 and message in p.stderr and "Traceback" not in p.stderr
+    assert not (tmp_path / "x.parquet").exists()
+
+
+def test_empty_log_beside_histories_warns(redis_proc: RedisProc, tmp_path: Path) -> None:
+    """Histories written without the log (SEQREC_EVENT_LOG=false, or before it existed): the log export
+    is empty and says where the events are."""
+
+    async def go() -> None:
+        store = RedisStore(redis_proc.url, max_history=50, ttl_s=3600, prefix="seqrec:", event_log=None)
+        await store.append(EVENTS)
+        await store.close()
+
+    asyncio.run(go())
+    p = _cli("--redis-url", redis_proc.url, "--out", str(tmp_path / "x.parquet"))
+    assert p.returncode == 0 and json.loads(p.stdout)["events"] == 0
+    assert "--source window" in p.stderr
+
+
+def test_parse_time() -> None:
+    assert parse_time("1700000000.5") == 1_700_000_000.5
+    assert parse_time("2023-11-14T22:13:20Z") == parse_time("2023-11-14T22:13:20") == 1_700_000_000.0
+    assert parse_time("2023-11-15T00:13:20+02:00") == 1_700_000_000.0

@@ -31,6 +31,10 @@ class RedisNotInstalled(RuntimeError):
     """redis-server is not on PATH."""
 
 
+class RedisExited(RuntimeError):
+    """redis-server exited before it answered (its port taken, a bad config)."""
+
+
 def free_port() -> int:
     """A loopback port that was free a moment ago (the OS picks it)."""
     with socket.socket() as s:
@@ -88,6 +92,9 @@ class RedisProc:
         self.dir = workdir if workdir is not None else Path(tempfile.mkdtemp(prefix="seqrec-redis-"))
         self.dir.mkdir(parents=True, exist_ok=True)
         self.port = port if port is not None else free_port()
+        # A port we picked may be taken before redis-server binds it (another test run's process, a
+        # client's ephemeral port): the first start may then move to another one, a restart never.
+        self._may_move = port is None
         self.conf = conf
         self.extra = list(extra)
         self.log = log
@@ -97,7 +104,20 @@ class RedisProc:
     def url(self) -> str:
         return f"redis://{HOST}:{self.port}/0"
 
-    def start(self, timeout: float = 20) -> RedisProc:
+    def start(self, timeout: float = 20, attempts: int = 3) -> RedisProc:
+        for attempt in range(1, attempts + 1):
+            self._spawn()
+            try:
+                wait_for(self._ready, timeout, f"redis-server on {self.port}")
+                break
+            except RedisExited:
+                if not self._may_move or attempt == attempts:
+                    raise
+                self.port = free_port()
+        self._may_move = False
+        return self
+
+    def _spawn(self) -> None:
         if self.conf is not None:
             args = [str(self.conf), "--port", str(self.port), "--bind", HOST, "--dir", str(self.dir)]
             args += ["--protected-mode", "no", "--daemonize", "no"]
@@ -105,12 +125,10 @@ class RedisProc:
             args = ["--port", str(self.port), "--bind", HOST, "--save", "", "--appendonly", "no"]
         out: IO[Any] | int = self.log.open("w") if self.log is not None else subprocess.DEVNULL
         self.proc = subprocess.Popen([self.exe, *args, *self.extra], cwd=self.dir, stdout=out, stderr=subprocess.STDOUT)
-        wait_for(self._ready, timeout, f"redis-server on {self.port}")
-        return self
 
     def _ready(self) -> bool:
         if self.proc is not None and self.proc.poll() is not None:
-            raise RuntimeError(f"redis-server exited with {self.proc.returncode}")
+            raise RedisExited(f"redis-server on {self.port} exited with {self.proc.returncode}")
         try:
             import redis
 
@@ -166,6 +184,7 @@ class ApiProc:
         cmd = [sys.executable, "-m", "uvicorn", "app.main:create_app", "--factory", "--host", HOST]
         cmd += ["--port", str(port), "--timeout-graceful-shutdown", "20", "--log-level", "warning"]
         self._setup(cmd, full, logdir / f"api-{port}.log", port, "/healthz")
+        self._logdir: Path | None = logdir  # the port is ours to change (see start)
 
     @classmethod
     def custom(
@@ -174,6 +193,7 @@ class ApiProc:
         """Any server command that listens on `port` (the command must be told the port itself)."""
         api = cls.__new__(cls)
         api._setup(command, env, log, port, ready_path)
+        api._logdir = None  # the caller's port, baked into its command
         return api
 
     def _setup(self, command: Sequence[str], env: Mapping[str, str], log: Path, port: int, ready_path: str) -> None:
@@ -195,10 +215,26 @@ class ApiProc:
         )
         return self
 
-    def start(self, timeout: float = 90) -> ApiProc:
-        self.spawn()
-        wait_for(self.ready, timeout, f"API on {self.port}", interval=0.2)
+    def start(self, timeout: float = 90, attempts: int = 3) -> ApiProc:
+        """Spawn and wait until ready. The port was free when picked, but another process (a parallel
+        test worker's server, a client's ephemeral port) may bind it first: the first start of a
+        server on a port of our choosing then moves to another one; a restart keeps its port."""
+        for attempt in range(1, attempts + 1):
+            self.spawn()
+            try:
+                wait_for(self.ready, timeout, f"API on {self.port}", interval=0.2)
+                break
+            except RuntimeError as exc:
+                if self._logdir is None or attempt == attempts or "address already in use" not in str(exc):
+                    raise
+                self._move(free_port(), self._logdir)
+        self._logdir = None
         return self
+
+    def _move(self, port: int, logdir: Path) -> None:
+        self.command[self.command.index("--port") + 1] = str(port)
+        self.port = port
+        self.log = logdir / f"api-{port}.log"
 
     def ready(self) -> bool:
         """GET ready_path == 200; raises when the process has exited (with its log's tail)."""

@@ -73,7 +73,11 @@ async def ingest(state: AppState, body: EventsIn) -> EventsOut:
     if state.live is not None:  # scored in the background against what each user was served
         state.live.observe((e.user_id, e.item_id, e.timestamp) for e in events)
     bundle = state.registry.get(None)
-    unknown = sum(1 for e in events if e.item_id not in serving_bundle(state, e.user_id).index_of)
+    if state.experiment is None:  # one bundle answers everyone: one lookup table for the batch
+        known = bundle.index_of
+        unknown = sum(1 for e in events if e.item_id not in known)
+    else:
+        unknown = sum(1 for e in events if e.item_id not in serving_bundle(state, e.user_id).index_of)
     m = state.metrics.events
     m.labels("accepted").inc(result.accepted)
     m.labels("duplicate").inc(result.duplicates)

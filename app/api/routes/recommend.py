@@ -1,4 +1,6 @@
-"""GET /recommend/{user_id}: history -> model indices -> ONNX user vector -> top-k."""
+"""GET /recommend/{user_id}: history -> model indices -> ONNX user vector -> top-k; POST /recommend:
+the same for an anonymous visitor's items (nothing stored, no user id). Both obey the request's rules:
+filter, exclusions, availability and the deployment's named rules (docs/shop.md)."""
 
 from __future__ import annotations
 
@@ -8,30 +10,50 @@ from fastapi import APIRouter, Query, Request, Response
 from starlette.types import Scope
 
 from app.api.deps import state_of
+from app.api.errors import invalid
 from app.api.schemas import (
     DiversifyQuery,
     ErrorOut,
+    ExcludeQuery,
+    FilterQuery,
     IdPath,
+    IncludeUnavailableQuery,
     MaxPerClusterQuery,
     ModelQuery,
     RecommendOut,
+    RuleQuery,
+    SequenceIn,
+    SequenceOut,
     TopK,
 )
 from app.bundles.served import UnknownModel
 from app.ids import MAX_ID_LENGTH, valid_id
 from app.serving import recommend as pipeline
+from app.serving.catalog import Wanted
 from app.serving.diversity import ListShape
 from app.serving.errors import Refused
-from app.serving.recommend import Ask
+from app.serving.filters import FilterError
+from app.serving.recommend import Ask, Recommendation
 
 router = APIRouter(tags=["recommend"])
 
 
-@router.get(
-    "/recommend/{user_id}",
-    response_model=RecommendOut,
-    responses={422: {"model": ErrorOut, "description": "Bad k, user id or unknown model"}},
-)
+_REFUSED = {
+    "model": ErrorOut,
+    "description": "Bad k, id or unknown model; a filter that does not parse, names an unknown attribute or "
+    "compares a value of another kind (`filter: unknown attribute 'colour' at character 1`); an unknown rule",
+}
+
+
+async def _answer(request: Request, ask: Ask, where: str) -> Recommendation:
+    """The pipeline's answer; a bad filter is a 422 naming the token and its position (app/serving/filters.py)."""
+    try:
+        return await pipeline.recommend(state_of(request), ask)
+    except FilterError as exc:
+        raise invalid((where, "filter"), f"filter: {exc}") from None
+
+
+@router.get("/recommend/{user_id}", response_model=RecommendOut, responses={422: _REFUSED})
 async def recommend(
     request: Request,
     user_id: IdPath,
@@ -41,13 +63,35 @@ async def recommend(
     explain: Annotated[bool, Query(description="Add each item's most contributing history events.")] = False,
     diversify: DiversifyQuery = None,
     max_per_cluster: MaxPerClusterQuery = None,
+    filter: FilterQuery = None,
+    exclude: ExcludeQuery = None,
+    include_unavailable: IncludeUnavailableQuery = False,
+    rule: RuleQuery = None,
 ) -> Response:
-    """Top-k next items for a user. Falls back to popularity when there is no usable history or the store is down."""
+    """Top-k next items for a user. Falls back to popularity when there is no usable history or the store is down.
+    Only items the rules allow: `filter`, `exclude`, the deployment's rules and availability (docs/shop.md);
+    exactly k whenever k such items exist."""
     # Flat parameters, no sub-dependencies (State, list_shape): FastAPI resolves each dependency
     # level per request, about a fifth of this route's non-model CPU. Refused and UnknownModel
     # become 422 in app/api/errors.py.
-    ask = Ask(user_id, k, model, exclude_seen, explain, ListShape(diversify, max_per_cluster))
-    got = await pipeline.recommend(state_of(request), ask)
+    wanted = Wanted(filter, tuple(exclude or ()), include_unavailable, rule)
+    ask = Ask(user_id, k, model, exclude_seen, explain, ListShape(diversify, max_per_cluster), wanted)
+    got = await _answer(request, ask, "query")
+    return Response(got.json(), media_type="application/json")
+
+
+@router.post("/recommend", response_model=SequenceOut, responses={422: _REFUSED})
+async def recommend_sequence(request: Request, body: SequenceIn) -> Response:
+    """Top-k next items for an anonymous visitor: the items they touched in, a list out, nothing stored and no
+    user id. The same rules apply; the answer is the one GET /recommend gives a user with this history.
+    More items than SEQREC_MAX_HISTORY: 422; none, or none the model knows: the most popular items."""
+    limit = state_of(request).settings.max_history
+    if len(body.items) > limit:
+        raise invalid(("body", "items"), f"at most {limit} items (SEQREC_MAX_HISTORY); send the newest")
+    wanted = Wanted(body.filter, tuple(body.exclude), body.include_unavailable, body.rule)
+    times = tuple(body.times) if body.times is not None else None
+    ask = Ask(None, body.k, body.model, body.exclude_seen, wanted=wanted, history=tuple(body.items), times=times)
+    got = await _answer(request, ask, "body")
     return Response(got.json(), media_type="application/json")
 
 
@@ -59,6 +103,8 @@ async def recommend(
 PREFIX = "/recommend/"
 _BOOL = {b"true": True, b"false": False, b"1": True, b"0": False}
 _PLAIN = frozenset({b"k", b"model", b"exclude_seen", b"explain"})
+# Parameters the route validates (re-ranking, rules): such a request is not plain.
+_ROUTED = frozenset({b"diversify", b"max_per_cluster", b"filter", b"exclude", b"include_unavailable", b"rule"})
 _DEFAULTS = (10, None, True, False)  # the route's defaults, in the order of `plain_query`
 
 
@@ -74,7 +120,7 @@ def plain_query(query: bytes) -> tuple[int, str | None, bool, bool] | None:
             return None
         names.add(name)
         if name not in _PLAIN:
-            if name in (b"diversify", b"max_per_cluster"):
+            if name in _ROUTED:
                 return None
             continue  # FastAPI ignores unknown parameters too
         if name == b"k":
@@ -105,6 +151,6 @@ async def plain_answer(scope: Scope) -> bytes | None:
         return None
     try:
         got = await pipeline.recommend(scope["app"].state.seqrec, Ask(user_id, *params))
-    except (Refused, UnknownModel):  # raised before any read or side effect: the route reports it
+    except (Refused, UnknownModel, FilterError):  # raised before any read or side effect: the route reports it
         return None
     return got.json()
