@@ -3,10 +3,9 @@ service's Redis, streamed in batches, every batch all or nothing.
 
 A file is read batch by batch (Parquet row slices, CSV and JSONL line by line), each row checked by
 the service's own rule (app/serving/filters.py `check_rows`: an item id, attributes of one kind
-each), and a batch without a bad row is written as one atomic script, exactly as POST
-/catalog/items writes it: the layout of app/stores/catalog.py (`{prefix}{catalog}:...`, a new
-version per batch, the kinds of new attributes), which training may not import, so the script
-and key names are repeated here and tests/app/test_catalog.py checks that both copies agree. A
+each), and a batch without a bad row is written as one atomic script, the very script and key
+layout POST /catalog/items uses (app/stores/catalog.py: a new version per batch, the kinds of new
+attributes; a command of the serve extra, like `seqrec serve`, so it may import the store). A
 batch with a bad row is not written; its errors name the row (1-based, data rows) and the field.
 Every API process serves a written batch within about SEQREC_CATALOG_POLL_S.
 
@@ -28,44 +27,14 @@ from typing import Annotated, Any
 
 import typer
 
-from app.serving.filters import ITEM_ID, check_rows
+# The service's modules load when a command runs: `seqrec` of the training image (which holds
+# only the bundle contract of app/) must start without them.
+ITEM_ID = "item_id"  # app/serving/filters.py: ITEM_ID (tests/app/test_catalog.py checks)
+
 
 catalog_app = typer.Typer(help="The shop's catalogue: item attributes and availability (docs/shop.md).")
 
-TAG = "{catalog}"  # app/stores/catalog.py: TAG
-# app/stores/catalog.py: WRITE_LUA (the same text; tests/app/test_catalog.py compares them)
-WRITE_LUA = """
-local expect = ARGV[1]
-local nk = tonumber(ARGV[2])
-local first = 3 + 2 * nk
-if expect ~= '*' then
-  local cur = redis.call('HGET', KEYS[2], ARGV[first]) or ''
-  if cur ~= expect then return {'changed'} end
-end
-for i = 0, nk - 1 do
-  local have = redis.call('HGET', KEYS[4], ARGV[3 + 2 * i])
-  if have and have ~= ARGV[4 + 2 * i] then return {'conflict', ARGV[3 + 2 * i], have} end
-end
-for i = 0, nk - 1 do
-  redis.call('HSET', KEYS[4], ARGV[3 + 2 * i], ARGV[4 + 2 * i])
-end
-local v = redis.call('INCR', KEYS[1])
-for j = first, #ARGV, 2 do
-  if ARGV[j + 1] == '' then
-    redis.call('HDEL', KEYS[2], ARGV[j])
-  else
-    redis.call('HSET', KEYS[2], ARGV[j], ARGV[j + 1])
-  end
-  redis.call('ZADD', KEYS[3], v, ARGV[j])
-end
-return {'ok', v}
-"""
 _NUMBER = re.compile(r"-?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
-
-
-def catalog_keys(prefix: str) -> list[str]:
-    """version, items, changed, schema (app/stores/catalog.py: keys)."""
-    return [f"{prefix}{TAG}:{name}" for name in ("version", "items", "changed", "schema")]
 
 
 def canonical(attrs: dict[str, Any]) -> str:
@@ -178,6 +147,8 @@ def _write(client: Any, keys: list[str], rows: list[tuple[str, dict[str, Any]]],
         args += [attr, kind]
     for item, rec in {i: canonical(a) for i, a in rows}.items():
         args += [item, rec]
+    from app.stores.catalog import WRITE_LUA
+
     res = client.eval(WRITE_LUA, len(keys), *keys, *args)
     status = _text(res[0])
     if status == "conflict":
@@ -214,6 +185,8 @@ class _Import:
         if not self.chunk:
             return
         first, n = self.rows, len(self.chunk)
+        from app.serving.filters import check_rows
+
         checked = check_rows(self.chunk, self.schema, max(0, self.max_errors - len(self.errors)), first_row=first)
         self.chunk, self.rows, self.batches = [], first + n, self.batches + 1
         if checked.error_count:
@@ -283,6 +256,8 @@ def import_catalog(
     except SnapshotError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
+    from app.stores.catalog import keys as catalog_keys
+
     keys = catalog_keys(key_prefix)
     schema = _schema(client, keys)  # kinds fixed so far: CSV cells are read as those
     if fmt == "csv":

@@ -1,0 +1,145 @@
+"""`seqrec prepare` and `seqrec download`: raw interactions in, a cached prepared dataset out."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Annotated
+
+import typer
+
+from training.cli.common import (
+    AllowMissingTextOpt,
+    CacheDirOpt,
+    ColumnsOpt,
+    DataDirOpt,
+    DropDuplicatesOpt,
+    EventColOpt,
+    FileOpt,
+    FixIdsOpt,
+    ItemColOpt,
+    ItemCoreOpt,
+    ItemsFileOpt,
+    ItemsIdColOpt,
+    MinLenOpt,
+    NullUserIdOpt,
+    NullUsersOpt,
+    SepOpt,
+    SessionColOpt,
+    TimeColOpt,
+    TimeOffsetColOpt,
+    TimeOffsetUnitOpt,
+    TimeUnitOpt,
+    UserColOpt,
+    UserCoreOpt,
+    fail,
+    load_data,
+    print_report,
+)
+
+
+def prepare(
+    dataset: Annotated[
+        str, typer.Argument(help="Dataset name: ml-1m, ml-1m-ratings, ml-100k, beauty, office.")
+    ] = "ml-1m",
+    file: FileOpt = None,
+    name: Annotated[
+        str | None,
+        typer.Option(
+            help="Name for --file data: train/evaluate/pretrain then take --dataset NAME (default <file>-<digest>)."
+        ),
+    ] = None,
+    sep: SepOpt = None,
+    columns: ColumnsOpt = None,
+    user_col: UserColOpt = None,
+    item_col: ItemColOpt = None,
+    time_col: TimeColOpt = None,
+    time_unit: TimeUnitOpt = "auto",
+    time_offset_col: TimeOffsetColOpt = None,
+    time_offset_unit: TimeOffsetUnitOpt = None,
+    session_col: SessionColOpt = None,
+    event_col: EventColOpt = None,
+    fix_ids: FixIdsOpt = False,
+    null_users: NullUsersOpt = "warn",
+    null_user_id: NullUserIdOpt = None,
+    drop_duplicates: DropDuplicatesOpt = False,
+    user_core: UserCoreOpt = 5,
+    item_core: ItemCoreOpt = 5,
+    min_len: MinLenOpt = 3,
+    items_file: ItemsFileOpt = None,
+    items_id_col: ItemsIdColOpt = None,
+    allow_missing_text: AllowMissingTextOpt = False,
+    data_dir: DataDirOpt = None,
+    cache_dir: CacheDirOpt = None,
+    force: Annotated[bool, typer.Option(help="Rebuild the cache even when it exists.")] = False,
+) -> None:
+    """Read raw interactions, filter, order by time, remap ids and cache the result; print what each step did."""
+    from training.data import DatasetError, FileOptions
+
+    t = time.perf_counter()
+    options = None
+    reading = (time_offset_col, time_offset_unit, fix_ids, null_user_id, drop_duplicates)
+    if file:
+        options = FileOptions(
+            user_col=user_col,
+            item_col=item_col,
+            time_col=time_col,
+            session_col=session_col,
+            event_col=event_col,
+            sep=sep.encode().decode("unicode_escape") if sep else None,  # `--sep '\t'` means TAB
+            columns=tuple(c.strip() for c in columns.split(",")) if columns else None,
+            user_core=user_core,
+            item_core=item_core,
+            min_len=min_len,
+            items_file=str(items_file.resolve()) if items_file else None,
+            items_id_col=items_id_col,
+            allow_missing_text=allow_missing_text,
+            time_unit=time_unit,
+            time_offset_col=time_offset_col,
+            time_offset_unit=time_offset_unit,
+            fix_ids=fix_ids,
+            null_users=null_users,
+            null_user_ids=tuple(null_user_id or ()),
+            drop_duplicates=drop_duplicates,
+        )
+        try:
+            options.check()
+        except DatasetError as exc:
+            fail(str(exc))
+    elif (
+        name
+        or items_file
+        or any((sep, columns, user_col, item_col, time_col, session_col, event_col, *reading))
+        or (time_unit, null_users) != ("auto", "warn")
+    ):
+        fail(
+            "--name, --items-file and the column and reading options go with --file (named datasets have fixed recipes)"
+        )
+    elif (user_core, item_core, min_len) != (5, 5, 3):
+        fail(f"--user-core/--item-core/--min-len go with --file; {dataset!r} has its published filter")
+    data = load_data(dataset, file, data_dir, cache_dir, force=force, options=options, name=name)
+    print_report(data)
+    if file:
+        typer.echo(f"prepared {data.name!r}: use it with --dataset {data.name}", err=True)
+    stats = data.stats()
+    stats["seconds"] = round(time.perf_counter() - t, 2)
+    typer.echo(json.dumps(stats))
+
+
+def download(
+    dataset: Annotated[str, typer.Argument(help="Dataset name: ml-1m, ml-1m-ratings, ml-100k, beauty, office.")],
+    data_dir: DataDirOpt = None,
+    force: Annotated[bool, typer.Option(help="Fetch again even when verified files are there.")] = False,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar per file.")] = True,
+) -> None:
+    """Fetch a public dataset into the data dir, verified against pinned checksums (docs/recipes.md)."""
+    from training.data import DatasetError
+    from training.data.download import download as fetch_dataset
+    from training.data.readers import default_data_dir
+
+    target = data_dir or default_data_dir()
+    try:
+        files = fetch_dataset(dataset, target, progress=progress, force=force)
+    except DatasetError as exc:
+        fail(str(exc))
+    typer.echo(json.dumps({"dataset": dataset, "data_dir": str(target), "files": [str(f) for f in files]}))
