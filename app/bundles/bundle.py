@@ -26,10 +26,11 @@ import numpy as np
 from app.bundles.ablation import AblationGraph, load_ablation
 from app.bundles.clusters import Clusters, load_clusters
 from app.bundles.history import apply_transform, check_transform
-from app.bundles.index import TopKIndex, build_index
+from app.bundles.index import IVF_MIN_ITEMS, TopKIndex, build_index
 from app.bundles.manifest import MANIFEST_FILE, BundleError, Manifest, read_manifest
 from app.bundles.onnx import ThreadedSessions, ort_session
 from app.bundles.spaces import OUTPUT_SPACE, ItemSpace, load_spaces
+from app.bundles.vectors import RowTable, cache_dir, files_key
 
 __all__ = ["REQUIRED_FILES", "Bundle", "BundleError", "check_bundle_dir"]
 
@@ -97,7 +98,8 @@ class Bundle:
         self.session = ort_session(path / "model.onnx")
         self.sessions = ThreadedSessions(path / "model.onnx", self.session)  # more threads: explanations
 
-        table = np.load(path / "item_vectors.npy", allow_pickle=False)
+        # Mapped, not read: every worker shares the page cache's one copy (app/bundles/vectors.py).
+        table = np.load(path / "item_vectors.npy", mmap_mode="r", allow_pickle=False)
         ids = json.loads((path / "item_ids.json").read_text())
         pop = np.load(path / "popularity.npy", allow_pickle=False)
         n, dim = manifest.num_items, manifest.dim
@@ -115,17 +117,22 @@ class Bundle:
         # Items by descending training popularity (stable: ties keep catalogue order).
         self.popular: np.ndarray = np.argsort(-pop, kind="stable").astype(np.int64) + 1
         self.popularity_score: np.ndarray = pop.astype(np.float32)
-        self.index: TopKIndex = build_index(np.arange(1, n + 1, dtype=np.int64), table, ann_threshold)
-        # Vectors by model index (row 0 = padding), over-allocated so online adds are O(1) per item:
-        # what explanations score and what the text path (TextBundle) encodes histories from.
-        self._vecs = np.zeros((max(16, 2 * (n + 1)), dim), np.float32)
-        self._vecs[1 : n + 1] = table
-        self._rows = n + 1
-        # Cosine spaces for similar items and diversity; clusters for max_per_cluster (app/serving/diversity.py).
         files = manifest.files
-        self.spaces: dict[str, ItemSpace] = load_spaces(path, manifest.item_spaces, files, table, ann_threshold)
-        every = np.arange(1, n + 1, dtype=np.int64)
-        unit = self.spaces[OUTPUT_SPACE].unit(every)
+        # A catalogue large enough for the IVF index: it and the unit vectors are built once per
+        # machine into the index cache (named by the vectors' checksum) and mapped by every worker.
+        cache = None
+        if n >= max(ann_threshold, IVF_MIN_ITEMS):
+            cache = cache_dir(files_key(sorted(files.items()), n, dim))
+        labels = np.arange(1, n + 1, dtype=np.int64)
+        self.index: TopKIndex = build_index(
+            labels, table, ann_threshold, cache=cache / "ivf-scores.faiss" if cache else None
+        )
+        # Vectors by model index (row 0 = padding; online adds in a buffer of their own): what
+        # explanations score and what the text path (TextBundle) encodes histories from.
+        self._table = RowTable(table)
+        # Cosine spaces for similar items and diversity; clusters for max_per_cluster (app/serving/diversity.py).
+        self.spaces: dict[str, ItemSpace] = load_spaces(path, manifest.item_spaces, files, table, ann_threshold, cache)
+        unit = self.spaces[OUTPUT_SPACE].table
         self.clusters: Clusters | None = load_clusters(path, manifest.clusters, files, unit)
         self.ablation: AblationGraph | None = load_ablation(path, manifest.ablation, files)  # explanations
         self._check_runs()
@@ -250,13 +257,7 @@ class Bundle:
         start = len(self.item_ids) + 1
         idx = np.arange(start, start + len(ids), dtype=np.int64)
         self.index.add(idx, vectors)
-        need = self._rows + len(ids)
-        if need > len(self._vecs):
-            grown = np.zeros((2 * need, self.dim), np.float32)
-            grown[: self._rows] = self._vecs[: self._rows]
-            self._vecs = grown
-        self._vecs[self._rows : need] = vectors
-        self._rows = need
+        self._table.append(vectors)
         self.spaces[OUTPUT_SPACE].add(idx, vectors)
         if self.clusters is not None:
             self.clusters.add(self.spaces[OUTPUT_SPACE].unit(idx))
@@ -266,8 +267,7 @@ class Bundle:
 
     def vectors(self, labels: np.ndarray) -> np.ndarray:
         """(m,) model indices -> (m, D) item vectors (score = <user_vec, vector>)."""
-        vecs: np.ndarray = self._vecs[labels]
-        return vecs
+        return self._table.take(labels)
 
     def external(self, indices: np.ndarray) -> list[str]:
         ids = self.item_ids

@@ -11,9 +11,12 @@ are model item indices (1..N); 0 is padding and never returned.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
+
+from app.bundles.vectors import build_once
 
 NEG_INF = np.float32(-np.inf)
 
@@ -201,6 +204,21 @@ class IVFIndex(_FaissIndex):
         self._index.train(sample)
         self.add(labels, vectors)
 
+    @classmethod
+    def mapped(cls, path: Path, labels: np.ndarray, vectors: np.ndarray) -> IVFIndex:
+        """The index built once into `path` (by whichever process comes first), then memory-mapped
+        read-only: every worker on the machine shares its pages. It cannot take `add`: wrap it
+        in `WithAdded`."""
+        import faiss
+
+        build_once(path, lambda tmp: faiss.write_index(cls(labels, vectors)._index, str(tmp)))
+        faiss.omp_set_num_threads(1)
+        self = cls.__new__(cls)
+        self._index = faiss.read_index(str(path), faiss.IO_FLAG_MMAP)
+        self.dim, self.nlist = int(self._index.d), int(self._index.nlist)
+        self.nprobe = max(8, self.nlist // 32)
+        return self
+
     def _params(self, k: int, sel: Any) -> Any:
         import faiss
 
@@ -209,15 +227,55 @@ class IVFIndex(_FaissIndex):
         return faiss.SearchParametersIVF(nprobe=self.nprobe)
 
 
+class WithAdded:
+    """A read-only index (mapped from the index cache) plus the items added online in an exact
+    index of their own; a search asks both and keeps the best k."""
+
+    def __init__(self, base: TopKIndex) -> None:
+        self.base = base
+        self.dim = base.dim
+        self.added: ExactIndex | None = None
+
+    def __len__(self) -> int:
+        return len(self.base) + (len(self.added) if self.added is not None else 0)
+
+    def add(self, labels: np.ndarray, vectors: np.ndarray) -> None:
+        if self.added is None:
+            self.added = ExactIndex(labels, vectors)
+        else:
+            self.added.add(labels, vectors)
+
+    def search(
+        self, query: np.ndarray, k: int, exclude: list[np.ndarray] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        labels, scores = self.base.search(query, k, exclude)
+        if self.added is None:
+            return labels, scores
+        more_l, more_s = self.added.search(query, k, exclude)
+        both_l, both_s = np.concatenate([labels, more_l], 1), np.concatenate([scores, more_s], 1)
+        both_s = np.where(both_l > 0, both_s, NEG_INF)
+        order = np.argsort(-both_s, axis=1, kind="stable")[:, :k]
+        out_l, out_s = np.take_along_axis(both_l, order, 1), np.take_along_axis(both_s, order, 1)
+        out_l[~np.isfinite(out_s)] = 0
+        query = np.asarray(query).reshape(-1, self.dim)
+        return _trim(out_l, out_s, k, _exclude_count(exclude, len(query), len(self), k), len(self))
+
+
 IVF_MIN_ITEMS = 200_000
 
 
 def build_index(
-    labels: np.ndarray, vectors: np.ndarray, ann_threshold: int, ivf_threshold: int = IVF_MIN_ITEMS
+    labels: np.ndarray,
+    vectors: np.ndarray,
+    ann_threshold: int,
+    ivf_threshold: int | None = None,
+    cache: Path | None = None,
 ) -> TopKIndex:
-    """Exact below `ann_threshold`, HNSW from there, IVF from `ivf_threshold` (if larger)."""
-    if len(labels) >= max(ann_threshold, ivf_threshold):
-        return IVFIndex(labels, vectors)
+    """Exact below `ann_threshold`, HNSW from there, IVF from `ivf_threshold` (if larger).
+
+    With `cache` (a file path), the IVF index is built once per machine and memory-mapped."""
+    if len(labels) >= max(ann_threshold, IVF_MIN_ITEMS if ivf_threshold is None else ivf_threshold):
+        return IVFIndex(labels, vectors) if cache is None else WithAdded(IVFIndex.mapped(cache, labels, vectors))
     if len(labels) >= ann_threshold:
         return HNSWIndex(labels, vectors)
     return ExactIndex(labels, vectors)

@@ -16,8 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from app.bundles.index import TopKIndex, build_index
+from app.bundles.index import IVF_MIN_ITEMS, TopKIndex, build_index
 from app.bundles.manifest import BundleError
+from app.bundles.vectors import RowTable, mapped_array
 
 OUTPUT_SPACE = "output"
 
@@ -33,17 +34,19 @@ def unit_rows(vectors: np.ndarray) -> np.ndarray:
 class ItemSpace:
     """Unit item vectors for labels 1..n (model item indices) in a top-k index; grows online."""
 
-    def __init__(self, name: str, vectors: np.ndarray, ann_threshold: int) -> None:
+    def __init__(self, name: str, vectors: np.ndarray, ann_threshold: int, cache: Path | None = None) -> None:
+        """`cache`: a folder of the index cache (app/bundles/vectors.py) for a large catalogue: the
+        unit vectors and the index are computed once per machine and mapped by every worker."""
         self.name = name
-        unit = unit_rows(vectors)
+        labels = np.arange(1, len(vectors) + 1, dtype=np.int64)
+        if cache is not None and len(vectors) >= max(ann_threshold, IVF_MIN_ITEMS):
+            unit = mapped_array(cache / f"space-{name}-unit.npy", lambda: unit_rows(vectors))
+            self.index: TopKIndex = build_index(labels, unit, ann_threshold, cache=cache / f"space-{name}-ivf.faiss")
+        else:
+            unit = unit_rows(vectors)
+            self.index = build_index(labels, unit, ann_threshold)
         self.dim = int(unit.shape[1])
-        self.index: TopKIndex = build_index(np.arange(1, len(unit) + 1, dtype=np.int64), unit, ann_threshold)
-        # The exact index already holds the table; faiss indexes get a copy for lookups,
-        # over-allocated so online adds are amortised O(1) per item.
-        self._own: np.ndarray | None = None
-        if not hasattr(self.index, "table"):
-            self._own = np.zeros((max(16, 2 * len(unit)), self.dim), np.float32)
-            self._own[: len(unit)] = unit
+        self._rows = RowTable(unit)  # lookups by label; items added online go to its buffer
 
     def __len__(self) -> int:
         return len(self.index)
@@ -51,21 +54,19 @@ class ItemSpace:
     def has(self, label: int) -> bool:
         return 1 <= label <= len(self)
 
+    @property
+    def table(self) -> np.ndarray:
+        """The exported items' unit vectors, row r - 1 = label r (a memory map when cached)."""
+        return self._rows.base
+
     def unit(self, labels: np.ndarray) -> np.ndarray:
         """(m,) labels -> (m, dim) unit vectors."""
-        table = self.index.table if self._own is None else self._own[: len(self)]  # type: ignore[attr-defined]  # exact index: has its table
-        return table[np.asarray(labels, dtype=np.int64) - 1]
+        return self._rows.take(labels)
 
     def add(self, labels: np.ndarray, vectors: np.ndarray) -> None:
         unit = unit_rows(vectors)
-        start = len(self)
         self.index.add(labels, unit)
-        if self._own is not None:
-            if len(self) > len(self._own):
-                grown = np.zeros((2 * len(self), self.dim), np.float32)
-                grown[:start] = self._own[:start]
-                self._own = grown
-            self._own[start : len(self)] = unit
+        self._rows.append(unit)
 
     def neighbours(self, label: int, k: int) -> tuple[np.ndarray, np.ndarray]:
         """The k most cosine-similar items to `label`, best first, the item itself excluded."""
@@ -81,10 +82,10 @@ def as_dict(section: Any) -> Any:
 
 
 def load_spaces(
-    path: Path, declared: Any, files: dict[str, str], table: np.ndarray, ann_threshold: int
+    path: Path, declared: Any, files: dict[str, str], table: np.ndarray, ann_threshold: int, cache: Path | None = None
 ) -> dict[str, ItemSpace]:
     """The `output` space from the item table, plus every space the manifest's `item_spaces` declares."""
-    spaces = {OUTPUT_SPACE: ItemSpace(OUTPUT_SPACE, table, ann_threshold)}
+    spaces = {OUTPUT_SPACE: ItemSpace(OUTPUT_SPACE, table, ann_threshold, cache)}
     declared = declared or {}
     if isinstance(declared, dict):
         declared = {name: as_dict(meta) for name, meta in declared.items()}
@@ -95,9 +96,9 @@ def load_spaces(
             raise BundleError(f"manifest item_spaces.{name} must name a file (and not be {OUTPUT_SPACE!r})")
         if meta["file"] not in files:
             raise BundleError(f"item space {name!r}: {meta['file']} has no checksum in the manifest")
-        vecs = np.load(path / meta["file"], allow_pickle=False)
+        vecs = np.load(path / meta["file"], mmap_mode="r", allow_pickle=False)
         want = (len(table), int(meta.get("dim", vecs.shape[-1])))
         if vecs.dtype != np.float32 or vecs.shape != want or not np.isfinite(vecs).all():
             raise BundleError(f"item space {name!r}: {meta['file']} is {vecs.dtype}{vecs.shape}, expected {want}")
-        spaces[name] = ItemSpace(name, vecs, ann_threshold)
+        spaces[name] = ItemSpace(name, vecs, ann_threshold, cache)
     return spaces

@@ -134,8 +134,8 @@ class TextBundle(Bundle):
         return gone
 
     def _check_runs(self) -> None:
-        # self._vecs (Bundle): row 0 = padding (zeros), row r = item index r, grown by add_items.
-        n = self._rows - 1
+        # self._table (Bundle): row 0 = padding (zeros), row r = item index r, grown by add_items.
+        n = len(self._table) - 1
         if self.needs_times:  # the sequence-encoder path (items posted as text) has no time input
             raise BundleError(f"text bundle {self.name} declares event times, which its sequence encoder cannot read")
         super()._check_runs()
@@ -162,7 +162,7 @@ class TextBundle(Bundle):
 
     def padded_vectors(self, batch: np.ndarray, threads: int = 1) -> np.ndarray:
         real = batch != self.padding_index  # (B, L)
-        vecs = self._vecs[np.where(real, batch, 0)]  # (B, L, D), padding = row 0 (zeros)
+        vecs = self._table.take(np.where(real, batch, 0))  # (B, L, D), padding = row 0 (zeros)
         mask = real.astype(np.int64)  # (B, L)
         feeds = {self.seq_inputs[0]: vecs, self.seq_inputs[1]: mask}
         out: np.ndarray = self.seq_sessions.get(threads).run([self.seq_output], feeds)[0]
@@ -186,6 +186,6 @@ class TextBundle(Bundle):
         return out
 
     def add_items(self, ids: Sequence[str], vectors: np.ndarray) -> np.ndarray:
-        idx = super().add_items(ids, vectors)  # grows self._vecs, the index and the item spaces
+        idx = super().add_items(ids, vectors)  # grows self._table, the index and the item spaces
         self.online.update(dict.fromkeys(ids, ""))
         return idx
