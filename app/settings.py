@@ -9,6 +9,7 @@ milliseconds, named `..._MS`.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Annotated
 
@@ -19,6 +20,10 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 def _cores() -> int:
     """CPUs this process may run on (its affinity mask where the OS has one)."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+# An event type's name: short and plain, so it is safe inside a stored member and in a message.
+TYPE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 
 class Settings(BaseSettings):
@@ -237,6 +242,34 @@ class Settings(BaseSettings):
         le=300,
         description="Longest wait for each background task and pool to close at shutdown.",
     )
+    # Event types and negative feedback (docs/shop.md).
+    event_types: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["view", "cart", "purchase", "dislike"],
+        description="The event types POST /events and POST /recommend accept, comma-separated (an unknown one is"
+        " refused, 422); a bundle that reads types numbers them 1, 2, ... in this order.",
+    )
+    default_event_type: str = Field(
+        "view",
+        description="The type of an event sent without one. Stored as events were before types existed, so older"
+        " windows and log entries read as this type.",
+    )
+    negative_event_types: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["dislike"],
+        description="Types that are negative feedback, comma-separated: such an event is never model input for"
+        " its user, and its item is never recommended to that user again (while the user's history lives).",
+    )
+    exclude_types: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["*"],
+        description="Which events keep their item out of the user's lists: `*` = every item in the kept history"
+        " (seen items); or a comma-separated list of types, whose items stay excluded beyond the kept history"
+        " (negative types are excluded either way). Applies to events stored from then on.",
+    )
+    max_excluded: int = Field(
+        1000,
+        ge=1,
+        le=100_000,
+        description="Items kept per user as excluded by negative or SEQREC_EXCLUDE_TYPES events (the oldest go).",
+    )
     # The shop: catalogue state and business rules (docs/shop.md).
     rules: dict[str, str] = Field(
         default_factory=dict,
@@ -293,6 +326,29 @@ class Settings(BaseSettings):
         if isinstance(v, str):
             return [Path(p.strip()) for p in v.split(",") if p.strip()]
         return v
+
+    @field_validator("event_types", "negative_event_types", "exclude_types", mode="before")
+    @classmethod
+    def _split_names(cls, v: object) -> object:
+        if isinstance(v, str):
+            return [t.strip() for t in v.split(",") if t.strip()]
+        return v
+
+    @model_validator(mode="after")
+    def _known_types(self) -> Settings:
+        types = self.event_types
+        bad = [t for t in types if not TYPE_NAME.fullmatch(t)]
+        if not types or len(types) > 64 or bad or len(set(types)) != len(types):
+            raise ValueError("SEQREC_EVENT_TYPES: 1 to 64 distinct names of 1-64 letters, digits, '_', '-' or '.'")
+        if self.default_event_type not in types:
+            raise ValueError("SEQREC_DEFAULT_EVENT_TYPE must be one of SEQREC_EVENT_TYPES")
+        if any(t not in types for t in self.negative_event_types):
+            raise ValueError("SEQREC_NEGATIVE_EVENT_TYPES must name types of SEQREC_EVENT_TYPES")
+        if self.default_event_type in self.negative_event_types:
+            raise ValueError("SEQREC_DEFAULT_EVENT_TYPE cannot be negative (events sent without a type would be)")
+        if self.exclude_types != ["*"] and any(t not in types for t in self.exclude_types):
+            raise ValueError("SEQREC_EXCLUDE_TYPES is `*` or types of SEQREC_EVENT_TYPES")
+        return self
 
     @field_validator("rules")
     @classmethod
@@ -356,6 +412,7 @@ SECTIONS: dict[str, tuple[str, ...]] = {
         "online_promote_min_coverage_ratio",
     ),
     "explain": ("explain_n", "explain_threads"),
+    "event types": ("event_types", "default_event_type", "negative_event_types", "exclude_types", "max_excluded"),
     "shop": ("rules", "catalog_poll_s", "catalog_max_batch", "filter_overfetch_max", "filter_exact_max"),
     "process": (
         "workers",

@@ -3,14 +3,22 @@
 The event log (`snapshot_log`, the default of `seqrec snapshot`): every event the service stored,
 kept for SEQREC_EVENT_LOG_RETENTION_S apart from the windows serving reads (app/stores/eventlog.py
 has the layout: one Redis Stream `{prefix}log`, or on a Redis Cluster one `{prefix}log:{<tag>}` per
-hash slot; entry fields `u` user, `m` event id US item id, `t` event time). A time range selects by
+hash slot; entry fields `u` user, `m` event id US item id, `t` event time, `y` the event type when it
+is not the deployment's default). A time range selects by
 arrival (the stream ids), and a checkpoint file of the last ids exported lets the next run continue
 exactly there: consecutive runs neither miss nor repeat an event, late events included.
 
 The windows (`snapshot`, `--source window`): the service keeps one sorted set per user,
-`{prefix}h:{user_id}`, member `event_id \\x1f item_id`, score = event time (app/stores/redis.py).
+`{prefix}h:{user_id}`, member `event_id \\x1f item_id` (a typed event: `event_id \\x1c type \\x1f
+item_id`, `\\x1b` for a negative type; app/stores/base.py), score = event time (app/stores/redis.py).
 A snapshot walks the keys with SCAN and reads each user's set with one ZRANGE in a pipeline, so
 one user's history is read in one command (a consistent view of that user).
+
+Event types: when any exported event has a type, the output has a `type` column, where an event
+stored without one gets `default_type` (the service's SEQREC_DEFAULT_EVENT_TYPE, `view` unless set:
+the store keeps default-type events untyped), so every row names its type, as `seqrec prepare
+--type-col type` requires. Without any typed event the output has exactly the four columns it had
+before types existed.
 
 Both keep memory bounded: rows are spooled to Parquet parts of `chunk_rows` rows and streamed
 into the output by polars at the end. The output is written under a temporary name and renamed
@@ -40,7 +48,9 @@ import polars as pl
 from tqdm.auto import tqdm
 
 SEP = b"\x1f"  # the store's member separator (ids may not contain control characters)
+TYPE_MARKS = (b"\x1c", b"\x1b")  # before a typed member's type: a type, a negative type (app/stores/base.py)
 SCHEMA = {"user_id": pl.String, "item_id": pl.String, "timestamp": pl.Float64, "event_id": pl.String}
+TYPED_SCHEMA = {**SCHEMA, "type": pl.String}  # spooled; `type` is dropped when no event had one
 LOG_STREAM = "log"  # the log's key after the prefix (app/stores/eventlog.py: STREAM)
 MAX_SEQ = 2**64 - 1  # the largest sequence number of a stream id
 
@@ -110,16 +120,17 @@ def iter_histories(
 
 
 class _Spool:
-    """Buffers rows and flushes them as Parquet parts (or appends to one CSV) every `chunk_rows`."""
+    """Buffers rows and flushes them as Parquet parts every `chunk_rows`."""
 
-    def __init__(self, tmpdir: Path, csv_path: Path | None, chunk_rows: int) -> None:
-        self.tmpdir, self.csv_path, self.chunk_rows = tmpdir, csv_path, chunk_rows
-        self.cols: dict[str, list[Any]] = {c: [] for c in SCHEMA}
+    def __init__(self, tmpdir: Path, chunk_rows: int) -> None:
+        self.tmpdir, self.chunk_rows = tmpdir, chunk_rows
+        self.cols: dict[str, list[Any]] = {c: [] for c in TYPED_SCHEMA}
         self.parts: list[Path] = []
         self.rows = 0
+        self.typed = False  # some event had a type: the output keeps the `type` column
 
     def add_entries(self, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> None:
-        """Log stream entries: fields u (user), m (event id US item id), t (event time)."""
+        """Log stream entries: fields u (user), m (event id US item id), t (event time), y (type, if any)."""
         c = self.cols
         for _, f in entries:
             event_id, item_id = f[b"m"].rsplit(SEP, 1)
@@ -127,6 +138,9 @@ class _Spool:
             c["item_id"].append(item_id.decode())
             c["timestamp"].append(float(f[b"t"]))
             c["event_id"].append(event_id.decode())
+            y = f.get(b"y")
+            c["type"].append(None if y is None else y.decode())
+            self.typed = self.typed or y is not None
         self.rows += len(entries)
         if len(c["user_id"]) >= self.chunk_rows:
             self.flush()
@@ -135,44 +149,51 @@ class _Spool:
         c = self.cols
         for m, score in members:
             event_id, item_id = m.rsplit(SEP, 1)
+            type_ = None
+            for mark in TYPE_MARKS:
+                if mark in event_id:
+                    event_id, raw_type = event_id.split(mark, 1)
+                    type_, self.typed = raw_type.decode(), True
             c["user_id"].append(user)
             c["item_id"].append(item_id.decode())
             c["timestamp"].append(float(score))
             c["event_id"].append(event_id.decode())
+            c["type"].append(type_)
         self.rows += len(members)
         if len(c["user_id"]) >= self.chunk_rows:
             self.flush()
 
     def flush(self) -> None:
-        if not self.cols["user_id"] and (self.parts or self.csv_path is not None):
+        """Spool the buffered rows as one Parquet part (a CSV output is written from the parts at the
+        end, once it is known whether the `type` column stays)."""
+        if not self.cols["user_id"]:
             return
-        df = pl.DataFrame(self.cols, schema=SCHEMA)
-        if self.csv_path is not None:
-            with self.csv_path.open("ab") as fh:
-                df.write_csv(fh, include_header=fh.tell() == 0)
-        else:
-            part = self.tmpdir / f"part-{len(self.parts):06d}.parquet"
-            df.write_parquet(part)
-            self.parts.append(part)
-        self.cols = {c: [] for c in SCHEMA}
+        part = self.tmpdir / f"part-{len(self.parts):06d}.parquet"
+        pl.DataFrame(self.cols, schema=TYPED_SCHEMA).write_parquet(part)
+        self.parts.append(part)
+        self.cols = {c: [] for c in TYPED_SCHEMA}
 
 
 @contextlib.contextmanager
-def _output(out: Path, chunk_rows: int) -> Iterator[_Spool]:
+def _output(out: Path, chunk_rows: int, default_type: str = "view") -> Iterator[_Spool]:
     """A spool whose rows become `out` when the block ends without an error, and nothing otherwise."""
     out.parent.mkdir(parents=True, exist_ok=True)
     tmpdir = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     is_csv = out.suffix.lower() == ".csv"
-    spool = _Spool(tmpdir, tmpdir / "out.csv" if is_csv else None, chunk_rows)
+    spool = _Spool(tmpdir, chunk_rows)
     try:
         yield spool
         spool.flush()
         final = tmpdir / "out.csv" if is_csv else tmpdir / "out.parquet"
-        if not is_csv:
-            # Streamed: the parts are never all in memory at once.
-            pl.scan_parquet(spool.parts).sink_parquet(final)
-        elif not final.exists():
-            pl.DataFrame(schema=SCHEMA).write_csv(final)
+        schema = TYPED_SCHEMA if spool.typed else SCHEMA
+        # Streamed: the parts are never all in memory at once.
+        rows = pl.scan_parquet(spool.parts).select(list(schema)) if spool.parts else pl.LazyFrame(schema=schema)
+        if spool.typed:
+            rows = rows.with_columns(pl.col("type").fill_null(default_type))
+        if is_csv:
+            rows.sink_csv(final)
+        else:
+            rows.sink_parquet(final)
         os.replace(final, out)
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)
@@ -190,15 +211,17 @@ def snapshot(
     scan_count: int = 1000,
     progress: bool | None = None,
     user_of: Callable[[str], str] | None = None,
+    default_type: str = "view",
 ) -> SnapshotResult:
     """Write every history under `prefix` to `out` (Parquet; CSV when the name ends in .csv).
+    `default_type`: the `type` of events stored without one, when any event has a type.
 
     `client` is a sync redis-py client created with decode_responses=False (or a RedisCluster).
     Raises SnapshotError when Redis fails; `out` is then left as it was."""
     t0 = time.perf_counter()
     out = Path(out)
     users = 0
-    with _output(out, chunk_rows) as spool:
+    with _output(out, chunk_rows, default_type) as spool:
         bar = tqdm(desc="snapshot", unit=" users", disable=not progress if progress is not None else None)
         try:
             if user_of is None and hasattr(client, "get_primaries"):
@@ -310,9 +333,10 @@ def snapshot_log(
     chunk_rows: int = 250_000,
     count: int = 10_000,
     progress: bool | None = None,
+    default_type: str = "view",
 ) -> SnapshotResult:
     """Write the event log's events that arrived in [since, until) to `out` (Parquet; CSV when the
-    name ends in .csv), each stream in arrival order.
+    name ends in .csv), each stream in arrival order; `default_type` as in `snapshot`.
 
     Arrival is the stream id (the ms Redis logged the event), not the event's own time: an event
     sent late is in the range it arrived in, so consecutive ranges cover the log once. Without
@@ -328,7 +352,7 @@ def snapshot_log(
     users: set[str] = set()
     warnings: list[str] = []
     moved: dict[str, str] = {}
-    with _output(out, chunk_rows) as spool:
+    with _output(out, chunk_rows, default_type) as spool:
         bar = tqdm(desc="snapshot", unit=" events", disable=not progress if progress is not None else None)
         try:
             streams = log_streams(client, prefix)

@@ -31,12 +31,19 @@ Id = Annotated[
 # Event times must be plausible: after 1970 and before year ~5138 (guards against ms/µs mix-ups).
 MAX_TIMESTAMP = 1e11
 Epoch = Annotated[float, Field(ge=0, lt=MAX_TIMESTAMP, allow_inf_nan=False)]
+# An event type's shape; whether the deployment knows it is checked by the route (SEQREC_EVENT_TYPES).
+EventType = Annotated[str, StringConstraints(min_length=1, max_length=64)]
 
 
 class EventIn(BaseModel):
     model_config = ConfigDict(
         extra="forbid",
-        json_schema_extra={"examples": [{"user_id": "u42", "item_id": "2571", "timestamp": 1700000000}]},
+        json_schema_extra={
+            "examples": [
+                {"user_id": "u42", "item_id": "2571", "timestamp": 1700000000},
+                {"user_id": "u42", "item_id": "1196", "timestamp": 1700000300, "type": "purchase"},
+            ]
+        },
     )
 
     user_id: Id
@@ -48,6 +55,14 @@ class EventIn(BaseModel):
     )
     event_id: Id | None = Field(
         None, description="Idempotency key: a replayed event (same user, event_id and item) changes nothing."
+    )
+    type: EventType | None = Field(
+        None,
+        description="The event type, one of SEQREC_EVENT_TYPES (default `view, cart, purchase, dislike`); omitted:"
+        " SEQREC_DEFAULT_EVENT_TYPE (`view`). An unknown type is refused (422, naming the allowed ones). A negative"
+        " type (SEQREC_NEGATIVE_EVENT_TYPES, default `dislike`) is never used as the user's history, and its item is"
+        " never recommended to the user again (docs/shop.md, Event types and negative feedback).",
+        examples=["purchase"],
     )
 
     @field_validator("timestamp", mode="before")
@@ -88,6 +103,7 @@ class EventsIn(BaseModel):
                     "events": [
                         {"user_id": "u42", "item_id": "2571", "timestamp": 1700000000, "event_id": "e-1"},
                         {"user_id": "u42", "item_id": "1196", "timestamp": "2023-11-14T22:15:00Z"},
+                        {"user_id": "u42", "item_id": "260", "timestamp": 1700000600, "type": "dislike"},
                     ]
                 }
             ]
@@ -494,6 +510,7 @@ class SequenceIn(BaseModel):
                     "filter": 'genre = "Comedy" and year >= 1990',
                     "exclude": ["2858"],
                 },
+                {"items": ["2571", "1196", "260"], "types": ["view", "purchase", "dislike"], "k": 5},
             ]
         },
     )
@@ -509,6 +526,13 @@ class SequenceIn(BaseModel):
         description="Epoch seconds of each item, one per item (bundles that read event times use them; without "
         "them every item counts as now).",
     )
+    types: list[EventType] | None = Field(
+        None,
+        max_length=10_000,
+        description="The event type of each item, one per item, as POST /events takes them (omitted: every item is"
+        " of SEQREC_DEFAULT_EVENT_TYPE; an unknown type is refused, 422). Items of a negative type are not read by"
+        " the model and never returned; items of SEQREC_EXCLUDE_TYPES are never returned.",
+    )
     k: int = Field(10, ge=1, le=1000, description="How many items.")
     model: str | None = Field(None, max_length=MAX_ID_LENGTH, description="Bundle name or model kind.")
     exclude_seen: bool = Field(True, description="Drop the sent items from the answer.")
@@ -521,6 +545,8 @@ class SequenceIn(BaseModel):
     def _one_time_per_item(self) -> SequenceIn:
         if self.times is not None and len(self.times) != len(self.items):
             raise ValueError("times: one time per item")
+        if self.types is not None and len(self.types) != len(self.items):
+            raise ValueError("types: one type per item")
         return self
 
 

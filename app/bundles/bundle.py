@@ -93,6 +93,12 @@ class Bundle:
         self.output_name: str = manifest.onnx.output
         self.padding_index: int = manifest.onnx.padding_index
         self.time_input: str | None = manifest.onnx.time_input
+        # Event types as an input (manifest `event_types`): type name -> id (1..; 0 pads).
+        self.type_input: str | None = None if manifest.event_types is None else manifest.event_types.input
+        names = manifest.event_types.names if manifest.event_types is not None else []
+        self.type_ids: dict[str, int] = {t: n + 1 for n, t in enumerate(names)}
+        if self.type_input is not None and manifest.history_transform is not None:
+            raise BundleError("a bundle cannot read event types and a history_transform (it re-shapes the events)")
         self.history_transform = manifest.history_transform
         check_transform(self.history_transform)
         self.session = ort_session(path / "model.onnx")
@@ -198,6 +204,31 @@ class Bundle:
         seen = np.array([idx[n] for n in keep], dtype=np.int64)
         return seen, np.floor(np.asarray([times[n] for n in keep], dtype=np.float64)).astype(np.int64)
 
+    @property
+    def needs_types(self) -> bool:
+        """Whether the encoder reads each event's type (manifest `event_types`)."""
+        return self.type_input is not None
+
+    def encode_types(self, items: Sequence[str], types: Sequence[str]) -> np.ndarray:
+        """The type ids of the events `encode(items)` keeps (items the model knows), in order; a type
+        the bundle does not name reads as its first."""
+        get, ids = self.index_of.get, self.type_ids
+        return np.array([ids.get(t, 1) for i, t in zip(items, types, strict=True) if get(i) is not None], np.int64)
+
+    def _type_batch(self, batch: np.ndarray, types: Sequence[np.ndarray] | None) -> np.ndarray:
+        """(B, L) type ids aligned with the left-padded `batch`: the given ones (each cut like its
+        history), or without them every event as the first type; 0 where items pad."""
+        out: np.ndarray = (batch != self.padding_index).astype(np.int64)
+        if types is None:
+            return out
+        out[:] = 0
+        length = batch.shape[1]
+        for row, t in zip(out, types, strict=True):
+            t = np.asarray(t, dtype=np.int64)[-self.max_len :]
+            if len(t):
+                row[length - len(t) :] = t
+        return out
+
     def encode_events(
         self, items: Sequence[str], times: Sequence[float] | None
     ) -> tuple[np.ndarray, np.ndarray | None]:
@@ -210,7 +241,23 @@ class Bundle:
         self, histories: Sequence[np.ndarray], times: Sequence[np.ndarray] | None = None, threads: int = 1
     ) -> np.ndarray:
         """Histories of model indices (oldest first) [and their times] -> (B, D) user vectors, one ONNX call
-        (`threads` intra-op threads: 1 = the serving session; more for a large batch, same numbers)."""
+        (`threads` intra-op threads: 1 = the serving session; more for a large batch, same numbers).
+        A bundle that reads event types reads every event as its first type here (`typed_vectors`)."""
+        return self._encode(histories, times, threads, None)
+
+    def typed_vectors(
+        self, histories: Sequence[np.ndarray], types: Sequence[np.ndarray], times: Sequence[np.ndarray] | None = None
+    ) -> np.ndarray:
+        """`user_vectors` with each history's event type ids (`encode_types`), for a bundle that reads them."""
+        return self._encode(histories, times, 1, types)
+
+    def _encode(
+        self,
+        histories: Sequence[np.ndarray],
+        times: Sequence[np.ndarray] | None,
+        threads: int,
+        types: Sequence[np.ndarray] | None,
+    ) -> np.ndarray:
         if self.needs_times:
             if times is None or len(times) != len(histories):
                 raise ValueError(f"bundle {self.name} reads event times: pass one times array per history")
@@ -224,9 +271,11 @@ class Bundle:
         for row, s in zip(batch, seqs, strict=True):
             if len(s):
                 row[length - len(s) :] = s
-        if self.time_input is None:
+        if self.time_input is None and self.type_input is None:
             return self.padded_vectors(batch, threads)
         feeds = {self.input_name: batch}
+        if self.type_input is not None:
+            feeds[self.type_input] = self._type_batch(batch, types)
         if self.time_input is not None:
             tbatch = np.zeros((len(seqs), length), dtype=np.int64)  # (B, L), 0 where items pad
             for row, t in zip(tbatch, tseqs, strict=True):
@@ -240,7 +289,10 @@ class Bundle:
         """(B, L) int64 model indices, left-padded with padding_index, L <= max_len -> (B, D) user vectors.
 
         The encoder call of `user_vectors` for a batch already built (bundles that read no times)."""
-        out: np.ndarray = self.sessions.get(threads).run([self.output_name], {self.input_name: batch})[0]
+        feeds = {self.input_name: batch}
+        if self.type_input is not None:  # every event as the bundle's first type
+            feeds[self.type_input] = self._type_batch(batch, None)
+        out: np.ndarray = self.sessions.get(threads).run([self.output_name], feeds)[0]
         return out
 
     @property

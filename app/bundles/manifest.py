@@ -59,6 +59,19 @@ class OnnxSpec(_Section):
     time_unit: Literal["s"] = "s"
 
 
+class EventTypesSpec(_Section):
+    """The encoder reads each event's type: `input` names one more input of model.onnx, (B, L) int64
+    aligned with item_seq: the type's position in `names` plus 1, 0 where items pad. An event whose
+    type the bundle does not name reads as `names[0]` (the type untyped training events had).
+
+    Optional: a bundle without it is served as before. (An older server, which does not know the
+    field, refuses a bundle that has it at load: its probe call lacks the graph's input.)"""
+
+    input: str = Field(min_length=1)
+    names: list[str] = Field(min_length=1, max_length=64)
+    dtype: Literal["int64"] = "int64"
+
+
 class TextEncoderSpec(_Section):
     """tokenizer.json + text_encoder.onnx: (input_ids, attention_mask) (B, T) int64 -> (B, dim) text embedding."""
 
@@ -164,6 +177,8 @@ class Manifest(_Section):
     ablation: dict[str, Any] | None = None
     # Incremental user-state paths (absent: only the full encoder).
     incremental: IncrementalSpec | None = None
+    # Event types as a model input (absent: the encoder reads items [and times] only).
+    event_types: EventTypesSpec | None = None
 
     # `model_config` is pydantic's own attribute name, so the field is stored as model_config_ and
     # read and written under its JSON name by alias.

@@ -30,11 +30,14 @@ import numpy as np
 from app.serving.catalog import NO_RULES, Limits, Rules, Wanted, popular_eligible, top_eligible
 from app.serving.diversity import ListShape
 from app.serving.errors import Refused
+from app.serving.events import EventTypes, event_types
 from app.serving.explain import explain as explain_items
 from app.serving.usercache import Answer, UserVector
-from app.stores.base import StoreUnavailable, read_history
+from app.stores.base import StoreUnavailable
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from app.bundles.bundle import Bundle
     from app.bundles.served import Registry
     from app.runtime.metrics import Metrics
@@ -72,6 +75,7 @@ class Ask:
     wanted: Wanted = field(default_factory=Wanted)  # filter, exclusions, availability, named rule
     history: tuple[str, ...] | None = None  # an anonymous request's items, oldest first
     times: tuple[float, ...] | None = None  # and their times (epoch s), when sent
+    types: tuple[str, ...] | None = None  # and their event types (known ones), when sent
 
     @property
     def plain(self) -> bool:
@@ -126,6 +130,8 @@ class _History:
     events: list[str]
     times: list[float] | None
     failure: str | None = None  # "store_unavailable"
+    excluded: Sequence[str] = ()  # items never to list: negative feedback, SEQREC_EXCLUDE_TYPES
+    types: Sequence[str | None] | None = None  # each event's type (None: the default), for bundles that read them
 
 
 @dataclass
@@ -183,14 +189,19 @@ def choose_bundle(state: Serving, ask: Ask) -> tuple[Bundle, str]:
     return state.registry.get(model), variant
 
 
-def _sent(ask: Ask, bundle: Bundle) -> _History:
+def _sent(ask: Ask, bundle: Bundle, types: EventTypes) -> _History:
     """An anonymous request's sequence as a read history: ordered by its times when it has them
-    (as the store orders a user's events), each event without a time taken as now."""
-    events, times = list(ask.history or ()), ask.times
+    (as the store orders a user's events), each event without a time taken as now; items of a
+    negative type are not read, and they and the items of SEQREC_EXCLUDE_TYPES are excluded."""
+    items = list(ask.history or ())
+    read, away = types.split(items, ask.types)
+    times = ask.times
+    order = read if times is None else sorted(read, key=lambda n: times[n])
+    sent = None if ask.types is None else [ask.types[n] for n in order]
     if times is None:
-        return _History(None, events, [time.time()] * len(events) if bundle.needs_times else None)
-    order = sorted(range(len(events)), key=lambda n: times[n])
-    return _History(None, [events[n] for n in order], [times[n] for n in order])
+        now = [time.time()] * len(order) if bundle.needs_times else None
+        return _History(None, [items[n] for n in order], now, excluded=away, types=sent)
+    return _History(None, [items[n] for n in order], [times[n] for n in order], excluded=away, types=sent)
 
 
 async def read_user(state: Serving, ask: Ask, bundle: Bundle, rules: Rules = NO_RULES) -> _History:
@@ -198,27 +209,29 @@ async def read_user(state: Serving, ask: Ask, bundle: Bundle, rules: Rules = NO_
 
     A cached list is taken only if the rules leave k items of it; otherwise the history is read."""
     if ask.history is not None:
-        return _sent(ask, bundle)
+        return _sent(ask, bundle, event_types(state.settings))
     user_id = ask.user_id
     assert user_id is not None  # an Ask without history names a user
     t0 = time.perf_counter()
     cache = state.user_cache
     try:
-        if cache is not None:
+        if cache is not None and not bundle.needs_types:  # (a bundle that reads types is not cached)
             # A list filtered by a selective rule rarely keeps k items: read the history at once.
             lists = ask.plain and (rules.mask is None or rules.eligible >= len(rules.mask) // 2)
             read = await cache.read(user_id, state.settings.max_history, bundle, ask.k if lists else 0)
-            if read.answer is not None and rules.active:
-                kept = rules.allowed(read.answer.labels) & ~np.isin(read.answer.labels, rules.exclude)
+            if read.answer is not None and (rules.active or read.excluded):
+                # (a list cached before an excluding event that changed nothing else in the window)
+                away = np.concatenate([rules.exclude, bundle.encode(read.excluded)])
+                kept = rules.allowed(read.answer.labels) & ~np.isin(read.answer.labels, away)
                 if int(kept.sum()) >= ask.k:
                     a = read.answer
                     read = replace(read, answer=Answer(a.labels[kept], a.scores[kept], a.n_seen))
                 else:
                     read = await cache.read(user_id, state.settings.max_history, bundle, 0)
-            found = _History(read, read.history or [], read.times)
+            found = _History(read, read.history or [], read.times, excluded=read.excluded)
         else:
-            events, times = await read_history(state.store, user_id, state.settings.max_history, bundle.needs_times)
-            found = _History(None, events, times)
+            got = await state.store.read(user_id, state.settings.max_history, bundle.needs_times, bundle.needs_types)
+            found = _History(None, got.items, got.times, excluded=got.excluded, types=got.types)
     except StoreUnavailable:
         state.metrics.store_errors.labels("history").inc()
         found = _History(None, [], [], "store_unavailable")
@@ -234,32 +247,34 @@ def score(state: Serving, ask: Ask, bundle: Bundle, history: _History, want: int
         a = read.answer
         return _Scored(a.labels[: ask.k], a.scores[: ask.k], "model", a.n_seen)
     seen, seen_times = bundle.encode_events(history.events, history.times)
-    if len(seen) == 0:  # nothing the model knows was seen, so nothing to exclude
+    excluded = bundle.encode(history.excluded) if history.excluded else seen[:0]
+    if len(seen) == 0:  # nothing the model knows was seen: only the user's exclusion set to leave out
         state.metrics.fallbacks.labels(history.failure or "no_history").inc()
-        labels = popular_eligible(bundle.popular, want, rules)
-        return _Scored(labels, bundle.popularity_score[labels - 1], "popularity", 0, seen, seen_times)
+        if len(excluded):
+            rules = replace(rules, exclude=np.concatenate([rules.exclude, excluded]))
+        labels, scores = rank_popular(bundle, want, rules)
+        return _Scored(labels, scores, "popularity", 0, seen, seen_times)
     metrics, cache = state.metrics, state.user_cache
     t1 = time.perf_counter()
     if cache is None or read is None:
         user = None
-        vec = bundle.user_vectors([seen], None if seen_times is None else [seen_times])  # (1, D)
+        tms = None if seen_times is None else [seen_times]
+        if bundle.needs_types:  # each event's type id as the encoder's extra input
+            default = state.settings.default_event_type
+            names = [t or default for t in (history.types or [None] * len(history.events))]
+            vec = bundle.typed_vectors([seen], [bundle.encode_types(history.events, names)], tms)
+        else:
+            vec = bundle.user_vectors([seen], tms)  # (1, D)
     else:  # the cached vector only when it was computed from exactly this history and bundle
         assert ask.user_id is not None  # only a stored user's history is read through the cache
         user = cache.user_vector(ask.user_id, bundle, seen, read, seen_times)
         vec = user.vec
     t2 = time.perf_counter()
-    if not rules.active:
-        labels, scores = bundle.index.search(vec, want, [seen] if ask.exclude_seen else None)
-        ok = labels[0] > 0
-        labels, scores = labels[0][ok], scores[0][ok]
-        raw: tuple[np.ndarray, np.ndarray] | None = (labels, scores)
-    else:
-        away = seen if ask.exclude_seen else seen[:0]
-        limits = state.catalog.limits if state.catalog is not None else Limits()
-        n = len(bundle.item_ids)
-        labels, scores, raw = top_eligible(bundle.index, bundle.vectors, vec, want, away, rules, n, limits)
-        if len(rules.exclude):
-            raw = None  # a list without the ids asked away is not the user's list
+    limits = state.catalog.limits if state.catalog is not None else Limits()
+    # Seen items (SEQREC_EXCLUDE_TYPES `*`, unless the request keeps them) and the exclusion set.
+    away = seen if ask.exclude_seen and event_types(state.settings).excludes_seen else seen[:0]
+    away = np.concatenate([away, excluded]) if len(excluded) else away
+    labels, scores, raw = rank_model(bundle, vec, want, away, len(away) > 0, rules, limits)
     t3 = time.perf_counter()
     metrics.inference.labels(bundle.name).observe(t2 - t1)
     metrics.topk.labels(bundle.name).observe(t3 - t2)
@@ -268,6 +283,38 @@ def score(state: Serving, ask: Ask, bundle: Bundle, history: _History, want: int
         assert ask.user_id is not None
         cache.remember(ask.user_id, bundle, read, user, raw[0], raw[1], len(seen))
     return _Scored(labels, scores, "model", len(seen), seen, seen_times, user or UserVector(vec, None))
+
+
+def rank_model(
+    bundle: Bundle,
+    vec: np.ndarray,
+    want: int,
+    seen: np.ndarray,
+    exclude_seen: bool,
+    rules: Rules = NO_RULES,
+    limits: Limits = Limits(),
+) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray] | None]:
+    """A model answer from the user vector (1, D): the best `want` labels and scores, the seen items
+    left out when asked, only what the rules keep; and the unfiltered candidates a cache may keep
+    (None: not the user's whole list). The batch lists (app/serving/batch.py) rank with it too."""
+    if not rules.active:
+        labels, scores = bundle.index.search(vec, want, [seen] if exclude_seen else None)
+        ok = labels[0] > 0
+        labels, scores = labels[0][ok], scores[0][ok]
+        return labels, scores, (labels, scores)
+    away = seen if exclude_seen else seen[:0]
+    n = len(bundle.item_ids)
+    labels, scores, raw = top_eligible(bundle.index, bundle.vectors, vec, want, away, rules, n, limits)
+    if len(rules.exclude):
+        raw = None  # a list without the ids asked away is not the user's list
+    return labels, scores, raw
+
+
+def rank_popular(bundle: Bundle, want: int, rules: Rules = NO_RULES) -> tuple[np.ndarray, np.ndarray]:
+    """A popularity answer (no history the model knows): the most popular labels the rules keep, and
+    their popularity as scores."""
+    labels = popular_eligible(bundle.popular, want, rules)
+    return labels, bundle.popularity_score[labels - 1]
 
 
 def explain_list(state: Serving, bundle: Bundle, got: _Scored, labels: np.ndarray) -> list[list[dict[str, Any]]]:

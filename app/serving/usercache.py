@@ -39,8 +39,8 @@ import numpy as np
 from prometheus_client import CollectorRegistry, Counter
 
 from app.bundles.onnx import ort_session
-from app.stores.base import EventStore, read_history
-from app.stores.usercache import CacheBackend, cache_backend
+from app.stores.base import EventStore
+from app.stores.usercache import CacheBackend, EntryRead, cache_backend
 
 if TYPE_CHECKING:
     import onnxruntime as ort
@@ -164,6 +164,11 @@ class Read:
     entry: bytes | None  # the stored entry, raw
     check: bytes = b""  # the state of the history read (answer-cached bundles), see `state_check`
     answer: Answer | None = None
+    excluded: tuple[str, ...] = ()  # the user's exclusion set (negative feedback): items never to list
+
+
+def _read(got: EntryRead, answer: Answer | None = None) -> Read:
+    return Read(got.history, got.times, got.entry, got.check, answer, got.excluded)
 
 
 class UserVector(NamedTuple):
@@ -263,17 +268,18 @@ class UserCache:
         them, and the cache entry, if any. k > 0 asks for a plain list of k items (seen items
         excluded, no re-ranking): then a cached list that still holds may come instead of the history."""
         if not self.enabled:
-            return Read(*await read_history(self.store, user_id, n, bundle.needs_times), None)
+            got = await self.store.read(user_id, n, bundle.needs_times)
+            return Read(got.items, got.times, None, excluded=tuple(got.excluded))
         tag = bundle_tag(bundle).hex().encode() if k and self.answers(bundle) else b""
-        got = await self.backend.read(user_id, n, bundle.name, bundle.needs_times, tag, k)
-        if got.history is not None:
-            return Read(*got)
-        entry = unpack_entry(got.entry, self._base_size(bundle))
+        read = await self.backend.read(user_id, n, bundle.name, bundle.needs_times, tag, k)
+        if read.history is not None:
+            return _read(read)
+        entry = unpack_entry(read.entry, self._base_size(bundle))
         if entry is not None and entry[2] is not None and len(entry[2].labels) >= k:
             self.lookups.labels("list").inc()
-            return Read(*got, answer=entry[2])
+            return _read(read, entry[2])
         # Only an entry this code did not write could pass the script's check and fail here: read all.
-        return Read(*await self.backend.read(user_id, n, bundle.name, bundle.needs_times))
+        return _read(await self.backend.read(user_id, n, bundle.name, bundle.needs_times))
 
     def user_vector(
         self, user_id: str, bundle: Bundle, seen: np.ndarray, read: Read, times: np.ndarray | None = None

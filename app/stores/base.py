@@ -18,17 +18,29 @@
   the same atomic step as the window write, so what is acknowledged is logged. A duplicate is
   not logged again, nor is a replay of a logged event the window no longer holds (older than
   all kept, or after the window expired) within the log's retention. `log_entries` reads it back.
+- Event types: an event of the default type (`type` None) is stored exactly as before types
+  existed; another type is part of the stored event (the same event id and item sent with another
+  type is another event) and of its log entry. A `negative` event is stored and logged but never
+  read back as history (the model never reads it). The item of an `exclude` (or negative) event
+  goes to the user's exclusion set, whatever happened to the event (a duplicate or one too old for
+  the window too): the last `max_excluded` such items, which expires with the window (same TTL,
+  refreshed by every write) and outlives the event's trimming from the window. `read` returns the
+  history and the exclusion set together (one round trip).
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 # Ids may not contain control characters (validated at the API), so US (0x1f) separates
 # event id and item id inside one stored member without any escaping.
 SEP = "\x1f"
+# A typed event's member: event id, FS (0x1c) or, for a negative type, ESC (0x1b), the type, US,
+# item id. The event id field still holds no US, so splitting on US reads old and new members
+# alike, and a member holding ESC is negative without knowing the settings that wrote it.
+TYPED, NEGATIVE = "\x1c", "\x1b"
 
 
 class StoreUnavailable(RuntimeError):
@@ -41,6 +53,13 @@ class Event:
     item_id: str
     timestamp: float  # epoch seconds
     event_id: str
+    type: str | None = None  # None: the deployment's default type (stored as before types existed)
+    negative: bool = False  # negative feedback: never read back as history; its item is excluded
+    exclude: bool = False  # its item stays out of the user's lists beyond the window (negative implies it)
+
+    @property
+    def excluding(self) -> bool:
+        return self.negative or self.exclude
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,7 +83,19 @@ class LoggedEvent:
 
 
 def member(ev: Event) -> str:
-    return f"{ev.event_id}{SEP}{ev.item_id}"
+    if ev.type is None:
+        return f"{ev.event_id}{SEP}{ev.item_id}"
+    return f"{ev.event_id}{NEGATIVE if ev.negative else TYPED}{ev.type}{SEP}{ev.item_id}"
+
+
+def parse_member(m: str) -> tuple[str, str | None, bool, str]:
+    """A stored member -> (event id, type or None for the default, negative, item id)."""
+    head, item = m.rsplit(SEP, 1)
+    for mark in (TYPED, NEGATIVE):
+        if mark in head:
+            event_id, type_ = head.split(mark, 1)
+            return event_id, type_, mark == NEGATIVE, item
+    return head, None, False, item
 
 
 def item_of(member: str) -> str:
@@ -72,14 +103,32 @@ def item_of(member: str) -> str:
 
 
 def items_of(members: list[str] | list[bytes]) -> list[str]:
-    """Item ids of many members at once: one join + split in C instead of a Python call per member.
+    """Item ids of many members at once, negative events left out: one join + split in C instead
+    of a Python call per member.
 
     Takes raw bytes too (one UTF-8 decode for the whole history, not one per member).
     """
+    return kept_items(members)[0]
+
+
+def kept_items(members: list[str] | list[bytes]) -> tuple[list[str], list[int] | None]:
+    """Item ids of the members that are not negative, and which members those were (None: all)."""
     if not members:
-        return []
+        return [], None
     joined = SEP.encode().join(members).decode() if isinstance(members[0], bytes) else SEP.join(members)
-    return joined.split(SEP)[1::2]  # event_id, item_id, event_id, item_id, ...
+    parts = joined.split(SEP)  # event_id, item_id, event_id, item_id, ...
+    if NEGATIVE not in joined:  # the common case: one scan in C
+        return parts[1::2], None
+    keep = [n for n, head in enumerate(parts[0::2]) if NEGATIVE not in head]
+    items = parts[1::2]
+    return [items[n] for n in keep], keep
+
+
+def timed_items(members: list[bytes] | list[str], scores: list[float]) -> tuple[list[str], list[float]]:
+    """Members and their scores (event times) -> (item ids, times) of the events that are not negative."""
+    items, keep = kept_items(members)
+    times = [float(t) for t in scores]
+    return items, times if keep is None else [times[n] for n in keep]
 
 
 def timed_items_of(pairs: list[tuple[bytes, float]] | list[tuple[str, float]]) -> tuple[list[str], list[float]]:
@@ -87,7 +136,33 @@ def timed_items_of(pairs: list[tuple[bytes, float]] | list[tuple[str, float]]) -
     if not pairs:
         return [], []
     members, scores = zip(*pairs, strict=True)
-    return items_of(list(members)), [float(t) for t in scores]
+    return timed_items(list(members), list(scores))
+
+
+def types_of(members: list[bytes] | list[str]) -> list[str | None]:
+    """The type of each member that is not negative (None: the default type), oldest first."""
+    out: list[str | None] = []
+    for m in members:
+        head = (m.decode() if isinstance(m, bytes) else m).rsplit(SEP, 1)[0]
+        if NEGATIVE not in head:
+            out.append(head.split(TYPED, 1)[1] if TYPED in head else None)
+    return out
+
+
+def excluded_of(members: list[Any]) -> list[str]:
+    """The exclusion set's members (item ids), raw or decoded."""
+    return [m.decode() if isinstance(m, bytes) else m for m in members]
+
+
+@dataclass(frozen=True, slots=True)
+class UserRead:
+    """One read of a user: the history (negative events left out), its times when asked, and the
+    items excluded from the user's lists beyond the window."""
+
+    items: list[str]
+    times: list[float] | None
+    excluded: list[str]
+    types: list[str | None] | None = None  # each item's event type (None: the default), when asked
 
 
 async def read_history(
@@ -110,6 +185,17 @@ class EventStore(Protocol):
 
     async def history_times(self, user_id: str, n: int | None = None) -> tuple[list[str], list[float]]:
         """`history` and each event's time (epoch seconds), for bundles that read event times."""
+        ...
+
+    async def read(
+        self, user_id: str, n: int | None = None, with_times: bool = False, with_types: bool = False
+    ) -> UserRead:
+        """`history` (`history_times` when `with_times`) and the user's exclusion set, in one round trip;
+        `with_types`: each item's event type too (bundles that read types)."""
+        ...
+
+    async def excluded(self, user_id: str) -> list[str]:
+        """The items excluded from the user's lists (negative events, SEQREC_EXCLUDE_TYPES), oldest first."""
         ...
 
     def log_entries(self) -> AsyncIterator[LoggedEvent]:

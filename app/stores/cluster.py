@@ -1,8 +1,9 @@
 """Redis Cluster store: the same contract as RedisStore (one sorted set per user, the same Lua
 append), spread over the masters of a cluster by hash slot.
 
-Keys. Every key of one user carries the hash tag `{user}`: `{prefix}h:{user}` (history) and any
-other per-user key (`user_key(kind, user)` -> `{prefix}{kind}:{user}`), so one user's keys live in
+Keys. Every key of one user carries the hash tag `{user}`: `{prefix}h:{user}` (history),
+`{prefix}x:{user}` (the exclusion set, app/stores/base.py) and any other per-user key
+(`user_key(kind, user)` -> `{prefix}{kind}:{user}`), so one user's keys live in
 one slot, on one master, and a script or MULTI over them is legal. A `}` (or `%`) in a user id
 is written as `%7D` (`%25`) inside the tag, so the tag is the whole id, never empty and never cut
 short; `user_of_key` reverses it.
@@ -42,7 +43,16 @@ from redis.backoff import NoBackoff
 from redis.crc import key_slot
 from redis.exceptions import RedisClusterException, RedisError, SlotNotCoveredError
 
-from app.stores.base import AppendResult, Event, LoggedEvent, StoreUnavailable, items_of, member, timed_items_of
+from app.stores.base import (
+    AppendResult,
+    Event,
+    LoggedEvent,
+    StoreUnavailable,
+    UserRead,
+    excluded_of,
+    items_of,
+    timed_items_of,
+)
 from app.stores.eventlog import (
     INDEX,
     STREAM,
@@ -52,7 +62,7 @@ from app.stores.eventlog import (
     read_stream,
     slot_tag,
 )
-from app.stores.redis import APPEND_LUA, append_args, append_call
+from app.stores.redis import APPEND_LUA, append_args, append_call, read_user, user_batches
 
 log = logging.getLogger("seqrec.app")
 _ERRORS = (RedisError, RedisClusterException, OSError, asyncio.TimeoutError)
@@ -139,6 +149,7 @@ class ClusterStore:
         wait_timeout_ms: int = 100,
         refresh_s: float = 0.2,
         event_log: EventLog | None = default_log(),  # frozen: one shared default is safe
+        max_excluded: int = 1000,
     ) -> None:
         if "{" in prefix or "}" in prefix:
             # A tag in the prefix would put every key of every user into one slot.
@@ -151,6 +162,7 @@ class ClusterStore:
         self.wait_timeout_ms = wait_timeout_ms
         self.refresh_s = refresh_s
         self.event_log = event_log  # None: the window only (SEQREC_EVENT_LOG=false)
+        self.max_excluded = max_excluded
         if event_log is not None:
             slot_tag(0)  # the slot tags' table (~0.06 s) now, not in the first write
         nodes, auth = startup_nodes(url)
@@ -182,6 +194,10 @@ class ClusterStore:
     # ------------------------------------------------------------------ keys
     def key(self, user_id: str) -> str:
         return f"{self.prefix}h:{tag(user_id)}"
+
+    def excluded_key(self, user_id: str) -> str:
+        """The user's exclusion set, in the history's slot."""
+        return self.user_key("x", user_id)
 
     def user_key(self, kind: str, user_id: str) -> str:
         """`{prefix}{kind}:{user}`: any per-user key, in the user's slot."""
@@ -261,17 +277,19 @@ class ClusterStore:
         return c
 
     # ------------------------------------------------------------------ writes
-    async def _write(self, name: str, part: _NodeWrite, batches: dict[str, dict[str, float]]) -> None:
+    async def _write(
+        self, name: str, part: _NodeWrite, batches: dict[str, dict[str, float]], away: dict[str, dict[str, float]]
+    ) -> None:
         if name == "-":
             part.error = "no master serves these users' slots"
             return
         pipe = self._client(name).pipeline(transaction=False)
         now = time.time()
         for user in part.users:
-            args = append_args(self.max_history, self.ttl_s, batches[user])
+            args = append_args(self.max_history, self.ttl_s, batches[user], away.get(user), self.max_excluded)
             log, index = self.event_log, self.user_key(INDEX, user)
             stream = self.log_key(user) if log is not None else ""
-            keys, argv = append_call(self.key(user), args, log, stream, index, user, now)
+            keys, argv = append_call(self.key(user), self.excluded_key(user), args, log, stream, index, user, now)
             pipe.eval(APPEND_LUA, len(keys), *keys, *argv)
         if self.wait_replicas:
             pipe.execute_command("WAIT", self.wait_replicas, self.wait_timeout_ms)
@@ -297,10 +315,9 @@ class ClusterStore:
         part.result = res
 
     async def append(self, events: list[Event]) -> AppendResult:
-        batches: dict[str, dict[str, float]] = defaultdict(dict)
+        batches, away = user_batches(events)  # first copy in a batch wins, like NX
         counts: dict[str, int] = defaultdict(int)
         for ev in events:
-            batches[ev.user_id].setdefault(member(ev), ev.timestamp)  # first copy in a batch wins, like NX
             counts[ev.user_id] += 1
         await self._topology()
         parts: dict[str, _NodeWrite] = {}
@@ -313,7 +330,7 @@ class ClusterStore:
             part = parts.setdefault(owner, _NodeWrite([], 0))
             part.users.append(user)
             part.events += counts[user]
-        await asyncio.gather(*(self._write(name, part, batches) for name, part in parts.items()))
+        await asyncio.gather(*(self._write(name, part, batches, away) for name, part in parts.items()))
         ok = [p for p in parts.values() if p.error is None]
         failed = [p for p in parts.values() if p.error is not None]
         res = [r for p in ok for r in p.result]
@@ -348,6 +365,31 @@ class ClusterStore:
 
     async def history_times(self, user_id: str, n: int | None = None) -> tuple[list[str], list[float]]:
         return timed_items_of(await self._tail(user_id, n, withscores=True))
+
+    async def read(
+        self, user_id: str, n: int | None = None, with_times: bool = False, with_types: bool = False
+    ) -> UserRead:
+        """History and exclusion set in one round trip to the user's master (both keys in one slot)."""
+        n = self.max_history if n is None else n
+        try:
+            async with asyncio.timeout(self.read_timeout):
+                await self._topology()
+                client = self._client(self._master(user_id), raw=True)
+                keys = [self.key(user_id), self.excluded_key(user_id)]
+                return await read_user(client, keys, n, with_times, with_types)
+        except _ERRORS as exc:
+            self._stale = True
+            raise StoreUnavailable(f"redis cluster: {type(exc).__name__}: {exc}") from exc
+
+    async def excluded(self, user_id: str) -> list[str]:
+        try:
+            async with asyncio.timeout(self.read_timeout):
+                await self._topology()
+                client = self._client(self._master(user_id), raw=True)
+                return excluded_of(await client.zrange(self.excluded_key(user_id), 0, -1))
+        except _ERRORS as exc:
+            self._stale = True
+            raise StoreUnavailable(f"redis cluster: {type(exc).__name__}: {exc}") from exc
 
     async def log_entries(self) -> AsyncIterator[LoggedEvent]:
         """Every event of the log, stream by stream (each in the order it was logged), from every master."""

@@ -15,10 +15,15 @@ Layout, in Redis Streams (one entry per event, id = the arrival time in ms assig
   stream per master cannot follow a slot when it moves (resharding, failover). A stream per slot is
   at most 16,384 keys, moves with its slot, and is read by scanning each master for `{prefix}log:*`.
 
-Entry fields: `u` the user id, `m` the window's member (event id, US, item id), `t` the event time
-(epoch seconds, as the window's score). Retention: each XADD trims its stream with `MINID ~` to
-the entries that arrived within `retention_s` (approximately: Redis drops whole nodes of up to
-100 entries, once all of them are older).
+Entry fields: `u` the user id, `m` the event id, US, the item id, `t` the event time (epoch
+seconds, as the window's score), and `y` the event type, only when it is not the default type
+(SEQREC_DEFAULT_EVENT_TYPE), so entries of untyped events are exactly as before types existed and
+a reader that does not know `y` still reads them. (The window's member of a typed event also holds
+the type, app/stores/base.py; the log keeps `m` in its old form and the type in `y`.)
+
+Retention: each XADD trims its stream with `MINID ~` to the entries that arrived within
+`retention_s` (approximately: Redis drops whole nodes of up to 100 entries, once all of them are
+older).
 
 Replays are not logged twice within the retention. An event the window still holds is recognised
 by the window (ZADD NX). One it does not (older than every event kept, or the window empty: a new
@@ -81,7 +86,7 @@ def entry_event(fields: dict[bytes, bytes] | dict[str, str]) -> Event:
     """A stream entry's fields -> the event (raw bytes or decoded strings)."""
     f = {_text(k): _text(v) for k, v in fields.items()}
     event_id, item_id = f["m"].rsplit(SEP, 1)
-    return Event(f["u"], item_id, float(f["t"]), event_id)
+    return Event(f["u"], item_id, float(f["t"]), event_id, f.get("y"))
 
 
 def glob_escape(s: str) -> str:

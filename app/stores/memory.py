@@ -15,8 +15,14 @@ from collections import defaultdict, deque
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from app.stores.base import AppendResult, Event, LoggedEvent, items_of, member
+from app.stores.base import AppendResult, Event, LoggedEvent, UserRead, items_of, member, timed_items, types_of
 from app.stores.eventlog import EventLog, default_log
+
+
+def logged(ev: Event) -> Event:
+    """An event as its log entry reads back (app/stores/eventlog.py: `entry_event`): the type is
+    kept, the roles the deployment gave it are not."""
+    return Event(ev.user_id, ev.item_id, ev.timestamp, ev.event_id, ev.type)
 
 
 class MemoryStore:
@@ -29,8 +35,10 @@ class MemoryStore:
         clock: Callable[[], float] = time.monotonic,
         event_log: EventLog | None = default_log(),  # frozen: one shared default is safe
         wall: Callable[[], float] = time.time,
+        max_excluded: int = 1000,
     ) -> None:
         self.max_history = max_history
+        self.max_excluded = max_excluded
         self.ttl_s = ttl_s
         self._clock = clock
         self.event_log = event_log
@@ -40,6 +48,7 @@ class MemoryStore:
         self._logged: dict[tuple[str, int], set[str]] = defaultdict(set)  # (user, period) -> members logged
         self._hist: dict[str, list[tuple[float, str]]] = {}  # sorted by (timestamp, member) like a Redis zset
         self._members: dict[str, set[str]] = {}
+        self._excluded: dict[str, dict[str, float]] = {}  # item -> the newest excluding event's time
         self._touched: dict[str, float] = {}
         self._writes = 0
 
@@ -48,6 +57,7 @@ class MemoryStore:
         if t is not None and now - t >= self.ttl_s:
             self._hist.pop(user, None)
             self._members.pop(user, None)
+            self._excluded.pop(user, None)
             self._touched.pop(user, None)
 
     def _sweep(self, now: float) -> None:
@@ -82,6 +92,7 @@ class MemoryStore:
             kept = sum(1 for ev in fresh if member(ev) not in gone)  # what survived the trim, like the Redis script
             added += kept
             too_old += len(fresh) - kept
+            self._exclude(user, [ev for ev in evs if ev.excluding])
             self._touched[user] = now
             if self.event_log is not None:
                 self._log_events(self.event_log, user, fresh, gone, empty)
@@ -91,6 +102,18 @@ class MemoryStore:
             if self.event_log is not None:
                 self._forget_logged(self.event_log)
         return AppendResult(accepted=added, duplicates=len(events) - added - too_old, too_old=too_old)
+
+    def _exclude(self, user: str, evs: list[Event]) -> None:
+        """The Redis script's exclusion step: every excluding event's item, newest time kept, the last
+        `max_excluded`; it expires with the window (dropped by `_expire`)."""
+        if not evs:
+            return
+        away = self._excluded.setdefault(user, {})
+        for ev in evs:
+            away[ev.item_id] = max(ev.timestamp, away.get(ev.item_id, ev.timestamp))
+        if len(away) > self.max_excluded:
+            newest = sorted(away.items(), key=lambda kv: (kv[1], kv[0]))[-self.max_excluded :]
+            self._excluded[user] = dict(newest)
 
     def _log_events(self, log: EventLog, user: str, fresh: list[Event], gone: set[str], empty: bool) -> None:
         """The Redis script's log step: log what is new to the window, unless the window could not
@@ -102,7 +125,7 @@ class MemoryStore:
         for ev in fresh:
             m = member(ev)
             if not ((m in gone or empty) and (m in this or m in before)):
-                self._log.append(LoggedEvent(self._next_id(wall), ev))
+                self._log.append(LoggedEvent(self._next_id(wall), logged(ev)))
                 this.add(m)
         floor = int((wall - log.retention_s) * 1000)
         while self._log and int(self._log[0].log_id.split("-")[0]) < floor:
@@ -136,7 +159,23 @@ class MemoryStore:
 
     async def history_times(self, user_id: str, n: int | None = None) -> tuple[list[str], list[float]]:
         tail = self._tail(user_id, n)
-        return items_of([m for _, m in tail]), [float(t) for t, _ in tail]
+        return timed_items([m for _, m in tail], [t for t, _ in tail])
+
+    async def read(
+        self, user_id: str, n: int | None = None, with_times: bool = False, with_types: bool = False
+    ) -> UserRead:
+        tail = self._tail(user_id, n)
+        members = [m for _, m in tail]
+        types = types_of(members) if with_types else None
+        if with_times:
+            items, times = timed_items(members, [t for t, _ in tail])
+            return UserRead(items, times, await self.excluded(user_id), types)
+        return UserRead(items_of(members), None, await self.excluded(user_id), types)
+
+    async def excluded(self, user_id: str) -> list[str]:
+        self._expire(user_id, self._clock())
+        away = self._excluded.get(user_id, {})
+        return [i for i, _ in sorted(away.items(), key=lambda kv: (kv[1], kv[0]))]
 
     async def ping(self) -> bool:
         return True

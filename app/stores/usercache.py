@@ -22,7 +22,7 @@ from prometheus_client import Counter
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 
-from app.stores.base import EventStore, StoreUnavailable, items_of, read_history
+from app.stores.base import EventStore, StoreUnavailable, excluded_of, items_of, timed_items
 from app.stores.cluster import ClusterStore
 from app.stores.redis import RedisStore
 
@@ -33,9 +33,11 @@ _ERRORS = (RedisError, RedisClusterException, OSError, asyncio.TimeoutError)
 # again as the ZRANGE alone. pcall: an entry of the wrong type is a miss, never a failed read.
 # ARGV = n, with_times (1: the members' scores too, flat), tag, k. With a tag (a bundle whose
 # answers may be cached, see `state_check`), an entry whose check equals the history's state now
-# and whose list holds at least k items is returned alone: {0, entry}, the 200 members unread.
-# Otherwise {members, entry, card}.
+# and whose list holds at least k items is returned alone: {0, entry, excluded}, the 200 members
+# unread. Otherwise {members, entry, card, excluded}. KEYS[3] is the user's exclusion set (negative
+# feedback, app/stores/base.py), read in the same call: its items are never in the user's lists.
 READ_LUA = """
+local excluded = redis.call('ZRANGE', KEYS[3], 0, -1)
 local entry = redis.pcall('GET', KEYS[2])
 if type(entry) == 'table' then entry = false end
 local n = tonumber(ARGV[1])
@@ -47,7 +49,7 @@ if entry and ARGV[3] ~= '' and card > 0 then
   if string.sub(entry, 1, #check) == check then
     local stop = string.find(entry, '\\0', #check + 1, true)
     if stop and (tonumber(string.sub(entry, #check + 1, stop - 1)) or 0) >= tonumber(ARGV[4]) then
-      return {0, entry}
+      return {0, entry, excluded}
     end
   end
 end
@@ -57,7 +59,7 @@ if ARGV[2] == '1' then
 else
   h = redis.call('ZRANGE', KEYS[1], -n, -1)
 end
-return {h, entry, card}
+return {h, entry, card, excluded}
 """
 READ_SHA = hashlib.sha1(READ_LUA.encode()).hexdigest()
 
@@ -70,6 +72,7 @@ class EntryRead(NamedTuple):
     times: list[float] | None  # their times, when asked
     entry: bytes | None  # the stored entry, raw
     check: bytes = b""  # the state of the history read (answer-cached bundles), see `state_check`
+    excluded: tuple[str, ...] = ()  # the user's exclusion set: items never to list
 
 
 def state_check(tag: bytes, card: int, first: bytes, last: bytes) -> bytes:
@@ -121,7 +124,7 @@ class RedisBackend:
         self.errors = errors
         self._pending: dict[str, tuple[str, bytes]] = {}  # entry key -> (user, blob); newest wins
         self._flushing: set[asyncio.Task[None]] = set()
-        self._reads: list[tuple[tuple[str, str], tuple[int, int, bytes, int], asyncio.Future[list[Any]]]] = []
+        self._reads: list[tuple[tuple[str, ...], tuple[int, int, bytes, int], asyncio.Future[list[Any]]]] = []
         self._sending: set[asyncio.Task[None]] = set()  # the batches of reads in flight
 
     def key(self, user_id: str, field: str) -> str:
@@ -136,7 +139,7 @@ class RedisBackend:
     async def read(
         self, user_id: str, n: int, field: str, with_times: bool = False, tag: bytes = b"", k: int = 0
     ) -> EntryRead:
-        keys = (self.store.key(user_id), self.key(user_id, field))
+        keys = (self.store.key(user_id), self.key(user_id, field), self.store.excluded_key(user_id))
         args = (n, 1 if with_times else 0, tag, k)
         try:
             async with asyncio.timeout(self.store.read_timeout):
@@ -147,25 +150,26 @@ class RedisBackend:
         except _ERRORS as exc:
             self.store.connection_failed()  # as the store's own read does (a cluster reloads its map)
             raise StoreUnavailable(f"redis: {type(exc).__name__}: {exc}") from exc
-        if not isinstance(reply[0], list):  # {0, entry}: the cached answer holds
-            return EntryRead(None, None, reply[1])
-        members, blob, card = reply
+        if not isinstance(reply[0], list):  # {0, entry, excluded}: the cached answer holds
+            return EntryRead(None, None, reply[1], excluded=tuple(excluded_of(reply[2])))
+        members, blob, card, away = reply
         entry = blob if isinstance(blob, bytes) else None
         raw = members[0::2] if with_times else members
         check = state_check(tag, int(card), raw[0], raw[-1]) if tag and raw else b""
+        excluded = tuple(excluded_of(away))
         if with_times:  # a flat member, score, member, score, ... list from the script
-            return EntryRead(items_of(raw), [float(t) for t in members[1::2]], entry, check)
-        return EntryRead(items_of(raw), None, entry, check)
+            return EntryRead(*timed_items(raw, members[1::2]), entry, check, excluded)
+        return EntryRead(items_of(raw), None, entry, check, excluded)
 
     @staticmethod
-    async def _script(client: Redis, keys: tuple[str, str], args: tuple[int, int, bytes, int]) -> list[Any]:
+    async def _script(client: Redis, keys: tuple[str, ...], args: tuple[int, int, bytes, int]) -> list[Any]:
         try:
-            got: list[Any] = await client.evalsha(READ_SHA, 2, *keys, *args)
+            got: list[Any] = await client.evalsha(READ_SHA, len(keys), *keys, *args)
         except NoScriptError:  # a restarted or new Redis: EVAL also caches the script
-            got = await client.eval(READ_LUA, 2, *keys, *args)
+            got = await client.eval(READ_LUA, len(keys), *keys, *args)
         return got
 
-    def _batched(self, keys: tuple[str, str], args: tuple[int, int, bytes, int]) -> asyncio.Future[list[Any]]:
+    def _batched(self, keys: tuple[str, ...], args: tuple[int, int, bytes, int]) -> asyncio.Future[list[Any]]:
         """This read, sent with every other read issued in the same event-loop turn as one pipeline.
 
         Under load several requests reach this point per turn; one round trip instead of one each
@@ -191,7 +195,7 @@ class RedisBackend:
                 else:
                     pipe = client.pipeline(transaction=False)
                     for keys, args, _ in batch:
-                        pipe.evalsha(READ_SHA, 2, *keys, *args)
+                        pipe.evalsha(READ_SHA, len(keys), *keys, *args)
                     results = await pipe.execute(raise_on_error=False)
                     for i, got in enumerate(results):
                         if isinstance(got, NoScriptError):  # Redis restarted: load the script, once
@@ -258,11 +262,11 @@ class MemoryBackend:
         self, user_id: str, n: int, field: str, with_times: bool = False, tag: bytes = b"", k: int = 0
     ) -> EntryRead:
         """Always the history (in process, reading it is cheap): answers are not cached here."""
-        history, times = await read_history(self.store, user_id, n, with_times)
+        got = await self.store.read(user_id, n, with_times)
         hit = self._entries.get((user_id, field))
         if hit is None or time.monotonic() - hit[0] >= self.ttl_s:
-            return EntryRead(history, times, None)
-        return EntryRead(history, times, hit[1])
+            return EntryRead(got.items, got.times, None, excluded=tuple(got.excluded))
+        return EntryRead(got.items, got.times, hit[1], excluded=tuple(got.excluded))
 
     def put(self, user_id: str, field: str, blob: bytes) -> None:
         key = (user_id, field)

@@ -413,3 +413,15 @@ async def test_cluster_ten_windows_through_a_master_failover(redis_cluster: Any,
         await store.close()
     res = snapshot_log(connect(redis_cluster.url), tmp_path / "c.parquet", prefix=prefix)
     assert sorted(rows(pl.read_parquet(res.path))) == sorted(map(row, acked))
+
+
+def test_the_settings_reach_the_store() -> None:
+    # SEQREC_EVENT_LOG=false keeps the window only; the retention is the setting's, on every flavour.
+    from app.settings import Settings
+    from app.stores.open import open_store
+
+    off = open_store(Settings(bundles=[Path("b")], event_log=False))
+    assert off.event_log is None  # type: ignore[attr-defined]
+    for url in ("redis://127.0.0.1:1/0", None):
+        on = open_store(Settings(bundles=[Path("b")], redis_url=url, event_log_retention_s=3600))
+        assert on.event_log is not None and on.event_log.retention_s == 3600  # type: ignore[attr-defined]

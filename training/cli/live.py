@@ -61,6 +61,13 @@ def snapshot(
             "once the output is written, so the next run continues there (created when missing)."
         ),
     ] = None,
+    default_type: Annotated[
+        str,
+        typer.Option(
+            help="The type written for events stored without one, when the export has a type column: the "
+            "service's SEQREC_DEFAULT_EVENT_TYPE."
+        ),
+    ] = "view",
     progress: Annotated[bool | None, typer.Option(help="Show a progress bar (default: only on a terminal).")] = None,
 ) -> None:
     """Export the event store as user_id, item_id, timestamp, event_id rows: the event log (by arrival
@@ -74,11 +81,20 @@ def snapshot(
         fail("--since, --until and --checkpoint select from the event log (--source log)")
     try:
         if source == "window":
-            result = run_snapshot(connect(redis_url), out, prefix=prefix, progress=progress)
+            result = run_snapshot(
+                connect(redis_url), out, prefix=prefix, progress=progress, default_type=default_type
+            )
         else:
             t0, t1 = (parse_time(t) if t is not None else None for t in (since, until))
             result = snapshot_log(
-                connect(redis_url), out, prefix=prefix, since=t0, until=t1, checkpoint=checkpoint, progress=progress
+                connect(redis_url),
+                out,
+                prefix=prefix,
+                since=t0,
+                until=t1,
+                checkpoint=checkpoint,
+                progress=progress,
+                default_type=default_type,
             )
     except SnapshotError as exc:
         fail(str(exc), code=1)

@@ -14,8 +14,9 @@ from starlette.types import Scope
 from app.api.deps import ApiKey, State, WriteLimit, key_ok, key_refusal, write_rate_refusal
 from app.api.errors import invalid, unavailable, validation_answer
 from app.api.schemas import EventsIn, EventsOut, write_responses
+from app.serving.events import event_types
 from app.state import AppState
-from app.stores import Event, PartialAppend, StoreUnavailable
+from app.stores import PartialAppend, StoreUnavailable
 
 router = APIRouter(tags=["events"])
 
@@ -33,13 +34,16 @@ async def post_events(body: EventsIn, state: State) -> EventsOut:
     """Append item events to user histories. Replays (same event_id) are no-ops; unknown items are kept.
     Each event is counted once: `accepted` (stored), `duplicates` (already stored) or `too_old`
     (older than the user's kept window). Events timed more than SEQREC_MAX_CLOCK_SKEW_S ahead of
-    the server clock are refused (422, naming the event)."""
+    the server clock are refused (422, naming the event), as are events of a type that is not in
+    SEQREC_EVENT_TYPES (422, naming the event and the allowed types); nothing of the batch is stored.
+    A negative event (`dislike` by default) is stored but never read as history, and its item is
+    never recommended to the user again."""
     return await ingest(state, body)
 
 
 async def ingest(state: AppState, body: EventsIn) -> EventsOut:
     """Store a validated batch: the route and the pre-routed write share it. Raises HTTPException
-    (413, 503) or RequestValidationError (an event too far ahead of the server clock)."""
+    (413, 503) or RequestValidationError (an event too far ahead of the server clock, an unknown type)."""
     if len(body.events) > state.settings.max_batch:
         raise HTTPException(
             413,
@@ -53,12 +57,17 @@ async def ingest(state: AppState, body: EventsIn) -> EventsOut:
                 # A far-future event would stay the user's newest forever: refuse the batch, store nothing.
                 msg = f"timestamp is more than {skew:g} s ahead of the server clock (SEQREC_MAX_CLOCK_SKEW_S)"
                 raise invalid(("body", "events", pos, "timestamp"), msg)
+    types = event_types(state.settings)
+    for pos, e in enumerate(body.events):
+        if not types.known(e.type):  # the allowed names, never the input
+            raise invalid(("body", "events", pos, "type"), types.refusal)
     events = []
     for pos, e in enumerate(body.events):
         # Untimed events get "now", spaced by 1 µs in batch order so they keep the order they were sent in.
         ts = now + pos * 1e-6 if e.epoch is None else e.epoch
         # Without an event_id the event time identifies the event, so exact replays are still no-ops.
-        events.append(Event(e.user_id, e.item_id, ts, e.event_id if e.event_id is not None else f"t{ts:.6f}"))
+        eid = e.event_id if e.event_id is not None else f"t{ts:.6f}"
+        events.append(types.event(e.user_id, e.item_id, ts, eid, e.type))
     try:
         result = await state.store.append(events)
     except PartialAppend as exc:
@@ -71,7 +80,8 @@ async def ingest(state: AppState, body: EventsIn) -> EventsOut:
         state.metrics.store_errors.labels("append").inc()
         raise unavailable("event store", exc, "no event of this batch is acknowledged") from exc
     if state.live is not None:  # scored in the background against what each user was served
-        state.live.observe((e.user_id, e.item_id, e.timestamp) for e in events)
+        # A negative event is no hit of the list that showed its item.
+        state.live.observe((e.user_id, e.item_id, e.timestamp) for e in events if not e.negative)
     bundle = state.registry.get(None)
     if state.experiment is None:  # one bundle answers everyone: one lookup table for the batch
         known = bundle.index_of

@@ -32,6 +32,7 @@ from app.serving import recommend as pipeline
 from app.serving.catalog import Wanted
 from app.serving.diversity import ListShape
 from app.serving.errors import Refused
+from app.serving.events import event_types
 from app.serving.filters import FilterError
 from app.serving.recommend import Ask, Recommendation
 
@@ -84,13 +85,21 @@ async def recommend(
 async def recommend_sequence(request: Request, body: SequenceIn) -> Response:
     """Top-k next items for an anonymous visitor: the items they touched in, a list out, nothing stored and no
     user id. The same rules apply; the answer is the one GET /recommend gives a user with this history.
-    More items than SEQREC_MAX_HISTORY: 422; none, or none the model knows: the most popular items."""
+    More items than SEQREC_MAX_HISTORY: 422; none, or none the model knows: the most popular items.
+    With `types`, items of a negative type (`dislike`) are not read and never returned; an unknown type: 422."""
     limit = state_of(request).settings.max_history
     if len(body.items) > limit:
         raise invalid(("body", "items"), f"at most {limit} items (SEQREC_MAX_HISTORY); send the newest")
+    if body.types is not None:
+        known = event_types(state_of(request).settings)
+        for pos, t in enumerate(body.types):
+            if not known.known(t):  # the allowed names, never the input
+                raise invalid(("body", "types", pos), known.refusal)
     wanted = Wanted(body.filter, tuple(body.exclude), body.include_unavailable, body.rule)
     times = tuple(body.times) if body.times is not None else None
-    ask = Ask(None, body.k, body.model, body.exclude_seen, wanted=wanted, history=tuple(body.items), times=times)
+    types = tuple(body.types) if body.types is not None else None
+    history = tuple(body.items)
+    ask = Ask(None, body.k, body.model, body.exclude_seen, wanted=wanted, history=history, times=times, types=types)
     got = await _answer(request, ask, "body")
     return Response(got.json(), media_type="application/json")
 
