@@ -97,3 +97,22 @@ def test_api_docs_show_how_to_register_an_item() -> None:
     doc = (Path(__file__).resolve().parents[2] / "docs" / "api.md").read_text()
     section = doc.split("## Registered items", 1)[1].split("\n## ", 1)[0]
     assert "curl" in section and "/items" in section and '"title"' in section and '"registered"' in section
+
+
+def test_prepare_cuts_a_log_at_a_time_window(tmp_path: Path) -> None:
+    import json
+
+    rows = ["user_id,item_id,timestamp"]
+    rows += [f"u{u},i{(u + t) % 7},{1_700_000_000 + 86400 * t}" for u in range(12) for t in range(10)]
+    log = tmp_path / "log.csv"
+    log.write_text("\n".join(rows) + "\n")
+    base = ["prepare", "--file", str(log), "--cache-dir", str(tmp_path / "c"), "--user-core", "1", "--item-core", "1"]
+    whole = runner.invoke(app, [*base, "--name", "whole"])
+    cut = runner.invoke(app, [*base, "--name", "cut", "--since", "1700172800", "--until", "2023-11-22"])
+    assert whole.exit_code == 0 and cut.exit_code == 0, cut.output
+    n_whole = json.loads(whole.stdout.strip().splitlines()[-1])["interactions"]
+    n_cut = json.loads(cut.stdout.strip().splitlines()[-1])["interactions"]
+    # [day 2, 2023-11-22 00:00 UTC = day 7.x): days 2..7 of every user's 10
+    assert n_whole == 120 and n_cut == 12 * 6
+    refused = runner.invoke(app, ["prepare", "ml-100k", "--since", "2020-01-01"])
+    assert refused.exit_code == 2 and "--file" in refused.output

@@ -160,6 +160,7 @@ def load_data(
     force: bool = False,
     options: Any = None,
     name: str | None = None,
+    memory_check: bool = True,
 ):
     """A named dataset, a name given to `prepare --name`, or interaction file(s) with `options`."""
     from training.data import DatasetError, load_dataset, prepare_files
@@ -167,7 +168,7 @@ def load_data(
     try:
         if file:
             files = [file] if isinstance(file, Path) else list(file)
-            return prepare_files(files, options, name=name, cache_dir=cache_dir, force=force)
+            return prepare_files(files, options, name=name, cache_dir=cache_dir, force=force, memory_check=memory_check)
         return load_dataset(dataset, data_dir, cache_dir, force=force)
     except DatasetError as exc:
         msg = str(exc)

@@ -71,6 +71,24 @@ def prepare(
     allow_missing_text: AllowMissingTextOpt = False,
     data_dir: DataDirOpt = None,
     cache_dir: CacheDirOpt = None,
+    since: Annotated[
+        str | None,
+        typer.Option(
+            help="Keep events at or after this time: an ISO date or datetime (UTC unless it names its zone) or "
+            "epoch seconds; needs a time column."
+        ),
+    ] = None,
+    until: Annotated[
+        str | None,
+        typer.Option(help="Keep events before this time (exclusive): an ISO date or datetime or epoch seconds."),
+    ] = None,
+    memory_check: Annotated[
+        bool,
+        typer.Option(
+            help="Before reading, estimate the memory the log needs and refuse one that would not fit; "
+            "--no-memory-check reads it anyway."
+        ),
+    ] = True,
     force: Annotated[bool, typer.Option(help="Rebuild the cache even when it exists.")] = False,
 ) -> None:
     """Read raw interactions, filter, order by time, remap ids and cache the result; print what each step did."""
@@ -78,7 +96,7 @@ def prepare(
 
     t = time.perf_counter()
     options = None
-    reading = (time_offset_col, time_offset_unit, fix_ids, null_user_id, drop_duplicates)
+    reading = (time_offset_col, time_offset_unit, fix_ids, null_user_id, drop_duplicates, since, until)
     if file:
         options = FileOptions(
             user_col=user_col,
@@ -101,6 +119,8 @@ def prepare(
             null_users=null_users,
             null_user_ids=tuple(null_user_id or ()),
             drop_duplicates=drop_duplicates,
+            since=since,
+            until=until,
         )
         try:
             options.check()
@@ -117,7 +137,9 @@ def prepare(
         )
     elif (user_core, item_core, min_len) != (5, 5, 3):
         fail(f"--user-core/--item-core/--min-len go with --file; {dataset!r} has its published filter")
-    data = load_data(dataset, file, data_dir, cache_dir, force=force, options=options, name=name)
+    data = load_data(
+        dataset, file, data_dir, cache_dir, force=force, options=options, name=name, memory_check=memory_check
+    )
     print_report(data)
     if file:
         typer.echo(f"prepared {data.name!r}: use it with --dataset {data.name}", err=True)

@@ -111,6 +111,7 @@ SOURCES: dict[str, tuple[Source, ...]] = {
         _ML1M_ZIP,
     ),
     "ml-1m-ratings": (_ML1M_ZIP,),
+    "ml-1m-ratings-typed": (_ML1M_ZIP,),
     "ml-100k": (
         Source(
             f"{_GL}/ml-100k.zip",

@@ -31,14 +31,16 @@ import json
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from app.ids import MAX_ID_LENGTH
 from training.data.ids import NULL_IDS, NULL_POLICIES, fix_id, id_problem, normalisation_twins, null_like
 from training.data.readers import DatasetError, Interactions
-from training.data.times import SECONDS_PER, TIME_UNITS, Where, add_offset, parse_time, tie_warning
+from training.data.times import SECONDS_PER, TIE_WARN, TIME_UNITS, Where, add_offset, parse_time, tie_warning
 
 SEPARATORS = (",", ";", "\t", "|")
 STANDARD = {"user": "user_id", "item": "item_id", "time": "timestamp", "session": "session_id", "event": "event_id"}
@@ -77,15 +79,33 @@ class FileOptions:
     null_users: str = "warn"  # placeholder user ids: warn (one user), drop, or session (the session id)
     null_user_ids: tuple[str, ...] = ()  # more placeholder spellings besides ids.NULL_IDS
     drop_duplicates: bool = False  # drop rows that repeat an earlier row of the same file exactly
+    # Keep events from `since` (inclusive) to `until` (exclusive): ISO date/datetime or epoch seconds.
+    since: str | None = None
+    until: str | None = None
+    # Event types (training/event_types.py): the column naming each event's type, the declared
+    # types (others are refused; None: whatever occurs), those never used as input nor target
+    # (negative) and those training predicts (target; empty: every type that is not negative).
+    type_col: str | None = None
+    event_types: tuple[str, ...] | None = None
+    negative_types: tuple[str, ...] = ()
+    target_types: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        # Untyped options keep the dict (and so the cache key) they had before event types existed.
+        if not self.type_col:
+            for key in _TYPE_KEYS:
+                d.pop(key)
+        for key in ("since", "until"):  # likewise for logs read without a time cut
+            if d[key] is None:
+                d.pop(key)
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> FileOptions:
         known = {f.name for f in dataclasses.fields(cls)}
         kw = {k: v for k, v in d.items() if k in known}
-        for key in ("columns", "null_user_ids"):
+        for key in ("columns", "null_user_ids", "event_types", "negative_types", "target_types"):
             if kw.get(key) is not None:
                 kw[key] = tuple(kw[key])
         return cls(**kw)
@@ -106,17 +126,82 @@ class FileOptions:
             raise DatasetError("--time-offset-unit goes with --time-offset-col (the column holding the offset)")
         if self.null_users not in NULL_POLICIES:
             raise DatasetError(f"--null-users must be one of {', '.join(NULL_POLICIES)}, got {self.null_users!r}")
+        lo, hi = self.window()
+        if lo >= hi:
+            raise DatasetError(f"--since {self.since} is not before --until {self.until}: no event would be kept")
+        self._check_types()
+
+    def window(self) -> tuple[float, float]:
+        """The --since/--until cut as epoch seconds [since, until); unbounded ends are infinite."""
+        lo = time_bound(self.since, "--since") if self.since else -np.inf
+        hi = time_bound(self.until, "--until") if self.until else np.inf
+        return lo, hi
+
+    def _check_types(self) -> None:
+        given = [f"--{k.replace('_', '-')}" for k in _TYPE_KEYS[1:] if getattr(self, k)]
+        if given and not self.type_col:
+            raise DatasetError(f"{', '.join(given)} need --type-col: the column that holds each event's type")
+        both = set(self.negative_types) & set(self.target_types)
+        if both:
+            raise DatasetError(f"event type(s) {', '.join(sorted(both))} cannot be both negative and target")
+        if self.event_types is not None:
+            undeclared = [t for t in (*self.negative_types, *self.target_types) if t not in self.event_types]
+            if undeclared:
+                raise DatasetError(
+                    f"event type(s) {', '.join(undeclared)} are not among the declared --event-types "
+                    f"({', '.join(self.event_types)})"
+                )
+
+
+_TYPE_KEYS = ("type_col", "event_types", "negative_types", "target_types")
+
+
+def time_bound(value: str, flag: str) -> float:
+    """--since/--until: epoch seconds, or an ISO-8601 date or datetime (UTC when it names no zone)."""
+    v = value.strip()
+    try:
+        return float(v)
+    except ValueError:
+        pass
+    try:
+        d = datetime.fromisoformat(v)
+    except ValueError:
+        raise DatasetError(
+            f"{flag} {value!r} is not a time: give an ISO date or datetime (2026-01-31, 2026-01-31T10:00:00Z) "
+            f"or epoch seconds"
+        ) from None
+    return (d if d.tzinfo else d.replace(tzinfo=UTC)).timestamp()
 
 
 @dataclass
 class ReadResult:
-    inter: Interactions
+    # The events in file order (polars): user, item (strings); t (seconds, float) when the log
+    # has times, session when it has sessions, type when it has event types.
+    frame: Any
     notes: list[str] = field(default_factory=list)
     rows_read: int = 0
     duplicates: int = 0  # rows dropped as an event an earlier row or file already holds
     warnings: list[str] = field(default_factory=list)
     # Rows removed while reading: (step name, rows removed), in the order the steps ran.
     steps: list[tuple[str, int]] = field(default_factory=list)
+    type_names: tuple[str, ...] | None = None  # the declared event types
+
+    @property
+    def inter(self) -> Interactions:
+        """The events as numpy object arrays (build_sequences' input; slow for large logs)."""
+        f = self.frame
+        ts = None
+        if "t" in f.columns:
+            t = f["t"].to_numpy()
+            ts = t.astype(np.int64) if np.all(t == np.floor(t)) else t
+        return Interactions(
+            f["user"].to_numpy().astype(object),
+            f["item"].to_numpy().astype(object),
+            ts,
+            sessions=f["session"].to_numpy().astype(object) if "session" in f.columns else None,
+            types=f["type"].to_numpy().astype(object) if "type" in f.columns else None,
+            type_names=self.type_names,
+        )
 
 
 def file_digest(path: Path) -> str:
@@ -278,9 +363,24 @@ def _null_mask(s, extra: Sequence[str]):
     return s.is_null() | s.str.strip_chars().str.to_lowercase().is_in(spellings)
 
 
+def duplicate_rows(df, cols: list[str]) -> tuple[int, int]:
+    """(rows equal to another row, rows repeating an earlier one) in the columns `cols`.
+
+    Rows are hashed first: only rows whose hash occurs twice can be equal, and only those are
+    compared, so a log without duplicates costs one hash per row, not a comparison of strings.
+    """
+    import polars as pl
+
+    maybe = df.select(pl.struct(cols).hash()).to_series().is_duplicated()
+    if not maybe.any():
+        return 0, 0
+    some = df.filter(maybe).select(cols)
+    return int(some.is_duplicated().sum()), some.height - some.n_unique()
+
+
 def _drop_repeated_rows(path: Path, df, cols: list[str], drop: bool, notes: list[str], steps: list) -> Any:
     """Count rows that repeat an earlier row of the file in every column; drop them if asked."""
-    repeats = df.height - df.select(cols).n_unique()
+    repeats = duplicate_rows(df, cols)[1]
     if not repeats:
         return df
     if drop:
@@ -346,22 +446,31 @@ def _id_refused(where: str, role: str, col: str, value: str, problem: str, bad: 
     )
 
 
+# Ids the rule accepts and --fix-ids leaves as they are: printable ASCII but space and '/' (and '%',
+# which --fix-ids encodes), up to the rule's length.
+_SAFE_ASCII = rf"^[!-.0-~]{{1,{MAX_ID_LENGTH}}}$"
+_FIXED_ASCII = rf"^[!-$&-.0-~]{{1,{MAX_ID_LENGTH}}}$"
+
+
 def _checked_ids(path: Path, df, col: str, role: str, fix: bool, at: Where, notes: list[str]):
     """The column as ids the service accepts (app.ids): mapped with --fix-ids, else refused at
     the first line that breaks the rule."""
     import polars as pl
 
     s = df[col].cast(pl.String)
-    uniq = s.unique(maintain_order=True).to_list()  # file order: the first offender is named first
+    # Only ids outside plain printable ASCII can break the rule (or change under --fix-ids):
+    # Python looks at those alone, in file order, so the first offender is named first.
+    uniq = s.filter(~s.str.contains(_FIXED_ASCII if fix else _SAFE_ASCII)).unique(maintain_order=True).to_list()
     if fix:
         mapping = {v: fix_id(v) for v in uniq}
         changed = {k: v for k, v in mapping.items() if k != v}
         if changed:
+            n_ids = s.n_unique()
             s = s.replace(changed)
-            merged = len(uniq) - len(set(mapping.values()))
+            merged = n_ids - s.n_unique()
             examples = ", ".join(f"{k!r} -> {v!r}" for k, v in list(changed.items())[:2])
             notes.append(
-                f"{path.name}: --fix-ids changed {len(changed)} of {len(uniq)} {role} ids (e.g. {examples})"
+                f"{path.name}: --fix-ids changed {len(changed)} of {n_ids} {role} ids (e.g. {examples})"
                 + (f"; {merged} of them now equal another id and are merged with it" if merged else "")
             )
         uniq = list(dict.fromkeys(mapping.values()))
@@ -460,8 +569,54 @@ def read_one(path: Path, opts: FileOptions) -> _File:
             else pl.Series("eid", [None] * df.height, pl.String)
         ).alias("eid"),
     )
+    if opts.type_col:
+        out = out.with_columns(_event_types(path, df, opts, at))
+    if opts.since or opts.until:
+        out = _cut_window(path, out, time, opts, notes, steps)
     roles = {"user": user, "item": item, "time": time, "session": session, "event": event}
     return _File(out, roles, notes, steps)
+
+
+def _cut_window(path: Path, out, time: str | None, opts: FileOptions, notes: list[str], steps: list):
+    """--since/--until: the events from since (inclusive) to until (exclusive)."""
+    import polars as pl
+
+    if not time:
+        raise DatasetError(
+            f"{path}: --since/--until cut the log by event time, but the file has no time column; "
+            f"map one with --time-col"
+        )
+    lo, hi = opts.window()
+    kept = out.filter((pl.col("t") >= lo) & (pl.col("t") < hi))
+    cut = out.height - kept.height
+    if cut:
+        steps.append(("outside --since/--until", cut))
+        span = " and ".join(f"{f} {v}" for f, v in (("--since", opts.since), ("--until", opts.until)) if v)
+        notes.append(f"{path.name}: dropped {cut} rows outside {span}")
+    return kept
+
+
+def _event_types(path: Path, df, opts: FileOptions, at: Where):
+    """The type column as stripped strings; an empty or undeclared type is refused at its line."""
+    import polars as pl
+
+    col = opts.type_col
+    if col not in df.columns:
+        raise DatasetError(f"{path}: missing event type column {col!r} (columns: {list(df.columns)}); check --type-col")
+    s = df[col].cast(pl.String).str.strip_chars()
+    bad = s.is_null() | (s == "")
+    if bad.any():
+        r = int(np.flatnonzero(bad.to_numpy())[0])
+        raise DatasetError(f"{at(r)}: empty event type in column {col!r}; fill it in or remove the line")
+    if opts.event_types is not None:
+        unknown = ~s.is_in(list(opts.event_types))
+        if unknown.any():
+            r = int(np.flatnonzero(unknown.to_numpy())[0])
+            raise DatasetError(
+                f"{at(r)}: event type {s[r]!r} is not declared (--event-types {','.join(opts.event_types)}); "
+                f"declare it or remove the line"
+            )
+    return s.alias("type")
 
 
 def _user_warnings(users, opts: FileOptions) -> list[str]:
@@ -492,6 +647,8 @@ def _twin_warnings(frame) -> list[str]:
     """Ids written in two Unicode normalisation forms: one id to a reader, two to the service."""
     out = []
     for role in ("user", "item"):
+        if (frame[role].str.len_bytes() == frame[role].str.len_chars()).all():
+            continue  # distinct ASCII ids stay distinct in every normalisation form
         twins = normalisation_twins(frame[role].unique(maintain_order=True).to_list())
         if twins:
             out.append(
@@ -566,6 +723,9 @@ def read_files(paths: Sequence[Path], opts: FileOptions = FileOptions()) -> Read
     if len(paths) > 1 and timed == {False} and not all(has_eid):
         notes.append("files without times or event ids: duplicates across them cannot be recognised (all rows kept)")
     allf = pl.concat(kept)
+    if allf.height == 0 and (opts.since or opts.until):
+        span = " and ".join(f"{f} {v}" for f, v in (("--since", opts.since), ("--until", opts.until)) if v)
+        raise DatasetError(f"no event left to prepare between {span}; check the time cut against the log's times")
     ts = None
     warnings: list[str] = []
     if any(with_user):
@@ -575,7 +735,10 @@ def read_files(paths: Sequence[Path], opts: FileOptions = FileOptions()) -> Read
     if timed == {True}:
         t = allf["t"].to_numpy()
         ts = t.astype(np.int64) if np.all(t == np.floor(t)) else t
-        share, tie = tie_warning(allf["user"].to_numpy(), t, time_col or "time")
+        tied = duplicate_rows(allf, ["user", "t"])[0]
+        share, tie = tied / len(t), None
+        if share >= TIE_WARN:  # tie_warning words it (and counts again: rare, and exact)
+            share, tie = tie_warning(allf["user"], t, time_col or "time")
         if tie:
             warnings.append(tie)
         elif share:
@@ -583,23 +746,20 @@ def read_files(paths: Sequence[Path], opts: FileOptions = FileOptions()) -> Read
                 f"ties: {_pct(round(share * len(t)), len(t))} of events share their timestamp with another event "
                 f"of the same user (kept in row order)"
             )
-    sessions = allf["session"].to_numpy().astype(object) if any(k[2] for k in kinds) else None
-    if sessions is not None and any(s is None for s in sessions):
+    with_sessions = any(k[2] for k in kinds)
+    if with_sessions and allf["session"].null_count():
         missing = [str(k[0]) for k in kinds if not k[2]]
         raise DatasetError(
             f"{missing[0]} has no session column while another file has one; map it with --session-col "
             f"or prepare the files apart"
         )
-    inter = Interactions(
-        allf["user"].to_numpy().astype(object),
-        allf["item"].to_numpy().astype(object),
-        ts,
-        sessions=sessions,
-    )
+    # The events stay a polars frame: build_sequences_frame turns them into int arrays.
+    cols = ["user", "item", *(["t"] if ts is not None else []), *(["session"] if with_sessions else [])]
+    frame = allf.select([*cols, *(["type"] if opts.type_col else [])])
     steps = [(name, k) for name, k in removed.items() if k]
     if dups:
         steps.append(("duplicate events", dups))
-    return ReadResult(inter, notes, rows_read, dups, warnings, steps)
+    return ReadResult(frame, notes, rows_read, dups, warnings, steps, opts.event_types)
 
 
 def read_item_text_generic(

@@ -32,6 +32,10 @@ class SeqData:
     # Where the data came from and how it was cut (source, filter report, notes, sessions,
     # split): enough to rebuild it, so a checkpoint can find its data again.
     meta: dict[str, Any] = field(default_factory=dict)
+    # (total,) int8 index into type_names, aligned with items, or None: untyped events
+    # (training/event_types.py reads them).
+    types: np.ndarray | None = None
+    type_names: list[str] | None = None
 
     @property
     def num_users(self) -> int:
@@ -68,6 +72,9 @@ class SeqData:
         h.update("\n".join(self.item_ids).encode())
         if self.sessions is not None:
             h.update(self.sessions.astype(np.int32).tobytes())
+        if self.types is not None:  # untyped data keeps the fingerprint it always had
+            h.update(self.types.astype(np.int8).tobytes())
+            h.update("\n".join(self.type_names or []).encode())
         return h.hexdigest()
 
     def stats(self) -> dict[str, float | int | str]:
@@ -135,6 +142,7 @@ def build_sequences(
     users, items = inter.users[keep], inter.items[keep]
     ts = inter.timestamps[keep] if inter.timestamps is not None else None
     sess = inter.sessions[keep] if inter.sessions is not None else None
+    typ = inter.types[keep] if inter.types is not None else None
     if report is not None and (k_user > 1 or k_item > 1):
         report.append(
             {
@@ -184,6 +192,12 @@ def build_sequences(
         sessions=s_codes,
         session_ids=s_ids,
     )
+    if typ is not None:
+        data.types, data.type_names = _type_codes(typ[order], inter.type_names)
+    return _min_len(data, name, min_len, report)
+
+
+def _min_len(data: SeqData, name: str, min_len: int, report: list[dict[str, Any]] | None) -> SeqData:
     if min_len > 1:
         n_before = _seq_counts(data)
         # Dropping users can leave items without any event: the catalogue keeps only items with
@@ -196,34 +210,238 @@ def build_sequences(
     return data
 
 
+def _type_codes(names: np.ndarray, declared: tuple[str, ...] | None) -> tuple[np.ndarray, list[str]]:
+    """Event type names -> int8 codes into the declared types (else the sorted types that occur)."""
+    vocab = list(declared) if declared else sorted({str(x) for x in np.unique(names)})
+    if len(vocab) > 127:
+        raise DatasetError(f"{len(vocab)} event types; at most 127 are supported (int8 codes)")
+    index = {x: i for i, x in enumerate(vocab)}
+    return np.fromiter((index[str(x)] for x in names), np.int8, len(names)), vocab
+
+
+# --------------------------------------------------------------------------- large logs
+# The same steps as build_sequences on a polars frame: every row-level step (k-core, id
+# mapping, the time sort) stays in polars, and numpy sees only the int arrays at the end.
+
+
+def _codes(ids: Any) -> tuple[np.ndarray, Any]:
+    """Each row's index into the distinct ids (a hash lookup, not a sort), and those ids."""
+    import polars as pl
+
+    uniq = ids.unique()
+    codes = ids.replace_strict(uniq, pl.int_range(len(uniq), dtype=pl.UInt32, eager=True), return_dtype=pl.UInt32)
+    return codes.to_numpy(), uniq
+
+
+def k_core_codes(u: np.ndarray, i: np.ndarray, k_user: int, k_item: int) -> np.ndarray:
+    """`k_core` on integer codes (no sort): the same keep-mask, by counting."""
+    keep = np.ones(len(u), dtype=bool)
+    if k_user <= 1 and k_item <= 1:
+        return keep
+    nu, ni = int(u.max()) + 1 if len(u) else 0, int(i.max()) + 1 if len(i) else 0
+    while True:
+        u_cnt = np.bincount(u[keep], minlength=nu)
+        i_cnt = np.bincount(i[keep], minlength=ni)
+        new_keep = keep & (u_cnt[u] >= k_user) & (i_cnt[i] >= k_item)
+        if new_keep.sum() == keep.sum():
+            return new_keep
+        keep = new_keep
+
+
+_DIGITS = r"^[0-9]{1,18}$"  # an int64 without a sign: the fast numeric order
+
+
+def vocab_order(uniq: Any) -> np.ndarray:
+    """Positions that sort distinct ids as `_sort_key_ids` does: numerically when all are
+    integers (as Python's int() reads them), else in code point order."""
+    import polars as pl
+
+    text = uniq.arg_sort().to_numpy()  # code point order, as numpy sorts Python strings
+    if len(text) == 0:
+        return text
+    try:
+        int(uniq[int(text[0])])
+    except ValueError:
+        return text  # one id that is not an integer decides: text order
+    if uniq.str.contains(_DIGITS).all():
+        by = pl.DataFrame({"n": uniq.cast(pl.Int64), "s": uniq}).with_row_index("k").sort(["n", "s"])
+        return by["k"].to_numpy()
+    # Signs, '_' separators, other scripts' digits, longer numbers: as Python's int() reads them.
+    as_text = uniq.gather(text).to_numpy().astype(object)
+    try:
+        by_value = np.argsort(np.array([int(x) for x in as_text]), kind="stable")
+    except ValueError:
+        return text
+    return text[by_value]
+
+
+def _vocab(codes: np.ndarray, uniq: Any) -> tuple[list[str], np.ndarray]:
+    """The ids the kept rows use, in vocabulary order, and each row's index into them."""
+    present = np.flatnonzero(np.bincount(codes, minlength=len(uniq)))
+    used = uniq.gather(present)
+    order = present[vocab_order(used)]
+    lut = np.zeros(len(uniq), np.int64)
+    lut[order] = np.arange(len(order))
+    return uniq.gather(order).to_list(), lut[codes]
+
+
+def _code_counts(u: np.ndarray, i: np.ndarray, pairs: np.ndarray | None) -> dict[str, int]:
+    import polars as pl
+
+    out = {"rows": len(u), "users": _distinct(u), "items": _distinct(i)}
+    if pairs is not None:
+        out["sessions"] = int(pl.Series(pairs).n_unique())
+    return out
+
+
+@dataclass
+class Encoded:
+    """A frame's users and items as integer codes into their distinct ids (and (user, session) keys)."""
+
+    uc: np.ndarray
+    users: Any  # polars Series of the distinct user ids; uc indexes it
+    ic: np.ndarray
+    items: Any
+    pairs: np.ndarray | None  # one int64 per (user, session), or None without sessions
+
+    def counts(self) -> dict[str, int]:
+        """Rows, users, items (and user sessions): the filter report's counts."""
+        return _code_counts(self.uc, self.ic, self.pairs)
+
+
+def encode_frame(frame: Any) -> Encoded:
+    uc, users = _codes(frame["user"])
+    ic, items = _codes(frame["item"])
+    pairs = None
+    if "session" in frame.columns:
+        sc, _ = _codes(frame["session"])
+        pairs = uc.astype(np.int64) * (int(sc.max()) + 1) + sc  # one key per (user, session)
+    return Encoded(uc, users, ic, items, pairs)
+
+
+def build_sequences_frame(
+    frame: Any,
+    name: str,
+    k_user: int = 0,
+    k_item: int = 0,
+    min_len: int = 1,
+    report: list[dict[str, Any]] | None = None,
+    type_names: tuple[str, ...] | None = None,
+    encoded: Encoded | None = None,
+) -> SeqData:
+    """`build_sequences` on a polars frame in file order, with columns user and item (strings),
+    t (seconds, float) when the log has times, session when it has sessions, type when it has
+    event types (`type_names`: the declared ones). The same SeqData, without Python-level loops:
+    ids become integer codes by a hash lookup, and every later step counts and sorts integers.
+    `encoded`: the frame's codes when the caller has them (encode_frame)."""
+    import polars as pl
+
+    enc = encoded or encode_frame(frame)
+    uc, users, ic, items, pairs = enc.uc, enc.users, enc.ic, enc.items, enc.pairs
+    before = _code_counts(uc, ic, pairs) if report is not None else {}
+    keep = k_core_codes(uc, ic, k_user, k_item)
+    rows = None if keep.all() else np.flatnonzero(keep)  # kept rows, in file order
+
+    def kept(x: np.ndarray) -> np.ndarray:
+        return x if rows is None else x[rows]
+
+    uc, ic = kept(uc), kept(ic)
+    pairs = kept(pairs) if pairs is not None else None
+    if report is not None and (k_user > 1 or k_item > 1):
+        step = f"{k_user}-core users, {k_item}-core items"
+        report.append({"step": step, "before": before, "after": _code_counts(uc, ic, pairs)})
+    if len(uc) == 0:
+        raise DatasetError(
+            f"{name}: nothing left after the {k_user}/{k_item}-core filter (users and items with at least "
+            f"{k_user} resp. {k_item} events); lower --user-core / --item-core"
+        )
+    user_ids, u = _vocab(uc, users)
+    item_ids, i = _vocab(ic, items)
+    check_index_range(len(item_ids), name)
+    t = kept(frame["t"].to_numpy()) if "t" in frame.columns else None
+    # Stable lexsort: user first, then time; equal timestamps keep file order.
+    order = np.lexsort((t, u)) if t is not None else np.argsort(u, kind="stable")
+    offsets = np.zeros(len(user_ids) + 1, np.int64)
+    offsets[1:] = np.cumsum(np.bincount(u, minlength=len(user_ids)))
+    s_codes, s_ids = None, None
+    if pairs is not None:
+        # A session id names a session of one user: key (user, session), numbered by first appearance.
+        first = pl.DataFrame({"key": pairs}).with_row_index("r").unique("key", keep="first", maintain_order=True)
+        s_ids = frame["session"].gather(kept(np.arange(frame.height))[first["r"].to_numpy()]).to_list()
+        numbered = pl.DataFrame({"key": pairs}).join(
+            first.with_row_index("s").select("key", "s"), on="key", how="left", maintain_order="left"
+        )
+        s_codes = numbered["s"].to_numpy()[order].astype(np.int32)
+    t_codes, t_names = None, None
+    if "type" in frame.columns:
+        names = frame["type"] if rows is None else frame["type"].gather(rows)
+        t_names = list(type_names) if type_names else names.unique().sort().to_list()
+        if len(t_names) > 127:
+            raise DatasetError(f"{len(t_names)} event types; at most 127 are supported (int8 codes)")
+        t_codes = names.replace_strict(t_names, list(range(len(t_names))), return_dtype=pl.Int8).to_numpy()[order]
+    data = SeqData(
+        name=name,
+        user_ids=user_ids,
+        item_ids=item_ids,
+        offsets=offsets,
+        items=(i[order] + 1).astype(np.int32),
+        timestamps=np.floor(t[order]).astype(np.int64) if t is not None else None,
+        sessions=s_codes,
+        session_ids=s_ids,
+        types=t_codes,
+        type_names=t_names,
+    )
+    return _min_len(data, name, min_len, report)
+
+
+INDEX_LIMIT = int(np.iinfo(np.int32).max)  # item indices are int32 (1..num_items)
+
+
+def check_index_range(num_items: int, name: str) -> None:
+    """Refuse a catalogue whose indices would not fit the int32 item arrays."""
+    if num_items > INDEX_LIMIT:
+        raise DatasetError(
+            f"{name}: {num_items:,} distinct items; item indices are 32-bit, so at most {INDEX_LIMIT:,}: "
+            f"raise --item-core to drop rare items, or cut the log with --since/--until"
+        )
+
+
+def _distinct(codes: np.ndarray) -> int:
+    """How many distinct values a non-negative int array holds (a count, not a sort)."""
+    return int(np.count_nonzero(np.bincount(codes))) if len(codes) else 0
+
+
 def _seq_counts(data: SeqData) -> dict[str, int]:
-    out = {"rows": data.num_interactions, "users": data.num_users, "items": len(np.unique(data.items))}
+    out = {"rows": data.num_interactions, "users": data.num_users, "items": _distinct(data.items)}
     if data.sessions is not None:
-        out["sessions"] = len(np.unique(data.sessions))
+        out["sessions"] = _distinct(data.sessions)
     return out
 
 
 def drop_short(data: SeqData, min_len: int) -> SeqData:
     lens = np.diff(data.offsets)
-    keep_users = np.flatnonzero(lens >= min_len)
+    keep = lens >= min_len
+    keep_users = np.flatnonzero(keep)
     if len(keep_users) == len(lens):
         return data
-    seqs = [data.items[data.offsets[u] : data.offsets[u + 1]] for u in keep_users]
-    tss = [data.times(u) for u in keep_users] if data.timestamps is not None else None
-    sess = (
-        [data.sessions[data.offsets[u] : data.offsets[u + 1]] for u in keep_users]
-        if data.sessions is not None
-        else None
-    )
+    rows = np.repeat(keep, lens)  # the kept users' events, where they are
     offsets = np.zeros(len(keep_users) + 1, np.int64)
-    offsets[1:] = np.cumsum([len(s) for s in seqs])
+    offsets[1:] = np.cumsum(lens[keep])
+    some = len(keep_users) > 0  # with no user left, the optional columns are None (as ever)
+
+    def cut(x: np.ndarray | None, dtype: Any = None) -> np.ndarray | None:
+        if x is None or not some:
+            return None
+        return x[rows].astype(dtype) if dtype else x[rows]
+
     return replace(
         data,
         user_ids=[data.user_ids[u] for u in keep_users],
         offsets=offsets,
-        items=np.concatenate(seqs).astype(np.int32) if seqs else np.zeros(0, np.int32),
-        timestamps=np.concatenate(tss) if tss else None,  # type: ignore[arg-type]
-        sessions=np.concatenate(sess).astype(np.int32) if sess else None,
+        items=data.items[rows].astype(np.int32),
+        timestamps=cut(data.timestamps),
+        sessions=cut(data.sessions, np.int32),
+        types=cut(data.types, np.int8),
     )
 
 
@@ -256,6 +474,9 @@ class Split:
     train_times: list[np.ndarray] | None = None
     valid_times: list[np.ndarray] | None = None
     test_times: list[np.ndarray] | None = None
+    # (len(train[u]),) bool per training sequence: which positions may be targets (event types,
+    # training/event_types.py); None: every position is.
+    train_targets: list[np.ndarray] | None = None
 
     def subset(self, n: int) -> Split:
         """The first n users (every list cut alike, so times stay aligned)."""
@@ -273,6 +494,7 @@ class Split:
             cut(self.train_times),
             cut(self.valid_times),
             cut(self.test_times),
+            cut(self.train_targets),
         )
 
 

@@ -28,6 +28,9 @@ class Interactions:
     # order is file order
     timestamps: np.ndarray | None
     sessions: np.ndarray | None = None  # (n,) str (object) session ids, or None
+    # (n,) str (object) event type names (view, like, dislike, ...), or None: untyped events.
+    types: np.ndarray | None = None
+    type_names: tuple[str, ...] | None = None  # the declared types, in order; None: those that occur
 
     def __len__(self) -> int:
         return len(self.users)
@@ -86,6 +89,32 @@ def _read_rating_rows(path: Path, sep: str, encoding: str, skip_header: bool = F
 def read_movielens_dat(path: Path) -> Interactions:
     """MovieLens-1M `UserID::MovieID::Rating::Timestamp` (latin-1)."""
     return _read_rating_rows(path, "::", "latin-1")
+
+
+# MovieLens ratings as typed events: a rating says whether the film was liked, not only watched.
+RATING_TYPES = ("view", "like", "dislike")
+
+
+def rating_type(rating: int) -> str:
+    """4-5 stars: like; 1-2: dislike; 3: view (watched, neither liked nor disliked)."""
+    return "like" if rating >= 4 else "dislike" if rating <= 2 else "view"
+
+
+def read_movielens_typed(path: Path) -> Interactions:
+    """MovieLens-1M `UserID::MovieID::Rating::Timestamp` with each rating read as an event type (rating_type)."""
+    inter = read_movielens_dat(path)
+    ratings: list[str] = []
+    with _open_lines(path, "latin-1") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                ratings.append(rating_type(int(line.split("::")[2])))
+            except (IndexError, ValueError):
+                raise DatasetError(f"{path}:{lineno}: rating is not an integer: {line[:80]!r}") from None
+    inter.types = np.array(ratings, dtype=object)
+    inter.type_names = RATING_TYPES
+    return inter
 
 
 def read_ml100k(path: Path) -> Interactions:
