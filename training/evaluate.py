@@ -23,6 +23,9 @@ from training.batching import pad_left
 
 DEFAULT_KS = (1, 5, 10, 20)
 ScoreFn = Callable[..., torch.Tensor]  # (B, L) item_seq[, (B, L) time_seq] -> (B, >= N+1) scores
+# Scores held at once when ranking against an item table: users x items past this are ranked a
+# block of items at a time (16M floats, 64 MB), so a 1M-item catalogue never needs users x items.
+EVAL_CHUNK_ELEMENTS = 1 << 24
 # (items, times) of one history -> the (items, times) the model reads (e.g. dwell repetition,
 # app/bundles/history.py): applied before the max_len cut, exactly as the service applies it.
 HistoryFn = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
@@ -56,6 +59,41 @@ def target_ranks(
     return (scores > target_scores).sum(dim=1)
 
 
+def chunked_target_ranks(
+    users: torch.Tensor,
+    table: torch.Tensor,
+    targets: torch.Tensor,
+    histories: Sequence[np.ndarray] | None,
+    num_items: int,
+    chunk_elements: int = EVAL_CHUNK_ELEMENTS,
+) -> torch.Tensor:
+    """target_ranks for scores = users @ table.T, computed a block of items at a time.
+
+    users: (B, D); table: (>= N+1, D); targets: (B,). Peak memory is one (B, C) block, C =
+    chunk_elements // B items. Each target's own score is its row of that product (fp32); the
+    target's own entry in its block is skipped, so rounding can never count it above itself.
+    """
+    u, w = users.float(), table[: num_items + 1].float()
+    target_scores = (u * w[targets]).sum(1, keepdim=True)  # (B, 1)
+    rows = cols = None
+    if histories is not None and len(histories):
+        rows = torch.as_tensor(np.concatenate([np.full(len(h), i) for i, h in enumerate(histories)]), dtype=torch.long)
+        cols = torch.as_tensor(np.concatenate(histories), dtype=torch.long)
+        rows, cols = rows.to(u.device), cols.to(u.device)
+    step = max(1, chunk_elements // max(len(u), 1))
+    ranks = torch.zeros(len(u), dtype=torch.long, device=u.device)
+    for a in range(1, num_items + 1, step):  # row 0 (padding) is never ranked
+        b = min(a + step, num_items + 1)
+        z = u @ w[a:b].T  # (B, C)
+        if rows is not None and cols is not None:
+            hit = (cols >= a) & (cols < b)
+            z[rows[hit], cols[hit] - a] = -torch.inf
+        own = (targets >= a) & (targets < b)
+        z[own.nonzero(as_tuple=True)[0], targets[own] - a] = -torch.inf
+        ranks += (z > target_scores).sum(1)
+    return ranks
+
+
 @torch.no_grad()
 def full_rank_eval(
     score_fn: ScoreFn,
@@ -71,6 +109,8 @@ def full_rank_eval(
     times: Sequence[np.ndarray] | None = None,
     transform: HistoryFn | None = None,
     pass_times: bool = False,
+    item_table: torch.Tensor | None = None,
+    chunk_elements: int = EVAL_CHUNK_ELEMENTS,
 ) -> dict[str, float] | tuple[dict[str, float], np.ndarray]:
     """Score every user's history, rank the held-out target against the full catalogue.
 
@@ -78,6 +118,10 @@ def full_rank_eval(
     each (items, times) to what the model reads, and with `pass_times` the padded times go to
     `score_fn(seq, time_seq)`. The items excluded from the ranking are always the original
     history's: a transform changes what the model reads, never what counts as seen.
+
+    With `item_table` ((>= N+1, D), e.g. model.item_vectors()), `score_fn` returns user vectors
+    (B, D) instead of scores, and once a batch's users x items passes `chunk_elements` the ranks
+    come from chunked_target_ranks: memory bounded by the block, not the catalogue.
     """
     n = len(histories)
     if (transform is not None or pass_times) and (times is None or len(times) != n):
@@ -101,7 +145,13 @@ def full_rank_eval(
             seq = torch.as_tensor(pad_left([h[-max_len:] for h in hist]), device=device)
             scores = score_fn(seq)
         tgt = torch.as_tensor(targets[idx], device=device)
-        r = target_ranks(scores, tgt, hist if exclude_history else None, num_items)
+        seen = hist if exclude_history else None
+        if item_table is None:
+            r = target_ranks(scores, tgt, seen, num_items)
+        elif len(idx) * (num_items + 1) > chunk_elements:
+            r = chunked_target_ranks(scores, item_table, tgt, seen, num_items, chunk_elements)
+        else:  # small enough to score whole: exactly the scores a score_fn would return
+            r = target_ranks(scores @ item_table.T, tgt, seen, num_items)
         ranks[idx] = r.cpu().numpy()
     metrics = metrics_from_ranks(ranks, ks)
     metrics["users"] = float(n)

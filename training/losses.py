@@ -6,6 +6,8 @@ item indices, and the item table W: (N+1, D) (row 0 = padding, never a candidate
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 
@@ -171,6 +173,7 @@ def sampled_softmax(
     popularity: torch.Tensor | None = None,
     logq: str = "negatives",
     bias: torch.Tensor | None = None,
+    in_batch: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Softmax over the positive and `num_negatives` negatives shared by the batch.
 
@@ -182,26 +185,45 @@ def sampled_softmax(
     log q_pos shift of the positive, which favours rare targets in the "negatives" form.
     A negative that equals the positive is masked out. bias: (N+1,) added to each item's logit
     (BERT4Rec's b^O), so a caller never concatenates it onto the whole table for a few rows.
+
+    in_batch: (N+1,) how often each item is a training target. The batch's own targets, each
+    once, join the drawn negatives (in-batch negatives: the popular items, for the price of their
+    logits), and every candidate's q becomes its expected share of the candidates:
+    r_j = (K q_j + P(j among the batch's T targets)) / (K + U), P = 1 - (1 - p_j)^T with p the
+    targets' frequency, U the distinct targets; uniform draws then get the correction too.
     """
     if logq not in ("negatives", "sampled"):
         raise ValueError(f"logq must be negatives or sampled, got {logq!r}")
     num_items = table.shape[0] - 1
-    pos_logit = (h * table[pos]).sum(-1, keepdim=True)  # (T, 1)
-    if bias is not None:
-        pos_logit = pos_logit + bias[pos, None]
-    shift = None  # (K,): what each negative's logit gets added (-log q, the bias), inside the GEMM
+    # The weights live where the task was built (CPU); drawn and indexed beside the logits.
+    popularity = None if popularity is None else popularity.to(h.device)
+    in_batch = None if in_batch is None else in_batch.to(h.device)
     if popularity is None:
         neg = torch.randint(1, num_items + 1, (num_negatives,), device=h.device)
     else:
         neg = torch.multinomial(popularity, num_negatives, replacement=True)
+    shift = None  # (K,): what each negative's logit gets added (-log q, the bias), inside the GEMM
+    log_q_pos = None  # (T,): the positive's log q, for logq="sampled"
+    if in_batch is not None:
+        neg = torch.cat([neg, pos.unique()])
+        log_r = _candidate_log_share(in_batch, popularity, num_negatives, len(pos), len(neg), num_items)
+        shift, log_q_pos = -log_r(neg), log_r(pos)
+    elif popularity is not None:
         log_total = popularity.sum().log()  # log q_i = log pop_i - log_total
-        shift = log_total - popularity[neg].log()
-        if logq == "sampled":
-            # Same constant log K on both sides keeps the softmax unchanged except for q_pos.
-            pos_logit = pos_logit - (popularity[pos].log() - log_total)[:, None]
+        shift, log_q_pos = log_total - popularity[neg].log(), popularity[pos].log() - log_total
+    # One gather for the positives and the negatives: each gather's backward writes a gradient the
+    # size of the whole table, which at a million items costs more than the loss itself.
+    rows = table[torch.cat([pos, neg])]  # (T + K, D)
+    pos_logit = (h * rows[: len(pos)]).sum(-1, keepdim=True)  # (T, 1)
+    if bias is not None:
+        pos_logit = pos_logit + bias[pos, None]
+    if logq == "sampled" and log_q_pos is not None:
+        # Same constant log K on both sides keeps the softmax unchanged except for q_pos.
+        pos_logit = pos_logit - log_q_pos[:, None].to(pos_logit.dtype)
     if bias is not None:
         shift = bias[neg] if shift is None else shift + bias[neg]
-    neg_logit = h @ table[neg].T if shift is None else torch.addmm(shift.to(h.dtype), h, table[neg].T)  # (T, K)
+    neg_rows = rows[len(pos) :]  # (K, D)
+    neg_logit = h @ neg_rows.T if shift is None else torch.addmm(shift.to(h.dtype), h, neg_rows.T)  # (T, K)
     dt = _loss_dtype(h)  # fp32 under autocast, fp64 stays fp64
     pos_logit, neg_logit = pos_logit.squeeze(1).to(dt), neg_logit.to(dt)  # (T,), (T, K)
     rows, cols = _collisions(neg, pos)
@@ -213,6 +235,23 @@ def sampled_softmax(
     # -log softmax([pos, negs])[0], without building the (T, 1 + K) concatenation: the cat, its
     # backward and a log_softmax over it were ~1/5 of a BERT4Rec Beauty step on a CPU.
     return (torch.logaddexp(pos_logit, torch.logsumexp(neg_logit, dim=1)) - pos_logit).mean()
+
+
+def _candidate_log_share(
+    counts: torch.Tensor, popularity: torch.Tensor | None, k: int, t: int, m: int, num_items: int
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """ids -> log r_ids: each item's expected share of m candidates, k drawn ~ popularity (uniform
+    when None) plus the distinct targets of t positions, each a target with frequency counts / sum."""
+    counts = counts.double()
+    total = counts.sum()
+    pop_total = None if popularity is None else popularity.double().sum()
+
+    def log_r(ids: torch.Tensor) -> torch.Tensor:
+        q = 1.0 / num_items if popularity is None else popularity[ids].double() / pop_total
+        in_batch = -torch.expm1(t * torch.log1p(-counts[ids] / total))  # 1 - (1 - p)^t, exact for small p
+        return torch.log((k * q + in_batch) / m)
+
+    return log_r
 
 
 def _collisions(neg: torch.Tensor, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -55,7 +55,11 @@ class LrFactor:
     def end_at_epoch(self, epoch: int) -> None:
         """Decay to 0 at the end of `epoch` instead (re-estimated every epoch, so either way;
         never past `tc.epochs`, never inside the warm-up)."""
-        self.total = min(self.planned, max(epoch * self.steps_per_epoch, self.warmup + 1))
+        self.end_at_step(epoch * self.steps_per_epoch)
+
+    def end_at_step(self, step: int) -> None:
+        """Decay to 0 at `step` instead (the budget's end, re-estimated as the run goes)."""
+        self.total = min(self.planned, max(step, self.warmup + 1))
 
     def finished(self, step: int) -> bool:
         """A decaying schedule whose lr is 0 from `step` on: more steps cannot change the weights."""
@@ -80,6 +84,12 @@ def budget_last_epoch(elapsed_s: float, epochs_done: int, max_minutes: float) ->
     """
     per_epoch = elapsed_s / max(epochs_done, 1)
     return max(math.ceil(max_minutes * 60 / max(per_epoch, 1e-9)), epochs_done + 1)
+
+
+def budget_last_step(elapsed_s: float, steps_done: int, max_minutes: float) -> int:
+    """The step a `max_minutes` budget will stop at, at the pace so far (evaluations included)."""
+    per_step = elapsed_s / max(steps_done, 1)
+    return max(math.ceil(max_minutes * 60 / max(per_step, 1e-9)), steps_done + 1)
 
 
 def lr_scheduler(

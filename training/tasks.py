@@ -62,6 +62,7 @@ def shifted_batches(
     bucket: bool = False,
     newest_prob: float = 1.0,
     times: Sequence[np.ndarray] | None = None,
+    target_masks: Sequence[np.ndarray] | None = None,
 ) -> Iterator[Batch]:
     """One row per user, shuffled: input seq[:-1] and target seq[1:], max_len steps, left-padded.
 
@@ -69,7 +70,9 @@ def shifted_batches(
     `newest_prob`, else to a window ending at a uniformly drawn earlier point: without that,
     the older history of long users (a third of ML-1M's interactions) is never trained on.
     With `times` (parallel to `train`), the batch also has `time_seq`: the input events' times,
-    left-padded with 0 like item_seq (the targets' times are not in it).
+    left-padded with 0 like item_seq (the targets' times are not in it). With `target_masks`
+    (bool, parallel to `train`), a position whose mask is False is input only: its target is 0,
+    which the loss skips (event types: training/event_types.py).
     """
     keep = [u for u, s in enumerate(train) if len(s) >= 2]
     lengths = np.array([min(len(train[u]), max_len + 1) for u in keep])
@@ -81,6 +84,9 @@ def shifted_batches(
             "item_seq": torch.as_tensor(pad_left([r[:-1] for r in rows]), device=device),  # (B, L)
             "target": torch.as_tensor(pad_left([r[1:] for r in rows]), device=device),  # (B, L)
         }
+        if target_masks is not None:
+            keep_t = [np.asarray(target_masks[u])[c][1:] for u, c in zip(users, cuts, strict=True)]
+            batch["target"] *= torch.as_tensor(pad_left(keep_t), device=device)
         if times is not None:
             t_rows = [np.asarray(times[u], np.int64)[c][:-1] for u, c in zip(users, cuts, strict=True)]
             batch["time_seq"] = torch.as_tensor(pad_left(t_rows), device=device)  # (B, L) unix seconds
@@ -138,9 +144,13 @@ class NextItemTask(Task):
     # ce only: the row's own items (input and targets) are not negatives, as when negatives
     # are drawn from the items a user has not touched (Klenitskiy & Vasilev's 3000-negative run).
     exclude_seen: bool = False
+    # sampled only: (N+1,) training target counts; the batch's targets join the negatives (losses.sampled_softmax)
+    in_batch: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         check_exclude_seen(self.exclude_seen, self.loss_name)
+        if self.in_batch is not None and self.loss_name != "sampled":
+            raise ValueError(f"task.in_batch works with the sampled softmax only, not {self.loss_name!r}")
 
     def batches(
         self,
@@ -149,9 +159,10 @@ class NextItemTask(Task):
         rng: np.random.Generator,
         device: torch.device,
         times: Sequence[np.ndarray] | None = None,
+        target_masks: Sequence[np.ndarray] | None = None,
     ) -> Iterator[Batch]:
         yield from shifted_batches(
-            train, batch_size, rng, device, self.max_len, self.bucket, self.newest_prob, times=times
+            train, batch_size, rng, device, self.max_len, self.bucket, self.newest_prob, times, target_masks
         )
 
     def loss(self, model: SeqRecModel, batch: Batch) -> torch.Tensor:
@@ -168,7 +179,9 @@ class NextItemTask(Task):
         if self.loss_name == "bce":
             return losses.bce_negatives(h, pos, table, self.num_negatives)
         if self.loss_name == "sampled":
-            return losses.sampled_softmax(h, pos, table, self.num_negatives, self.popularity, self.logq)
+            return losses.sampled_softmax(
+                h, pos, table, self.num_negatives, self.popularity, self.logq, in_batch=self.in_batch
+            )
         raise ValueError(f"unknown loss {self.loss_name!r}: choose ce, bce or sampled")
 
 

@@ -9,7 +9,9 @@ Writes into the run directory:
   learning_curve.png   loss and validation NDCG@10/HR@10 per epoch
   final.json           validation and test metrics of the best checkpoint, stop reason
 
-SIGINT/SIGTERM stop training after the current epoch and still write final.json.
+SIGINT/SIGTERM and the wall-clock budget stop training at the next step (under torchrun within a
+few steps), mid-epoch too, and still write final.json; the epoch cut short is evaluated and kept
+when it is the best (training/budget.py).
 
 Runs under `torchrun` with DistributedDataParallel: each rank trains on its shard of
 users, rank 0 evaluates and writes.
@@ -17,6 +19,8 @@ users, rank 0 evaluates and writes.
 
 from __future__ import annotations
 
+import ctypes
+import itertools
 import json
 import os
 import random
@@ -34,8 +38,9 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from models.layers import SeqRecModel
+from training import budget as budget_mod
 from training.checkpoint import load_checkpoint, save_checkpoint
-from training.config import TrainConfig
+from training.config import TrainConfig, describe_loss, resolve_loss
 from training.data.preprocess import SeqData, Split, leave_one_out
 from training.evaluate import full_rank_eval, popularity_scores
 from training.optim import LrFactor, adamw, budget_last_epoch, lr_scheduler, weight_average
@@ -53,12 +58,32 @@ __all__ = [  # the names callers import from here (the loop's helpers live in op
 
 # Seconds between learning-curve redraws (see the epoch loop).
 PLOT_EVERY_S = 10.0
+# What rank 0 broadcasts to stop every replica (by index): no stop, a reason, "stop" at an epoch's end.
+HALTS: tuple[str | None, ...] = (None, "SIGINT", "SIGTERM", "max_minutes", "annealed", "stop")
 
 
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
+
+
+def keep_freed_memory() -> bool:
+    """Ask glibc to keep freed memory for reuse instead of unmapping it (False where not glibc).
+
+    Every step allocates gradients the size of the item table and frees them; glibc serves
+    allocations that large with mmap and gives them back on free, so each step page-faults
+    them in again. At a million items (256 MB per table gradient) that was a third of a
+    sampled-softmax step on a CPU (benchmarks/scale/train_step.py); from the heap they are reused.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    m_trim_threshold, m_mmap_max = -1, -4  # mallopt parameters (malloc.h)
+    return bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, 2**31 - 1))
 
 
 def seed_everything(seed: int) -> None:
@@ -94,6 +119,21 @@ def _ddp() -> tuple[int, int]:
     return 0, 1
 
 
+def _in_step(batches: Any, world: int, device: torch.device) -> Any:
+    """Under DDP every rank takes the same number of steps (each backward is a collective): all
+    stop as soon as one runs out of batches (GRU4Rec's session-parallel batches end at a different
+    step on each shard of users)."""
+    if world == 1:
+        yield from batches
+        return
+    for batch in itertools.chain(batches, [None]):
+        more = torch.tensor([0 if batch is None else 1], device=device)
+        dist.all_reduce(more, op=dist.ReduceOp.MIN)
+        if not int(more.item()):
+            return
+        yield batch
+
+
 def _ddp_finish(world: int) -> None:
     """Every rank waits for rank 0's final evaluation, then tears the group down: a rank that
     exits with the group alive can abort in gloo's teardown ("terminate called...")."""
@@ -103,8 +143,8 @@ def _ddp_finish(world: int) -> None:
 
 
 class StopRequest:
-    """SIGINT/SIGTERM ask training to stop after the current epoch and finish normally (best
-    checkpoint evaluated on test, final.json written); a second signal aborts as usual.
+    """SIGINT/SIGTERM ask training to stop after the current step and finish normally (the partial
+    epoch evaluated, best checkpoint evaluated on test, final.json written); a second signal aborts as usual.
 
     A no-op outside the main thread, where Python cannot install signal handlers.
     """
@@ -130,7 +170,7 @@ class StopRequest:
             signal.raise_signal(signum)
             return
         self.signal = signal.Signals(signum).name
-        print(f"{self.signal}: stopping after this epoch (send again to abort)", file=sys.stderr, flush=True)
+        print(f"{self.signal}: stopping after this step (send again to abort)", file=sys.stderr, flush=True)
 
 
 def evaluate_model(
@@ -143,11 +183,17 @@ def evaluate_model(
     exclude_history: bool = True,
     timed: dict[str, Any] | None = None,
 ) -> dict[str, float]:
-    """Full-ranking metrics; `timed` = zoo.time_eval_kwargs(...) for a run that reads event times."""
+    """Full-ranking metrics; `timed` = zoo.time_eval_kwargs(...) for a run that reads event times.
+
+    A model that scores as user vector x item table (SeqRecModel.score) is ranked against its
+    table a block of items at a time, so evaluation memory does not grow with the catalogue.
+    """
     model.eval()
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=tc.amp and device.type == "cuda"):
+    factored = type(model).score is SeqRecModel.score
+    amp = tc.amp and device.type == "cuda"
+    with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
         return full_rank_eval(  # type: ignore[return-value]
-            model.score,
+            model if factored else model.score,
             hists,
             targets,
             num_items,
@@ -155,6 +201,7 @@ def evaluate_model(
             tc.eval_batch_size,
             exclude_history=exclude_history,
             device=device,
+            item_table=model.item_vectors() if factored else None,
             **(timed or {}),
         )
 
@@ -186,6 +233,7 @@ def train(
     if world > 1 and device.type == "cuda":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
     seed_everything(tc.seed)
+    keep_freed_memory()
     if tc.num_threads:
         torch.set_num_threads(tc.num_threads)
     progress = _is_tty() if progress is None else progress
@@ -203,6 +251,7 @@ def train(
     # The budget (max_minutes) starts here: a setup's one-off work (UniSRec's item-text encoding)
     # is part of the run's time.
     t_start = time.perf_counter()
+    budget = budget_mod.Budget(tc.max_minutes)
     if spec.setup is not None:
         spec.setup(model, data, tc, task_cfg)
     if init is not None:
@@ -211,6 +260,9 @@ def train(
             print(warm, file=sys.stderr, flush=True)
     model = model.to(device)
     task = spec.make_task(model.cfg, tc, task_cfg, popularity)  # type: ignore[attr-defined]
+    chosen = describe_loss(tc, task_cfg, data.num_items)  # loss "auto": what the catalogue's size chose
+    if chosen and rank == 0:
+        print(chosen, file=sys.stderr, flush=True)
     net: torch.nn.Module = TaskLoss(model, task)
     if world > 1:
         net = torch.nn.parallel.DistributedDataParallel(net)
@@ -232,6 +284,8 @@ def train(
     test_timed = time_eval_kwargs(model_name, model, task_cfg, split.test_times, data.name)
     train_times = split.train_times[rank::world] if timed and split.train_times is not None else None
     time_kw = {"times": train_times} if timed else {}
+    if split.train_targets is not None:  # event types: some positions are input only
+        time_kw["target_masks"] = split.train_targets[rank::world]
 
     def validate(m: SeqRecModel) -> dict[str, float]:
         return evaluate_model(
@@ -249,12 +303,30 @@ def train(
                     "model_config": model.cfg.to_dict(),
                     "train_config": tc.to_dict(),
                     "task_config": task_cfg.to_dict(),
+                    "loss": resolve_loss(tc, task_cfg, data.num_items)[0].loss,  # what loss "auto" became
                     "dataset": data.stats(),
                     "data_fingerprint": data.fingerprint(),
                 },
                 indent=2,
             )
         )
+    # One process checks for a stop after every step; DDP replicas every few steps, rank 0
+    # deciding through a broadcast (safe mid-epoch: _in_step gives every rank the same steps).
+    check_every = 1 if world == 1 else budget_mod.DDP_CHECK_STEPS
+
+    def halt_now(last_planned: bool) -> str | None:
+        return budget_mod.halt_reason(request.signal, budget, lr_factor, sched.last_epoch, last_planned)
+
+    def agree(halt: str | None, last_step: int) -> str | None:
+        """Rank 0's decision (why it stops, or None; where the budget ends the lr schedule) on every rank, applied."""
+        if world > 1:
+            flags = torch.tensor([HALTS.index(halt), last_step], device=device)
+            dist.broadcast(flags, 0)
+            halt, last_step = HALTS[int(flags[0].item())], int(flags[1].item())
+        if last_step:
+            lr_factor.end_at_step(last_step)
+        return halt
+
     best, best_epoch, bad_evals = -1.0, 0, 0
     t0, last_plot = t_start, time.perf_counter()
     history: list[dict[str, Any]] = []
@@ -266,13 +338,16 @@ def train(
             # Summed on the device: reading the loss every step would sync a GPU each step and
             # keep the host from queueing the next one (the progress bar reads it every 25th).
             total, count = torch.zeros((), device=device), 0
+            n_batches = task.num_batches(train_seqs, tc.batch_size)
             bar = tqdm(
-                task.batches(train_seqs, tc.batch_size, rng, device, **time_kw),
-                total=task.num_batches(train_seqs, tc.batch_size),
+                _in_step(task.batches(train_seqs, tc.batch_size, rng, device, **time_kw), world, device),
+                total=n_batches,
                 desc=f"epoch {epoch}",
                 disable=not progress or rank != 0,
                 leave=False,
             )
+            log = budget_mod.EpochLog(epoch, n_batches, enabled=not progress and rank == 0)
+            halt = None
             for batch in bar:
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
                     loss = net(batch)
@@ -288,6 +363,12 @@ def train(
                 count += 1
                 if not bar.disable and count % 25 == 1:
                     bar.set_postfix(loss=f"{float(total) / count:.4f}")
+                log.tick(count, lambda: float(total) / count)  # noqa: B023  # called right here
+                if count % check_every == 0 and (world > 1 or count < n_batches):
+                    halt = agree(halt_now(last_planned=False), budget.last_step(sched.last_epoch))
+                    if halt is not None:
+                        break
+            partial = halt is not None and count < n_batches  # cut short: evaluated below, kept if the best
             mean_loss = float(total) / max(count, 1)  # a device read: the epoch's queued work is done
             epoch_s = time.perf_counter() - t_ep
             row: dict[str, Any] = {
@@ -295,11 +376,12 @@ def train(
                 "loss": mean_loss,
                 "epoch_seconds": round(epoch_s, 3),
                 "lr": opt.param_groups[0]["lr"],
+                "steps": count,
             }
-            over_budget = bool(tc.max_minutes) and (time.perf_counter() - t0) / 60 > tc.max_minutes
-            # A schedule annealed to 0 ends the run even with budget left: further epochs at lr 0 are idle.
-            annealed = "annealed" if epoch < tc.epochs and lr_factor.finished(sched.last_epoch) else None
-            halt = request.signal or ("max_minutes" if over_budget else None) or annealed
+            if partial:
+                row["partial"] = True
+            elif halt is None:
+                halt = halt_now(last_planned=epoch == tc.epochs)
             # The epoch training stops after is always evaluated: with a decaying lr it is the best.
             stop = halt is not None
             if rank == 0 and (epoch % tc.eval_every == 0 or epoch == tc.epochs or stop):
@@ -334,16 +416,8 @@ def train(
                     print(json.dumps(shown), file=sys.stderr, flush=True)
             if halt is not None:
                 stop_reason = halt
-            last = budget_last_epoch(time.perf_counter() - t0, epoch, tc.max_minutes) if tc.max_minutes else 0
-            if world > 1:
-                # Rank 0's clock decides both, so every replica stops and anneals in step.
-                flags = torch.tensor([int(stop), last], device=device)
-                dist.broadcast(flags, 0)
-                stop, last = bool(flags[0].item()), int(flags[1].item())
-            if stop:
+            if agree("stop" if stop else None, budget.last_step(sched.last_epoch, force=True)):
                 break
-            if last:
-                lr_factor.end_at_epoch(last)
     seconds = time.perf_counter() - t0
     if rank != 0:
         _ddp_finish(world)

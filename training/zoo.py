@@ -37,6 +37,7 @@ from training.config import (
     TrainConfig,
     check_fields,
     option_fields,
+    resolve_loss,
 )
 from training.dwell import dwell_spec
 from training.gru4rec_tasks import PaddedNextItemTask, SessionParallelTask
@@ -102,6 +103,7 @@ def negative_weights(x: NegativesConfig, popularity: np.ndarray) -> torch.Tensor
 def _sasrec_task(
     cfg: SASRecConfig | TiSASRecConfig, tc: TrainConfig, x: NextItemConfig, popularity: np.ndarray
 ) -> Task:
+    tc, x = resolve_loss(tc, x, cfg.num_items)  # type: ignore[assignment]  # loss "auto": by catalogue size
     return NextItemTask(
         cfg.max_len,
         tc.loss,
@@ -111,10 +113,12 @@ def _sasrec_task(
         newest_prob=tc.newest_prob,
         logq=x.logq,
         exclude_seen=x.exclude_seen,
+        in_batch=torch.as_tensor(popularity) if x.in_batch else None,
     )
 
 
 def _bert4rec_task(cfg: BERT4RecConfig, tc: TrainConfig, x: ClozeConfig, popularity: np.ndarray) -> Task:
+    tc, x = resolve_loss(tc, x, cfg.num_items)  # type: ignore[assignment]
     return ClozeTask(
         cfg.max_len,
         mask_token=cfg.num_items + 1,
@@ -142,7 +146,7 @@ def _gru4rec_dwell(cfg: GRU4RecConfig, x: SessionTaskConfig) -> dict[str, Any] |
 def _gru4rec_task(cfg: GRU4RecConfig, tc: TrainConfig, x: SessionTaskConfig, popularity: np.ndarray) -> Task:
     """task.parallel=session (session-parallel, the paper) | padded (whole sequences, full BPTT)."""
     neg = {
-        "loss_name": tc.loss,
+        "loss_name": "ce" if tc.loss == "auto" else tc.loss,  # its ce spans the batch + extra negatives only
         "n_extra": x.n_extra_negatives if x.n_extra_negatives is not None else tc.num_negatives,
         "alpha": x.alpha,
         "bpreg": x.bpreg,
@@ -168,7 +172,7 @@ def _gru4rec_task(cfg: GRU4RecConfig, tc: TrainConfig, x: SessionTaskConfig, pop
 
 
 def _hrnn_task(cfg: HRNNConfig, tc: TrainConfig, x: TaskConfig, popularity: np.ndarray) -> Task:
-    if tc.loss != "ce":
+    if tc.loss not in ("ce", "auto"):
         raise ConfigError(f"hrnn trains with train.loss=ce (full softmax) only, got {tc.loss!r}")
     return HRNNTask(max_len=cfg.max_len, bucket=tc.bucket, newest_prob=tc.newest_prob)
 
@@ -212,7 +216,7 @@ MODELS: dict[str, ModelSpec] = {
         SASRec,
         _sasrec_task,
         NextItemConfig,
-        train_defaults=TrainConfig(epochs=200, batch_size=128, lr=1e-3, loss="ce", patience=10),
+        train_defaults=TrainConfig(epochs=200, batch_size=128, lr=1e-3, patience=10),
     ),
     # SASRec with clipped, per-user-scaled time intervals in the attention's keys and values
     # (Li et al. 2020); the same next-item task and loss as SASRec, fed the events' times too.
@@ -222,7 +226,7 @@ MODELS: dict[str, ModelSpec] = {
         TiSASRec,
         _sasrec_task,
         NextItemConfig,
-        train_defaults=TrainConfig(epochs=200, batch_size=128, lr=1e-3, loss="ce", patience=10),
+        train_defaults=TrainConfig(epochs=200, batch_size=128, lr=1e-3, patience=10),
         needs_times=True,
     ),
     # Sun et al. 2019 (ML-1M): d=64, 2 layers, 2 heads, dropout 0.1, N=200, rho=0.2, batch 256,
@@ -293,9 +297,7 @@ MODELS: dict[str, ModelSpec] = {
         LRURec,
         _sasrec_task,
         NextItemConfig,
-        train_defaults=TrainConfig(
-            epochs=200, batch_size=128, lr=1e-3, weight_decay=0.01, grad_clip=5.0, loss="ce", patience=10
-        ),
+        train_defaults=TrainConfig(epochs=200, batch_size=128, lr=1e-3, weight_decay=0.01, grad_clip=5.0, patience=10),
         recurrent_step=_lrurec_step,
     ),
     # Pointwise SiLU attention with relative position and time-gap biases (Zhai et al. 2024); the

@@ -76,7 +76,7 @@ def test_seeded_training_is_deterministic(ml100k, tmp_path: Path) -> None:
     assert a.valid["ndcg@10"] == b.valid["ndcg@10"]
 
 
-def test_sigterm_stops_after_the_epoch_and_finishes_the_run(
+def test_sigterm_stops_at_the_next_step_and_finishes_the_run(
     ml100k, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     plot = training.train.plot_learning_curve
@@ -91,8 +91,9 @@ def test_sigterm_stops_after_the_epoch_and_finishes_the_run(
     before = signal.getsignal(signal.SIGTERM)
     res = tiny_sasrec(ml100k, tmp_path / "run", epochs=50, eval_every=5, max_users=300)
     rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in rows] == [1, 2]  # epoch 2 was under way: it finishes, then stops
-    assert "valid_ndcg@10" in rows[1]  # the epoch it stops after is evaluated, eval_every or not
+    assert [r["epoch"] for r in rows] == [1, 2]  # epoch 2 stops after its first step
+    assert rows[1]["partial"] is True and rows[1]["steps"] == 1 and rows[0]["steps"] == 3
+    assert "valid_ndcg@10" in rows[1]  # the epoch it stops in is evaluated, eval_every or not
     final = json.loads((tmp_path / "run" / "final.json").read_text())
     assert final["stop_reason"] == res.stop_reason == "SIGTERM" and res.best_epoch == 2 and res.test["users"] == 300
     assert signal.getsignal(signal.SIGTERM) == before  # the handler is put back

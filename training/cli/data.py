@@ -38,6 +38,10 @@ from training.cli.common import (
 )
 
 
+def _names(csv: str | None) -> tuple[str, ...]:
+    return tuple(x.strip() for x in (csv or "").split(",") if x.strip())
+
+
 def prepare(
     dataset: Annotated[
         str, typer.Argument(help="Dataset name: ml-1m, ml-1m-ratings, ml-100k, beauty, office.")
@@ -71,6 +75,33 @@ def prepare(
     allow_missing_text: AllowMissingTextOpt = False,
     data_dir: DataDirOpt = None,
     cache_dir: CacheDirOpt = None,
+    type_col: Annotated[
+        str | None,
+        typer.Option(
+            help="Column holding each event's type (view, cart, purchase, dislike, ...); absent: untyped events."
+        ),
+    ] = None,
+    event_types: Annotated[
+        str | None,
+        typer.Option(
+            help="Comma-separated declared types; a row with another type is refused at its line (default: the "
+            "types that occur)."
+        ),
+    ] = None,
+    negative_types: Annotated[
+        str | None,
+        typer.Option(
+            help="Comma-separated types never used as input nor target (e.g. dislike); evaluation leaves their "
+            "items out of the ranking."
+        ),
+    ] = None,
+    target_types: Annotated[
+        str | None,
+        typer.Option(
+            help="Comma-separated types training predicts and evaluation holds out (default: every type that is "
+            "not negative)."
+        ),
+    ] = None,
     since: Annotated[
         str | None,
         typer.Option(
@@ -97,6 +128,7 @@ def prepare(
     t = time.perf_counter()
     options = None
     reading = (time_offset_col, time_offset_unit, fix_ids, null_user_id, drop_duplicates, since, until)
+    typed = (type_col, event_types, negative_types, target_types)
     if file:
         options = FileOptions(
             user_col=user_col,
@@ -121,6 +153,10 @@ def prepare(
             drop_duplicates=drop_duplicates,
             since=since,
             until=until,
+            type_col=type_col,
+            event_types=_names(event_types) if event_types else None,
+            negative_types=_names(negative_types),
+            target_types=_names(target_types),
         )
         try:
             options.check()
@@ -129,7 +165,7 @@ def prepare(
     elif (
         name
         or items_file
-        or any((sep, columns, user_col, item_col, time_col, session_col, event_col, *reading))
+        or any((sep, columns, user_col, item_col, time_col, session_col, event_col, *reading, *typed))
         or (time_unit, null_users) != ("auto", "warn")
     ):
         fail(
@@ -141,6 +177,10 @@ def prepare(
         dataset, file, data_dir, cache_dir, force=force, options=options, name=name, memory_check=memory_check
     )
     print_report(data)
+    from training.event_types import type_summary
+
+    if (summary := type_summary(data)) is not None:
+        typer.echo(summary, err=True)
     if file:
         typer.echo(f"prepared {data.name!r}: use it with --dataset {data.name}", err=True)
     stats = data.stats()

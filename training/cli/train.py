@@ -90,6 +90,24 @@ def train(
     ] = None,
     data_dir: DataDirOpt = None,
     cache_dir: CacheDirOpt = None,
+    target_types: Annotated[
+        str | None,
+        typer.Option(help="Typed data: comma-separated types to predict (default: the data's declared target types)."),
+    ] = None,
+    negative_types: Annotated[
+        str | None,
+        typer.Option(
+            help="Typed data: comma-separated types never input nor target (default: the data's declared negative "
+            "types)."
+        ),
+    ] = None,
+    untyped: Annotated[
+        bool,
+        typer.Option(
+            help="Typed data: ignore the types (every event input and target) but keep the typed evaluation "
+            "queries (the baseline)."
+        ),
+    ] = False,
     progress: Annotated[bool | None, typer.Option(help="Show progress bars (default: only on a terminal).")] = None,
     **flags: Any,
 ) -> None:
@@ -116,8 +134,11 @@ def train(
             data, split = session_data(data, sessions, session_history, session_gap, session_test_frac)
         except PlanError as exc:
             fail(str(exc))
-    check_eval(data, split, plan.train.max_users, min_eval_queries)
     run_dir = out or Path("runs") / f"{plan.model}-{data.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if getattr(data, "types", None) is not None and split is None:
+        _train_typed(plan, data, run_dir, target_types, negative_types, untyped, progress)
+        return
+    check_eval(data, split, plan.train.max_users, min_eval_queries)
     try:
         result = run_train(
             plan.model,
@@ -151,6 +172,33 @@ def train(
             }
         )
     )
+
+
+def _train_typed(
+    plan: Any, data: Any, run_dir: Path, targets: str | None, negatives: str | None, untyped: bool, progress: Any
+) -> None:
+    """Typed data: the typed split (negative events out, target types held out), then the typed test."""
+    from training.event_types import train_with_types
+
+    def names(csv: str | None) -> list[str] | None:
+        return [x.strip() for x in csv.split(",") if x.strip()] if csv else None
+
+    try:
+        out = train_with_types(
+            plan.model,
+            data,
+            run_dir,
+            plan.model_overrides,
+            plan.train.to_dict(),
+            plan.task.to_dict(),
+            negative_types=names(negatives),
+            target_types=names(targets),
+            use_types=not untyped,
+            progress=progress,
+        )
+    except ValueError as exc:
+        fail(str(exc))
+    typer.echo(json.dumps({"run_dir": str(run_dir), **{k: out[k] for k in ("typed", "best_epoch", "test")}}))
 
 
 def options(
