@@ -136,6 +136,7 @@ async def in_process(args: argparse.Namespace, path: Path) -> dict[str, Any]:
             await recommend(state, ask)
     latency: dict[str, list[float]] = {name: [] for name in FILTERS}
     answers: dict[str, dict[str, list[str]]] = {name: {} for name in FILTERS}
+    short = dict.fromkeys(FILTERS, 0)  # answers with fewer than k items (every filter keeps >= 1000)
     order = list(FILTERS)
     for r in range(args.rounds):
         for name in order if r % 2 == 0 else order[::-1]:
@@ -144,6 +145,7 @@ async def in_process(args: argparse.Namespace, path: Path) -> dict[str, Any]:
                 got = await recommend(state, ask)
                 latency[name].append(time.perf_counter() - t)
                 answers[name][ask.user_id] = got.ids  # type: ignore[index]
+                short[name] += len(got.ids) < ask.k
 
     # recall@10 of the answers against the exact filtered top-10
     table = bundle.vectors(np.arange(1, n + 1))  # (N, D)
@@ -171,9 +173,20 @@ async def in_process(args: argparse.Namespace, path: Path) -> dict[str, Any]:
         "catalogue_load_s": round(catalogue_s, 1),
         "kept_fraction": kept,
         "pipeline": {
-            name: {**percentiles(latency[name]), "calls": len(latency[name]), "recall_at_10": recall[name]}
+            name: {
+                **percentiles(latency[name]),
+                "calls": len(latency[name]),
+                "recall_at_10": recall[name],
+                "answers_short_of_k": short[name],
+            }
             for name in FILTERS
         },
+        "p50_vs_no_filter": {
+            name: round(float(np.percentile(latency[name], 50) / np.percentile(latency["none"], 50)), 2)
+            for name in FILTERS
+        },
+        "recall_at_least_0_98": all(r >= 0.98 for r in recall.values()),
+        "always_k": not any(short.values()),
     }
 
 
@@ -242,6 +255,7 @@ def main() -> None:
             "date": time.strftime("%Y-%m-%d"),
             "command": "python " + " ".join(sys.argv),
             "machine": machine_info(),
+            "cpu_affinity": sorted(os.sched_getaffinity(0)),  # [1] under taskset -c 1
             "catalogue": f"{args.items} items: the {args.bundle.name} item vectors ({args.real_items}) resampled "
             "with noise; `bucket` uniform in 0..9999",
             "filters": FILTERS,

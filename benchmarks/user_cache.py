@@ -37,6 +37,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -57,22 +58,30 @@ MIXES = {"reads_only": 0.0, "10_reads_per_write": 1 / 11, "1_read_per_write": 0.
 
 
 async def one_request(
-    c: Conn, rng: random.Random, users: list[str], items: list[str], write_frac: float, event_id: str
+    c: Conn, rng: random.Random, users: list[str], items: list[str], write_frac: float, event_id: str, query: str = ""
 ) -> tuple[bool, int]:
     """One request of a read:write mix for a random user: (whether it was a read, its status). A
-    write is one POST /events of one new event, a read GET /recommend/{user}?k=10."""
+    write is one POST /events of one new event, a read GET /recommend/{user}?k=10 (`query`: more
+    parameters, e.g. `&filter=...`)."""
     u = rng.choice(users)
     if rng.random() < write_frac:
         ev = {"user_id": u, "item_id": rng.choice(items), "timestamp": time.time(), "event_id": event_id}
         body = json.dumps({"events": [ev]}).encode()
         status, _ = await c.request("POST", "/events", body, f"X-API-Key: {API_KEY}\r\n")
         return False, status
-    status, _ = await c.request("GET", f"/recommend/{u}?k=10")
+    status, _ = await c.request("GET", f"/recommend/{u}?k=10{query}")
     return True, status
 
 
 async def mixed_load(
-    port: int, users: list[str], items: list[str], write_frac: float, conns: int, seconds: float, seed: int
+    port: int,
+    users: list[str],
+    items: list[str],
+    write_frac: float,
+    conns: int,
+    seconds: float,
+    seed: int,
+    query: str = "",
 ) -> dict:
     """Closed loop; only requests that start and end inside the window count (after a 1 s warm-up)."""
     read_lat: list[float] = []
@@ -87,7 +96,7 @@ async def mixed_load(
         n = 0
         while (t := time.perf_counter()) < end:
             n += 1
-            is_read, status = await one_request(c, rng, users, items, write_frac, f"w{seed}-{w}-{n}")
+            is_read, status = await one_request(c, rng, users, items, write_frac, f"w{seed}-{w}-{n}", query)
             done = time.perf_counter()
             if t < start or done > end:
                 continue
@@ -289,6 +298,47 @@ def run_wrk(port: int, users: int, conns: int, seconds: float, items: list[str],
     }
 
 
+def post_catalogue(port: int, items: list[str]) -> float:
+    """Every item gets `bucket` (uniform 0..9999, seeded): returns the share `bucket < 5000` keeps."""
+    import httpx
+
+    buckets = np.random.default_rng(3).integers(0, 10_000, size=len(items))
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as c:
+        for s in range(0, len(items), 1000):
+            part = zip(items[s : s + 1000], buckets[s : s + 1000], strict=True)
+            rows = [{"item_id": i, "bucket": int(b)} for i, b in part]
+            r = c.post("/catalog/items", json={"items": rows}, headers={"X-API-Key": API_KEY})
+            assert r.status_code == 200, r.text
+    time.sleep(1)  # every worker polls the catalogue version (SEQREC_CATALOG_POLL_S)
+    return float(np.mean(buckets < 5000))
+
+
+def filter_windows(port: int, items: list[str], text: str, measured: Any, repeats: int) -> dict:
+    """The 10:1 mix on one server, reads with the filter against reads without, alternating."""
+    from urllib.parse import quote
+
+    kept = post_catalogue(port, items)
+    frac, query = MIXES["10_reads_per_write"], "&filter=" + quote(text)
+    runs: dict[str, list[dict]] = {"none": [], "filtered": []}
+    for q in ("", query):  # not counted: fills the user cache (written up front, never read yet) both ways
+        measured("on", frac, 99, q)
+    for rep in range(repeats):
+        for name in ("none", "filtered") if rep % 2 == 0 else ("filtered", "none"):
+            runs[name].append(measured("on", frac, 100 + rep, query if name == "filtered" else ""))
+            print("filter", name, runs[name][-1], flush=True)
+    med = {n: float(np.median([r["reads_per_s"] for r in v])) for n, v in runs.items()}
+    p99 = {n: float(np.median([r["read_p99_ms"] for r in v])) for n, v in runs.items()}
+    return {
+        "filter": text,
+        "kept_fraction": round(kept, 4),
+        "runs": runs,
+        "ratio": {
+            "reads_per_s_filtered_over_none": round(med["filtered"] / med["none"], 3),
+            "read_p99_filtered_over_none": round(p99["filtered"] / p99["none"], 3),
+        },
+    }
+
+
 def sweep_rates(spec: str) -> list[float]:
     start, stop, step = (float(x) for x in spec.split(":"))
     return [float(r) for r in np.arange(start, stop + step / 2, step)]
@@ -369,6 +419,12 @@ def main() -> None:
         help="serve the off side from this checkout (e.g. `git worktree add /tmp/base <commit>`): today's path"
         " as released, instead of this tree with the cache and the pre-routed paths off",
     )
+    ap.add_argument(
+        "--filter",
+        help="also measure the 10:1 mix on the cache-on server with this filter on every read against none"
+        " (items get `bucket`, uniform in 0..9999: 'bucket < 5000' keeps half)",
+    )
+    ap.add_argument("--filter-only", action="store_true", help="with --filter: measure only that (no other mixes)")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/user_cache.json"))
     args = ap.parse_args()
     args.bundle = args.bundle.resolve()  # servers may run from another tree
@@ -382,6 +438,7 @@ def main() -> None:
     cross_mix: dict = {}
     fixed: list[dict] = []
     sweep: dict = {}
+    filtered: dict = {}
     results: dict[str, list[dict]] = {}
     with private_redis() as url:
         try:
@@ -416,10 +473,10 @@ def main() -> None:
                 ingest[side] = asyncio.run(post_events(ports[side], fresh, items, 100, args.ingest_conns, API_KEY))
                 print("ingest", side, ingest[side], flush=True)
 
-            def measured(side: str, frac: float, seed: int) -> dict:
+            def measured(side: str, frac: float, seed: int, query: str = "") -> dict:
                 pid = servers[side].pid
                 c0, l0, w0, t0 = tree_cpu(pid), own_cpu(), child_cpu(pid), time.perf_counter()
-                r = asyncio.run(mixed_load(ports[side], users, items, frac, args.conns, args.seconds, seed))
+                r = asyncio.run(mixed_load(ports[side], users, items, frac, args.conns, args.seconds, seed, query))
                 w1, wall = child_cpu(pid), time.perf_counter() - t0
                 n = (r["reads_per_s"] + r["writes_per_s"]) * args.seconds
                 r["server_cpu_ms_per_request"] = round((tree_cpu(pid) - c0) / max(n, 1) * 1e3, 3)
@@ -432,7 +489,9 @@ def main() -> None:
                 )
                 return r
 
-            for mix, frac in MIXES.items():
+            if args.filter:
+                filtered = filter_windows(ports["on"], items, args.filter, measured, args.repeats)
+            for mix, frac in MIXES.items() if not args.filter_only else ():
                 asyncio.run(drop_entries(url))
                 results[f"cold_{mix}_cache_on"] = [measured("on", frac, 0)]
                 print("cold", mix, results[f"cold_{mix}_cache_on"], flush=True)
@@ -476,6 +535,15 @@ def main() -> None:
 
     def med(key: str, field: str) -> float:
         return float(np.median([r[field] for r in results[key]]))
+
+    if args.filter_only:
+        results = {}
+        out_f = {"command": " ".join(["python", *sys.argv]), "date": time.strftime("%Y-%m-%d", time.gmtime())}
+        out_f |= {"machine": machine_info(), "cpu_affinity": sorted(os.sched_getaffinity(0)), **filtered}
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(out_f, indent=2) + "\n")
+        print(json.dumps(filtered["ratio"], indent=2))
+        return
 
     ratios = {
         mix: {
@@ -525,6 +593,7 @@ def main() -> None:
         "wrk_10_reads_per_write_warm": cross_mix if args.wrk else None,
         "runs": results,
         "ratios_cache_on_over_off": ratios,
+        "filter_10_reads_per_write": filtered if args.filter else None,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=2) + "\n")

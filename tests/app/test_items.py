@@ -371,7 +371,9 @@ def test_item_encoded_once_across_processes_and_deleted_everywhere(
         assert count.texts == 20  # encoded by A only; B added A's vectors
         va = a.app.state.seqrec.registry.get(None)
         vb = b.app.state.seqrec.registry.get(None)
-        np.testing.assert_array_equal(va.vectors(np.array([va.index_of["shared-3"]])), vb.vectors(np.array([vb.index_of["shared-3"]])))
+        np.testing.assert_array_equal(
+            va.vectors(np.array([va.index_of["shared-3"]])), vb.vectors(np.array([vb.index_of["shared-3"]]))
+        )
         assert b.post("/admin/reload", headers=KEY).status_code == 200
         wait_until(lambda: a.app.state.seqrec.items.generation == b.app.state.seqrec.items.generation)
         assert count.texts == 20  # neither reload encoded anything

@@ -167,9 +167,10 @@ def test_training_needs_only_the_bundle_contract_modules_of_the_service() -> Non
     import grimp
 
     graph = grimp.build_graph("training", "models", "app")
-    # `seqrec catalog import` validates rows with the service's own rule: a command of the serve extra.
-    cli = "training.cli"
-    modules = {m for m in graph.modules if m.split(".")[0] in ("training", "models") and not m.startswith(cli)}
+    # `seqrec catalog import` validates rows with the service's own rule, `seqrec recommend` ranks with
+    # its code and `seqrec backfill` writes with its store: commands of the serve extra.
+    serve_extra = ("training.cli", "training.batch_recommend", "training.backfill")
+    modules = {m for m in graph.modules if m.split(".")[0] in ("training", "models") and not m.startswith(serve_extra)}
     used = set().union(*(graph.find_upstream_modules(m) for m in modules))
     assert {m for m in used if m.split(".")[0] == "app"} == {"app.bundles.manifest", "app.bundles.history", "app.ids"}
 

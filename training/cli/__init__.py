@@ -10,7 +10,7 @@ import sys
 
 import typer
 
-from training.cli import data, demo, evaluate, live, train
+from training.cli import data, demo, evaluate, live, recommend, train
 from training.cli.catalog import catalog_app
 
 app = typer.Typer(
@@ -30,6 +30,7 @@ for command in (
     evaluate.export,
     live.snapshot,
     live.serve,
+    recommend.recommend,
     demo.demo,
 ):
     app.command()(command)
