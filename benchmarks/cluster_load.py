@@ -38,7 +38,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from benchmarks.machine import machine_info  # noqa: E402
-from benchmarks.serve_load import Conn, free_port, wait_port  # noqa: E402
+from benchmarks.serve_load import Conn, free_port  # noqa: E402
+from benchmarks.user_cache import wait_port  # noqa: E402
 from scripts.local_cluster import ClusterProcs  # noqa: E402
 
 KEY = "bench-key"

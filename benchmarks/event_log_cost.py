@@ -103,7 +103,8 @@ async def cluster_layout_append(store: Any, batch: list[Any], event_log: Any) ->
     for user, mapping in by_user.items():
         args = append_args(WINDOW, store.ttl_s, mapping)
         index = names.user_key(INDEX, user)
-        keys, argv = append_call(names.key(user), args, event_log, names.log_key(user), index, user, now)
+        away = names.excluded_key(user)
+        keys, argv = append_call(names.key(user), away, args, event_log, names.log_key(user), index, user, now)
         pipe.eval(APPEND_LUA, len(keys), *keys, *argv)
     res = await pipe.execute()
     await names.close()

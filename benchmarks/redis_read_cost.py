@@ -43,7 +43,7 @@ async def run(url: str, n: int) -> None:
         await p.execute(raise_on_error=False)
 
     async def script() -> None:
-        await r.evalsha(sha, 2, k, v, 200, 0)
+        await r.evalsha(sha, 3, k, v, "bench-rc:x:u1", 200, 0, b"", 0)
 
     async def hset_expire() -> None:
         p = r.pipeline(transaction=False)

@@ -29,6 +29,7 @@ for command in (
     evaluate.evaluate,
     evaluate.export,
     live.snapshot,
+    live.backfill,
     live.serve,
     recommend.recommend,
     demo.demo,

@@ -8,7 +8,17 @@ from typing import Annotated, Any
 
 import typer
 
-from training.cli.common import fail
+from training.cli.common import (
+    ColumnsOpt,
+    EventColOpt,
+    FixIdsOpt,
+    ItemColOpt,
+    SepOpt,
+    TimeColOpt,
+    TimeUnitOpt,
+    UserColOpt,
+    fail,
+)
 
 
 def _print_examples(settings: Any, host: str, port: int) -> None:
@@ -81,9 +91,7 @@ def snapshot(
         fail("--since, --until and --checkpoint select from the event log (--source log)")
     try:
         if source == "window":
-            result = run_snapshot(
-                connect(redis_url), out, prefix=prefix, progress=progress, default_type=default_type
-            )
+            result = run_snapshot(connect(redis_url), out, prefix=prefix, progress=progress, default_type=default_type)
         else:
             t0, t1 = (parse_time(t) if t is not None else None for t in (since, until))
             result = snapshot_log(
@@ -174,3 +182,81 @@ def serve(
     code = run_server(host, port, workers, reuse_port=settings.reuse_port)
     if code:
         raise typer.Exit(code)
+
+
+def backfill(
+    file: Annotated[
+        list[Path],
+        typer.Option(
+            "--file",
+            help="Offline history: CSV/TSV/Parquet (optionally .gz) with user, item and time columns (and event "
+            "ids), as `seqrec prepare --file` reads it; repeatable.",
+        ),
+    ],
+    redis_url: Annotated[
+        str,
+        typer.Option(
+            help="Redis URL of the event store: redis://host:port/db, or redis+cluster://host:port,... for a cluster."
+        ),
+    ],
+    prefix: Annotated[str, typer.Option(help="Key prefix the service writes (SEQREC_KEY_PREFIX).")] = "seqrec:",
+    batch: Annotated[
+        int, typer.Option(help="Rows per write, rounded up to whole users; the checkpoint in Redis moves after each.")
+    ] = 10_000,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            help="Continue after the last batch the checkpoint holds (a run that stopped midway); without it the "
+            "backfill starts at row 0 and adds nothing already stored."
+        ),
+    ] = False,
+    log: Annotated[
+        bool,
+        typer.Option(
+            help="Also append the events to the event log, as POST /events would (off: the offline file is "
+            "already the training record; docs/live-loop.md)."
+        ),
+    ] = False,
+    sep: SepOpt = None,
+    columns: ColumnsOpt = None,
+    user_col: UserColOpt = None,
+    item_col: ItemColOpt = None,
+    time_col: TimeColOpt = None,
+    time_unit: TimeUnitOpt = "auto",
+    event_col: EventColOpt = None,
+    fix_ids: FixIdsOpt = False,
+    since: Annotated[
+        str | None, typer.Option(help="Only events at or after this time (ISO date/datetime or epoch seconds).")
+    ] = None,
+    until: Annotated[str | None, typer.Option(help="Only events before this time (exclusive).")] = None,
+    progress: Annotated[bool, typer.Option(help="Progress lines on stderr.")] = True,
+) -> None:
+    """Load an offline history into the event store's windows before going live: the service's own append
+    script, idempotent (a rerun adds nothing), resumable (--resume)."""
+    try:
+        from training.backfill import BackfillError
+        from training.backfill import backfill as run_backfill
+    except ImportError as exc:
+        fail(f"the serve extra is not installed ({exc}); pip install 'seqrec[serve]'")
+    from training.data import DatasetError, FileOptions
+
+    opts = FileOptions(
+        user_col=user_col,
+        item_col=item_col,
+        time_col=time_col,
+        event_col=event_col,
+        sep=sep.encode().decode("unicode_escape") if sep else None,
+        columns=tuple(c.strip() for c in columns.split(",")) if columns else None,
+        time_unit=time_unit,
+        fix_ids=fix_ids,
+        since=since,
+        until=until,
+    )
+    try:
+        opts.check()
+        result = run_backfill(
+            file, redis_url, prefix=prefix, batch=batch, resume=resume, log=log, opts=opts, progress=progress
+        )
+    except (BackfillError, DatasetError) as exc:
+        fail(str(exc), code=1)
+    typer.echo(json.dumps(result.to_dict()))
