@@ -87,6 +87,11 @@ QUERIES = [
     "diversify=0.5",
     "max_per_cluster=2",
     "unknown=1&k=4",
+    "filter=price+%3C+100",
+    "filter=in+in",
+    "filter=&k=3",
+    "filter=%FF",
+    "filter=a&filter=b",
 ]
 
 
@@ -112,9 +117,12 @@ def test_pre_routed_reads_answer_exactly_as_the_route(bundle_path: Path) -> None
 def test_plain_query_reads_only_what_it_reads_without_doubt() -> None:
     from app.api.routes.recommend import plain_query
 
-    assert plain_query(b"") == (10, None, True, False)
-    assert plain_query(b"k=7&model=m&exclude_seen=0&explain=true&other=x") == (7, "m", False, True)
-    for doubtful in (b"k=0", b"k=1001", b"k=%37", b"k=+7", b"k=7&k=8", b"k", b"model=", b"explain=yes", b"diversify=1"):
+    assert plain_query(b"") == (10, None, True, False, None)
+    assert plain_query(b"k=7&model=m&exclude_seen=0&explain=true&other=x") == (7, "m", False, True, None)
+    assert plain_query(b"filter=price+%3C+100&k=3") == (3, None, True, False, "price < 100")
+    doubts = (b"k=0", b"k=1001", b"k=%37", b"k=+7", b"k=7&k=8", b"k", b"model=", b"explain=yes", b"diversify=1")
+    doubts += (b"filter=", b"filter=%FF", b"filter=a&filter=b", b"filter=" + b"a" * 2001)
+    for doubtful in doubts:
         assert plain_query(doubtful) is None, doubtful
 
 

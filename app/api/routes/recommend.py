@@ -5,6 +5,7 @@ filter, exclusions, availability and the deployment's named rules (docs/shop.md)
 from __future__ import annotations
 
 from typing import Annotated
+from urllib.parse import unquote_plus
 
 from fastapi import APIRouter, Query, Request, Response
 from starlette.types import Scope
@@ -12,6 +13,7 @@ from starlette.types import Scope
 from app.api.deps import state_of
 from app.api.errors import invalid
 from app.api.schemas import (
+    MAX_FILTER_CHARS,
     DiversifyQuery,
     ErrorOut,
     ExcludeQuery,
@@ -113,21 +115,28 @@ PREFIX = "/recommend/"
 _BOOL = {b"true": True, b"false": False, b"1": True, b"0": False}
 _PLAIN = frozenset({b"k", b"model", b"exclude_seen", b"explain"})
 # Parameters the route validates (re-ranking, rules): such a request is not plain.
-_ROUTED = frozenset({b"diversify", b"max_per_cluster", b"filter", b"exclude", b"include_unavailable", b"rule"})
-_DEFAULTS = (10, None, True, False)  # the route's defaults, in the order of `plain_query`
+_ROUTED = frozenset({b"diversify", b"max_per_cluster", b"exclude", b"include_unavailable", b"rule"})
+_DEFAULTS = (10, None, True, False, None)  # the route's defaults, in the order of `plain_query`
 
 
-def plain_query(query: bytes) -> tuple[int, str | None, bool, bool] | None:
-    """(k, model, exclude_seen, explain) of a plainly well-formed query string, else None."""
+def plain_query(query: bytes) -> tuple[int, str | None, bool, bool, str | None] | None:
+    """(k, model, exclude_seen, explain, filter) of a plainly well-formed query string, else None."""
     if not query:
         return _DEFAULTS
-    k, model, exclude_seen, explain = _DEFAULTS
+    k, model, exclude_seen, explain, filter_ = _DEFAULTS
     names: set[bytes] = set()
     for pair in query.split(b"&"):
         name, _, value = pair.partition(b"=")
-        if b"%" in pair or b"+" in pair or name in names or not pair.isascii():
+        if name in names or not pair.isascii():
             return None
         names.add(name)
+        if name == b"filter":  # the one parameter read percent-decoded (quotes, spaces, parentheses)
+            filter_ = _filter_value(value)
+            if filter_ is None:
+                return None
+            continue
+        if b"%" in pair or b"+" in pair:
+            return None
         if name not in _PLAIN:
             if name in _ROUTED:
                 return None
@@ -147,7 +156,18 @@ def plain_query(query: bytes) -> tuple[int, str | None, bool, bool] | None:
                 explain = flag
             else:
                 exclude_seen = flag
-    return k, model, exclude_seen, explain
+    return k, model, exclude_seen, explain, filter_
+
+
+def _filter_value(value: bytes) -> str | None:
+    """A filter as the route would read it (form-decoded UTF-8), or None when in any doubt."""
+    try:
+        text = unquote_plus(value.decode("ascii"), encoding="utf-8", errors="strict")
+    except UnicodeDecodeError:
+        return None
+    if not text.strip() or len(text) > MAX_FILTER_CHARS:
+        return None
+    return text
 
 
 async def plain_answer(scope: Scope) -> bytes | None:
@@ -159,7 +179,9 @@ async def plain_answer(scope: Scope) -> bytes | None:
     if params is None:
         return None
     try:
-        got = await pipeline.recommend(scope["app"].state.seqrec, Ask(user_id, *params))
+        k, model, exclude_seen, explain, filter_ = params
+        ask = Ask(user_id, k, model, exclude_seen, explain, wanted=Wanted(filter=filter_))
+        got = await pipeline.recommend(scope["app"].state.seqrec, ask)
     except (Refused, UnknownModel, FilterError):  # raised before any read or side effect: the route reports it
         return None
     return got.json()
