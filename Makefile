@@ -48,7 +48,7 @@ demo: setup
 	$(VENV)/bin/seqrec demo --recipe recipes/demo-ml-1m.toml
 
 bench-sasrec: setup
-	$(PY) benchmarks/train_quality.py --recipe recipes/sasrec-ml-1m.toml
+	$(PY) -m benchmarks.training.train_quality --recipe recipes/sasrec-ml-1m.toml
 
 # Serve an existing bundle: make serve BUNDLE=artifacts/demo-sasrec
 BUNDLE ?= artifacts/demo-sasrec
@@ -74,17 +74,17 @@ $(BENCH_GRU_BUNDLE): | setup
 BASELINE ?=
 BASELINE_ARG := $(if $(BASELINE),--baseline-tree $(BASELINE))
 bench-serve: setup $(BENCH_BUNDLE) $(BENCH_GRU_BUNDLE)
-	$(PY) benchmarks/serve_load.py --bundle $(BENCH_BUNDLE) --users 3000 --seconds 15 --workers 2 --conns 1 8 16 32 --out benchmarks/results/serve
-	$(PY) benchmarks/user_cache.py --bundle $(BENCH_BUNDLE) --seconds 6 --repeats 2 --users 2000 --sweep 1000:8000:500 --p99-ms 20 $(BASELINE_ARG) --out benchmarks/results/user_cache.json
-	$(PY) benchmarks/user_cache.py --bundle $(BENCH_GRU_BUNDLE) --history 100 --seconds 5 --repeats 2 --users 2000 $(BASELINE_ARG) --out benchmarks/results/user_cache-gru4rec.json
-	$(PY) benchmarks/incremental_attention.py --out benchmarks/results/incremental_attention.json
-	$(PY) benchmarks/request_path.py --bundle $(BENCH_BUNDLE) --out benchmarks/results/request_path.json
-	$(PY) benchmarks/online_overhead.py --bundle $(BENCH_BUNDLE) --out benchmarks/results/online_overhead.json
+	$(PY) -m benchmarks.serving.serve_load --bundle $(BENCH_BUNDLE) --users 3000 --seconds 15 --workers 2 --conns 1 8 16 32 --out benchmarks/results/serving/serve
+	$(PY) -m benchmarks.serving.user_cache --bundle $(BENCH_BUNDLE) --seconds 6 --repeats 2 --users 2000 --sweep 1000:8000:500 --p99-ms 20 $(BASELINE_ARG) --out benchmarks/results/serving/user_cache.json
+	$(PY) -m benchmarks.serving.user_cache --bundle $(BENCH_GRU_BUNDLE) --history 100 --seconds 5 --repeats 2 --users 2000 $(BASELINE_ARG) --out benchmarks/results/serving/user_cache-gru4rec.json
+	$(PY) -m benchmarks.models.incremental_attention --out benchmarks/results/models/incremental_attention.json
+	$(PY) -m benchmarks.serving.request_path --bundle $(BENCH_BUNDLE) --out benchmarks/results/serving/request_path.json
+	$(PY) -m benchmarks.live.online_overhead --bundle $(BENCH_BUNDLE) --out benchmarks/results/live/online_overhead.json
 
 bench-ann: setup $(BENCH_BUNDLE)
 	$(VENV)/bin/pip install -q --disable-pip-version-check -e '.[bench]'
-	$(PY) benchmarks/ann_recall.py --bundle $(BENCH_BUNDLE) --queries 500 --out benchmarks/results/ann.json
-	$(PY) benchmarks/ann_recall.py --bundle $(BENCH_BUNDLE) --queries 500 --million 1000000 --out benchmarks/results/ann_1m.json
+	$(PY) -m benchmarks.serving.ann_recall --bundle $(BENCH_BUNDLE) --queries 500 --out benchmarks/results/serving/ann.json
+	$(PY) -m benchmarks.serving.ann_recall --bundle $(BENCH_BUNDLE) --queries 500 --million 1000000 --out benchmarks/results/serving/ann_1m.json
 
 clean:
 	rm -rf runs artifacts .seqrec_cache .pytest_cache

@@ -53,7 +53,7 @@ run() {  # run NAME ARGS...: one train_quality run, its log kept, a failure repo
     local name=$1
     shift
     echo "== $name: $(date -u +%T)"
-    if "$PY" benchmarks/train_quality.py "$@" "${EXTRA[@]}" --results-dir "$DEST" \
+    if "$PY" -m benchmarks.training.train_quality "$@" "${EXTRA[@]}" --results-dir "$DEST" \
         --out "$RUNS/$TAG-$name" >"$LOGS/$name.log" 2>&1; then
         tail -n 1 "$LOGS/$name.log"
     else

@@ -4,7 +4,7 @@
     python scripts/local_topology.py --dataset ml-100k --train-args "--epochs 1 --max-users 300"
     python scripts/local_topology.py --cluster ...                     # the compose profile `cluster`
 
-1.-3. the processes of tests/support/topology.py (shared with benchmarks/mixed_load.py): redis-server
+1.-3. the processes of tests/support/topology.py (shared with benchmarks/serving/mixed_load.py): redis-server
    with the compose config, the training job (docker/train-job.sh), two API processes started
    by the serving image's entrypoint, sharing that Redis and the bundle directory;
 4. the drive: both ready on the same bundle; events written through one API are seen by the
@@ -16,7 +16,7 @@
    of an experiment on both APIs; the split answers with both variants and GET /stats/online
    shows per-variant online metrics.
 With --cluster, step 1 is the compose profile `cluster` instead: a Redis Cluster of 3 masters and
-3 replicas (scripts/local_cluster.py, each node on docker/redis-cluster.conf) and the APIs take its
+3 replicas (tests/support/cluster.py, each node on docker/redis-cluster.conf) and the APIs take its
 redis+cluster:// URL.
 Everything binds to 127.0.0.1 and is stopped at the end (SIGTERM, then SIGKILL).
 """
@@ -33,8 +33,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from benchmarks.mixed_load import run_and_report  # noqa: E402
-from scripts.local_cluster import ClusterProcs  # noqa: E402
+from benchmarks.serving.mixed_load import run_and_report  # noqa: E402
+from tests.support.cluster import ClusterProcs  # noqa: E402
 from tests.support.procs import RedisNotInstalled  # noqa: E402
 from tests.support.topology import DOCKER, Topology  # noqa: E402
 
@@ -174,7 +174,7 @@ def main() -> None:
     ap.add_argument("--live", action="store_true", help="Then close the live loop (snapshot, warm start, A/B).")
     ap.add_argument("--live-users", type=int, default=300, help="Users whose events are replayed for --live.")
     ap.add_argument("--bench", type=float, default=0, help="Then run the mixed load for this many seconds.")
-    ap.add_argument("--bench-out", type=Path, default=ROOT / "benchmarks/results/mixed_load")
+    ap.add_argument("--bench-out", type=Path, default=ROOT / "benchmarks/results/serving/mixed_load")
     ap.add_argument("--cluster", action="store_true", help="A 3-master, 3-replica Redis Cluster instead of one Redis.")
     ap.add_argument("--workdir", type=Path, default=None, help="Keep everything here (default: a temp dir, removed).")
     args = ap.parse_args()
@@ -182,7 +182,7 @@ def main() -> None:
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="seqrec-topology-"))
     workdir.mkdir(parents=True, exist_ok=True)
     if args.cluster and args.bench:
-        ap.error("--bench drives one Redis; for the cluster run benchmarks/cluster_load.py")
+        ap.error("--bench drives one Redis; for the cluster run benchmarks/serving/cluster_load.py")
     topo = Topology(workdir, workers_per_api=args.workers_per_api)
     if args.cluster:
         topo.cluster = ClusterProcs(workdir / "cluster", node_timeout_ms=5000, conf=DOCKER / "redis-cluster.conf")

@@ -1,4 +1,4 @@
-"""Session fixture: one local Redis Cluster (3 masters + 3 replicas, scripts/local_cluster.py) run with
+"""Session fixture: one local Redis Cluster (3 masters + 3 replicas, tests/support/cluster.py) run with
 the compose profile's node config, docker/redis-cluster.conf."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from scripts.local_cluster import ClusterProcs
+from tests.support.cluster import ClusterProcs
 
 # The compose profile's node config (AOF, appendfsync always, ...), with ports, dirs and a 1 s node timeout.
 CLUSTER_CONF = Path(__file__).resolve().parents[1] / "docker" / "redis-cluster.conf"

@@ -29,8 +29,8 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.machine import machine_info
-from benchmarks.serve_load import post_events
-from benchmarks.user_cache import (
+from benchmarks.serving.serve_load import post_events
+from benchmarks.serving.user_cache import (
     API_KEY,
     MIXES,
     fixed_rate_load,
@@ -156,7 +156,7 @@ def main() -> None:
     rng = random.Random(0)
     items = [ids[rng.randrange(len(ids))] for _ in range(5000)]
     users = [f"bench-u{i}" for i in range(args.users)]
-    for url in private_redis():
+    with private_redis() as url:
         starts = {}
         for kind in ("cold", "warm"):
             server, port, secs = start(bundle, url, args.workers, work / f"{kind}.log")

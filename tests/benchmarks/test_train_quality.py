@@ -1,4 +1,4 @@
-from benchmarks.train_quality import time_to_target
+from benchmarks.training.train_quality import time_to_target
 
 # Three epochs as metrics.jsonl holds them: epoch 2 was not evaluated (eval_every).
 ROWS = [
@@ -24,11 +24,12 @@ def test_the_benchmark_shares_the_cli_override_grammar() -> None:
     import sys
     from pathlib import Path
 
-    script = Path(__file__).resolve().parents[2] / "benchmarks" / "train_quality.py"
+    root = Path(__file__).resolve().parents[2]
     for args, msg in (
         (["--set", "train.mask_prb=1"], "valid: amp"),
         (["--set", "lr=1"], "TABLE.KEY=VALUE"),
         (["--recipe", "recipes/no-such.toml"], "recipe not found"),
     ):
-        r = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, check=False)
+        cmd = [sys.executable, "-m", "benchmarks.training.train_quality", *args]
+        r = subprocess.run(cmd, cwd=root, capture_output=True, text=True, check=False)
         assert r.returncode == 2 and msg in r.stderr, r.stderr

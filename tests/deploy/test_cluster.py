@@ -25,9 +25,9 @@ from redis.cluster import RedisCluster as SyncCluster
 
 from app.stores import ClusterStore, Event, PartialAppend, StoreUnavailable
 from app.stores.cluster import startup_nodes, tag, user_of_tag
-from scripts.local_cluster import ClusterProcs
-from tests.app.test_items import unisrec_bundle  # noqa: F401  (a tiny UniSRec: takes new items by text)
+from tests.app.serving.test_items import unisrec_bundle  # noqa: F401  (a tiny UniSRec: takes new items by text)
 from tests.redis_cluster import CLUSTER_CONF
+from tests.support.cluster import ClusterProcs
 from tests.support.procs import API_KEY, wait_for
 
 KEY = {"X-API-Key": API_KEY}
@@ -231,7 +231,7 @@ def test_items_reach_another_process_across_the_cluster(
     unisrec_bundle: Path,  # noqa: F811
 ) -> None:
     """POST /items on A -> SPUBLISH in the registry's slot -> B recommends it; C started later catches up."""
-    from tests.app.test_items import _texts
+    from tests.app.serving.test_items import _texts
 
     prefix = "items-cluster:"
     a, b = (api_factory([unisrec_bundle], redis_cluster.url, SEQREC_KEY_PREFIX=prefix).base for _ in range(2))
@@ -310,7 +310,7 @@ def test_announcements_survive_a_failover_of_their_master(
 ) -> None:
     """kill -9 of the master owning the registry's slot: once its replica is promoted, an item
     posted to A reaches B again (B resubscribes to the new owner and catches up)."""
-    from tests.app.test_items import _texts
+    from tests.app.serving.test_items import _texts
 
     prefix = "items-fo:"
     cl = sync_client(fresh_cluster)
@@ -337,9 +337,9 @@ def test_announcements_survive_a_failover_of_their_master(
 async def test_histories_move_from_one_redis_to_the_cluster_and_back(
     redis_cluster: ClusterProcs, tmp_path: Path
 ) -> None:
-    """scripts/migrate_histories.py: one Redis -> cluster -> another Redis, every history intact; twice is a no-op."""
+    """app/stores/migrate.py: one Redis -> cluster -> another Redis, every history intact; twice is a no-op."""
     from app.stores import RedisStore
-    from scripts.migrate_histories import migrate
+    from app.stores.migrate import migrate
     from tests.support.procs import RedisProc
 
     prefix = "mig:"

@@ -1,6 +1,6 @@
 """The docker-compose topology as local processes (no Docker engine): Redis, the training job, N APIs.
 
-Used by scripts/local_topology.py (the drive through it) and benchmarks/mixed_load.py (load on it):
+Used by scripts/local_topology.py (the drive through it) and benchmarks/serving/mixed_load.py (load on it):
 1. redis-server with the compose config file (docker/redis.conf: AOF, appendfsync always,
    noeviction), on a free loopback port, its data in the work directory;
 2. the training job: docker/train-job.sh itself (prepare -> train -> export -> publish symlink)
@@ -28,7 +28,7 @@ DOCKER = ROOT / "docker"
 
 
 class RedisCluster(Protocol):
-    """What the topology needs of a Redis Cluster (scripts/local_cluster.py: ClusterProcs)."""
+    """What the topology needs of a Redis Cluster (tests/support/cluster.py: ClusterProcs)."""
 
     url: str
     ports: list[int]
