@@ -15,7 +15,7 @@ MAX_ID_LENGTH = 128
 #   U+FFFD                   what undecodable bytes in a URL (%FF) become: different raw bytes must not reach
 #                            the same id, so the replacement character is refused everywhere.
 # Nor may an id start or end with whitespace (which also refuses whitespace-only ids).
-# The Cf list is Unicode 15.1's; tests/app/test_schemas.py checks it against Python's unicodedata.
+# The Cf list is Unicode 15.1's; tests/app/api/test_schemas.py checks it against Python's unicodedata.
 _FORBIDDEN = (
     "/\x00-\x1f\x7f-\x9f"
     "\u00ad\u0600-\u0605\u061c\u06dd\u070f\u0890-\u0891\u08e2\u180e\u200b-\u200f\u202a-\u202e"

@@ -91,7 +91,7 @@ _FAST_CPU_DROPOUT: contextvars.ContextVar[bool] = contextvars.ContextVar("fast_c
 @contextmanager
 def fast_cpu_dropout(enabled: bool) -> Iterator[None]:
     """Within the block, CPU dropout draws its mask with dropout_keep (True, the default) or uses
-    torch's own dropout and its random stream (False; benchmarks/dropout_step.py compares them)."""
+    torch's own dropout and its random stream (False; benchmarks/training/dropout_step.py compares them)."""
     token = _FAST_CPU_DROPOUT.set(enabled)
     try:
         yield

@@ -28,7 +28,7 @@ text embeddings t (unit) of the newest item and the candidate. It is part of the
 so serving stays one dot product + top-k: item rows are [v_i, t_i, new_i] (new_i = 1 for items
 with no training interaction, and for every item `adapt` encodes at serving time), the user
 vector is [s, beta * new_last * t_last, 0]. Training never sees a new item, so beta does not
-change training; it is set from cold-start validation users (benchmarks/unisrec_cold_start.py).
+change training; it is set from cold-start validation users (benchmarks/training/unisrec_cold_start.py).
 
 Serving contract: `forward(item_seq) -> user_vec`, `item_vectors()`; plus `adapt(text_emb)`
 (text embedding -> item vector, the `adaptor.onnx` graph) and `encode(vecs, mask)`

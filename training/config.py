@@ -10,7 +10,7 @@ Three tables configure a run, in a recipe file (`recipes/*.toml`) and on the com
 `parse_overrides(["train.lr=0.002", "task.mask_prob=0.3"])` turns `--set` pairs into those tables;
 `resolve_tables` checks every key against the dataclass, so a misspelt or unknown key is an error
 that lists the valid ones, and a value of the wrong type is an error naming the expected type.
-The CLI (`seqrec train`, `seqrec options`) and `benchmarks/train_quality.py` both use these.
+The CLI (`seqrec train`, `seqrec options`) and `benchmarks/training/train_quality.py` both use these.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 # Logit elements per chunk of the fused full-softmax loss: 1M floats (4 MB) stay near a CPU's
 # L2 cache, so the (T, N) logits never make a round trip through memory, and peak memory no
-# longer grows with T * N (it matters on Beauty's 54k items). benchmarks/ce_loss.py measures it.
+# longer grows with T * N (it matters on Beauty's 54k items). benchmarks/training/ce_loss.py measures it.
 CE_CHUNK_ELEMENTS = 1 << 20
 # On a GPU the chunks are for memory only (each chunk costs kernel launches): 256M floats, so
 # ML-1M's (T, N) logits are one chunk, and Beauty's at batch 128 a few.

@@ -14,7 +14,7 @@ from training.config import TrainConfig
 def adamw(params: list[torch.nn.Parameter], **kwargs: Any) -> torch.optim.AdamW:
     """AdamW, fused (one kernel per tensor instead of ~10 passes over it) wherever torch has the
     fused kernel: with a large item table the optimiser step is memory-bound, and on Beauty's
-    54k x 64 table the fused step is ~5x faster on one CPU core (benchmarks/sampled_step.py)."""
+    54k x 64 table the fused step is ~5x faster on one CPU core (benchmarks/training/sampled_step.py)."""
     fused = all(p.device.type in ("cpu", "cuda") and p.dtype.is_floating_point for p in params)
     return torch.optim.AdamW(params, fused=fused, **kwargs)
 

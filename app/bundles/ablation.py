@@ -32,7 +32,7 @@ class AblationGraph:
 
         The batch encodes n + 1 rows of L = min(length, max_len) tokens; the graph encodes the
         window once plus about n^2 / 2 tokens, but has more nodes, a larger fixed cost per call.
-        Measured with one thread (SASRec, d = 64, 2 blocks; benchmarks/explain_latency.py
+        Measured with one thread (SASRec, d = 64, 2 blocks; benchmarks/explain/explain_latency.py
         --crossover, 144 (window, n) points): the graph is faster once L >= 16 and n x L >= 100
         (e.g. n = 2 from 50 events, n = 4 from 25, n >= 7 from 16), the batch below (by up to
         0.2 ms); where this rule picks the slower one, it is slower by at most 0.05 ms."""

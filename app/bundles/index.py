@@ -1,10 +1,10 @@
 """Top-k maximum inner product search behind one interface.
 
 `ExactIndex` (numpy/BLAS) is exact and, for small catalogues, also fastest. `HNSWIndex`
-(faiss HNSW, chosen by measurement: see benchmarks/results/ann.md) takes over at
+(faiss HNSW, chosen by measurement: see benchmarks/results/serving/ann.md) takes over at
 `ann_threshold` items, and `IVFIndex` (faiss inverted lists) at `IVF_MIN_ITEMS`: at a million
 items inner-product HNSW needed ef_search > 256 for recall@10 0.93 and 9 minutes to build,
-IVF reaches 0.99-1.0 at 0.25-0.5 ms and builds in half a minute (benchmarks/results/ann_1m.md).
+IVF reaches 0.99-1.0 at 0.25-0.5 ms and builds in half a minute (benchmarks/results/serving/ann_1m.md).
 All take `add`, because items arrive online (cold-start items registered from text). Labels
 are model item indices (1..N); 0 is padding and never returned.
 """
@@ -184,7 +184,7 @@ class IVFIndex(_FaissIndex):
 
     k-means splits the catalogue into `nlist` ~ 4 sqrt(N) cells; a query scans the `nprobe`
     cells whose centroids score highest (nlist / 32 of them: recall@10 1.0 at 1M items, see
-    benchmarks/results/ann_1m.md). Vectors are stored exactly, so the returned scores are exact.
+    benchmarks/results/serving/ann_1m.md). Vectors are stored exactly, so the returned scores are exact.
     Items added later go to their nearest existing cell.
     """
 

@@ -1,4 +1,4 @@
-"""The store contract, shared by every implementation (tests/app/test_store_contract.py).
+"""The store contract, shared by every implementation (tests/app/stores/test_store_contract.py).
 
 - A user's history is the last `max_history` item events ordered by event time; a late
   event lands at its time position (and falls off at once when older than all N kept).

@@ -8,7 +8,7 @@ one slot, on one master, and a script or MULTI over them is legal. A `}` (or `%`
 is written as `%7D` (`%25`) inside the tag, so the tag is the whole id, never empty and never cut
 short; `user_of_key` reverses it.
 The single-Redis store keeps its untagged keys (`{prefix}h:` + user, no braces) so that existing
-data stays readable; scripts/migrate_histories.py copies histories between the two shapes.
+data stays readable; app/stores/migrate.py copies histories between the two shapes.
 The event log is one stream per hash slot, `{prefix}log:{<slot tag>}`, named so that it is in the
 slot of the users it logs (app/stores/eventlog.py), so the one script call per user stays legal.
 

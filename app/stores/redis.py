@@ -183,7 +183,7 @@ async def read_user(client: Redis, keys: list[str], n: int, with_times: bool, wi
     """The window's last n members (with scores) and the exclusion set, in one pipeline on `client`.
 
     A pipeline, not a script returning both: the same client CPU, and a script's reply of 200
-    members cost Redis ~20 us more per read (benchmarks/event_types_cost.py)."""
+    members cost Redis ~20 us more per read (benchmarks/serving/event_types_cost.py)."""
     pipe = client.pipeline(transaction=False)
     pipe.zrange(keys[0], -n, -1, withscores=with_times)
     pipe.zrange(keys[1], 0, -1)

@@ -29,7 +29,7 @@ import typer
 
 # The service's modules load when a command runs: `seqrec` of the training image (which holds
 # only the bundle contract of app/) must start without them.
-ITEM_ID = "item_id"  # app/serving/filters.py: ITEM_ID (tests/app/test_catalog.py checks)
+ITEM_ID = "item_id"  # app/serving/filters.py: ITEM_ID (tests/app/serving/test_catalog.py checks)
 
 
 catalog_app = typer.Typer(help="The shop's catalogue: item attributes and availability (docs/shop.md).")
