@@ -489,6 +489,3 @@ def plot_learning_curve(history: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
     os.replace(tmp, path)
 
-
-def count_parameters(model: torch.nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())

@@ -98,10 +98,6 @@ def parse_member(m: str) -> tuple[str, str | None, bool, str]:
     return head, None, False, item
 
 
-def item_of(member: str) -> str:
-    return member.rsplit(SEP, 1)[1]
-
-
 def items_of(members: list[str] | list[bytes]) -> list[str]:
     """Item ids of many members at once, negative events left out: one join + split in C instead
     of a Python call per member.

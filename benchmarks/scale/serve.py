@@ -44,6 +44,7 @@ from benchmarks.serving.user_cache import (
 from tests.support.procs import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
+READY = '"msg": "serving '  # each worker logs it once its lifespan has loaded the bundles (app/main.py)
 
 
 def _children(pid: int) -> list[int]:
@@ -74,7 +75,7 @@ def start(bundle: Path, url: str, workers: int, log: Path) -> tuple[subprocess.P
     port = free_port()
     t0 = time.perf_counter()
     server = start_server(bundle, port, url, workers, True, log)
-    while log.read_text(errors="replace").count("Application startup complete") < workers:
+    while log.read_text(errors="replace").count(READY) < workers:
         if server.poll() is not None:
             raise SystemExit(f"server exited: {log.read_text()[-2000:]}")
         if time.perf_counter() - t0 > 900:
