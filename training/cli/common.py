@@ -147,6 +147,31 @@ AllowMissingTextOpt = Annotated[
 ]
 
 
+SinceOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--since",
+        help="Keep events at or after this time: an ISO date or datetime (UTC unless it names its zone) or "
+        "epoch seconds; needs a time column.",
+    ),
+]
+UntilOpt = Annotated[
+    str | None,
+    typer.Option("--until", help="Keep events before this time (exclusive): an ISO date or datetime or epoch seconds."),
+]
+
+
+def file_options(sep: str | None, columns: str | None, **fields: Any) -> Any:
+    """FileOptions from the reading flags as typed: `--sep '\\t'` means TAB, `--columns a,b,c` a tuple."""
+    from training.data import FileOptions
+
+    return FileOptions(
+        sep=sep.encode().decode("unicode_escape") if sep else None,
+        columns=tuple(c.strip() for c in columns.split(",")) if columns else None,
+        **fields,
+    )
+
+
 def fail(msg: str, code: int = 2) -> typing.NoReturn:
     typer.secho(f"error: {msg}", fg=typer.colors.RED, err=True)
     raise typer.Exit(code)

@@ -26,13 +26,16 @@ from training.cli.common import (
     NullUsersOpt,
     SepOpt,
     SessionColOpt,
+    SinceOpt,
     TimeColOpt,
     TimeOffsetColOpt,
     TimeOffsetUnitOpt,
     TimeUnitOpt,
+    UntilOpt,
     UserColOpt,
     UserCoreOpt,
     fail,
+    file_options,
     load_data,
     print_report,
 )
@@ -102,17 +105,8 @@ def prepare(
             "not negative)."
         ),
     ] = None,
-    since: Annotated[
-        str | None,
-        typer.Option(
-            help="Keep events at or after this time: an ISO date or datetime (UTC unless it names its zone) or "
-            "epoch seconds; needs a time column."
-        ),
-    ] = None,
-    until: Annotated[
-        str | None,
-        typer.Option(help="Keep events before this time (exclusive): an ISO date or datetime or epoch seconds."),
-    ] = None,
+    since: SinceOpt = None,
+    until: UntilOpt = None,
     memory_check: Annotated[
         bool,
         typer.Option(
@@ -123,21 +117,21 @@ def prepare(
     force: Annotated[bool, typer.Option(help="Rebuild the cache even when it exists.")] = False,
 ) -> None:
     """Read raw interactions, filter, order by time, remap ids and cache the result; print what each step did."""
-    from training.data import DatasetError, FileOptions
+    from training.data import DatasetError
 
     t = time.perf_counter()
     options = None
     reading = (time_offset_col, time_offset_unit, fix_ids, null_user_id, drop_duplicates, since, until)
     typed = (type_col, event_types, negative_types, target_types)
     if file:
-        options = FileOptions(
+        options = file_options(
+            sep,
+            columns,
             user_col=user_col,
             item_col=item_col,
             time_col=time_col,
             session_col=session_col,
             event_col=event_col,
-            sep=sep.encode().decode("unicode_escape") if sep else None,  # `--sep '\t'` means TAB
-            columns=tuple(c.strip() for c in columns.split(",")) if columns else None,
             user_core=user_core,
             item_core=item_core,
             min_len=min_len,

@@ -14,10 +14,13 @@ from training.cli.common import (
     FixIdsOpt,
     ItemColOpt,
     SepOpt,
+    SinceOpt,
     TimeColOpt,
     TimeUnitOpt,
+    UntilOpt,
     UserColOpt,
     fail,
+    file_options,
 )
 
 
@@ -225,10 +228,8 @@ def backfill(
     time_unit: TimeUnitOpt = "auto",
     event_col: EventColOpt = None,
     fix_ids: FixIdsOpt = False,
-    since: Annotated[
-        str | None, typer.Option(help="Only events at or after this time (ISO date/datetime or epoch seconds).")
-    ] = None,
-    until: Annotated[str | None, typer.Option(help="Only events before this time (exclusive).")] = None,
+    since: SinceOpt = None,
+    until: UntilOpt = None,
     progress: Annotated[bool, typer.Option(help="Progress lines on stderr.")] = True,
 ) -> None:
     """Load an offline history into the event store's windows before going live: the service's own append
@@ -238,15 +239,15 @@ def backfill(
         from training.backfill import backfill as run_backfill
     except ImportError as exc:
         fail(f"the serve extra is not installed ({exc}); pip install 'seqrec[serve]'")
-    from training.data import DatasetError, FileOptions
+    from training.data import DatasetError
 
-    opts = FileOptions(
+    opts = file_options(
+        sep,
+        columns,
         user_col=user_col,
         item_col=item_col,
         time_col=time_col,
         event_col=event_col,
-        sep=sep.encode().decode("unicode_escape") if sep else None,
-        columns=tuple(c.strip() for c in columns.split(",")) if columns else None,
         time_unit=time_unit,
         fix_ids=fix_ids,
         since=since,
