@@ -10,9 +10,12 @@ best (training/train.py). Under torchrun rank 0 decides every DDP_CHECK_STEPS st
 from __future__ import annotations
 
 import json
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 from training.optim import LrFactor, budget_last_step
 
@@ -34,6 +37,9 @@ class Budget:
         self.max_minutes = max_minutes
         self.t0 = clock()
         self._estimated_at = self.t0
+
+    def elapsed(self) -> float:
+        return clock() - self.t0
 
     def spent(self) -> bool:
         return bool(self.max_minutes) and (clock() - self.t0) / 60 > self.max_minutes  # type: ignore[operator]
@@ -87,3 +93,71 @@ class EpochLog:
             "eta_s": round(per_step * max(self.steps - done, 0)),
         }
         print(json.dumps(line), file=sys.stderr, flush=True)
+
+
+class StopRequest:
+    """SIGINT/SIGTERM ask training to stop after the current step and finish normally (the partial
+    epoch evaluated, best checkpoint evaluated on test, final.json written); a second signal aborts as usual.
+
+    A no-op outside the main thread, where Python cannot install signal handlers.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.signal: str | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> StopRequest:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if self.signal is not None:  # the second time: abort as the default handler would
+            self.__exit__()
+            signal.raise_signal(signum)
+            return
+        self.signal = signal.Signals(signum).name
+        print(f"{self.signal}: stopping after this step (send again to abort)", file=sys.stderr, flush=True)
+
+
+# What rank 0 broadcasts to stop every replica (by index): no stop, a reason, "stop" at an epoch's end.
+HALTS: tuple[str | None, ...] = (None, "SIGINT", "SIGTERM", "max_minutes", "annealed", "stop")
+
+
+class Stopping:
+    """The stop decision of a run: one process checks after every step; DDP replicas every
+    DDP_CHECK_STEPS steps, rank 0 deciding through a broadcast (safe mid-epoch: every rank takes
+    the same steps). The step where the budget will end is handed to the lr schedule as it moves."""
+
+    def __init__(self, request: StopRequest, budget: Budget, sched: Any, world: int, device: Any) -> None:
+        self.request, self.budget, self.sched, self.world, self.device = request, budget, sched, world, device
+        self.lr_factor: LrFactor = sched.lr_lambdas[0]
+        self.every = 1 if world == 1 else DDP_CHECK_STEPS
+
+    def now(self, last_planned: bool) -> str | None:
+        return halt_reason(self.request.signal, self.budget, self.lr_factor, self.sched.last_epoch, last_planned)
+
+    def agree(self, halt: str | None, last_step: int) -> str | None:
+        """Rank 0's decision (why it stops, or None; where the budget ends the lr schedule) on every rank, applied."""
+        if self.world > 1:
+            import torch
+            import torch.distributed as dist
+
+            flags = torch.tensor([HALTS.index(halt), last_step], device=self.device)
+            dist.broadcast(flags, 0)
+            halt, last_step = HALTS[int(flags[0].item())], int(flags[1].item())
+        if last_step:
+            self.lr_factor.end_at_step(last_step)
+        return halt
+
+    def after_step(self, count: int, planned: int) -> str | None:
+        """After step `count` of `planned`; one process judges an epoch's last step at its end."""
+        if count % self.every or (self.world == 1 and count >= planned):
+            return None
+        return self.agree(self.now(last_planned=False), self.budget.last_step(self.sched.last_epoch))

@@ -1,13 +1,10 @@
 """The shared training loop: batches, AdamW steps, clipping, early stopping on validation NDCG@10.
 
-The optimiser, weight average and learning-rate policy are in training/optim.py, checkpoint
-IO in training/checkpoint.py, the options in training/config.py.
-
-Writes into the run directory:
-  best.pt              best checkpoint (weights, configs, item ids, popularity)
-  metrics.jsonl        one JSON line per epoch (loss, time, validation metrics)
-  learning_curve.png   loss and validation NDCG@10/HR@10 per epoch
-  final.json           validation and test metrics of the best checkpoint, stop reason
+`train()` reads top to bottom: settings and data, the model, the task and optimiser, the loop
+(each epoch's steps are training/loop.py's, shared with UniSRec pre-training), the best
+checkpoint judged once on test. The optimiser, weight average and learning-rate policy are in
+training/optim.py, checkpoint IO in training/checkpoint.py, what the run directory holds in
+training/rundir.py, when to stop in training/budget.py, the options in training/config.py.
 
 SIGINT/SIGTERM and the wall-clock budget stop training at the next step (under torchrun within a
 few steps), mid-epoch too, and still write final.json; the epoch cut short is evaluated and kept
@@ -21,12 +18,9 @@ from __future__ import annotations
 
 import ctypes
 import itertools
-import json
 import os
 import random
-import signal
 import sys
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,15 +29,17 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
-from tqdm.auto import tqdm
 
 from models.layers import SeqRecModel
 from training import budget as budget_mod
+from training.budget import StopRequest
 from training.checkpoint import load_checkpoint, save_checkpoint
 from training.config import TrainConfig, describe_loss, resolve_loss
 from training.data.preprocess import SeqData, Split, leave_one_out
 from training.evaluate import full_rank_eval, popularity_scores
-from training.optim import LrFactor, adamw, budget_last_epoch, lr_scheduler, weight_average
+from training.loop import Optimisation, TaskLoss, run_epoch
+from training.optim import adamw, budget_last_epoch, lr_scheduler, weight_average
+from training.rundir import RunDir
 from training.zoo import build_model, get_spec, reads_times, resolve, time_eval_kwargs
 
 __all__ = [  # the names callers import from here (the loop's helpers live in optim / checkpoint)
@@ -55,11 +51,6 @@ __all__ = [  # the names callers import from here (the loop's helpers live in op
     "subset_split",
     "train",
 ]
-
-# Seconds between learning-curve redraws (see the epoch loop).
-PLOT_EVERY_S = 10.0
-# What rank 0 broadcasts to stop every replica (by index): no stop, a reason, "stop" at an epoch's end.
-HALTS: tuple[str | None, ...] = (None, "SIGINT", "SIGTERM", "max_minutes", "annealed", "stop")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -142,37 +133,6 @@ def _ddp_finish(world: int) -> None:
         dist.destroy_process_group()
 
 
-class StopRequest:
-    """SIGINT/SIGTERM ask training to stop after the current step and finish normally (the partial
-    epoch evaluated, best checkpoint evaluated on test, final.json written); a second signal aborts as usual.
-
-    A no-op outside the main thread, where Python cannot install signal handlers.
-    """
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-    def __init__(self) -> None:
-        self.signal: str | None = None
-        self._previous: dict[int, Any] = {}
-
-    def __enter__(self) -> StopRequest:
-        if threading.current_thread() is threading.main_thread():
-            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for s, handler in self._previous.items():
-            signal.signal(s, handler)
-
-    def _handle(self, signum: int, frame: object) -> None:
-        if self.signal is not None:  # the second time: abort as the default handler would
-            self.__exit__()
-            signal.raise_signal(signum)
-            return
-        self.signal = signal.Signals(signum).name
-        print(f"{self.signal}: stopping after this step (send again to abort)", file=sys.stderr, flush=True)
-
-
 def evaluate_model(
     model: SeqRecModel,
     hists: list[np.ndarray],
@@ -226,6 +186,7 @@ def train(
     items too (the session-based protocol); `init` warm-starts from a bundle or checkpoint
     (training/warm_start.py).
     """
+    # --- settings, process, data
     spec = get_spec(model_name)
     model_overrides, tc, task_cfg = resolve(model_name, model_overrides, train_overrides, task_overrides)
     rank, world = _ddp()
@@ -237,10 +198,11 @@ def train(
     if tc.num_threads:
         torch.set_num_threads(tc.num_threads)
     progress = _is_tty() if progress is None else progress
-
     split_given = split is not None
     split = subset_split(split if split is not None else leave_one_out(data), tc.max_users)
     popularity = popularity_scores(split.train, data.num_items)
+
+    # --- the model (the budget starts here: a setup's one-off work, UniSRec's text encoding, counts)
     warm = None
     if init is not None:
         from training import warm_start
@@ -248,9 +210,7 @@ def train(
         source = warm_start.load_source(init)  # the source's architecture unless overridden
         model_overrides = warm_start.model_overrides(source, model_name, model_overrides)
     model = build_model(model_name, data.num_items, model_overrides)
-    # The budget (max_minutes) starts here: a setup's one-off work (UniSRec's item-text encoding)
-    # is part of the run's time.
-    t_start = time.perf_counter()
+    t0 = time.perf_counter()
     budget = budget_mod.Budget(tc.max_minutes)
     if spec.setup is not None:
         spec.setup(model, data, tc, task_cfg)
@@ -259,6 +219,8 @@ def train(
         if rank == 0:
             print(warm, file=sys.stderr, flush=True)
     model = model.to(device)
+
+    # --- the task, the optimiser, the schedule
     task = spec.make_task(model.cfg, tc, task_cfg, popularity)  # type: ignore[attr-defined]
     chosen = describe_loss(tc, task_cfg, data.num_items)  # loss "auto": what the catalogue's size chose
     if chosen and rank == 0:
@@ -271,117 +233,63 @@ def train(
     rng = np.random.default_rng(tc.seed + rank)
     train_seqs = split.train[rank::world]
     sched = lr_scheduler(opt, tc, task.num_batches(train_seqs, tc.batch_size))
-    lr_factor: LrFactor = sched.lr_lambdas[0]  # type: ignore[assignment]  # moved by the budget
-    use_amp = tc.amp and (device.type == "cuda" or tc.amp_cpu)
     ema = weight_average(model, tc.ema)
+    steps = Optimisation(
+        net, opt, trainable, tc.grad_clip, sched, ema, model, tc.amp and (device.type == "cuda" or tc.amp_cpu), device
+    )
     # With an average, it is what gets validated, selected and kept; the raw weights' score is
     # logged beside it so one run shows what the average bought.
     kept: SeqRecModel = ema.module if ema is not None else model  # type: ignore[assignment]
 
-    # Event times: checked here, before any training, when the model or a history transform reads them.
+    # --- what a batch reads besides items (event times: checked here, before any training)
     timed = reads_times(model_name, model, task_cfg)
     valid_timed = time_eval_kwargs(model_name, model, task_cfg, split.valid_times, data.name)
     test_timed = time_eval_kwargs(model_name, model, task_cfg, split.test_times, data.name)
     train_times = split.train_times[rank::world] if timed and split.train_times is not None else None
-    time_kw = {"times": train_times} if timed else {}
+    batch_kw = {"times": train_times} if timed else {}
     if split.train_targets is not None:  # event types: some positions are input only
-        time_kw["target_masks"] = split.train_targets[rank::world]
+        batch_kw["target_masks"] = split.train_targets[rank::world]
 
     def validate(m: SeqRecModel) -> dict[str, float]:
         return evaluate_model(
             m, split.valid_hist, split.valid_target, data.num_items, tc, device, exclude_history, valid_timed
         )
 
-    run_dir.mkdir(parents=True, exist_ok=True)
-    metrics_path = run_dir / "metrics.jsonl"
-    if rank == 0:
-        metrics_path.write_text("")
-        (run_dir / "config.json").write_text(
-            json.dumps(
-                {
-                    "model": model_name,
-                    "model_config": model.cfg.to_dict(),
-                    "train_config": tc.to_dict(),
-                    "task_config": task_cfg.to_dict(),
-                    "loss": resolve_loss(tc, task_cfg, data.num_items)[0].loss,  # what loss "auto" became
-                    "dataset": data.stats(),
-                    "data_fingerprint": data.fingerprint(),
-                },
-                indent=2,
-            )
-        )
-    # One process checks for a stop after every step; DDP replicas every few steps, rank 0
-    # deciding through a broadcast (safe mid-epoch: _in_step gives every rank the same steps).
-    check_every = 1 if world == 1 else budget_mod.DDP_CHECK_STEPS
+    run = RunDir(run_dir, writes=rank == 0)
+    run.config(
+        {
+            "model": model_name,
+            "model_config": model.cfg.to_dict(),
+            "train_config": tc.to_dict(),
+            "task_config": task_cfg.to_dict(),
+            "loss": resolve_loss(tc, task_cfg, data.num_items)[0].loss,  # what loss "auto" became
+            "dataset": data.stats(),
+            "data_fingerprint": data.fingerprint(),
+        }
+    )
 
-    def halt_now(last_planned: bool) -> str | None:
-        return budget_mod.halt_reason(request.signal, budget, lr_factor, sched.last_epoch, last_planned)
-
-    def agree(halt: str | None, last_step: int) -> str | None:
-        """Rank 0's decision (why it stops, or None; where the budget ends the lr schedule) on every rank, applied."""
-        if world > 1:
-            flags = torch.tensor([HALTS.index(halt), last_step], device=device)
-            dist.broadcast(flags, 0)
-            halt, last_step = HALTS[int(flags[0].item())], int(flags[1].item())
-        if last_step:
-            lr_factor.end_at_step(last_step)
-        return halt
-
-    best, best_epoch, bad_evals = -1.0, 0, 0
-    t0, last_plot = t_start, time.perf_counter()
-    history: list[dict[str, Any]] = []
+    # --- the loop
+    best = Best()
     stop_reason = "epochs"
     with StopRequest() as request:
+        stopping = budget_mod.Stopping(request, budget, sched, world, device)
         for epoch in range(1, tc.epochs + 1):
             model.train()
-            t_ep = time.perf_counter()
-            # Summed on the device: reading the loss every step would sync a GPU each step and
-            # keep the host from queueing the next one (the progress bar reads it every 25th).
-            total, count = torch.zeros((), device=device), 0
             n_batches = task.num_batches(train_seqs, tc.batch_size)
-            bar = tqdm(
-                _in_step(task.batches(train_seqs, tc.batch_size, rng, device, **time_kw), world, device),
-                total=n_batches,
-                desc=f"epoch {epoch}",
-                disable=not progress or rank != 0,
-                leave=False,
-            )
-            log = budget_mod.EpochLog(epoch, n_batches, enabled=not progress and rank == 0)
-            halt = None
-            for batch in bar:
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                    loss = net(batch)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                if tc.grad_clip:
-                    torch.nn.utils.clip_grad_norm_(trainable, tc.grad_clip)
-                opt.step()
-                sched.step()
-                if ema is not None:
-                    ema.update_parameters(model)
-                total += loss.detach().float()
-                count += 1
-                if not bar.disable and count % 25 == 1:
-                    bar.set_postfix(loss=f"{float(total) / count:.4f}")
-                log.tick(count, lambda: float(total) / count)  # noqa: B023  # called right here
-                if count % check_every == 0 and (world > 1 or count < n_batches):
-                    halt = agree(halt_now(last_planned=False), budget.last_step(sched.last_epoch))
-                    if halt is not None:
-                        break
-            partial = halt is not None and count < n_batches  # cut short: evaluated below, kept if the best
-            mean_loss = float(total) / max(count, 1)  # a device read: the epoch's queued work is done
-            epoch_s = time.perf_counter() - t_ep
+            batches = _in_step(task.batches(train_seqs, tc.batch_size, rng, device, **batch_kw), world, device)
+            ep = run_epoch(steps, batches, n_batches, epoch, stopping.after_step, progress and rank == 0, rank == 0)
             row: dict[str, Any] = {
                 "epoch": epoch,
-                "loss": mean_loss,
-                "epoch_seconds": round(epoch_s, 3),
+                "loss": ep.loss,
+                "epoch_seconds": round(ep.seconds, 3),
                 "lr": opt.param_groups[0]["lr"],
-                "steps": count,
+                "steps": ep.steps,
             }
-            if partial:
+            halt = ep.halt
+            if ep.partial:  # cut short: evaluated below, kept if the best
                 row["partial"] = True
             elif halt is None:
-                halt = halt_now(last_planned=epoch == tc.epochs)
+                halt = stopping.now(last_planned=epoch == tc.epochs)
             # The epoch training stops after is always evaluated: with a decaying lr it is the best.
             stop = halt is not None
             if rank == 0 and (epoch % tc.eval_every == 0 or epoch == tc.epochs or stop):
@@ -390,102 +298,57 @@ def train(
                 if ema is not None:
                     raw = validate(model)
                     row.update({"raw_valid_ndcg@10": raw["ndcg@10"], "raw_valid_hr@10": raw["hr@10"]})
-                if valid["ndcg@10"] > best:
-                    best, best_epoch, bad_evals = valid["ndcg@10"], epoch, 0
+                if best.improves(valid["ndcg@10"], epoch):
                     save_checkpoint(run_dir / "best.pt", model_name, kept, tc, task_cfg, data, popularity, epoch, valid)
-                else:
-                    bad_evals += 1
-                    if bad_evals >= tc.patience:
-                        stop, stop_reason = True, "early_stop"
+                elif best.bad_evals >= tc.patience:
+                    stop, stop_reason = True, "early_stop"
             row["elapsed_seconds"] = round(time.perf_counter() - t0, 3)
-            if rank == 0:
-                history.append(row)
-                with metrics_path.open("a") as fh:
-                    fh.write(json.dumps(row) + "\n")
-                # A plot costs ~0.1 s: on a GPU epoch of ~0.5 s, redrawing it every epoch would be a
-                # fifth of the run. The last epoch is always drawn (stop, or the epoch budget's end).
-                if stop or epoch == tc.epochs or time.perf_counter() - last_plot >= PLOT_EVERY_S:
-                    plot_learning_curve(history, run_dir / "learning_curve.png")
-                    last_plot = time.perf_counter()
-                if not progress:
-                    shown = {
-                        k: (round(v, 4) if isinstance(v, float) else v)
-                        for k, v in row.items()
-                        if k in ("epoch", "loss", "epoch_seconds", "valid_ndcg@10", "valid_hr@10", "raw_valid_ndcg@10")
-                    }
-                    print(json.dumps(shown), file=sys.stderr, flush=True)
+            run.epoch(row, last=stop or epoch == tc.epochs, echo=not progress)
             if halt is not None:
                 stop_reason = halt
-            if agree("stop" if stop else None, budget.last_step(sched.last_epoch, force=True)):
+            if stopping.agree("stop" if stop else None, budget.last_step(sched.last_epoch, force=True)):
                 break
     seconds = time.perf_counter() - t0
+
+    # --- the best checkpoint, judged once on test
     if rank != 0:
         _ddp_finish(world)
-        return TrainResult(run_dir, best_epoch, {}, {}, seconds)
+        return TrainResult(run_dir, best.epoch, {}, {}, seconds)
     best_model, _ = load_checkpoint(run_dir / "best.pt", device)
     valid = validate(best_model)
     test = evaluate_model(
         best_model, split.test_hist, split.test_target, data.num_items, tc, device, exclude_history, test_timed
     )
-    best_row = next((r for r in history if r["epoch"] == best_epoch), {})
-    final = {
-        "model": model_name,
-        "dataset": data.name,
-        "best_epoch": best_epoch,
-        "train_seconds": round(seconds, 2),
-        "seconds_to_best": best_row.get("elapsed_seconds"),
-        "valid": valid,
-        "test": test,
-        "device": str(device),
-        "epochs_run": len(history),
-        "stop_reason": stop_reason,
-        "protocol": "leave-one-out" if split_given is False else "custom split",
-        "exclude_history": exclude_history,
-        "warm_start": warm,
-    }
-    (run_dir / "final.json").write_text(json.dumps(final, indent=2))
+    run.final(
+        {
+            "model": model_name,
+            "dataset": data.name,
+            "best_epoch": best.epoch,
+            "train_seconds": round(seconds, 2),
+            "seconds_to_best": run.row_of(best.epoch).get("elapsed_seconds"),
+            "valid": valid,
+            "test": test,
+            "device": str(device),
+            "epochs_run": len(run.history),
+            "stop_reason": stop_reason,
+            "protocol": "leave-one-out" if split_given is False else "custom split",
+            "exclude_history": exclude_history,
+            "warm_start": warm,
+        }
+    )
     _ddp_finish(world)
-    return TrainResult(run_dir, best_epoch, valid, test, seconds, stop_reason)
+    return TrainResult(run_dir, best.epoch, valid, test, seconds, stop_reason)
 
 
-class TaskLoss(torch.nn.Module):
-    """model + task as one module whose forward is the loss, so DDP can wrap it."""
+class Best:
+    """Model selection on validation NDCG@10: the best epoch so far and the evaluations since it."""
 
-    def __init__(self, model: SeqRecModel, task: Any) -> None:
-        super().__init__()
-        self.model = model
-        self.task = task
+    def __init__(self) -> None:
+        self.score, self.epoch, self.bad_evals = -1.0, 0, 0
 
-    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self.task.loss(self.model, batch)
-
-
-def plot_learning_curve(history: list[dict[str, Any]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax1 = plt.subplots(figsize=(7, 4))
-    ep = [r["epoch"] for r in history]
-    ax1.plot(ep, [r["loss"] for r in history], color="tab:blue", label="train loss")
-    ax1.set_xlabel("epoch")
-    ax1.set_ylabel("train loss", color="tab:blue")
-    ev = [r for r in history if "valid_ndcg@10" in r]
-    if ev:
-        ax2 = ax1.twinx()
-        ax2.plot(
-            [r["epoch"] for r in ev], [r["valid_ndcg@10"] for r in ev], "o-", color="tab:red", label="valid NDCG@10"
-        )
-        ax2.plot(
-            [r["epoch"] for r in ev], [r["valid_hr@10"] for r in ev], "s--", color="tab:orange", label="valid HR@10"
-        )
-        ax2.set_ylabel("validation (full ranking)")
-        ax2.legend(loc="lower right")
-    ax1.set_title("learning curve")
-    fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=90)
-    plt.close(fig)
-    os.replace(tmp, path)
-
+    def improves(self, score: float, epoch: int) -> bool:
+        if score > self.score:
+            self.score, self.epoch, self.bad_evals = score, epoch, 0
+            return True
+        self.bad_evals += 1
+        return False

@@ -15,8 +15,8 @@ from __future__ import annotations
 import json
 import os
 import sys
-import time
 import warnings
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -29,9 +29,11 @@ from torch import nn
 from models.layers import SeqRecModel
 from models.unisrec import UniSRec, UniSRecConfig
 from training.batching import pad_left
+from training.budget import Budget, StopRequest
 from training.config import ContrastiveConfig, TrainConfig
 from training.data.preprocess import SeqData, leave_one_out
 from training.errors import ExportError
+from training.loop import Optimisation, TaskLoss, run_epoch
 from training.optim import adamw
 from training.text import MAX_TOKENS, TEXT_FIELDS, TextEmbedder, dataset_text, item_text_embeddings
 
@@ -119,15 +121,61 @@ def _augment(seq: np.ndarray, rng: np.random.Generator, drop: float) -> np.ndarr
     return seq[keep]
 
 
+class PretrainTask:
+    """The pre-training objective as a task of the shared loop (training/loop.py): `batches` draws
+    one random (prefix -> next item) sample per sequence per epoch and its item-dropped view,
+    `loss` is L_SI + lambda L_SS over in-batch negatives."""
+
+    def __init__(self, pc: PretrainConfig, max_len: int, tau: float) -> None:
+        self.pc, self.max_len, self.tau = pc, max_len, tau
+
+    def num_batches(self, seqs: list[np.ndarray], batch_size: int) -> int:
+        return -(-len(seqs) // batch_size)
+
+    def batches(
+        self, seqs: list[np.ndarray], batch_size: int, rng: np.random.Generator
+    ) -> Iterator[dict[str, torch.Tensor]]:
+        order = rng.permutation(len(seqs))
+        for start in range(0, len(order), batch_size):
+            rows = [seqs[i] for i in order[start : start + batch_size]]
+            cut = [int(rng.integers(1, len(s))) for s in rows]
+            hist = [s[max(0, c - self.max_len) : c] for s, c in zip(rows, cut, strict=True)]
+            yield {
+                "hist": torch.as_tensor(pad_left(hist)),  # (B, L)
+                "target": torch.as_tensor([int(s[c]) for s, c in zip(rows, cut, strict=True)]),  # (B,)
+                "aug": torch.as_tensor(pad_left([_augment(h, rng, self.pc.item_drop) for h in hist])),  # (B, L')
+            }
+
+    def loss(self, model: UniSRec, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        x, tgt, aug = batch["hist"], batch["target"], batch["aug"]
+        # Adapt the (global) catalogue once per step and gather from it: N items through the
+        # MoE instead of B*L history tokens (ML-1M histories are long).
+        table = model.item_table()  # (N+1, D)
+        s = model.encode_hidden(table[x], x != 0)[:, -1, :]  # (B, D)
+        v = table[tgt]  # (B, D)
+        # In-batch negatives (Eq. 5); the same target item twice in a batch is not a negative.
+        logits = s @ v.T / self.tau  # (B, B)
+        same = (tgt[:, None] == tgt[None, :]) & ~torch.eye(len(tgt), dtype=torch.bool)
+        l_si = F.cross_entropy(logits.masked_fill(same, float("-inf")), torch.arange(len(tgt)))
+        # Word-drop view (Eq. 6): the catalogue re-adapted from dropped-out PLM embeddings.
+        aug_table = F.normalize(model.adapt_raw(F.dropout(model.text_emb, self.pc.word_drop)), dim=-1)  # (N+1, D)
+        s_aug = model.encode_hidden(aug_table[aug], aug != 0)[:, -1, :]  # (B, D)
+        l_ss = F.cross_entropy(s @ s_aug.T / self.tau, torch.arange(len(tgt)))
+        return l_si + self.pc.lam * l_ss
+
+
 def pretrain(
     pc: PretrainConfig,
     out: Path,
     model_overrides: dict[str, Any] | None = None,
     data_dir: Path | None = None,
     cache_dir: Path | None = None,
-    progress_every: int = 50,
+    log: bool = True,
 ) -> Path:
-    """Pre-train adaptor + transformer over the union of several text domains; writes out/pretrained.pt."""
+    """Pre-train adaptor + transformer over the union of several text domains; writes out/pretrained.pt.
+
+    The steps are the shared loop's (training/loop.py), so the budget (`max_minutes`) and Ctrl-C
+    stop it at the next step, as they stop `seqrec train`; `log`: a progress line a minute."""
     from training.data import load_dataset
 
     torch.manual_seed(pc.seed)
@@ -152,55 +200,33 @@ def pretrain(
         model.text_emb.copy_(torch.as_tensor(text))
     if cfg.text_skip:
         model.fit_text_channel(model.text_emb[1:])
-    opt = adamw(list(model.parameters()), lr=pc.lr)
+
+    task = PretrainTask(pc, cfg.max_len, cfg.temperature)
+    params = list(model.parameters())
+    steps = Optimisation(TaskLoss(model, task), adamw(params, lr=pc.lr), params, grad_clip=1.0)
+    budget = Budget(pc.max_minutes)
     out.mkdir(parents=True, exist_ok=True)
-    log = (out / "pretrain_metrics.jsonl").open("w")
-    t0 = time.perf_counter()
-    tau = cfg.temperature
-    step = 0
-    for epoch in range(1, pc.epochs + 1):
-        model.train()
-        order = rng.permutation(len(seqs))
-        total, n = 0.0, 0
-        for start in range(0, len(order), pc.batch_size):
-            rows = [seqs[i] for i in order[start : start + pc.batch_size]]
-            # One random (prefix -> next item) sample per sequence per epoch.
-            cut = [int(rng.integers(1, len(s))) for s in rows]
-            hist = [s[max(0, c - cfg.max_len) : c] for s, c in zip(rows, cut, strict=True)]
-            tgt = torch.as_tensor([int(s[c]) for s, c in zip(rows, cut, strict=True)])
-            x = torch.as_tensor(pad_left(hist))  # (B, L)
-            # Adapt the (global) catalogue once per step and gather from it: N items through
-            # the MoE instead of B*L history tokens (ML-1M histories are long).
-            table = model.item_table()  # (N+1, D)
-            s = model.encode_hidden(table[x], x != 0)[:, -1, :]  # (B, D)
-            v = table[tgt]  # (B, D)
-            # In-batch negatives; the same target item twice in a batch is not a negative.
-            logits = s @ v.T / tau  # (B, B)
-            same = (tgt[:, None] == tgt[None, :]) & ~torch.eye(len(tgt), dtype=torch.bool)
-            l_si = F.cross_entropy(logits.masked_fill(same, float("-inf")), torch.arange(len(tgt)))
-            aug = torch.as_tensor(pad_left([_augment(h, rng, pc.item_drop) for h in hist]))
-            # Word-drop view: the catalogue re-adapted from dropped-out PLM embeddings.
-            aug_table = F.normalize(model.adapt_raw(F.dropout(model.text_emb, pc.word_drop)), dim=-1)  # (N+1, D)
-            s_aug = model.encode_hidden(aug_table[aug], aug != 0)[:, -1, :]  # (B, D)
-            l_ss = F.cross_entropy(s @ s_aug.T / tau, torch.arange(len(tgt)))
-            loss = l_si + pc.lam * l_ss
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            total += float(loss.detach())
-            n += 1
-            step += 1
-            if progress_every and step % progress_every == 0:
-                print(json.dumps({"epoch": epoch, "step": step, "loss": round(total / n, 4)}), file=sys.stderr)
-        row = {"epoch": epoch, "loss": total / max(n, 1), "elapsed_seconds": round(time.perf_counter() - t0, 1)}
-        log.write(json.dumps(row) + "\n")
-        log.flush()
-        print(json.dumps(row), file=sys.stderr, flush=True)
-        _save_pretrained(out / "pretrained.pt", model, pc, stats, epoch)
-        if pc.max_minutes and (time.perf_counter() - t0) / 60 > pc.max_minutes:
-            break
-    log.close()
+    with (out / "pretrain_metrics.jsonl").open("w") as metrics, StopRequest() as request:
+        for epoch in range(1, pc.epochs + 1):
+            model.train()
+            planned = task.num_batches(seqs, pc.batch_size)
+            ep = run_epoch(
+                steps,
+                task.batches(seqs, pc.batch_size, rng),
+                planned,
+                epoch,
+                lambda _done, _planned: request.signal or ("max_minutes" if budget.spent() else None),
+                log=log,
+            )
+            row = {"epoch": epoch, "loss": ep.loss, "elapsed_seconds": round(budget.elapsed(), 1), "steps": ep.steps}
+            if ep.partial:
+                row["partial"] = True
+            metrics.write(json.dumps(row) + "\n")
+            metrics.flush()
+            print(json.dumps(row), file=sys.stderr, flush=True)
+            _save_pretrained(out / "pretrained.pt", model, pc, stats, epoch)
+            if ep.halt is not None or budget.spent():
+                break
     return out / "pretrained.pt"
 
 

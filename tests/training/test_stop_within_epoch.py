@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 import training.budget
+import training.rundir
 import training.train
 from training.budget import Budget, EpochLog
 from training.config import TrainConfig
@@ -89,14 +90,14 @@ def test_a_later_partial_epoch_that_is_worse_is_not_kept(
     clock = FakeClock(0.0)
     monkeypatch.setattr(training.budget, "clock", clock)
     monkeypatch.setattr(training.train, "evaluate_model", fake_eval)
-    plot = training.train.plot_learning_curve
+    plot = training.rundir.plot_learning_curve
 
     def plot_then_spend_budget(history, path) -> None:  # after epoch 1, time runs fast: 40 s a read
         plot(history, path)
         clock.step = 40.0
 
-    monkeypatch.setattr(training.train, "plot_learning_curve", plot_then_spend_budget)
-    monkeypatch.setattr(training.train, "PLOT_EVERY_S", 0.0)
+    monkeypatch.setattr(training.rundir, "plot_learning_curve", plot_then_spend_budget)
+    monkeypatch.setattr(training.rundir, "PLOT_EVERY_S", 0.0)
     over = {"epochs": 5, "batch_size": 16, "max_minutes": 2.0}
     res = train("sasrec", synthetic, tmp_path / "run", model_overrides=TINY, train_overrides=over, progress=False)
     rows = rows_of(tmp_path / "run")

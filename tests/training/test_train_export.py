@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import training.optim
+import training.rundir
 import training.train
 from training.batching import pad_left
 from training.data import leave_one_out
@@ -79,15 +80,15 @@ def test_seeded_training_is_deterministic(ml100k, tmp_path: Path) -> None:
 def test_sigterm_stops_at_the_next_step_and_finishes_the_run(
     ml100k, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    plot = training.train.plot_learning_curve
+    plot = training.rundir.plot_learning_curve
 
     def plot_then_sigterm(history, path) -> None:  # the signal lands at the end of epoch 1
         plot(history, path)
         if len(history) == 1:
             signal.raise_signal(signal.SIGTERM)
 
-    monkeypatch.setattr(training.train, "plot_learning_curve", plot_then_sigterm)
-    monkeypatch.setattr(training.train, "PLOT_EVERY_S", 0.0)  # the hook must run after every epoch
+    monkeypatch.setattr(training.rundir, "plot_learning_curve", plot_then_sigterm)
+    monkeypatch.setattr(training.rundir, "PLOT_EVERY_S", 0.0)  # the hook must run after every epoch
     before = signal.getsignal(signal.SIGTERM)
     res = tiny_sasrec(ml100k, tmp_path / "run", epochs=50, eval_every=5, max_users=300)
     rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
@@ -103,14 +104,14 @@ def test_learning_curve_redraws_are_throttled_but_the_last_epoch_is_drawn(
     ml100k, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     drawn: list[int] = []
-    plot = training.train.plot_learning_curve
+    plot = training.rundir.plot_learning_curve
 
     def counting_plot(history, path) -> None:
         drawn.append(len(history))
         plot(history, path)
 
-    monkeypatch.setattr(training.train, "plot_learning_curve", counting_plot)
-    monkeypatch.setattr(training.train, "PLOT_EVERY_S", 3600.0)
+    monkeypatch.setattr(training.rundir, "plot_learning_curve", counting_plot)
+    monkeypatch.setattr(training.rundir, "PLOT_EVERY_S", 3600.0)
     tiny_sasrec(ml100k, tmp_path / "run", epochs=3, eval_every=1, max_users=200)
     assert drawn == [3]  # epochs 1-2 fell inside the interval; the final epoch always redraws
     assert (tmp_path / "run" / "learning_curve.png").read_bytes()[:4] == b"\x89PNG"

@@ -98,7 +98,7 @@ def test_pretrain_then_init_loads_weights_and_freeze(ml100k, tiny_bert: Path, tm
     from training.unisrec import PretrainConfig, pretrain
 
     over = {"dim": 16, "max_len": 20, "num_heads": 2, "text_dim": 32, "text_encoder": str(tiny_bert)}
-    ckpt = pretrain(PretrainConfig(("ml-100k",), epochs=1, batch_size=128), tmp_path / "pt", over, progress_every=0)
+    ckpt = pretrain(PretrainConfig(("ml-100k",), epochs=1, batch_size=128), tmp_path / "pt", over, log=False)
     pre = torch.load(ckpt, weights_only=False)
     assert pre["kind"] == "unisrec-pretrain"
     assert not any(k.startswith(("text_emb", "item_emb")) for k in pre["state_dict"])
@@ -277,3 +277,35 @@ def test_generic_file_with_items_file(ml100k, tiny_bert: Path, tmp_path: Path, c
     first = data.item_ids[0]  # e.g. "m1": its row holds the embedding of its title from items.csv
     want = TextEmbedder(tiny_bert).encode([text[first[1:]].replace('"', "")])[0]
     assert np.abs(model.text_emb[1].numpy() - want).max() < 1e-5
+
+
+def test_pretraining_runs_on_the_shared_loop_and_its_budget_stops_it_mid_epoch(
+    ml100k, tiny_bert: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Pre-training's steps are training/loop.py's: the budget acts at the next step, not at the
+    end of an epoch, and the epoch cut short is marked and still saved."""
+    import training.budget
+    import training.loop
+    from training.unisrec import PretrainConfig, pretrain
+
+    steps: list[int] = []
+    step = training.loop.Optimisation.step
+
+    def counting_step(self, batch):  # the shared loop's step, counted
+        steps.append(1)
+        return step(self, batch)
+
+    now = [0.0]
+
+    def clock() -> float:  # 10 s pass per optimiser step: a 0.5-minute budget ends after step 3
+        return now[0] + 10.0 * len(steps)
+
+    monkeypatch.setattr(training.loop.Optimisation, "step", counting_step)
+    monkeypatch.setattr(training.budget, "clock", clock)
+    over = {"dim": 16, "max_len": 20, "num_heads": 2, "text_dim": 32, "text_encoder": str(tiny_bert)}
+    pc = PretrainConfig(("ml-100k",), epochs=3, batch_size=64, max_minutes=0.5)
+    ckpt = pretrain(pc, tmp_path / "pt", over, log=False)
+    rows = [json.loads(x) for x in (tmp_path / "pt" / "pretrain_metrics.jsonl").read_text().splitlines()]
+    assert len(steps) == 4  # 40 s > 30 s once the 4th step is done (ML-100K has 15 batches of 64)
+    assert rows == [{"epoch": 1, "loss": rows[0]["loss"], "elapsed_seconds": 40.0, "steps": 4, "partial": True}]
+    assert torch.load(ckpt, weights_only=False)["epoch"] == 1

@@ -237,7 +237,9 @@ def pretrain(
     lam: Annotated[float, typer.Option(help="Weight of the sequence-sequence contrastive loss.")] = 1e-3,
     item_drop: Annotated[float, typer.Option(help="Item-drop probability of the augmented view.")] = 0.2,
     word_drop: Annotated[float, typer.Option(help="Text-embedding dropout of the augmented view.")] = 0.2,
-    max_minutes: Annotated[float | None, typer.Option(help="Stop after the epoch that crosses this budget.")] = None,
+    max_minutes: Annotated[
+        float | None, typer.Option(help="Minutes of wall clock; stops at the next step once spent.")
+    ] = None,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 42,
     set_: Annotated[
         list[str] | None,
