@@ -1,6 +1,6 @@
 """Train a model to convergence and record quality and speed.
 
-Writes benchmarks/results/train-<model>-<dataset>-<device>[-tag].json with per-epoch times,
+Writes benchmarks/results/training/train-<model>-<dataset>-<device>[-tag].json with per-epoch times,
 wall time to the best epoch, and full-ranking validation/test metrics of the best epoch.
 
 Takes the recipe files and the --set grammar of `seqrec train` (training/config.py):
@@ -65,7 +65,10 @@ def main() -> None:
         help="record the time to the first epoch whose validation NDCG@10 reaches this (repeatable)",
     )
     ap.add_argument(
-        "--results-dir", type=Path, default=RESULTS, help="where the result JSON goes (default benchmarks/results)"
+        "--results-dir",
+        type=Path,
+        default=RESULTS / "training",
+        help="where the result JSON goes (default benchmarks/results/training)",
     )
     ap.add_argument("--out", type=Path, default=None, help="run directory (default runs/bench-...)")
     args = ap.parse_args()
