@@ -15,7 +15,9 @@
 # REDIS_URL + KEY_PREFIX (seqrec:) for the live loop, OFFLINE_FILE (interactions file combined
 # with the snapshot), INIT (auto = the served bundle when there is one; none; or a path),
 # PUBLISH (replace | treatment), TREATMENT_SHARE (50), RELOAD_URLS (space-separated API base
-# URLs), SEQREC_API_KEY (for the reload), PYTHON (python3).
+# URLs), SEQREC_API_KEY (for the reload), PYTHON (python3), EXPORT_ARGS (extra `seqrec export`
+# options; default --no-program: the service reads ONNX, not the torch.export program, whose
+# capture is most of a small model's export time; set it empty to keep model.pt2).
 set -eu
 MODEL="${MODEL:-sasrec}"
 DATASET="${DATASET:-ml-1m}"
@@ -31,6 +33,7 @@ INIT="${INIT:-auto}"
 PUBLISH="${PUBLISH:-replace}"
 TREATMENT_SHARE="${TREATMENT_SHARE:-50}"
 RELOAD_URLS="${RELOAD_URLS:-}"
+EXPORT_ARGS="${EXPORT_ARGS---no-program}"
 
 stamp="$(date -u +%Y%m%d-%H%M%S)"
 name="${MODEL}-${DATASET}-${stamp}"
@@ -69,7 +72,8 @@ echo "[train-job] train $MODEL ${init_args:-(from scratch)} -> $RUN_DIR/$name"
 $SEQREC train --model "$MODEL" $data_args $init_args --out "$RUN_DIR/$name" ${TRAIN_ARGS:-}
 echo "[train-job] export -> $BUNDLE_ROOT/releases/$name"
 # export writes a temporary sibling directory and renames it: a release directory is always whole.
-$SEQREC export "$RUN_DIR/$name/best.pt" --out "$BUNDLE_ROOT/releases" --name "$name"
+# shellcheck disable=SC2086
+$SEQREC export "$RUN_DIR/$name/best.pt" --out "$BUNDLE_ROOT/releases" --name "$name" $EXPORT_ARGS
 
 # Publish atomically: a new symlink under a temporary name, renamed over the published one.
 target="$MODEL"

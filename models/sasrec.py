@@ -1,11 +1,17 @@
 """SASRec: Self-Attentive Sequential Recommendation (Kang & McAuley, ICDM 2018).
 
 E_hat = E[s] * sqrt(d) + P            (Sec. III-B, learned positions)
+        [+ T[y]]                      (num_types > 0: a learned embedding of each event's type)
 S^(b) = SA(F^(b-1)), F^(b) = FFN(S)   (Sec. III-C, causal: query t sees keys <= t)
 r_{i,t} = F_t^(B) . M_i               (Sec. III-E, shared item embedding M = E)
 
 `forward` returns F at the last position: the user vector. Training reads every
 position (`hidden`), one sample per user sequence, with the loss chosen in training/.
+
+Event types (num_types > 0): type_seq (B, L) int64 aligned with item_seq holds each event's type
+as its position in the data's type names plus 1 (0 where items pad), the id the service feeds
+(app/bundles/manifest.py EventTypesSpec). Without type_seq every event reads as the first type
+(id 1), as the service reads an event whose type the bundle does not name.
 """
 
 from __future__ import annotations
@@ -39,9 +45,12 @@ class SASRecConfig:
     norm_first: bool = True  # the paper's block; False = post-LN
     positions: str = "recency"  # "recency" (newest = max_len - 1) or "absolute" (oldest = 0)
     init_std: float | None = None  # None = Xavier normal; else N(0, init_std) (Klenitskiy & Vasilev)
+    num_types: int = 0  # event types read as input, a type embedding per event (set by task.type_input); 0 = none
 
     def __post_init__(self) -> None:
         check_position_scheme(self.positions)
+        if self.num_types < 0:
+            raise ValueError(f"num_types must be >= 0, got {self.num_types}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -55,6 +64,8 @@ class SASRec(SeqRecModel):
         self.num_items = cfg.num_items
         self.item_emb = nn.Embedding(cfg.num_items + 1, cfg.dim, padding_idx=0)  # E (= M, shared)
         self.pos_emb = nn.Embedding(cfg.max_len, cfg.dim)  # P
+        # T: row 0 pads; absent without types, so untyped models keep their parameters (and init draws).
+        self.type_emb = nn.Embedding(cfg.num_types + 1, cfg.dim, padding_idx=0) if cfg.num_types else None
         self.emb_drop = Dropout(cfg.dropout if cfg.emb_dropout is None else cfg.emb_dropout)
         self.blocks = nn.ModuleList(
             TransformerBlock(cfg.dim, cfg.num_heads, cfg.dropout, cfg.dim, "relu", cfg.norm_first)
@@ -73,22 +84,44 @@ class SASRec(SeqRecModel):
             if isinstance(m, nn.Linear) and m.bias is not None:
                 nn.init.zeros_(m.bias)
 
-    def hidden(self, item_seq: torch.Tensor, last_only: bool = False) -> torch.Tensor:
-        """(B, L) int64 -> (B, L, D): F^(B) at every position (or (B, 1, D), the newest only)."""
+    @property
+    def reads_types(self) -> bool:
+        return self.type_emb is not None
+
+    def type_ids(self, item_seq: torch.Tensor, type_seq: torch.Tensor | None) -> torch.Tensor:
+        """(B, L) type ids for item_seq: type_seq cut alike, or every event as the first type (id 1)."""
+        if type_seq is None:
+            return (item_seq != 0).long()  # (B, L)
+        if type_seq.shape != item_seq.shape:
+            raise ValueError(f"type_seq {tuple(type_seq.shape)} must match item_seq {tuple(item_seq.shape)}")
+        return type_seq
+
+    def hidden(
+        self, item_seq: torch.Tensor, type_seq: torch.Tensor | None = None, last_only: bool = False
+    ) -> torch.Tensor:
+        """(B, L) int64 [+ (B, L) type ids] -> (B, L, D): F^(B) at every position (or (B, 1, D), the newest only)."""
+        if self.type_emb is not None:
+            type_seq = self.type_ids(item_seq, type_seq)[:, -self.max_len :]  # (B, L)
         item_seq = item_seq[:, -self.max_len :]  # longer histories keep the newest max_len items
         pos_e = self.pos_emb(position_ids(item_seq, self.cfg.positions, self.max_len))  # (B or 1, L, D)
         x = self.item_emb(item_seq) * self.scale + pos_e  # (B, L, D)
+        if self.type_emb is not None:
+            x = x + self.type_emb(type_seq)  # (B, L, D)
         x = self.emb_drop(x) * (item_seq != 0).unsqueeze(-1)  # padding rows stay zero
         mask = attention_mask(item_seq, causal=True)  # (B, 1, L, L)
         for i, block in enumerate(self.blocks):
             x = block(x, mask, last_only=last_only and i == len(self.blocks) - 1)
         return self.final_ln(x)  # (B, L, D) or (B, 1, D)
 
-    def forward(self, item_seq: torch.Tensor) -> torch.Tensor:
-        return self.hidden(item_seq, last_only=True)[:, -1, :]  # (B, D) user vector
+    def forward(self, item_seq: torch.Tensor, type_seq: torch.Tensor | None = None) -> torch.Tensor:
+        return self.hidden(item_seq, type_seq, last_only=True)[:, -1, :]  # (B, D) user vector
 
     def item_vectors(self) -> torch.Tensor:
         return self.item_emb.weight  # (N+1, D)
+
+    def _first_type(self, x: torch.Tensor) -> torch.Tensor:
+        """x (..., D) + T[1]: explanations read every event as the first type, as the service does."""
+        return x if self.type_emb is None else x + self.type_emb.weight[1]
 
     # --- leave-one-out explanations (exported as ablation.onnx, see training/ablation.py) ---------
 
@@ -123,7 +156,7 @@ class SASRec(SeqRecModel):
         L = self.max_len
         prev = window[:, :-1][:, -L:]  # (1, Ls): S' = the ablation of age 0
         pos = position_ids(prev, "recency", L)
-        xp = self.item_emb(prev) * self.scale + self.pos_emb(pos)  # (1, Ls, D), no padding
+        xp = self._first_type(self.item_emb(prev) * self.scale + self.pos_emb(pos))  # (1, Ls, D), no padding
         mask = attention_mask(prev, causal=True)  # (1, 1, Ls, Ls)
         prefix = []  # S' at each block's input: the keys and values older events offer
         for i, block in enumerate(self.blocks):
@@ -138,7 +171,9 @@ class SASRec(SeqRecModel):
         removed = torch.where(first, p, n - p)  # (P, A) the ablated age of the slot's sub-row
         # The event of age j has the same item and position (it stays) in every ablation a > j.
         items = window[0, window.shape[1] - 1 - ages]  # (A,)
-        x = self.item_emb(items) * self.scale + self.pos_emb(L - 1 - ages)  # (A, D): slot (p, s) = x[age[p, s]]
+        x = self._first_type(
+            self.item_emb(items) * self.scale + self.pos_emb(L - 1 - ages)
+        )  # (A, D): slot (p, s) = x[age[p, s]]
         prefix_age = Ls - torch.arange(Ls, device=window.device)  # (Ls,) age of S' column c
         see_prefix = prefix_age[None, None, :] > removed[:, :, None]  # (P, A, Ls): older than the removed one
         same = first[:, :, None] == first[:, None, :]  # (P, A, A): key slot in the query's sub-row

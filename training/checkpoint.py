@@ -46,6 +46,7 @@ def save_checkpoint(
             "data_fingerprint": data.fingerprint(),
             "data_meta": data.meta,  # source files + options, sessions, split: `evaluate` rebuilds from it
             "item_ids": data.item_ids,
+            "type_names": data.type_names,  # typed data: what a model's type ids mean (id = position + 1)
             "popularity": popularity,
             "epoch": epoch,
             "valid": valid,

@@ -61,6 +61,8 @@ def evaluate_checkpoint(
         model, ckpt = load_checkpoint(checkpoint)
     except FileNotFoundError as exc:
         raise EvaluationError(str(exc)) from None
+    if getattr(model, "reads_types", False):  # its histories would need each event's type, this split has none
+        raise EvaluationError("this model reads event types: its typed test is typed.json in its run directory")
     try:
         data = _data(ckpt, dataset, files, data_dir, cache_dir)
     except DatasetError as exc:

@@ -138,6 +138,14 @@ class NextItemConfig(NegativesConfig):
     in_batch: bool = opt(
         False, "Sampled softmax: the batch's own targets (each once) join the drawn negatives, logQ-corrected."
     )
+    type_input: bool = opt(
+        False, "Typed data, sasrec: the model reads each event's type (a learned type embedding; sets model.num_types)."
+    )
+    type_weights: dict[str, float] | None = opt(  # noqa: RUF009  (default None: nothing shared)
+        None,
+        "Typed data: a target's loss weight by its event type, e.g. {like = 1.0, view = 0.3} (target types not "
+        "named: 1); the loss is sum(w * loss) / sum(w).",
+    )
 
 
 @dataclass

@@ -111,6 +111,7 @@ def full_rank_eval(
     pass_times: bool = False,
     item_table: torch.Tensor | None = None,
     chunk_elements: int = EVAL_CHUNK_ELEMENTS,
+    types: Sequence[np.ndarray] | None = None,
 ) -> dict[str, float] | tuple[dict[str, float], np.ndarray]:
     """Score every user's history, rank the held-out target against the full catalogue.
 
@@ -122,10 +123,15 @@ def full_rank_eval(
     With `item_table` ((>= N+1, D), e.g. model.item_vectors()), `score_fn` returns user vectors
     (B, D) instead of scores, and once a batch's users x items passes `chunk_elements` the ranks
     come from chunked_target_ranks: memory bounded by the block, not the catalogue.
+
+    `types` (parallel to `histories`): each history's event type ids, padded and passed as
+    `score_fn(seq, type_seq)` (a model that reads types, training/event_types.py).
     """
     n = len(histories)
     if (transform is not None or pass_times) and (times is None or len(times) != n):
         raise ValueError("this model reads event times: pass `times` parallel to the histories")
+    if types is not None and (len(types) != n or transform is not None or pass_times):
+        raise ValueError("event types: pass one type array per history, and no event times")
     order = np.argsort([len(h) for h in histories], kind="stable")  # similar lengths batch together
     ranks = np.zeros(n, np.int64)
     for start in range(0, n, batch_size):
@@ -141,6 +147,10 @@ def full_rank_eval(
                 scores = score_fn(seq, tseq)
             else:
                 scores = score_fn(seq)
+        elif types is not None:
+            seq = torch.as_tensor(pad_left([h[-max_len:] for h in hist]), device=device)
+            yseq = torch.as_tensor(pad_left([np.asarray(types[i], np.int64)[-max_len:] for i in idx]), device=device)
+            scores = score_fn(seq, yseq)
         else:
             seq = torch.as_tensor(pad_left([h[-max_len:] for h in hist]), device=device)
             scores = score_fn(seq)

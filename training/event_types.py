@@ -14,13 +14,21 @@ target, the one before it the validation target. The history of a query is every
 event before its target (views between two likes included), so no event after the target
 leaks in. `use_types=False` gives the untyped baseline on the very same queries: every event,
 negative or not, is input and target, as when types are ignored.
+
+Two task options use the types further (NextItemConfig):
+
+- `task.type_input = true`: the model reads each input event's type (SASRec's type embedding;
+  model.num_types is set to the number of the data's types). Type ids are the type's position in
+  the data's type names plus 1, 0 for padding: the ids a bundle's model.onnx gets from the service.
+- `task.type_weights = {like = 1.0, view = 0.3}`: with several target types, each target position's
+  loss is weighed by its type (target types not named weigh 1): sum(w * loss) / sum(w).
 """
 
 from __future__ import annotations
 
 import inspect
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +36,11 @@ import numpy as np
 import torch
 
 from training.batching import pad_left
+from training.config import ConfigError
 from training.data.preprocess import SeqData, Split, check_eval_queries
 from training.data.readers import DatasetError
 from training.evaluate import metrics_from_ranks, target_ranks
+from training.tasks import reads_types
 
 
 @dataclass(frozen=True)
@@ -72,6 +82,38 @@ def type_roles(
     return TypeRoles(names, negative, target)
 
 
+def type_weight_table(roles: TypeRoles, weights: Any) -> np.ndarray | None:
+    """task.type_weights ({type: weight}) as (len(names) + 1,) float32 by type id (0 pads), or None.
+
+    Only target types have a loss to weigh: a weight for another type, an unknown type, a weight
+    that is not a finite number >= 0, or every target at weight 0 is refused, naming it."""
+    if weights is None:
+        return None
+    if not isinstance(weights, dict):
+        raise ConfigError(f"task.type_weights: expected a table of type = weight, e.g. {{like = 1.0}}, got {weights!r}")
+    unknown = [t for t in weights if t not in roles.names]
+    if unknown:
+        raise ConfigError(
+            f"task.type_weights: unknown event type(s) {', '.join(map(str, unknown))}; "
+            f"the data's types: {', '.join(roles.names)}"
+        )
+    other = [t for t in weights if t not in roles.target]
+    if other:
+        raise ConfigError(
+            f"task.type_weights: {', '.join(other)} not a target type (targets: {', '.join(roles.target)}); "
+            f"only targets have a loss to weigh (--target-types names them)"
+        )
+    table = np.zeros(len(roles.names) + 1, np.float32)
+    for t in roles.target:
+        w = weights.get(t, 1.0)
+        if isinstance(w, bool) or not isinstance(w, int | float) or not np.isfinite(w) or w < 0:
+            raise ConfigError(f"task.type_weights.{t}: expected a number >= 0, got {w!r}")
+        table[roles.names.index(t) + 1] = w
+    if not table.any():
+        raise ConfigError("task.type_weights: every target type weighs 0; nothing is left to learn")
+    return table
+
+
 def type_summary(data: SeqData) -> str | None:
     """One line for prepare's report: each type's event count and share, and its declared role."""
     if data.types is None or data.type_names is None:
@@ -103,9 +145,13 @@ class TypedSplit:
     typed: bool
 
 
-def typed_leave_one_out(data: SeqData, roles: TypeRoles, use_types: bool = True) -> TypedSplit:
+def typed_leave_one_out(
+    data: SeqData, roles: TypeRoles, use_types: bool = True, weights: np.ndarray | None = None
+) -> TypedSplit:
     """See the module docstring. A user with fewer than two target events, or no input before
-    the second-to-last, is training data only."""
+    the second-to-last, is training data only. Typed, the split also holds each history's type
+    ids (train_types, valid_types, test_types); with `weights` (type_weight_table), each training
+    event's loss weight as a target (train_weights)."""
     assert data.types is not None
     neg_codes, tgt_codes = roles.codes(roles.negative), roles.codes(roles.target)
     timed = data.timestamps is not None
@@ -113,9 +159,14 @@ def typed_leave_one_out(data: SeqData, roles: TypeRoles, use_types: bool = True)
     train_t: list[np.ndarray] = []
     valid_t: list[np.ndarray] = []
     test_t: list[np.ndarray] = []
+    train_y: list[np.ndarray] = []
+    valid_y: list[np.ndarray] = []
+    test_y: list[np.ndarray] = []
+    train_w: list[np.ndarray] = []
     for u in range(data.num_users):
         a, b = data.offsets[u], data.offsets[u + 1]
         s, ty = data.items[a:b].astype(np.int64), data.types[a:b]
+        y = ty.astype(np.int64) + 1  # (n,) type ids as the model reads them
         ts = data.timestamps[a:b] if data.timestamps is not None else np.zeros(b - a, np.int64)
         negative, target = np.isin(ty, neg_codes), np.isin(ty, tgt_codes)
         # Untyped: every event is input and target, as if the log had no types.
@@ -131,6 +182,9 @@ def typed_leave_one_out(data: SeqData, roles: TypeRoles, use_types: bool = True)
             train.append(seq)
             masks.append(mask)
             train_t.append(ts[:end][keep])
+            train_y.append(y[:end][keep])
+            if weights is not None:
+                train_w.append(weights[train_y[-1]] * mask)
         if not query:
             continue
         pv, pt = pos[-2], pos[-1]
@@ -140,6 +194,8 @@ def typed_leave_one_out(data: SeqData, roles: TypeRoles, use_types: bool = True)
         tt.append(s[pt])
         valid_t.append(ts[:pv][inp[:pv]])
         test_t.append(ts[:pt][inp[:pt]])
+        valid_y.append(y[:pv][inp[:pv]])
+        test_y.append(y[:pt][inp[:pt]])
         vn.append(s[:pv][negative[:pv]])
         tn.append(s[:pt][negative[:pt]])
     split = Split(
@@ -153,6 +209,10 @@ def typed_leave_one_out(data: SeqData, roles: TypeRoles, use_types: bool = True)
         valid_t if timed else None,
         test_t if timed else None,
         train_targets=masks if use_types else None,
+        train_types=train_y if use_types else None,
+        valid_types=valid_y if use_types else None,
+        test_types=test_y if use_types else None,
+        train_weights=train_w if use_types and weights is not None else None,
     )
     return TypedSplit(split, vn, tn, roles, use_types)
 
@@ -167,11 +227,15 @@ def evaluate_typed(
     k: int = 10,
     batch_size: int = 256,
     device: torch.device | str = "cpu",
+    types: list[np.ndarray] | None = None,
 ) -> dict[str, Any]:
     """Full ranking of each target with the history and the negative items left out (as served),
     beside the ranking that leaves out the history only, and how often a negative item (one the
-    user disliked) reaches the top k there."""
+    user disliked) reaches the top k there. `types` (each history's type ids) go to a model that
+    reads them."""
     model.eval()
+    if reads_types(model) and (types is None or len(types) != len(hists)):
+        raise ValueError("this model reads event types: pass `types` parallel to the histories")
     ranks = np.zeros(len(hists), np.int64)
     ranks_hist = np.zeros(len(hists), np.int64)
     in_top, in_top_excluded, items_in_top = 0, 0, 0
@@ -180,7 +244,11 @@ def evaluate_typed(
         hist = [hists[i] for i in idx]
         both = [np.concatenate([hists[i], negative[i]]) for i in idx]
         seq = torch.as_tensor(pad_left([h[-model.max_len :] for h in hist]), device=device)
-        scores = model.score(seq)[:, : num_items + 1].float()
+        extra = ()
+        if reads_types(model):
+            assert types is not None
+            extra = (torch.as_tensor(pad_left([types[i][-model.max_len :] for i in idx]), device=device),)
+        scores = model.score(seq, *extra)[:, : num_items + 1].float()
         tgt = torch.as_tensor(targets[idx], device=device)
         ranks[idx] = target_ranks(scores, tgt, both, num_items).cpu().numpy()
         ranks_hist[idx] = target_ranks(scores, tgt, hist, num_items).cpu().numpy()
@@ -225,6 +293,37 @@ def check_task_takes_targets(model_name: str, task: Any) -> None:
         )
 
 
+def type_input_model(
+    model_name: str, roles: TypeRoles, type_input: bool, model_overrides: dict[str, Any] | None
+) -> dict[str, Any]:
+    """The model options with model.num_types = the data's number of types when task.type_input
+    (every type gets a row, the negative ones too: the names a bundle lists are the data's)."""
+    from training.zoo import get_spec
+
+    over = dict(model_overrides or {})
+    given = over.get("num_types")
+    takes = "num_types" in {f.name for f in fields(get_spec(model_name).config_cls)}
+    if type_input and not takes:
+        raise ConfigError(f"task.type_input: {model_name} does not read event types (sasrec does)")
+    if given and not type_input:
+        raise ConfigError("model.num_types is set from the data by task.type_input = true: set that instead")
+    if type_input:
+        if given is not None and given != len(roles.names):
+            raise ConfigError(
+                f"model.num_types = {given}, but the data has {len(roles.names)} event types "
+                f"({', '.join(roles.names)}); leave it out, task.type_input sets it"
+            )
+        over["num_types"] = len(roles.names)
+    return over
+
+
+def weighs_targets(task: Any) -> bool:
+    """Whether the task's loss reads the batches' target weights (NextItemTask's own loss)."""
+    from training.tasks import NextItemTask
+
+    return isinstance(task, NextItemTask) and type(task).loss is NextItemTask.loss
+
+
 def train_with_types(
     model_name: str,
     data: SeqData,
@@ -246,10 +345,19 @@ def train_with_types(
 
     roles = type_roles(data, negative_types, target_types)
     _, tc, task_cfg = resolve(model_name, model_overrides, train_overrides, task_overrides)
+    type_input = bool(getattr(task_cfg, "type_input", False))
+    given_weights = getattr(task_cfg, "type_weights", None)
+    weights = type_weight_table(roles, given_weights)
+    if not use_types and (type_input or weights is not None):
+        raise ConfigError("task.type_input and task.type_weights read the types: not with --untyped")
+    model_overrides = type_input_model(model_name, roles, type_input, model_overrides)
     if use_types:
         probe = build_model(model_name, 2, model_overrides)
-        check_task_takes_targets(model_name, get_spec(model_name).make_task(probe.cfg, tc, task_cfg, np.ones(3)))
-    ts = typed_leave_one_out(data, roles, use_types)
+        task = get_spec(model_name).make_task(probe.cfg, tc, task_cfg, np.ones(3))
+        check_task_takes_targets(model_name, task)
+        if weights is not None and not weighs_targets(task):
+            raise ConfigError(f"task.type_weights: {model_name}'s loss does not weigh its targets")
+    ts = typed_leave_one_out(data, roles, use_types, weights)
     counts = check_eval_queries(ts.split, name=data.name)
     result = train(
         model_name,
@@ -264,11 +372,20 @@ def train_with_types(
     device = resolve_device(tc.device)
     model, _ = load_checkpoint(run_dir / "best.pt", device)
     n = tc.max_users or len(ts.split.test_hist)  # the users train() kept
+    test_types = ts.split.test_types[:n] if ts.split.test_types is not None else None
     test = evaluate_typed(
-        model, ts.split.test_hist[:n], ts.split.test_target[:n], ts.test_negative[:n], data.num_items, device=device
+        model,
+        ts.split.test_hist[:n],
+        ts.split.test_target[:n],
+        ts.test_negative[:n],
+        data.num_items,
+        device=device,
+        types=test_types,
     )
     out = {
         "typed": use_types,
+        "type_input": type_input,
+        "type_weights": None if weights is None else {t: float(given_weights.get(t, 1.0)) for t in roles.target},
         "event_types": roles.to_dict(),
         "split": counts,
         "best_epoch": result.best_epoch,

@@ -6,6 +6,8 @@ bundle/
   model.onnx         item_seq int64 [batch, len] (0 = padding) -> user_vec float32 [batch, dim];
                      a model that reads event times also takes time_seq int64 [batch, len]
                      (unix seconds, 0 where item_seq pads), named in the manifest (onnx.time_input)
+                     a model that reads event types also takes event_type int64 [batch, len] (the
+                     type's position in the manifest's event_types.names + 1, 0 where item_seq pads)
   model.ts           the same as TorchScript (torch.jit is deprecated in torch 2.13: see model.pt2)
   model.pt2          the same as a torch.export program, on item_seq left-padded to exactly max_len
                      (batch dynamic); torch.export.load(path).module() runs it (docs/recipes.md)
@@ -18,7 +20,10 @@ bundle/
   ablation.onnx      optional (models with `ablations`, e.g. SASRec): the leave-one-out user vectors
                      explanations need, in one cheaper graph (training/ablation.py)
   step.onnx          GRU4Rec, LRURec: (state float32 [layers, batch, H], item_seq int64 [batch, T]) ->
-                     (state_out, user_vec): the recurrent state advanced by T items (the manifest's `incremental`)
+                     (state_out, user_vec): the recurrent state advanced by T items (the manifest's `incremental`,
+                     kind rnn_state); HSTU: (cache_k, cache_v [layers, batch, n, H d], [cache_times], item_seq
+                     [, time_seq]) -> (cache_k_out, cache_v_out, user_vec): every layer's keys and values extended
+                     by the new events (kind kv_cache, float16 cache by default)
 
 The bundle is written into a temporary sibling directory and renamed into place, so a
 reader never sees half a bundle. Export fails, and writes nothing, when ONNX Runtime or
@@ -41,18 +46,27 @@ import numpy as np
 import torch
 from pydantic import ValidationError
 
-from app.bundles.manifest import FORMAT_VERSION, TIMED_FORMAT_VERSION, IncrementalSpec, Manifest, OnnxSpec
+from app.bundles.manifest import (
+    FORMAT_VERSION,
+    TIMED_FORMAT_VERSION,
+    IncrementalSpec,
+    KvCacheSpec,
+    Manifest,
+    OnnxSpec,
+)
 from models.hstu import HSTU
 from models.layers import SeqRecModel
 from training.ablation import write_ablation_graph
 from training.checkpoint import load_checkpoint
 from training.clusters import write_clusters, write_layer_vectors
 from training.errors import ExportError
+from training.tasks import reads_types
 
 BUNDLE_FORMAT = FORMAT_VERSION
 ONNX_OPSET = 17
 INPUT_NAME = "item_seq"
 TIME_INPUT_NAME = "time_seq"
+TYPE_INPUT_NAME = "event_type"
 OUTPUT_NAME = "user_vec"
 PARITY_TOL = 1e-4
 
@@ -80,20 +94,43 @@ def random_times(lengths: list[int], seed: int = 1) -> list[np.ndarray]:
 
 
 def model_inputs(model: SeqRecModel, item_seq: np.ndarray, times: list[np.ndarray] | None = None) -> tuple:
-    """The graph's positional inputs for a left-padded (B, L) batch: (item_seq[, time_seq])."""
+    """The graph's positional inputs for a left-padded (B, L) batch: (item_seq[, time_seq][, event_type])."""
     x = torch.as_tensor(item_seq)
+    typed = type_inputs(model, item_seq)
     if not model.uses_times:
-        return (x,)
+        return (x, *typed)
     from training.batching import pad_left
 
     if times is None:  # any non-decreasing times where items are, 0 where they pad
         times = random_times([int(n) for n in (item_seq != 0).sum(1)])
     t = torch.as_tensor(pad_left(times, item_seq.shape[1]))
-    return (x, t)
+    return (x, t, *typed)
+
+
+def type_inputs(model: SeqRecModel, item_seq: np.ndarray, seed: int = 2) -> tuple:
+    """() for a model that reads no event types; else (event_type,): random type ids 1..num_types
+    where items are, 0 where they pad, as the service feeds them."""
+    if not reads_types(model):
+        return ()
+    ids = np.random.default_rng(seed).integers(1, model.cfg.num_types + 1, size=item_seq.shape)  # type: ignore[attr-defined]
+    return (torch.as_tensor(np.where(item_seq != 0, ids, 0).astype(np.int64)),)
+
+
+def type_section(model: SeqRecModel, ckpt: dict[str, Any]) -> dict[str, Any]:
+    """The manifest's `event_types` for a model that reads types: its input and the data's type
+    names in the model's order (type id = position + 1)."""
+    names = ckpt.get("type_names")
+    if not names or len(names) != model.cfg.num_types:  # type: ignore[attr-defined]
+        raise ExportError(
+            f"the model reads {model.cfg.num_types} event types but the checkpoint names "  # type: ignore[attr-defined]
+            f"{len(names or [])}: retrain it on typed data"
+        )
+    return {"input": TYPE_INPUT_NAME, "names": list(names)}
 
 
 def _names(model: SeqRecModel) -> list[str]:
-    return [INPUT_NAME, TIME_INPUT_NAME] if model.uses_times else [INPUT_NAME]
+    names = [INPUT_NAME, TIME_INPUT_NAME] if model.uses_times else [INPUT_NAME]
+    return [*names, TYPE_INPUT_NAME] if reads_types(model) else names
 
 
 def export_onnx(model: SeqRecModel, path: Path, example: torch.Tensor | tuple) -> None:
@@ -324,6 +361,13 @@ def export_hstu_step(model: HSTU, path: Path, cache_dtype: str = "float32") -> d
     }
 
 
+def export_kv_cache(tmp: Path, model: HSTU, cache_dtype: str = "float16") -> KvCacheSpec:
+    """step.onnx in the bundle directory `tmp`, checked (`export_hstu_step`), as the manifest's
+    `incremental` section: what the service needs to keep and extend a per-user cache."""
+    spec = export_hstu_step(model, tmp / STEP_FILE, cache_dtype)
+    return KvCacheSpec(kind="kv_cache", times=model.uses_times, **spec)
+
+
 def check_parity(model: SeqRecModel, onnx_path: Path, ts_path: Path, num_items: int) -> dict[str, float]:
     """Max |ONNX - eager| and |TorchScript - eager| over padded, length-1 and over-long inputs."""
     import onnxruntime as ort
@@ -356,11 +400,13 @@ def export_bundle(
     item_text: dict[str, str] | None = None,
     metrics: dict[str, Any] | None = None,
     layer_vectors: bool = False,
+    program: bool = True,
 ) -> Path:
     """Write a verified bundle under out_root; returns its path.
 
     layer_vectors: also write the four-layer item representation (models with a bidirectional
-    encoder only; ExportError otherwise)."""
+    encoder only; ExportError otherwise). program: also write model.pt2 (torch.export), which the
+    service does not read; it is most of a small model's export time (2-16 s on a CPU)."""
     model, ckpt = load_checkpoint(checkpoint, "cpu")
     model.eval()
     kind = ckpt["model"]
@@ -381,7 +427,7 @@ def export_bundle(
         export_onnx(model, tmp / "model.onnx", example)
         export_torchscript(model, tmp / "model.ts", example)
         parity = check_parity(model, tmp / "model.onnx", tmp / "model.ts", num_items)
-        program_diff = export_program(model, tmp / "model.pt2")
+        program_diff = export_program(model, tmp / "model.pt2") if program else None
         if program_diff is not None:
             parity["torch_export"] = program_diff
         if max(parity.values()) > PARITY_TOL:
@@ -406,6 +452,10 @@ def export_bundle(
             extra_manifest.update(spec.export_extra(model, tmp, ckpt))
         if spec.recurrent_step is not None:  # a recurrent user state, served incrementally (app/serving/usercache.py)
             extra_manifest["incremental"] = export_step(model, tmp, tmp / "model.onnx", *spec.recurrent_step(model))
+        if spec.kv_cache is not None:  # per-user keys and values, extended by each new event (the same module)
+            extra_manifest["incremental"] = export_kv_cache(tmp, *spec.kv_cache(model))
+        if reads_types(model):  # model.onnx's event_type input, and the names its ids stand for
+            extra_manifest["event_types"] = type_section(model, ckpt)
         extra_manifest["clusters"] = write_clusters(tmp, table)
         # The graph reads items only: a bundle that reads times (or transforms histories) has none.
         timed = getattr(model, "uses_times", False) or history_transform is not None

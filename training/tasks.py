@@ -6,8 +6,9 @@ validation and test items can never leak into training.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -15,6 +16,10 @@ import torch
 from models.layers import SeqRecModel
 from training import losses
 from training.batching import pad_left
+from training.config import ConfigError
+
+if TYPE_CHECKING:
+    from training.data.preprocess import Split
 
 Batch = dict[str, torch.Tensor]
 
@@ -63,6 +68,8 @@ def shifted_batches(
     newest_prob: float = 1.0,
     times: Sequence[np.ndarray] | None = None,
     target_masks: Sequence[np.ndarray] | None = None,
+    types: Sequence[np.ndarray] | None = None,
+    target_weights: Sequence[np.ndarray] | None = None,
 ) -> Iterator[Batch]:
     """One row per user, shuffled: input seq[:-1] and target seq[1:], max_len steps, left-padded.
 
@@ -72,7 +79,10 @@ def shifted_batches(
     With `times` (parallel to `train`), the batch also has `time_seq`: the input events' times,
     left-padded with 0 like item_seq (the targets' times are not in it). With `target_masks`
     (bool, parallel to `train`), a position whose mask is False is input only: its target is 0,
-    which the loss skips (event types: training/event_types.py).
+    which the loss skips (event types: training/event_types.py). With `types` (int type ids,
+    parallel to `train`), the batch has `type_seq`: the input events' type ids, 0 where items
+    pad; with `target_weights` (float, parallel to `train`), `target_weight`: each target's loss
+    weight, 0 where targets pad. Neither draws from `rng`: the rows are the same with or without.
     """
     keep = [u for u, s in enumerate(train) if len(s) >= 2]
     lengths = np.array([min(len(train[u]), max_len + 1) for u in keep])
@@ -90,7 +100,39 @@ def shifted_batches(
         if times is not None:
             t_rows = [np.asarray(times[u], np.int64)[c][:-1] for u, c in zip(users, cuts, strict=True)]
             batch["time_seq"] = torch.as_tensor(pad_left(t_rows), device=device)  # (B, L) unix seconds
+        if types is not None:
+            y_rows = [np.asarray(types[u], np.int64)[c][:-1] for u, c in zip(users, cuts, strict=True)]
+            batch["type_seq"] = torch.as_tensor(pad_left(y_rows), device=device)  # (B, L) type ids
+        if target_weights is not None:
+            w = np.zeros(batch["target"].shape, np.float32)  # (B, L), left-padded with 0 like target
+            for row, u, c in zip(w, users, cuts, strict=True):
+                wu = np.asarray(target_weights[u], np.float32)[c][1:]
+                row[len(row) - len(wu) :] = wu
+            batch["target_weight"] = torch.as_tensor(w, device=device)
         yield batch
+
+
+def reads_types(model: Any) -> bool:
+    """Whether a model reads each event's type (SASRec with model.num_types > 0)."""
+    return bool(getattr(model, "reads_types", False))
+
+
+def type_batch_kwargs(model: Any, task_cfg: Any, split: Split, rank: int = 0, world: int = 1) -> dict[str, Any]:
+    """The training batches' keywords for the types (the rank's share): `types` when the model
+    reads them, `target_weights` with task.type_weights. A run that asks for types on a split
+    without them is refused."""
+    asked = reads_types(model) or getattr(task_cfg, "type_input", False) or getattr(task_cfg, "type_weights", None)
+    if asked and split.train_types is None:
+        raise ConfigError(
+            "task.type_input, task.type_weights and model.num_types need typed data: prepare it with "
+            "--type-col (and train it without --untyped)"
+        )
+    out: dict[str, Any] = {}
+    if reads_types(model):
+        out["types"] = split.train_types[rank::world]  # type: ignore[index]
+    if split.train_weights is not None:
+        out["target_weights"] = split.train_weights[rank::world]
+    return out
 
 
 def row_items(num_rows: int, *parts: torch.Tensor) -> torch.Tensor:
@@ -160,22 +202,52 @@ class NextItemTask(Task):
         device: torch.device,
         times: Sequence[np.ndarray] | None = None,
         target_masks: Sequence[np.ndarray] | None = None,
+        types: Sequence[np.ndarray] | None = None,
+        target_weights: Sequence[np.ndarray] | None = None,
     ) -> Iterator[Batch]:
         yield from shifted_batches(
-            train, batch_size, rng, device, self.max_len, self.bucket, self.newest_prob, times, target_masks
+            train,
+            batch_size,
+            rng,
+            device,
+            self.max_len,
+            self.bucket,
+            self.newest_prob,
+            times,
+            target_masks,
+            types,
+            target_weights,
         )
 
     def loss(self, model: SeqRecModel, batch: Batch) -> torch.Tensor:
         extra = (batch["time_seq"],) if "time_seq" in batch else ()  # a model that reads times (TiSASRec)
-        h = model.hidden(batch["item_seq"], *extra)  # (B, L, D)
+        typed = {"type_seq": batch["type_seq"]} if "type_seq" in batch else {}  # a model that reads types
+        h = model.hidden(batch["item_seq"], *extra, **typed)  # (B, L, D)
         mask = batch["target"] != 0  # (B, L)
         h, pos = h[mask], batch["target"][mask]  # (T, D), (T,)
         table = model.item_vectors()  # (N+1, D)
-        if self.loss_name == "ce":
-            if not self.exclude_seen:
-                return losses.full_softmax_ce(h, pos, table)
+        seen = None
+        if self.loss_name == "ce" and self.exclude_seen:
             seen = row_items(table.shape[0], batch["item_seq"], batch["target"])  # (B, N+1)
-            return losses.full_softmax_ce(h, pos, table, exclude=seen, rows=mask.nonzero(as_tuple=True)[0])
+        rows = None if seen is None else mask.nonzero(as_tuple=True)[0]  # (T,) the batch row of each position
+        if "target_weight" not in batch:
+            return self.position_loss(h, pos, table, seen, rows)
+        return weighted_loss(self.position_loss, h, pos, table, seen, rows, batch["target_weight"][mask])
+
+    def position_loss(
+        self,
+        h: torch.Tensor,
+        pos: torch.Tensor,
+        table: torch.Tensor,
+        seen: torch.Tensor | None,
+        rows: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """The loss averaged over positions h (T, D) with targets pos (T,); seen (B, N+1) and rows (T,),
+        each position's batch row: the items that are not negatives (exclude_seen)."""
+        if self.loss_name == "ce":
+            if seen is None:
+                return losses.full_softmax_ce(h, pos, table)
+            return losses.full_softmax_ce(h, pos, table, exclude=seen, rows=rows)
         if self.loss_name == "bce":
             return losses.bce_negatives(h, pos, table, self.num_negatives)
         if self.loss_name == "sampled":
@@ -183,6 +255,32 @@ class NextItemTask(Task):
                 h, pos, table, self.num_negatives, self.popularity, self.logq, in_batch=self.in_batch
             )
         raise ValueError(f"unknown loss {self.loss_name!r}: choose ce, bce or sampled")
+
+
+def weighted_loss(
+    position_loss: Callable[..., torch.Tensor],
+    h: torch.Tensor,
+    pos: torch.Tensor,
+    table: torch.Tensor,
+    seen: torch.Tensor | None,
+    rows: torch.Tensor | None,
+    weight: torch.Tensor,
+) -> torch.Tensor:
+    """sum_t w_t l_t / sum_t w_t: each position's loss weighed by its target's weight (T,) (task.type_weights).
+
+    The losses average over the positions they get, so positions of one weight go in together and
+    the group means are combined by weight x count: exact for ce and bce, one draw of negatives per
+    group for the sampled softmax. A batch whose weights are all 0 has loss 0 (still on the graph).
+    """
+    total, norm = h.sum() * 0.0, weight.new_zeros(())
+    for g in torch.unique(weight).tolist():
+        if g == 0.0:
+            continue
+        sel = weight == g  # (T,)
+        n = sel.sum()
+        total = total + g * n * position_loss(h[sel], pos[sel], table, seen, None if rows is None else rows[sel])
+        norm = norm + g * n
+    return total / norm.clamp(min=1e-12)
 
 
 @dataclass

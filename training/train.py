@@ -40,6 +40,7 @@ from training.evaluate import full_rank_eval, popularity_scores
 from training.loop import Optimisation, TaskLoss, run_epoch
 from training.optim import adamw, budget_last_epoch, lr_scheduler, weight_average
 from training.rundir import RunDir
+from training.tasks import reads_types, type_batch_kwargs
 from training.zoo import build_model, get_spec, reads_times, resolve, time_eval_kwargs
 
 __all__ = [  # the names callers import from here (the loop's helpers live in optim / checkpoint)
@@ -249,6 +250,9 @@ def train(
     batch_kw = {"times": train_times} if timed else {}
     if split.train_targets is not None:  # event types: some positions are input only
         batch_kw["target_masks"] = split.train_targets[rank::world]
+    batch_kw.update(type_batch_kwargs(model, task_cfg, split, rank, world))  # the types a model reads, type weights
+    if reads_types(model):  # and its evaluation reads them too
+        valid_timed, test_timed = {**valid_timed, "types": split.valid_types}, {**test_timed, "types": split.test_types}
 
     def validate(m: SeqRecModel) -> dict[str, float]:
         return evaluate_model(

@@ -54,6 +54,10 @@ HistoryTransformFn = Callable[[Any, Any], dict[str, Any] | None]
 # model -> (a module (state (layers, B, H), item_seq (B, T)) -> (state', user_vec), (layers, H)): the
 # recurrent state the exporter writes as step.onnx, served incrementally (manifest `incremental`).
 RecurrentStepFn = Callable[[SeqRecModel], tuple[torch.nn.Module, tuple[int, int]]]
+# model -> (the model, with `step` and `empty_cache` as HSTU's, the cache dtype "float16" | "float32"):
+# causal attention whose per-layer keys and values the exporter writes as step.onnx, served
+# incrementally from a per-user key/value cache (manifest `incremental`, kind kv_cache).
+KvCacheFn = Callable[[SeqRecModel], tuple[HSTU, str]]
 
 
 @dataclass(frozen=True)
@@ -72,6 +76,7 @@ class ModelSpec:
     needs_times: bool = False
     history_transform: HistoryTransformFn | None = None
     recurrent_step: RecurrentStepFn | None = None
+    kv_cache: KvCacheFn | None = None
 
 
 def negative_weights(x: NegativesConfig, popularity: np.ndarray) -> torch.Tensor | None:
@@ -195,6 +200,16 @@ def _unisrec_export(model: SeqRecModel, out: Path, ckpt: dict[str, Any]) -> dict
     return export_unisrec_extra(model, out, ckpt)
 
 
+# HSTU's per-user key/value cache is stored as float16 (half the bytes per user, a user-vector error
+# of ~1e-5 of its norm, docs/results/hstu.md); "float32" here exports the exact cache instead.
+HSTU_CACHE_DTYPE = "float16"
+
+
+def _hstu_kv_cache(model: SeqRecModel) -> tuple[HSTU, str]:
+    assert isinstance(model, HSTU)
+    return model, HSTU_CACHE_DTYPE
+
+
 def _gru4rec_step(model: SeqRecModel) -> tuple[torch.nn.Module, tuple[int, int]]:
     from models.gru4rec import GRUStep
 
@@ -311,6 +326,7 @@ MODELS: dict[str, ModelSpec] = {
         _sasrec_task,
         NextItemConfig,
         train_defaults=TrainConfig(epochs=200, batch_size=128, lr=1e-3, loss="sampled", num_negatives=128, patience=10),
+        kv_cache=_hstu_kv_cache,  # step.onnx: each new event extends the user's cached keys and values
     ),
 }
 

@@ -93,8 +93,16 @@ class ExactIndex:
         labels = np.zeros((len(query), k), np.int64)
         top = np.empty((len(query), k), np.float32)
         for b, row in enumerate(scores):  # B is 1 per request: 1-D ops beat take_along_axis
-            part = np.argpartition(-row, k - 1)[:k] if k < self._n else np.arange(self._n)
-            best = part[np.argsort(-row[part], kind="stable")]
+            if k < self._n:
+                part = np.argpartition(-row, k - 1)[:k]
+                # Equal scores (items with equal vectors) in label order, at the cut too: a top-k
+                # is then the prefix of every deeper top-k (the user cache keeps deeper lists).
+                edge = row[part].min()
+                above = part[row[part] > edge]
+                part = np.concatenate([above, np.flatnonzero(row == edge)[: k - len(above)]])
+            else:
+                part = np.arange(self._n)
+            best = part[np.lexsort((part, -row[part]))]
             labels[b], top[b] = best + self.first, row[best]
         labels[~np.isfinite(top)] = 0  # excluded items never come back
         return _trim(labels, top, k, _exclude_count(exclude, len(query), self._n, k), self._n)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -147,6 +147,43 @@ class IncrementalSpec(_Section):
     parity_max_abs_diff: float = 0.0
 
 
+class KvCacheSpec(_Section):
+    """kind "kv_cache": a causal attention model's per-user cache of every layer's keys and values.
+
+    `file` maps (cache_k (layers, B, n, Wk), cache_v (layers, B, n, Wv) of `cache_dtype`[, cache_times
+    (B, n) int64], item_seq (B, m) int64, no padding[, time_seq (B, m) int64]) to (cache_k and cache_v
+    of the n + m events, user_vec (B, D) float32), `inputs` and `outputs` named in that order (the
+    times only when `times`). From an empty cache (n = 0) over a whole history it equals model.onnx
+    on that history. Exact while n + m <= max_len: past it the window slides, every position moves,
+    and the service encodes with model.onnx instead.
+    """
+
+    kind: Literal["kv_cache"]
+    file: str
+    inputs: list[str] = Field(min_length=3, max_length=5)
+    outputs: list[str] = Field(min_length=3, max_length=3)
+    cache_shape: list[int] = Field(
+        min_length=3, max_length=3, description="(layers, Wk, Wv): per layer, the width of one event's key and value."
+    )
+    cache_dtype: Literal["float32", "float16"] = "float32"
+    times: bool = Field(False, description="Whether the step reads the cached and the new events' unix seconds.")
+    max_len: int = Field(gt=0, description="The window: n + m past it is encoded by model.onnx, not from the cache.")
+    parity_max_abs_diff: float = 0.0
+
+    @model_validator(mode="after")
+    def _inputs_match_times(self) -> KvCacheSpec:
+        want = 5 if self.times else 3
+        if len(self.inputs) != want:
+            raise ValueError(f"a kv_cache step with times={self.times} takes {want} inputs, got {self.inputs}")
+        if min(self.cache_shape) <= 0:
+            raise ValueError(f"cache_shape must be positive, got {self.cache_shape}")
+        return self
+
+
+# Which incremental path a bundle offers, told apart by `kind`.
+Incremental = Annotated[IncrementalSpec | KvCacheSpec, Field(discriminator="kind")]
+
+
 class Manifest(_Section):
     """manifest.json. `files` holds the sha256 of every other file in the bundle."""
 
@@ -176,7 +213,7 @@ class Manifest(_Section):
     # Explanations: ablation.onnx, the leave-one-out user vectors in one graph (app/serving/explain.py reads it).
     ablation: dict[str, Any] | None = None
     # Incremental user-state paths (absent: only the full encoder).
-    incremental: IncrementalSpec | None = None
+    incremental: Incremental | None = None
     # Event types as a model input (absent: the encoder reads items [and times] only).
     event_types: EventTypesSpec | None = None
 
@@ -192,6 +229,16 @@ class Manifest(_Section):
                 f"format_version must be {TIMED_FORMAT_VERSION} exactly when the bundle reads event times "
                 f"(onnx.time_input or history_transform), got {self.format_version}"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _kv_cache_fits_the_encoder(self) -> Manifest:
+        inc = self.incremental
+        if isinstance(inc, KvCacheSpec):
+            if inc.times != (self.onnx.time_input is not None):
+                raise ValueError("incremental.times must be true exactly when model.onnx reads times (onnx.time_input)")
+            if inc.max_len != self.max_len:
+                raise ValueError(f"incremental.max_len {inc.max_len} is not the bundle's max_len {self.max_len}")
         return self
 
     @property

@@ -9,6 +9,7 @@ of a request turned into a mask over a bundle's items, and top-k over the items 
     Catalog     the table, the views, the follower (polls the store's version a few times a second)
                 and `rules()`: filter + rules of the deployment + availability + exclusions -> Rules
     top_eligible / popular_eligible   the candidates a mask keeps, exactly k whenever k exist
+    from_candidates   whether a user's cached unfiltered candidates may answer a request's rules
 
 Masks are cached per view and rule text until the catalogue changes; a filter text is parsed once
 (app/serving/filters.py). docs/shop.md describes the behaviour.
@@ -388,12 +389,17 @@ class Rules:
             ok[inside] &= self.mask[labels[inside]]
         return ok
 
+    def passes(self, labels: np.ndarray, away: np.ndarray | None = None) -> np.ndarray:
+        """(m,) bool: which labels the mask keeps and neither `exclude` nor `away` names."""
+        ok = self.allowed(labels)
+        gone = self.exclude if away is None or not len(away) else np.concatenate([self.exclude, away])
+        if len(gone):
+            ok &= ~np.isin(labels, gone)
+        return ok
+
     def keep(self, labels: np.ndarray) -> np.ndarray:
         """The labels (in order) these rules allow, the excluded ones dropped."""
-        ok = self.allowed(labels)
-        if len(self.exclude):
-            ok &= ~np.isin(labels, self.exclude)
-        kept: np.ndarray = labels[ok]
+        kept: np.ndarray = labels[self.passes(labels)]
         return kept
 
 
@@ -680,10 +686,8 @@ def top_eligible(
     if rules.eligible == 0:
         return np.zeros(0, np.int64), np.zeros(0, np.float32), None
     fetch = math.ceil(want * size / rules.eligible * 1.5) + len(away) + 8
-    # Ask the index when the kept set is too large to score at once, or when the rules keep most items
-    # (then its candidates are also the unfiltered list a cache may keep for the next request).
-    wide = rules.eligible > limits.exact_max or 2 * rules.eligible >= size
-    if wide and fetch <= limits.overfetch_max:
+    # Ask the index when the kept set is too large to score at once, or when the rules keep most items.
+    if index_first(rules, size, limits) and fetch <= limits.overfetch_max:
         labels, scores = index.search(query, fetch, [away])
         ok = labels[0] > 0
         raw_l, raw_s = labels[0][ok], scores[0][ok]
@@ -701,6 +705,26 @@ def top_eligible(
     top = np.argpartition(-scores, want - 1)[:want] if want < len(cand) else np.arange(len(cand))
     best = top[np.argsort(-scores[top], kind="stable")]
     return cand[best], scores[best].astype(np.float32), None
+
+
+def index_first(rules: Rules, size: int, limits: Limits) -> bool:
+    """Whether `top_eligible` filters the index's candidates before scoring the kept set exactly: the
+    kept set is too large to score at once, or most of the catalogue."""
+    return rules.eligible > limits.exact_max or 2 * rules.eligible >= size
+
+
+def from_candidates(rules: Rules, k: int, depth: int, size: int, exact: bool, limits: Limits = Limits()) -> bool:
+    """Whether a user's best `depth` unfiltered candidates should answer these rules for k items.
+
+    Their survivors' top k is the rules' top k whenever k survive (no better kept item lies below
+    the candidates). Worth it when about 2k are expected to survive (the kept share of the catalogue
+    times `depth`); and only where `top_eligible` would also answer from the index's candidates, or
+    where the index is exact (then the kept set's exact scores rank alike)."""
+    if rules.mask is None:
+        return True  # exclusions alone remove at most their own count
+    if rules.eligible * depth < 2 * k * size:
+        return False
+    return exact or index_first(rules, size, limits)
 
 
 def popular_eligible(popular: np.ndarray, want: int, rules: Rules) -> np.ndarray:

@@ -5,7 +5,9 @@
              over the bundle's items (app/serving/catalog.py); refused (422) before anything is read
     read     the user's history, or the sequence an anonymous request sent (and times, for a
              bundle that reads them), through the per-user cache when it is on: a plain list may
-             come whole from it while the history it was computed from is still the stored one
+             come from it while the history it was computed from is still the stored one (the
+             user's unfiltered candidates, `candidates_depth` deep, filtered by the request's rules
+             now: when k survive, their top k is the answer the model would give)
     score    the cached list; or popularity (no history the model knows, or the store is down);
              or the model: user vector (cached, advanced or computed) -> top-k, seen items excluded;
              every source keeps only what the rules allow, k items whenever k are eligible
@@ -27,7 +29,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from app.serving.catalog import NO_RULES, Limits, Rules, Wanted, popular_eligible, top_eligible
+from app.bundles.index import ExactIndex
+from app.serving.catalog import NO_RULES, Limits, Rules, Wanted, from_candidates, popular_eligible, top_eligible
 from app.serving.diversity import ListShape
 from app.serving.errors import Refused
 from app.serving.events import EventTypes, event_types
@@ -47,6 +50,21 @@ if TYPE_CHECKING:
     from app.serving.usercache import Read, UserCache
     from app.settings import Settings
     from app.stores.base import EventStore
+
+
+# A plain list computed for the user cache is the user's unfiltered top `candidates_depth(k)`, so that
+# a later read of the same history with a filter, an exclusion or a catalogue change in between is
+# answered from it too (docs/shop.md): about 2 k survive a rule that keeps 10% of the catalogue.
+# At most CANDIDATES_MAX (16 KB an entry) unless k is larger.
+CANDIDATES_MIN = 200
+CANDIDATES_PER_K = 8
+CANDIDATES_MAX = 2000
+NO_LIST = 2**31 - 1  # a read that asks for a list this long gets the history (and its check) back
+
+
+def candidates_depth(k: int) -> int:
+    """How many unfiltered candidates a cached list of k keeps."""
+    return max(CANDIDATES_MIN, min(CANDIDATES_PER_K * k, CANDIDATES_MAX), k)
 
 
 class Serving(Protocol):
@@ -216,18 +234,18 @@ async def read_user(state: Serving, ask: Ask, bundle: Bundle, rules: Rules = NO_
     cache = state.user_cache
     try:
         if cache is not None and not bundle.needs_types:  # (a bundle that reads types is not cached)
-            # A list filtered by a selective rule rarely keeps k items: read the history at once.
-            lists = ask.plain and (rules.mask is None or rules.eligible >= len(rules.mask) // 2)
+            # A selective rule rarely keeps k of the cached candidates: read the history at once.
+            lists = ask.plain and _from_candidates(state, bundle, rules, ask.k)
             read = await cache.read(user_id, state.settings.max_history, bundle, ask.k if lists else 0)
             if read.answer is not None and (rules.active or read.excluded):
-                # (a list cached before an excluding event that changed nothing else in the window)
-                away = np.concatenate([rules.exclude, bundle.encode(read.excluded)])
-                kept = rules.allowed(read.answer.labels) & ~np.isin(read.answer.labels, away)
+                # (the user's exclusion set: a list cached before an excluding event that changed
+                # nothing else in the window)
+                a = read.answer
+                kept = rules.passes(a.labels, bundle.encode(read.excluded) if read.excluded else None)
                 if int(kept.sum()) >= ask.k:
-                    a = read.answer
                     read = replace(read, answer=Answer(a.labels[kept], a.scores[kept], a.n_seen))
-                else:
-                    read = await cache.read(user_id, state.settings.max_history, bundle, 0)
+                else:  # the history, with its check: the candidates computed now are stored again
+                    read = await cache.read(user_id, state.settings.max_history, bundle, NO_LIST)
             found = _History(read, read.history or [], read.times, excluded=read.excluded)
         else:
             got = await state.store.read(user_id, state.settings.max_history, bundle.needs_times, bundle.needs_types)
@@ -237,6 +255,15 @@ async def read_user(state: Serving, ask: Ask, bundle: Bundle, rules: Rules = NO_
         found = _History(None, [], [], "store_unavailable")
     state.metrics.store_read.labels(state.store.kind).observe(time.perf_counter() - t0)
     return found
+
+
+def _from_candidates(state: Serving, bundle: Bundle, rules: Rules, k: int) -> bool:
+    """Whether the user's cached candidates (`candidates_depth(k)`) should answer these rules."""
+    if rules.mask is None:
+        return True
+    limits = state.catalog.limits if state.catalog is not None else Limits()
+    exact = isinstance(bundle.index, ExactIndex)
+    return from_candidates(rules, k, candidates_depth(k), len(bundle.item_ids), exact, limits)
 
 
 def score(state: Serving, ask: Ask, bundle: Bundle, history: _History, want: int, rules: Rules = NO_RULES) -> _Scored:
@@ -274,14 +301,18 @@ def score(state: Serving, ask: Ask, bundle: Bundle, history: _History, want: int
     # Seen items (SEQREC_EXCLUDE_TYPES `*`, unless the request keeps them) and the exclusion set.
     away = seen if ask.exclude_seen and event_types(state.settings).excludes_seen else seen[:0]
     away = np.concatenate([away, excluded]) if len(excluded) else away
-    labels, scores, raw = rank_model(bundle, vec, want, away, len(away) > 0, rules, limits)
+    if cache is not None and read is not None and user is not None and ask.plain and user.base is not None:
+        # A list the cache keeps with the vector (the read asked for one: `_from_candidates` holds):
+        # the user's unfiltered candidates, the rules applied to them now and to whatever a later
+        # read gets back.
+        assert ask.user_id is not None
+        labels, scores, raw = rank_candidates(bundle, vec, want, away, candidates_depth(want), rules, limits)
+        cache.remember(ask.user_id, bundle, read, user, raw[0], raw[1], len(seen))
+    else:
+        labels, scores, _ = rank_model(bundle, vec, want, away, len(away) > 0, rules, limits)
     t3 = time.perf_counter()
     metrics.inference.labels(bundle.name).observe(t2 - t1)
     metrics.topk.labels(bundle.name).observe(t3 - t2)
-    if cache is not None and read is not None and user is not None and ask.plain and raw is not None:
-        # The unfiltered candidates: the rules are applied again to whatever the cache returns.
-        assert ask.user_id is not None
-        cache.remember(ask.user_id, bundle, read, user, raw[0], raw[1], len(seen))
     return _Scored(labels, scores, "model", len(seen), seen, seen_times, user or UserVector(vec, None))
 
 
@@ -308,6 +339,30 @@ def rank_model(
     if len(rules.exclude):
         raw = None  # a list without the ids asked away is not the user's list
     return labels, scores, raw
+
+
+def rank_candidates(
+    bundle: Bundle,
+    vec: np.ndarray,
+    want: int,
+    away: np.ndarray,
+    depth: int,
+    rules: Rules = NO_RULES,
+    limits: Limits = Limits(),
+) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray]]:
+    """A model answer and the user's unfiltered candidates: the best max(depth, want) labels and
+    scores of the user vector (1, D), `away` left out. The answer is their top `want` that the rules
+    keep when that many survive (see `from_candidates` for when that is asked), else `rank_model`'s."""
+    cand, cand_scores = bundle.index.search(vec, max(depth, want), [away])
+    ok = cand[0] > 0
+    cand, cand_scores = cand[0][ok], cand_scores[0][ok]
+    if not rules.active:
+        return cand[:want], cand_scores[:want], (cand, cand_scores)
+    kept = rules.passes(cand)
+    if int(kept.sum()) >= want:
+        return cand[kept][:want], cand_scores[kept][:want], (cand, cand_scores)
+    labels, scores, _ = rank_model(bundle, vec, want, away, len(away) > 0, rules, limits)
+    return labels, scores, (cand, cand_scores)
 
 
 def rank_popular(bundle: Bundle, want: int, rules: Rules = NO_RULES) -> tuple[np.ndarray, np.ndarray]:

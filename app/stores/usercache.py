@@ -33,26 +33,30 @@ _ERRORS = (RedisError, RedisClusterException, OSError, asyncio.TimeoutError)
 # again as the ZRANGE alone. pcall: an entry of the wrong type is a miss, never a failed read.
 # ARGV = n, with_times (1: the members' scores too, flat), tag, k. With a tag (a bundle whose
 # answers may be cached, see `state_check`), an entry whose check equals the history's state now
-# and whose list holds at least k items is returned alone: {0, entry, excluded}, the 200 members
-# unread. Otherwise {members, entry, card, excluded}. KEYS[3] is the user's exclusion set (negative
+# and whose list holds at least k items answers alone: {0, its check and list, excluded}, the 200
+# members unread. Only the entry's head and its list are read then (GETRANGE): the vector or
+# state between them (an attention model's key/value cache is ~80 KB a user) stays in Redis.
+# Otherwise {members, entry, card, excluded}. KEYS[3] is the user's exclusion set (negative
 # feedback, app/stores/base.py), read in the same call: its items are never in the user's lists.
 READ_LUA = """
 local excluded = redis.call('ZRANGE', KEYS[3], 0, -1)
-local entry = redis.pcall('GET', KEYS[2])
-if type(entry) == 'table' then entry = false end
 local n = tonumber(ARGV[1])
 local card = redis.call('ZCARD', KEYS[1])
-if entry and ARGV[3] ~= '' and card > 0 then
+if ARGV[3] ~= '' and card > 0 then
   local first = redis.call('ZRANGE', KEYS[1], math.max(card - n, 0), math.max(card - n, 0))[1]
   local last = redis.call('ZRANGE', KEYS[1], -1, -1)[1]
   local check = ARGV[3] .. '\\0' .. card .. '\\0' .. first .. '\\0' .. last .. '\\0\\0'
-  if string.sub(entry, 1, #check) == check then
-    local stop = string.find(entry, '\\0', #check + 1, true)
-    if stop and (tonumber(string.sub(entry, #check + 1, stop - 1)) or 0) >= tonumber(ARGV[4]) then
-      return {0, entry, excluded}
+  local head = redis.pcall('GETRANGE', KEYS[2], 0, #check + 11)
+  if type(head) == 'string' and string.sub(head, 1, #check) == check then
+    local stop = string.find(head, '\\0', #check + 1, true)
+    local k = stop and tonumber(string.sub(head, #check + 1, stop - 1)) or 0
+    if k > 0 and k >= tonumber(ARGV[4]) then
+      return {0, string.sub(head, 1, stop) .. redis.call('GETRANGE', KEYS[2], -(4 + 8 * k), -1), excluded}
     end
   end
 end
+local entry = redis.pcall('GET', KEYS[2])
+if type(entry) == 'table' then entry = false end
 local h
 if ARGV[2] == '1' then
   h = redis.call('ZRANGE', KEYS[1], -n, -1, 'WITHSCORES')
@@ -68,9 +72,9 @@ class EntryRead(NamedTuple):
     """What one read of history and entry returned: the history, or (history None) only an entry
     whose cached answer still holds."""
 
-    history: list[str] | None  # the last n item ids; None when only the entry was read
+    history: list[str] | None  # the last n item ids; None when only the entry's list was read
     times: list[float] | None  # their times, when asked
-    entry: bytes | None  # the stored entry, raw
+    entry: bytes | None  # the stored entry, raw (with history None: its check and list, the base left out)
     check: bytes = b""  # the state of the history read (answer-cached bundles), see `state_check`
     excluded: tuple[str, ...] = ()  # the user's exclusion set: items never to list
 
@@ -248,14 +252,17 @@ class RedisBackend:
 
 
 class MemoryBackend:
-    """In process, next to the MemoryStore: bounded (LRU) and expiring like the Redis entries."""
+    """In process, next to the MemoryStore: bounded (LRU, by count and by bytes) and expiring like the
+    Redis entries. The byte bound matters for key/value caches: 100,000 users at ~80 KB would be 8 GB."""
 
     checks_state = False
 
-    def __init__(self, store: EventStore, ttl_s: float, max_entries: int = 100_000) -> None:
+    def __init__(self, store: EventStore, ttl_s: float, max_entries: int = 100_000, max_bytes: int = 512 << 20) -> None:
         self.store = store
         self.ttl_s = ttl_s
         self.max_entries = max_entries
+        self.max_bytes = max_bytes
+        self.nbytes = 0  # of the blobs held
         self._entries: OrderedDict[tuple[str, str], tuple[float, bytes]] = OrderedDict()
 
     async def read(
@@ -270,10 +277,12 @@ class MemoryBackend:
 
     def put(self, user_id: str, field: str, blob: bytes) -> None:
         key = (user_id, field)
+        old = self._entries.get(key)
+        self.nbytes += len(blob) - (len(old[1]) if old is not None else 0)
         self._entries[key] = (time.monotonic(), blob)
         self._entries.move_to_end(key)
-        while len(self._entries) > self.max_entries:
-            self._entries.popitem(last=False)
+        while len(self._entries) > self.max_entries or (self.nbytes > self.max_bytes and len(self._entries) > 1):
+            self.nbytes -= len(self._entries.popitem(last=False)[1][1])
 
     async def drain(self) -> None:
         return None

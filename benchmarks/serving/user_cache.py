@@ -18,8 +18,11 @@ load generator. With `--rate R`, the cache-on server is also offered the 10:1 mi
 (open loop: latency at a fixed load, counted from each request's due time, rather than at
 saturation, where a closed loop's latency is its connection count over the rate).
 
-A GRU4Rec bundle (per-user recurrent state) is measured the same way; use `--history` below the
-bundle's max_len so that writes advance states rather than slide the window.
+A GRU4Rec bundle (per-user recurrent state) or an HSTU bundle (per-user key/value cache, step.onnx)
+is measured the same way; use `--history` below the bundle's max_len so that writes advance states
+rather than slide the window (at max_len every write slides it: the next read re-encodes with
+model.onnx). `--mixes 10_reads_per_write` measures that mix alone. The result records the bytes of
+the user entries left in Redis at the end (`entry_bytes`: the state or cache, with the last list).
 """
 
 from __future__ import annotations
@@ -53,6 +56,7 @@ def wait_port(port: int, timeout: float = 90) -> None:
 
 API_KEY = "bench-key"
 PREFIX = "bench:"
+STATE_OFF_PREFIX = "bench-state-off:"  # the --state-off server's own copy of the histories
 MIXES = {"reads_only": 0.0, "10_reads_per_write": 1 / 11, "1_read_per_write": 0.5}
 
 
@@ -179,17 +183,27 @@ async def fixed_rate_load(
 
 
 def start_server(
-    bundle: Path, port: int, url: str, workers: int, cache: bool, log: Path, tree: Path = ROOT
+    bundle: Path,
+    port: int,
+    url: str,
+    workers: int,
+    cache: bool,
+    log: Path,
+    tree: Path = ROOT,
+    state: bool = True,
+    prefix: str = PREFIX,
 ) -> subprocess.Popen:
     """`seqrec serve` from `tree`; cache off also turns the pre-routed reads and writes off (the full
-    recompute through FastAPI, as the service answered before either existed)."""
+    recompute through FastAPI, as the service answered before either existed). state=False: the
+    cache without per-user states (SEQREC_USER_STATE=false: cached vectors and lists only)."""
     env = {
         **os.environ,
         "PYTHONPATH": str(tree),
-        "SEQREC_KEY_PREFIX": PREFIX,
+        "SEQREC_KEY_PREFIX": prefix,
         "SEQREC_MAX_HISTORY": "200",
         "SEQREC_USER_CACHE": str(cache).lower(),
         "SEQREC_FAST_READS": str(cache).lower(),
+        "SEQREC_USER_STATE": str(state).lower(),
     }
     cmd = [sys.executable, "-m", "training.cli", "serve", "--bundle", str(bundle), "--port", str(port)]
     cmd += ["--workers", str(workers), "--redis-url", url, "--api-key", API_KEY]
@@ -209,11 +223,38 @@ async def read_all(port: int, users: list[str], conns: int) -> None:
     await asyncio.gather(*(worker() for _ in range(conns)))
 
 
-async def drop_entries(url: str) -> int:
+async def entry_bytes(url: str, sample: int = 500) -> dict:
+    """Sizes of the user entries in Redis (up to `sample` of them): the string's length and Redis's
+    own MEMORY USAGE of the key (with its overhead)."""
     from redis.asyncio import Redis
 
     r = Redis.from_url(url)
-    keys = [k async for k in r.scan_iter(match=f"{PREFIX}v:*", count=1000)]
+    keys = []
+    async for k in r.scan_iter(match=f"{PREFIX}v:*", count=1000):
+        keys.append(k)
+        if len(keys) >= sample:
+            break
+    lengths = [int(await r.strlen(k)) for k in keys]
+    usage = [int(await r.memory_usage(k) or 0) for k in keys]
+    used = (await r.info("memory"))["used_memory"]
+    await r.aclose()
+    if not keys:
+        return {"entries_sampled": 0}
+    return {
+        "entries_sampled": len(keys),
+        "strlen_median": int(np.median(lengths)),
+        "strlen_min": min(lengths),
+        "strlen_max": max(lengths),
+        "memory_usage_median": int(np.median(usage)),
+        "redis_used_memory_at_end": used,
+    }
+
+
+async def drop_entries(url: str, prefix: str = PREFIX) -> int:
+    from redis.asyncio import Redis
+
+    r = Redis.from_url(url)
+    keys = [k async for k in r.scan_iter(match=f"{prefix}v:*", count=1000)]
     if keys:
         await r.delete(*keys)
     await r.aclose()
@@ -424,8 +465,23 @@ def main() -> None:
         " (items get `bucket`, uniform in 0..9999: 'bucket < 5000' keeps half)",
     )
     ap.add_argument("--filter-only", action="store_true", help="with --filter: measure only that (no other mixes)")
+    ap.add_argument(
+        "--mixes",
+        default=",".join(MIXES),
+        help=f"the read:write mixes to measure, comma-separated (default all: {', '.join(MIXES)})",
+    )
+    ap.add_argument(
+        "--state-off",
+        action="store_true",
+        help="a third server, cache on with SEQREC_USER_STATE=false (cached vectors and lists, no per-user"
+        " state or key/value cache), on its own copy of the histories, alternated with the other two",
+    )
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/serving/user_cache.json"))
     args = ap.parse_args()
+    asked = [m for m in args.mixes.split(",") if m]
+    if not asked or any(m not in MIXES for m in asked):
+        ap.error(f"--mixes: unknown mix in {args.mixes!r}; known: {', '.join(MIXES)}")
+    mixes = {m: MIXES[m] for m in asked}
     args.bundle = args.bundle.resolve()  # servers may run from another tree
     with contextlib.suppress(ImportError):  # the server's own loop; the load generator's too
         import uvloop
@@ -439,6 +495,7 @@ def main() -> None:
     sweep: dict = {}
     filtered: dict = {}
     results: dict[str, list[dict]] = {}
+    sizes: dict = {}
     with private_redis() as url:
         try:
             servers = {
@@ -455,8 +512,14 @@ def main() -> None:
                     (args.baseline_tree or ROOT).resolve(),
                 ),
             }
-            procs += servers.values()
             ports = {"on": on_port, "off": off_port}
+            if args.state_off:
+                ports["state_off"] = free_port()
+                log = Path(f"/tmp/seqrec-uc-state-off-{ports['state_off']}.log")
+                servers["state_off"] = start_server(
+                    args.bundle, ports["state_off"], url, args.workers, True, log, state=False, prefix=STATE_OFF_PREFIX
+                )
+            procs += servers.values()
             for p in ports.values():
                 wait_port(p)
             time.sleep(3)  # every worker loads the bundle
@@ -464,6 +527,8 @@ def main() -> None:
             users = [f"bench-u{i}" for i in range(args.users)]
             ev = asyncio.run(post_events(on_port, users, items, args.history, 4, API_KEY))
             print("events", ev, flush=True)
+            if args.state_off:  # the same events (post_events is seeded) under the third server's prefix
+                asyncio.run(post_events(ports["state_off"], users, items, args.history, 4, API_KEY))
             # Ingestion of each server on its own fresh users (the state costs writes nothing: it is
             # advanced when read), 100 events each in batches of 500.
             ingest = {}
@@ -490,13 +555,17 @@ def main() -> None:
 
             if args.filter:
                 filtered = filter_windows(ports["on"], items, args.filter, measured, args.repeats)
-            for mix, frac in MIXES.items() if not args.filter_only else ():
+            sides = ["off", "on", *(["state_off"] if args.state_off else [])]
+            for mix, frac in mixes.items() if not args.filter_only else ():
                 asyncio.run(drop_entries(url))
                 results[f"cold_{mix}_cache_on"] = [measured("on", frac, 0)]
                 print("cold", mix, results[f"cold_{mix}_cache_on"], flush=True)
+                if args.state_off:  # its entries built by one read of every user, not measured
+                    asyncio.run(drop_entries(url, STATE_OFF_PREFIX))
+                    asyncio.run(read_all(ports["state_off"], users, args.conns))
                 for rep in range(args.repeats):
                     # Alternate: neither side always goes first.
-                    order = ("off", "on") if rep % 2 == 0 else ("on", "off")
+                    order = sides[rep % len(sides) :] + sides[: rep % len(sides)]
                     for side in order:
                         r = measured(side, frac, rep + 1)
                         results.setdefault(f"{mix}_cache_{side}", []).append(r)
@@ -528,6 +597,8 @@ def main() -> None:
                 }
                 print("wrk 10:1", cross_mix, flush=True)
                 print("wrk", cross, flush=True)
+            sizes = asyncio.run(entry_bytes(url))
+            print("entry bytes", sizes, flush=True)
         finally:
             for p in procs:
                 stop(p)
@@ -558,9 +629,21 @@ def main() -> None:
                 2,
             ),
         }
-        for mix in MIXES
+        for mix in mixes
     }
-    for mix in MIXES:  # cold: the first window after every entry was deleted, against the warm off side
+    for mix in mixes if args.state_off else ():  # what the per-user state adds to cached vectors and lists
+        ratios[mix]["reads_per_s_on_over_state_off"] = round(
+            med(f"{mix}_cache_on", "reads_per_s") / med(f"{mix}_cache_state_off", "reads_per_s"), 2
+        )
+        ratios[mix]["read_p99_on_over_state_off"] = round(
+            med(f"{mix}_cache_on", "read_p99_ms") / med(f"{mix}_cache_state_off", "read_p99_ms"), 2
+        )
+        ratios[mix]["cpu_per_request_on_over_state_off"] = round(
+            med(f"{mix}_cache_on", "server_cpu_ms_per_request")
+            / med(f"{mix}_cache_state_off", "server_cpu_ms_per_request"),
+            2,
+        )
+    for mix in mixes:  # cold: the first window after every entry was deleted, against the warm off side
         ratios[mix]["cold_reads_per_s_on_over_off"] = round(
             med(f"cold_{mix}_cache_on", "reads_per_s") / med(f"{mix}_cache_off", "reads_per_s"), 2
         )
@@ -576,6 +659,9 @@ def main() -> None:
         "cpu_affinity": sorted(os.sched_getaffinity(0)),  # e.g. [0] under taskset -c 0: all on one core
         "conditions": "load generator, redis-server and both servers on the same machine; one server loaded at a time",
         "off_side": f"tree {args.baseline_tree}" if args.baseline_tree else "this tree, cache and pre-routed paths off",
+        "state_off_side": "this tree, cache on, SEQREC_USER_STATE=false, its own copy of the histories"
+        if args.state_off
+        else None,
         "bundle": f"{man['model']} on {man.get('dataset')}: {man['num_items']} items, dim {man['dim']}, "
         f"max_len {man['max_len']}",
         "workers": args.workers,
@@ -584,6 +670,7 @@ def main() -> None:
         "history": args.history,
         "seconds_per_window": args.seconds,
         "events": ev,
+        "entry_bytes": sizes,
         "ingest_events_per_s": {side: r["events_per_s"] for side, r in ingest.items()},
         "ingest": ingest,
         "fixed_rate_10_reads_per_write_warm_cache_on": fixed or None,

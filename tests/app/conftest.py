@@ -33,7 +33,9 @@ def tiny_run(synthetic: SeqData, tmp_path_factory: pytest.TempPathFactory) -> Pa
 def bundle_path(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     from training.export import export_bundle
 
-    return export_bundle(tiny_run / "best.pt", tmp_path_factory.mktemp("svc-artifacts"), name="tiny-sasrec")
+    return export_bundle(
+        tiny_run / "best.pt", tmp_path_factory.mktemp("svc-artifacts"), name="tiny-sasrec", program=False
+    )
 
 
 @pytest.fixture(scope="session")
@@ -42,7 +44,9 @@ def ml100k_bundle_path(ml100k: SeqData, tmp_path_factory: pytest.TempPathFactory
     from training.export import export_bundle
 
     run = _tiny_sasrec(ml100k, tmp_path_factory.mktemp("svc-run-ml100k"))
-    return export_bundle(run / "best.pt", tmp_path_factory.mktemp("svc-artifacts-ml100k"), name="tiny-sasrec")
+    return export_bundle(
+        run / "best.pt", tmp_path_factory.mktemp("svc-artifacts-ml100k"), name="tiny-sasrec", program=False
+    )
 
 
 @pytest.fixture(scope="session")

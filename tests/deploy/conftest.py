@@ -36,7 +36,7 @@ def deploy_bundles(synthetic: SeqData, tmp_path_factory: pytest.TempPathFactory)
             train_overrides={"epochs": 1, "batch_size": 128, "max_users": 300, "seed": seed},
             progress=False,
         )
-        paths.append(export_bundle(run / "best.pt", out, name=name, item_text=text))
+        paths.append(export_bundle(run / "best.pt", out, name=name, item_text=text, program=False))
     return paths
 
 

@@ -31,7 +31,7 @@ def aa_bundles(synthetic: SeqData, tmp_path_factory: pytest.TempPathFactory) -> 
     tiny = {"epochs": 1, "max_users": 300}
     train("sasrec", synthetic, run, model_overrides=model, train_overrides=tiny, progress=False)
     out = tmp_path_factory.mktemp("live-bundles")
-    return [export_bundle(run / "best.pt", out, name=name) for name in ("tiny-a", "tiny-b")]
+    return [export_bundle(run / "best.pt", out, name=name, program=False) for name in ("tiny-a", "tiny-b")]
 
 
 @pytest.fixture

@@ -83,7 +83,7 @@ def test_bundle_and_checkpoint_sources_agree(ml100k, tmp_path: Path) -> None:
         {"epochs": 1, "max_users": 200},
         progress=False,
     )
-    bundle = export_bundle(run / "best.pt", tmp_path / "art", name="b")
+    bundle = export_bundle(run / "best.pt", tmp_path / "art", name="b", program=False)
     a, b = load_source(run / "best.pt"), load_source(bundle)
     assert a.kind == b.kind == "sasrec" and a.item_ids == b.item_ids == json.loads(
         (bundle / "item_ids.json").read_text()

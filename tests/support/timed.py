@@ -102,4 +102,4 @@ def toy_bundle(data, tmp: Path, name: str = "toy") -> tuple[Path, Path]:
     from training.train import train
 
     res = train("toytime", data, tmp / f"run-{name}", train_overrides={"epochs": 1}, progress=False)
-    return export_bundle(res.run_dir / "best.pt", tmp / "art", name=name), res.run_dir / "best.pt"
+    return export_bundle(res.run_dir / "best.pt", tmp / "art", name=name, program=False), res.run_dir / "best.pt"

@@ -193,7 +193,7 @@ def bundle(synthetic: Any, tmp_path_factory: pytest.TempPathFactory) -> Path:
     run = tmp_path_factory.mktemp("bf-run")
     tiny = {"epochs": 1, "max_users": 100}
     train("sasrec", synthetic, run, model_overrides={"max_len": 20, "dim": 8, "num_layers": 1}, train_overrides=tiny)
-    return export_bundle(run / "best.pt", tmp_path_factory.mktemp("bf-bundle"), name="tiny")
+    return export_bundle(run / "best.pt", tmp_path_factory.mktemp("bf-bundle"), name="tiny", program=False)
 
 
 @pytest.mark.parametrize("with_ids", [True, False], ids=["event ids", "no event ids"])

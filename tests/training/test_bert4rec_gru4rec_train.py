@@ -83,7 +83,7 @@ def test_short_training_beats_popularity(trained, ml100k) -> None:
 
 def test_bundle_same_contract_as_sasrec_and_parity(trained, ml100k, tmp_path: Path) -> None:
     name, result = trained
-    bundle = export_bundle(result.run_dir / "best.pt", tmp_path, name="b")
+    bundle = export_bundle(result.run_dir / "best.pt", tmp_path, name="b", program=False)
     m = json.loads((bundle / "manifest.json").read_text())
     model, _ = load_checkpoint(result.run_dir / "best.pt")
     assert m["model"] == name.split("-")[0] and m["max_len"] == 50

@@ -146,7 +146,7 @@ def dwell_bundle(ml100k: SeqData, tmp_path_factory: pytest.TempPathFactory) -> t
         task_overrides=DWELL_TASK,
         progress=False,
     )
-    return res.run_dir / "best.pt", export_bundle(res.run_dir / "best.pt", tmp / "art", name="dwell")
+    return res.run_dir / "best.pt", export_bundle(res.run_dir / "best.pt", tmp / "art", name="dwell", program=False)
 
 
 def test_served_equals_offline_on_real_histories(ml100k: SeqData, dwell_bundle: tuple[Path, Path]) -> None:

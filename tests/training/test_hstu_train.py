@@ -38,7 +38,7 @@ def runs(ml100k: SeqData, tmp_path_factory: pytest.TempPathFactory) -> dict[str,
     for name, (model_over, train_over) in RUNS.items():
         run = tmp_path_factory.mktemp(f"hstu-{name}")
         train("hstu", ml100k, run, {**MODEL, **model_over}, {**TRAIN, **train_over}, progress=False)
-        out[name] = (run, export_bundle(run / "best.pt", art, name=f"tiny-hstu-{name}"))
+        out[name] = (run, export_bundle(run / "best.pt", art, name=f"tiny-hstu-{name}", program=False))
     return out
 
 

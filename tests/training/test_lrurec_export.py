@@ -31,7 +31,7 @@ def run(ml100k: SeqData, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def bundle(run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return export_bundle(run / "best.pt", tmp_path_factory.mktemp("lrurec-art"), name="tiny-lrurec")
+    return export_bundle(run / "best.pt", tmp_path_factory.mktemp("lrurec-art"), name="tiny-lrurec", program=False)
 
 
 def test_bundle_offers_the_recurrent_state(bundle: Path) -> None:

@@ -59,7 +59,7 @@ def test_train_export_bundle_and_new_item_through_onnx(ml100k, tiny_bert: Path, 
 
     res = _train(ml100k, tmp_path / "run", tiny_bert, "transductive")
     assert res.valid["users"] > 0
-    bundle = export_bundle(tmp_path / "run" / "best.pt", tmp_path / "art", "u")
+    bundle = export_bundle(tmp_path / "run" / "best.pt", tmp_path / "art", "u", program=False)
     man = json.loads((bundle / "manifest.json").read_text())
     text = man["text"]
     for f in ("seq_encoder.onnx", "adaptor.onnx", "text_encoder.onnx", "tokenizer.json"):
@@ -194,7 +194,7 @@ def test_cold_validation_split_and_text_channel_fit_on_training_items(ml100k, ti
     assert torch.allclose(model.skip_mean, model.text_emb[torch.as_tensor(seen)].mean(0), atol=1e-5)
     assert not torch.allclose(model.skip_mean, model.text_emb[1:].mean(0), atol=1e-5)  # cold text left out
     # The channel is inside the exported adaptor graph: parity holds and a new item is scored with it.
-    bundle = export_bundle(tmp_path / "run" / "best.pt", tmp_path / "art", "cold")
+    bundle = export_bundle(tmp_path / "run" / "best.pt", tmp_path / "art", "cold", program=False)
     man = json.loads((bundle / "manifest.json").read_text())
     assert max(man["text"]["parity_max_abs_diff"].values()) <= 1e-4
     # The service loads it as is (its own checks: seq_encoder = model.onnx, adaptor width), and a

@@ -66,6 +66,10 @@ def export(
     layer_vectors: Annotated[
         bool, typer.Option(help="BERT4Rec: add the four-layer item representation for similar items (layers4).")
     ] = False,
+    program: Annotated[
+        bool,
+        typer.Option(help="Also write model.pt2, a torch.export program (not read by the service; slow to capture)."),
+    ] = True,
     data_dir: DataDirOpt = None,
 ) -> None:
     """Write the artifact bundle: ONNX + TorchScript, item vectors, ids, popularity, manifest."""
@@ -84,7 +88,7 @@ def export(
         except DatasetError:
             text = None  # datasets without text (or generic files) export without it
     try:
-        path = export_bundle(checkpoint, out, name, item_text=text, layer_vectors=layer_vectors)
+        path = export_bundle(checkpoint, out, name, item_text=text, layer_vectors=layer_vectors, program=program)
     except ExportError as exc:
         fail(str(exc))
     typer.echo(str(path))

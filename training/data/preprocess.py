@@ -477,6 +477,14 @@ class Split:
     # (len(train[u]),) bool per training sequence: which positions may be targets (event types,
     # training/event_types.py); None: every position is.
     train_targets: list[np.ndarray] | None = None
+    # Event types as the model reads them (int64, position in the type names + 1), parallel to
+    # train / valid_hist / test_hist element by element; None when the split is untyped.
+    train_types: list[np.ndarray] | None = None
+    valid_types: list[np.ndarray] | None = None
+    test_types: list[np.ndarray] | None = None
+    # (len(train[u]),) float32 per training sequence: each position's loss weight as a target
+    # (task.type_weights); None: 1.
+    train_weights: list[np.ndarray] | None = None
 
     def subset(self, n: int) -> Split:
         """The first n users (every list cut alike, so times stay aligned)."""
@@ -495,6 +503,10 @@ class Split:
             cut(self.valid_times),
             cut(self.test_times),
             cut(self.train_targets),
+            cut(self.train_types),
+            cut(self.valid_types),
+            cut(self.test_types),
+            cut(self.train_weights),
         )
 
 

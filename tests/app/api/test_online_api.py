@@ -21,7 +21,7 @@ KEY = {"X-API-Key": "k3y"}
 def second_bundle(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     from training.export import export_bundle
 
-    return export_bundle(tiny_run / "best.pt", tmp_path_factory.mktemp("svc-b"), name="tiny-b")
+    return export_bundle(tiny_run / "best.pt", tmp_path_factory.mktemp("svc-b"), name="tiny-b", program=False)
 
 
 @pytest.fixture(params=["memory", "redis"])

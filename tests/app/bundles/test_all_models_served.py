@@ -34,7 +34,7 @@ def bundles(
     for kind, (model_over, train_over) in TINY.items():
         run = tmp_path_factory.mktemp(f"run-{kind}")
         train(kind, synthetic, run, model_overrides=model_over, train_overrides=train_over, progress=False)
-        out[kind] = (run / "best.pt", export_bundle(run / "best.pt", art, name=f"tiny-{kind}"))
+        out[kind] = (run / "best.pt", export_bundle(run / "best.pt", art, name=f"tiny-{kind}", program=False))
     return out
 
 

@@ -39,7 +39,7 @@ def hrnn_run(ml100k: SeqData, tmp_path_factory: pytest.TempPathFactory) -> tuple
         split=split,
         exclude_history=False,
     )
-    bundle = export_bundle(run / "best.pt", tmp_path_factory.mktemp("hrnn-art"), name="hrnn-ml100k")
+    bundle = export_bundle(run / "best.pt", tmp_path_factory.mktemp("hrnn-art"), name="hrnn-ml100k", program=False)
     return run / "best.pt", bundle
 
 

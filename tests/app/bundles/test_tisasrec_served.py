@@ -30,7 +30,9 @@ def tisasrec_bundle(ml100k: SeqData, tmp_path_factory: pytest.TempPathFactory) -
     run = tmp_path_factory.mktemp("tisasrec-run")
     model = {"max_len": MAX_LEN, "dim": 32, "num_heads": 2, "max_interval": 64}
     train("tisasrec", ml100k, run, model_overrides=model, train_overrides={"epochs": 2}, progress=False)
-    bundle = export_bundle(run / "best.pt", tmp_path_factory.mktemp("tisasrec-art"), name="tiny-tisasrec")
+    bundle = export_bundle(
+        run / "best.pt", tmp_path_factory.mktemp("tisasrec-art"), name="tiny-tisasrec", program=False
+    )
     return run / "best.pt", bundle
 
 

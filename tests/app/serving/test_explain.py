@@ -43,7 +43,9 @@ def kind_bundles(
     for kind, (model_over, train_over) in TINY.items():
         run = tmp_path_factory.mktemp(f"explain-{kind}")
         train(kind, ml100k, run, model_overrides=model_over, train_overrides=train_over, progress=False)
-        out[kind] = export_bundle(run / "best.pt", art, name=f"ex-{kind}", layer_vectors=kind == "bert4rec")
+        out[kind] = export_bundle(
+            run / "best.pt", art, name=f"ex-{kind}", layer_vectors=kind == "bert4rec", program=False
+        )
     return out
 
 
@@ -152,7 +154,7 @@ def ml1m_bundle(ml1m, tmp_path_factory: pytest.TempPathFactory) -> Path:
         train_overrides={"epochs": 1, "batch_size": 128, "max_users": 400},
         progress=False,
     )
-    return export_bundle(run / "best.pt", tmp_path_factory.mktemp("ml1m-sim"), name="ml1m-sim")
+    return export_bundle(run / "best.pt", tmp_path_factory.mktemp("ml1m-sim"), name="ml1m-sim", program=False)
 
 
 def test_similar_items_equal_an_exact_search_on_ml1m(ml1m_bundle: Path) -> None:
@@ -312,7 +314,7 @@ def test_layer_vectors_need_a_bidirectional_encoder(tiny_run: Path, tmp_path: Pa
     from training.cli import app as cli
 
     with pytest.raises(ExportError, match="layer_vectors"):
-        export_bundle(tiny_run / "best.pt", tmp_path, name="no-layers", layer_vectors=True)
+        export_bundle(tiny_run / "best.pt", tmp_path, name="no-layers", layer_vectors=True, program=False)
     assert not (tmp_path / "no-layers").exists()
     args = ["export", str(tiny_run / "best.pt"), "--out", str(tmp_path), "--name", "x", "--layer-vectors"]
     r = CliRunner().invoke(cli, args)

@@ -38,7 +38,7 @@ def unisrec_bundle(ml100k, tmp_path_factory: pytest.TempPathFactory) -> Path:
     cfg = {"dim": 16, "max_len": 20, "num_heads": 2, "text_dim": 32, "mode": "inductive", "text_encoder": str(bert)}
     train("unisrec", ml100k, run, cfg, {"epochs": 1, "max_users": 120, "batch_size": 64}, progress=False)
     out = tmp_path_factory.mktemp("items-art")
-    return export_bundle(run / "best.pt", out, name="tiny-unisrec", item_text=item_text("ml-100k"))
+    return export_bundle(run / "best.pt", out, name="tiny-unisrec", item_text=item_text("ml-100k"), program=False)
 
 
 def _texts(bundle: Path) -> dict[str, str]:

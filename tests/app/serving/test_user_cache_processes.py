@@ -61,7 +61,7 @@ def gru4rec_bundle(synthetic, tmp_path_factory: pytest.TempPathFactory) -> Path:
     run = tmp_path_factory.mktemp("rw-gru-run")
     over = {"epochs": 1, "batch_size": 128, "max_users": 300, "extra": {"parallel": "padded"}}
     train("gru4rec", synthetic, run, model_overrides={"dim": 16}, train_overrides=over, progress=False)
-    return export_bundle(run / "best.pt", tmp_path_factory.mktemp("rw-gru-art"), name="tiny-gru4rec")
+    return export_bundle(run / "best.pt", tmp_path_factory.mktemp("rw-gru-art"), name="tiny-gru4rec", program=False)
 
 
 @pytest.fixture(params=["sasrec", "gru4rec"])
