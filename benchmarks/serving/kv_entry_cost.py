@@ -157,6 +157,11 @@ def main() -> None:
         f"{DIM} float32; cached vector: {DIM} float32; both with a stored list of {CANDIDATES} candidates",
         **got,
     }
+    med = got["median"]
+    result["headline"] = (
+        f"read of history + entry: kv cache {med['read: history + entry, kv cache']['wall_us']:.0f} us"
+        f" vs vector {med['read: history + entry, cached vector']['wall_us']:.0f} us"
+    )
     print(json.dumps({"entry_bytes": got["entry_bytes"], **got["median"], **got["service_kv_entry"]}, indent=2))
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)

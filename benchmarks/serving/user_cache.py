@@ -50,6 +50,19 @@ from benchmarks.serving.serve_load import Conn, child_cpu, own_cpu, post_events,
 from tests.support.procs import free_port, port_open, wait_for  # noqa: E402
 
 
+def headline(ratios: dict, sizes: dict) -> str:
+    """The index's line for a result: each mix's read rate on / off (and on / state off), entry bytes."""
+    parts = []
+    for mix, r in ratios.items():
+        part = f"{mix}: reads/s on/off {r['reads_per_s_on_over_off']}"
+        if "reads_per_s_on_over_state_off" in r:
+            part += f", on/state-off {r['reads_per_s_on_over_state_off']}"
+        parts.append(part)
+    if sizes.get("strlen_median"):
+        parts.append(f"entry {sizes['strlen_median']:,} B")
+    return "; ".join(parts)
+
+
 def wait_port(port: int, timeout: float = 90) -> None:
     wait_for(lambda: port_open(port), timeout, f"port {port}")
 
@@ -679,6 +692,7 @@ def main() -> None:
         "wrk_10_reads_per_write_warm": cross_mix if args.wrk else None,
         "runs": results,
         "ratios_cache_on_over_off": ratios,
+        "headline": headline(ratios, sizes),
         "filter_10_reads_per_write": filtered if args.filter else None,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
