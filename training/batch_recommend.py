@@ -24,7 +24,8 @@ import sys
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -35,11 +36,13 @@ import pyarrow.parquet as pq
 
 from app.serving.batch import (
     BatchLists,
+    EventTypes,
     History,
     Limits,
     Lists,
     PortableRules,
     Wanted,
+    event_roles,
     excludes_seen,
     open_bundle,
     service_rules,
@@ -86,14 +89,30 @@ def dataset_histories(name: str, users: set[str] | None = None) -> tuple[int, It
     return len(picked), walk()
 
 
-def file_histories(path: Path, users: set[str] | None = None) -> tuple[int, Iterator[History]]:
+def file_histories(
+    path: Path,
+    users: set[str] | None = None,
+    types: EventTypes | None = None,
+    max_history: int | None = None,
+    max_excluded: int = 1000,
+) -> tuple[int, Iterator[History]]:
     """A snapshot file: events grouped by user, ordered by time (ties keep the file's order, which is
-    the store's order in a window snapshot)."""
+    the store's order in a window snapshot), read as the store reads a window.
+
+    `types`: the deployment's event types (default: the service's defaults). A row's `type` (no
+    column, or an empty value: the default type) decides, as when the store wrote the event, whether
+    it is history (not a negative type) and whether its item joins the user's exclusion set (a
+    negative type, or one of SEQREC_EXCLUDE_TYPES): the last `max_excluded` such items by their
+    newest time, from every row of the user. `max_history`: each history is the user's last that
+    many events, negative ones included, as the store's window keeps them; the negative ones are
+    then left out, as the store's read leaves them out."""
+    types = types or event_roles(None)
     suffixes = "".join(path.suffixes[-2:]).lower()
     if suffixes.endswith(".parquet"):
         frame = pl.scan_parquet(path)
     elif suffixes.endswith((".csv", ".csv.gz")):
-        frame = pl.scan_csv(path, schema_overrides={"user_id": pl.String, "item_id": pl.String})
+        strings = {"user_id": pl.String, "item_id": pl.String, "type": pl.String}
+        frame = pl.scan_csv(path, schema_overrides=strings)
     else:
         raise DatasetError(f"{path}: a snapshot is a .parquet or .csv file")
     names = frame.collect_schema().names()
@@ -102,22 +121,49 @@ def file_histories(path: Path, users: set[str] | None = None) -> tuple[int, Iter
         raise DatasetError(
             f"{path}: no column {', '.join(missing)} (a `seqrec snapshot` file has user_id, item_id, timestamp)"
         )
+    kind = pl.col("type").cast(pl.String).fill_null(types.default) if "type" in names else pl.lit(types.default)
     frame = frame.select(
-        pl.col("user_id").cast(pl.String), pl.col("item_id").cast(pl.String), pl.col("timestamp").cast(pl.Float64)
+        pl.col("user_id").cast(pl.String),
+        pl.col("item_id").cast(pl.String),
+        pl.col("timestamp").cast(pl.Float64),
+        kind.alias("type"),
     )
     if users is not None:
         frame = frame.filter(pl.col("user_id").is_in(list(users)))
+    events = frame.with_row_index("_n").sort(["user_id", "timestamp", "_n"]).collect()
+    unknown = sorted(set(events["type"].unique().to_list()) - set(types.names))
+    if unknown:
+        shown = ", ".join(repr(t) for t in unknown[:5]) + (", ..." if len(unknown) > 5 else "")
+        raise DatasetError(
+            f"{path}: event type(s) {shown} not among SEQREC_EVENT_TYPES ({', '.join(types.names)}): the service"
+            " would have refused them; set the deployment's event types"
+        )
+    kept = ~pl.col("type").is_in(sorted(types.negative))
+    if max_history is not None:  # the window: the user's last max_history events, of every type
+        newest_first = pl.int_range(pl.len(), 0, -1, dtype=pl.Int64).over("user_id")  # n, n - 1, ..., 1
+        kept &= newest_first <= max_history
     grouped = (
-        frame.with_row_index("_n")
-        .sort(["user_id", "timestamp", "_n"])
+        events.with_columns(kept.alias("_kept"))
         .group_by("user_id", maintain_order=True)
-        .agg("item_id", "timestamp")
-        .collect()
+        .agg(pl.col("item_id").filter(pl.col("_kept")), pl.col("timestamp").filter(pl.col("_kept")))
     )
+    excluding = sorted(t for t in types.names if types.excluding(t))
+    away = (
+        events.filter(pl.col("type").is_in(excluding))
+        .group_by("user_id", "item_id")
+        .agg(pl.col("timestamp").max())  # an item excluded again keeps its newest time
+        .sort("user_id", "timestamp", "item_id")
+        .group_by("user_id", maintain_order=True)
+        .agg(pl.col("item_id").tail(max_excluded).alias("excluded"))
+    )
+    if away.height:
+        grouped = grouped.join(away, on="user_id", how="left", maintain_order="left")
+    else:
+        grouped = grouped.with_columns(pl.lit(None, pl.List(pl.String)).alias("excluded"))
 
     def walk() -> Iterator[History]:
-        for user, items, times in grouped.iter_rows():
-            yield History(user, items, times)
+        for user, items, times, excluded in grouped.iter_rows():
+            yield History(user, items, times, excluded or ())
 
     return grouped.height, walk()
 
@@ -168,7 +214,8 @@ def open_source(
     source: str, users: set[str] | None = None, settings: Settings | None = None, with_times: bool = False
 ) -> tuple[int | None, Iterator[History]]:
     """`source`: a Redis URL (read with `settings`' key prefix and max_history; `with_times` for a
-    bundle that reads event times), a snapshot file (.parquet / .csv), or a prepared dataset's name."""
+    bundle that reads event times), a snapshot file (.parquet / .csv: typed rows read with `settings`'
+    event types, each user's window cut to its max_history), or a prepared dataset's name."""
     if source.startswith(REDIS_SCHEMES):
         if settings is None:
             raise DatasetError("a Redis source is read with the service's settings (key prefix, max_history)")
@@ -177,7 +224,10 @@ def open_source(
     if path.suffix.lower() in (".parquet", ".csv", ".gz"):
         if not path.is_file():
             raise DatasetError(f"{path}: no such snapshot file")
-        return file_histories(path, users)
+        roles = event_roles(settings)
+        if settings is None:
+            return file_histories(path, users, roles)
+        return file_histories(path, users, roles, settings.max_history, settings.max_excluded)
     return dataset_histories(source, users)
 
 
@@ -234,12 +284,27 @@ def _chunks(histories: Iterator[History], size: int) -> Iterator[list[History]]:
         yield chunk
 
 
-def _table(got: Lists) -> pa.Table:
+def _window(chunk: list[History], n: int) -> list[History]:
+    """Each history cut to the last `n` events before it is sent to a worker (which reads no more):
+    a whole dataset sequence is not pickled for the few events the store would keep."""
+    return [
+        h if len(h.items) <= n else replace(h, items=h.items[-n:], times=None if h.times is None else h.times[-n:])
+        for h in chunk
+    ]
+
+
+def _table(got: Lists, items: pa.Array) -> pa.Table:
+    """A chunk's lists as Parquet rows: `items` maps label l to its id (row l - 1); the strings are
+    taken in Arrow, never built one by one in Python."""
+    counts = got.counts
+    starts = np.cumsum(counts) - counts
+    rank = np.arange(len(got.labels), dtype=np.int64) - np.repeat(starts, counts) + 1
+    who = np.repeat(np.arange(len(counts), dtype=np.int64), counts)
     return pa.table(
         {
-            "user_id": pa.array(got.user_id, pa.string()),
-            "rank": pa.array(got.rank, pa.int32()),
-            "item_id": pa.array(got.item_id, pa.string()),
+            "user_id": pa.array(got.user_id, pa.string()).take(pa.array(who)),
+            "rank": pa.array(rank.astype(np.int32), pa.int32()),
+            "item_id": items.take(pa.array(got.labels - 1)),
             "score": pa.array(got.score, pa.float32()),
         },
         schema=SCHEMA,
@@ -290,7 +355,7 @@ def recommend_batch(
     workers: int = 0,
     threads: int = 1,
     chunk: int = 4096,
-    batch_size: int = 256,
+    batch_size: int = 32,
     settings: Settings | None = None,
     progress: TextIO | None = sys.stderr,
 ) -> BatchResult:
@@ -331,11 +396,12 @@ def recommend_batch(
     tmp = out.with_name(f".{out.name}.partial")
     meter = Progress(total, progress)
     rows = popularity = 0
+    items = pa.array(probe.item_ids, pa.string())
     try:
         with pq.ParquetWriter(tmp, SCHEMA, compression="zstd") as writer:
             for got in _results(job, histories, chunk, workers, probe):
-                writer.write_table(_table(got))
-                rows += len(got.item_id)
+                writer.write_table(_table(got, items))
+                rows += got.rows
                 popularity += got.popularity
                 meter.add(got.users)
         os.replace(tmp, out)
@@ -368,7 +434,7 @@ def _results(job: _Job, histories: Iterator[History], size: int, workers: int, p
     with ctx.Pool(workers, initializer=_init, initargs=(job,)) as pool:
         pending: deque[Any] = deque()
         submit: Callable[[list[History]], Any] = lambda c: pool.apply_async(_run, (c,))  # noqa: E731
-        for c in chunks:
+        for c in map(partial(_window, n=job.max_history), chunks):
             pending.append(submit(c))
             if len(pending) >= 2 * workers:
                 yield pending.popleft().get()

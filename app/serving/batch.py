@@ -16,14 +16,16 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from itertools import repeat
 from typing import TYPE_CHECKING
 
 import numpy as np
 from prometheus_client import CollectorRegistry
 
+from app.bundles.index import ExactIndex
 from app.bundles.served import load_bundle
 from app.serving.catalog import NO_RULES, Catalog, Limits, Rules, Wanted
-from app.serving.events import event_types
+from app.serving.events import EventTypes, event_types
 from app.serving.recommend import rank_model, rank_popular
 from app.stores.catalog import MemoryCatalog
 from app.stores.open import open_catalog, open_store
@@ -55,6 +57,16 @@ async def service_rules(bundle: Bundle, settings: Settings, wanted: Wanted) -> t
         return catalog.rules(bundle, wanted), limits
     finally:
         await store.close()
+
+
+def event_roles(settings: Settings | None) -> EventTypes:
+    """What each event type means to the store (history or not, excluding or not), as the service's
+    settings say (SEQREC_EVENT_TYPES and its companions); None: the service's defaults."""
+    if settings is None:
+        from app.settings import Settings
+
+        settings = Settings.model_construct()  # the fields' defaults, without a bundle to name
+    return event_types(settings)
 
 
 def excludes_seen(settings: Settings) -> bool:
@@ -112,14 +124,27 @@ async def stored_histories(settings: Settings, users: Sequence[str], with_times:
 
 @dataclass(frozen=True)
 class Lists:
-    """A chunk's lists as columns, one row per listed item (rank 1 = best)."""
+    """A chunk's lists as flat columns: user n's items are the next `counts[n]` labels (model indices,
+    best first, rank 1 = best) and scores; the writer maps labels to item ids (`Bundle.item_ids`)."""
 
-    user_id: list[str]
-    rank: np.ndarray  # int32
-    item_id: list[str]
-    score: np.ndarray  # float32
+    user_id: list[str]  # one per user, in the chunk's order
+    counts: np.ndarray  # int64 (users,): items listed per user
+    labels: np.ndarray  # int64 (rows,): model indices, 1..N
+    score: np.ndarray  # float32 (rows,)
     users: int
     popularity: int  # users answered by popularity (no history the model knows)
+
+    @property
+    def rows(self) -> int:
+        return len(self.labels)
+
+
+# Rows of the score matrix ranked at once: a 512 x N float32 block stays in the cache at N in the thousands.
+BLOCK = 512
+# How far a score of a block may be from the one GET /recommend computes, per unit of |user vector| x
+# the largest |item vector|: a batch's encoder rows and a block's matrix product sum in another order
+# than a lone request's (measured on ML-1M: at most 4.5e-7, a few float32 steps); twice that as margin.
+MARGIN = 1e-6
 
 
 class BatchLists:
@@ -133,7 +158,7 @@ class BatchLists:
         exclude_seen: bool = True,
         max_history: int = 200,
         limits: Limits = Limits(),
-        batch_size: int = 256,
+        batch_size: int = 32,
         threads: int = 1,
         excludes_seen: bool = True,
     ) -> None:
@@ -145,68 +170,133 @@ class BatchLists:
         self.max_history, self.limits, self.batch_size, self.threads = max_history, limits, batch_size, threads
         # The same for every user without a history: computed once.
         self.popular = rank_popular(bundle, k, rules)
+        # Ranked a block of users at a time (one matrix product) where GET /recommend's top-k is one
+        # exact search over every item: an exact index and no catalogue mask.
+        index = bundle.index
+        self.exact = isinstance(index, ExactIndex) and index.first == 1 and rules.mask is None
+        if self.exact:
+            assert isinstance(index, ExactIndex)
+            self.longest = float(np.linalg.norm(index.table, axis=1).max()) if len(index) else 0.0
 
     def _encode(self, h: History) -> tuple[np.ndarray, np.ndarray | None]:
         n = self.max_history
+        if not self.bundle.needs_times:  # Bundle.encode's result (unknown ids dropped), without a list per user
+            items = h.items[-n:]
+            idx = np.fromiter(map(self.bundle.index_of.get, items, repeat(0)), np.int64, len(items))
+            return idx[idx > 0], None
         times = list(h.times[-n:]) if h.times is not None else None
-        if self.bundle.needs_times and times is None:
+        if times is None:
             raise ValueError(f"bundle {self.bundle.name} reads event times: user {h.user_id!r} has none")
         return self.bundle.encode_events(list(h.items[-n:]), times)
 
-    def vectors(self, seen: Sequence[np.ndarray], times: Sequence[np.ndarray | None]) -> dict[int, np.ndarray]:
-        """User vectors (1, D) by position in `seen`, for the non-empty histories. Histories of one
-        length share a batch, so each row is padded exactly as a request pads it alone."""
+    def vectors(self, seen: Sequence[np.ndarray], times: Sequence[np.ndarray | None]) -> tuple[np.ndarray, np.ndarray]:
+        """(positions in `seen` of the non-empty histories, their user vectors (m, D) in that order).
+        Histories of one length share a batch, so each row is padded exactly as a request pads it alone."""
         bundle, cut = self.bundle, self.bundle.max_len
         groups: dict[int, list[int]] = {}
         for n, s in enumerate(seen):
             if len(s):  # a timed bundle's transform may change the length: group by what was read
                 groups.setdefault(len(s) if bundle.needs_times else min(len(s), cut), []).append(n)
-        out: dict[int, np.ndarray] = {}
-        for members in groups.values():
-            for start in range(0, len(members), self.batch_size):
-                part = members[start : start + self.batch_size]
+        order: list[int] = []
+        parts: list[np.ndarray] = []
+        for length, members in groups.items():
+            # batch_size rows of the longest histories per call, more of shorter ones (the same positions):
+            # small enough that the attention of a call stays in the cache (256 rows of 200 were 13% slower).
+            rows = max(self.batch_size, self.batch_size * cut // max(length, 1))
+            for start in range(0, len(members), rows):
+                part = members[start : start + rows]
                 ts = [t for t in (times[n] for n in part) if t is not None] if bundle.needs_times else None
-                vecs = bundle.user_vectors([seen[n] for n in part], ts, self.threads)
-                for row, n in enumerate(part):
-                    out[n] = vecs[row : row + 1]
-        return out
+                parts.append(bundle.user_vectors([seen[n] for n in part], ts, self.threads))
+                order += part
+        if not parts:
+            return np.zeros(0, np.int64), np.zeros((0, bundle.dim), np.float32)
+        return np.asarray(order, np.int64), np.concatenate(parts)
 
     def lists(self, chunk: Sequence[History]) -> Lists:
+        bundle = self.bundle
         encoded = [self._encode(h) for h in chunk]
         seen = [e[0] for e in encoded]
-        vecs = self.vectors(seen, [e[1] for e in encoded])
-        users: list[str] = []
-        labels: list[np.ndarray] = []
-        scores: list[np.ndarray] = []
-        counts: list[int] = []
+        excluded = [bundle.encode(h.excluded) if len(h.excluded) else None for h in chunk]
+        rows, vecs = self.vectors(seen, [e[1] for e in encoded])
+        # What each user's list leaves out: the seen items (when excluded) and the exclusion set.
+        away: list[np.ndarray] = []
+        for n in rows.tolist():
+            a = seen[n] if self.exclude_seen else seen[n][:0]
+            ex = excluded[n]
+            away.append(np.concatenate([a, ex]) if ex is not None and len(ex) else a)
+        labels: list[np.ndarray | None] = [None] * len(chunk)
+        scores: list[np.ndarray | None] = [None] * len(chunk)
+        if self.exact:
+            for row, ranked in enumerate(self._rank_exact(vecs, away)):
+                n = int(rows[row])
+                if ranked is None:  # too close to call from the block: exactly as a lone request
+                    times = encoded[n][1]
+                    vec = bundle.user_vectors([seen[n]], None if times is None else [times])
+                    ranked = self._rank_one(vec, away[row])
+                labels[n], scores[n] = ranked
+        else:
+            for row, n in enumerate(rows.tolist()):
+                labels[n], scores[n] = self._rank_one(vecs[row : row + 1], away[row])
         popularity = 0
-        for n, h in enumerate(chunk):
-            vec = vecs.get(n)
-            excluded = self.bundle.encode(h.excluded) if h.excluded else None
-            if vec is None:
-                popularity += 1
-                lab, sc = self.popular
-                if excluded is not None and len(excluded):  # the user's exclusion set narrows popularity too
-                    rules = replace(self.rules, exclude=np.concatenate([self.rules.exclude, excluded]))
-                    lab, sc = rank_popular(self.bundle, self.k, rules)
+        for n, ex in enumerate(excluded):
+            if labels[n] is not None:
+                continue
+            popularity += 1
+            if ex is not None and len(ex):  # the user's exclusion set narrows popularity too
+                rules = replace(self.rules, exclude=np.concatenate([self.rules.exclude, ex]))
+                labels[n], scores[n] = rank_popular(bundle, self.k, rules)
             else:
-                away = seen[n] if self.exclude_seen else seen[n][:0]
-                if excluded is not None and len(excluded):
-                    away = np.concatenate([away, excluded])
-                lab, sc, _ = rank_model(self.bundle, vec, self.k, away, len(away) > 0, self.rules, self.limits)
-            users.append(h.user_id)
-            labels.append(lab)
-            scores.append(sc)
-            counts.append(len(lab))
-        flat = np.concatenate(labels) if labels else np.zeros(0, np.int64)
-        reps = np.asarray(counts, np.int64)
-        starts = np.cumsum(reps) - reps
-        rank = (np.arange(len(flat)) - np.repeat(starts, reps) + 1).astype(np.int32)
+                labels[n], scores[n] = self.popular
+        done_l = [a for a in labels if a is not None]
+        done_s = [a for a in scores if a is not None]
         return Lists(
-            user_id=[u for u, c in zip(users, counts, strict=True) for _ in range(c)],
-            rank=rank,
-            item_id=self.bundle.external(flat),
-            score=(np.concatenate(scores) if scores else np.zeros(0)).astype(np.float32),
+            user_id=[h.user_id for h in chunk],
+            counts=np.fromiter((len(a) for a in done_l), np.int64, len(done_l)),
+            labels=np.concatenate(done_l).astype(np.int64) if done_l else np.zeros(0, np.int64),
+            score=np.concatenate(done_s).astype(np.float32) if done_s else np.zeros(0, np.float32),
             users=len(chunk),
             popularity=popularity,
         )
+
+    def _rank_one(self, vec: np.ndarray, away: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """GET /recommend's own top-k for one user vector (1, D)."""
+        labels, scores, _ = rank_model(self.bundle, vec, self.k, away, len(away) > 0, self.rules, self.limits)
+        return labels, scores
+
+    def _rank_exact(self, vecs: np.ndarray, away: Sequence[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray] | None]:
+        """The top k of each user vector over every item, `away[row]` and the rules' ids left out, a
+        block of users per matrix product; None for a row the block cannot call: two of its k + 1
+        best scores within 2 x MARGIN x |q| x max|t| of each other (a near tie, which the service's
+        own rounding could order the other way), or fewer than k + 1 candidates."""
+        index = self.bundle.index
+        assert isinstance(index, ExactIndex)
+        table = index.table
+        n_items = len(table)
+        k, kk = self.k, self.k + 1
+        out: list[tuple[np.ndarray, np.ndarray] | None] = [None] * len(vecs)
+        if kk > n_items:
+            return out
+        margin = 2 * MARGIN * self.longest * np.linalg.norm(vecs, axis=1)  # (m,)
+        always = self.rules.exclude - 1
+        always = always[(always >= 0) & (always < n_items)]
+        for lo in range(0, len(vecs), BLOCK):
+            q = np.asarray(vecs[lo : lo + BLOCK], np.float32)
+            s = q @ table.T  # (b, N): label = column + 1
+            drop = away[lo : lo + len(q)]
+            sizes = np.fromiter((len(a) for a in drop), np.int64, len(drop))
+            if sizes.sum():
+                cols = np.concatenate(drop) - 1
+                rr = np.repeat(np.arange(len(q)), sizes)
+                ok = (cols >= 0) & (cols < n_items)
+                s[rr[ok], cols[ok]] = -np.inf
+            if len(always):
+                s[:, always] = -np.inf
+            part = np.argpartition(s, n_items - kk, axis=1)[:, n_items - kk :]  # the k + 1 best, any order
+            vals = np.take_along_axis(s, part, 1)
+            order = np.argsort(-vals, axis=1, kind="stable")
+            part, vals = np.take_along_axis(part, order, 1), np.take_along_axis(vals, order, 1)
+            with np.errstate(invalid="ignore"):  # -inf - -inf: a row short of candidates, not called
+                apart = (vals[:, :-1] - vals[:, 1:] > margin[lo : lo + len(q), None]).all(1)
+            for row in np.flatnonzero(apart & np.isfinite(vals[:, k])).tolist():
+                out[lo + row] = (part[row, :k] + 1, vals[row, :k])
+        return out
