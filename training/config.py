@@ -143,8 +143,9 @@ class NextItemConfig(NegativesConfig):
     )
     type_weights: dict[str, float] | None = opt(  # noqa: RUF009  (default None: nothing shared)
         None,
-        "Typed data: a target's loss weight by its event type, e.g. {like = 1.0, view = 0.3} (target types not "
-        "named: 1); the loss is sum(w * loss) / sum(w).",
+        "Typed data: a training target's loss weight by its event type, e.g. {view = 0.3}: target types weigh 1 "
+        "and input-only types 0 unless named (above 0 they are learned too; evaluation stays on the target types); "
+        "the loss is sum(w * loss) / sum(w).",
     )
 
 

@@ -20,8 +20,10 @@ Two task options use the types further (NextItemConfig):
 - `task.type_input = true`: the model reads each input event's type (SASRec's type embedding;
   model.num_types is set to the number of the data's types). Type ids are the type's position in
   the data's type names plus 1, 0 for padding: the ids a bundle's model.onnx gets from the service.
-- `task.type_weights = {like = 1.0, view = 0.3}`: with several target types, each target position's
-  loss is weighed by its type (target types not named weigh 1): sum(w * loss) / sum(w).
+- `task.type_weights = {view = 0.3}`: each training target's loss weighed by its type, sum(w * loss)
+  / sum(w). A target type weighs 1 unless named, an input-only type 0 unless named: a weight above 0
+  makes it a training target too (the next view is learned beside the next like), while validation
+  and test stay on the target types (each user's last likes).
 """
 
 from __future__ import annotations
@@ -85,32 +87,35 @@ def type_roles(
 def type_weight_table(roles: TypeRoles, weights: Any) -> np.ndarray | None:
     """task.type_weights ({type: weight}) as (len(names) + 1,) float32 by type id (0 pads), or None.
 
-    Only target types have a loss to weigh: a weight for another type, an unknown type, a weight
-    that is not a finite number >= 0, or every target at weight 0 is refused, naming it."""
+    Each event type's loss weight as a training target: a target type weighs 1 unless named, an
+    input-only type 0 unless named (a weight above 0 makes it a training target too, while the
+    held-out queries stay on the target types). An unknown or negative type, a weight that is not
+    a finite number >= 0, or every type at weight 0 is refused, naming it."""
     if weights is None:
         return None
     if not isinstance(weights, dict):
-        raise ConfigError(f"task.type_weights: expected a table of type = weight, e.g. {{like = 1.0}}, got {weights!r}")
+        raise ConfigError(f"task.type_weights: expected a table of type = weight, e.g. {{view = 0.3}}, got {weights!r}")
     unknown = [t for t in weights if t not in roles.names]
     if unknown:
         raise ConfigError(
             f"task.type_weights: unknown event type(s) {', '.join(map(str, unknown))}; "
             f"the data's types: {', '.join(roles.names)}"
         )
-    other = [t for t in weights if t not in roles.target]
-    if other:
+    negative = [t for t in weights if t in roles.negative]
+    if negative:
         raise ConfigError(
-            f"task.type_weights: {', '.join(other)} not a target type (targets: {', '.join(roles.target)}); "
-            f"only targets have a loss to weigh (--target-types names them)"
+            f"task.type_weights: {', '.join(negative)} negative (never input nor target): it has no loss to weigh"
         )
     table = np.zeros(len(roles.names) + 1, np.float32)
-    for t in roles.target:
-        w = weights.get(t, 1.0)
+    for n, t in enumerate(roles.names):
+        if t in roles.negative:
+            continue
+        w = weights.get(t, 1.0 if t in roles.target else 0.0)
         if isinstance(w, bool) or not isinstance(w, int | float) or not np.isfinite(w) or w < 0:
             raise ConfigError(f"task.type_weights.{t}: expected a number >= 0, got {w!r}")
-        table[roles.names.index(t) + 1] = w
+        table[n + 1] = w
     if not table.any():
-        raise ConfigError("task.type_weights: every target type weighs 0; nothing is left to learn")
+        raise ConfigError("task.type_weights: every type weighs 0; nothing is left to learn")
     return table
 
 
@@ -150,8 +155,8 @@ def typed_leave_one_out(
 ) -> TypedSplit:
     """See the module docstring. A user with fewer than two target events, or no input before
     the second-to-last, is training data only. Typed, the split also holds each history's type
-    ids (train_types, valid_types, test_types); with `weights` (type_weight_table), each training
-    event's loss weight as a target (train_weights)."""
+    ids (train_types, valid_types, test_types); with `weights` (type_weight_table), the training
+    targets are the events whose type weighs more than 0, and each one's weight (train_weights)."""
     assert data.types is not None
     neg_codes, tgt_codes = roles.codes(roles.negative), roles.codes(roles.target)
     timed = data.timestamps is not None
@@ -169,9 +174,11 @@ def typed_leave_one_out(
         y = ty.astype(np.int64) + 1  # (n,) type ids as the model reads them
         ts = data.timestamps[a:b] if data.timestamps is not None else np.zeros(b - a, np.int64)
         negative, target = np.isin(ty, neg_codes), np.isin(ty, tgt_codes)
-        # Untyped: every event is input and target, as if the log had no types.
+        # Untyped: every event is input and target, as if the log had no types. With weights, the
+        # training targets are the events of a type that weighs more than 0 (views may join likes).
         inp = ~negative if use_types else np.ones(len(s), bool)
-        is_target = target if use_types else np.ones(len(s), bool)
+        learned = target if weights is None else weights[y] > 0
+        is_target = learned if use_types else np.ones(len(s), bool)
         pos = np.flatnonzero(target)
         # The same queries typed or not: a non-negative event must come before the validation target.
         query = len(pos) >= 2 and (~negative[: pos[-2]]).any()
@@ -184,7 +191,7 @@ def typed_leave_one_out(
             train_t.append(ts[:end][keep])
             train_y.append(y[:end][keep])
             if weights is not None:
-                train_w.append(weights[train_y[-1]] * mask)
+                train_w.append(weights[train_y[-1]])  # 0 where not a training target
         if not query:
             continue
         pv, pt = pos[-2], pos[-1]
@@ -385,7 +392,9 @@ def train_with_types(
     out = {
         "typed": use_types,
         "type_input": type_input,
-        "type_weights": None if weights is None else {t: float(given_weights.get(t, 1.0)) for t in roles.target},
+        "type_weights": None
+        if weights is None
+        else {t: float(given_weights.get(t, float(t in roles.target))) for t in roles.names if t not in roles.negative},
         "event_types": roles.to_dict(),
         "split": counts,
         "best_epoch": result.best_epoch,

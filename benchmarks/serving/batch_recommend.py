@@ -63,16 +63,22 @@ def measure(args: argparse.Namespace) -> None:
             seconds = time.perf_counter() - t
             assert got.users == total * passes and got.rows == got.users * args.k
             got_rates[key] = round(got.users / seconds, 1)
-    print(json.dumps({"users": total, **got_rates}))
+    import training.batch_recommend as code
+
+    print(json.dumps({"users": total, "tree": str(Path(code.__file__).resolve().parents[1]), **got_rates}))
 
 
 def run_once(root: Path, cfg: str, args: argparse.Namespace) -> dict[str, Any]:
     """One measurement of `cfg` with the code under `root`, in a child interpreter."""
     cmd = [sys.executable, str(Path(__file__).resolve()), "--measure", cfg, "--bundle", str(args.bundle.resolve())]
     cmd += ["--dataset", args.dataset, "--k", str(args.k), "--passes", str(args.passes)]
+    # The code from `root`, the data (prepared datasets, relative paths) from this tree.
     env = {**os.environ, "PYTHONPATH": str(root)}
-    out = subprocess.run(cmd, cwd=root, env=env, check=True, capture_output=True, text=True).stdout
-    result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+    if done.returncode:
+        sys.exit(f"{root}: the run of {cfg} failed:\n{done.stderr[-3000:]}")
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["tree"] == str(root), f"the run imported {result['tree']}, not {root}"
     return result
 
 

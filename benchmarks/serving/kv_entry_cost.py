@@ -8,7 +8,10 @@ keys and values 50 wide, float16, no times: 80,220 bytes with the vector) with a
 candidates, against a 216-byte cached vector (dim 50) with the same list. Each shape runs `--n`
 times in a row, `--rounds` times, through redis-py's asyncio client (as the service): the client
 process's CPU per call, the wall time per call, and Redis's own CPU per call (INFO cpu). Also the
-service's own work on the entry: parsing it (`KvCache.parse`) and packing a new one.
+service's own work on the entry: parsing it (`KvCache.parse`) and packing a new one. With `--bundle`
+(an HSTU bundle), the service's user-vector paths in process (`UserCache.user_vector`, entries in
+memory): a read after one new event, extended from a cache of `--events` (kv cache) or re-encoded
+by model.onnx (cached vector, SEQREC_USER_STATE=false), and the step graph and model.onnx alone.
 """
 
 from __future__ import annotations
@@ -133,10 +136,69 @@ def parse_cost(blob: bytes, n: int) -> dict:
     return {"parse_us": round(parse, 1), "pack_us": round(pack, 1)}
 
 
+def vector_paths(bundle_dir: Path, events: int, n: int, rounds: int) -> dict:
+    """Process CPU per read of the user-vector paths of the service, in process, interleaved."""
+    from prometheus_client import CollectorRegistry
+
+    from app.bundles.bundle import Bundle
+    from app.serving.usercache import Read, UserCache, step_session
+    from app.stores import MemoryStore
+
+    bundle = Bundle.load(bundle_dir)
+    store = MemoryStore(max_history=1000, ttl_s=3600)
+    kv = UserCache(store, True, 3600, CollectorRegistry())
+    vectors = UserCache(store, True, 3600, CollectorRegistry(), rnn_state=False)  # SEQREC_USER_STATE=false
+    rng = np.random.default_rng(1)
+    seen = rng.integers(1, bundle.manifest.num_items + 1, size=events + 1)
+    times = np.arange(events + 1, dtype=np.int64) + 1_700_000_000 if bundle.needs_times else None
+    before = times[:-1] if times is not None else None
+
+    def entry_after(cache: UserCache) -> bytes | None:  # what the read before the new event stored
+        cache.user_vector("u", bundle, seen[:-1], Read([], None, None), before)
+        got = cache.backend._entries.get(("u", bundle.name))  # type: ignore[attr-defined]
+        return None if got is None else got[1]
+
+    kv_entry, vec_entry = entry_after(kv), entry_after(vectors)
+    step = step_session(bundle)
+    assert step is not None, f"{bundle_dir} offers no kv_cache step"
+    spec = KvCache.spec(bundle)
+    old = KvCache.parse(kv_entry, bundle)
+    assert old is not None and old.n == events
+    feeds = {spec.inputs[0]: old.k, spec.inputs[1]: old.v, spec.inputs[-1 if not spec.times else 3]: seen[None, -1:]}
+    if spec.times:
+        assert old.times is not None and times is not None
+        feeds |= {spec.inputs[2]: old.times[None], spec.inputs[4]: times[None, -1:]}
+    shapes = {
+        "read after 1 new event, kv cache (parse, step.onnx, pack)": lambda: kv.user_vector(
+            "u", bundle, seen, Read([], None, kv_entry), times
+        ),
+        "read after 1 new event, cached vector (model.onnx)": lambda: vectors.user_vector(
+            "u", bundle, seen, Read([], None, vec_entry), times
+        ),
+        "step.onnx alone": lambda: step.run(spec.outputs, feeds),
+        "model.onnx alone": lambda: bundle.user_vectors([seen], None if times is None else [times]),
+    }
+    out: dict[str, list[float]] = {}
+    for _ in range(rounds):
+        for name, fn in shapes.items():
+            t = time.process_time()
+            for _ in range(n):
+                fn()
+            out.setdefault(name, []).append(round((time.process_time() - t) / n * 1e6, 1))
+    return {
+        "bundle": str(bundle_dir),
+        "cached_events": events,
+        "cpu_us_per_call": out,
+        "median": {k: float(np.median(v)) for k, v in out.items()},
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=3000, help="calls per shape and round")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--bundle", type=Path, default=None, help="an HSTU bundle: also time the service's vector paths")
+    ap.add_argument("--events", type=int, default=190, help="--bundle: events cached before the new one")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     with contextlib.suppress(ImportError):
@@ -147,6 +209,9 @@ def main() -> None:
         got = asyncio.run(measure(url, args.n, args.rounds))
     blobs = got.pop("blobs")
     got["service_kv_entry"] = parse_cost(blobs["kv_cache"], args.n)
+    if args.bundle is not None:
+        got["service_vector_paths"] = vector_paths(args.bundle, args.events, max(100, args.n // 10), args.rounds)
+        print(json.dumps(got["service_vector_paths"]["median"], indent=2))
     result = {
         "command": " ".join(["python", "-m", "benchmarks.serving.kv_entry_cost", *sys.argv[1:]]),
         "date": time.strftime("%Y-%m-%d", time.gmtime()),

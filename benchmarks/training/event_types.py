@@ -9,8 +9,9 @@ The ratings are read as typed events (dataset ml-1m-ratings-typed: 4-5 stars lik
   typed-views   dislikes out of input and targets; targets: likes and views
   likes-only    dislikes stay input (as views), targets: likes (which part of `typed` costs what)
   typed-input   as typed, and the model reads each event's type (task.type_input: a type embedding)
-  typed-input-views        as typed-input, targets likes and views (each weighs 1)
-  typed-input-views-w0.3   as typed-input-views, a view target's loss weighed 0.3 (task.type_weights)
+  typed-input-views        as typed-input, and the next view learned beside the next like (both
+                           weigh 1, task.type_weights); still judged on the next like
+  typed-input-views-w0.3   as typed-input-views, a view target's loss weighed 0.3
 
 Every variant is evaluated on each user's last like (validation: the like before it), full
 ranking, with the history and the disliked items left out of the ranked list, and counts how
@@ -45,10 +46,15 @@ VARIANTS = {
     "typed-views": {"use_types": True, "target_types": ["like", "view"]},
     "likes-only": {"use_types": True, "negative_types": [], "target_types": ["like"]},
     "typed-input": {"use_types": True, "target_types": ["like"], "task": {"type_input": True}},
-    "typed-input-views": {"use_types": True, "target_types": ["like", "view"], "task": {"type_input": True}},
+    # Views learned as targets beside likes (task.type_weights), judged on the same next-like queries.
+    "typed-input-views": {
+        "use_types": True,
+        "target_types": ["like"],
+        "task": {"type_input": True, "type_weights": {"like": 1.0, "view": 1.0}},
+    },
     "typed-input-views-w0.3": {
         "use_types": True,
-        "target_types": ["like", "view"],
+        "target_types": ["like"],
         "task": {"type_input": True, "type_weights": {"like": 1.0, "view": 0.3}},
     },
 }

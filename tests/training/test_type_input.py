@@ -68,6 +68,24 @@ def test_the_split_carries_type_ids_and_weights_aligned_with_the_items() -> None
     assert base.train_types is None and base.train_weights is None and base.test_types is None
 
 
+def test_a_weighed_input_only_type_is_learned_and_the_queries_stay_the_targets() -> None:
+    data = typed_data()
+    roles = type_roles(data)  # targets: like; view input only
+    assert type_weight_table(roles, {}) is not None and type_weight_table(roles, {}).tolist() == [0, 0, 1, 0]  # type: ignore[union-attr]
+    weights = type_weight_table(roles, {"view": 0.3})
+    assert weights is not None and weights.tolist() == pytest.approx([0.0, 0.3, 1.0, 0.0])
+    likes = typed_leave_one_out(data, roles).split
+    both = typed_leave_one_out(data, roles, weights=weights).split
+    # The same queries: each user's last likes, with the same histories.
+    assert np.array_equal(likes.test_target, both.test_target) and np.array_equal(likes.valid_target, both.valid_target)
+    assert all(np.array_equal(a, b) for a, b in zip(likes.test_hist, both.test_hist, strict=True))
+    # Training: views are targets now, at 0.3; likes at 1.
+    assert both.train_targets is not None and both.train_weights is not None and both.train_types is not None
+    for y, m, w in zip(both.train_types, both.train_targets, both.train_weights, strict=True):
+        assert m.all() and np.allclose(w, np.where(y == 1, 0.3, 1.0))
+    assert likes.train_targets is not None and not all(m.all() for m in likes.train_targets)
+
+
 def test_batches_carry_the_input_types_and_the_target_weights() -> None:
     train_seqs = [np.array([5, 6, 7, 8, 9]), np.array([3, 4, 2])]
     types = [np.array([1, 2, 1, 2, 2]), np.array([2, 1, 2])]
@@ -137,11 +155,11 @@ def test_type_weights_are_refused_naming_what_is_wrong() -> None:
     roles = type_roles(data, target_types=["like", "view"])
     with pytest.raises(ConfigError, match=r"unknown event type\(s\) purchase; the data's types: view, like, dislike"):
         type_weight_table(roles, {"like": 1.0, "purchase": 0.5})
-    with pytest.raises(ConfigError, match="dislike not a target type"):
+    with pytest.raises(ConfigError, match="dislike negative"):
         type_weight_table(roles, {"dislike": 0.5})
     with pytest.raises(ConfigError, match=r"type_weights\.view: expected a number >= 0"):
         type_weight_table(roles, {"view": -1})
-    with pytest.raises(ConfigError, match="weighs 0"):
+    with pytest.raises(ConfigError, match="every type weighs 0"):
         type_weight_table(roles, {"view": 0, "like": 0})
     with pytest.raises(ConfigError, match="expected a table"):
         type_weight_table(roles, 0.3)
