@@ -1,10 +1,12 @@
 """The shared training loop: batches, AdamW steps, clipping, early stopping on validation NDCG@10.
 
-`train()` reads top to bottom: settings and data, the model, the task and optimiser, the loop
-(each epoch's steps are training/loop.py's, shared with UniSRec pre-training), the best
-checkpoint judged once on test. The optimiser, weight average and learning-rate policy are in
-training/optim.py, checkpoint IO in training/checkpoint.py, what the run directory holds in
-training/rundir.py, when to stop in training/budget.py, the options in training/config.py.
+`train()` is the loop, short: `Trainer.setup` builds the run (settings and data, the model, the
+task and optimiser, what batches read, the run directory), `Trainer.epoch` runs one epoch's steps
+(training/loop.py's, shared with UniSRec pre-training), `Trainer.validate_and_keep` selects the
+best epoch and `Trainer.judge` tests the best checkpoint once. The optimiser, weight average and
+learning-rate policy are in training/optim.py, checkpoint IO in training/checkpoint.py, what the
+run directory holds in training/rundir.py, when to stop in training/budget.py, the options in
+training/config.py.
 
 SIGINT/SIGTERM and the wall-clock budget stop training at the next step (under torchrun within a
 few steps), mid-epoch too, and still write final.json; the epoch cut short is evaluated and kept
@@ -37,7 +39,7 @@ from training.checkpoint import load_checkpoint, save_checkpoint
 from training.config import TrainConfig, describe_loss, resolve_loss
 from training.data.preprocess import SeqData, Split, leave_one_out
 from training.evaluate import full_rank_eval, popularity_scores
-from training.loop import Optimisation, TaskLoss, run_epoch
+from training.loop import Epoch, Optimisation, TaskLoss, run_epoch
 from training.optim import adamw, budget_last_epoch, lr_scheduler, weight_average
 from training.rundir import RunDir
 from training.tasks import reads_types, type_batch_kwargs
@@ -167,6 +169,225 @@ def evaluate_model(
         )
 
 
+@dataclass
+class Trainer:
+    """Everything one run holds once set up: what train()'s loop reads, built by Trainer.setup."""
+
+    model_name: str
+    data: SeqData
+    split: Split
+    split_given: bool
+    exclude_history: bool
+    tc: TrainConfig
+    task_cfg: Any
+    rank: int
+    world: int
+    device: torch.device
+    progress: bool
+    popularity: np.ndarray
+    model: SeqRecModel
+    kept: SeqRecModel  # what is validated, selected and kept: the weight average when there is one
+    task: Any
+    steps: Optimisation
+    sched: torch.optim.lr_scheduler.LRScheduler
+    train_seqs: list[np.ndarray]
+    batch_kw: dict[str, Any]
+    valid_timed: dict[str, Any]
+    test_timed: dict[str, Any]
+    rng: np.random.Generator
+    budget: budget_mod.Budget
+    run: RunDir
+    run_dir: Path
+    warm: str | None
+    t0: float
+
+    @classmethod
+    def setup(
+        cls,
+        model_name: str,
+        data: SeqData,
+        run_dir: Path,
+        overrides: tuple[dict[str, Any] | None, dict[str, Any] | None, dict[str, Any] | None],
+        progress: bool | None,
+        split: Split | None,
+        exclude_history: bool,
+        init: Path | None,
+    ) -> Trainer:
+        # --- settings, process, data
+        spec = get_spec(model_name)
+        model_overrides, tc, task_cfg = resolve(model_name, *overrides)
+        rank, world = _ddp()
+        device = resolve_device(tc.device)
+        if world > 1 and device.type == "cuda":
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        seed_everything(tc.seed)
+        keep_freed_memory()
+        if tc.num_threads:
+            torch.set_num_threads(tc.num_threads)
+        split_given = split is not None
+        split = subset_split(split if split is not None else leave_one_out(data), tc.max_users)
+        popularity = popularity_scores(split.train, data.num_items)
+
+        # --- the model (the budget starts here: a setup's one-off work, UniSRec's text encoding, counts)
+        warm = None
+        if init is not None:
+            from training import warm_start
+
+            source = warm_start.load_source(init)  # the source's architecture unless overridden
+            model_overrides = warm_start.model_overrides(source, model_name, model_overrides)
+        model = build_model(model_name, data.num_items, model_overrides)
+        t0 = time.perf_counter()
+        budget = budget_mod.Budget(tc.max_minutes)
+        if spec.setup is not None:
+            spec.setup(model, data, tc, task_cfg)
+        if init is not None:
+            warm = warm_start.apply(model, model_name, source, data.item_ids).summary()
+            if rank == 0:
+                print(warm, file=sys.stderr, flush=True)
+        model = model.to(device)
+
+        # --- the task, the optimiser, the schedule
+        task = spec.make_task(model.cfg, tc, task_cfg, popularity)  # type: ignore[attr-defined]
+        chosen = describe_loss(tc, task_cfg, data.num_items)  # loss "auto": what the catalogue's size chose
+        if chosen and rank == 0:
+            print(chosen, file=sys.stderr, flush=True)
+        net: torch.nn.Module = TaskLoss(model, task)
+        if world > 1:
+            net = torch.nn.parallel.DistributedDataParallel(net)
+        trainable = [p for p in model.parameters() if p.requires_grad]  # a setup may freeze some
+        opt = adamw(trainable, lr=tc.lr, weight_decay=tc.weight_decay, betas=(0.9, 0.98))
+        train_seqs = split.train[rank::world]
+        sched = lr_scheduler(opt, tc, task.num_batches(train_seqs, tc.batch_size))
+        ema = weight_average(model, tc.ema)
+        amp = tc.amp and (device.type == "cuda" or tc.amp_cpu)
+        steps = Optimisation(net, opt, trainable, tc.grad_clip, sched, ema, model, amp, device)
+
+        # --- what a batch reads besides items (event times: checked here, before any training)
+        timed = reads_times(model_name, model, task_cfg)
+        valid_timed = time_eval_kwargs(model_name, model, task_cfg, split.valid_times, data.name)
+        test_timed = time_eval_kwargs(model_name, model, task_cfg, split.test_times, data.name)
+        train_times = split.train_times[rank::world] if timed and split.train_times is not None else None
+        batch_kw: dict[str, Any] = {"times": train_times} if timed else {}
+        if split.train_targets is not None:  # event types: some positions are input only
+            batch_kw["target_masks"] = split.train_targets[rank::world]
+        batch_kw.update(type_batch_kwargs(model, task_cfg, split, rank, world))  # the types a model reads, weights
+        if reads_types(model):  # and its evaluation reads them too
+            valid_timed, test_timed = (
+                {**valid_timed, "types": split.valid_types},
+                {**test_timed, "types": split.test_types},
+            )
+
+        run = RunDir(run_dir, writes=rank == 0)
+        run.config(
+            {
+                "model": model_name,
+                "model_config": model.cfg.to_dict(),
+                "train_config": tc.to_dict(),
+                "task_config": task_cfg.to_dict(),
+                "loss": resolve_loss(tc, task_cfg, data.num_items)[0].loss,  # what loss "auto" became
+                "dataset": data.stats(),
+                "data_fingerprint": data.fingerprint(),
+            }
+        )
+        return cls(
+            model_name=model_name,
+            data=data,
+            split=split,
+            split_given=split_given,
+            exclude_history=exclude_history,
+            tc=tc,
+            task_cfg=task_cfg,
+            rank=rank,
+            world=world,
+            device=device,
+            progress=_is_tty() if progress is None else progress,
+            popularity=popularity,
+            model=model,
+            kept=ema.module if ema is not None else model,  # type: ignore[arg-type]
+            task=task,
+            steps=steps,
+            sched=sched,
+            train_seqs=train_seqs,
+            batch_kw=batch_kw,
+            valid_timed=valid_timed,
+            test_timed=test_timed,
+            rng=np.random.default_rng(tc.seed + rank),
+            budget=budget,
+            run=run,
+            run_dir=run_dir,
+            warm=warm,
+            t0=t0,
+        )
+
+    def epoch(self, epoch: int, after_step: Any) -> Epoch:
+        """One epoch's steps (training/loop.py), stopped early by `after_step`."""
+        self.model.train()
+        tc = self.tc
+        n_batches = self.task.num_batches(self.train_seqs, tc.batch_size)
+        drawn = self.task.batches(self.train_seqs, tc.batch_size, self.rng, self.device, **self.batch_kw)
+        shown = self.progress and self.rank == 0
+        return run_epoch(
+            self.steps, _in_step(drawn, self.world, self.device), n_batches, epoch, after_step, shown, self.rank == 0
+        )
+
+    def evaluate(self, m: SeqRecModel, on: str = "valid") -> dict[str, float]:
+        """Full-ranking metrics of `m` on the validation or the test queries."""
+        s = self.split
+        hists, targets = (s.valid_hist, s.valid_target) if on == "valid" else (s.test_hist, s.test_target)
+        timed = self.valid_timed if on == "valid" else self.test_timed
+        return evaluate_model(m, hists, targets, self.data.num_items, self.tc, self.device, self.exclude_history, timed)
+
+    def validate_and_keep(self, epoch: int, best: Best, row: dict[str, Any]) -> bool:
+        """Validate the epoch into `row`, checkpoint it if the best; True when patience has run out."""
+        valid = self.evaluate(self.kept)
+        row.update({f"valid_{k}": v for k, v in valid.items() if k != "users"})
+        if self.kept is not self.model:  # the raw weights' score beside the average's: what it bought
+            raw = self.evaluate(self.model)
+            row.update({"raw_valid_ndcg@10": raw["ndcg@10"], "raw_valid_hr@10": raw["hr@10"]})
+        if best.improves(valid["ndcg@10"], epoch):
+            save_checkpoint(
+                self.run_dir / "best.pt",
+                self.model_name,
+                self.kept,
+                self.tc,
+                self.task_cfg,
+                self.data,
+                self.popularity,
+                epoch,
+                valid,
+            )
+            return False
+        return best.bad_evals >= self.tc.patience
+
+    def judge(self, best: Best, stop_reason: str) -> TrainResult:
+        """The best checkpoint, judged once on test (rank 0), and final.json."""
+        seconds = time.perf_counter() - self.t0
+        if self.rank != 0:
+            _ddp_finish(self.world)
+            return TrainResult(self.run_dir, best.epoch, {}, {}, seconds)
+        best_model, _ = load_checkpoint(self.run_dir / "best.pt", self.device)
+        valid, test = self.evaluate(best_model), self.evaluate(best_model, on="test")
+        self.run.final(
+            {
+                "model": self.model_name,
+                "dataset": self.data.name,
+                "best_epoch": best.epoch,
+                "train_seconds": round(seconds, 2),
+                "seconds_to_best": self.run.row_of(best.epoch).get("elapsed_seconds"),
+                "valid": valid,
+                "test": test,
+                "device": str(self.device),
+                "epochs_run": len(self.run.history),
+                "stop_reason": stop_reason,
+                "protocol": "leave-one-out" if self.split_given is False else "custom split",
+                "exclude_history": self.exclude_history,
+                "warm_start": self.warm,
+            }
+        )
+        _ddp_finish(self.world)
+        return TrainResult(self.run_dir, best.epoch, valid, test, seconds, stop_reason)
+
+
 def train(
     model_name: str,
     data: SeqData,
@@ -187,108 +408,16 @@ def train(
     items too (the session-based protocol); `init` warm-starts from a bundle or checkpoint
     (training/warm_start.py).
     """
-    # --- settings, process, data
-    spec = get_spec(model_name)
-    model_overrides, tc, task_cfg = resolve(model_name, model_overrides, train_overrides, task_overrides)
-    rank, world = _ddp()
-    device = resolve_device(tc.device)
-    if world > 1 and device.type == "cuda":
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-    seed_everything(tc.seed)
-    keep_freed_memory()
-    if tc.num_threads:
-        torch.set_num_threads(tc.num_threads)
-    progress = _is_tty() if progress is None else progress
-    split_given = split is not None
-    split = subset_split(split if split is not None else leave_one_out(data), tc.max_users)
-    popularity = popularity_scores(split.train, data.num_items)
-
-    # --- the model (the budget starts here: a setup's one-off work, UniSRec's text encoding, counts)
-    warm = None
-    if init is not None:
-        from training import warm_start
-
-        source = warm_start.load_source(init)  # the source's architecture unless overridden
-        model_overrides = warm_start.model_overrides(source, model_name, model_overrides)
-    model = build_model(model_name, data.num_items, model_overrides)
-    t0 = time.perf_counter()
-    budget = budget_mod.Budget(tc.max_minutes)
-    if spec.setup is not None:
-        spec.setup(model, data, tc, task_cfg)
-    if init is not None:
-        warm = warm_start.apply(model, model_name, source, data.item_ids).summary()
-        if rank == 0:
-            print(warm, file=sys.stderr, flush=True)
-    model = model.to(device)
-
-    # --- the task, the optimiser, the schedule
-    task = spec.make_task(model.cfg, tc, task_cfg, popularity)  # type: ignore[attr-defined]
-    chosen = describe_loss(tc, task_cfg, data.num_items)  # loss "auto": what the catalogue's size chose
-    if chosen and rank == 0:
-        print(chosen, file=sys.stderr, flush=True)
-    net: torch.nn.Module = TaskLoss(model, task)
-    if world > 1:
-        net = torch.nn.parallel.DistributedDataParallel(net)
-    trainable = [p for p in model.parameters() if p.requires_grad]  # a setup may freeze some
-    opt = adamw(trainable, lr=tc.lr, weight_decay=tc.weight_decay, betas=(0.9, 0.98))
-    rng = np.random.default_rng(tc.seed + rank)
-    train_seqs = split.train[rank::world]
-    sched = lr_scheduler(opt, tc, task.num_batches(train_seqs, tc.batch_size))
-    ema = weight_average(model, tc.ema)
-    steps = Optimisation(
-        net, opt, trainable, tc.grad_clip, sched, ema, model, tc.amp and (device.type == "cuda" or tc.amp_cpu), device
-    )
-    # With an average, it is what gets validated, selected and kept; the raw weights' score is
-    # logged beside it so one run shows what the average bought.
-    kept: SeqRecModel = ema.module if ema is not None else model  # type: ignore[assignment]
-
-    # --- what a batch reads besides items (event times: checked here, before any training)
-    timed = reads_times(model_name, model, task_cfg)
-    valid_timed = time_eval_kwargs(model_name, model, task_cfg, split.valid_times, data.name)
-    test_timed = time_eval_kwargs(model_name, model, task_cfg, split.test_times, data.name)
-    train_times = split.train_times[rank::world] if timed and split.train_times is not None else None
-    batch_kw = {"times": train_times} if timed else {}
-    if split.train_targets is not None:  # event types: some positions are input only
-        batch_kw["target_masks"] = split.train_targets[rank::world]
-    batch_kw.update(type_batch_kwargs(model, task_cfg, split, rank, world))  # the types a model reads, type weights
-    if reads_types(model):  # and its evaluation reads them too
-        valid_timed, test_timed = {**valid_timed, "types": split.valid_types}, {**test_timed, "types": split.test_types}
-
-    def validate(m: SeqRecModel) -> dict[str, float]:
-        return evaluate_model(
-            m, split.valid_hist, split.valid_target, data.num_items, tc, device, exclude_history, valid_timed
-        )
-
-    run = RunDir(run_dir, writes=rank == 0)
-    run.config(
-        {
-            "model": model_name,
-            "model_config": model.cfg.to_dict(),
-            "train_config": tc.to_dict(),
-            "task_config": task_cfg.to_dict(),
-            "loss": resolve_loss(tc, task_cfg, data.num_items)[0].loss,  # what loss "auto" became
-            "dataset": data.stats(),
-            "data_fingerprint": data.fingerprint(),
-        }
-    )
-
-    # --- the loop
-    best = Best()
-    stop_reason = "epochs"
+    overrides = (model_overrides, train_overrides, task_overrides)
+    t = Trainer.setup(model_name, data, run_dir, overrides, progress, split, exclude_history, init)
+    tc, best, stop_reason = t.tc, Best(), "epochs"
     with StopRequest() as request:
-        stopping = budget_mod.Stopping(request, budget, sched, world, device)
+        stopping = budget_mod.Stopping(request, t.budget, t.sched, t.world, t.device)
         for epoch in range(1, tc.epochs + 1):
-            model.train()
-            n_batches = task.num_batches(train_seqs, tc.batch_size)
-            batches = _in_step(task.batches(train_seqs, tc.batch_size, rng, device, **batch_kw), world, device)
-            ep = run_epoch(steps, batches, n_batches, epoch, stopping.after_step, progress and rank == 0, rank == 0)
-            row: dict[str, Any] = {
-                "epoch": epoch,
-                "loss": ep.loss,
-                "epoch_seconds": round(ep.seconds, 3),
-                "lr": opt.param_groups[0]["lr"],
-                "steps": ep.steps,
-            }
+            ep = t.epoch(epoch, stopping.after_step)
+            lr = t.steps.opt.param_groups[0]["lr"]
+            row: dict[str, Any] = {"epoch": epoch, "loss": ep.loss, "epoch_seconds": round(ep.seconds, 3), "lr": lr}
+            row["steps"] = ep.steps
             halt = ep.halt
             if ep.partial:  # cut short: evaluated below, kept if the best
                 row["partial"] = True
@@ -296,52 +425,19 @@ def train(
                 halt = stopping.now(last_planned=epoch == tc.epochs)
             # The epoch training stops after is always evaluated: with a decaying lr it is the best.
             stop = halt is not None
-            if rank == 0 and (epoch % tc.eval_every == 0 or epoch == tc.epochs or stop):
-                valid = validate(kept)
-                row.update({f"valid_{k}": v for k, v in valid.items() if k != "users"})
-                if ema is not None:
-                    raw = validate(model)
-                    row.update({"raw_valid_ndcg@10": raw["ndcg@10"], "raw_valid_hr@10": raw["hr@10"]})
-                if best.improves(valid["ndcg@10"], epoch):
-                    save_checkpoint(run_dir / "best.pt", model_name, kept, tc, task_cfg, data, popularity, epoch, valid)
-                elif best.bad_evals >= tc.patience:
-                    stop, stop_reason = True, "early_stop"
-            row["elapsed_seconds"] = round(time.perf_counter() - t0, 3)
-            run.epoch(row, last=stop or epoch == tc.epochs, echo=not progress)
+            if (
+                t.rank == 0
+                and (epoch % tc.eval_every == 0 or epoch == tc.epochs or stop)
+                and t.validate_and_keep(epoch, best, row)
+            ):
+                stop, stop_reason = True, "early_stop"
+            row["elapsed_seconds"] = round(time.perf_counter() - t.t0, 3)
+            t.run.epoch(row, last=stop or epoch == tc.epochs, echo=not t.progress)
             if halt is not None:
                 stop_reason = halt
-            if stopping.agree("stop" if stop else None, budget.last_step(sched.last_epoch, force=True)):
+            if stopping.agree("stop" if stop else None, t.budget.last_step(t.sched.last_epoch, force=True)):
                 break
-    seconds = time.perf_counter() - t0
-
-    # --- the best checkpoint, judged once on test
-    if rank != 0:
-        _ddp_finish(world)
-        return TrainResult(run_dir, best.epoch, {}, {}, seconds)
-    best_model, _ = load_checkpoint(run_dir / "best.pt", device)
-    valid = validate(best_model)
-    test = evaluate_model(
-        best_model, split.test_hist, split.test_target, data.num_items, tc, device, exclude_history, test_timed
-    )
-    run.final(
-        {
-            "model": model_name,
-            "dataset": data.name,
-            "best_epoch": best.epoch,
-            "train_seconds": round(seconds, 2),
-            "seconds_to_best": run.row_of(best.epoch).get("elapsed_seconds"),
-            "valid": valid,
-            "test": test,
-            "device": str(device),
-            "epochs_run": len(run.history),
-            "stop_reason": stop_reason,
-            "protocol": "leave-one-out" if split_given is False else "custom split",
-            "exclude_history": exclude_history,
-            "warm_start": warm,
-        }
-    )
-    _ddp_finish(world)
-    return TrainResult(run_dir, best.epoch, valid, test, seconds, stop_reason)
+    return t.judge(best, stop_reason)
 
 
 class Best:

@@ -501,6 +501,7 @@ class Catalog:
 
     async def follow(self) -> None:
         """Poll the store's version for the life of the process (cancelled by the lifespan)."""
+        me = asyncio.current_task()
         while True:
             try:
                 await self.sync()
@@ -511,6 +512,10 @@ class Catalog:
                 self.syncs.labels("unavailable").inc()
             except Exception:  # a bad record must not stop the follower
                 log.exception("cannot apply a catalogue change")
+            # A cancel that lands inside the Redis client can come out as a connection error or not at
+            # all; the task still says it is being cancelled, and shutdown must not wait for it.
+            if me is not None and me.cancelling():
+                raise asyncio.CancelledError
             await asyncio.sleep(self.poll_s)
 
     def _apply(self, changes: list[tuple[str, int, dict[str, Any] | None]]) -> None:

@@ -18,6 +18,7 @@ from fastapi.testclient import TestClient
 
 from app.main import create_app
 from app.settings import Settings
+from tests.support.asgi import get_json
 from tests.support.data import synthetic_seqdata
 from tests.support.procs import RedisNotInstalled, RedisProc
 from training.batch_recommend import Progress, recommend_batch
@@ -80,6 +81,7 @@ def served(data: SeqData, bundle: Path, redis_url: str) -> Iterator[tuple[TestCl
         max_history=MAX_HISTORY,
         history_ttl_s=10 * 365 * 86400,
         redis_timeout=5.0,  # a loaded test machine must not turn reads into store-unavailable answers
+        online_tracking=False,  # not under test; with a 5 s timeout each look waits 5 s
     )
     evs = events(data)
     items = [
@@ -101,11 +103,9 @@ def served(data: SeqData, bundle: Path, redis_url: str) -> Iterator[tuple[TestCl
 
 def answers(c: TestClient, users: list[str], **params: Any) -> dict[str, list[tuple[str, float]]]:
     out = {}
-    for u in users:
-        r = c.get(f"/recommend/{u}", params={"k": 10, **params})
-        assert r.status_code == 200, r.text
-        assert r.json()["fallback"] != "store_unavailable", u  # the history was read
-        out[u] = [(i["item_id"], i["score"]) for i in r.json()["items"]]
+    for u, got in zip(users, get_json(c, [(f"/recommend/{u}", {"k": 10, **params}) for u in users]), strict=True):
+        assert got["fallback"] != "store_unavailable", u  # the history was read
+        out[u] = [(i["item_id"], i["score"]) for i in got["items"]]
     return out
 
 

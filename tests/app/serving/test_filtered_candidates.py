@@ -38,6 +38,7 @@ def apps(
         "key_prefix": key_prefix,
         "max_history": MAX,
         "redis_timeout": 5.0,
+        "online_tracking": False,  # not under test; with a 5 s timeout each look waits 5 s
         "catalog_poll_s": 0.02,
     }
     with (

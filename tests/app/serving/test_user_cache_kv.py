@@ -114,6 +114,7 @@ def apps(hstu_bundles: dict[str, Path], redis_url: str, key_prefix: str) -> Iter
         "redis_url": redis_url,
         "key_prefix": key_prefix,
         "redis_timeout": 5.0,
+        "online_tracking": False,  # not under test; with a 5 s timeout each look waits 5 s
     }
     with (
         TestClient(create_app(Settings(**common))) as on,

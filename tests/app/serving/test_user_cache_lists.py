@@ -34,6 +34,7 @@ def apps(bundle_path: Path, redis_url: str, key_prefix: str) -> Iterator[tuple[T
         "key_prefix": key_prefix,
         "max_history": MAX,
         "redis_timeout": 5.0,
+        "online_tracking": False,  # not under test; with a 5 s timeout each look waits 5 s
     }
     with (
         TestClient(create_app(Settings(**common))) as on,
