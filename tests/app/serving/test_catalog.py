@@ -551,3 +551,34 @@ def test_an_availability_change_reaches_both_workers_within_a_second(bundle_path
     finally:
         api.stop()
         redis.kill()
+
+
+def test_the_follower_stops_at_once_when_the_store_swallows_its_cancel() -> None:
+    """A cancel that lands inside the Redis client may come out as a connection error: the
+    follower must still end, or every shutdown waits out its timeout."""
+    import asyncio
+
+    from app.serving.catalog import Catalog
+    from app.stores import StoreUnavailable
+    from app.stores.catalog import MemoryCatalog
+
+    class Swallowing(MemoryCatalog):
+        async def version(self) -> int:
+            try:
+                await asyncio.sleep(10)
+            except asyncio.CancelledError:
+                raise StoreUnavailable("connection closed") from None  # what a client may do
+            return 0
+
+    async def run() -> float:
+        catalog = Catalog(Swallowing(), poll_s=30.0)
+        catalog.loaded = True
+        task = asyncio.create_task(catalog.follow())
+        await asyncio.sleep(0.05)  # inside version()
+        t = time.monotonic()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(task, timeout=5)
+        return time.monotonic() - t
+
+    assert asyncio.run(run()) < 1.0
