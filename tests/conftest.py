@@ -7,16 +7,17 @@ subprocess) and is skipped, with the reason, when the dataset is not found; the 
 line saying how many were skipped and how to run them. Hide the data to check that the rest
 passes without it: `SEQREC_DATA_DIR=$(mktemp -d) python -m pytest -q`.
 
-Parallel runs (`make test`: pytest-xdist, `-n auto --dist loadscope --no-loadscope-reorder`): every
-worker has its own temp dir, dataset cache, redis-server and Redis Cluster (free ports), and its
-share of the CPU cores. A module (or class) runs whole on one worker, so a module-scoped fixture (a
-bundle trained for the module) is built once; modules go out in collection order, the heavy service
-modules first and the many small ones last, so the workers finish together (the schedule:
-tests/support/scheduling.py; not `--dist loadgroup`, whose xdist_group marks pytest >= 9.2 ignores).
-Session fixtures are built once per worker; ML-100K and ML-1M are prepared once per run, under a
-file lock, and copied into each worker's cache. The suite is hermetic: it reads real data from
-SEQREC_DATA_DIR, ignores every other SEQREC_* variable of the caller's environment (no test
-reaches a Redis or cache it did not start or create) and writes only to temp dirs of its own.
+Parallel runs (`make test`: pytest-xdist, one worker more than the cores, `--dist loadscope
+--no-loadscope-reorder`): every worker has its own temp dir, dataset cache, redis-server and Redis
+Cluster (free ports), and its share of the CPU cores. A module (or class) runs whole on one worker,
+so a module-scoped fixture (a bundle trained for the module) is built once; modules go out in
+collection order, the heavy service modules first and the many small ones last, so the workers
+finish together (the schedule: tests/support/scheduling.py; not `--dist loadgroup`, whose
+xdist_group marks pytest >= 9.2 ignores). Session fixtures are built once per worker; ML-100K and
+ML-1M are prepared once per run, under a file lock, and copied into each worker's cache. The suite
+is hermetic: it reads real data from SEQREC_DATA_DIR, ignores every other SEQREC_* variable of the
+caller's environment (no test reaches a Redis or cache it did not start or create) and writes only
+to temp dirs of its own.
 """
 
 from __future__ import annotations

@@ -104,13 +104,15 @@ def _is_tty() -> bool:
     return sys.stderr.isatty()
 
 
-def _ddp() -> tuple[int, int]:
-    """(rank, world) when launched by torchrun, else (0, 1)."""
+def _ddp() -> tuple[int, int, bool]:
+    """(rank, world, whether this call created the process group) when launched by torchrun, else
+    (0, 1, False). A group the caller made (several runs in one launch) is the caller's to end."""
     if "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1:
-        if not dist.is_initialized():
+        made = not dist.is_initialized()
+        if made:
             dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
+        return dist.get_rank(), dist.get_world_size(), made
+    return 0, 1, False
 
 
 def _in_step(batches: Any, world: int, device: torch.device) -> Any:
@@ -128,12 +130,13 @@ def _in_step(batches: Any, world: int, device: torch.device) -> Any:
         yield batch
 
 
-def _ddp_finish(world: int) -> None:
-    """Every rank waits for rank 0's final evaluation, then tears the group down: a rank that
-    exits with the group alive can abort in gloo's teardown ("terminate called...")."""
+def _ddp_finish(world: int, made: bool) -> None:
+    """Every rank waits for rank 0's final evaluation, then tears down the group train() made: a
+    rank that exits with the group alive can abort in gloo's teardown ("terminate called...")."""
     if world > 1 and dist.is_initialized():
         dist.barrier()
-        dist.destroy_process_group()
+        if made:
+            dist.destroy_process_group()
 
 
 def evaluate_model(
@@ -182,6 +185,7 @@ class Trainer:
     task_cfg: Any
     rank: int
     world: int
+    made_group: bool  # train() made the process group, so it ends it
     device: torch.device
     progress: bool
     popularity: np.ndarray
@@ -216,7 +220,7 @@ class Trainer:
         # --- settings, process, data
         spec = get_spec(model_name)
         model_overrides, tc, task_cfg = resolve(model_name, *overrides)
-        rank, world = _ddp()
+        rank, world, made_group = _ddp()
         device = resolve_device(tc.device)
         if world > 1 and device.type == "cuda":
             device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
@@ -299,6 +303,7 @@ class Trainer:
             task_cfg=task_cfg,
             rank=rank,
             world=world,
+            made_group=made_group,
             device=device,
             progress=_is_tty() if progress is None else progress,
             popularity=popularity,
@@ -363,7 +368,7 @@ class Trainer:
         """The best checkpoint, judged once on test (rank 0), and final.json."""
         seconds = time.perf_counter() - self.t0
         if self.rank != 0:
-            _ddp_finish(self.world)
+            _ddp_finish(self.world, self.made_group)
             return TrainResult(self.run_dir, best.epoch, {}, {}, seconds)
         best_model, _ = load_checkpoint(self.run_dir / "best.pt", self.device)
         valid, test = self.evaluate(best_model), self.evaluate(best_model, on="test")
@@ -384,7 +389,7 @@ class Trainer:
                 "warm_start": self.warm,
             }
         )
-        _ddp_finish(self.world)
+        _ddp_finish(self.world, self.made_group)
         return TrainResult(self.run_dir, best.epoch, valid, test, seconds, stop_reason)
 
 
