@@ -7,11 +7,12 @@ STAMP := $(VENV)/.installed-$(shell (cat pyproject.toml; echo $(CURDIR)) | sha1s
 
 .PHONY: setup test lint browser demo serve bench-sasrec bench-serve bench-ann clean
 
-# --no-compile: byte-compiling every installed file (all of torch's) was 51 s of a 122 s install;
-# Python compiles a module when it is first imported, and only those are.
+# Byte-compiled at install (51 s of a 122 s install on 2 cores): where PYTHONDONTWRITEBYTECODE is set
+# (as in many CI images), an install without it recompiles torch in every test process (the suite
+# took 20% longer).
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check --no-compile -e '.[train,serve,dev]'
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[train,serve,dev]'
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
 
@@ -36,7 +37,10 @@ lint: setup
 # One pytest-xdist worker more than there are cores (at most 4): many tests wait on a subprocess,
 # a socket or a timer, and the extra worker fills those waits (on 2 cores: 397 s against 455 s).
 WORKERS ?= $(shell $(PYTHON) -c 'import os; print(min(4, len(os.sched_getaffinity(0)) + 1))')
+# compileall first: where PYTHONDONTWRITEBYTECODE is set, nothing is cached on import, and each of
+# the suite's many server, CLI and torchrun processes would compile this tree again (0.35 s each).
 test: setup lint browser
+	$(PY) -m compileall -q -j 0 app training models tests benchmarks scripts > /dev/null
 	$(PY) -m pytest -q -n $(WORKERS) --dist loadscope --no-loadscope-reorder
 
 # Headless Chromium + chromedriver (Debian packages) for the demo-page test in tests/deploy.
