@@ -7,12 +7,15 @@ STAMP := $(VENV)/.installed-$(shell (cat pyproject.toml; echo $(CURDIR)) | sha1s
 
 .PHONY: setup test lint browser demo serve bench-sasrec bench-serve bench-ann clean
 
-# Byte-compiled at install (51 s of a 122 s install on 2 cores): where PYTHONDONTWRITEBYTECODE is set
-# (as in many CI images), an install without it recompiles torch in every test process (the suite
-# took 20% longer).
+# Installed files are byte-compiled on every core afterwards, not by pip one at a time (pip's own pass
+# was 51 s of a 122 s install on 2 cores; this one 37 s of wall time). Some compilation there must be:
+# where PYTHONDONTWRITEBYTECODE is set (as in many CI images), an install without it recompiles torch
+# in every test process (the suite took 20% longer). A file that is not Python 3 (a template, test
+# data) fails to compile here as it does under pip, harmlessly: hence the `-`.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check -e '.[train,serve,dev]'
+	$(PY) -m pip install -q --disable-pip-version-check --no-compile -e '.[train,serve,dev]'
+	-$(PY) -m compileall -qq -j 0 $(VENV)/lib
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
 
