@@ -192,8 +192,7 @@ class Trainer:
     model: SeqRecModel
     kept: SeqRecModel  # what is validated, selected and kept: the weight average when there is one
     task: Any
-    steps: Optimisation
-    sched: torch.optim.lr_scheduler.LRScheduler
+    steps: Optimisation  # holds the optimiser and the lr schedule
     train_seqs: list[np.ndarray]
     batch_kw: dict[str, Any]
     valid_timed: dict[str, Any]
@@ -311,7 +310,6 @@ class Trainer:
             kept=ema.module if ema is not None else model,  # type: ignore[arg-type]
             task=task,
             steps=steps,
-            sched=sched,
             train_seqs=train_seqs,
             batch_kw=batch_kw,
             valid_timed=valid_timed,
@@ -323,6 +321,11 @@ class Trainer:
             warm=warm,
             t0=t0,
         )
+
+    @property
+    def sched(self) -> torch.optim.lr_scheduler.LRScheduler:
+        assert self.steps.sched is not None  # setup always makes one
+        return self.steps.sched
 
     def epoch(self, epoch: int, after_step: Any) -> Epoch:
         """One epoch's steps (training/loop.py), stopped early by `after_step`."""

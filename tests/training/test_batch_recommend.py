@@ -20,6 +20,7 @@ from app.main import create_app
 from app.settings import Settings
 from tests.support.asgi import get_json
 from tests.support.data import synthetic_seqdata
+from tests.support.parity import PATIENT_STORE
 from tests.support.procs import RedisNotInstalled, RedisProc
 from training.batch_recommend import Progress, recommend_batch
 from training.data import SeqData
@@ -80,8 +81,7 @@ def served(data: SeqData, bundle: Path, redis_url: str) -> Iterator[tuple[TestCl
         key_prefix=prefix,
         max_history=MAX_HISTORY,
         history_ttl_s=10 * 365 * 86400,
-        redis_timeout=5.0,  # a loaded test machine must not turn reads into store-unavailable answers
-        online_tracking=False,  # not under test; with a 5 s timeout each look waits 5 s
+        **PATIENT_STORE,  # a loaded test machine must not turn reads into store-unavailable answers
     )
     evs = events(data)
     items = [

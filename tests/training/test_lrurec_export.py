@@ -14,6 +14,7 @@ from fastapi.testclient import TestClient
 
 from app.main import create_app
 from app.settings import Settings
+from tests.support.parity import cache_outcomes
 from training.data import SeqData, leave_one_out
 from training.export import export_bundle
 from training.train import load_checkpoint, train
@@ -67,14 +68,6 @@ def test_step_graph_one_event_at_a_time_equals_model_onnx_on_real_histories(bund
     assert worst < 1e-5
 
 
-def _outcomes(client: TestClient) -> dict[str, float]:
-    out = {}
-    for ln in client.get("/metrics").text.splitlines():
-        if ln.startswith("seqrec_user_cache_total{"):
-            out[ln.split('"')[1]] = float(ln.split()[-1])
-    return out
-
-
 def test_served_incrementally_like_the_offline_model(bundle: Path, run: Path) -> None:
     """The service builds the user's state, then advances it by one new event (no full recompute),
     and serves the list the trained model ranks for the whole history."""
@@ -90,7 +83,7 @@ def test_served_incrementally_like_the_offline_model(bundle: Path, run: Path) ->
         r = client.get("/recommend/u", params={"k": 10})
         assert r.status_code == 200 and r.json()["source"] == "model"
         served = [x["item_id"] for x in r.json()["items"]]
-        seen = _outcomes(client)
+        seen = cache_outcomes(client)
         assert seen.get("rebuild") == 1.0 and seen.get("advance") == 1.0, seen
 
     seq = torch.as_tensor(np.array([[b.index_of[i] for i in history]], dtype=np.int64))

@@ -18,6 +18,7 @@ from app.main import create_app
 from app.serving.events import event_types
 from app.settings import Settings
 from app.stores import ClusterStore, Event, EventStore, MemoryStore, RedisStore
+from tests.support.parity import PATIENT_STORE
 
 N = 5
 KEY = {"X-API-Key": "k3y"}
@@ -154,8 +155,7 @@ def client(request: pytest.FixtureRequest, bundle_path: Path, key_prefix: str) -
     kw: dict[str, Any] = {}
     if request.param == "redis":
         # A read cut short (a loaded machine) would answer popularity: these tests are about the lists.
-        kw = {"redis_url": request.getfixturevalue("redis_url"), "key_prefix": key_prefix, "redis_timeout": 5.0}
-        kw["online_tracking"] = False  # not under test; with a 5 s timeout each look waits 5 s
+        kw = {"redis_url": request.getfixturevalue("redis_url"), "key_prefix": key_prefix, **PATIENT_STORE}
     with TestClient(create_app(Settings(bundles=[bundle_path], api_key="k3y", max_history=20, **kw))) as c:
         yield c
 

@@ -17,6 +17,7 @@ from app.main import create_app
 from app.serving import recommend as pipeline
 from app.serving.catalog import Limits, Rules, from_candidates
 from app.settings import Settings
+from tests.support.parity import PATIENT_STORE, cache_outcomes
 from tests.support.procs import wait_for
 
 KEY = {"X-API-Key": "k"}
@@ -37,8 +38,7 @@ def apps(
         "redis_url": redis_url,
         "key_prefix": key_prefix,
         "max_history": MAX,
-        "redis_timeout": 5.0,
-        "online_tracking": False,  # not under test; with a 5 s timeout each look waits 5 s
+        **PATIENT_STORE,
         "catalog_poll_s": 0.02,
     }
     with (
@@ -46,14 +46,6 @@ def apps(
         TestClient(create_app(Settings(**common, user_cache=False, fast_reads=False))) as off,
     ):
         yield on, off
-
-
-def _outcomes(client: TestClient) -> dict[str, float]:
-    out: dict[str, float] = {}
-    for ln in client.get("/metrics").text.splitlines():
-        if ln.startswith("seqrec_user_cache_total{"):
-            out[ln.split('"')[1]] = float(ln.split()[-1])
-    return out
 
 
 def _ids(body: dict[str, Any]) -> list[str]:
@@ -96,7 +88,7 @@ def test_filtered_reads_from_cached_candidates_equal_the_uncached_answer(apps: t
 
     def counts() -> tuple[float, float]:
         """(answers from a cached list, user vectors computed or reused)."""
-        got = _outcomes(on)
+        got = cache_outcomes(on)
         return got.get("list", 0.0), got.get("hit", 0.0) + got.get("miss", 0.0)
 
     evs = [{"user_id": "u", "item_id": ids[n], "timestamp": 100 + n, "event_id": f"e{n}"} for n in range(MAX)]

@@ -18,6 +18,7 @@ from app.serving.usercache import history_digest
 from app.settings import Settings
 from tests.app.serving.test_items import unisrec_bundle  # noqa: F401 - the tiny UniSRec bundle fixture
 from tests.support.asgi import Request, get_json
+from tests.support.parity import PATIENT_STORE, cache_outcomes
 
 KEY = {"X-API-Key": "k"}
 TINY = {
@@ -27,11 +28,6 @@ TINY = {
 }
 USERS = 1000
 HISTORY = 200
-# A parity test compares model answers: on a loaded machine the default 0.25 s read timeout can
-# turn one into a popularity fallback, which is the documented fault path, not a cache defect.
-# Online scoring is not under test here: with a 5 s store timeout each event's look, and so the
-# app's shutdown, would wait 5 s.
-SLOW_OK = {"redis_timeout": 5.0, "online_tracking": False}
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +78,7 @@ def _hits(client: TestClient) -> float:
 @pytest.fixture
 def two_apps(ml1m_bundles: dict[str, Path], redis_url: str, key_prefix: str) -> Iterator[tuple[TestClient, TestClient]]:
     paths = list(ml1m_bundles.values())
-    common = {"bundles": paths, "api_key": "k", "redis_url": redis_url, "key_prefix": key_prefix, **SLOW_OK}
+    common = {"bundles": paths, "api_key": "k", "redis_url": redis_url, "key_prefix": key_prefix, **PATIENT_STORE}
     with (
         TestClient(create_app(Settings(**common, user_cache=True))) as on,
         TestClient(create_app(Settings(**common, user_cache=False))) as off,
@@ -124,7 +120,7 @@ def test_unisrec_cached_answer_equals_full_recompute_on_1000_real_histories(
 ) -> None:
     """ML-100K has 943 users: their histories, plus 57 of them without their last event."""
     bundle = request.getfixturevalue("unisrec_bundle")  # the tiny UniSRec bundle of tests/app/serving/test_items.py
-    common = {"bundles": [bundle], "api_key": "k", "redis_url": redis_url, "key_prefix": key_prefix, **SLOW_OK}
+    common = {"bundles": [bundle], "api_key": "k", "redis_url": redis_url, "key_prefix": key_prefix, **PATIENT_STORE}
     events = _events(ml100k, range(ml100k.num_users))
     users = [f"u{u}" for u in range(ml100k.num_users)]
     for u in range(USERS - ml100k.num_users):
@@ -193,14 +189,6 @@ def test_cache_entry_or_write_failure_never_fails_the_request(
         assert 'seqrec_user_cache_total{outcome="write_error"} 3.0' in client.get("/metrics").text
 
 
-def _outcomes(client: TestClient) -> dict[str, float]:
-    out = {}
-    for ln in client.get("/metrics").text.splitlines():
-        if ln.startswith("seqrec_user_cache_total{"):
-            out[ln.split('"')[1]] = float(ln.split()[-1])
-    return out
-
-
 def test_gru4rec_state_advanced_per_event_equals_full_recompute_on_1000_real_histories(
     ml1m, ml1m_bundles: dict[str, Path], redis_url: str, key_prefix: str
 ) -> None:
@@ -211,7 +199,7 @@ def test_gru4rec_state_advanced_per_event_equals_full_recompute_on_1000_real_his
         "api_key": "k",
         "redis_url": redis_url,
         "key_prefix": key_prefix,
-        **SLOW_OK,
+        **PATIENT_STORE,
     }
     users = [f"u{u}" for u in range(USERS)]
     seqs = {f"u{u}": ml1m.sequence(u)[-150:] for u in range(USERS)}
@@ -238,29 +226,29 @@ def test_gru4rec_state_advanced_per_event_equals_full_recompute_on_1000_real_his
 
         _post(on, events(0, 147))
         compare()
-        assert _outcomes(on)["rebuild"] == USERS  # no state yet: built from the history
+        assert cache_outcomes(on)["rebuild"] == USERS  # no state yet: built from the history
         long_enough = sum(len(s) >= 148 for s in seqs.values())
         _post(off, events(147, 148))  # one new event, written through the other app
         compare()
-        assert _outcomes(on).get("advance", 0) == long_enough  # one step each, no re-encode
+        assert cache_outcomes(on).get("advance", 0) == long_enough  # one step each, no re-encode
         _post(on, events(148, 150))  # two more in one batch: one call advances both
         compare()
-        assert _outcomes(on)["advance"] == long_enough + sum(len(s) >= 149 for s in seqs.values())
-        before = _outcomes(on)
+        assert cache_outcomes(on)["advance"] == long_enough + sum(len(s) >= 149 for s in seqs.values())
+        before = cache_outcomes(on)
         compare()  # nothing changed: the list stored with the state, checked inside Redis
-        assert _outcomes(on)["list"] - before.get("list", 0) == USERS
-        assert _outcomes(on).get("hit", 0) == before.get("hit", 0)
+        assert cache_outcomes(on)["list"] - before.get("list", 0) == USERS
+        assert cache_outcomes(on).get("hit", 0) == before.get("hit", 0)
         compare(201)  # longer than the stored list (200 candidates): the state as stored, a new top-k
-        assert _outcomes(on)["hit"] - before.get("hit", 0) == USERS
+        assert cache_outcomes(on)["hit"] - before.get("hit", 0) == USERS
         compare(201)  # and that list stored in turn, with the same state
-        assert _outcomes(on)["list"] - before.get("list", 0) == 2 * USERS
+        assert cache_outcomes(on)["list"] - before.get("list", 0) == 2 * USERS
         # A late event lands inside the history: the stored prefix no longer matches, so rebuild.
         late = [{"user_id": u, "item_id": ml1m.item_ids[0], "timestamp": 1000.5, "event_id": "late"} for u in users]
         _post(off, late)
-        before = _outcomes(on)
+        before = cache_outcomes(on)
         compare()
-        assert _outcomes(on)["rebuild"] - before["rebuild"] == USERS
-        assert _outcomes(on).get("advance") == before.get("advance")
+        assert cache_outcomes(on)["rebuild"] - before["rebuild"] == USERS
+        assert cache_outcomes(on).get("advance") == before.get("advance")
 
 
 def test_gru4rec_bundle_offers_the_step_graph_and_it_matches_model_onnx(ml1m_bundles: dict[str, Path]) -> None:

@@ -21,6 +21,7 @@ from app.serving.usercache import Answer, KvCache, pack_entry, unpack_entry, unp
 from app.settings import Settings
 from app.stores import MemoryStore
 from app.stores.usercache import MemoryBackend
+from tests.support.parity import PATIENT_STORE, cache_outcomes
 from training.data import SeqData
 
 KEY = {"X-API-Key": "k"}
@@ -44,14 +45,6 @@ def hstu_bundles(ml100k: SeqData, tmp_path_factory: pytest.TempPathFactory) -> d
         run = tmp_path_factory.mktemp(f"kv-run-{name}")
         train("hstu", ml100k, run, {**MODEL, **over}, TRAIN, progress=False)
         out[name] = export_bundle(run / "best.pt", art, name=f"kv-hstu-{name}")
-    return out
-
-
-def _outcomes(client: TestClient) -> dict[str, float]:
-    out: dict[str, float] = {}
-    for ln in client.get("/metrics").text.splitlines():
-        if ln.startswith("seqrec_user_cache_total{") and float(ln.split()[-1]):
-            out[ln.split('"')[1]] = float(ln.split()[-1])
     return out
 
 
@@ -113,8 +106,7 @@ def apps(hstu_bundles: dict[str, Path], redis_url: str, key_prefix: str) -> Iter
         "api_key": "k",
         "redis_url": redis_url,
         "key_prefix": key_prefix,
-        "redis_timeout": 5.0,
-        "online_tracking": False,  # not under test; with a 5 s timeout each look waits 5 s
+        **PATIENT_STORE,
     }
     with (
         TestClient(create_app(Settings(**common))) as on,
@@ -157,47 +149,47 @@ def test_served_from_the_kv_cache_equals_the_full_encode(
         on.portal.call(cache.drain)
 
     def delta(before: dict[str, float]) -> dict[str, float]:
-        now = _outcomes(on)
+        now = cache_outcomes(on, drop_zero=True)
         return {k: now[k] - before.get(k, 0.0) for k in now if now[k] != before.get(k, 0.0)}
 
     _post(on, h.events(0, START))
-    before = _outcomes(on)
+    before = cache_outcomes(on, drop_zero=True)
     compare()
     assert delta(before) == {"rebuild": len(users)}  # no entry yet: each built from an empty cache
     for n in range(START, START + 3):  # one event at a time, written through the other app
         _post(off, h.events(n, n + 1))
-        before = _outcomes(on)
+        before = cache_outcomes(on, drop_zero=True)
         compare()
         assert delta(before) == {"advance": len(users)}
     _post(on, h.events(START + 3, START + 7))  # several at once: one step over the four
-    before = _outcomes(on)
+    before = cache_outcomes(on, drop_zero=True)
     compare()
     assert delta(before) == {"advance": len(users)}
-    before = _outcomes(on)
+    before = cache_outcomes(on, drop_zero=True)
     compare()  # nothing new: the list stored with the cache, checked inside Redis
     assert delta(before) == {"list": len(users)}
     compare(LONGER)  # longer than the stored list: the cached vector, a new top-k
     assert delta(before) == {"list": len(users), "hit": len(users)}
 
     _post(off, h.late(START))  # a late event lands inside the history: the prefix no longer matches
-    before = _outcomes(on)
+    before = cache_outcomes(on, drop_zero=True)
     compare()
     assert delta(before) == {"rebuild": len(users)}
     _post(off, h.events(START + 7, START + 8))  # and the rebuilt cache advances again
-    before = _outcomes(on)
+    before = cache_outcomes(on, drop_zero=True)
     compare()
     assert delta(before) == {"advance": len(users)}
 
     # Past max_len (START + 8 + 1 late = 39 events; 12 more = 51): the window slides, model.onnx.
     _post(off, h.events(START + 8, START + 20))
-    before = _outcomes(on)
+    before = cache_outcomes(on, drop_zero=True)
     compare()
     assert delta(before) == {"rebuild": len(users)}
-    before = _outcomes(on)
+    before = cache_outcomes(on, drop_zero=True)
     compare(LONGER)  # unchanged, longer than the stored list: the vector model.onnx gave is kept
     assert delta(before) == {"hit": len(users)}
     _post(off, h.events(START + 20, START + 21))  # every append slides the window again
-    before = _outcomes(on)
+    before = cache_outcomes(on, drop_zero=True)
     compare()
     assert delta(before) == {"rebuild": len(users)}
 
@@ -218,13 +210,13 @@ def test_kv_cache_in_process_store_advances_too(hstu_bundles: dict[str, Path], m
         ):
             _post(on, h.events(lo, hi))
             _post(off, h.events(lo, hi))
-            before = _outcomes(on).get(outcome, 0.0)
+            before = cache_outcomes(on, drop_zero=True).get(outcome, 0.0)
             for u in users:
                 _same(on.get(f"/recommend/{u}").json(), off.get(f"/recommend/{u}").json())
-            assert _outcomes(on)[outcome] - before == len(users)
+            assert cache_outcomes(on, drop_zero=True)[outcome] - before == len(users)
         for u in users:
             _same(on.get(f"/recommend/{u}").json(), off.get(f"/recommend/{u}").json())
-        assert _outcomes(on)["hit"] == len(users)
+        assert cache_outcomes(on, drop_zero=True)["hit"] == len(users)
 
 
 def test_the_entry_round_trips_and_other_layouts_are_refused(hstu_bundles: dict[str, Path]) -> None:
@@ -284,4 +276,4 @@ def test_an_hstu_bundle_without_the_section_still_loads_and_is_cached_as_a_vecto
         _post(client, events)
         assert client.get("/recommend/o").json()["source"] == "model"
         assert client.get("/recommend/o").json()["source"] == "model"
-        assert _outcomes(client) == {"miss": 1.0, "hit": 1.0}
+        assert cache_outcomes(client, drop_zero=True) == {"miss": 1.0, "hit": 1.0}

@@ -20,6 +20,7 @@ from app.settings import Settings
 from app.stores import RedisStore, StoreUnavailable
 from app.stores.base import Event
 from app.stores.usercache import RedisBackend, state_check
+from tests.support.parity import PATIENT_STORE, cache_outcomes
 
 KEY = {"X-API-Key": "k"}
 MAX = 20  # SEQREC_MAX_HISTORY of these apps: a full history is trimmed to it
@@ -33,22 +34,13 @@ def apps(bundle_path: Path, redis_url: str, key_prefix: str) -> Iterator[tuple[T
         "redis_url": redis_url,
         "key_prefix": key_prefix,
         "max_history": MAX,
-        "redis_timeout": 5.0,
-        "online_tracking": False,  # not under test; with a 5 s timeout each look waits 5 s
+        **PATIENT_STORE,
     }
     with (
         TestClient(create_app(Settings(**common))) as on,
         TestClient(create_app(Settings(**common, user_cache=False, fast_reads=False))) as off,
     ):
         yield on, off
-
-
-def _outcomes(client: TestClient) -> dict[str, float]:
-    out: dict[str, float] = {}
-    for ln in client.get("/metrics").text.splitlines():
-        if ln.startswith("seqrec_user_cache_total{"):
-            out[ln.split('"')[1]] = float(ln.split()[-1])
-    return out
 
 
 def _post(client: TestClient, events: list[dict]) -> None:
@@ -75,7 +67,7 @@ def test_each_kind_of_write_invalidates_the_list_and_nothing_else_does(apps: tup
         return got
 
     def lists() -> float:
-        return _outcomes(on).get("list", 0.0)
+        return cache_outcomes(on).get("list", 0.0)
 
     _post(on, [{"user_id": "u", "item_id": items[n], "timestamp": 100 + n, "event_id": f"e{n}"} for n in range(MAX)])
     read()  # computes and stores the list
@@ -102,11 +94,11 @@ def test_each_kind_of_write_invalidates_the_list_and_nothing_else_does(apps: tup
             assert lists() == before + 1
         assert got["history_length"] == MAX
 
-    before = _outcomes(on)
+    before = cache_outcomes(on)
     read({"k": 8})  # the stored list holds the user's top candidates (candidates_depth), more than k
     read({"k": 8})
     read({"k": 5})
-    after = _outcomes(on)
+    after = cache_outcomes(on)
     assert after.get("list", 0) - before.get("list", 0) == 3
     # Other shapes never come from a stored list (they need the history itself).
     before = lists()
