@@ -55,7 +55,8 @@ class Settings(BaseSettings):
         validation_alias="SEQREC_REDIS_WRITE_TIMEOUT_S",
         gt=0,
         le=30,
-        description="Timeout of one event-batch write; past it the batch is reported not stored.",
+        description="Timeout of one event-batch write (past it the batch is reported not stored), and of the "
+        "reads behind GET /stats/online, which have no fallback answer.",
     )
     redis_cluster: bool = Field(
         False,

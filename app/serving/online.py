@@ -412,6 +412,7 @@ def make_live(
         horizon_s=settle + 0.5,
         max_lists=settings.online_max_lists,
         totals_ttl_s=settings.online_experiment_ttl_s,
+        stats_timeout=settings.redis_write_timeout,
     )
     return Live(
         ledger,

@@ -336,8 +336,12 @@ class RedisLedger:
         horizon_s: float = 1.0,
         max_lists: int = 1000,
         totals_ttl_s: int = 14 * 86400,
+        stats_timeout: float | None = None,
     ) -> None:
         self.redis, self.prefix, self.ttl_s, self.timeout = redis, prefix, ttl_s, timeout
+        # The statistics reads (a window of up to a day of minutes, an experiment's sums, the
+        # decisions) have no fallback answer and are off the hot path: they get the longer budget.
+        self.stats_timeout = max(timeout, stats_timeout or timeout)
         self.horizon_s, self.max_lists, self.totals_ttl_s = horizon_s, max_lists, totals_ttl_s
         self._remember = REMEMBER.format(horizon=repr(float(horizon_s)), max_lists=int(max_lists), ttl=int(ttl_s))
         self._remember_sha = hashlib.sha1(self._remember.encode()).hexdigest()
@@ -427,7 +431,7 @@ class RedisLedger:
         pipe = self.redis.pipeline(transaction=False)
         for m in minutes:
             pipe.hgetall(self._counts(m))
-        async with asyncio.timeout(self.timeout):
+        async with asyncio.timeout(self.stats_timeout):
             buckets = await pipe.execute()
         total: dict[str, float] = defaultdict(float)
         for b in buckets:
@@ -438,7 +442,7 @@ class RedisLedger:
         for g in groups:
             pipe.pfcount(*[self._hll("c", m, g) for m in minutes])  # union over the window
             pipe.pfcount(*[self._hll("n", m, g) for m in minutes])
-        async with asyncio.timeout(self.timeout):
+        async with asyncio.timeout(self.stats_timeout):
             distinct = await pipe.execute() if groups else []
         items = {g: int(distinct[2 * i]) for i, g in enumerate(groups)}
         users = {g: int(distinct[2 * i + 1]) for i, g in enumerate(groups)}
@@ -448,7 +452,7 @@ class RedisLedger:
         pipe = self.redis.pipeline(transaction=False)
         for v in variants:
             pipe.hgetall(self._arm(scope, v)[1])
-        async with asyncio.timeout(self.timeout):
+        async with asyncio.timeout(self.stats_timeout):
             res = await pipe.execute()
         return {v: {k: float(x) for k, x in h.items()} for v, h in zip(variants, res, strict=True) if h}
 
@@ -464,7 +468,7 @@ class RedisLedger:
             await pipe.execute()
 
     async def decisions(self, n: int) -> list[dict[str, Any]]:
-        async with asyncio.timeout(self.timeout):
+        async with asyncio.timeout(self.stats_timeout):
             raw = await self.redis.lrange(f"{self.prefix}o:decisions", 0, n - 1)
         return [json.loads(r) for r in raw]
 
@@ -477,13 +481,18 @@ def online_ledger(
     horizon_s: float = 1.0,
     max_lists: int = 1000,
     totals_ttl_s: int = 14 * 86400,
+    stats_timeout: float | None = None,
 ) -> Ledger:
     """The ledger next to `store`: in its Redis (on a cluster, each user's lists in the user's
     slot), else in process."""
     if isinstance(store, ClusterStore):
-        return RedisLedger(store.redis, prefix, ttl_s, timeout, store.user_key, horizon_s, max_lists, totals_ttl_s)
+        return RedisLedger(
+            store.redis, prefix, ttl_s, timeout, store.user_key, horizon_s, max_lists, totals_ttl_s, stats_timeout
+        )
     if isinstance(store, RedisStore):
-        return RedisLedger(store.redis, prefix, ttl_s, timeout, None, horizon_s, max_lists, totals_ttl_s)
+        return RedisLedger(
+            store.redis, prefix, ttl_s, timeout, None, horizon_s, max_lists, totals_ttl_s, stats_timeout
+        )
     if store.kind != "memory":
         log.warning("online tracking kept in process: the %s store offers no shared client", store.kind)
     return MemoryLedger(ttl_s, horizon_s=horizon_s, max_lists=max_lists)

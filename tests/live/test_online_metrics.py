@@ -11,7 +11,7 @@ import pytest
 
 from app.runtime.metrics import Metrics
 from app.serving.experiment import Experiment, ExperimentError
-from app.serving.online import Live, OnlineMetrics, Score, score, summarize
+from app.serving.online import Live, OnlineMetrics, Score, make_live, score, summarize
 from app.stores.ledger import MemoryLedger, Served
 from tests.support.procs import ROOT
 
@@ -464,5 +464,34 @@ def test_redis_ledger_writes_after_its_script_is_flushed(redis_proc) -> None:  #
             assert got == [[lists[0][1]], [lists[1][1]]]
             assert await r.zcard(f"f:sl:u{n}:A") == 1
         await r.aclose()
+
+    asyncio.run(go())
+
+
+def test_statistics_reads_get_the_longer_budget(redis_proc) -> None:  # type: ignore[no-untyped-def]
+    """A day's window (1,440 minute buckets) has no fallback answer: it is read within the stats
+    budget (the write timeout), not the hot path's history-read timeout, which it would exceed."""
+    import redis.asyncio as aioredis
+
+    from app.settings import Settings
+    from app.stores.ledger import RedisLedger
+    from app.stores.redis import RedisStore
+
+    async def go() -> None:
+        r = aioredis.Redis.from_url(redis_proc.url, decode_responses=True)
+        hot = 1e-6  # no round trip fits in it
+        await r.ping()  # connected: what times out below is the read itself
+        with pytest.raises(TimeoutError):
+            await RedisLedger(r, "st:", ttl_s=60, timeout=hot).window(list(range(1440)))
+        led = RedisLedger(r, "st:", ttl_s=60, timeout=hot, stats_timeout=5.0)
+        assert (await led.window(list(range(1440)))).counts == {}
+        assert await led.experiment("scope", ["a", "b"]) == {} and await led.decisions(3) == []
+        await r.aclose()
+        # The service passes SEQREC_REDIS_WRITE_TIMEOUT_S as the statistics budget.
+        settings = Settings(bundles=["unused"], redis_url=redis_proc.url, redis_timeout=0.01, redis_write_timeout=3.0)
+        store = RedisStore(redis_proc.url, 10, 60, prefix="st:", read_timeout=0.01)
+        live = make_live(settings, store, Metrics())
+        assert live.ledger.timeout == 0.01 and live.ledger.stats_timeout == 3.0  # type: ignore[attr-defined]
+        await store.close()
 
     asyncio.run(go())
