@@ -490,9 +490,7 @@ def online_ledger(
             store.redis, prefix, ttl_s, timeout, store.user_key, horizon_s, max_lists, totals_ttl_s, stats_timeout
         )
     if isinstance(store, RedisStore):
-        return RedisLedger(
-            store.redis, prefix, ttl_s, timeout, None, horizon_s, max_lists, totals_ttl_s, stats_timeout
-        )
+        return RedisLedger(store.redis, prefix, ttl_s, timeout, None, horizon_s, max_lists, totals_ttl_s, stats_timeout)
     if store.kind != "memory":
         log.warning("online tracking kept in process: the %s store offers no shared client", store.kind)
     return MemoryLedger(ttl_s, horizon_s=horizon_s, max_lists=max_lists)
