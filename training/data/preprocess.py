@@ -92,13 +92,31 @@ class SeqData:
         }
 
 
+# Ids read from text files are Python strings (object arrays). np.unique sorts every row of those
+# by Python comparisons (about 2 s per million rows on a 2-core EPYC); hashing takes a tenth of it.
+
+
+def _unique(ids: np.ndarray) -> np.ndarray:
+    """np.unique(ids), by hashing when the ids are Python objects."""
+    if ids.dtype != object:
+        return np.unique(ids)
+    return np.array(sorted(set(ids.tolist())), dtype=object)
+
+
+def _factorize(ids: np.ndarray) -> np.ndarray:
+    """A code per row, equal for equal ids (numbered by first appearance for Python objects)."""
+    if ids.dtype != object:
+        return np.unique(ids, return_inverse=True)[1].reshape(-1)
+    index: dict[Any, int] = {}
+    return np.fromiter((index.setdefault(x, len(index)) for x in ids.tolist()), np.int64, len(ids))
+
+
 def k_core(users: np.ndarray, items: np.ndarray, k_user: int, k_item: int) -> np.ndarray:
     """Iterative k-core: boolean keep-mask such that every kept user and item has >= k rows."""
     keep = np.ones(len(users), dtype=bool)
     if k_user <= 1 and k_item <= 1:
         return keep
-    _, u_codes = np.unique(users, return_inverse=True)
-    _, i_codes = np.unique(items, return_inverse=True)
+    u_codes, i_codes = _factorize(users), _factorize(items)
     while True:
         u_cnt = np.bincount(u_codes[keep], minlength=u_codes.max() + 1)
         i_cnt = np.bincount(i_codes[keep], minlength=i_codes.max() + 1)
@@ -110,7 +128,7 @@ def k_core(users: np.ndarray, items: np.ndarray, k_user: int, k_item: int) -> np
 
 def _sort_key_ids(ids: np.ndarray) -> np.ndarray:
     """Unique ids, numerically sorted when they are all integers (keeps published ids aligned)."""
-    uniq = np.unique(ids)
+    uniq = _unique(ids)
     try:
         order = np.argsort(np.array([int(x) for x in uniq]), kind="stable")
         return uniq[order]
@@ -119,7 +137,7 @@ def _sort_key_ids(ids: np.ndarray) -> np.ndarray:
 
 
 def _counts(users: np.ndarray, items: np.ndarray, sessions: np.ndarray | None = None) -> dict[str, int]:
-    out = {"rows": len(users), "users": len(np.unique(users)), "items": len(np.unique(items))}
+    out = {"rows": len(users), "users": len(_unique(users)), "items": len(_unique(items))}
     if sessions is not None:
         out["sessions"] = len(set(zip(users.tolist(), sessions.tolist(), strict=True)))
     return out
