@@ -3,6 +3,7 @@
     python scripts/local_topology.py                                   # ML-1M, quick training
     python scripts/local_topology.py --dataset ml-100k --train-args "--epochs 1 --max-users 300"
     python scripts/local_topology.py --cluster ...                     # the compose profile `cluster`
+    python scripts/local_topology.py --bundle DIR --no-retrain         # serve an exported bundle, no job
 
 1.-3. the processes of tests/support/topology.py (shared with benchmarks/serving/mixed_load.py): redis-server
    with the compose config, the training job (docker/train-job.sh), two API processes started
@@ -171,6 +172,7 @@ def main() -> None:
     ap.add_argument("--train-args", default="--epochs 1 --max-users 1500")
     ap.add_argument("--workers-per-api", type=int, default=1)
     ap.add_argument("--no-retrain", action="store_true", help="Skip the second training run.")
+    ap.add_argument("--bundle", type=Path, default=None, help="Serve this exported SASRec bundle; no first training.")
     ap.add_argument("--live", action="store_true", help="Then close the live loop (snapshot, warm start, A/B).")
     ap.add_argument("--live-users", type=int, default=300, help="Users whose events are replayed for --live.")
     ap.add_argument("--bench", type=float, default=0, help="Then run the mixed load for this many seconds.")
@@ -194,7 +196,10 @@ def main() -> None:
             sys.exit(str(exc))
         where = f"Redis Cluster {topo.cluster.ports}" if topo.cluster else f"redis-server on {topo.redis_port}"
         print(f"{where} (compose config)", flush=True)
-        topo.train(args.dataset, args.train_args)
+        if args.bundle is not None:
+            topo.publish(args.bundle)
+        else:
+            topo.train(args.dataset, args.train_args)
         topo.write_api_env()
         topo.start_apis()
         print(f"APIs on {topo.api_ports}", flush=True)

@@ -280,19 +280,18 @@ def test_compose_cluster_profile() -> None:
         assert f"\n{line}\n" in conf, line
 
 
-@pytest.mark.real_data("ml-100k")  # the training job prepares ML-100K itself, in a subprocess
-def test_local_topology_on_a_cluster(cache_dir: Path, tmp_path: Path) -> None:
-    """scripts/local_topology.py --cluster: the train job, six cluster nodes, two APIs sharing them."""
+def test_local_topology_on_a_cluster(deploy_bundle: Path, tmp_path: Path) -> None:
+    """scripts/local_topology.py --cluster: six cluster nodes and two APIs sharing them, serving a
+    published bundle (the training job has its own topology test, tests/deploy/test_topology.py)."""
     import json
     import os
     import subprocess
     import sys
 
     root = Path(__file__).resolve().parents[2]
-    cmd = [sys.executable, "scripts/local_topology.py", "--cluster", "--no-retrain", "--dataset", "ml-100k"]
-    cmd += ["--train-args", "--epochs 1 --max-users 200 --dim 16 --num-layers 1 --max-len 30"]
+    cmd = [sys.executable, "scripts/local_topology.py", "--cluster", "--no-retrain", "--bundle", str(deploy_bundle)]
     cmd += ["--workdir", str(tmp_path / "topology")]
-    env = {**os.environ, "PYTHONPATH": str(root), "SEQREC_CACHE_DIR": str(cache_dir)}
+    env = {**os.environ, "PYTHONPATH": str(root)}
     r = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
     assert "Redis Cluster" in r.stdout

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import subprocess
 import sys
 import time
@@ -106,6 +107,14 @@ class Topology:
         subprocess.run(["sh", str(DOCKER / "train-job.sh")], cwd=ROOT, env=env, check=True)
         target = f"{model}-treatment" if job_env.get("PUBLISH") == "treatment" else model
         return (self.bundle_root / target).resolve()
+
+    def publish(self, bundle: Path, model: str = "sasrec") -> Path:
+        """Publish an already exported bundle as the job does (a copy under releases/, then the
+        `model` symlink), for a topology whose subject is not the training job."""
+        release = self.bundle_root / "releases" / bundle.name
+        shutil.copytree(bundle, release)
+        (self.bundle_root / model).symlink_to(Path("releases") / bundle.name)
+        return release
 
     def write_api_env(self) -> Path:
         """api.env from the example, with a fresh random key (what a deployer does by hand)."""
