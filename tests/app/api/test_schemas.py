@@ -125,8 +125,6 @@ def test_body_id_pattern_accepts_exactly_what_check_id_accepts() -> None:
 
     from app.api.schemas import Id, check_id
 
-    body_id = TypeAdapter(Id)
-
     def python_ok(v: str) -> bool:
         try:
             check_id(v)
@@ -134,20 +132,20 @@ def test_body_id_pattern_accepts_exactly_what_check_id_accepts() -> None:
             return False
         return True
 
-    def rust_ok(v: str) -> bool:
-        try:
-            body_id.validate_python(v)
-        except ValidationError:
-            return False
-        return True
-
-    disagree = [
-        (cp, form)
+    cases = [
+        (cp, form, form.format(chr(cp)))
         for cp in range(sys.maxunicode + 1)
         if not 0xD800 <= cp <= 0xDFFF  # lone surrogates cannot reach a str from JSON or a URL
         for form in ("a{}b", "{}", "{}a", "a{}")
-        if python_ok(v := form.format(chr(cp))) != rust_ok(v)
     ]
+    # pydantic-core's verdicts in one call (a list validates every element and names each failure),
+    # not 4.4 million calls from Python.
+    try:
+        TypeAdapter(list[Id]).validate_python([v for _, _, v in cases])
+        rust_refused: set[int] = set()
+    except ValidationError as exc:
+        rust_refused = {int(e["loc"][0]) for e in exc.errors()}
+    disagree = [(cp, form) for n, (cp, form, v) in enumerate(cases) if python_ok(v) == (n in rust_refused)]
     assert disagree == []
 
 
