@@ -33,7 +33,7 @@ from app.api.routes import catalog as catalog_routes  # noqa: E402
 from app.api.routes import events, items, ops, recommend, similar, stats, ui  # noqa: E402
 from app.api.schemas import Health  # noqa
 from app.bundles.bundle import BundleError  # noqa
-from app.bundles.served import Registry  # noqa: E402
+from app.bundles.registry import Registry  # noqa: E402
 from app.fleet.config import initial_registry  # noqa: E402
 from app.fleet.follow import follow  # noqa: E402
 from app.fleet.watch import watch_bundles  # noqa: E402
@@ -48,7 +48,7 @@ from app.serving.ratelimit import TokenBuckets  # noqa: E402
 from app.serving.usercache import UserCache  # noqa: E402
 from app.settings import Settings  # noqa: E402
 from app.state import AppState  # noqa: E402
-from app.stores import StoreUnavailable  # noqa: E402
+from app.stores.base import StoreUnavailable  # noqa: E402
 from app.stores.open import open_catalog, open_items, open_store  # noqa: E402
 
 log = logging.getLogger("seqrec.app")

@@ -6,12 +6,12 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from app.bundles.served import Registry
+from app.bundles.registry import Registry
 from app.runtime import heap
 from app.runtime.metrics import Metrics
 from app.serving.ratelimit import TokenBuckets
 from app.settings import Settings
-from app.stores import EventStore
+from app.stores.base import EventStore
 from app.stores.items import ItemRegistry, MemoryItems
 
 if TYPE_CHECKING:

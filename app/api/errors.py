@@ -18,7 +18,7 @@ from fastapi import FastAPI, HTTPException, Request, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from app.bundles.served import UnknownModel
+from app.bundles.registry import UnknownModel
 from app.ids import ID_PATTERN, id_rule_message
 from app.serving.errors import Refused
 

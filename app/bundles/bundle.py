@@ -9,7 +9,7 @@ Items are addressed internally by their model index (1..N, 0 = padding); `add_it
 the catalogue online (cold-start items registered later), so the index is the one internal
 identity for every item.
 
-The manifest's schema and format check live in app/bundles/manifest.py; app/bundles/served.py picks Bundle or
+The manifest's schema and format check live in app/bundles/manifest.py; app/bundles/loader.py picks Bundle or
 TextBundle (app/bundles/text.py) from it.
 """
 
@@ -26,11 +26,10 @@ import numpy as np
 from app.bundles.ablation import AblationGraph, load_ablation
 from app.bundles.clusters import Clusters, load_clusters
 from app.bundles.history import apply_transform, check_transform
-from app.bundles.index import IVF_MIN_ITEMS, TopKIndex, build_index
+from app.bundles.index import IVF_MIN_ITEMS, RowTable, TopKIndex, build_index, cache_dir, files_key
 from app.bundles.manifest import MANIFEST_FILE, BundleError, Manifest, read_manifest
 from app.bundles.onnx import ThreadedSessions, ort_session
 from app.bundles.spaces import OUTPUT_SPACE, ItemSpace, load_spaces
-from app.bundles.vectors import RowTable, cache_dir, files_key
 
 __all__ = ["REQUIRED_FILES", "Bundle", "BundleError", "check_bundle_dir"]
 
@@ -104,7 +103,7 @@ class Bundle:
         self.session = ort_session(path / "model.onnx")
         self.sessions = ThreadedSessions(path / "model.onnx", self.session)  # more threads: explanations
 
-        # Mapped, not read: every worker shares the page cache's one copy (app/bundles/vectors.py).
+        # Mapped, not read: every worker shares the page cache's one copy (app/bundles/index.py).
         table = np.load(path / "item_vectors.npy", mmap_mode="r", allow_pickle=False)
         ids = json.loads((path / "item_ids.json").read_text())
         pop = np.load(path / "popularity.npy", allow_pickle=False)
@@ -147,12 +146,12 @@ class Bundle:
     def load(cls, path: Path | str, ann_threshold: int = 20_000) -> Bundle:
         """Validate the directory (manifest, files, checksums), then load it as this class.
 
-        A bundle with a `text` section needs TextBundle: app.bundles.served.load_bundle picks the class."""
+        A bundle with a `text` section needs TextBundle: app.bundles.loader.load_bundle picks the class."""
         path = Path(path)
         manifest = check_bundle_dir(path)
         if manifest.text is not None and cls is Bundle:
             raise BundleError(
-                f"{path} is a text bundle ({manifest.model}): load it with app.bundles.served.load_bundle"
+                f"{path} is a text bundle ({manifest.model}): load it with app.bundles.loader.load_bundle"
             )
         return cls.from_checked(path, manifest, ann_threshold)
 

@@ -8,8 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from app.bundles.manifest import BundleError
-from app.bundles.spaces import as_dict, unit_rows
+from app.bundles.index import unit_rows
+from app.bundles.manifest import BundleError, as_dict
 
 
 class Clusters:

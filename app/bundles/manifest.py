@@ -34,6 +34,10 @@ class BundleError(ValueError):
     """The bundle is missing, malformed, of another format or fails its checks; it must not be served."""
 
 
+class UnknownModel(LookupError):
+    """A `?model=` value (or a variant's bundle) that no served bundle answers to."""
+
+
 class _Section(BaseModel):
     # extra="ignore": a field added later (optional, with a default) must not make an older reader
     # refuse the bundle; see the module docstring for when format_version changes instead.
@@ -299,3 +303,8 @@ def read_manifest(bundle_dir: Path) -> Manifest:
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise BundleError(f"{MANIFEST_FILE} is not valid JSON: {exc}") from exc
     return parse_manifest(raw)
+
+
+def as_dict(section: Any) -> Any:
+    """A manifest section as plain JSON data (a pydantic section or already a dict)."""
+    return section.model_dump() if hasattr(section, "model_dump") else section

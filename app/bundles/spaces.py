@@ -16,26 +16,17 @@ from typing import Any
 
 import numpy as np
 
-from app.bundles.index import IVF_MIN_ITEMS, TopKIndex, build_index
-from app.bundles.manifest import BundleError
-from app.bundles.vectors import RowTable, mapped_array
+from app.bundles.index import IVF_MIN_ITEMS, RowTable, TopKIndex, build_index, mapped_array, unit_rows
+from app.bundles.manifest import BundleError, as_dict
 
 OUTPUT_SPACE = "output"
-
-
-def unit_rows(vectors: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit L2 norm (a zero row stays zero), float32."""
-    v = np.asarray(vectors, dtype=np.float32)
-    norm = np.linalg.norm(v, axis=1, keepdims=True)
-    unit: np.ndarray = np.divide(v, norm, out=np.zeros_like(v), where=norm > 0)
-    return unit
 
 
 class ItemSpace:
     """Unit item vectors for labels 1..n (model item indices) in a top-k index; grows online."""
 
     def __init__(self, name: str, vectors: np.ndarray, ann_threshold: int, cache: Path | None = None) -> None:
-        """`cache`: a folder of the index cache (app/bundles/vectors.py) for a large catalogue: the
+        """`cache`: a folder of the index cache (app/bundles/index.py) for a large catalogue: the
         unit vectors and the index are computed once per machine and mapped by every worker."""
         self.name = name
         labels = np.arange(1, len(vectors) + 1, dtype=np.int64)
@@ -74,11 +65,6 @@ class ItemSpace:
         labels, scores = self.index.search(query, k, [np.array([label], dtype=np.int64)])
         ok = labels[0] > 0
         return labels[0][ok], scores[0][ok]
-
-
-def as_dict(section: Any) -> Any:
-    """A manifest section as plain JSON data (a pydantic section or already a dict)."""
-    return section.model_dump() if hasattr(section, "model_dump") else section
 
 
 def load_spaces(

@@ -16,11 +16,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from app.bundles.bundle import BundleError
-from app.bundles.served import Registry
+from app.bundles.loader import load_registry
+from app.bundles.registry import Registry
 from app.serving.catalogue import swap_in
 from app.serving.experiment import Experiment, next_experiment
 from app.state import AppState
-from app.stores import StoreUnavailable
+from app.stores.base import StoreUnavailable
 from app.stores.items import ItemRegistry
 
 log = logging.getLogger("seqrec.app")
@@ -45,7 +46,7 @@ def spec_of(paths: list[str], default: str | None) -> dict[str, Any]:
 
 async def load_spec(spec: dict[str, Any], ann_threshold: int) -> Registry:
     """Load and validate the bundles of a configuration off the event loop (BundleError if bad)."""
-    return await asyncio.to_thread(Registry.load, spec["bundles"], spec.get("default_model"), ann_threshold)
+    return await asyncio.to_thread(load_registry, spec["bundles"], spec.get("default_model"), ann_threshold)
 
 
 async def initial_registry(items: ItemRegistry, paths: list[str], default: str | None, ann: int) -> Registry:

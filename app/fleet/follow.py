@@ -13,7 +13,7 @@ from app.fleet.config import install_configuration, prepare_configuration
 from app.serving.catalogue import catch_up, ingest, remove
 from app.serving.experiment import ExperimentError
 from app.state import AppState
-from app.stores import StoreUnavailable
+from app.stores.base import StoreUnavailable
 from app.stores.items import ItemRegistry
 
 log = logging.getLogger("seqrec.app")

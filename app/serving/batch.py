@@ -23,7 +23,7 @@ import numpy as np
 from prometheus_client import CollectorRegistry
 
 from app.bundles.index import ExactIndex
-from app.bundles.served import load_bundle
+from app.bundles.loader import load_bundle
 from app.serving.catalog import NO_RULES, Catalog, Limits, Rules, Wanted
 from app.serving.events import EventTypes, event_types
 from app.serving.recommend import rank_model, rank_popular

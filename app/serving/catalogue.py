@@ -11,8 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from app.bundles.served import Registry
-from app.stores import StoreUnavailable
+from app.bundles.registry import Registry
+from app.stores.base import StoreUnavailable
 from app.stores.items import Encoded, Item, ItemRegistry, text_hash
 
 log = logging.getLogger("seqrec.app")

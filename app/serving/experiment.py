@@ -14,13 +14,22 @@ import hashlib
 import math
 import re
 from dataclasses import dataclass
+from typing import Protocol
 
-from app.bundles.served import Registry, UnknownModel
+from app.bundles.manifest import UnknownModel
 
 # Variant names become Prometheus label values and JSON keys: keep them plain.
 NAME = re.compile(r"^[A-Za-z0-9_.-]{1,32}$")
 RESERVED = {"default", "explicit"}  # what the service calls traffic outside an experiment
 MAX_SPEC = 2000  # characters: a few dozen variants
+
+
+class Served(Protocol):
+    """What an experiment is checked against: the served bundles (app/bundles/registry.py)."""
+
+    def get(self, name: str | None) -> object:
+        """The bundle `name` names; UnknownModel when none."""
+        ...
 
 
 class ExperimentError(ValueError):
@@ -76,7 +85,7 @@ class Experiment:
             raise ExperimentError(f"variant weights sum to {total:g}, they must sum to 100")
         return cls(tuple(variants), salt, spec)
 
-    def check(self, registry: Registry, *, quote: bool = False) -> None:
+    def check(self, registry: Served, *, quote: bool = False) -> None:
         """Every variant's bundle must be served by `registry`. `quote`: the experiment is the one
         running (not a request's input), so its variant and bundle may be named."""
         for i, v in enumerate(self.variants, start=1):
@@ -101,7 +110,7 @@ class Experiment:
         return self.variants[-1]  # float rounding at the very top of the range
 
 
-def load_experiment(spec: str | None, salt: str, registry: Registry) -> Experiment | None:
+def load_experiment(spec: str | None, salt: str, registry: Served) -> Experiment | None:
     """Parse and check against the served bundles; None/empty = no experiment."""
     if spec is None or not spec.strip():
         return None
@@ -111,7 +120,7 @@ def load_experiment(spec: str | None, salt: str, registry: Registry) -> Experime
 
 
 def next_experiment(
-    current: Experiment | None, spec: str | None, registry: Registry, salt: str, *, running: bool = False
+    current: Experiment | None, spec: str | None, registry: Served, salt: str, *, running: bool = False
 ) -> Experiment | None:
     """The experiment to install with `registry`: `spec` when given ("" = none), else `current`
     re-checked against the new bundles. Raises ExperimentError; nothing is changed then.

@@ -42,7 +42,7 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from app.bundles.bundle import Bundle
-    from app.bundles.served import Registry
+    from app.bundles.registry import Registry
     from app.runtime.metrics import Metrics
     from app.serving.catalog import Catalog
     from app.serving.experiment import Experiment

@@ -32,7 +32,10 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
 
 # Ids may not contain control characters (validated at the API), so US (0x1f) separates
 # event id and item id inside one stored member without any escaping.
@@ -67,6 +70,20 @@ class AppendResult:
     accepted: int  # newly stored, still kept after trimming
     duplicates: int  # already stored (or repeated within the batch): nothing changed
     too_old: int = 0  # older than the kept window: trimmed at once, not stored
+
+
+class PartialAppend(StoreUnavailable):
+    """Part of a batch was stored, the rest not: on a Redis Cluster, some masters stored their part
+    and others did not (or not on enough replicas)."""
+
+    def __init__(
+        self, stored: AppendResult, stored_events: int, failed_users: list[str], failed_events: int, cause: str
+    ) -> None:
+        super().__init__(cause)
+        self.stored = stored  # what the confirmed part did
+        self.stored_events = stored_events
+        self.failed_users = failed_users
+        self.failed_events = failed_events
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,3 +218,33 @@ class EventStore(Protocol):
     async def ping(self) -> bool: ...
 
     async def close(self) -> None: ...
+
+    def shared_redis(self) -> SharedRedis | None:
+        """This store as a Redis that keeps more beside each history (the user cache's entries,
+        the online ledger), or None where histories are kept in process."""
+        ...
+
+
+class SharedRedis(EventStore, Protocol):
+    """What both Redis flavours offer the structures kept next to a user's history: keys in the
+    history's slot, the client that owns them, and how reads of several users may batch."""
+
+    redis: Any  # the client (a Redis or a RedisCluster)
+    read_timeout: float
+    shares_connection: bool  # every user's keys on one server: reads of many users batch into one pipeline
+
+    def key(self, user_id: str) -> str: ...
+
+    def excluded_key(self, user_id: str) -> str: ...
+
+    def entry_key(self, user_id: str, field: str) -> str: ...
+
+    def user_key(self, kind: str, user_id: str) -> str:
+        """`{prefix}{kind}:{user}`: any per-user key, beside the history (in its slot)."""
+        ...
+
+    async def user_client(self, user_id: str) -> Redis:
+        """The client of the server that holds the user's keys."""
+        ...
+
+    def connection_failed(self) -> None: ...

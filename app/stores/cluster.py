@@ -47,6 +47,7 @@ from app.stores.base import (
     AppendResult,
     Event,
     LoggedEvent,
+    PartialAppend,
     StoreUnavailable,
     UserRead,
     excluded_of,
@@ -110,19 +111,6 @@ def tag(user_id: str) -> str:
 
 def user_of_tag(tagged: str) -> str:
     return tagged[1:-1].replace("%7D", "}").replace("%25", "%")
-
-
-class PartialAppend(StoreUnavailable):
-    """Some masters stored their part of a batch, others did not (or not on enough replicas)."""
-
-    def __init__(
-        self, stored: AppendResult, stored_events: int, failed_users: list[str], failed_events: int, cause: str
-    ) -> None:
-        super().__init__(cause)
-        self.stored = stored  # what the confirmed part did
-        self.stored_events = stored_events
-        self.failed_users = failed_users
-        self.failed_events = failed_events
 
 
 @dataclass
@@ -237,6 +225,9 @@ class ClusterStore:
 
     # The seams the per-user cache (app/stores/usercache.py) uses, shared with RedisStore.
     shares_connection = False  # one master per user: reads of several users do not batch
+
+    def shared_redis(self) -> ClusterStore:
+        return self
 
     def entry_key(self, user_id: str, field: str) -> str:
         """A per-user entry in the history's slot (same `{user}` hash tag)."""

@@ -33,8 +33,6 @@ from typing import Any, Protocol
 from redis.exceptions import NoScriptError
 
 from app.stores.base import EventStore
-from app.stores.cluster import ClusterStore
-from app.stores.redis import RedisStore
 
 log = logging.getLogger("seqrec.app")
 
@@ -485,12 +483,11 @@ def online_ledger(
 ) -> Ledger:
     """The ledger next to `store`: in its Redis (on a cluster, each user's lists in the user's
     slot), else in process."""
-    if isinstance(store, ClusterStore):
+    shared = store.shared_redis()
+    if shared is not None:
         return RedisLedger(
-            store.redis, prefix, ttl_s, timeout, store.user_key, horizon_s, max_lists, totals_ttl_s, stats_timeout
+            shared.redis, prefix, ttl_s, timeout, shared.user_key, horizon_s, max_lists, totals_ttl_s, stats_timeout
         )
-    if isinstance(store, RedisStore):
-        return RedisLedger(store.redis, prefix, ttl_s, timeout, None, horizon_s, max_lists, totals_ttl_s, stats_timeout)
     if store.kind != "memory":
         log.warning("online tracking kept in process: the %s store offers no shared client", store.kind)
     return MemoryLedger(ttl_s, horizon_s=horizon_s, max_lists=max_lists)

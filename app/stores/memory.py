@@ -180,5 +180,8 @@ class MemoryStore:
     async def ping(self) -> bool:
         return True
 
+    def shared_redis(self) -> None:
+        return None  # histories in process: what is kept beside them stays in process too
+
     async def close(self) -> None:
         return None

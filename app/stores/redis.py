@@ -241,6 +241,12 @@ class RedisStore:
     # The seams the per-user cache (app/stores/usercache.py) uses, shared with ClusterStore.
     shares_connection = True  # every user's keys on one server: reads of many users batch into one pipeline
 
+    def shared_redis(self) -> RedisStore:
+        return self
+
+    def user_key(self, kind: str, user_id: str) -> str:
+        return f"{self.prefix}{kind}:{user_id}"
+
     def entry_key(self, user_id: str, field: str) -> str:
         """A per-user entry next to the history (the user cache's `v:` keys)."""
         return f"{self.prefix}v:{user_id}:{field}"

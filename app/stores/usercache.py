@@ -22,9 +22,7 @@ from prometheus_client import Counter
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 
-from app.stores.base import EventStore, StoreUnavailable, excluded_of, items_of, timed_items
-from app.stores.cluster import ClusterStore
-from app.stores.redis import RedisStore
+from app.stores.base import EventStore, SharedRedis, StoreUnavailable, excluded_of, items_of, timed_items
 
 log = logging.getLogger("seqrec.userstate")
 _ERRORS = (RedisError, RedisClusterException, OSError, asyncio.TimeoutError)
@@ -120,9 +118,8 @@ class RedisBackend:
 
     checks_state = True
 
-    def __init__(self, store: RedisStore | ClusterStore, ttl_s: int, errors: Counter) -> None:
-        # Both stores offer the same seams (entry_key, user_client, shares_connection,
-        # connection_failed): nothing here depends on which of the two it is.
+    def __init__(self, store: SharedRedis, ttl_s: int, errors: Counter) -> None:
+        # Both Redis flavours offer the same seams (SharedRedis): nothing here depends on which.
         self.store = store
         self.ttl_s = ttl_s
         self.errors = errors
@@ -290,6 +287,7 @@ class MemoryBackend:
 
 def cache_backend(store: EventStore, ttl_s: int, errors: Counter) -> CacheBackend:
     """The entries' home for `store`: Redis next to the histories, else in process."""
-    if isinstance(store, RedisStore | ClusterStore):
-        return RedisBackend(store, ttl_s, errors)
+    shared = store.shared_redis()
+    if shared is not None:
+        return RedisBackend(shared, ttl_s, errors)
     return MemoryBackend(store, ttl_s)

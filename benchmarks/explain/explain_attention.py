@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[2]
-from app.bundles.served import load_bundle  # noqa: E402
+from app.bundles.loader import load_bundle  # noqa: E402
 from app.serving.explain import contributions  # noqa: E402
 from benchmarks.explain.explain_latency import ml1m_histories  # noqa: E402
 from benchmarks.machine import machine_info  # noqa: E402

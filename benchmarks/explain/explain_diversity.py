@@ -28,7 +28,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import numpy as np
 
-from app.bundles.served import load_bundle
+from app.bundles.loader import load_bundle
 from app.serving.diversity import ListShape
 from benchmarks.explain.explain_latency import ml1m_histories
 from benchmarks.machine import machine_info

@@ -47,7 +47,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[2]
 from app.bundles.bundle import Bundle  # noqa: E402
-from app.bundles.served import load_bundle  # noqa: E402
+from app.bundles.loader import load_bundle  # noqa: E402
 from app.serving.explain import ablation_batch, contributions, explain  # noqa: E402
 from benchmarks.machine import machine_info  # noqa: E402
 

@@ -29,8 +29,8 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import numpy as np
 
-from app.bundles.served import load_bundle
-from app.bundles.spaces import unit_rows
+from app.bundles.index import unit_rows
+from app.bundles.loader import load_bundle
 from benchmarks.explain.explain_diversity import ml1m_genres
 from benchmarks.machine import machine_info
 

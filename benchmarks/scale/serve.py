@@ -85,8 +85,8 @@ def start(bundle: Path, url: str, workers: int, log: Path) -> tuple[subprocess.P
 
 
 def index_cache(bundle: Path) -> Path:
+    from app.bundles.index import cache_dir, files_key
     from app.bundles.manifest import read_manifest
-    from app.bundles.vectors import cache_dir, files_key
 
     m = read_manifest(bundle)
     return cache_dir(files_key(sorted(m.files.items()), m.num_items, m.dim))

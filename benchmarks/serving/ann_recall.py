@@ -154,7 +154,7 @@ def queries_and_tables(bundle_path: Path, n_queries: int, n_synthetic: int):
     """(bundle, real user vectors from random histories, the real item table, a synthetic table of
     `n_synthetic` items, the rng): the synthetic table resamples the real vectors with noise of half
     their per-dimension spread, so its geometry (norms, clusters) stays realistic."""
-    from app.bundles.served import load_bundle
+    from app.bundles.loader import load_bundle
 
     bundle = load_bundle(bundle_path, ann_threshold=10**9)
     rng = np.random.default_rng(0)

@@ -98,7 +98,8 @@ async def load_catalogue(catalog: Any, ids: list[str], buckets: np.ndarray) -> f
 
 
 async def in_process(args: argparse.Namespace, path: Path) -> dict[str, Any]:
-    from app.bundles.served import Registry, load_bundle
+    from app.bundles.loader import load_bundle
+    from app.bundles.registry import Registry
     from app.runtime.metrics import Metrics
     from app.serving.catalog import Catalog, Limits, Wanted
     from app.serving.recommend import Ask, recommend

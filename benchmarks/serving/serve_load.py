@@ -238,7 +238,7 @@ async def count_in_redis(url: str, prefix: str, users: list[str]) -> int:
 
 async def bare_cost(bundle_path: Path, url: str, prefix: str, users: list[str], n: int = 2000) -> dict:
     """Redis read + index mapping + ONNX + top-k for one user, in-process, one at a time."""
-    from app.bundles.served import load_bundle
+    from app.bundles.loader import load_bundle
     from app.stores import RedisStore
 
     b = load_bundle(bundle_path)

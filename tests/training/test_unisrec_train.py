@@ -199,7 +199,7 @@ def test_cold_validation_split_and_text_channel_fit_on_training_items(ml100k, ti
     assert max(man["text"]["parity_max_abs_diff"].values()) <= 1e-4
     # The service loads it as is (its own checks: seq_encoder = model.onnx, adaptor width), and a
     # history ending in a cold item gets the head: served user vector = the model's.
-    from app.bundles.served import load_bundle
+    from app.bundles.loader import load_bundle
 
     b = load_bundle(bundle)
     assert b.dim == 16 + 32 + 1 == man["text"]["adaptor"]["dim"]

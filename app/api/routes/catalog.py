@@ -29,7 +29,7 @@ from app.api.schemas import (
 from app.serving.catalog import Catalog
 from app.serving.filters import ITEM_ID, RowError
 from app.state import AppState
-from app.stores import StoreUnavailable
+from app.stores.base import StoreUnavailable
 
 router = APIRouter(tags=["catalog"])
 _NOTHING_STORED = "Catalogue store unreachable: nothing was stored; retry (a write is idempotent)"

@@ -16,7 +16,7 @@ from app.api.errors import invalid, unavailable, validation_answer
 from app.api.schemas import EventsIn, EventsOut, write_responses
 from app.serving.events import event_types
 from app.state import AppState
-from app.stores import PartialAppend, StoreUnavailable
+from app.stores.base import PartialAppend, StoreUnavailable
 
 router = APIRouter(tags=["events"])
 

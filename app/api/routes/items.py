@@ -19,7 +19,7 @@ from app.api.schemas import (
     write_responses,
 )
 from app.serving.catalogue import add_encoded, encode, encoding_keys, holders, remove
-from app.stores import StoreUnavailable
+from app.stores.base import StoreUnavailable
 
 router = APIRouter(tags=["items"])
 MAX_ITEMS = 100  # a batch is encoded synchronously (text encoder): keep one request's work bounded

@@ -15,11 +15,11 @@ from app.api.deps import ApiKey, State
 from app.api.errors import unavailable
 from app.api.schemas import BundleOut, ErrorOut, Health, Ready, ReloadIn, ReloadOut, ReloadReach
 from app.bundles.bundle import BundleError
-from app.bundles.served import Registry
+from app.bundles.registry import Registry
 from app.fleet.config import install_configuration, prepare_configuration, reach, spec_of
 from app.serving.catalogue import catch_up
 from app.serving.experiment import ExperimentError
-from app.stores import StoreUnavailable
+from app.stores.base import StoreUnavailable
 
 router = APIRouter(tags=["operations"])
 log = logging.getLogger("seqrec.app")

@@ -28,7 +28,7 @@ from app.api.schemas import (
     SequenceOut,
     TopK,
 )
-from app.bundles.served import UnknownModel
+from app.bundles.registry import UnknownModel
 from app.ids import MAX_ID_LENGTH, valid_id
 from app.serving import recommend as pipeline
 from app.serving.catalog import Wanted

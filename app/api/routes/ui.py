@@ -19,7 +19,7 @@ from pydantic import BaseModel, Field
 from app.api.deps import State
 from app.api.schemas import ErrorOut, IdPath
 from app.bundles.bundle import Bundle
-from app.stores import StoreUnavailable
+from app.stores.base import StoreUnavailable
 
 router = APIRouter(tags=["demo"])
 STATIC = pathlib.Path(__file__).resolve().parents[1] / "static"

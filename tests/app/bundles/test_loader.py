@@ -1,4 +1,4 @@
-"""app/bundles/served.py: load_bundle() picks Bundle or TextBundle from the manifest."""
+"""app/bundles/loader.py: load_bundle() picks Bundle or TextBundle from the manifest."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from app.bundles.bundle import Bundle, BundleError
-from app.bundles.served import load_bundle
+from app.bundles.loader import load_bundle
 from app.bundles.text import TextBundle
 
 

@@ -1,4 +1,4 @@
-"""Which bundle a `?model=` value names (app/bundles/served.py)."""
+"""Which bundle a `?model=` value names (app/bundles/registry.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from app.bundles.served import Registry, UnknownModel
+from app.bundles.registry import Registry, UnknownModel
 
 
 def registry(default: str, **kinds: str) -> Registry:

@@ -1,5 +1,5 @@
 """Item vectors shared between workers: mapped tables, the index cache built once per machine, and
-online adds beside a read-only index (app/bundles/vectors.py, app/bundles/index.py)."""
+online adds beside a read-only index (app/bundles/index.py, its vector half)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,7 @@ import pytest
 from app.bundles import bundle as bundle_mod
 from app.bundles import index as index_mod
 from app.bundles import spaces as spaces_mod
-from app.bundles.index import ExactIndex, IVFIndex, WithAdded
-from app.bundles.vectors import RowTable, build_once, mapped_array
+from app.bundles.index import ExactIndex, IVFIndex, RowTable, WithAdded, build_once, mapped_array
 
 
 def test_a_row_table_reads_the_base_then_the_added_rows_with_zero_padding() -> None:

@@ -17,7 +17,7 @@ import torch
 from fastapi.testclient import TestClient
 
 from app.bundles.bundle import Bundle
-from app.bundles.served import load_bundle
+from app.bundles.loader import load_bundle
 from app.main import create_app
 from app.serving.diversity import POOL_MIN, rerank
 from app.serving.explain import ablation_batch, contributions, explain, top_events
@@ -323,7 +323,8 @@ def test_layer_vectors_need_a_bidirectional_encoder(tiny_run: Path, tmp_path: Pa
 
 @pytest.mark.parametrize("ann_threshold", [0, 10**9])  # HNSW, exact
 def test_item_space_grows_online(ann_threshold: int) -> None:
-    from app.bundles.spaces import ItemSpace, unit_rows
+    from app.bundles.index import unit_rows
+    from app.bundles.spaces import ItemSpace
 
     v = np.random.default_rng(0).normal(size=(300, 8)).astype(np.float32)
     space = ItemSpace("output", v[:200], ann_threshold)
@@ -337,7 +338,7 @@ def test_item_space_grows_online(ann_threshold: int) -> None:
 
 def test_items_added_online_join_the_nearest_cluster() -> None:
     from app.bundles.clusters import Clusters
-    from app.bundles.spaces import unit_rows
+    from app.bundles.index import unit_rows
 
     rng = np.random.default_rng(1)
     centres = unit_rows(rng.normal(size=(3, 6)))

@@ -54,7 +54,7 @@ def _head(bundle: Path) -> tuple[int, float]:
 def test_text_bundle_loads_and_equals_model_onnx(unisrec_bundle: Path) -> None:
     import onnxruntime as ort
 
-    from app.bundles.served import load_bundle
+    from app.bundles.loader import load_bundle
     from app.bundles.text import TextBundle
 
     b = load_bundle(unisrec_bundle)

@@ -14,7 +14,7 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
-from app.bundles.served import load_bundle
+from app.bundles.loader import load_bundle
 from app.main import create_app
 from app.settings import Settings
 from tests.support.data import synthetic_interactions
