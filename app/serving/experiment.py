@@ -24,7 +24,7 @@ RESERVED = {"default", "explicit"}  # what the service calls traffic outside an 
 MAX_SPEC = 2000  # characters: a few dozen variants
 
 
-class Served(Protocol):
+class ServedBundles(Protocol):
     """What an experiment is checked against: the served bundles (app/bundles/registry.py)."""
 
     def get(self, name: str | None) -> object:
@@ -85,7 +85,7 @@ class Experiment:
             raise ExperimentError(f"variant weights sum to {total:g}, they must sum to 100")
         return cls(tuple(variants), salt, spec)
 
-    def check(self, registry: Served, *, quote: bool = False) -> None:
+    def check(self, registry: ServedBundles, *, quote: bool = False) -> None:
         """Every variant's bundle must be served by `registry`. `quote`: the experiment is the one
         running (not a request's input), so its variant and bundle may be named."""
         for i, v in enumerate(self.variants, start=1):
@@ -110,7 +110,7 @@ class Experiment:
         return self.variants[-1]  # float rounding at the very top of the range
 
 
-def load_experiment(spec: str | None, salt: str, registry: Served) -> Experiment | None:
+def load_experiment(spec: str | None, salt: str, registry: ServedBundles) -> Experiment | None:
     """Parse and check against the served bundles; None/empty = no experiment."""
     if spec is None or not spec.strip():
         return None
@@ -120,7 +120,7 @@ def load_experiment(spec: str | None, salt: str, registry: Served) -> Experiment
 
 
 def next_experiment(
-    current: Experiment | None, spec: str | None, registry: Served, salt: str, *, running: bool = False
+    current: Experiment | None, spec: str | None, registry: ServedBundles, salt: str, *, running: bool = False
 ) -> Experiment | None:
     """The experiment to install with `registry`: `spec` when given ("" = none), else `current`
     re-checked against the new bundles. Raises ExperimentError; nothing is changed then.
