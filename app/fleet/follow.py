@@ -14,10 +14,11 @@ from app.serving.catalogue import catch_up, ingest, remove
 from app.serving.experiment import ExperimentError
 from app.state import AppState
 from app.stores.base import StoreUnavailable
-from app.stores.items import ItemRegistry
+from app.stores.items import Announcement, ItemRegistry
 
 log = logging.getLogger("seqrec.app")
 HEARTBEAT_S = 2.0
+RETRY_S = (0.25, 0.5, 1.0, 2.0, 4.0)  # waits before applying an announcement again, the store being unavailable
 
 
 async def apply_config(state: AppState, generation: int | None) -> None:
@@ -53,22 +54,39 @@ async def _heartbeat(items: ItemRegistry) -> None:
         await asyncio.sleep(HEARTBEAT_S)
 
 
+async def apply(state: AppState, ann: Announcement) -> None:
+    """One announcement: each step is idempotent, so a failed one may be applied again whole."""
+    if ann.resync:
+        await apply_config(state, None)
+        await catch_up(state.items, state.registry)
+    if ann.config is not None:
+        await apply_config(state, ann.config)
+    if ann.items:
+        await ingest(state.registry, ann.items, state.items)
+    if ann.deleted:
+        remove(state.registry, ann.deleted)
+
+
 async def follow(state: AppState) -> None:
     """Runs for the life of the process (cancelled by the lifespan on shutdown)."""
     beat = asyncio.create_task(_heartbeat(state.items))
     try:
         async for ann in state.items.announcements():
-            try:
-                if ann.resync:
-                    await apply_config(state, None)
-                    await catch_up(state.items, state.registry)
-                if ann.config is not None:
-                    await apply_config(state, ann.config)
-                if ann.items:
-                    await ingest(state.registry, ann.items, state.items)
-                if ann.deleted:
-                    remove(state.registry, ann.deleted)
-            except Exception:  # one bad announcement must not stop the subscription
-                log.exception("cannot apply an announcement")
+            for wait in (*RETRY_S, None):
+                try:
+                    await apply(state, ann)
+                    break
+                except StoreUnavailable as exc:
+                    # Redis slow or away for a moment (e.g. its connect timeout on a busy start):
+                    # the same announcement again shortly; past the last try, the next
+                    # (re)subscription's resync catches up.
+                    if wait is None:
+                        log.warning("announcement not applied, the store is unavailable: %s", exc)
+                        break
+                    log.warning("announcement not applied yet (%s); again in %.2g s", exc, wait)
+                    await asyncio.sleep(wait)
+                except Exception:  # one bad announcement must not stop the subscription
+                    log.exception("cannot apply an announcement")
+                    break
     finally:
         beat.cancel()
