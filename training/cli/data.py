@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -43,6 +43,30 @@ from training.cli.common import (
 
 def _names(csv: str | None) -> tuple[str, ...]:
     return tuple(x.strip() for x in (csv or "").split(",") if x.strip())
+
+
+def _named_only(dataset: str, file_only: tuple[object, ...], defaults_changed: bool, cores: tuple[int, ...]) -> None:
+    """A named dataset has a fixed recipe: the options that only --file takes are refused."""
+    if any(file_only) or defaults_changed:
+        fail(
+            "--name, --items-file and the column and reading options go with --file (named datasets have fixed recipes)"
+        )
+    if cores != (5, 5, 3):
+        fail(f"--user-core/--item-core/--min-len go with --file; {dataset!r} has its published filter")
+
+
+def _print_prepared(data: Any, from_file: bool, seconds: float) -> None:
+    """What each step did, the event types, and the dataset's statistics as one JSON line."""
+    from training.event_types import type_summary
+
+    print_report(data)
+    if (summary := type_summary(data)) is not None:
+        typer.echo(summary, err=True)
+    if from_file:
+        typer.echo(f"prepared {data.name!r}: use it with --dataset {data.name}", err=True)
+    stats = data.stats()
+    stats["seconds"] = round(seconds, 2)
+    typer.echo(json.dumps(stats))
 
 
 def prepare(
@@ -121,9 +145,17 @@ def prepare(
 
     t = time.perf_counter()
     options = None
-    reading = (time_offset_col, time_offset_unit, fix_ids, null_user_id, drop_duplicates, since, until)
-    typed = (type_col, event_types, negative_types, target_types)
-    if file:
+    if not file:
+        reading = (time_offset_col, time_offset_unit, fix_ids, null_user_id, drop_duplicates, since, until)
+        typed = (type_col, event_types, negative_types, target_types)
+        columns_given = (sep, columns, user_col, item_col, time_col, session_col, event_col)
+        _named_only(
+            dataset,
+            (name, items_file, *columns_given, *reading, *typed),
+            (time_unit, null_users) != ("auto", "warn"),
+            (user_core, item_core, min_len),
+        )
+    else:
         options = file_options(
             sep,
             columns,
@@ -156,30 +188,10 @@ def prepare(
             options.check()
         except DatasetError as exc:
             fail(str(exc))
-    elif (
-        name
-        or items_file
-        or any((sep, columns, user_col, item_col, time_col, session_col, event_col, *reading, *typed))
-        or (time_unit, null_users) != ("auto", "warn")
-    ):
-        fail(
-            "--name, --items-file and the column and reading options go with --file (named datasets have fixed recipes)"
-        )
-    elif (user_core, item_core, min_len) != (5, 5, 3):
-        fail(f"--user-core/--item-core/--min-len go with --file; {dataset!r} has its published filter")
     data = load_data(
         dataset, file, data_dir, cache_dir, force=force, options=options, name=name, memory_check=memory_check
     )
-    print_report(data)
-    from training.event_types import type_summary
-
-    if (summary := type_summary(data)) is not None:
-        typer.echo(summary, err=True)
-    if file:
-        typer.echo(f"prepared {data.name!r}: use it with --dataset {data.name}", err=True)
-    stats = data.stats()
-    stats["seconds"] = round(time.perf_counter() - t, 2)
-    typer.echo(json.dumps(stats))
+    _print_prepared(data, bool(file), time.perf_counter() - t)
 
 
 def download(
