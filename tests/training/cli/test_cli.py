@@ -40,6 +40,20 @@ def test_malformed_file_is_a_clear_error(tmp_path: Path) -> None:
     assert r.exit_code == 2 and "events.csv" in r.output
 
 
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--sep", ","], "go with --file"),
+        (["--time-unit", "ms"], "go with --file"),
+        (["--user-core", "2"], "published filter"),
+    ],
+)
+def test_a_named_dataset_refuses_the_options_of_a_file(args: list[str], says: str, tmp_path: Path) -> None:
+    r = runner.invoke(app, ["prepare", "ml-100k", *args, "--cache-dir", str(tmp_path)])
+    assert r.exit_code != 0 and says in r.output, r.output
+    assert not any(tmp_path.iterdir())  # refused before anything is read or written
+
+
 def test_prepare_prints_stats(data_dir: Path, tmp_path: Path) -> None:
     r = runner.invoke(app, ["prepare", "ml-100k", "--data-dir", str(data_dir), "--cache-dir", str(tmp_path)])
     assert r.exit_code == 0, r.output
