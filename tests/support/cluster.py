@@ -79,21 +79,43 @@ class ClusterProcs:
         args += self.extra
         self.procs[port] = subprocess.Popen(args, cwd=d, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
-    def start(self, timeout: float = 30) -> ClusterProcs:
+    def start(self, timeout: float = 30, attempts: int = 3) -> ClusterProcs:
         assert self.server and self.cli
-        for p in self.ports:
-            self._start_node(p)
-        for p in self.ports:
-            self._wait(lambda p=p: self._answers(p), timeout, f"redis-server on {p}")
-        nodes = [f"127.0.0.1:{p}" for p in self.ports]
-        subprocess.run(
-            [self.cli, "--cluster", "create", *nodes, "--cluster-replicas", "1", "--cluster-yes"],
-            check=True,
-            capture_output=True,
-            timeout=timeout,
-        )
-        self._wait(self.healthy, timeout, "cluster_state:ok on every node")
+        try:
+            for p in self.ports:
+                self._start_node(p)
+            for n in range(self.n):
+                self._node_up(n, timeout, attempts)
+            nodes = [f"127.0.0.1:{p}" for p in self.ports]
+            subprocess.run(
+                [self.cli, "--cluster", "create", *nodes, "--cluster-replicas", "1", "--cluster-yes"],
+                check=True,
+                capture_output=True,
+                timeout=timeout,
+            )
+            self._wait(self.healthy, timeout, "cluster_state:ok on every node")
+        except BaseException:
+            self.stop()  # a fixture that fails here never reaches its teardown: leave no node running
+            raise
         return self
+
+    def _node_up(self, n: int, timeout: float, attempts: int) -> None:
+        """Wait for node n. Its port was free when picked, but another process (a parallel test
+        worker's server, a client's ephemeral port) may bind it first: the node then exits at once,
+        and starts again on another port."""
+        for attempt in range(1, attempts + 1):
+            port = self.ports[n]
+            proc = self.procs[port]
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline and proc.poll() is None:
+                if self._answers(port):
+                    return
+                time.sleep(0.1)
+            if proc.poll() is None or attempt == attempts:
+                raise TimeoutError(f"redis-server on {port} not answering (exit code {proc.poll()})")
+            del self.procs[port]
+            self.ports[n] = free_ports(1)[0]
+            self._start_node(self.ports[n])
 
     def _cmd(self, port: int, *args: str, timeout: float = 2) -> str:
         assert self.cli
