@@ -104,26 +104,19 @@ def _unique(ids: np.ndarray) -> np.ndarray:
 
 
 def _factorize(ids: np.ndarray) -> np.ndarray:
-    """A code per row, equal for equal ids (numbered by first appearance for Python objects)."""
+    """A code per row, equal for equal ids (the frame path's hash lookup, `_codes`, for Python objects)."""
     if ids.dtype != object:
         return np.unique(ids, return_inverse=True)[1].reshape(-1)
-    index: dict[Any, int] = {}
-    return np.fromiter((index.setdefault(x, len(index)) for x in ids.tolist()), np.int64, len(ids))
+    import polars as pl
+
+    return _codes(pl.Series(ids, dtype=pl.String))[0]
 
 
 def k_core(users: np.ndarray, items: np.ndarray, k_user: int, k_item: int) -> np.ndarray:
     """Iterative k-core: boolean keep-mask such that every kept user and item has >= k rows."""
-    keep = np.ones(len(users), dtype=bool)
     if k_user <= 1 and k_item <= 1:
-        return keep
-    u_codes, i_codes = _factorize(users), _factorize(items)
-    while True:
-        u_cnt = np.bincount(u_codes[keep], minlength=u_codes.max() + 1)
-        i_cnt = np.bincount(i_codes[keep], minlength=i_codes.max() + 1)
-        new_keep = keep & (u_cnt[u_codes] >= k_user) & (i_cnt[i_codes] >= k_item)
-        if new_keep.sum() == keep.sum():
-            return new_keep
-        keep = new_keep
+        return np.ones(len(users), dtype=bool)
+    return k_core_codes(_factorize(users), _factorize(items), k_user, k_item)
 
 
 def _sort_key_ids(ids: np.ndarray) -> np.ndarray:
